@@ -1,0 +1,280 @@
+"""Convert any supported model file to GGUF, quantizing on the way, streaming, with progress.
+
+One pass over the source: each tensor is read a block of rows at a time, decoded to float32, given
+the load-time transforms it does not carry yet, checked for NaN/Inf, quantized on a small thread
+pool and written in order into a temporary file beside the destination, which is renamed into place
+only when complete and flushed. Memory stays bounded by a few chunks whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic import atomic_output, check_free_space
+from runtime.errors import ModelFileError
+from runtime.formats.checkpoint import (
+    LN0_FOLDED,
+    TIME_DECAY_NEG_EXP,
+    TIME_MIX_SQUEEZED,
+    Checkpoint,
+    open_checkpoint,
+)
+from runtime.formats.detect import v4_tensor_shapes
+from runtime.formats.gguf_file import TensorPlan, write_gguf
+from runtime.formats.tensors import LazyTensor
+from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
+from runtime.quant.codec import quantize
+from runtime.quant.types import DType
+
+FORMAT_VERSION = 1
+CHUNK_VALUES = 8 << 20  # float32 values decoded per chunk (32 MB)
+TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
+FILE_TYPES = {  # GGUF general.file_type (llama.cpp's "mostly X" numbering)
+    DType.F32: 0, DType.F16: 1, DType.Q4_0: 2, DType.Q4_1: 3, DType.Q8_0: 7, DType.Q5_0: 8, DType.Q5_1: 9,
+}
+# Head type per target type, chosen from measurements (docs/ARCHITECTURE.md, "Which tensors are quantized").
+DEFAULT_HEAD_TYPE: dict[DType, DType] = {
+    DType.F32: DType.F32, DType.F16: DType.F16,
+    DType.Q8_0: DType.F16, DType.Q5_1: DType.F16, DType.Q5_0: DType.F16, DType.Q4_1: DType.F16, DType.Q4_0: DType.F16,
+}
+LN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    dtype: DType
+    head_dtype: DType
+    nbytes: int
+    seconds: float
+    source_sha256: str
+
+
+def tensor_types(target: DType, head: DType | None = None) -> dict[str, DType]:
+    """Stored type per role: 'matrix' (layer weights), 'head', 'emb', 'vector' (all 1-D tensors)."""
+    if target is DType.BF16:
+        raise ValueError("bf16 is a source type only; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
+    emb = DType.F32 if target is DType.F32 else DType.F16
+    return {"matrix": target, "head": head or DEFAULT_HEAD_TYPE[target], "emb": emb, "vector": DType.F32}
+
+
+def _role(name: str, shape: tuple[int, ...]) -> str:
+    if name == "head.weight":
+        return "head"
+    if name == "emb.weight":
+        return "emb"
+    return "matrix" if len(shape) == 2 else "vector"
+
+
+def output_plan(ckpt: Checkpoint, target: DType, head: DType | None = None) -> list[TensorPlan]:
+    """What the converted file holds: ln0 folded into the embedding, time_* tensors as (C,)."""
+    a = ckpt.arch
+    types = tensor_types(target, head)
+    plan = []
+    for name, shape in v4_tensor_shapes(a.n_layer, a.n_embd, a.n_vocab, a.n_ffn).items():
+        if ".ln0." in name:
+            continue
+        dtype = types[_role(name, shape)]
+        if dtype.is_quantized and shape[-1] % dtype.block_size:
+            dtype = DType.F16
+        plan.append(TensorPlan(name, shape, dtype))
+    return plan
+
+
+def sha256_file(path: Path, cancel: CancelToken | None = None, block: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(block)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if cancel is not None and cancel.cancelled:
+                return ""
+    return h.hexdigest()
+
+
+def _source_digest(src: Path, cancel: CancelToken | None) -> str:
+    if src.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(src.iterdir()):
+            if p.is_file():
+                h.update(p.name.encode() + b"\0" + sha256_file(p, cancel).encode())
+        return h.hexdigest()
+    return sha256_file(src, cancel)
+
+
+class _Transformer:
+    """Turns a source tensor's float32 rows into what the output file stores for it."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.fold_ln0 = LN0_FOLDED not in ckpt.transforms and "blocks.0.ln0.weight" in ckpt.tensors
+        if self.fold_ln0:
+            self.ln0_w = ckpt.tensors["blocks.0.ln0.weight"].numpy().reshape(-1)
+            self.ln0_b = ckpt.tensors["blocks.0.ln0.bias"].numpy().reshape(-1)
+        self.neg_exp_decay = TIME_DECAY_NEG_EXP not in ckpt.transforms
+
+    def __call__(self, name: str, rows: np.ndarray) -> np.ndarray:
+        if name == "emb.weight" and self.fold_ln0:
+            mean = rows.mean(axis=1, keepdims=True, dtype=np.float32)
+            centered = rows - mean
+            var = np.mean(centered * centered, axis=1, keepdims=True, dtype=np.float32)
+            rows = centered / np.sqrt(var + np.float32(LN_EPS)) * self.ln0_w + self.ln0_b
+        elif name.endswith(".att.time_decay") and self.neg_exp_decay:
+            rows = -np.exp(rows)
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int) -> None:
+    if not np.isfinite(rows).all():
+        bad = int(np.argwhere(~np.isfinite(rows))[0][0]) + first_row
+        raise ModelFileError(path, f"tensor '{name}' contains NaN or Inf values (first in row {bad})")
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    dtype: DType | str,
+    *,
+    head_dtype: DType | str | None = None,
+    progress: ProgressCallback = no_progress,
+    cancel: CancelToken | None = None,
+    threads: int | None = None,
+    source_sha256: str | None = None,
+) -> ConvertResult:
+    """Convert `src` to a GGUF file at `dst` with layer matrices stored as `dtype`.
+
+    Nothing is left at `dst` if this fails or is interrupted. `source_sha256`, when the caller
+    already knows it (a verified download), skips hashing the source.
+    """
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    target = DType.parse(dtype) if isinstance(dtype, str) else dtype
+    head = DType.parse(head_dtype) if isinstance(head_dtype, str) else head_dtype
+    ckpt = open_checkpoint(src)
+    plan = output_plan(ckpt, target, head)
+    out_bytes = sum(t.nbytes for t in plan) + (1 << 20)
+    dst_dir = dst.parent if str(dst.parent) else Path(".")
+    if not dst_dir.is_dir():
+        raise FileNotFoundError(f"output folder {dst_dir} does not exist")
+    check_free_space(dst_dir, out_bytes)
+    cancel = cancel or CancelToken()
+    threads = max(1, threads or os.cpu_count() or 1)
+
+    digest: list[str] = [source_sha256 or ""]
+    hasher = None
+    stop_hashing = CancelToken()
+    if not source_sha256:
+        def run_hash() -> None:
+            digest[0] = _source_digest(src, stop_hashing)
+
+        hasher = threading.Thread(target=run_hash, name="sha256", daemon=True)
+        hasher.start()
+
+    transform = _Transformer(ckpt)
+    total = sum(ckpt.tensors[t.name].nbytes for t in plan)
+    done = 0
+    progress(Progress("converting", 0, total))
+
+    def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int) -> bytes:
+        rows = tensor.read_rows(start, stop)
+        rows = transform(out.name, rows)
+        _check_finite(ckpt.path, out.name, rows, start)
+        return quantize(rows.reshape(stop - start, out.shape[-1]), out.dtype).tobytes()
+
+    pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convert")
+
+    def chunks(out: TensorPlan) -> Iterator[bytes]:
+        nonlocal done
+        tensor = ckpt.tensors[out.name]
+        n_rows, n_cols = tensor.n_rows, tensor.n_cols
+        if tensor.n_rows * tensor.n_cols != int(np.prod(out.shape)):
+            raise ModelFileError(ckpt.path, f"tensor '{out.name}' has shape {tensor.shape}, expected {out.shape}")
+        if len(out.shape) == 1 and n_rows != 1:  # a (1, 1, C) source stored as C rows of 1
+            n_rows, n_cols = 1, tensor.n_rows * tensor.n_cols
+        step = max(1, min(n_rows, CHUNK_VALUES // max(1, n_cols)))
+        if len(out.shape) == 1:
+            rows = transform(out.name, tensor.numpy().reshape(1, -1))
+            _check_finite(ckpt.path, out.name, rows, 0)
+            done += tensor.nbytes
+            progress(Progress("converting", done, total))
+            yield quantize(rows, out.dtype).tobytes()
+            return
+        pending: deque[tuple[cf.Future[bytes], int]] = deque()
+        starts = iter(range(0, n_rows, step))
+        for start in starts:
+            pending.append((pool.submit(encode, tensor, out, start, min(start + step, n_rows)), start))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            fut, start = pending.popleft()
+            data = fut.result()
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append((pool.submit(encode, tensor, out, nxt, min(nxt + step, n_rows)), nxt))
+            cancel.raise_if_cancelled()
+            done += (min(start + step, n_rows) - start) * tensor.row_bytes
+            progress(Progress("converting", done, total))
+            yield data
+
+    a = ckpt.arch
+    metadata = [
+        ("general.name", src.name.removesuffix(".pth")),
+        ("general.file_type", FILE_TYPES[target]),
+        ("general.quantization_version", 2),
+        ("rwkv4.block_count", a.n_layer),
+        ("rwkv4.embedding_length", a.n_embd),
+        ("rwkv4.feed_forward_length", a.n_ffn),
+        ("rwkv4.vocab_size", a.n_vocab),
+        ("rwkv4.layer_norm_epsilon", LN_EPS),
+        ("tokenizer.ggml.model", TOKENIZER_BY_VOCAB.get(a.n_vocab, "none")),
+        ("rwkv_tui.format_version", FORMAT_VERSION),
+        ("rwkv_tui.source.file_name", src.name),
+        ("rwkv_tui.source.format", ckpt.source_format),
+        ("rwkv_tui.source.sha256", source_sha256 or SHA_PLACEHOLDER),
+        ("rwkv_tui.transforms", sorted({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED})),
+        ("rwkv_tui.quant.matrices", target.name),
+        ("rwkv_tui.quant.head", plan[-1].dtype.name),
+        ("rwkv_tui.quant.emb", plan[0].dtype.name),
+        ("rwkv_tui.quant.vectors", DType.F32.name),
+    ]
+    try:
+        with atomic_output(dst) as f:
+            header_end = write_gguf(f, "rwkv4", metadata, plan, chunks)
+            if hasher is not None:  # the digest was computed alongside: fill its slot in the header
+                hasher.join()
+                cancel.raise_if_cancelled()
+                _patch_sha256(f, header_end, digest[0])
+    finally:
+        stop_hashing.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+    progress(Progress("converting", total, total))
+    return ConvertResult(dst, target, plan[-1].dtype, dst.stat().st_size, time.perf_counter() - t0, digest[0])
+
+
+SHA_PLACEHOLDER = "0" * 64
+
+
+def _patch_sha256(f, header_end: int, digest: str) -> None:
+    """Overwrite the placeholder value of rwkv_tui.source.sha256 in the header with `digest`."""
+    key = b"rwkv_tui.source.sha256"
+    needle = len(key).to_bytes(8, "little") + key + (8).to_bytes(4, "little") + (64).to_bytes(8, "little")
+    f.flush()
+    f.seek(0)
+    head = f.read(header_end)
+    at = head.find(needle + SHA_PLACEHOLDER.encode())
+    if at < 0 or len(digest) != 64:
+        raise RuntimeError("internal error: no slot for the source sha256 in the header")
+    f.seek(at + len(needle))
+    f.write(digest.encode())
+    f.seek(0, os.SEEK_END)

@@ -1,0 +1,127 @@
+"""Open any supported model file as a `Checkpoint`: BlinkDL names, lazy tensors, known transforms.
+
+Sources: BlinkDL `.pth`, Hugging Face transformers layout (`pytorch_model.bin`, `.safetensors`, a
+folder or an index file of shards), rwkv.cpp `.bin`, and our GGUF. The kind is told by the file's
+magic bytes, not its name. Each source says which load-time transforms its data already carries
+(`transforms`), so conversion applies each exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ModelFileError
+from runtime.formats.detect import Architecture, detect_architecture
+from runtime.formats.tensors import LazyTensor
+
+# Names of the load-time transforms a file's data may already carry.
+TIME_DECAY_NEG_EXP = "time_decay=-exp(time_decay)"
+TIME_MIX_SQUEEZED = "time_mix_squeezed"
+LN0_FOLDED = "ln0_folded_into_emb"
+KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED})
+
+ZIP_MAGIC = b"PK\x03\x04"
+RWKVCPP_MAGIC = (0x67676D66).to_bytes(4, "little")
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class Checkpoint:
+    """A model file opened for reading."""
+
+    path: Path
+    source_format: str  # "pth", "hf-pth", "safetensors", "hf-safetensors", "rwkvcpp", "gguf"
+    tensors: dict[str, LazyTensor]
+    arch: Architecture
+    transforms: frozenset[str] = frozenset()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def sniff_format(path: Path) -> str:
+    """'zip', 'rwkvcpp', 'gguf', 'safetensors' or 'folder', from the first bytes."""
+    if path.is_dir():
+        return "folder"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        raise ModelFileError(path, "no such file") from None
+    except OSError as e:
+        raise ModelFileError(path, f"cannot read: {e.strerror}") from e
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(RWKVCPP_MAGIC):
+        return "rwkvcpp"
+    if head.startswith(GGUF_MAGIC):
+        return "gguf"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if not head:
+        raise ModelFileError(path, "file is empty")
+    raise ModelFileError(
+        path, "unknown file format (expected a PyTorch .pth, .safetensors, rwkv.cpp .bin or GGUF file)"
+    )
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Open `path` (a file, or a folder of Hugging Face shards) and validate it as an RWKV model."""
+    path = Path(path)
+    kind = sniff_format(path)
+    transforms: frozenset[str] = frozenset()
+    metadata: dict[str, Any] = {}
+    if kind == "gguf":
+        from runtime.formats.gguf_file import read_gguf
+
+        g = read_gguf(path)
+        tensors, metadata = g.tensors, g.metadata
+        transforms = frozenset(metadata.get("rwkv_tui.transforms", []))
+        arch_name = metadata.get("general.architecture")
+        if arch_name != "rwkv4":
+            raise ModelFileError(path, f"GGUF architecture '{arch_name}' is not RWKV-4")
+        source_format = "gguf"
+    elif kind == "rwkvcpp":
+        from runtime.formats.rwkvcpp import read_rwkvcpp
+
+        r = read_rwkvcpp(path)
+        tensors, transforms = r.tensors, r.transforms
+        metadata = {"rwkvcpp.version": r.version, "rwkvcpp.data_type": r.data_type.name}
+        source_format = "rwkvcpp"
+    else:
+        tensors, source_format = _read_torch_like(path, kind)
+    unknown = transforms - KNOWN_TRANSFORMS
+    if unknown:
+        raise ModelFileError(path, f"the file records transforms this version does not know: {sorted(unknown)}")
+    shapes = {n: t.shape for n, t in tensors.items()}
+    arch = detect_architecture(path, shapes, allow_ln0_missing=LN0_FOLDED in transforms)
+    return Checkpoint(path, source_format, tensors, arch, transforms, metadata)
+
+
+def _read_torch_like(path: Path, kind: str) -> tuple[dict[str, LazyTensor], str]:
+    from runtime.formats import hf
+
+    if kind == "folder" or path.name.endswith(".index.json"):
+        shards = hf.find_hf_shards(path)
+        tensors: dict[str, LazyTensor] = {}
+        for shard in shards:
+            part, _ = _read_torch_like(shard, sniff_format(shard))
+            tensors.update(part)
+        fmt = "hf-safetensors" if shards[0].suffix == ".safetensors" else "hf-pth"
+    elif kind == "zip":
+        from runtime.formats.pth import read_pth
+
+        tensors, fmt = read_pth(path), "pth"
+    else:
+        from runtime.formats.safetensors_file import read_safetensors
+
+        tensors, fmt = read_safetensors(path), "safetensors"
+    if hf.is_hf_layout(tensors):
+        tensors = hf.hf_to_blinkdl(tensors)
+        fmt = fmt if fmt.startswith("hf-") else "hf-" + fmt
+    return tensors, fmt

@@ -1,0 +1,75 @@
+"""Architecture detection from tensor names and shapes."""
+
+import pytest
+
+from runtime.errors import ModelFileError, UnsupportedModelError
+from runtime.formats.detect import detect_architecture, v4_tensor_shapes
+from tests.support.synthetic import v4_state_dict
+
+
+def shapes_of(sd):
+    return {k: v.shape for k, v in sd.items()}
+
+
+def test_rwkv4_is_recognised_with_its_dimensions():
+    arch = detect_architecture("m.pth", shapes_of(v4_state_dict(n_layer=3, n_embd=64, n_vocab=100)))
+    assert (arch.version, arch.n_layer, arch.n_embd, arch.n_vocab, arch.n_ffn) == ("4", 3, 64, 100, 256)
+    assert arch.runnable
+
+
+@pytest.mark.parametrize(
+    ("extra", "version"),
+    [
+        ({"blocks.0.att.ln_x.weight": (64,)}, "RWKV-5"),
+        ({"blocks.0.att.ln_x.weight": (64,), "blocks.0.att.gate.weight": (64, 64)}, "RWKV-5.1"),
+        ({"blocks.0.att.ln_x.weight": (64,), "blocks.0.att.time_faaaa": (1, 1, 64)}, "RWKV-5"),
+        ({"blocks.0.att.ln_x.weight": (64,), "blocks.0.att.time_faaaa": (2, 32)}, "RWKV-5.2"),
+        ({"blocks.0.att.time_maa_x": (1, 1, 64), "blocks.0.att.time_decay_w1": (64, 64)}, "RWKV-6"),
+        ({"blocks.0.att.r_k": (2, 32), "blocks.0.att.w0": (1, 1, 64)}, "RWKV-7"),
+    ],
+)
+def test_later_versions_are_named_and_refused(extra, version):
+    shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
+    shapes.update(extra)
+    with pytest.raises(UnsupportedModelError, match=rf"{version} checkpoints are recognised but not runnable"):
+        detect_architecture("later.pth", shapes)
+
+
+@pytest.mark.parametrize("fragment", ["blocks.0.tiny_ln.weight", "blocks.0.ffnPre.key.weight"])
+def test_rwkv4a_and_4b_variants_are_refused(fragment):
+    shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
+    shapes[fragment] = (64,)
+    with pytest.raises(UnsupportedModelError, match="RWKV-4a/4b"):
+        detect_architecture("RWKV-4a-Pile-170M.pth", shapes)
+
+
+def test_missing_tensor_is_named():
+    shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
+    del shapes["blocks.1.att.output.weight"]
+    with pytest.raises(ModelFileError, match=r"m\.pth: .*missing blocks\.1\.att\.output\.weight"):
+        detect_architecture("m.pth", shapes)
+
+
+def test_shape_mismatch_between_tensors_is_named():
+    shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
+    shapes["blocks.1.ffn.value.weight"] = (64, 128)
+    with pytest.raises(ModelFileError, match=r"'blocks\.1\.ffn\.value\.weight' has shape \(64, 128\), expected \(64, 256\)"):
+        detect_architecture("m.pth", shapes)
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ModelFileError, match="not an RWKV checkpoint: no 'emb.weight'"):
+        detect_architecture("bert.bin", {"bert.embeddings.word_embeddings.weight": (30522, 768)})
+
+
+def test_gap_in_block_numbers_is_refused():
+    shapes = {k: v for k, v in v4_tensor_shapes(3, 64, 100).items() if not k.startswith("blocks.1.")}
+    with pytest.raises(ModelFileError, match=r"missing \[1\]"):
+        detect_architecture("m.pth", shapes)
+
+
+def test_unexpected_extra_tensor_is_refused():
+    shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
+    shapes["blocks.1.att.mystery"] = (64,)
+    with pytest.raises(ModelFileError, match="unexpected tensors for RWKV-4: blocks.1.att.mystery"):
+        detect_architecture("m.pth", shapes)

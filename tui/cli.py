@@ -1,0 +1,149 @@
+"""`rwkv-tui` and its subcommands. With no subcommand it opens the full-screen app.
+
+Textual is imported only when the app is opened, so the scriptable commands start fast and work
+where no terminal UI is wanted. Errors the user can act on (bad files, full disk) print one line and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from runtime.errors import RwkvError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from runtime.convert import convert
+    from tui.progress_view import rich_progress
+
+    with rich_progress(err_console) as progress:
+        result = convert(args.src, args.dst, args.type, head_dtype=args.head_type, progress=progress,
+                         threads=args.threads)
+    console.print(
+        f"wrote {result.path} ({_human(result.nbytes)}, layers {result.dtype.name}, head "
+        f"{result.head_dtype.name}) in {result.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from runtime.formats.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(args.file)
+    a = ckpt.arch
+    total = ckpt.tensor_bytes
+    console.print(f"[bold]{ckpt.path}[/bold]")
+    summary = Table.grid(padding=(0, 2))
+    for k, v in [
+        ("format", ckpt.source_format),
+        ("architecture", f"{a.name} ({'runnable' if a.runnable else 'not runnable yet'})"),
+        ("layers × width", f"{a.n_layer} × {a.n_embd} (ffn {a.n_ffn})"),
+        ("vocabulary", str(a.n_vocab)),
+        ("parameters", f"{sum(_numel(t.shape) for t in ckpt.tensors.values()) / 1e6:.1f} M"),
+        ("tensor data", _human(total)),
+        ("transforms applied", ", ".join(sorted(ckpt.transforms)) or "none"),
+    ]:
+        summary.add_row(f"[dim]{k}[/dim]", v)
+    console.print(summary)
+    if ckpt.metadata:
+        meta = Table(title="metadata", show_edge=False, title_justify="left")
+        meta.add_column("key")
+        meta.add_column("value", overflow="fold")
+        for k, v in ckpt.metadata.items():
+            meta.add_row(k, str(v))
+        console.print(meta)
+    table = Table(title="tensors", show_edge=False, title_justify="left")
+    for col in ("name", "shape", "type", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    names = list(ckpt.tensors)
+    if not args.all and a.n_layer > 1:
+        block0 = [n for n in names if n.startswith("blocks.0.")]
+        names = [n for n in names if not n.startswith("blocks.") or n.startswith("blocks.0.")]
+    for n in names:
+        t = ckpt.tensors[n]
+        table.add_row(n, "×".join(map(str, t.shape)), t.dtype.name, _human(t.nbytes))
+    console.print(table)
+    if not args.all and a.n_layer > 1:
+        same = all(
+            ckpt.tensors.get(n.replace("blocks.0.", f"blocks.{i}.")) is not None
+            and ckpt.tensors[n.replace("blocks.0.", f"blocks.{i}.")].dtype == ckpt.tensors[n].dtype
+            for i in range(1, a.n_layer) for n in block0 if ".ln0." not in n
+        )
+        note = "repeat block 0's shapes and types" if same else "differ from block 0 in types"
+        console.print(f"[dim]blocks.1 … blocks.{a.n_layer - 1} {note} (--all lists every tensor)[/dim]")
+    return 0
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from tui.app import run_app
+
+    return run_app(model=getattr(args, "model", None), resume=getattr(args, "resume", None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rwkv-tui", description="Chat with local RWKV models on your CPU.")
+    p.add_argument("--model", help="open the app with a new conversation on this model (path or id)")
+    p.add_argument("--resume", help="open the app on a saved conversation (id or 'last')")
+    p.set_defaults(func=cmd_app)
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="convert a .pth/.safetensors/rwkv.cpp .bin/GGUF model to GGUF")
+    c.add_argument("src", type=Path, help="source model file (or a folder of Hugging Face shards)")
+    c.add_argument("dst", type=Path, help="output .gguf file")
+    c.add_argument("--type", default="q5_1", help="type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0")
+    c.add_argument("--head-type", default=None, help="type of the output head (default: chosen per --type)")
+    c.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("inspect", help="show a model file's architecture, metadata and tensors")
+    i.add_argument("file", type=Path)
+    i.add_argument("--all", action="store_true", help="list the tensors of every layer")
+    i.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RwkvError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        return 2
+    except ValueError as e:  # bad option values (e.g. an unknown --type)
+        err_console.print(f"[red]error:[/red] {e}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
