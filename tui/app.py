@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import ClassVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -30,7 +31,7 @@ rwkv-tui convert RWKV-4-Raven-7B-….pth raven-7b-q5_1.gguf --type q5_1
 
 class RwkvApp(App[int]):
     TITLE = "rwkv-tui"
-    BINDINGS = [Binding("q", "quit", "Quit", id="app.quit")]
+    BINDINGS: ClassVar[list[Binding]] = [Binding("q", "quit", "Quit", id="app.quit")]
 
     def compose(self) -> ComposeResult:
         yield Header()

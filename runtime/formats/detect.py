@@ -88,7 +88,8 @@ def detect_architecture(
     layers = {int(m.group(1)) for n in names if (m := _BLOCK.match(n))}
     n_layer = max(layers) + 1 if layers else 0
     if layers != set(range(n_layer)):
-        raise ModelFileError(path, f"blocks are not numbered 0..{n_layer - 1}: missing {sorted(set(range(n_layer)) - layers)}")
+        missing = sorted(set(range(n_layer)) - layers)
+        raise ModelFileError(path, f"blocks are not numbered 0..{n_layer - 1}: missing {missing}")
 
     def has(fragment: str) -> bool:
         return any(fragment in n for n in names)

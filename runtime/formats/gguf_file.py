@@ -61,7 +61,9 @@ class _Cursor:
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.buf):
-            raise ModelFileError(self.path, f"file is truncated: the GGUF header needs {n} more bytes at byte {self.pos}")
+            raise ModelFileError(
+                self.path, f"file is truncated: the GGUF header needs {n} more bytes at byte {self.pos}"
+            )
         b = self.buf[self.pos : self.pos + n]
         self.pos += n
         return b
@@ -138,7 +140,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GgufFile:
             try:
                 dtype = DType(code)
             except ValueError:
-                raise ModelFileError(path, f"tensor '{name}' has ggml type {code}, which this version cannot read") from None
+                problem = f"tensor '{name}' has ggml type {code}, which this version cannot read"
+                raise ModelFileError(path, problem) from None
             if any(d <= 0 or d > 1 << 40 for d in dims):
                 raise cur.fail(f"tensor '{name}' has dimensions {dims}")
             infos.append((name, tuple(reversed(dims)), dtype, offset))
@@ -153,7 +156,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GgufFile:
         if offset % alignment:
             raise ModelFileError(path, f"tensor '{name}' is not aligned to {alignment} bytes")
         if shape[-1] % dtype.block_size:
-            raise ModelFileError(path, f"tensor '{name}' has {shape[-1]} columns, not a multiple of {dtype.name}'s block")
+            problem = f"tensor '{name}' has {shape[-1]} columns, not a multiple of {dtype.name}'s block"
+            raise ModelFileError(path, problem)
         tensors[name] = LazyTensor(name, shape, dtype, fh, data_offset + offset)
     return GgufFile(path, version, metadata, tensors, data_offset, alignment, fh)
 
@@ -183,7 +187,8 @@ def write_gguf(
     """Write a GGUF v3 file to `out`: header and metadata via gguf.GGUFWriter, then streamed data.
 
     `chunks(tensor)` yields the stored bytes of one tensor in order; their total must equal
-    `tensor.nbytes`. Returns the size of the header (where the tensor data section starts). Metadata values are typed from Python: bool, int (uint32 if it fits, else
+    `tensor.nbytes`. Returns the size of the header (where the tensor data section starts).
+    Metadata values are typed from Python: bool, int (uint32 if it fits, else
     uint64), float (float32), str, and lists of str or int.
     """
     import gguf

@@ -8,6 +8,7 @@ Shapes are in numpy order: the last dimension is the contiguous one, a matrix is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -50,10 +51,8 @@ class FileHandle:
                 self.fd = -1
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 @dataclass

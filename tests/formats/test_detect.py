@@ -53,12 +53,13 @@ def test_missing_tensor_is_named():
 def test_shape_mismatch_between_tensors_is_named():
     shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
     shapes["blocks.1.ffn.value.weight"] = (64, 128)
-    with pytest.raises(ModelFileError, match=r"'blocks\.1\.ffn\.value\.weight' has shape \(64, 128\), expected \(64, 256\)"):
+    expected = r"'blocks\.1\.ffn\.value\.weight' has shape \(64, 128\), expected \(64, 256\)"
+    with pytest.raises(ModelFileError, match=expected):
         detect_architecture("m.pth", shapes)
 
 
 def test_unknown_layout_is_refused():
-    with pytest.raises(ModelFileError, match="not an RWKV checkpoint: no 'emb.weight'"):
+    with pytest.raises(ModelFileError, match=r"not an RWKV checkpoint: no 'emb\.weight'"):
         detect_architecture("bert.bin", {"bert.embeddings.word_embeddings.weight": (30522, 768)})
 
 
@@ -71,5 +72,5 @@ def test_gap_in_block_numbers_is_refused():
 def test_unexpected_extra_tensor_is_refused():
     shapes = shapes_of(v4_state_dict(n_layer=2, n_embd=64))
     shapes["blocks.1.att.mystery"] = (64,)
-    with pytest.raises(ModelFileError, match="unexpected tensors for RWKV-4: blocks.1.att.mystery"):
+    with pytest.raises(ModelFileError, match=r"unexpected tensors for RWKV-4: blocks\.1\.att\.mystery"):
         detect_architecture("m.pth", shapes)

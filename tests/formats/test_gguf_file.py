@@ -1,5 +1,6 @@
 """Our GGUF writer and strict reader: round trip, interchange with the gguf package, bad files."""
 
+import contextlib
 import struct
 import time
 
@@ -83,10 +84,8 @@ def test_random_corruption_never_crashes_or_hangs(sample):
         for pos in rng.integers(4, 400, size=3):
             mutated[pos] = rng.integers(0, 256)
         bad.write_bytes(mutated)
-        try:
+        with contextlib.suppress(ModelFileError):
             read_gguf(bad)
-        except ModelFileError:
-            pass
     assert time.monotonic() - start < 30
 
 
@@ -134,7 +133,7 @@ def test_tensor_past_end_of_file(tmp_path, sample):
 
 def test_unknown_tensor_type(tmp_path):
     name = b"w"
-    info = struct.pack("<Q", len(name)) + name + struct.pack("<I", 1) + struct.pack("<Q", 32) + struct.pack("<IQ", 12, 0)
+    info = struct.pack("<Q", len(name)) + name + struct.pack("<IQ", 1, 32) + struct.pack("<IQ", 12, 0)
     p = tmp_path / "k.gguf"
     p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + info + b"\0" * 256)
     with pytest.raises(ModelFileError, match="tensor 'w' has ggml type 12, which this version cannot read"):

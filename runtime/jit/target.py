@@ -1,0 +1,77 @@
+"""The host CPU as LLVM sees it: triple, CPU name, features, and a target machine for it.
+
+Everything compiled by the runtime targets the exact CPU it runs on (AVX2/FMA/F16C, AVX-512, NEON, …),
+so the CPU name and feature string are also part of every cache key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import llvmlite
+import llvmlite.binding as llvm
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """What code is compiled for. `vector_bits` is the widest SIMD register the features allow."""
+
+    triple: str
+    cpu: str
+    features: str
+    vector_bits: int
+
+    @property
+    def cache_identity(self) -> str:
+        """Everything besides the IR that decides the machine code."""
+        return f"{self.triple}|{self.cpu}|{self.features}|llvmlite {llvmlite.__version__}"
+
+    @property
+    def f32_lanes(self) -> int:
+        """float32 lanes per SIMD register (8 with AVX2, 4 with SSE/NEON)."""
+        return self.vector_bits // 32
+
+
+@functools.cache
+def _initialise() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@functools.cache
+def host_target() -> HostTarget:
+    """The host's target description. `RWKV_TUI_CPU` / `RWKV_TUI_FEATURES` override it (for tests)."""
+    _initialise()
+    cpu = os.environ.get("RWKV_TUI_CPU") or llvm.get_host_cpu_name()
+    features = os.environ.get("RWKV_TUI_FEATURES")
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    # 256-bit vectors even with AVX-512: wider ones downclock many CPUs and buy nothing when the
+    # work is bound by memory reads.
+    if "avx2" in enabled or "avx" in enabled:
+        bits = 256
+    elif enabled & {"sse2", "neon", "sve", "altivec"} or llvm.get_process_triple().startswith("aarch64"):
+        bits = 128
+    else:
+        bits = 128
+    return HostTarget(llvm.get_process_triple(), cpu, features, bits)
+
+
+@functools.cache
+def target_machine() -> llvm.TargetMachine:
+    """The shared target machine used to optimise and compile for the host (optimisation level 3)."""
+    return new_target_machine()
+
+
+def new_target_machine() -> llvm.TargetMachine:
+    """A fresh target machine. An MCJIT engine takes ownership of the one it is given and frees it
+    with itself, so every engine needs its own."""
+    _initialise()
+    host = host_target()
+    target = llvm.Target.from_triple(host.triple)
+    return target.create_target_machine(
+        cpu=host.cpu, features=host.features, opt=3, reloc="default", codemodel="jitdefault", jit=True
+    )

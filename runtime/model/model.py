@@ -1,0 +1,141 @@
+"""`Model`: a loaded RWKV-4 model whose forward pass is one native call per step.
+
+    model = load_model("raven-7b-q5_1.gguf")
+    state = model.new_state()
+    logits, state = model.forward([510, 3158], state)
+
+`forward` copies the state it is given (that one stays usable: regenerate, fork), runs the compiled
+forward function on every thread of the pool with the GIL released, and returns float32 logits of
+the last token with the new state. Calls on one model are serialised by a lock (they share scratch
+memory); use one `Model` per concurrent stream if ever needed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.threads import BARRIER_ALIGN, BARRIER_BYTES, ThreadPool
+from runtime.model.forward_ir import FORWARD_NAME, build_forward_module
+from runtime.model.layout import N_ARGS, PP_INITIAL, Arg, StateRow
+from runtime.model.loader import LoadedWeights, load_weights
+from runtime.model.state import State, StateError
+
+TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
+
+
+def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(n * itemsize + align, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % align
+    return raw[skip : skip + n * itemsize].view(dtype)
+
+
+class Model:
+    """A runnable model. Create with `runtime.load_model`."""
+
+    def __init__(self, weights: LoadedWeights, threads: int | None = None) -> None:
+        self._weights = weights
+        self.spec = weights.spec
+        self.path: Path = weights.path
+        self.version = weights.checkpoint.arch.version
+        self.n_layer = self.spec.n_layer
+        self.n_embd = self.spec.n_embd
+        self.n_vocab = self.spec.n_vocab
+        self.fingerprint = weights.fingerprint
+        self.metadata = weights.metadata
+        t0 = time.perf_counter()
+        self._compiled: CompiledModule = compile_module(build_forward_module(self.spec))
+        self.compile_seconds = time.perf_counter() - t0
+        self.compiled_from_cache = self._compiled.stats.cached
+        self._forward_address = self._compiled.address(FORWARD_NAME)
+        self._pool = ThreadPool(threads)
+        self.threads = self._pool.n_threads
+        self._scratch = _aligned_zeros(self.spec.scratch_floats, np.float32)
+        self._barrier = _aligned_zeros(max(BARRIER_BYTES, 64), np.uint8, max(BARRIER_ALIGN, 64))
+        self._args = _aligned_zeros(N_ARGS, np.int64)
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer_name(self) -> str:
+        """'gpt-neox-20b', 'rwkv-world' or 'none'."""
+        name = self.metadata.get("tokenizer.ggml.model")
+        return name if isinstance(name, str) else TOKENIZER_BY_VOCAB.get(self.n_vocab, "none")
+
+    def new_state(self) -> State:
+        data = np.zeros(self.spec.state_shape, dtype=np.float32)
+        data.reshape(self.n_layer, -1, self.n_embd)[:, StateRow.PP, :] = PP_INITIAL
+        return State(data, self.fingerprint)
+
+    def check_state(self, state: State) -> None:
+        """Raise StateError unless `state` was made by this model."""
+        if state.fingerprint != self.fingerprint:
+            raise StateError(
+                f"this state was made by a different model (fingerprint {state.fingerprint[:12]}…, "
+                f"the loaded model {self.path.name} is {self.fingerprint[:12]}…)"
+            )
+        if state.data.shape != self.spec.state_shape or state.data.dtype != np.float32:
+            raise StateError(f"state has shape {state.data.shape}, the model needs {self.spec.state_shape}")
+
+    def state_from_bytes(self, blob: bytes, source: str = "saved state") -> State:
+        state = State.from_bytes(blob, source)
+        self.check_state(state)
+        return state
+
+    def forward(
+        self, tokens: Sequence[int] | np.ndarray, state: State | None = None, *, want_logits: bool = True
+    ) -> tuple[np.ndarray | None, State]:
+        """Feed `tokens` from `state` (a fresh one if None): (logits of the last token, new state).
+
+        Several tokens run in sequence mode (matrix × matrix over chunks) and give the same result
+        as feeding them one at a time. `want_logits=False` skips the head (prompt ingestion).
+        """
+        ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        if ids.size == 0:
+            raise ValueError("forward needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.n_vocab:
+            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        ids32 = ids.astype(np.int32)
+        if state is None:
+            state = self.new_state()
+        else:
+            self.check_state(state)
+        new = np.array(state.data, dtype=np.float32, order="C", copy=True)
+        logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
+        with self._lock:
+            a = self._args
+            a[Arg.TOKENS] = ids32.ctypes.data
+            a[Arg.N_TOKENS] = ids32.size
+            a[Arg.STATE] = new.ctypes.data
+            a[Arg.LOGITS] = logits.ctypes.data if logits is not None else 0
+            a[Arg.SCRATCH] = self._scratch.ctypes.data
+            a[Arg.BARRIER] = self._barrier.ctypes.data
+            a[Arg.WEIGHTS] = self._weights.weight_table.ctypes.data
+            a[Arg.PARAMS] = self._weights.params.ctypes.data
+            self._pool.run(self._forward_address, a.ctypes.data)
+        return logits, State(new, self.fingerprint)
+
+    def close(self) -> None:
+        """Stop the worker threads and unmap the file."""
+        with self._lock:
+            self._pool.close()
+            self._weights.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_model(path: str | os.PathLike[str], threads: int | None = None) -> Model:
+    """Load a GGUF (from `rwkv-tui convert`) or rwkv.cpp `.bin` model; threads=None uses all cores."""
+    return Model(load_weights(path), threads)
