@@ -38,6 +38,7 @@ class HostTarget:
 def _initialise() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    llvm.initialize_native_asmparser()  # inline asm (the pause hint)
 
 
 @functools.cache
