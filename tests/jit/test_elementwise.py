@@ -9,7 +9,7 @@ import pytest
 from llvmlite import ir
 
 from runtime.jit.engine import compile_module
-from runtime.jit.irkit import F32, F32P, I64, VOID, counted_loop, i64, load_at, store_at
+from runtime.jit.irkit import F32P, I64, VOID, counted_loop, i64, load_at, store_at
 from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
 from runtime.jit.kernels.norm import emit_layernorm
 from runtime.jit.kernels.wkv import emit_wkv
