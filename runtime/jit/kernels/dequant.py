@@ -51,10 +51,15 @@ def _nibbles(b: ir.IRBuilder, block: ir.Value, offset: int) -> ir.Value:
 
 
 def _fifth_bits(b: ir.IRBuilder, block: ir.Value, offset: int) -> ir.Value:
-    """32 × i32: bit j of the little-endian u32 at `offset`, moved to bit 4, for value j."""
-    qh = _splat(b, _at(b, block, offset, I32), V32I32)
-    bits = b.and_(b.lshr(qh, _const_vec(V32I32, list(range(32)))), _const_vec(V32I32, [1] * 32))
-    return b.shl(bits, _const_vec(V32I32, [4] * 32))
+    """32 × i8: 16 where bit j of the little-endian u32 at `offset` is set, else 0, for value j.
+
+    Byte-wise (broadcast byte j/8 to lane j, test bit j%8), which stays in one vector register.
+    """
+    qh = _at(b, block, offset, ir.VectorType(I8, 4))
+    spread = b.shuffle_vector(qh, qh, _const_vec(ir.VectorType(I32, 32), [j // 8 for j in range(32)]))
+    bits = b.and_(spread, _const_vec(V32I8, [(1 << (j % 8)) - 256 * ((1 << (j % 8)) > 127) for j in range(32)]))
+    is_set = b.icmp_unsigned("!=", bits, ir.Constant(V32I8, None))
+    return b.select(is_set, _const_vec(V32I8, [16] * 32), ir.Constant(V32I8, None))
 
 
 def decode_block(b: ir.IRBuilder, module: ir.Module, dtype: DType, block: ir.Value) -> ir.Value:
@@ -74,11 +79,10 @@ def decode_block(b: ir.IRBuilder, module: ir.Module, dtype: DType, block: ir.Val
         q = b.uitofp(_nibbles(b, block, 4), V32F)
         return b.call(fma, [q, _splat(b, _scale(b, block, 0), V32F), _splat(b, _scale(b, block, 2), V32F)])
     if dtype is DType.Q5_0:
-        q = b.or_(b.zext(_nibbles(b, block, 6), V32I32), _fifth_bits(b, block, 2))
-        q = b.sub(q, _const_vec(V32I32, [16] * 32))
+        q = b.sub(b.or_(_nibbles(b, block, 6), _fifth_bits(b, block, 2)), _const_vec(V32I8, [16] * 32))
         return b.fmul(b.sitofp(q, V32F), _splat(b, _scale(b, block, 0), V32F))
     if dtype is DType.Q5_1:
-        q = b.or_(b.zext(_nibbles(b, block, 8), V32I32), _fifth_bits(b, block, 4))
+        q = b.or_(_nibbles(b, block, 8), _fifth_bits(b, block, 4))
         return b.call(fma, [b.uitofp(q, V32F), _splat(b, _scale(b, block, 0), V32F),
                             _splat(b, _scale(b, block, 2), V32F)])
     raise ValueError(f"no kernel for weight type {dtype.name}")

@@ -29,17 +29,30 @@ def check_cols(dtype: DType, n_cols: int) -> None:
 def dot_row(
     b: ir.IRBuilder, module: ir.Module, dtype: DType, n_cols: int, row: ir.Value, x: ir.Value
 ) -> ir.Value:
-    """Σ row·x over n_cols values, as a float (row: i8* to the row's first block)."""
+    """Σ row·x over n_cols values, as a float (row: i8* to the row's first block).
+
+    Blocks alternate between two accumulators, so consecutive FMAs do not wait on each other.
+    """
     fma = intrinsic(module, "llvm.fmuladd.v32f32", V32F, [V32F, V32F, V32F])
     reduce = intrinsic(module, "llvm.vector.reduce.fadd.v32f32", F32, [F32, V32F])
     stride = block_stride(dtype)
-    acc = b.alloca(V32F)
-    b.store(ir.Constant(V32F, None), acc)
-    with counted_loop(b, i64(0), i64(n_cols // LANES), name="blk") as k:
+    n_blocks = n_cols // LANES
+    accs = [b.alloca(V32F), b.alloca(V32F)]
+    for acc in accs:
+        b.store(ir.Constant(V32F, None), acc)
+
+    def step(k: ir.Value, acc: ir.Value) -> None:
         w = decode_block(b, module, dtype, b.gep(row, [b.mul(k, i64(stride))], inbounds=True))
         xv = b.load(b.bitcast(b.gep(x, [b.mul(k, i64(LANES))], inbounds=True), V32F.as_pointer()), align=4)
         b.store(b.call(fma, [w, xv, b.load(acc)]), acc)
-    return b.call(reduce, [f32(0.0), b.load(acc)], fastmath=("reassoc",))
+
+    with counted_loop(b, i64(0), i64(n_blocks - 1), i64(2), name="blk") as k:
+        step(k, accs[0])
+        step(b.add(k, i64(1)), accs[1])
+    if n_blocks % 2:
+        step(i64(n_blocks - 1), accs[0])
+    total = b.fadd(b.load(accs[0]), b.load(accs[1]))
+    return b.call(reduce, [f32(0.0), total], fastmath=("reassoc",))
 
 
 def emit_matvec(

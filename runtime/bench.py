@@ -1,0 +1,132 @@
+"""What `rwkv-tui bench MODEL` measures: decode and prompt speed, bytes read, bandwidth, memory, load time.
+
+Figures, not pass/fail: the machine is noisy, so everything compared is measured in the same run.
+The memory read bandwidth is measured here too (a streaming sum over a buffer much larger than the
+caches), so the decode rate can be read as a fraction of what the memory can deliver.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.jit.threads import default_threads
+from runtime.model.layout import MAT_TENSOR_NAMES, Mat
+from runtime.model.model import Model, load_model
+
+PROMPT_CHUNKS = (16, 64, 256)
+
+
+@dataclass
+class ThreadResult:
+    threads: int
+    decode_ms: float
+    prompt_tok_s: dict[int, float] = field(default_factory=dict)
+
+    def effective_gbs(self, bytes_per_token: int) -> float:
+        return bytes_per_token / (self.decode_ms / 1000) / 1e9
+
+
+@dataclass
+class BenchResult:
+    path: Path
+    file_bytes: int
+    bytes_per_token: int
+    bandwidth_gbs: float
+    load_cold_s: float
+    load_warm_s: float
+    peak_rss_mb: float
+    runs: list[ThreadResult]
+
+
+def bytes_per_decoded_token(model: Model) -> int:
+    """Weight bytes one decode step reads: every layer matrix, the head, and one embedding row."""
+    t = model._weights.checkpoint.tensors
+    total = sum(t[f"blocks.{i}.{MAT_TENSOR_NAMES[m]}"].nbytes for i in range(model.n_layer) for m in Mat)
+    return total + t["head.weight"].nbytes + t["emb.weight"].row_bytes
+
+
+def memory_read_bandwidth(megabytes: int = 1024, repeats: int = 3) -> float:
+    """GB/s of a single-threaded streaming sum over `megabytes` (numpy; best of `repeats`)."""
+    a = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best / 1e9
+
+
+def _timed_load(path: Path, cache_dir: str, threads: int) -> tuple[Model, float]:
+    old = os.environ.get("RWKV_TUI_CACHE_DIR")
+    os.environ["RWKV_TUI_CACHE_DIR"] = cache_dir
+    try:
+        t0 = time.perf_counter()
+        model = load_model(path, threads=threads)
+        return model, time.perf_counter() - t0
+    finally:
+        if old is None:
+            os.environ.pop("RWKV_TUI_CACHE_DIR", None)
+        else:
+            os.environ["RWKV_TUI_CACHE_DIR"] = old
+
+
+def _decode_ms(model: Model, steps: int) -> float:
+    rng = np.random.default_rng(0)
+    _, state = model.forward(rng.integers(0, model.n_vocab, 8))
+    for tok in rng.integers(0, model.n_vocab, 4):  # warm up
+        _, state = model.forward([int(tok)], state)
+    times = []
+    for tok in rng.integers(0, model.n_vocab, steps):
+        t0 = time.perf_counter()
+        _, state = model.forward([int(tok)], state)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def _prompt_tok_s(model: Model, chunk: int, repeats: int) -> float:
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, model.n_vocab, chunk)
+    model.forward(tokens[: min(chunk, 8)])
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.forward(tokens)
+        best = min(best, time.perf_counter() - t0)
+    return chunk / best
+
+
+def run_bench(
+    path: str | os.PathLike[str], threads: list[int] | None = None, steps: int = 32,
+    report: Callable[[str], None] = lambda _msg: None,
+) -> BenchResult:
+    path = Path(path)
+    counts = threads or sorted({1, default_threads()})
+    with tempfile.TemporaryDirectory(prefix="rwkv-bench-cache-") as cache:
+        report("loading (cold: compiling kernels)")
+        model, cold = _timed_load(path, cache, counts[0])
+        model.close()
+        model, warm = _timed_load(path, cache, counts[0])
+        per_token = bytes_per_decoded_token(model)
+        model.close()
+        runs = []
+        for n in counts:
+            report(f"{n} thread(s): decoding")
+            model, _ = _timed_load(path, cache, n)
+            run = ThreadResult(n, _decode_ms(model, steps))
+            for chunk in PROMPT_CHUNKS:
+                report(f"{n} thread(s): prompt of {chunk} tokens")
+                run.prompt_tok_s[chunk] = _prompt_tok_s(model, chunk, repeats=3 if chunk < 256 else 2)
+            model.close()
+            runs.append(run)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth buffer
+    report("measuring memory bandwidth")
+    bandwidth = memory_read_bandwidth()
+    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs)
