@@ -1,9 +1,15 @@
-"""Read PyTorch `.pth` checkpoints (torch zip format) without torch, lazily.
+"""Read BlinkDL `.pth` checkpoints (the torch zip format) lazily and without torch.
 
-The zip holds `<archive>/data.pkl` (the state dict, unpickled by safe_unpickle's allow-list) and one
-member per storage, `<archive>/data/<key>`. torch writes members uncompressed, so each tensor is a
-plain span of the zip file: we compute its offset from the member's local header and hand out a
-`LazyTensor` on it. No tensor data is read here.
+`torch.save` writes a zip: `<archive>/data.pkl` (the state dict, a pickle) and one member per storage,
+`<archive>/data/<key>`, plus small `byteorder`, `version` and bookkeeping members. Storage members are
+STORED (never compressed) and 64-byte aligned, so each tensor is a plain span of the zip file: its offset
+is the member's data offset (local header offset + 30 + name length + extra length, read from the local
+header itself) plus storage_offset × item size. No tensor byte is read here; `LazyTensor`s share one
+`FileHandle`.
+
+The pickle is read by `safe_unpickle`'s allow-list (nothing it names is executed). The zip directory is
+read with `zipfile` (which handles ZIP64, so 15 GB checkpoints work); every failure becomes a
+`ModelFileError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -11,92 +17,202 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import ModelFileError
-from runtime.formats.safe_unpickle import TensorRef, load_tensor_dict
+from runtime.formats import safe_unpickle
+from runtime.formats.safe_unpickle import TensorRecord, unpickle_state_dict
 from runtime.formats.tensors import FileHandle, LazyTensor
 from runtime.quant.types import DType
 
-MAX_TENSORS = 100_000
-_STORAGE_DTYPES = {"BFloat16Storage": DType.BF16, "HalfStorage": DType.F16, "FloatStorage": DType.F32}
-_ITEMSIZE = {DType.BF16: 2, DType.F16: 2, DType.F32: 4}
+ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # signature … name length, extra length: 30 bytes
+_SMALL_MEMBER = 1 << 10  # byteorder / version are a few bytes
+
+# torch element types read here, with their item sizes.
+_DTYPES: dict[str, DType] = {"bfloat16": DType.BF16, "float16": DType.F16, "float32": DType.F32}
+_ITEMSIZE: dict[str, int] = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
-def _member_data_offset(fh: FileHandle, info: zipfile.ZipInfo) -> int:
-    head = fh.pread(info.header_offset, 30)
-    if head[:4] != b"PK\x03\x04":
-        raise ModelFileError(fh.path, f"zip member '{info.filename}' has a damaged local header")
-    name_len, extra_len = struct.unpack_from("<HH", head, 26)
-    return info.header_offset + 30 + name_len + extra_len
+@dataclass(frozen=True)
+class _Archive:
+    """The zip's members by name and the folder prefix torch put them under ("<archive>/")."""
 
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= max(d, 1)
-    return tuple(reversed(strides))
-
-
-def _is_contiguous(t: TensorRef) -> bool:
-    want = _contiguous_strides(t.shape)
-    return all(d == 1 or s == w for d, s, w in zip(t.shape, t.stride, want, strict=True))
+    path: Path
+    members: dict[str, zipfile.ZipInfo]
+    prefix: str
 
 
 def read_pth(path: str | os.PathLike[str]) -> dict[str, LazyTensor]:
-    """Open a torch zip checkpoint and return its tensors (names as stored)."""
+    """The tensors of a torch zip checkpoint, by their stored names and shapes (time_mix stays (1,1,C)).
+
+    Reads only the zip directory, a few small members and `data.pkl`. Raises ModelFileError for a
+    damaged, truncated, compressed, big-endian or unsupported file, and UnsafePickleError when the
+    pickle names a global a state dict of tensors does not need.
+    """
     path = Path(path)
     fh = FileHandle(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise ModelFileError(path, f"not a readable zip archive (truncated or damaged?): {e}") from None
-    except OSError as e:
-        raise ModelFileError(path, f"cannot read: {e}") from None
-    with zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        pkl_names = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not pkl_names:
-            raise ModelFileError(path, "zip has no <archive>/data.pkl: not a PyTorch checkpoint")
-        prefix = pkl_names[0][: -len("data.pkl")]
-        order = infos.get(prefix + "byteorder")
-        try:
-            if order is not None and zf.read(order).strip() not in (b"little", b""):
-                raise ModelFileError(path, "big-endian checkpoints are not supported")
-            refs = load_tensor_dict(zf.read(infos[pkl_names[0]]), path)
-        except (zipfile.BadZipFile, EOFError, OSError) as e:
-            raise ModelFileError(path, f"damaged zip member: {e}") from None
-        if len(refs) > MAX_TENSORS:
-            raise ModelFileError(path, f"holds {len(refs)} tensors; refusing more than {MAX_TENSORS}")
-        return {name: _lazy(path, fh, infos, prefix, name, ref) for name, ref in refs.items()}
+    _check_magic(fh)
+    archive = _read_directory(path)
+    _check_byteorder(fh, archive)
+    _check_version(fh, archive)
+    records = unpickle_state_dict(_read_small(fh, archive, "data.pkl", safe_unpickle.MAX_PICKLE_BYTES), path)
+    offsets: dict[str, int] = {}
+    return {name: _lazy_tensor(fh, archive, name, rec, offsets) for name, rec in records.items()}
 
 
-def _lazy(
-    path: Path, fh: FileHandle, infos: dict[str, zipfile.ZipInfo], prefix: str, name: str, ref: TensorRef
-) -> LazyTensor:
-    st = ref.storage
-    dtype = _STORAGE_DTYPES.get(st.type_name)
-    if dtype is None:
-        raise ModelFileError(path, f"tensor '{name}' is stored as {st.type_name}; only bf16, fp16 and fp32 are read")
-    member = infos.get(f"{prefix}data/{st.key}")
-    if member is None:
-        raise ModelFileError(path, f"tensor '{name}' refers to storage '{st.key}', which the zip does not contain")
-    if member.compress_type != zipfile.ZIP_STORED:
-        raise ModelFileError(path, f"storage '{st.key}' is a compressed member; torch.save never compresses")
-    item = _ITEMSIZE[dtype]
-    if member.file_size < st.numel * item:
+def _check_magic(fh: FileHandle) -> None:
+    head = fh.pread(0, min(4, fh.size)) if fh.size else b""
+    if head == ZIP_MAGIC:
+        return
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
         raise ModelFileError(
-            path, f"storage '{st.key}' holds {member.file_size} bytes, less than its {st.numel} elements need"
+            fh.path, "legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch to read it"
         )
-    if any(d < 0 for d in ref.shape) or ref.offset < 0:
-        raise ModelFileError(path, f"tensor '{name}' has a negative size or offset")
+    raise ModelFileError(fh.path, f"not a PyTorch zip checkpoint (starts with {head!r}, expected {ZIP_MAGIC!r})")
+
+
+def _read_directory(path: Path) -> _Archive:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as e:
+        raise ModelFileError(path, f"damaged or truncated zip archive ({e})") from None
+    except (OSError, EOFError, ValueError, struct.error, NotImplementedError) as e:
+        raise ModelFileError(path, f"damaged or truncated zip archive ({type(e).__name__}: {e})") from None
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        if info.filename in members:
+            raise ModelFileError(path, f"zip member '{info.filename}' appears twice")
+        members[info.filename] = info
+    pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        found = "no" if not pickles else f"{len(pickles)}"
+        raise ModelFileError(path, f"zip has {found} <archive>/data.pkl member(s): not a PyTorch checkpoint")
+    return _Archive(path, members, pickles[0][: -len("data.pkl")])
+
+
+def _data_offset(fh: FileHandle, info: zipfile.ZipInfo) -> int:
+    """Where a STORED member's bytes start, from its local header; checks the span fits the file."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ModelFileError(
+            fh.path,
+            f"compressed member '{info.filename}' (zip method {info.compress_type}); torch.save never compresses",
+        )
+    if info.flag_bits & 0x1:
+        raise ModelFileError(fh.path, f"zip member '{info.filename}' is encrypted")
+    if info.header_offset + _LOCAL_HEADER.size > fh.size:
+        raise ModelFileError(fh.path, f"file is truncated: the header of zip member '{info.filename}' is missing")
+    fields = _LOCAL_HEADER.unpack(fh.pread(info.header_offset, _LOCAL_HEADER.size))
+    signature, name_len, extra_len = fields[0], fields[-2], fields[-1]
+    if signature != ZIP_MAGIC:
+        raise ModelFileError(fh.path, f"zip member '{info.filename}' has a damaged local header")
+    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    if start + info.file_size > fh.size:
+        raise ModelFileError(
+            fh.path,
+            f"file is truncated: zip member '{info.filename}' needs bytes {start}..{start + info.file_size} "
+            f"but the file has {fh.size}",
+        )
+    return start
+
+
+def _read_small(fh: FileHandle, archive: _Archive, name: str, limit: int) -> bytes:
+    """A whole member (data.pkl, byteorder, version), CRC-checked."""
+    info = archive.members.get(archive.prefix + name)
+    if info is None:
+        raise ModelFileError(fh.path, f"zip has no member '{archive.prefix}{name}'")
+    if info.file_size > limit:
+        raise ModelFileError(
+            fh.path, f"zip member '{info.filename}' is {info.file_size} bytes, more than the limit of {limit}"
+        )
+    data = fh.pread(_data_offset(fh, info), info.file_size)
+    if zlib.crc32(data) != info.CRC:
+        raise ModelFileError(fh.path, f"zip member '{info.filename}' is corrupt (CRC mismatch)")
+    return data
+
+
+def _check_byteorder(fh: FileHandle, archive: _Archive) -> None:
+    if archive.prefix + "byteorder" not in archive.members:
+        return  # files from before torch 1.10 have none and are little-endian
+    order = _read_small(fh, archive, "byteorder", _SMALL_MEMBER).strip()
+    if order == b"big":
+        raise ModelFileError(fh.path, "big-endian checkpoint (byteorder 'big'); only little-endian files are read")
+    if order != b"little":
+        raise ModelFileError(fh.path, f"unknown byteorder {order[:20]!r} in the checkpoint")
+
+
+def _check_version(fh: FileHandle, archive: _Archive) -> None:
+    if archive.prefix + "version" not in archive.members:
+        return
+    version = _read_small(fh, archive, "version", _SMALL_MEMBER).strip()
+    if not version.isdigit():
+        raise ModelFileError(fh.path, f"malformed format version {version[:20]!r} in the checkpoint")
+
+
+def _lazy_tensor(
+    fh: FileHandle, archive: _Archive, name: str, rec: TensorRecord, offsets: dict[str, int]
+) -> LazyTensor:
+    dtype = _DTYPES.get(rec.dtype)
+    if dtype is None:
+        raise ModelFileError(
+            fh.path,
+            f"tensor '{name}' is stored as {rec.storage.kind} ({rec.dtype}); only bfloat16, float16 "
+            "and float32 tensors are read",
+        )
+    item = _ITEMSIZE[rec.dtype]
+    storage_elems = _storage_elements(fh, archive, name, rec, item)
     numel = 1
-    for d in ref.shape:
+    for d in rec.shape:
         numel *= d
-    if ref.offset + numel > st.numel:
-        raise ModelFileError(path, f"tensor '{name}' runs past the end of its storage '{st.key}'")
-    if not _is_contiguous(ref):
-        raise ModelFileError(path, f"tensor '{name}' is not contiguous (strides {ref.stride}); save it contiguous")
-    offset = _member_data_offset(fh, member) + ref.offset * item
-    return LazyTensor(name, ref.shape, dtype, fh, offset)
+    if numel and rec.storage_offset + numel > storage_elems:
+        raise ModelFileError(
+            fh.path,
+            f"tensor '{name}' (offset {rec.storage_offset}, {numel} elements) does not fit in its storage "
+            f"'{rec.storage.key}' of {storage_elems} elements",
+        )
+    if not _is_contiguous(rec.shape, rec.stride):
+        raise ModelFileError(
+            fh.path,
+            f"tensor '{name}' is a non-contiguous view (shape {rec.shape}, strides {rec.stride}); "
+            "save it with .contiguous() to read it",
+        )
+    key = rec.storage.key
+    if key not in offsets:
+        offsets[key] = _data_offset(fh, archive.members[archive.prefix + "data/" + key])
+    return LazyTensor(name, rec.shape, dtype, fh, offsets[key] + rec.storage_offset * item)
+
+
+def _storage_elements(fh: FileHandle, archive: _Archive, name: str, rec: TensorRecord, item: int) -> int:
+    """Elements of `rec`'s type in its storage, after checking the member exists and is big enough."""
+    st = rec.storage
+    info = archive.members.get(f"{archive.prefix}data/{st.key}")
+    if info is None:
+        raise ModelFileError(
+            fh.path, f"tensor '{name}' needs storage member '{archive.prefix}data/{st.key}', which the zip lacks"
+        )
+    if st.element_type is None:  # untyped storage: numel counts bytes
+        needed, elems = st.numel, st.numel // item
+    else:
+        needed, elems = st.numel * item, st.numel
+    if info.file_size < needed:
+        raise ModelFileError(
+            fh.path,
+            f"storage '{st.key}' of tensor '{name}' holds {info.file_size} bytes, less than the {needed} "
+            f"its {st.numel} elements need",
+        )
+    return elems
+
+
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """C-order contiguity as torch defines it: strides of size-1 dimensions do not matter."""
+    if any(d == 0 for d in shape):
+        return True
+    expected = 1
+    for d, s in zip(reversed(shape), reversed(stride), strict=True):
+        if d != 1 and s != expected:
+            return False
+        expected *= d
+    return True
