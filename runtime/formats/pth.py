@@ -71,7 +71,9 @@ def _check_magic(fh: FileHandle) -> None:
         raise ModelFileError(
             fh.path, "legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch to read it"
         )
-    raise ModelFileError(fh.path, f"not a PyTorch zip checkpoint (starts with {head!r}, expected {ZIP_MAGIC!r})")
+    raise ModelFileError(
+        fh.path, f"not a PyTorch zip checkpoint (starts with {head!r}, expected {ZIP_MAGIC!r})"
+    )
 
 
 def _read_directory(path: Path) -> _Archive:
@@ -99,12 +101,15 @@ def _data_offset(fh: FileHandle, info: zipfile.ZipInfo) -> int:
     if info.compress_type != zipfile.ZIP_STORED:
         raise ModelFileError(
             fh.path,
-            f"compressed member '{info.filename}' (zip method {info.compress_type}); torch.save never compresses",
+            f"compressed member '{info.filename}' (zip method {info.compress_type}); "
+            "torch.save never compresses",
         )
     if info.flag_bits & 0x1:
         raise ModelFileError(fh.path, f"zip member '{info.filename}' is encrypted")
     if info.header_offset + _LOCAL_HEADER.size > fh.size:
-        raise ModelFileError(fh.path, f"file is truncated: the header of zip member '{info.filename}' is missing")
+        raise ModelFileError(
+            fh.path, f"file is truncated: the header of zip member '{info.filename}' is missing"
+        )
     fields = _LOCAL_HEADER.unpack(fh.pread(info.header_offset, _LOCAL_HEADER.size))
     signature, name_len, extra_len = fields[0], fields[-2], fields[-1]
     if signature != ZIP_MAGIC:
@@ -139,7 +144,9 @@ def _check_byteorder(fh: FileHandle, archive: _Archive) -> None:
         return  # files from before torch 1.10 have none and are little-endian
     order = _read_small(fh, archive, "byteorder", _SMALL_MEMBER).strip()
     if order == b"big":
-        raise ModelFileError(fh.path, "big-endian checkpoint (byteorder 'big'); only little-endian files are read")
+        raise ModelFileError(
+            fh.path, "big-endian checkpoint (byteorder 'big'); only little-endian files are read"
+        )
     if order != b"little":
         raise ModelFileError(fh.path, f"unknown byteorder {order[:20]!r} in the checkpoint")
 
@@ -191,7 +198,8 @@ def _storage_elements(fh: FileHandle, archive: _Archive, name: str, rec: TensorR
     info = archive.members.get(f"{archive.prefix}data/{st.key}")
     if info is None:
         raise ModelFileError(
-            fh.path, f"tensor '{name}' needs storage member '{archive.prefix}data/{st.key}', which the zip lacks"
+            fh.path,
+            f"tensor '{name}' needs storage member '{archive.prefix}data/{st.key}', which the zip lacks",
         )
     if st.element_type is None:  # untyped storage: numel counts bytes
         needed, elems = st.numel, st.numel // item

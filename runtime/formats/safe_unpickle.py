@@ -216,7 +216,8 @@ class SafeUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise ModelFileError(
-                self.path, f"malformed storage id {_short(pid)}; expected ('storage', type, key, location, numel)"
+                self.path,
+                f"malformed storage id {_short(pid)}; expected ('storage', type, key, location, numel)",
             )
         _, kind, key, location, numel = pid
         if not isinstance(kind, StorageType):
@@ -244,7 +245,8 @@ def unpickle_state_dict(
     limit = MAX_TENSORS if max_tensors is None else max_tensors
     if len(data) > MAX_PICKLE_BYTES:
         raise ModelFileError(
-            path, f"data.pkl is {len(data)} bytes, more than the {MAX_PICKLE_BYTES} a state dict of tensors needs"
+            path,
+            f"data.pkl is {len(data)} bytes, more than the {MAX_PICKLE_BYTES} a state dict of tensors needs",
         )
     try:
         obj = SafeUnpickler(data, path).load()

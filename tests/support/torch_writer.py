@@ -266,7 +266,7 @@ def _head_members(archive: str, data_pkl: bytes, byteorder: str | None) -> list[
 
 def _tail_members(archive: str, version: str | None) -> list[_Member]:
     members = [] if version is None else [_small(f"{archive}/version", version.encode())]
-    return members + [_small(f"{archive}/.data/serialization_id", b"0" * 40)]
+    return [*members, _small(f"{archive}/.data/serialization_id", b"0" * 40)]
 
 
 def to_storage_bytes(a: np.ndarray, dtype: str) -> bytes:
@@ -315,6 +315,6 @@ def write_pth(
         entries.append((name, _STORAGES[dtype], str(i), numel, 0, shape, _contiguous_strides(shape)))
         chunks = None if isinstance(value, Zeros) else _array_chunks(value, dtype)
         payloads.append(_Member(f"{archive}/data/{i}", numel * item, chunks))
-    members = _head_members(archive, tensor_pickle(entries), "little") + payloads + _tail_members(archive, "3\n")
-    _write_zip(path, members, zip64)
+    head = _head_members(archive, tensor_pickle(entries), "little")
+    _write_zip(path, head + payloads + _tail_members(archive, "3\n"), zip64)
     return path
