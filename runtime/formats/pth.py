@@ -67,7 +67,7 @@ def _check_magic(fh: FileHandle) -> None:
     head = fh.pread(0, min(4, fh.size)) if fh.size else b""
     if head == ZIP_MAGIC:
         return
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+    if head[:1] == b"\x80":  # a bare pickle: torch.save before 1.6
         raise ModelFileError(
             fh.path, "legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch to read it"
         )

@@ -52,6 +52,8 @@ STORAGE_DTYPES: dict[str, str] = {
     "QUInt2x4Storage": "quint2x4",
 }
 UNTYPED_STORAGE = "UntypedStorage"
+_MAX_DIMS = 64  # torch's own limit on tensor dimensions
+_MAX_DIM = 1 << 48  # no size or stride of a real tensor comes near this
 
 # Element types `_rebuild_tensor_v3` may name (torch.<dtype>); only recognised so they can be refused by
 # name further on, except the three float types, which are read.
@@ -128,9 +130,12 @@ def _check_int(value: Any, what: str) -> int:
 
 
 def _check_int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple):
-        raise pickle.UnpicklingError(f"{what} must be a tuple of integers, got {type(value).__name__}")
-    return tuple(_check_int(v, what) for v in value)
+    if not isinstance(value, tuple) or len(value) > _MAX_DIMS:
+        raise pickle.UnpicklingError(f"{what} must be a tuple of at most {_MAX_DIMS} integers: {value!r:.80}")
+    out = tuple(_check_int(v, what) for v in value)
+    if any(v >= _MAX_DIM for v in out):
+        raise pickle.UnpicklingError(f"{what} {out!r:.80} has an impossibly large entry")
+    return out
 
 
 def _check_hooks(hooks: Any) -> None:

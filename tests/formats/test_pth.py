@@ -294,6 +294,12 @@ def test_malformed_state_dict(tmp_path, data_pkl, pattern):
         read_pth(pickle_zip(tmp_path / "m.pth", data_pkl))
 
 
+def test_absurd_tensor_size_is_refused(tmp_path):
+    pkl = tensor_pickle([("w", "FloatStorage", "0", 4, 0, (1 << 200, 1 << 200), (1, 1))])
+    with pytest.raises(ModelFileError, match="impossibly large"):
+        read_pth(pickle_zip(tmp_path / "m.pth", pkl))
+
+
 def test_storage_id_must_name_a_storage_class(tmp_path):
     pkl = tensor_pickle([("w", "FloatStorage", "0", 4, 0, (4,), (1,))])
     pkl = pkl.replace(b"ctorch\nFloatStorage\n", b"X\x0c\x00\x00\x00FloatStorage")
