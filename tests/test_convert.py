@@ -12,17 +12,17 @@ import shutil
 
 import numpy as np
 import pytest
-from runtime.quant.codec import quantize
-from tests.support.torch_writer import write_pth
 
 from runtime.convert import convert
 from runtime.errors import CancelledError, InsufficientDiskSpaceError, ModelFileError
 from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED
 from runtime.formats.gguf_file import read_gguf
 from runtime.progress import CancelToken
+from runtime.quant.codec import quantize
 from runtime.quant.types import DType
 from tests.support.reference import load_reference, read_pth_arrays
 from tests.support.synthetic import v4_state_dict
+from tests.support.torch_writer import write_pth
 from tui.cli import main as cli
 
 TINY = load_reference("tiny")
