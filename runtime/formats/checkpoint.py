@@ -73,7 +73,7 @@ def sniff_format(path: Path) -> str:
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open `path` (a file, or a folder of Hugging Face shards) and validate it as an RWKV model."""
     path = Path(path)
-    kind = sniff_format(path)
+    kind = "folder" if path.name.endswith(".index.json") else sniff_format(path)
     transforms: frozenset[str] = frozenset()
     metadata: dict[str, Any] = {}
     if kind == "gguf":
@@ -111,6 +111,9 @@ def _read_torch_like(path: Path, kind: str) -> tuple[dict[str, LazyTensor], str]
         tensors: dict[str, LazyTensor] = {}
         for shard in shards:
             part, _ = _read_torch_like(shard, sniff_format(shard))
+            repeated = part.keys() & tensors.keys()
+            if repeated:
+                raise ModelFileError(shard, f"tensors also found in another shard: {sorted(repeated)[:5]}")
             tensors.update(part)
         fmt = "hf-safetensors" if shards[0].suffix == ".safetensors" else "hf-pth"
     elif kind == "zip":

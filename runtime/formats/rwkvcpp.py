@@ -1,13 +1,20 @@
-"""Read rwkv.cpp `.bin` model files (magic 'ggmf', format versions 100 and 101), lazily.
+"""Read rwkv.cpp `.bin` model files (magic 'ggmf', format versions 100 and 101) lazily.
 
-Layout: six little-endian uint32 (magic, version, n_vocab, n_embed, n_layer, data_type), then tensor
-records to the end of the file: int32 dim_count, int32 key_length, int32 data_type, the dims
-(innermost first), the key, the raw data, no padding. rwkv.cpp numbers types its own way (0 F32,
-1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0); blocks are ggml's. Version 100 files used an older
-quantized block layout, so quantized tensors in them are refused.
+Layout (rwkv.cpp's docs/FILE_FORMAT.md): six little-endian uint32 (magic, version, n_vocab, n_embed,
+n_layer, data_type), then tensor records to the end of the file: int32 dim_count, int32 key_length,
+int32 data_type, the dims (innermost first), the key (UTF-8), the raw data; no padding anywhere.
+rwkv.cpp numbers types its own way (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0; 4-6 were
+formats it removed); the blocks are ggml's, so they map onto our `DType`s. Version 100 quantized files
+use an older block layout and are refused, as rwkv.cpp itself refuses them.
 
-rwkv.cpp's converter squeezes every `time_*` tensor to (C,) and stores `time_decay` as
--exp(time_decay); ln0 stays a separate tensor. Those facts are recorded as the file's transforms.
+What rwkv.cpp's converter (python/convert_pytorch_to_ggml.py) does to RWKV-4 data, recorded as the
+file's transforms: every `.time_` tensor is squeezed ((1, 1, C) → (C,)) and `time_decay` is stored as
+-exp(time_decay) (its graph adds the stored value to pp directly). ln0 stays a separate tensor (the
+graph applies it after the embedding lookup), so it is not folded. The quantizer leaves the embedding,
+the head and all 1-D tensors in float.
+
+Scanning reads only the small record headers; each tensor's data is skipped by its byte size and
+handed out as a `LazyTensor` on one shared `FileHandle`.
 """
 
 from __future__ import annotations
@@ -18,19 +25,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ModelFileError
+from runtime.formats.checkpoint import TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED
 from runtime.formats.tensors import FileHandle, LazyTensor
 from runtime.quant.types import DType
 
 MAGIC = 0x67676D66
+VERSION_OLD_QUANT = 100
 VERSIONS = (100, 101)
-TYPE_CODES = {0: DType.F32, 1: DType.F16, 2: DType.Q4_0, 3: DType.Q4_1, 7: DType.Q5_0, 8: DType.Q5_1, 9: DType.Q8_0}
-TRANSFORMS = frozenset({"time_decay=-exp(time_decay)", "time_mix_squeezed"})
+# rwkv.cpp's type codes (its own numbering, not ggml's) → our types.
+RWKVCPP_TYPES: dict[int, DType] = {
+    0: DType.F32,
+    1: DType.F16,
+    2: DType.Q4_0,
+    3: DType.Q4_1,
+    7: DType.Q5_0,
+    8: DType.Q5_1,
+    9: DType.Q8_0,
+}
+_REMOVED_TYPES = {4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3"}
+TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED})
+
+MAX_DIMS = 4
 MAX_KEY = 1024
-MAX_DIM = 1 << 31
+MAX_ELEMENTS = 1 << 36  # far above any real tensor (a 14B model's largest has 2.6e8)
+
+_HEADER = struct.Struct("<6I")
+_RECORD = struct.Struct("<3i")
 
 
 @dataclass
 class RwkvCppFile:
+    """An opened rwkv.cpp file: its header fields and lazy tensors under BlinkDL names."""
+
     path: Path
     version: int
     n_vocab: int
@@ -41,56 +67,124 @@ class RwkvCppFile:
     transforms: frozenset[str] = TRANSFORMS
 
 
-def _dtype(path: Path, code: int, what: str) -> DType:
-    dtype = TYPE_CODES.get(code)
-    if dtype is None:
-        raise ModelFileError(path, f"{what} has rwkv.cpp type code {code}, which is not known")
+def read_rwkvcpp(path: str | os.PathLike[str]) -> RwkvCppFile:
+    """Open an rwkv.cpp `.bin` file, validating every record; no tensor data is read."""
+    fh = FileHandle(Path(path))
+    try:
+        return _scan(fh)
+    except BaseException:
+        fh.close()  # no tensor refers to it
+        raise
+
+
+def _scan(fh: FileHandle) -> RwkvCppFile:
+    out = _read_header(fh)
+    pos = _HEADER.size
+    while pos < fh.size:
+        tensor = _read_record(fh, pos, out.version)
+        if tensor.name in out.tensors:
+            raise ModelFileError(fh.path, f"tensor '{tensor.name}' appears twice")
+        out.tensors[tensor.name] = tensor
+        pos = tensor.offset + tensor.nbytes
+    _check_against_header(out)
+    return out
+
+
+def _type(path: Path, code: int, what: str) -> DType:
+    dtype = RWKVCPP_TYPES.get(code)
+    if dtype is not None:
+        return dtype
+    if code in _REMOVED_TYPES:
+        raise ModelFileError(
+            path,
+            f"{what} uses rwkv.cpp's removed {_REMOVED_TYPES[code]} format; re-quantize it with a current "
+            "rwkv.cpp or convert the original .pth",
+        )
+    raise ModelFileError(path, f"{what} has unknown rwkv.cpp type code {code}")
+
+
+def _refuse_old_quant(path: Path, dtype: DType, what: str) -> None:
+    raise ModelFileError(
+        path,
+        f"{what} is {dtype.name} in rwkv.cpp format version 100, whose quantized block layout is obsolete; "
+        "re-quantize the model with a current rwkv.cpp, or convert the original .pth instead",
+    )
+
+
+def _read_header(fh: FileHandle) -> RwkvCppFile:
+    path = fh.path
+    if fh.size < _HEADER.size:
+        raise ModelFileError(path, f"file is truncated: {fh.size} bytes, shorter than the rwkv.cpp header")
+    magic, version, n_vocab, n_embd, n_layer, code = _HEADER.unpack(fh.pread(0, _HEADER.size))
+    if magic != MAGIC:
+        raise ModelFileError(path, f"not an rwkv.cpp file: magic 0x{magic:08x}, expected 0x{MAGIC:08x}")
+    if version not in VERSIONS:
+        raise ModelFileError(path, f"rwkv.cpp format version {version} is not supported (only 100 and 101)")
+    for what, v in (("n_vocab", n_vocab), ("n_embed", n_embd), ("n_layer", n_layer)):
+        if not 0 < v < 1 << 31:
+            raise ModelFileError(path, f"the header's {what} is {v}")
+    dtype = _type(path, code, "the file (header data type)")
+    if version == VERSION_OLD_QUANT and dtype.is_quantized:
+        _refuse_old_quant(path, dtype, "the file")
+    return RwkvCppFile(path, version, n_vocab, n_embd, n_layer, dtype)
+
+
+def _read_record(fh: FileHandle, pos: int, version: int) -> LazyTensor:
+    """The tensor whose record starts at `pos`; its data must lie inside the file."""
+    path = fh.path
+    if pos + _RECORD.size > fh.size:
+        raise ModelFileError(path, f"file is truncated: the tensor record at byte {pos} is cut off")
+    n_dims, key_len, code = _RECORD.unpack(fh.pread(pos, _RECORD.size))
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise ModelFileError(path, f"the tensor record at byte {pos} has {n_dims} dims, not 1..{MAX_DIMS}")
+    if not 0 < key_len <= MAX_KEY:
+        raise ModelFileError(path, f"the tensor record at byte {pos} has a name of {key_len} bytes")
+    head = pos + _RECORD.size
+    if head + 4 * n_dims + key_len > fh.size:
+        raise ModelFileError(path, f"file is truncated: the tensor record at byte {pos} is cut off")
+    raw = fh.pread(head, 4 * n_dims + key_len)
+    dims = struct.unpack_from(f"<{n_dims}i", raw)
+    try:
+        name = raw[4 * n_dims :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFileError(path, f"the tensor name at byte {head + 4 * n_dims} is not UTF-8") from None
+    shape = tuple(reversed(dims))
+    dtype = _check_tensor(path, name, shape, code, version)
+    offset = head + len(raw)
+    return LazyTensor(name, shape, dtype, fh, offset)  # checks that the data lies inside the file
+
+
+def _check_tensor(path: Path, name: str, shape: tuple[int, ...], code: int, version: int) -> DType:
+    what = f"tensor '{name}'"
+    if any(d <= 0 for d in shape):
+        raise ModelFileError(path, f"{what} has dimensions {list(shape)}")
+    n = 1
+    for d in shape:
+        n *= d
+    if n > MAX_ELEMENTS:
+        raise ModelFileError(path, f"{what} claims {n} elements, more than any real model has")
+    dtype = _type(path, code, what)
+    if version == VERSION_OLD_QUANT and dtype.is_quantized:
+        _refuse_old_quant(path, dtype, what)
+    if shape[-1] % dtype.block_size:
+        raise ModelFileError(path, f"{what} has rows of {shape[-1]} values, not whole {dtype.name} blocks")
     return dtype
 
 
-def read_rwkvcpp(path: str | os.PathLike[str]) -> RwkvCppFile:
-    path = Path(path)
-    fh = FileHandle(path)
-    if fh.size < 24:
-        raise ModelFileError(path, "file is truncated: no rwkv.cpp header")
-    magic, version, n_vocab, n_embd, n_layer, data_type = struct.unpack("<6I", fh.pread(0, 24))
-    if magic != MAGIC:
-        raise ModelFileError(path, "not an rwkv.cpp file (bad magic)")
-    if version not in VERSIONS:
-        raise ModelFileError(path, f"rwkv.cpp format version {version} is not supported (100 or 101)")
-    out = RwkvCppFile(path, version, n_vocab, n_embd, n_layer, _dtype(path, data_type, "the file header"))
-    pos = 24
-    while pos < fh.size:
-        if pos + 12 > fh.size:
-            raise ModelFileError(path, f"file is truncated: a tensor record header at byte {pos} is cut off")
-        n_dims, key_len, code = struct.unpack("<3i", fh.pread(pos, 12))
-        if not 1 <= n_dims <= 4 or not 0 < key_len <= MAX_KEY:
-            raise ModelFileError(path, f"damaged tensor record at byte {pos} ({n_dims} dims, key of {key_len} bytes)")
-        pos += 12
-        dims = struct.unpack(f"<{n_dims}i", fh.pread(pos, 4 * n_dims))
-        pos += 4 * n_dims
-        try:
-            name = fh.pread(pos, key_len).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ModelFileError(path, f"tensor name at byte {pos} is not UTF-8") from None
-        pos += key_len
-        if any(not 0 < d < MAX_DIM for d in dims):
-            raise ModelFileError(path, f"tensor '{name}' has dimensions {list(dims)}")
-        dtype = _dtype(path, code, f"tensor '{name}'")
-        if version == 100 and dtype.is_quantized:
+def _check_against_header(f: RwkvCppFile) -> None:
+    """The header's n_vocab, n_embed and n_layer must describe the tensors."""
+    if not f.tensors:
+        raise ModelFileError(f.path, "the file holds no tensors")
+    want = (f.n_vocab, f.n_embd)
+    for name in ("emb.weight", "head.weight"):
+        t = f.tensors.get(name)
+        if t is not None and t.shape != want:
             raise ModelFileError(
-                path, f"tensor '{name}' uses the old (format 100) {dtype.name} block layout; re-quantize it with a "
-                "current rwkv.cpp, or convert the original .pth with rwkv-tui convert"
+                f.path, f"tensor '{name}' has shape {t.shape} but the header says n_vocab {f.n_vocab}, "
+                f"n_embed {f.n_embd}"
             )
-        if name in out.tensors:
-            raise ModelFileError(path, f"tensor '{name}' appears twice")
-        shape = tuple(reversed(dims))
-        if shape[-1] % dtype.block_size:
-            raise ModelFileError(path, f"tensor '{name}' has {shape[-1]} columns, not whole {dtype.name} blocks")
-        t = LazyTensor(name, shape, dtype, fh, pos)  # validates that the data lies inside the file
-        out.tensors[name] = t
-        pos += t.nbytes
-    emb = out.tensors.get("emb.weight")
-    if emb is not None and emb.shape != (n_vocab, n_embd):
-        raise ModelFileError(path, f"emb.weight has shape {emb.shape} but the header says {n_vocab} × {n_embd}")
-    return out
+    parts = [n.split(".") for n in f.tensors if n.startswith("blocks.")]
+    layers = {int(p[1]) for p in parts if p[1].isdigit()}
+    if layers and max(layers) + 1 != f.n_layer:
+        found = max(layers) + 1
+        raise ModelFileError(f.path, f"the file has {found} blocks but the header says n_layer {f.n_layer}")

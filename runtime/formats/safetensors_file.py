@@ -1,7 +1,10 @@
-"""Read `.safetensors` files lazily: an 8-byte header length, a JSON header, then the data.
+"""Read `.safetensors` files lazily with our own small parser.
 
-Our own small parser (the format is simple, and it lets every offset be validated against the file
-before a tensor is handed out). Types BF16, F16 and F32 are read; others are refused by name.
+Layout: an 8-byte little-endian header length N, N bytes of JSON (an object mapping each tensor name
+to {"dtype", "shape", "data_offsets": [begin, end]}, plus an optional "__metadata__" entry), then the
+data region; offsets are relative to the start of the data region. Parsing it ourselves lets every
+offset be validated against the file before a tensor is handed out, and keeps the runtime free of
+extra dependencies. Types BF16, F16 and F32 are read; any other type is refused by name.
 """
 
 from __future__ import annotations
@@ -10,44 +13,92 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import ModelFileError
 from runtime.formats.tensors import FileHandle, LazyTensor
 from runtime.quant.types import DType
 
 MAX_HEADER = 100 << 20
-_TYPES = {"BF16": DType.BF16, "F16": DType.F16, "F32": DType.F32}
+METADATA_KEY = "__metadata__"
+SAFETENSORS_TYPES: dict[str, DType] = {"BF16": DType.BF16, "F16": DType.F16, "F32": DType.F32}
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, LazyTensor]:
-    path = Path(path)
-    fh = FileHandle(path)
-    if fh.size < 8:
-        raise ModelFileError(path, "file is truncated: no safetensors header")
-    (n,) = struct.unpack("<Q", fh.pread(0, 8))
-    if n > MAX_HEADER or 8 + n > fh.size:
-        raise ModelFileError(path, f"safetensors header of {n} bytes does not fit in the file")
+    """Every tensor of a `.safetensors` file as a `LazyTensor` (no tensor data is read)."""
+    fh = FileHandle(Path(path))
     try:
-        header = json.loads(fh.pread(8, n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ModelFileError(path, f"safetensors header is not valid JSON: {e}") from None
+        header, data_start = _read_header(fh)
+        entries = ((name, info) for name, info in header.items() if name != METADATA_KEY)
+        return {name: _tensor(fh, data_start, name, info) for name, info in entries}
+    except BaseException:
+        fh.close()  # no tensor refers to it
+        raise
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key '{key}' appears twice")
+        out[key] = value
+    return out
+
+
+def _read_header(fh: FileHandle) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header and the offset where the data region starts."""
+    path = fh.path
+    if fh.size < 8:
+        raise ModelFileError(path, f"file is truncated: {fh.size} bytes, too short for a safetensors header")
+    (n,) = struct.unpack("<Q", fh.pread(0, 8))
+    if n > MAX_HEADER:
+        raise ModelFileError(path, f"safetensors header length {n} is over the {MAX_HEADER >> 20} MB limit")
+    if 8 + n > fh.size:
+        raise ModelFileError(
+            path,
+            f"file is truncated: the safetensors header needs {n} bytes, only {fh.size - 8} follow",
+        )
+    try:
+        header = json.loads(fh.pread(8, n).decode("utf-8"), object_pairs_hook=_reject_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelFileError(path, f"the safetensors header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
-        raise ModelFileError(path, "safetensors header is not a JSON object")
-    base = 8 + n
-    tensors: dict[str, LazyTensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            if not all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end)):
-                raise TypeError
-        except (KeyError, TypeError, ValueError):
-            raise ModelFileError(path, f"tensor '{name}' has a malformed header entry") from None
-        dtype = _TYPES.get(dtype_name)
-        if dtype is None:
-            raise ModelFileError(path, f"tensor '{name}' has type {dtype_name}; only BF16, F16 and F32 are read")
-        if end < begin:
-            raise ModelFileError(path, f"tensor '{name}' has data offsets {begin}..{end}")
-        tensors[name] = LazyTensor(name, shape, dtype, fh, base + begin, end - begin)
-    return tensors
+        raise ModelFileError(path, f"the safetensors header is a JSON {type(header).__name__}, not an object")
+    return header, 8 + n
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _tensor(fh: FileHandle, data_start: int, name: str, info: object) -> LazyTensor:
+    path = fh.path
+    what = f"tensor '{name}'"
+    if not isinstance(info, dict):
+        raise ModelFileError(path, f"{what} has a malformed header entry (not an object)")
+    type_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise ModelFileError(path, f"{what} has a malformed shape {shape!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(v) for v in offsets):
+        raise ModelFileError(path, f"{what} has malformed data_offsets {offsets!r}")
+    dtype = SAFETENSORS_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if dtype is None:
+        raise ModelFileError(path, f"{what} has type {type_name!r}; only BF16, F16 and F32 are supported")
+    begin, end = offsets
+    if begin > end:
+        raise ModelFileError(path, f"{what} has data offsets {begin}..{end}, which run backwards")
+    if data_start + end > fh.size:
+        raise ModelFileError(
+            path, f"file is truncated: {what} lies at data bytes {begin}..{end}, outside the file's "
+            f"{fh.size - data_start} data bytes"
+        )
+    numel = 1
+    for d in shape:
+        numel *= d
+    if end - begin != numel * dtype.block_bytes:
+        raise ModelFileError(
+            path,
+            f"{what} of shape {tuple(shape)} and type {type_name} needs {numel * dtype.block_bytes} bytes "
+            f"but its data offsets span {end - begin}",
+        )
+    return LazyTensor(name, tuple(shape), dtype, fh, data_start + begin, end - begin)
