@@ -1,0 +1,108 @@
+"""Throughput of runtime.quant.codec: quantize and to_float32 per type, 1 and 2 threads, against gguf.quants.
+
+    python bench/quantize.py [--values 64M] [--chunk 8M] [--repeat 3]
+
+Prints M values/s (best of --repeat) for our codec on one thread and on a 2-thread pool over chunks (as
+conversion uses it), and gguf.quants' single-threaded figures with the ratio ours / gguf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.quant.codec import quantize, to_float32
+from runtime.quant.types import DType
+
+TYPES: tuple[DType, ...] = (DType.Q8_0, DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.F16, DType.BF16)
+COLS = 4096
+
+
+def _count(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(float(text.rstrip("KMG")) * mult)
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+Fn = Callable[[np.ndarray], object]
+
+
+def _chunked(fn: Fn, data: np.ndarray, rows: int, pool: ThreadPoolExecutor | None) -> list[object]:
+    parts = [data[i : i + rows] for i in range(0, data.shape[0], rows)]
+    if pool is None:
+        return [fn(p) for p in parts]
+    return list(pool.map(fn, parts))
+
+
+def _rate(fn: Fn, data: np.ndarray, rows: int, pool: ThreadPoolExecutor | None, repeat: int, n: int) -> float:
+    """M values/s of `fn` over `data` cut in chunks of `rows` rows (on `pool`, or inline if None)."""
+    return n / _best(lambda: _chunked(fn, data, rows, pool), repeat) / 1e6
+
+
+def _one_type(t: DType, x: np.ndarray, rows: int, pool: ThreadPoolExecutor, repeat: int, gguf: bool) -> str:
+    n = x.size
+    q1 = _rate(lambda a: quantize(a, t), x, rows, None, repeat, n)
+    q2 = _rate(lambda a: quantize(a, t), x, rows, pool, repeat, n)
+    raw = quantize(x, t)
+    d1 = _rate(lambda a: to_float32(a, t), raw, rows, None, repeat, n)
+    d2 = _rate(lambda a: to_float32(a, t), raw, rows, pool, repeat, n)
+    gq = gd = float("nan")
+    if gguf:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize as g_dequantize
+        from gguf.quants import quantize as g_quantize
+
+        gt = GGMLQuantizationType(int(t))
+        graw = raw if t is DType.F16 else raw.view(np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gq = _rate(lambda a: g_quantize(a, gt), x, rows, None, 1, n)
+            gd = _rate(lambda a: g_dequantize(a, gt), graw, rows, None, 1, n)
+    return (
+        f"{t.name:6} {q1:9.0f} {q2:9.0f} {gq:8.0f} {q1 / gq:6.1f} | "
+        f"{d1:8.0f} {d2:8.0f} {gd:8.0f} {d1 / gd:6.1f}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--values", default="64M", help="values pushed through each call (default 64M)")
+    ap.add_argument("--chunk", default="8M", help="values per chunk handed to a thread (default 8M)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-gguf", action="store_true", help="skip the gguf.quants comparison")
+    ap.add_argument("--types", default="", help="comma-separated subset, e.g. q5_1,q8_0")
+    args = ap.parse_args()
+    types = [DType.parse(t) for t in args.types.split(",")] if args.types else TYPES
+    n_rows = _count(args.values) // COLS
+    rows = max(1, _count(args.chunk) // COLS)
+    n = n_rows * COLS
+    x = np.random.default_rng(0).standard_normal((n_rows, COLS), dtype=np.float32) * np.float32(0.02)
+    print(f"{n / 1e6:.0f}M values ({n_rows} rows of {COLS}), chunks of {rows * COLS / 1e6:.1f}M; M values/s")
+    head = f"{'type':6} {'quant 1T':>9} {'quant 2T':>9} {'gguf q':>8} {'ratio':>6} | "
+    head += f"{'deq 1T':>8} {'deq 2T':>8} {'gguf dq':>8} {'ratio':>6}"
+    print(head)
+    with ThreadPoolExecutor(2) as pool:
+        for t in types:
+            print(_one_type(t, x, rows, pool, args.repeat, not args.no_gguf), flush=True)
+
+
+if __name__ == "__main__":
+    main()
