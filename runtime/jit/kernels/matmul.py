@@ -1,80 +1,137 @@
-"""Matrix × matrix for a chunk of prompt tokens: Y[t, r] (+)= W[r] · X[t].
+"""Matrix × matrix for a chunk of prompt tokens: Y[t·ldy + r] (+)= W[r] · X[t·ldx …] for t < n_tok.
 
-`void matmul_<type>_c<n>[_acc](i8* w, float* X, i64 ldx, float* Y, i64 ldy, i64 n_tok,
-                                i64 row_begin, i64 row_end)`
+    void matmul_<type>_c<n>[_acc](i8* noalias w, float* noalias X, i64 ldx, float* noalias Y, i64 ldy,
+                                  i64 n_tok, i64 row_begin, i64 row_end)
 
-Each weight block is read from memory once per call: a tile of 4 rows is decoded to float32 into a
-stack buffer, then every token's activations are multiplied against the 4 decoded rows at once
-(4 accumulators sharing each activation load). With the tile in L1/L2 the loop is bound by FMA
-throughput rather than memory.
+Each weight block is read from memory once per call: a tile of up to 16 rows is dequantized to
+float32 into a stack buffer (F32 rows are used in place), then a register-blocked micro-kernel
+multiplies MICRO_ROWS rows × tokens_per_step() tokens at a time — that many <8 x float> accumulators,
+each weight and activation load shared by several FMAs — and reduces each accumulator once. The
+tokens of one step stay in cache while the micro-kernel walks the tile's row groups, so the
+activations are streamed once per tile rather than once per 4 rows. Leftover tokens go through a
+1-token micro-kernel, leftover rows through 4-row and 1-row tiles.
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F32, F32P, I8P, I64, VOID, counted_loop, f32, get_or_define, i64, intrinsic
-from runtime.jit.kernels.dequant import LANES, V32F, block_stride, decode_block, row_pointer
-from runtime.jit.kernels.matvec import check_cols, dot_row, kernel_name
+from runtime.jit.irkit import F32P, I8P, I64, VOID, get_or_define
+from runtime.jit.kernels.dequant import block_at, check_supported, dequantize_block
+from runtime.jit.kernels.irhelpers import (
+    BLOCK,
+    V8F,
+    VL,
+    Var,
+    fadd,
+    fma,
+    hsum,
+    i64c,
+    load_vec,
+    loop,
+    stack_floats,
+    store_vec,
+)
+from runtime.jit.kernels.matvec import kernel_name
+from runtime.jit.target import host_target
 from runtime.quant.types import DType
 
-ROW_TILE = 4
-STEP = 16
-V16F = ir.VectorType(F32, STEP)
+MICRO_ROWS = 4  # rows per micro-kernel step
+MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 
 
-def _vload(b: ir.IRBuilder, base: ir.Value, index: ir.Value, ty: ir.VectorType) -> ir.Value:
-    return b.load(b.bitcast(b.gep(base, [index], inbounds=True), ty.as_pointer()), align=4)
+def tokens_per_step() -> int:
+    """Tokens per micro-kernel step: as many as the vector registers hold (16 with AVX2, 32 with
+    AVX-512VL) next to MICRO_ROWS·tokens accumulators and the weight pieces."""
+    features = {f[1:] for f in host_target().features.split(",") if f.startswith("+")}
+    return 6 if "avx512vl" in features else 3
+
+
+def tile_rows(n_cols: int) -> int:
+    """Rows dequantized per tile: up to 16, with at most 256 KiB of stack for the tile."""
+    return max(MICRO_ROWS, min(16, (1 << 16) // n_cols // MICRO_ROWS * MICRO_ROWS))
+
+
+def _micro(b: ir.IRBuilder, n_cols: int, accumulate: bool, rows: list[ir.Value], x: ir.Value, ldx: ir.Value,
+           y: ir.Value, ldy: ir.Value, row0: ir.Value, t0: ir.Value, n_tokens: int) -> None:
+    """Y[t0 + j, row0 + i] (+)= rows[i] · X[t0 + j] for i < len(rows), j < n_tokens (rows: float*)."""
+    xrows = [b.gep(x, [b.mul(b.add(t0, i64c(j)), ldx)], inbounds=True) for j in range(n_tokens)]
+    zero = ir.Constant(V8F, None)
+    accs = [[Var(b, zero, "acc") for _ in range(n_tokens)] for _ in rows]
+    with loop(b, 0, n_cols, VL, name="c") as c:
+        ws = [load_vec(b, r, c) for r in rows]
+        for j, xr in enumerate(xrows):
+            xv = load_vec(b, xr, c)
+            for i, w in enumerate(ws):
+                accs[i][j].set(fma(b, w, xv, accs[i][j].get()))
+    for j in range(n_tokens):
+        yrow = b.gep(y, [b.mul(b.add(t0, i64c(j)), ldy)], inbounds=True)
+        for i in range(len(rows)):
+            out = b.gep(yrow, [b.add(row0, i64c(i))], inbounds=True)
+            s = hsum(b, accs[i][j].get())
+            b.store(fadd(b, b.load(out), s) if accumulate else s, out)
+
+
+def _tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Value, count: int,
+          buf: ir.Value) -> list[ir.Value]:
+    """float* to each of rows row0 … row0+count-1, dequantized into `buf` unless they are F32."""
+    row_bytes = dtype.row_bytes(n_cols)
+    rows = []
+    for i in range(count):
+        src = b.gep(w, [b.mul(b.add(row0, i64c(i)), i64c(row_bytes))], inbounds=True)
+        if dtype is DType.F32:
+            rows.append(b.bitcast(src, F32P))
+            continue
+        dst = b.gep(buf, [i64c(i * n_cols)], inbounds=True)
+        with loop(b, 0, n_cols // BLOCK, name="dq") as k:
+            pieces = dequantize_block(b, dtype, block_at(b, src, dtype, k))
+            base = b.mul(k, i64c(BLOCK))
+            for j, p in enumerate(pieces):
+                store_vec(b, p, dst, b.add(base, i64c(VL * j)), align=32)
+        rows.append(dst)
+    return rows
+
+
+def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, args: tuple, row0: ir.Value,
+               count: int, buf: ir.Value, step: int) -> None:
+    """Rows row0 … row0+count-1: dequantize them once, then every token against them, MICRO_ROWS
+    rows at a time."""
+    w, x, ldx, y, ldy, n_tok = args
+    rows = _tile(b, dtype, n_cols, w, row0, count, buf)
+    groups = [(i, rows[i:i + MICRO_ROWS]) for i in range(0, count, MICRO_ROWS)]
+    tok_main = b.sub(n_tok, b.srem(n_tok, i64c(step)))
+    with loop(b, 0, tok_main, step, name="tok") as t:
+        for i, sub in groups:
+            _micro(b, n_cols, accumulate, sub, x, ldx, y, ldy, b.add(row0, i64c(i)), t, step)
+    with loop(b, tok_main, n_tok, 1, name="tok1") as t:
+        for i, sub in groups:
+            _micro(b, n_cols, accumulate, sub, x, ldx, y, ldy, b.add(row0, i64c(i)), t, 1)
 
 
 def emit_matmul(
     module: ir.Module, dtype: DType, n_cols: int, *, accumulate: bool = False, linkage: str = "internal"
 ) -> ir.Function:
-    check_cols(dtype, n_cols)
-    row_bytes = dtype.row_bytes(n_cols)
-    stride = block_stride(dtype)
-    fma = intrinsic(module, "llvm.fmuladd.v16f32", V16F, [V16F, V16F, V16F])
-    reduce = intrinsic(module, "llvm.vector.reduce.fadd.v16f32", F32, [F32, V16F])
-
-    def store_result(b: ir.IRBuilder, y: ir.Value, s: ir.Value) -> None:
-        b.store(b.fadd(b.load(y), s) if accumulate else s, y)
+    """Define (once per module) the matrix × matrix kernel for rows of `n_cols` values of `dtype`."""
+    check_supported(dtype, n_cols)
+    step = tokens_per_step()
 
     def build(fn: ir.Function) -> None:
         w, x, ldx, y, ldy, n_tok, r0, r1 = fn.args
+        for arg, name in zip(fn.args, ("w", "x", "ldx", "y", "ldy", "n_tok", "row_begin", "row_end"), strict=True):
+            arg.name = name
         for p in (w, x, y):
             p.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        tile = b.alloca(F32, size=i64(ROW_TILE * n_cols))
-        tile.align = 64
-        accs = [b.alloca(V16F) for _ in range(ROW_TILE)]
-        n_full = b.sub(r1, b.urem(b.sub(r1, r0), i64(ROW_TILE)))
-        with counted_loop(b, r0, n_full, i64(ROW_TILE), name="tile") as r:
-            for k in range(ROW_TILE):  # decode 4 rows once
-                row = row_pointer(b, w, b.add(r, i64(k)), row_bytes)
-                dst = b.gep(tile, [i64(k * n_cols)], inbounds=True)
-                with counted_loop(b, i64(0), i64(n_cols // LANES), name="dq") as j:
-                    v = decode_block(b, module, dtype, b.gep(row, [b.mul(j, i64(stride))], inbounds=True))
-                    b.store(v, b.bitcast(b.gep(dst, [b.mul(j, i64(LANES))], inbounds=True), V32F.as_pointer()),
-                            align=4)
-            with counted_loop(b, i64(0), n_tok, name="t") as t:
-                xt = b.gep(x, [b.mul(t, ldx)], inbounds=True)
-                for acc in accs:
-                    b.store(ir.Constant(V16F, None), acc)
-                with counted_loop(b, i64(0), i64(n_cols), i64(STEP), name="c") as c:
-                    xv = _vload(b, xt, c, V16F)
-                    for k, acc in enumerate(accs):
-                        wv = _vload(b, tile, b.add(c, i64(k * n_cols)), V16F)
-                        b.store(b.call(fma, [wv, xv, b.load(acc)]), acc)
-                yt = b.gep(y, [b.mul(t, ldy)], inbounds=True)
-                for k, acc in enumerate(accs):
-                    s = b.call(reduce, [f32(0.0), b.load(acc)], fastmath=("reassoc",))
-                    store_result(b, b.gep(yt, [b.add(r, i64(k))], inbounds=True), s)
-        with counted_loop(b, n_full, r1, name="rest") as r:  # leftover rows, one at a time
-            row = row_pointer(b, w, r, row_bytes)
-            with counted_loop(b, i64(0), n_tok, name="t") as t:
-                s = dot_row(b, module, dtype, n_cols, row, b.gep(x, [b.mul(t, ldx)], inbounds=True))
-                store_result(b, b.gep(y, [b.add(b.mul(t, ldy), r)], inbounds=True), s)
+        big = tile_rows(n_cols)
+        buf = stack_floats(b, 1 if dtype is DType.F32 else big * n_cols, align=64, name="tile")
+        r1c = b.select(b.icmp_signed("<", r1, r0), r0, r1)  # an empty range does nothing
+        args = (w, x, ldx, y, ldy, n_tok)
+        start = r0
+        for size in dict.fromkeys((big, MICRO_ROWS, 1)):  # whole tiles, then groups of 4, then single rows
+            end = b.sub(r1c, b.srem(b.sub(r1c, start), i64c(size))) if size > 1 else r1c
+            with loop(b, start, end, size, name=f"rows{size}") as r:
+                _row_group(b, dtype, n_cols, accumulate, args, r, size, buf, step)
+            start = end
         b.ret_void()
 
-    fnty = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
-    return get_or_define(module, kernel_name("matmul", dtype, n_cols, accumulate), fnty, build, linkage)
+    return get_or_define(module, kernel_name("matmul", dtype, n_cols, accumulate), MATMUL_TYPE, build, linkage)

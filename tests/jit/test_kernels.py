@@ -1,0 +1,152 @@
+"""Weight kernels (matvec, matmul) for every type against numpy float64 on the codec's dequantized weights."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from runtime.jit.engine import compile_module
+from runtime.jit.irkit import F32P, I16, I64, VOID
+from runtime.jit.kernels.irhelpers import half_to_float, loop, native_half
+from runtime.jit.kernels.library import KernelLibrary, make_test_library
+from runtime.jit.kernels.matmul import emit_matmul
+from runtime.jit.kernels.matvec import emit_matvec
+from runtime.quant.codec import quantize, to_float32
+from runtime.quant.types import DType
+
+TYPES = [DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0]
+COLS = [64, 96, 256]
+ROWS = 37
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def lib() -> KernelLibrary:
+    """Every variant the tests use, in one module (one compile)."""
+    return make_test_library([(t, c) for t in TYPES for c in COLS], use_cache=False)
+
+
+def _weights(t: DType, rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw bytes of a random matrix in type `t`, and its dequantized float64 values."""
+    w = np.random.default_rng(seed).normal(size=(rows, cols)).astype(np.float32)
+    w[0, :32] = 0.0  # an all-zero block (scale 0)
+    raw = np.ascontiguousarray(quantize(w, t))
+    return raw, to_float32(raw, t).reshape(rows, cols).astype(np.float64)
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> None:
+    err = np.abs(got.astype(np.float64) - want).max()
+    assert err <= RTOL * np.abs(want).max(), err
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("cols", COLS)
+@pytest.mark.parametrize("acc", [False, True], ids=["set", "acc"])
+def test_matvec(lib: KernelLibrary, t: DType, cols: int, acc: bool) -> None:
+    raw, wd = _weights(t, ROWS, cols, cols)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=cols).astype(np.float32)
+    y = rng.normal(size=ROWS).astype(np.float32)
+    y0 = y.copy()
+    fn = lib.matvec(t, cols, acc)
+    for lo, hi in ((3, 29), (0, ROWS), (5, 6), (30, 37)):
+        y[:] = y0
+        fn(raw.ctypes.data, x.ctypes.data, y.ctypes.data, lo, hi)
+        want = wd[lo:hi] @ x + (y0[lo:hi] if acc else 0)
+        _close(y[lo:hi], want)
+        assert np.array_equal(y[:lo], y0[:lo]) and np.array_equal(y[hi:], y0[hi:])  # other rows untouched
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_matvec_empty_range(lib: KernelLibrary, t: DType) -> None:
+    raw, _ = _weights(t, ROWS, 64, 0)
+    x = np.ones(64, np.float32)
+    y = np.full(ROWS, 7.0, np.float32)
+    for lo, hi in ((4, 4), (9, 2)):
+        lib.matvec(t, 64)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, lo, hi)
+    assert (y == 7.0).all()
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tok", [1, 5, 17, 64])
+@pytest.mark.parametrize("acc", [False, True], ids=["set", "acc"])
+def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
+    cols = 96 if n_tok != 64 else 256
+    ldx, ldy = cols + 8, ROWS + 4
+    raw, wd = _weights(t, ROWS, cols, 7)
+    rng = np.random.default_rng(n_tok)
+    x = rng.normal(size=(n_tok, ldx)).astype(np.float32)
+    y = rng.normal(size=(n_tok, ldy)).astype(np.float32)
+    y0 = y.copy()
+    lo, hi = 3, 29
+    lib.matmul(t, cols, acc)(raw.ctypes.data, x.ctypes.data, ldx, y.ctypes.data, ldy, n_tok, lo, hi)
+    want = x[:, :cols].astype(np.float64) @ wd[lo:hi].T + (y0[:, lo:hi] if acc else 0)
+    _close(y[:, lo:hi], want)
+    assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
+
+
+@pytest.mark.parametrize("t", [DType.Q5_1, DType.F32], ids=lambda t: t.name)
+def test_matmul_all_rows_and_odd_ranges(lib: KernelLibrary, t: DType) -> None:
+    cols = 64
+    raw, wd = _weights(t, ROWS, cols, 3)
+    x = np.random.default_rng(4).normal(size=(7, cols)).astype(np.float32)
+    want = x.astype(np.float64) @ wd.T
+    for lo, hi in ((0, ROWS), (1, 2), (2, 9), (36, 37)):
+        y = np.zeros((7, ROWS), np.float32)
+        lib.matmul(t, cols)(raw.ctypes.data, x.ctypes.data, cols, y.ctypes.data, ROWS, 7, lo, hi)
+        _close(y[:, lo:hi], want[:, lo:hi])
+        assert not y[:, :lo].any() and not y[:, hi:].any()
+
+
+def test_matvec_matches_matmul_on_one_token(lib: KernelLibrary) -> None:
+    raw, _ = _weights(DType.Q4_1, ROWS, 256, 5)
+    x = np.random.default_rng(6).normal(size=256).astype(np.float32)
+    y1, y2 = np.zeros(ROWS, np.float32), np.zeros(ROWS, np.float32)
+    lib.matvec(DType.Q4_1, 256)(raw.ctypes.data, x.ctypes.data, y1.ctypes.data, 0, ROWS)
+    lib.matmul(DType.Q4_1, 256)(raw.ctypes.data, x.ctypes.data, 256, y2.ctypes.data, ROWS, 1, 0, ROWS)
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5 * np.abs(y2).max())
+
+
+def test_emit_is_idempotent_and_named() -> None:
+    m = ir.Module()
+    f1 = emit_matvec(m, DType.Q8_0, 768)
+    assert emit_matvec(m, DType.Q8_0, 768) is f1
+    assert f1.name == "matvec_q8_0_c768" and f1.linkage == "internal"
+    assert emit_matvec(m, DType.Q8_0, 768, accumulate=True).name == "matvec_q8_0_c768_acc"
+    g = emit_matmul(m, DType.F16, 3072, accumulate=True)
+    assert g.name == "matmul_f16_c3072_acc" and emit_matmul(m, DType.F16, 3072, accumulate=True) is g
+    assert [str(a.type) for a in f1.args][3:] == ["i64", "i64"]
+    assert len(g.args) == 8
+
+
+def test_unsupported_shapes_and_types() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        emit_matvec(ir.Module(), DType.F32, 40)
+    with pytest.raises(ValueError, match="BF16"):
+        emit_matmul(ir.Module(), DType.BF16, 64)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["fpext", "integer"])
+def test_half_to_float_exact(native: bool) -> None:
+    """Both half → float paths give IEEE results for every one of the 65536 bit patterns."""
+    if native and not native_half():
+        pytest.skip("the host has no native half conversion")
+    m = ir.Module()
+    fn = ir.Function(m, ir.FunctionType(VOID, [I16.as_pointer(), F32P, I64]), "cvt")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    src, dst, n = fn.args
+    with loop(b, 0, n) as i:
+        b.store(half_to_float(b, b.load(b.gep(src, [i])), native=native), b.gep(dst, [i]))
+    b.ret_void()
+    lib = compile_module(m, use_cache=False)
+    bits = np.arange(65536, dtype=np.uint16)
+    out = np.zeros(65536, np.float32)
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(lib.address("cvt"))(
+        bits.ctypes.data, out.ctypes.data, 65536)
+    want = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
