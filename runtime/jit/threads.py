@@ -1,310 +1,410 @@
 """Worker threads that live in native code, and the barrier they meet at.
 
-`ThreadPool(n)` starts n-1 Python threads; each makes one ctypes call (the GIL is released) into
-`pool_worker`, a native loop that waits for work, runs it and waits again until the pool closes.
-`pool.run(fn, arg)` is one ctypes call into `pool_run`: it publishes `fn(arg, tid, n)` by bumping a
-generation counter, runs it as thread 0 and returns when every thread has finished. So a decoding
-step costs one Python→native transition however many layers and threads it has.
+`ThreadPool(n)` starts n-1 daemon Python threads; each makes one ctypes call (the GIL is released)
+into `pool_worker`, a native loop that waits for work, runs it and waits again until the pool
+closes. `pool.run(fn, arg)` is one ctypes call into `pool_run`: it publishes the task by bumping a
+32-bit generation counter, runs `fn(arg, 0, n)` itself as thread 0, and spins on a done counter until
+every worker has run `fn(arg, tid, n)`. So a decoding step costs one Python→native transition however
+many layers, barriers and threads it has.
 
-Waiting is spin-then-sleep: a worker spins on the generation counter with a CPU pause hint for a
-short while (the next token usually arrives within microseconds), then sleeps on a futex (Linux) or
-in short `usleep`s elsewhere, so an idle pool uses no CPU. `emit_barrier` gives any module a
-generation-counting barrier (acq_rel counter, release/acquire generation) that yields the CPU when
-a wait drags on (more threads than cores).
+Waiting for work is spin-then-sleep. A worker spins on the generation with a CPU pause hint for about
+`spin_us` (calibrated to pause rounds when the first pool is made): the next token usually comes
+within that. Then it sleeps: on Linux in FUTEX_WAIT on the generation word (via libc's `syscall`),
+having first counted itself in a sleeper count that `pool_run` checks after bumping the generation —
+so the usual hand-off to spinning workers makes no system call, and a sleeper is never missed (both
+sides use seq_cst operations: either `pool_run` sees the sleeper and wakes it, or the futex sees the
+new generation and does not sleep). Elsewhere a sleeping worker polls with `usleep`, backing off
+from 50 µs to 1 ms. An idle pool therefore uses no CPU after a fraction of a millisecond. A spinning
+worker also calls `sched_yield` every few µs, so a caller or sibling that shares its core still runs.
+
+Linux wakes a futex sleeper onto the waker's CPU whenever the sleeper's own CPU looks busy (in VMs
+an idle vCPU always does); caller and worker would then share one core until the load balancer acts
+(milliseconds, i.e. whole decoding steps at half speed). So a worker woken onto the caller's CPU
+moves itself off it at once by briefly narrowing its affinity mask (measured on a 2-vCPU VM: a
+250 µs task split over 2 threads after 5 ms idle took 315 µs without this, 213 µs with it).
+
+The barrier emitter lives in runtime.jit.sync and is re-exported here.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
-import platform
-import sys
 import threading
+import time
 import weakref
 
-import numpy as np
 from llvmlite import ir
 
 from runtime.jit.engine import CompiledModule, compile_module
-from runtime.jit.irkit import I8P, I32, I64, VOID, get_or_define, i64, intrinsic
+from runtime.jit.irkit import I8P, I32, I64, I64P, VOID, i64, intrinsic
+from runtime.jit.sync import (
+    BARRIER_ALIGN,
+    BARRIER_BYTES,
+    BARRIER_SPIN,
+    AlignedBuffer,
+    declare_sched_yield,
+    emit_barrier,
+    emit_futex_wait,
+    emit_futex_wake_all,
+    emit_pause,
+    emit_spin_until,
+    futex_syscall_number,
+    i64_field,
+    new_barrier,
+)
 
-BARRIER_BYTES = 128  # counter and generation on separate cache lines
-BARRIER_ALIGN = 64
-SPIN_BEFORE_YIELD = 2_000  # pause-loop iterations (tens of µs) before giving the core away
-WORKER_SPIN = 40_000  # pause-loop iterations a worker waits for new work before sleeping
+__all__ = [
+    "BARRIER_ALIGN",
+    "BARRIER_BYTES",
+    "DEFAULT_SPIN_US",
+    "PoolClosedError",
+    "ThreadPool",
+    "default_threads",
+    "emit_barrier",
+    "new_barrier",
+    "pause_seconds",
+]
 
-# pool memory: one 64-byte line per field
-_GEN, _DONE, _STOP, _FN, _ARG, _NTHREADS, _SLEEPERS = (i * 8 for i in range(7))
-_POOL_INT64S = 7 * 8
+DEFAULT_SPIN_US = 100.0  # how long an idle worker spins before it sleeps
+MOVE_OFF_WAKER_CPU = True  # see _emit_move_off_cpu
+YIELD_EVERY_US = 4.0  # a spinning idle worker calls sched_yield about this often
+
+# pool memory (bytes); fields written by different sides sit on different cache lines
+_GEN = 0  # u32 generation: bumped by pool_run / pool_stop, watched by workers (futex word)
+_DONE = 64  # i64 workers finished with the current generation
+_FN, _ARG, _NTHREADS, _SPIN, _YIELD_MASK, _STOP = 128, 136, 144, 152, 160, 168  # written by the caller only
+_SLEEPERS, _SLEEPS = 192, 200  # workers asleep now; times a worker has gone to sleep
+_WAKER_CPU = 256  # CPU the caller ran on when it last woke sleepers
+POOL_BYTES = 320
+_CPU_SET_BITS = 1024  # glibc's cpu_set_t
+
 _TASK = ir.FunctionType(VOID, [I8P, I64, I64])
-
-_FUTEX_SYSCALL = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}
-_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
-
-
-def _futex_number() -> int | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    return _FUTEX_SYSCALL.get(platform.machine().lower())
-
-
-def _pause(b: ir.IRBuilder, module: ir.Module) -> None:
-    machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64", "i686"):
-        b.asm(ir.FunctionType(VOID, []), "pause", "", [], side_effect=True)
-    elif machine in ("aarch64", "arm64"):
-        b.asm(ir.FunctionType(VOID, []), "yield", "", [], side_effect=True)
-
-
-def _sched_yield(module: ir.Module) -> ir.Function:
-    return intrinsic(module, "sched_yield", I32, [])
-
-
-def _field(b: ir.IRBuilder, base: ir.Value, index: int, ty: ir.Type = I64) -> ir.Value:
-    p = b.gep(b.bitcast(base, I64.as_pointer()), [i64(index)], inbounds=True)
-    return p if ty is I64 else b.bitcast(p, ty.as_pointer())
-
-
-def _spin_until_changed(
-    b: ir.IRBuilder, module: ir.Module, ptr: ir.Value, old: ir.Value, yield_after: int, name: str
-) -> None:
-    """Spin (pause) while *ptr == old; call sched_yield every `yield_after` iterations."""
-    head = b.append_basic_block(f"{name}.spin")
-    body = b.append_basic_block(f"{name}.wait")
-    done = b.append_basic_block(f"{name}.done")
-    pre = b.block
-    b.branch(head)
-    b.position_at_end(head)
-    count = b.phi(I64)
-    count.add_incoming(i64(0), pre)
-    cur = b.load_atomic(ptr, "acquire", ptr.type.pointee.width // 8)
-    b.cbranch(b.icmp_signed("!=", cur, old), done, body)
-    b.position_at_end(body)
-    _pause(b, module)
-    nxt = b.add(count, i64(1))
-    with b.if_then(b.icmp_signed("==", b.urem(nxt, i64(yield_after)), i64(0))):
-        b.call(_sched_yield(module), [])
-    count.add_incoming(nxt, b.block)
-    b.branch(head)
-    b.position_at_end(done)
-
-
-def emit_barrier(module: ir.Module) -> ir.Function:
-    """`void barrier_wait(i8* barrier, i64 n_threads)` over BARRIER_BYTES of zeroed memory."""
-
-    def build(fn: ir.Function) -> None:
-        bar, n = fn.args
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        with b.if_then(b.icmp_signed("<=", n, i64(1))):
-            b.ret_void()
-        count = _field(b, bar, 0)
-        gen = _field(b, bar, 8)
-        g = b.load_atomic(gen, "acquire", 8)
-        arrived = b.atomic_rmw("add", count, i64(1), "acq_rel")
-        last = b.icmp_signed("==", arrived, b.sub(n, i64(1)))
-        with b.if_else(last) as (release, wait):
-            with release:
-                b.store_atomic(i64(0), count, "monotonic", 8)
-                b.atomic_rmw("add", gen, i64(1), "release")
-            with wait:
-                _spin_until_changed(b, module, gen, g, SPIN_BEFORE_YIELD, "bar")
-        b.ret_void()
-
-    return get_or_define(module, "barrier_wait", ir.FunctionType(VOID, [I8P, I64]), build)
-
-
-def _emit_sleep(b: ir.IRBuilder, module: ir.Module, gen32: ir.Value, seen: ir.Value) -> None:
-    """Block until *gen32 != seen (spurious returns are fine: the caller re-checks)."""
-    nr = _futex_number()
-    if nr is not None:
-        syscall = module.globals.get("syscall") or ir.Function(
-            module, ir.FunctionType(I64, [I64], var_arg=True), "syscall"
-        )
-        b.call(syscall, [i64(nr), b.ptrtoint(gen32, I64), i64(_FUTEX_WAIT_PRIVATE), b.trunc(seen, I32),
-                         ir.Constant(I64, 0)])
-    else:
-        usleep = intrinsic(module, "usleep", I32, [I32])
-        b.call(usleep, [ir.Constant(I32, 200)])
-
-
-def _emit_wake(b: ir.IRBuilder, module: ir.Module, gen32: ir.Value) -> None:
-    nr = _futex_number()
-    if nr is not None:
-        syscall = module.globals.get("syscall") or ir.Function(
-            module, ir.FunctionType(I64, [I64], var_arg=True), "syscall"
-        )
-        b.call(syscall, [i64(nr), b.ptrtoint(gen32, I64), i64(_FUTEX_WAKE_PRIVATE), ir.Constant(I32, 2**31 - 1)])
-
-
-def _pool_module() -> ir.Module:
-    m = ir.Module("rwkv_pool")
-    task_ptr = _TASK.as_pointer()
-
-    # void pool_worker(i8* pool, i64 tid)
-    w = ir.Function(m, ir.FunctionType(VOID, [I8P, I64]), "pool_worker")
-    pool, tid = w.args
-    b = ir.IRBuilder(w.append_basic_block("entry"))
-    gen32 = _field(b, pool, _GEN, I32)
-    entry = b.block
-    loop = b.append_basic_block("loop")
-    b.branch(loop)
-    b.position_at_end(loop)
-    seen = b.phi(I32)
-    seen.add_incoming(ir.Constant(I32, 0), entry)  # the generation starts at 0
-    # spin for a while, then sleep until the generation moves
-    spin_head = b.append_basic_block("spin")
-    spin_body = b.append_basic_block("spin.body")
-    sleep = b.append_basic_block("sleep")
-    got = b.append_basic_block("got")
-    b.branch(spin_head)
-    b.position_at_end(spin_head)
-    k = b.phi(I64)
-    k.add_incoming(i64(0), loop)
-    cur = b.load_atomic(gen32, "acquire", 4)
-    b.cbranch(b.icmp_unsigned("!=", cur, seen), got, spin_body)
-    b.position_at_end(spin_body)
-    _pause(b, m)
-    k1 = b.add(k, i64(1))
-    k.add_incoming(k1, spin_body)
-    b.cbranch(b.icmp_signed("<", k1, i64(WORKER_SPIN)), spin_head, sleep)
-    b.position_at_end(sleep)
-    sleepers = _field(b, pool, _SLEEPERS)
-    b.atomic_rmw("add", sleepers, i64(1), "seq_cst")
-    _emit_sleep(b, m, gen32, b.zext(seen, I64))
-    b.atomic_rmw("sub", sleepers, i64(1), "seq_cst")
-    k.add_incoming(i64(0), sleep)
-    b.branch(spin_head)
-    b.position_at_end(got)
-    stop = b.load_atomic(_field(b, pool, _STOP), "acquire", 8)
-    with b.if_then(b.icmp_signed("!=", stop, i64(0))):
-        b.ret_void()
-    fn = b.inttoptr(b.load_atomic(_field(b, pool, _FN), "monotonic", 8), task_ptr)
-    arg = b.inttoptr(b.load_atomic(_field(b, pool, _ARG), "monotonic", 8), I8P)
-    n = b.load_atomic(_field(b, pool, _NTHREADS), "monotonic", 8)
-    b.call(fn, [arg, tid, n])
-    b.atomic_rmw("add", _field(b, pool, _DONE), i64(1), "release")
-    seen.add_incoming(cur, b.block)
-    b.branch(loop)
-
-    # void pool_run(i8* pool, i8* fn, i8* arg)
-    r = ir.Function(m, ir.FunctionType(VOID, [I8P, I8P, I8P]), "pool_run")
-    pool, fnp, arg = r.args
-    b = ir.IRBuilder(r.append_basic_block("entry"))
-    n = b.load_atomic(_field(b, pool, _NTHREADS), "monotonic", 8)
-    done = _field(b, pool, _DONE)
-    b.store_atomic(b.ptrtoint(fnp, I64), _field(b, pool, _FN), "monotonic", 8)
-    b.store_atomic(b.ptrtoint(arg, I64), _field(b, pool, _ARG), "monotonic", 8)
-    b.store_atomic(i64(0), done, "monotonic", 8)
-    gen32 = _field(b, pool, _GEN, I32)
-    b.atomic_rmw("add", gen32, ir.Constant(I32, 1), "seq_cst")
-    asleep = b.load_atomic(_field(b, pool, _SLEEPERS), "seq_cst", 8)
-    with b.if_then(b.icmp_signed(">", asleep, i64(0))):
-        _emit_wake(b, m, gen32)
-    b.call(b.bitcast(fnp, task_ptr), [arg, i64(0), n])
-    _wait_for(b, m, done, b.sub(n, i64(1)))
-    b.ret_void()
-
-    # void pool_stop(i8* pool)
-    s = ir.Function(m, ir.FunctionType(VOID, [I8P]), "pool_stop")
-    (pool,) = s.args
-    b = ir.IRBuilder(s.append_basic_block("entry"))
-    b.store_atomic(i64(1), _field(b, pool, _STOP), "seq_cst", 8)
-    gen32 = _field(b, pool, _GEN, I32)
-    b.atomic_rmw("add", gen32, ir.Constant(I32, 1), "seq_cst")
-    _emit_wake(b, m, gen32)
-    b.ret_void()
-    return m
-
-
-def _wait_for(b: ir.IRBuilder, module: ir.Module, ptr: ir.Value, target: ir.Value) -> None:
-    head = b.append_basic_block("wait")
-    body = b.append_basic_block("wait.body")
-    out = b.append_basic_block("wait.done")
-    pre = b.block
-    b.branch(head)
-    b.position_at_end(head)
-    count = b.phi(I64)
-    count.add_incoming(i64(0), pre)
-    cur = b.load_atomic(ptr, "acquire", 8)
-    b.cbranch(b.icmp_signed(">=", cur, target), out, body)
-    b.position_at_end(body)
-    _pause(b, module)
-    nxt = b.add(count, i64(1))
-    with b.if_then(b.icmp_signed("==", b.urem(nxt, i64(SPIN_BEFORE_YIELD)), i64(0))):
-        b.call(_sched_yield(module), [])
-    count.add_incoming(nxt, b.block)
-    b.branch(head)
-    b.position_at_end(out)
-
-
-_LIB: CompiledModule | None = None
-_LIB_LOCK = threading.Lock()
-
-
-def _library() -> CompiledModule:
-    global _LIB
-    with _LIB_LOCK:
-        if _LIB is None:
-            _LIB = compile_module(_pool_module())
-        return _LIB
-
-
-def default_threads() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+_USLEEP_FIRST, _USLEEP_MAX = 50, 1000  # µs, the non-futex sleep back-off
 
 
 class PoolClosedError(RuntimeError):
-    """A ThreadPool was used after close()."""
+    """A ThreadPool was used after close() (or in a child process made by fork())."""
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _emit_worker(m: ir.Module) -> None:
+    """void pool_worker(i8* pool, i64 tid): run each new generation's task until the pool stops."""
+    fn = ir.Function(m, ir.FunctionType(VOID, [I8P, I64]), "pool_worker")
+    pool, tid = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    gen = i64_field(b, pool, _GEN, I32)
+    spin_limit = b.load_atomic(i64_field(b, pool, _SPIN), "monotonic", 8)
+    yield_mask = b.load_atomic(i64_field(b, pool, _YIELD_MASK), "monotonic", 8)
+    masks = [b.alloca(I64, i64(_CPU_SET_BITS // 64)) for _ in range(2)]
+    entry = b.block
+    loop = b.append_basic_block("loop")
+    spin = b.append_basic_block("spin")
+    spin_more = b.append_basic_block("spin.pause")
+    sleep = b.append_basic_block("sleep")
+    nap = b.append_basic_block("nap")
+    nap_body = b.append_basic_block("nap.body")
+    woke = b.append_basic_block("woke")
+    got = b.append_basic_block("got")
+    b.branch(loop)
+
+    # the generation starts at 0; a worker that starts late still runs generation 1 (pool_run
+    # cannot finish it without this worker)
+    b.position_at_end(loop)
+    seen = b.phi(I32, name="seen")
+    seen.add_incoming(ir.Constant(I32, 0), entry)
+    b.branch(spin)
+
+    b.position_at_end(spin)
+    k = b.phi(I64, name="k")
+    k.add_incoming(i64(0), loop)
+    cur = b.load_atomic(gen, "acquire", 4)
+    b.cbranch(b.icmp_unsigned("!=", cur, seen), got, spin_more)
+    b.position_at_end(spin_more)
+    emit_pause(b)
+    k1 = b.add(k, i64(1))
+    # give the core away now and then: the thread we wait for may be queued behind us (more
+    # threads than cores, or the scheduler woke us onto the caller's core)
+    with b.if_then(b.icmp_unsigned("==", b.and_(k1, yield_mask), i64(0)), likely=False):
+        b.call(declare_sched_yield(m), [])
+    k.add_incoming(k1, b.block)
+    b.cbranch(b.icmp_unsigned("<", k1, spin_limit), spin, sleep)
+
+    b.position_at_end(sleep)
+    sleepers = i64_field(b, pool, _SLEEPERS)
+    b.atomic_rmw("add", sleepers, i64(1), "seq_cst")
+    b.atomic_rmw("add", i64_field(b, pool, _SLEEPS), i64(1), "monotonic")
+    b.branch(nap)
+
+    b.position_at_end(nap)
+    delay = b.phi(I32, name="delay_us")
+    delay.add_incoming(ir.Constant(I32, _USLEEP_FIRST), sleep)
+    now = b.load_atomic(gen, "seq_cst", 4)
+    b.cbranch(b.icmp_unsigned("!=", now, seen), woke, nap_body)
+    b.position_at_end(nap_body)
+    if futex_syscall_number() is not None:
+        emit_futex_wait(b, m, gen, seen)  # returns at once if the generation has moved
+        delay.add_incoming(delay, nap_body)
+    else:
+        b.call(intrinsic(m, "usleep", I32, [I32]), [delay])
+        doubled = b.shl(delay, ir.Constant(I32, 1))
+        capped = b.select(b.icmp_unsigned("<", doubled, ir.Constant(I32, _USLEEP_MAX)), doubled,
+                          ir.Constant(I32, _USLEEP_MAX))
+        delay.add_incoming(capped, nap_body)
+    b.branch(nap)
+
+    b.position_at_end(woke)
+    b.atomic_rmw("sub", sleepers, i64(1), "seq_cst")
+    if futex_syscall_number() is not None and MOVE_OFF_WAKER_CPU:
+        _emit_move_off_cpu(b, m, pool, masks[0], masks[1])
+    woke_end = b.block
+    b.branch(got)
+
+    b.position_at_end(got)
+    new_gen = b.phi(I32, name="gen")
+    new_gen.add_incoming(cur, spin)
+    new_gen.add_incoming(now, woke_end)
+    stop = b.load_atomic(i64_field(b, pool, _STOP), "acquire", 8)
+    with b.if_then(b.icmp_unsigned("!=", stop, i64(0)), likely=False):
+        b.ret_void()
+    # ordered after the task's publication by the acquire load of the generation
+    task = b.inttoptr(b.load_atomic(i64_field(b, pool, _FN), "monotonic", 8), _TASK.as_pointer())
+    arg = b.inttoptr(b.load_atomic(i64_field(b, pool, _ARG), "monotonic", 8), I8P)
+    n = b.load_atomic(i64_field(b, pool, _NTHREADS), "monotonic", 8)
+    b.call(task, [arg, tid, n])
+    b.atomic_rmw("add", i64_field(b, pool, _DONE), i64(1), "release")
+    seen.add_incoming(new_gen, b.block)
+    b.branch(loop)
+
+
+def _emit_publish(b: ir.IRBuilder, m: ir.Module, pool: ir.Value) -> None:
+    """Bump the generation, then wake sleepers if there are any (Dekker pair with the worker)."""
+    gen = i64_field(b, pool, _GEN, I32)
+    b.atomic_rmw("add", gen, ir.Constant(I32, 1), "seq_cst")
+    if futex_syscall_number() is not None:
+        asleep = b.load_atomic(i64_field(b, pool, _SLEEPERS), "seq_cst", 8)
+        with b.if_then(b.icmp_signed(">", asleep, i64(0))):
+            cpu = b.sext(b.call(intrinsic(m, "sched_getcpu", I32, []), []), I64)
+            b.store_atomic(cpu, i64_field(b, pool, _WAKER_CPU), "seq_cst", 8)
+            emit_futex_wake_all(b, m, gen)
+
+
+def _emit_move_off_cpu(b: ir.IRBuilder, m: ir.Module, pool: ir.Value, old: ir.Value, new: ir.Value) -> None:
+    """Linux: if this (just woken) worker runs on the CPU of the thread that woke it, move it.
+
+    The scheduler likes to put a woken thread on its waker's CPU — always so in VMs, where idle vCPUs
+    look busy — and the two then share one core until the load balancer notices (milliseconds).
+    Narrowing our affinity to exclude this CPU migrates us at once; the old mask is then restored.
+    `old` and `new` point to _CPU_SET_BITS of stack each (allocated in the entry block).
+    """
+    me = b.sext(b.call(intrinsic(m, "sched_getcpu", I32, []), []), I64)
+    waker = b.load_atomic(i64_field(b, pool, _WAKER_CPU), "seq_cst", 8)
+    with b.if_then(b.and_(b.icmp_signed(">=", me, i64(0)),
+                          b.and_(b.icmp_signed("<", me, i64(_CPU_SET_BITS)), b.icmp_signed("==", me, waker))),
+                   likely=False):
+        getaff = intrinsic(m, "sched_getaffinity", I32, [I32, I64, I64P])
+        setaff = intrinsic(m, "sched_setaffinity", I32, [I32, I64, I64P])
+        words = _CPU_SET_BITS // 64
+        nbytes = i64(_CPU_SET_BITS // 8)
+        ok = b.icmp_signed("==", b.call(getaff, [ir.Constant(I32, 0), nbytes, old]), ir.Constant(I32, 0))
+        with b.if_then(ok):
+            others = i64(0)
+            word = b.udiv(me, i64(64))
+            bit = b.shl(i64(1), b.urem(me, i64(64)))
+            for w in range(words):
+                v = b.load(b.gep(old, [i64(w)]))
+                v = b.select(b.icmp_unsigned("==", word, i64(w)), b.and_(v, b.not_(bit)), v)
+                b.store(v, b.gep(new, [i64(w)]))
+                others = b.or_(others, v)
+            with b.if_then(b.icmp_unsigned("!=", others, i64(0))):
+                b.call(setaff, [ir.Constant(I32, 0), nbytes, new])
+                b.call(setaff, [ir.Constant(I32, 0), nbytes, old])
+
+
+def _emit_run(m: ir.Module) -> None:
+    """void pool_run(i8* pool, i8* fn, i8* arg): run fn on every thread, return when all are done."""
+    fn = ir.Function(m, ir.FunctionType(VOID, [I8P, I8P, I8P]), "pool_run")
+    pool, fnp, arg = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    task = b.bitcast(fnp, _TASK.as_pointer())
+    n = b.load_atomic(i64_field(b, pool, _NTHREADS), "monotonic", 8)
+    with b.if_then(b.icmp_signed("<=", n, i64(1))):
+        b.call(task, [arg, i64(0), i64(1)])
+        b.ret_void()
+    done = i64_field(b, pool, _DONE)
+    b.store_atomic(b.ptrtoint(fnp, I64), i64_field(b, pool, _FN), "monotonic", 8)
+    b.store_atomic(b.ptrtoint(arg, I64), i64_field(b, pool, _ARG), "monotonic", 8)
+    b.store_atomic(i64(0), done, "monotonic", 8)
+    _emit_publish(b, m, pool)
+    b.call(task, [arg, i64(0), n])
+    workers = b.sub(n, i64(1))
+
+    def all_done(bb: ir.IRBuilder):
+        cur = bb.load_atomic(done, "acquire", 8)  # pairs with the workers' release increments
+        return bb.icmp_signed(">=", cur, workers), cur
+
+    emit_spin_until(b, m, all_done, BARRIER_SPIN, "done")
+    b.ret_void()
+
+
+def _emit_stop(m: ir.Module) -> None:
+    """void pool_stop(i8* pool): make every worker return from pool_worker."""
+    fn = ir.Function(m, ir.FunctionType(VOID, [I8P]), "pool_stop")
+    (pool,) = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.store_atomic(i64(1), i64_field(b, pool, _STOP), "seq_cst", 8)
+    _emit_publish(b, m, pool)
+    b.ret_void()
+
+
+def _emit_calibration(m: ir.Module) -> None:
+    """void pool_spin(i64 rounds): `rounds` pause hints, to time one round."""
+    fn = ir.Function(m, ir.FunctionType(VOID, [I64]), "pool_spin")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    pre = b.block
+    head = b.append_basic_block("head")
+    body = b.append_basic_block("body")
+    out = b.append_basic_block("out")
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.phi(I64)
+    k.add_incoming(i64(0), pre)
+    b.cbranch(b.icmp_unsigned("<", k, fn.args[0]), body, out)
+    b.position_at_end(body)
+    emit_pause(b)
+    k.add_incoming(b.add(k, i64(1)), body)
+    b.branch(head)
+    b.position_at_end(out)
+    b.ret_void()
+
+
+def pool_module() -> ir.Module:
+    """The native half of ThreadPool: pool_worker, pool_run, pool_stop, pool_spin."""
+    m = ir.Module("rwkv_pool")
+    _emit_worker(m)
+    _emit_run(m)
+    _emit_stop(m)
+    _emit_calibration(m)
+    return m
+
+
+@functools.cache
+def _library() -> CompiledModule:
+    return compile_module(pool_module())
+
+
+_VOID_P3 = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_WORKER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+_STOP_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_SPIN_FN = ctypes.CFUNCTYPE(None, ctypes.c_int64)
+
+
+@functools.cache
+def pause_seconds() -> float:
+    """Measured time of one pause round on this CPU (~1 ns to ~40 ns depending on the core)."""
+    spin = _SPIN_FN(_library().address("pool_spin"))
+    rounds = 20_000
+    spin(rounds)  # warm up
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        spin(rounds)
+        best = min(best, time.perf_counter() - t0)
+    return max(best / rounds, 1e-10)
+
+
+_LIVE: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # the worker threads did not survive fork(); a run would wait for them forever
+    for pool in list(_LIVE):
+        pool._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ThreadPool:
-    """n threads (the caller counts as thread 0) that run native tasks `void fn(i8*, i64 tid, i64 n)`."""
+    """`n_threads` threads (the caller is thread 0) that run native `void fn(i8* arg, i64 tid, i64 n)`.
 
-    def __init__(self, n_threads: int | None = None) -> None:
+    `spin_us` is how long an idle worker spins for new work before it sleeps.
+    """
+
+    def __init__(self, n_threads: int | None = None, spin_us: float = DEFAULT_SPIN_US) -> None:
         n = default_threads() if n_threads is None else int(n_threads)
         if n < 1:
             raise ValueError(f"a thread pool needs at least one thread, got {n}")
         self.n_threads = n
         lib = _library()
-        self._lib = lib
-        raw = np.zeros(_POOL_INT64S + 8, dtype=np.int64)
-        skip = (-raw.ctypes.data % 64) // 8
-        self._mem = raw[skip : skip + _POOL_INT64S]
-        self._mem[_NTHREADS] = n
-        addr = self._mem.ctypes.data
-        self._addr = addr
-        self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
-            lib.address("pool_run")
-        )
-        worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(lib.address("pool_worker"))
-        stop = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lib.address("pool_stop"))
+        self._run = _VOID_P3(lib.address("pool_run"))
+        self._mem = AlignedBuffer(POOL_BYTES, 64)
+        self._addr = self._mem.address
+        self._mem.int64(_NTHREADS).value = n
+        pause = pause_seconds()
+        self._mem.int64(_SPIN).value = max(1, round(spin_us * 1e-6 / pause)) if spin_us > 0 else 0
+        yield_rounds = round(YIELD_EVERY_US * 1e-6 / pause)
+        self._mem.int64(_YIELD_MASK).value = (1 << max(4, yield_rounds.bit_length())) - 1
         self._lock = threading.Lock()
         self._closed = False
-        self._threads = [
-            threading.Thread(target=worker, args=(addr, tid), name=f"rwkv-worker-{tid}", daemon=True)
+        self._forked = False
+        worker = _WORKER(lib.address("pool_worker"))
+        threads = [
+            threading.Thread(target=worker, args=(self._addr, tid), name=f"rwkv-worker-{tid}", daemon=True)
             for tid in range(1, n)
         ]
-        for t in self._threads:
+        for t in threads:
             t.start()
-        # stop the workers even if the pool is dropped without close(); keeps memory alive until then
-        self._finalizer = weakref.finalize(self, _shutdown, stop, addr, self._threads, self._mem, lib)
+        self._threads = threads
+        # stops and joins the workers on close(), when the pool is garbage-collected, or at exit;
+        # it holds the memory and the code, so both outlive the threads
+        stop = _STOP_FN(lib.address("pool_stop"))
+        self._finalizer = weakref.finalize(self, _shutdown, stop, self._mem, threads, lib)
+        _LIVE.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def spin_rounds(self) -> int:
+        """Pause rounds an idle worker spins before sleeping."""
+        return self._mem.int64(_SPIN).value
+
+    @property
+    def sleeps(self) -> int:
+        """How many times a worker has run out of spinning and gone to sleep."""
+        return self._mem.int64(_SLEEPS).value
 
     def run(self, fn_address: int, arg_address: int) -> None:
-        """Run `fn(arg, tid, n_threads)` on every thread; returns when all have finished."""
+        """Run native `fn(arg, tid, n_threads)` on every thread; return when all have finished."""
+        if not fn_address:
+            raise ValueError("null task address")
         with self._lock:
             if self._closed:
-                raise PoolClosedError("the thread pool is closed")
+                raise PoolClosedError("this thread pool is closed")
+            if self._forked:
+                raise PoolClosedError("this thread pool was created before fork(); make a new one")
             self._run(self._addr, fn_address, arg_address)
 
     def close(self) -> None:
+        """Stop and join the worker threads. Idempotent."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._finalizer()
+                if not self._forked:
+                    self._finalizer()
+                else:
+                    self._finalizer.detach()
 
     def __enter__(self) -> ThreadPool:
         return self
@@ -312,9 +412,13 @@ class ThreadPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ThreadPool n_threads={self.n_threads} {state}>"
 
-def _shutdown(stop, addr: int, threads: list[threading.Thread], mem: np.ndarray, lib: CompiledModule) -> None:
-    stop(addr)
+
+def _shutdown(stop, mem: AlignedBuffer, threads: list[threading.Thread], lib: CompiledModule) -> None:
+    stop(mem.address)
     for t in threads:
-        t.join()
-    del mem, lib
+        if t.ident is not None:
+            t.join()
