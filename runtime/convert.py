@@ -29,7 +29,7 @@ from runtime.formats.checkpoint import (
     Checkpoint,
     open_checkpoint,
 )
-from runtime.formats.detect import v4_tensor_shapes
+from runtime.formats.detect import LN_EPS, TOKENIZER_BY_VOCAB, v4_tensor_shapes
 from runtime.formats.gguf_file import TensorPlan, write_gguf
 from runtime.formats.tensors import LazyTensor
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -38,7 +38,6 @@ from runtime.quant.types import DType
 
 FORMAT_VERSION = 1
 CHUNK_VALUES = 8 << 20  # float32 values decoded per chunk (32 MB)
-TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
 FILE_TYPES = {  # GGUF general.file_type (llama.cpp's "mostly X" numbering)
     DType.F32: 0, DType.F16: 1, DType.Q4_0: 2, DType.Q4_1: 3, DType.Q8_0: 7, DType.Q5_0: 8, DType.Q5_1: 9,
 }
@@ -49,7 +48,6 @@ DEFAULT_HEAD_TYPE: dict[DType, DType] = {
     DType.F32: DType.F32, DType.F16: DType.F16, DType.Q8_0: DType.Q8_0, DType.Q5_1: DType.Q8_0,
     DType.Q5_0: DType.Q8_0, DType.Q4_1: DType.Q8_0, DType.Q4_0: DType.Q8_0,
 }
-LN_EPS = 1e-5
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,6 @@ TINY = load_reference("tiny")
 SMALL = load_reference("small")
 
 
-def _ln(x, w, b):
-    x = x.astype(np.float64)
-    mu = x.mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * w + b
-
-
 def test_f32_conversion_records_everything_and_applies_transforms(tmp_path):
     out = tmp_path / "tiny.gguf"
     result = convert(TINY.pth_path, out, "f32")

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from runtime.errors import ModelFileError, UnsupportedModelError
 
+# Facts of the RWKV-4 family that every part (converter, loader, kernels) shares.
+LN_EPS = 1e-5
+TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
+
 RUNNABLE_VERSIONS = ("4",)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")

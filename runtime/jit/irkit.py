@@ -78,9 +78,11 @@ def store_at(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, index: ir.Value, a
 
 
 @contextmanager
-def counted_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: ir.Value | int = 1,
+def counted_loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: ir.Value | int = 1,
                  name: str = "i") -> Iterator[ir.Value]:
-    """`for (i = start; i < stop; i += step)`; the body is what the caller emits inside the `with`."""
+    """`for (i = start; i < stop; i += step)` over signed i64; the body is emitted inside the `with`."""
+    start = i64(start) if isinstance(start, int) else start
+    stop = i64(stop) if isinstance(stop, int) else stop
     step_v = i64(step) if isinstance(step, int) else step
     pre = b.block
     head = b.append_basic_block(f"{name}.head")

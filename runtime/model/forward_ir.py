@@ -27,10 +27,10 @@ from __future__ import annotations
 from llvmlite import ir
 
 from runtime.jit.irkit import (
-    F16,
     F32,
     F32P,
     I8P,
+    I16,
     I32P,
     I64,
     I64P,
@@ -42,6 +42,7 @@ from runtime.jit.irkit import (
     split_range,
     store_at,
 )
+from runtime.jit.kernels.irhelpers import half_to_float
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
@@ -286,9 +287,10 @@ class _ForwardBuilder:
 
     def _embed_row(self, b: ir.IRBuilder, emb: ir.Value, token: ir.Value, out: ir.Value) -> None:
         C = self.spec.n_embd
-        elem = F16 if self.spec.emb_type is DType.F16 else F32
+        half = self.spec.emb_type is DType.F16
+        elem = I16 if half else F32  # halves are read as bits: not every host converts them natively
         base = b.gep(b.bitcast(emb, elem.as_pointer()), [b.mul(token, i64(C))], inbounds=True)
         with counted_loop(b, i64(0), i64(C), name="e") as c:
-            v = b.load(b.gep(base, [c], inbounds=True), align=2 if elem is F16 else 4)
-            store_at(b, b.fpext(v, F32) if elem is F16 else v, out, c)
+            v = b.load(b.gep(base, [c], inbounds=True), align=2 if half else 4)
+            store_at(b, half_to_float(b, v) if half else v, out, c)
 

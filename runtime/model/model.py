@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from runtime.formats.detect import TOKENIZER_BY_VOCAB
 from runtime.jit.engine import CompiledModule, compile_module
-from runtime.jit.threads import BARRIER_ALIGN, BARRIER_BYTES, ThreadPool
+from runtime.jit.threads import ThreadPool, new_barrier
 from runtime.model.forward_ir import FORWARD_NAME, build_forward_module
 from runtime.model.layout import N_ARGS, PP_INITIAL, Arg, StateRow
 from runtime.model.loader import LoadedWeights, load_weights
 from runtime.model.state import State, StateError
-
-TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
 
 
 def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
@@ -59,7 +58,7 @@ class Model:
         self._pool = ThreadPool(threads)
         self.threads = self._pool.n_threads
         self._scratch = _aligned_zeros(self.spec.scratch_floats, np.float32)
-        self._barrier = _aligned_zeros(max(BARRIER_BYTES, 64), np.uint8, max(BARRIER_ALIGN, 64))
+        self._barrier = new_barrier()
         self._args = _aligned_zeros(N_ARGS, np.int64)
         self._lock = threading.Lock()
 
@@ -117,7 +116,7 @@ class Model:
             a[Arg.STATE] = new.ctypes.data
             a[Arg.LOGITS] = logits.ctypes.data if logits is not None else 0
             a[Arg.SCRATCH] = self._scratch.ctypes.data
-            a[Arg.BARRIER] = self._barrier.ctypes.data
+            a[Arg.BARRIER] = self._barrier.address
             a[Arg.WEIGHTS] = self._weights.weight_table.ctypes.data
             a[Arg.PARAMS] = self._weights.params.ctypes.data
             self._pool.run(self._forward_address, a.ctypes.data)

@@ -9,8 +9,8 @@ import pytest
 from llvmlite import ir
 
 from runtime.jit.engine import compile_module
-from runtime.jit.irkit import F32P, I16, I64, VOID
-from runtime.jit.kernels.irhelpers import half_to_float, loop, native_half
+from runtime.jit.irkit import F32P, I16, I64, VOID, counted_loop
+from runtime.jit.kernels.irhelpers import half_to_float, native_half
 from runtime.jit.kernels.library import KernelLibrary, make_test_library
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
@@ -138,7 +138,7 @@ def test_half_to_float_exact(native: bool) -> None:
     fn = ir.Function(m, ir.FunctionType(VOID, [I16.as_pointer(), F32P, I64]), "cvt")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     src, dst, n = fn.args
-    with loop(b, 0, n) as i:
+    with counted_loop(b, 0, n) as i:
         b.store(half_to_float(b, b.load(b.gep(src, [i])), native=native), b.gep(dst, [i]))
     b.ret_void()
     lib = compile_module(m, use_cache=False)

@@ -16,13 +16,7 @@ from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, TIME_MIX_
 from runtime.formats.gguf_file import TensorPlan, write_gguf
 from runtime.quant.codec import quantize
 from runtime.quant.types import DType
-
-
-def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return ((x - mu) / np.sqrt(var + 1e-5) * w + b).astype(np.float32)
+from tests.support.numpy_rwkv import _ln as layer_norm
 
 
 def write_model_gguf(
@@ -33,7 +27,8 @@ def write_model_gguf(
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     V, C = sd["emb.weight"].shape
     if emb_ln0 is None:
-        emb_ln0 = _ln(sd["emb.weight"], sd["blocks.0.ln0.weight"], sd["blocks.0.ln0.bias"])
+        names = ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias")
+        emb_ln0 = layer_norm(*(sd[k].astype(np.float64) for k in names)).astype(np.float32)
     arrays: dict[str, np.ndarray] = {"emb.weight": emb_ln0}
     for name, value in sd.items():
         if name.startswith(("emb.", "blocks.0.ln0.")):

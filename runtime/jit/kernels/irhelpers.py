@@ -7,12 +7,12 @@ LLVM's SROA promotes to registers, which keeps the emitting code plain.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F16, F32, I8, I32, I64
+from runtime.jit.irkit import F16, F32, I8, I32, intrinsic
+from runtime.jit.irkit import i64 as i64c
 from runtime.jit.target import host_target
 
 VL = 8  # float lanes per vector piece
@@ -21,10 +21,6 @@ BLOCK = VL * PIECES
 V8F = ir.VectorType(F32, VL)
 V8I32 = ir.VectorType(I32, VL)
 DOT_FLAGS = ("reassoc", "contract")  # reassociating a dot product's additions is fine
-
-
-def i64c(v: int) -> ir.Constant:
-    return ir.Constant(I64, v)
 
 
 def i32c(v: int) -> ir.Constant:
@@ -79,11 +75,7 @@ def store_vec(b: ir.IRBuilder, value: ir.Value, fptr: ir.Value, index: int | ir.
 def fma_fn(module: ir.Module, ty: ir.Type) -> ir.Function:
     """llvm.fmuladd for `ty` (a fused FMA where the host has one, mul+add otherwise)."""
     suffix = f"v{ty.count}f32" if isinstance(ty, ir.VectorType) else "f32"
-    name = f"llvm.fmuladd.{suffix}"
-    fn = module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(ty, [ty, ty, ty]), name)
-    return fn
+    return intrinsic(module, f"llvm.fmuladd.{suffix}", ty, [ty, ty, ty])
 
 
 def fma(b: ir.IRBuilder, a: ir.Value, c: ir.Value, acc: ir.Value) -> ir.Value:
@@ -93,10 +85,7 @@ def fma(b: ir.IRBuilder, a: ir.Value, c: ir.Value, acc: ir.Value) -> ir.Value:
 
 def hsum(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     """Horizontal sum of a float vector (any association order)."""
-    name = f"llvm.vector.reduce.fadd.v{v.type.count}f32"
-    fn = b.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(b.module, ir.FunctionType(F32, [F32, v.type]), name)
+    fn = intrinsic(b.module, f"llvm.vector.reduce.fadd.v{v.type.count}f32", F32, [F32, v.type])
     return b.call(fn, [ir.Constant(F32, 0.0), v], fastmath=DOT_FLAGS)
 
 
@@ -149,29 +138,6 @@ class Var:
 
     def set(self, value: ir.Value) -> None:
         self.b.store(value, self.ptr)
-
-
-@contextmanager
-def loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int = 1,
-         name: str = "i") -> Iterator[ir.Value]:
-    """`for (i = start; i < stop; i += step)` over signed i64; the body is emitted inside the `with`."""
-    start_v = i64c(start) if isinstance(start, int) else start
-    stop_v = i64c(stop) if isinstance(stop, int) else stop
-    pre = b.block
-    head = b.append_basic_block(f"{name}.head")
-    body = b.append_basic_block(f"{name}.body")
-    done = b.append_basic_block(f"{name}.done")
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64, name=name)
-    i.add_incoming(start_v, pre)
-    b.cbranch(b.icmp_signed("<", i, stop_v), body, done)
-    b.position_at_end(body)
-    yield i
-    nxt = b.add(i, i64c(step), name=f"{name}.next")
-    i.add_incoming(nxt, b.block)
-    b.branch(head)
-    b.position_at_end(done)
 
 
 def stack_floats(b: ir.IRBuilder, count: int, align: int = 32, name: str = "") -> ir.Value:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F32P, I8P, I64, VOID, get_or_define
+from runtime.jit.irkit import F32P, I8P, I64, VOID, counted_loop, get_or_define
 from runtime.jit.kernels.dequant import block_at, check_supported, dequantize_block
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
@@ -28,7 +28,6 @@ from runtime.jit.kernels.irhelpers import (
     hsum,
     i64c,
     load_vec,
-    loop,
     stack_floats,
     store_vec,
 )
@@ -58,7 +57,7 @@ def _micro(b: ir.IRBuilder, n_cols: int, accumulate: bool, rows: list[ir.Value],
     xrows = [b.gep(x, [b.mul(b.add(t0, i64c(j)), ldx)], inbounds=True) for j in range(n_tokens)]
     zero = ir.Constant(V8F, None)
     accs = [[Var(b, zero, "acc") for _ in range(n_tokens)] for _ in rows]
-    with loop(b, 0, n_cols, VL, name="c") as c:
+    with counted_loop(b, 0, n_cols, VL, name="c") as c:
         ws = [load_vec(b, r, c) for r in rows]
         for j, xr in enumerate(xrows):
             xv = load_vec(b, xr, c)
@@ -83,7 +82,7 @@ def _tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Valu
             rows.append(b.bitcast(src, F32P))
             continue
         dst = b.gep(buf, [i64c(i * n_cols)], inbounds=True)
-        with loop(b, 0, n_cols // BLOCK, name="dq") as k:
+        with counted_loop(b, 0, n_cols // BLOCK, name="dq") as k:
             pieces = dequantize_block(b, dtype, block_at(b, src, dtype, k))
             base = b.mul(k, i64c(BLOCK))
             for j, p in enumerate(pieces):
@@ -100,10 +99,10 @@ def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, arg
     rows = _tile(b, dtype, n_cols, w, row0, count, buf)
     groups = [(i, rows[i:i + MICRO_ROWS]) for i in range(0, count, MICRO_ROWS)]
     tok_main = b.sub(n_tok, b.srem(n_tok, i64c(step)))
-    with loop(b, 0, tok_main, step, name="tok") as t:
+    with counted_loop(b, 0, tok_main, step, name="tok") as t:
         for i, sub in groups:
             _micro(b, n_cols, accumulate, sub, x, ldx, y, ldy, b.add(row0, i64c(i)), t, step)
-    with loop(b, tok_main, n_tok, 1, name="tok1") as t:
+    with counted_loop(b, tok_main, n_tok, 1, name="tok1") as t:
         for i, sub in groups:
             _micro(b, n_cols, accumulate, sub, x, ldx, y, ldy, b.add(row0, i64c(i)), t, 1)
 
@@ -129,7 +128,7 @@ def emit_matmul(
         start = r0
         for size in dict.fromkeys((big, MICRO_ROWS, 1)):  # whole tiles, then groups of 4, then single rows
             end = b.sub(r1c, b.srem(b.sub(r1c, start), i64c(size))) if size > 1 else r1c
-            with loop(b, start, end, size, name=f"rows{size}") as r:
+            with counted_loop(b, start, end, size, name=f"rows{size}") as r:
                 _row_group(b, dtype, n_cols, accumulate, args, r, size, buf, step)
             start = end
         b.ret_void()

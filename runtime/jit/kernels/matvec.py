@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F32, F32P, I8P, I64, VOID, get_or_define
+from runtime.jit.irkit import F32, F32P, I8P, I64, VOID, counted_loop, get_or_define
 from runtime.jit.kernels.dequant import block_at, check_supported, decode_block
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
@@ -30,7 +30,6 @@ from runtime.jit.kernels.irhelpers import (
     hsum,
     i64c,
     load_vec,
-    loop,
     prefetch,
     splat,
     stack_floats,
@@ -61,7 +60,7 @@ def block_sums(b: ir.IRBuilder, x: ir.Value, n_cols: int) -> ir.Value:
     """float* to n_cols/32 stack floats: the sum of x over each block."""
     n_blocks = n_cols // BLOCK
     sums = stack_floats(b, n_blocks, name="xsum")
-    with loop(b, 0, n_blocks, name="xs") as k:
+    with counted_loop(b, 0, n_blocks, name="xs") as k:
         base = b.mul(k, i64c(BLOCK))
         parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
         b.store(hsum(b, tree_sum(b, parts)), b.gep(sums, [k], inbounds=True))
@@ -108,7 +107,7 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: 
     row_bytes = dtype.row_bytes(n_cols)
     rows = [_RowDot(b, dtype, b.gep(w, [b.mul(b.add(first, i64c(i)), i64c(row_bytes))], inbounds=True))
             for i in range(count)]
-    with loop(b, 0, n_cols // BLOCK, name="blk") as k:
+    with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
         base = b.mul(k, i64c(BLOCK))
         xs = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
         for rd in rows:
@@ -137,9 +136,9 @@ def emit_matvec(
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
         step = rows_per_step(dtype)
         main_end = b.sub(r1, b.srem(n, i64c(step)))
-        with loop(b, r0, main_end, step, name="row") as r:
+        with counted_loop(b, r0, main_end, step, name="row") as r:
             _emit_rows(b, dtype, n_cols, accumulate, w, x, y, r, step, xsum)
-        with loop(b, main_end, r1, 1, name="rest") as r:
+        with counted_loop(b, main_end, r1, 1, name="rest") as r:
             _emit_rows(b, dtype, n_cols, accumulate, w, x, y, r, 1, xsum)
         b.ret_void()
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from runtime.formats.detect import LN_EPS
 from runtime.jit.irkit import F32, F32P, VOID, counted_loop, f32, fast, get_or_define, i64, intrinsic, load_at, store_at
-
-LN_EPS = 1e-5
 
 
 def emit_layernorm(module: ir.Module, n: int) -> ir.Function:
