@@ -1,4 +1,4 @@
-"""Test-session setup: compiled kernels go to a private cache, never the user's."""
+"""Test-session setup: kernels, data and config go to private folders, never the user's."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import os
 
 import pytest
 
+_FOLDERS = ("RWKV_TUI_CACHE_DIR", "RWKV_TUI_DATA_DIR", "RWKV_TUI_CONFIG_DIR")
+
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_kernel_cache(tmp_path_factory: pytest.TempPathFactory):
-    old = os.environ.get("RWKV_TUI_CACHE_DIR")
-    os.environ["RWKV_TUI_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+def _private_folders(tmp_path_factory: pytest.TempPathFactory):
+    old = {k: os.environ.get(k) for k in _FOLDERS}
+    for k in _FOLDERS:
+        os.environ[k] = str(tmp_path_factory.mktemp(k.lower()))
     yield
-    if old is None:
-        os.environ.pop("RWKV_TUI_CACHE_DIR", None)
-    else:
-        os.environ["RWKV_TUI_CACHE_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -27,8 +27,12 @@ def rich_progress(console: Console, unit: str = "B") -> Iterator[ProgressCallbac
     """Yield a ProgressCallback drawing one bar per distinct `what`."""
     amount = (DownloadColumn(), TransferSpeedColumn()) if unit == "B" else (MofNCompleteColumn(),)
     bar = RichProgress(
-        TextColumn("[bold]{task.description}"), BarColumn(), *amount, TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        *amount,
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
     tasks: dict[str, TaskID] = {}
 

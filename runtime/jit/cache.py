@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 
 from runtime.atomic import atomic_write_bytes
+from runtime.paths import cache_dir
 
 MAGIC = b"RWKVOBJ1"
 _DIGEST = 32
 
 
 def default_cache_dir() -> Path:
-    """`$RWKV_TUI_CACHE_DIR`, else platformdirs' user cache dir for rwkv-tui, plus `kernels/`."""
-    env = os.environ.get("RWKV_TUI_CACHE_DIR")
-    if env:
-        return Path(env) / "kernels"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("rwkv-tui", appauthor=False)) / "kernels"
+    """The kernels folder inside rwkv-tui's cache dir (see `runtime.paths`)."""
+    return cache_dir() / "kernels"
 
 
 def cache_key(ir_text: str, identity: str) -> str:

@@ -1,0 +1,1 @@
+"""Conversations: turns with the model state after each, and their SQLite store."""

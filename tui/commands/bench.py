@@ -1,0 +1,46 @@
+"""`rwkv-tui bench MODEL`: decode/prompt speed, bandwidth, memory and load time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from tui.commands.output import console, err_console, human_bytes
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from runtime.bench import PROMPT_CHUNKS, run_bench
+
+    threads = [args.threads] if args.threads else None
+    with err_console.status("benchmarking") as status:
+        r = run_bench(args.model, threads, steps=args.steps, report=lambda m: status.update(m))
+    console.print(f"[bold]{r.path.name}[/bold]  {human_bytes(r.file_bytes)}")
+    console.print(f"weights read per decoded token  {human_bytes(r.bytes_per_token)}")
+    console.print(f"memory read bandwidth (1 thread, numpy sum)  {r.bandwidth_gbs:.1f} GB/s")
+    console.print(f"load: cold (compiling) {r.load_cold_s:.2f} s, warm (cached) {r.load_warm_s:.2f} s")
+    table = Table(show_edge=False)
+    table.add_column("threads", justify="right")
+    table.add_column("decode ms/token", justify="right")
+    table.add_column("effective GB/s", justify="right")
+    for chunk in PROMPT_CHUNKS:
+        table.add_column(f"prompt {chunk} tok/s", justify="right")
+    for run in r.runs:
+        table.add_row(
+            str(run.threads),
+            f"{run.decode_ms:.2f}",
+            f"{run.effective_gbs(r.bytes_per_token):.1f}",
+            *(f"{run.prompt_tok_s[c]:.0f}" for c in PROMPT_CHUNKS),
+        )
+    console.print(table)
+    console.print(f"peak RSS {r.peak_rss_mb:.0f} MB")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="measure decode and prompt speed, bandwidth, memory and load time")
+    b.add_argument("model", type=Path, help="a GGUF or rwkv.cpp .bin model")
+    b.add_argument("--threads", type=int, default=None, help="one thread count (default: 1 and all cores)")
+    b.add_argument("--steps", type=int, default=32, help="decode steps to time")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,74 @@
+"""`rwkv-tui inspect FILE`: architecture, metadata and tensors of a model file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from tui.commands.output import console, human_bytes
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from runtime.formats.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(args.file)
+    a = ckpt.arch
+    total = ckpt.tensor_bytes
+    console.print(f"[bold]{ckpt.path}[/bold]")
+    summary = Table.grid(padding=(0, 2))
+    for k, v in [
+        ("format", ckpt.source_format),
+        ("architecture", f"{a.name} ({'runnable' if a.runnable else 'not runnable yet'})"),
+        ("layers × width", f"{a.n_layer} × {a.n_embd} (ffn {a.n_ffn})"),
+        ("vocabulary", str(a.n_vocab)),
+        ("parameters", f"{sum(_numel(t.shape) for t in ckpt.tensors.values()) / 1e6:.1f} M"),
+        ("tensor data", human_bytes(total)),
+        ("transforms applied", ", ".join(sorted(ckpt.transforms)) or "none"),
+    ]:
+        summary.add_row(f"[dim]{k}[/dim]", v)
+    console.print(summary)
+    if ckpt.metadata:
+        meta = Table(title="metadata", show_edge=False, title_justify="left")
+        meta.add_column("key")
+        meta.add_column("value", overflow="fold")
+        for k, v in ckpt.metadata.items():
+            meta.add_row(k, str(v))
+        console.print(meta)
+    table = Table(title="tensors", show_edge=False, title_justify="left")
+    for col in ("name", "shape", "type", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    names = list(ckpt.tensors)
+    if not args.all and a.n_layer > 1:
+        block0 = [n for n in names if n.startswith("blocks.0.")]
+        names = [n for n in names if not n.startswith("blocks.") or n.startswith("blocks.0.")]
+    for n in names:
+        t = ckpt.tensors[n]
+        table.add_row(n, "×".join(map(str, t.shape)), t.dtype.name, human_bytes(t.nbytes))
+    console.print(table)
+    if not args.all and a.n_layer > 1:
+        same = all(
+            ckpt.tensors.get(n.replace("blocks.0.", f"blocks.{i}.")) is not None
+            and ckpt.tensors[n.replace("blocks.0.", f"blocks.{i}.")].dtype == ckpt.tensors[n].dtype
+            for i in range(1, a.n_layer)
+            for n in block0
+            if ".ln0." not in n
+        )
+        note = "repeat block 0's shapes and types" if same else "differ from block 0 in types"
+        console.print(f"[dim]blocks.1 … blocks.{a.n_layer - 1} {note} (--all lists every tensor)[/dim]")
+    return 0
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("inspect", help="show a model file's architecture, metadata and tensors")
+    i.add_argument("file", type=Path)
+    i.add_argument("--all", action="store_true", help="list the tensors of every layer")
+    i.set_defaults(func=cmd_inspect)
