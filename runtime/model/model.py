@@ -82,6 +82,8 @@ class Model:
             )
         if state.data.shape != self.spec.state_shape or state.data.dtype != np.float32:
             raise StateError(f"state has shape {state.data.shape}, the model needs {self.spec.state_shape}")
+        if state.logits is not None and state.logits.shape != (self.n_vocab,):
+            raise StateError(f"state carries {state.logits.size} logits, the model has a vocabulary of {self.n_vocab}")
 
     def state_from_bytes(self, blob: bytes, source: str = "saved state") -> State:
         state = State.from_bytes(blob, source)
@@ -120,7 +122,7 @@ class Model:
             a[Arg.WEIGHTS] = self._weights.weight_table.ctypes.data
             a[Arg.PARAMS] = self._weights.params.ctypes.data
             self._pool.run(self._forward_address, a.ctypes.data)
-        return logits, State(new, self.fingerprint)
+        return logits, State(new, self.fingerprint, logits)
 
     def close(self) -> None:
         """Stop the worker threads and unmap the file."""

@@ -53,3 +53,30 @@ def test_nan_state_is_refused_even_with_a_valid_checksum():
     s.data[1, 1] = np.nan
     with pytest.raises(StateError, match="NaN"):
         State.from_bytes(s.to_bytes())
+
+
+def test_logits_travel_with_the_state():
+    s = _state()
+    logits = np.random.default_rng(1).normal(size=50).astype(np.float32)
+    with_logits = State(s.data, FP, logits)
+    back = State.from_bytes(with_logits.to_bytes())
+    assert back.logits is not None and np.array_equal(back.logits, logits)
+    assert np.array_equal(back.data, s.data)
+    assert State.from_bytes(s.to_bytes()).logits is None
+
+
+def test_a_version_1_state_still_loads():
+    import hashlib
+    import struct
+
+    s = _state()
+    data = s.data.astype("<f4").tobytes()
+    blob = struct.pack("<8sIII64s32s", b"RWKVST01", 1, 10, 8, FP.encode(), hashlib.sha256(data).digest()) + data
+    back = State.from_bytes(blob)
+    assert np.array_equal(back.data, s.data) and back.logits is None
+
+
+def test_truncated_logits_are_refused():
+    s = State(_state().data, FP, np.ones(50, dtype=np.float32))
+    with pytest.raises(StateError, match="holds"):
+        State.from_bytes(s.to_bytes()[:-8])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,20 @@ class Zeros:
     """A tensor of zeros of `shape`, written as a hole (no memory, no disk blocks)."""
 
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A tensor made chunk by chunk, never held whole: `make(start, count)` returns float32 values
+    `start … start+count` of the flattened tensor (for benchmark checkpoints of many GB)."""
+
+    shape: tuple[int, ...]
+    make: Callable[[int, int], np.ndarray]
+
+    def chunks(self, dtype: str) -> Iterator[bytes]:
+        total = int(np.prod(self.shape, dtype=np.int64))
+        for start in range(0, total, _CHUNK):
+            yield to_storage_bytes(self.make(start, min(_CHUNK, total - start)), dtype)
 
 
 # --- the pickle ----------------------------------------------------------------------------------
@@ -292,7 +306,7 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def write_pth(
     path: str | os.PathLike[str],
-    state_dict: dict[str, np.ndarray | Zeros],
+    state_dict: dict[str, np.ndarray | Zeros | Generated],
     dtype: str = "bfloat16",
     *,
     archive: str | None = None,
@@ -313,7 +327,12 @@ def write_pth(
         shape = tuple(int(d) for d in value.shape)
         numel = int(np.prod(shape, dtype=np.int64))
         entries.append((name, _STORAGES[dtype], str(i), numel, 0, shape, _contiguous_strides(shape)))
-        chunks = None if isinstance(value, Zeros) else _array_chunks(value, dtype)
+        if isinstance(value, Zeros):
+            chunks = None
+        elif isinstance(value, Generated):
+            chunks = value.chunks(dtype)
+        else:
+            chunks = _array_chunks(value, dtype)
         payloads.append(_Member(f"{archive}/data/{i}", numel * item, chunks))
     head = _head_members(archive, tensor_pickle(entries), "little")
     _write_zip(path, head + payloads + _tail_members(archive, "3\n"), zip64)
