@@ -7,8 +7,10 @@ caches), so the decode rate can be read as a fraction of what the memory can del
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
-import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,10 +41,10 @@ class BenchResult:
     path: Path
     file_bytes: int
     bytes_per_token: int
-    bandwidth_gbs: float
+    bandwidth_gbs: dict[int, float]  # threads → GB/s of a streaming read
     load_cold_s: float
     load_warm_s: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # of a fresh process: warm load, 256-token prompt, 16 decoded tokens
     runs: list[ThreadResult]
 
 
@@ -53,15 +55,38 @@ def bytes_per_decoded_token(model: Model) -> int:
     return total + t["head.weight"].nbytes + t["emb.weight"].row_bytes
 
 
-def memory_read_bandwidth(megabytes: int = 1024, repeats: int = 3) -> float:
-    """GB/s of a single-threaded streaming sum over `megabytes` (numpy; best of `repeats`)."""
+def memory_read_bandwidth(megabytes: int = 1024, repeats: int = 3, threads: int = 1) -> float:
+    """GB/s of a streaming sum over `megabytes` split across `threads` (numpy sums release the GIL)."""
     a = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    parts = np.array_split(a, threads)
     best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a.sum()
-        best = min(best, time.perf_counter() - t0)
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - t0)
     return a.nbytes / best / 1e9
+
+
+_RSS_PROBE = """
+import resource, sys
+import numpy as np
+from runtime.model.model import load_model
+model = load_model(sys.argv[1], threads=int(sys.argv[2]))
+rng = np.random.default_rng(0)
+_, state = model.forward(rng.integers(0, model.n_vocab, 256))
+for tok in rng.integers(0, model.n_vocab, 16):
+    _, state = model.forward([int(tok)], state)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peak_rss_of_a_session(path: Path, threads: int, cache_dir: str) -> float:
+    """Peak RSS (MB) of a fresh process that loads the model (warm cache), reads 256 tokens, decodes 16."""
+    env = dict(os.environ, RWKV_TUI_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path), str(threads)], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _timed_load(path: Path, cache_dir: str, threads: int) -> tuple[Model, float]:
@@ -126,7 +151,8 @@ def run_bench(
                 run.prompt_tok_s[chunk] = _prompt_tok_s(model, chunk, repeats=3 if chunk < 256 else 2)
             model.close()
             runs.append(run)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth buffer
+        report("peak memory of a fresh session")
+        peak = peak_rss_of_a_session(path, counts[-1], cache)
     report("measuring memory bandwidth")
-    bandwidth = memory_read_bandwidth()
+    bandwidth = {n: memory_read_bandwidth(threads=n) for n in counts}
     return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs)

@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.formats.detect import TOKENIZER_BY_VOCAB
 from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.release import release_compiler_pages
 from runtime.jit.threads import ThreadPool, new_barrier
 from runtime.model.forward_ir import FORWARD_NAME, build_forward_module
 from runtime.model.layout import N_ARGS, PP_INITIAL, Arg, StateRow
@@ -55,6 +56,7 @@ class Model:
         self.compile_seconds = time.perf_counter() - t0
         self.compiled_from_cache = self._compiled.stats.cached
         self._forward_address = self._compiled.address(FORWARD_NAME)
+        release_compiler_pages()
         self._pool = ThreadPool(threads)
         self.threads = self._pool.n_threads
         self._scratch = _aligned_zeros(self.spec.scratch_floats, np.float32)
@@ -67,6 +69,22 @@ class Model:
         """'gpt-neox-20b', 'rwkv-world' or 'none'."""
         name = self.metadata.get("tokenizer.ggml.model")
         return name if isinstance(name, str) else TOKENIZER_BY_VOCAB.get(self.n_vocab, "none")
+
+    @property
+    def tokenizer(self) -> Any:
+        """This model's `runtime.text.tokenizers.Tokenizer` (loaded once per process)."""
+        from runtime.errors import UnsupportedModelError
+        from runtime.text.tokenizers import TOKENIZER_NAMES, TokenizerError, canonical_name, load_tokenizer
+
+        name = self.tokenizer_name
+        try:
+            name = canonical_name(name)
+        except TokenizerError:
+            raise UnsupportedModelError(
+                self.path, f"no known tokenizer for this model (tokenizer '{name}', vocabulary of {self.n_vocab}); "
+                f"known: {', '.join(TOKENIZER_NAMES)}"
+            ) from None
+        return load_tokenizer(name)
 
     def new_state(self) -> State:
         data = np.zeros(self.spec.state_shape, dtype=np.float32)

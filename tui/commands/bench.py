@@ -18,12 +18,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r = run_bench(args.model, threads, steps=args.steps, report=lambda m: status.update(m))
     console.print(f"[bold]{r.path.name}[/bold]  {human_bytes(r.file_bytes)}")
     console.print(f"weights read per decoded token  {human_bytes(r.bytes_per_token)}")
-    console.print(f"memory read bandwidth (1 thread, numpy sum)  {r.bandwidth_gbs:.1f} GB/s")
     console.print(f"load: cold (compiling) {r.load_cold_s:.2f} s, warm (cached) {r.load_warm_s:.2f} s")
     table = Table(show_edge=False)
     table.add_column("threads", justify="right")
     table.add_column("decode ms/token", justify="right")
     table.add_column("effective GB/s", justify="right")
+    table.add_column("memory read GB/s", justify="right")
+    table.add_column("% of memory", justify="right")
     for chunk in PROMPT_CHUNKS:
         table.add_column(f"prompt {chunk} tok/s", justify="right")
     for run in r.runs:
@@ -31,10 +32,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             str(run.threads),
             f"{run.decode_ms:.2f}",
             f"{run.effective_gbs(r.bytes_per_token):.1f}",
+            f"{r.bandwidth_gbs[run.threads]:.1f}",
+            f"{100 * run.effective_gbs(r.bytes_per_token) / r.bandwidth_gbs[run.threads]:.0f}%",
             *(f"{run.prompt_tok_s[c]:.0f}" for c in PROMPT_CHUNKS),
         )
     console.print(table)
-    console.print(f"peak RSS {r.peak_rss_mb:.0f} MB")
+    over = r.peak_rss_mb - r.file_bytes / 1e6
+    console.print(f"peak RSS of a session (warm load, 256-token prompt, 16 tokens) {r.peak_rss_mb:.0f} MB "
+                  f"(file {'+' if over >= 0 else '-'}{abs(over):.0f} MB)")
     return 0
 
 
