@@ -26,6 +26,7 @@ _LAZY = {
     "State": "runtime.model.state",
     "StateError": "runtime.model.state",
     "convert": "runtime.convert",
+    "load_tokenizer": "runtime.text.tokenizers",
 }
 
 
@@ -50,4 +51,5 @@ __all__ = [
     "UnsupportedModelError",
     "convert",
     "load_model",
+    "load_tokenizer",
 ]
