@@ -167,3 +167,17 @@ def test_inspect_names_unrunnable_versions(tmp_path, capsys):
     src = write_pth(tmp_path / "v5.pth", sd, dtype="float32")
     assert cli(["inspect", str(src)]) == 2
     assert "RWKV-5" in capsys.readouterr().err
+
+
+def test_converted_file_is_an_ordinary_file_not_private(tmp_path):
+    import os
+    import stat
+
+    from runtime.atomic import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "out.bin", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644

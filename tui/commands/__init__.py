@@ -8,4 +8,7 @@ COMMANDS: tuple[str, ...] = (
     "convert",
     "inspect",
     "bench",
+    "get",
+    "models",
+    "add",
 )

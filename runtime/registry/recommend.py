@@ -1,0 +1,197 @@
+"""Sizes per format, the RAM a model needs, and which format to use on this machine.
+
+File size per format follows the converter's rule (`runtime.convert.tensor_types`): layer matrices
+in the chosen type, the head in its default type for that target, the embedding F16, 1-D tensors
+F32. RAM to run it = the memory-mapped file + the float32 vector block + the scratch buffer
+(`runtime.model.layout.ModelSpec`) + two states and the logits + a fixed overhead for the process
+(Python, llvmlite, compiled kernels, tokenizer, UI). A `ram = { q5_1 = … }` table in the registry
+overrides the estimate. For architectures this runtime cannot run yet the figures are estimates from
+the parameter count (the bf16 checkpoint's size / 2 when known).
+
+Default format. Measured KL divergence from the float model on a random 169M model (bench/quality.py):
+Q8_0 2.5e-5, Q5_1 1.2e-3, Q5_0 1.5e-3, Q4_1 5.0e-3, Q4_0 6.0e-3. 4-bit formats cost 4-5x the KL of
+Q5_1, so they are never the default; they are offered only when nothing better fits. Q5_1 is the
+default; models under 1B parameters default to Q8_0: small models lose the most to quantization
+(their rows are short, so the per-block error is a larger share of the signal), and at that size
+Q8_0 costs a few hundred MB. If the default does not fit the free RAM, the best format that does is
+chosen (quality order Q8_0 > Q5_1 > Q5_0 > Q4_1 > Q4_0; float formats are offered, never chosen).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.model.layout import STATE_ROWS, GlobalVec, ModelSpec, Vec
+from runtime.quant.types import DType
+from runtime.registry.catalog import ModelEntry
+
+MEASURED_KL = {DType.Q8_0: 2.5e-5, DType.Q5_1: 1.2e-3, DType.Q5_0: 1.5e-3, DType.Q4_1: 5.0e-3, DType.Q4_0: 6.0e-3}
+QUALITY_ORDER: tuple[DType, ...] = (
+    DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0,
+)
+DEFAULT_FORMAT = DType.Q5_1
+SMALL_MODEL_FORMAT = DType.Q8_0
+SMALL_MODEL_PARAMS = 1_000_000_000
+# RSS of the runtime itself: 166 MB measured after loading and running a 1 MB model (llvmlite, JIT,
+# thread pool), rounded up for the tokenizer and the Textual app.
+PROCESS_OVERHEAD = 256 << 20
+GGUF_HEADER_BYTES = 1 << 20  # metadata and alignment padding, generously
+_BITS = {DType.F32: 32.0, DType.F16: 16.0}
+
+
+def n_params(entry: ModelEntry) -> int | None:
+    """Parameter count: exact for RWKV-4 with a known shape, else from the checkpoint's size."""
+    if entry.arch == "4" and entry.has_shape:
+        L, C, V = entry.n_layer, entry.n_embd, entry.vocab
+        return 2 * V * C + L * (13 * C * C + 11 * C) + 4 * C
+    if entry.size:
+        return entry.size // 2  # BlinkDL checkpoints store bf16
+    if entry.has_shape:
+        return 2 * entry.vocab * entry.n_embd + 13 * entry.n_layer * entry.n_embd**2
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _v4_file_bytes(n_layer: int, n_embd: int, vocab: int, dtype: DType) -> int:
+    """Tensor bytes of a converted RWKV-4 file, following `runtime.convert.output_plan`'s rules."""
+    from runtime.convert import tensor_types
+    from runtime.formats.detect import v4_tensor_shapes
+
+    types = tensor_types(dtype)
+    total = 0
+    for name, shape in v4_tensor_shapes(n_layer, n_embd, vocab).items():
+        if ".ln0." in name:  # folded into the embedding by the converter
+            continue
+        role = "head" if name == "head.weight" else "emb" if name == "emb.weight" else (
+            "matrix" if len(shape) == 2 else "vector")
+        t = types[role]
+        if t.is_quantized and shape[-1] % t.block_size:
+            t = DType.F16
+        total += t.nbytes(shape)
+    return total
+
+
+def file_bytes(entry: ModelEntry, dtype: DType) -> int | None:
+    """Size of the converted GGUF in `dtype` (None when the shape is unknown)."""
+    if entry.arch == "4" and entry.has_shape:
+        return _v4_file_bytes(entry.n_layer, entry.n_embd, entry.vocab, dtype) + GGUF_HEADER_BYTES
+    params = n_params(entry)
+    if params is None:
+        return None
+    bits = _BITS.get(dtype, dtype.block_bytes * 8 / dtype.block_size)
+    return int(params * bits / 8) + GGUF_HEADER_BYTES
+
+
+def ram_bytes(entry: ModelEntry, dtype: DType) -> int | None:
+    """Memory to run the model in `dtype`: override from the registry, else the estimate above."""
+    if dtype in entry.ram:
+        return entry.ram[dtype]
+    weights = file_bytes(entry, dtype)
+    if weights is None or entry.n_layer is None or entry.n_embd is None or entry.vocab is None:
+        return weights + PROCESS_OVERHEAD if weights is not None else None
+    L, C, V = entry.n_layer, entry.n_embd, entry.vocab
+    spec = ModelSpec(L, C, V, 4 * C, (), DType.F16, DType.F16, True)
+    vectors = (len(Vec) * L + len(GlobalVec)) * C * 4
+    scratch = spec.scratch_floats * 4
+    states = 2 * STATE_ROWS * L * C * 4 + V * 4
+    return weights + vectors + scratch + states + PROCESS_OVERHEAD
+
+
+def default_format(entry: ModelEntry) -> DType:
+    """The registry's `recommended`, else Q8_0 under 1B parameters, else Q5_1."""
+    if entry.recommended is not None:
+        return entry.recommended
+    params = n_params(entry)
+    if params is not None and params < SMALL_MODEL_PARAMS:
+        return SMALL_MODEL_FORMAT
+    return DEFAULT_FORMAT
+
+
+@dataclass(frozen=True)
+class FormatFit:
+    dtype: DType
+    file_bytes: int | None
+    ram_bytes: int | None
+    fits_ram: bool | None  # None: unknown (shape not known yet)
+    fits_disk: bool | None
+
+    @property
+    def fits(self) -> bool | None:
+        if self.fits_ram is None or self.fits_disk is None:
+            return None
+        return self.fits_ram and self.fits_disk
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    entry: ModelEntry
+    default: DType  # what the rule picks regardless of this machine
+    choice: DType  # what to use here: the default if it fits, else the best format that fits
+    formats: tuple[FormatFit, ...]  # every offered format, best quality first
+    free_ram: int
+    free_disk: int
+    reason: str
+
+    def fit(self, dtype: DType) -> FormatFit:
+        return next(f for f in self.formats if f.dtype is dtype)
+
+    @property
+    def fitting(self) -> tuple[DType, ...]:
+        return tuple(f.dtype for f in self.formats if f.fits)
+
+
+def machine_resources(folder: Path) -> tuple[int, int]:
+    """(available RAM, free disk in `folder`) in bytes."""
+    import psutil
+
+    from runtime.registry.download import disk_free
+
+    return psutil.virtual_memory().available, disk_free(folder)
+
+
+def recommend(
+    entry: ModelEntry,
+    *,
+    free_ram: int,
+    free_disk: int,
+    source_present: bool = False,
+    converted: frozenset[DType] = frozenset(),
+) -> Recommendation:
+    """Which formats fit `free_ram` and `free_disk`, and which one to use.
+
+    Disk for a format = its file (unless already converted) + the source download (unless present).
+    """
+    source = 0 if source_present else (entry.size or file_bytes(entry, DType.F16) or 0)  # a bf16 .pth
+    fits = []
+    for dtype in QUALITY_ORDER:
+        fb = file_bytes(entry, dtype)
+        rb = ram_bytes(entry, dtype)
+        need_disk = None if fb is None else (0 if dtype in converted else fb) + source
+        fits.append(FormatFit(
+            dtype, fb, rb,
+            None if rb is None else rb <= free_ram,
+            None if need_disk is None else need_disk <= free_disk,
+        ))
+    default = default_format(entry)
+    by_type = {f.dtype: f for f in fits}
+    if by_type[default].fits is not False:
+        choice, reason = default, _why_default(entry, default)
+    else:
+        better_first = [f for f in fits if f.fits and f.dtype.is_quantized]
+        if better_first:
+            choice = better_first[0].dtype
+            reason = f"{default.name} does not fit this machine; {choice.name} is the best format that does"
+        else:
+            choice = default
+            reason = f"no format fits this machine's free memory and disk; {default.name} is the usual choice"
+    return Recommendation(entry, default, choice, tuple(fits), free_ram, free_disk, reason)
+
+
+def _why_default(entry: ModelEntry, dtype: DType) -> str:
+    if entry.recommended is not None:
+        return "recommended by the registry"
+    if dtype is SMALL_MODEL_FORMAT:
+        return "small models lose the most to 4- and 5-bit formats, and 8 bits cost little at this size"
+    return "close to Q8_0 quality at two thirds of its size; 4-bit formats lose 4-5x more"

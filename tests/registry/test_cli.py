@@ -1,0 +1,99 @@
+"""`rwkv-tui get`, `models` and `add` through the real command-line entry point."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from runtime.formats.gguf_file import read_gguf
+from runtime.quant.types import DType
+from runtime.registry.catalog import load_catalog, save_user_entry
+from runtime.registry.jobs import JobQueue
+from runtime.registry.status import READY, converted_path, model_status
+from tests.registry.server import serve
+from tui.cli import main as cli
+from tui.commands import output
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Tables and messages on one line each, whatever the terminal the tests run in."""
+    for c in (output.console, output.err_console):
+        monkeypatch.setattr(c, "_width", 400)
+
+
+def test_get_a_url_registers_downloads_and_converts(tiny_pth, capsys):
+    sha = hashlib.sha256(tiny_pth).hexdigest()
+    with serve({"/BlinkDL/x/resolve/main/Tiny-Raven.pth": tiny_pth}) as srv:
+        url = srv.url("/BlinkDL/x/resolve/main/Tiny-Raven.pth")
+        assert cli(["get", url, "--sha256", sha.upper(), "--type", "q8_0"]) == 0
+    out = capsys.readouterr().out
+    assert "registered tiny-raven" in out and "ready:" in out
+    entry = load_catalog().get("tiny-raven")
+    assert (entry.url, entry.sha256, entry.family, entry.n_layer, entry.n_embd) == (url, sha, "raven", 2, 64)
+    gguf = converted_path(entry, DType.Q8_0)
+    assert read_gguf(gguf).metadata["rwkv_tui.source.sha256"] == sha
+    assert model_status(entry).state == READY
+
+    assert cli(["models", "--runnable"]) == 0
+    listing = capsys.readouterr().out
+    row = next(line for line in listing.splitlines() if line.startswith("tiny-raven"))
+    assert "ready (q8_0)" in row
+    assert "world7-0.1b" not in listing and "raven-7b" in listing
+
+
+def test_get_with_a_wrong_sha256_fails_and_says_both_hashes(tiny_pth, capsys):
+    with serve({"/m.pth": tiny_pth}) as srv:
+        save_user_entry({"id": "mine", "name": "Mine", "family": "pile", "arch": "4", "file": "m.pth",
+                         "url": srv.url("/m.pth"), "sha256": "0" * 64})
+        assert cli(["get", "mine", "--type", "q5_1"]) == 2
+    err = capsys.readouterr().err
+    assert "0" * 64 in err and hashlib.sha256(tiny_pth).hexdigest() in err and "failed" in err
+
+
+def test_get_unknown_id_and_bad_options(capsys):
+    assert cli(["get", "raven-7"]) == 2
+    assert "did you mean raven-7b" in capsys.readouterr().err
+    assert cli(["get", "raven-7b", "--sha256", "xyz"]) == 2
+    assert "64 hexadecimal digits" in capsys.readouterr().err
+    assert cli(["get", "world7-0.1b"]) == 2
+    assert "RWKV-7 model" in capsys.readouterr().err and JobQueue().list() == []
+
+
+def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
+    private_dirs["config"].mkdir(parents=True, exist_ok=True)
+    (private_dirs["config"] / "models.toml").write_text('[[model]]\nid = "x"\nname = "X"\nfamily = "pile"\n')
+    assert cli(["models"]) == 0
+    captured = capsys.readouterr()
+    assert "models.toml line 1: model 'x'" in captured.err
+    rows = {line.split()[0]: line for line in captured.out.splitlines() if line.strip()}
+    assert "not downloaded" in rows["pile-169m"] and "q8_0" in rows["pile-169m"]
+    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world7-0.1b"]
+
+
+def test_add_a_local_checkpoint_then_convert_it_with_get(tmp_path, tiny_pth, capsys):
+    pth = tmp_path / "Local-Novel.pth"
+    pth.write_bytes(tiny_pth)
+    assert cli(["add", str(pth)]) == 0
+    out = capsys.readouterr().out
+    assert "added local-novel" in out and "source only" in out and "rwkv-tui get local-novel" in out
+    assert cli(["get", "local-novel", "--type", "q4_0", "--delete-source"]) == 0
+    entry = load_catalog().get("local-novel")
+    assert pth.exists()  # the user's own file is never deleted
+    assert model_status(entry).converted == {DType.Q4_0: converted_path(entry, DType.Q4_0)}
+    assert cli(["add", str(tmp_path / "nothing.pth")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_delete_source_after_conversion(tiny_pth, capsys):
+    with serve({"/m.pth": tiny_pth}) as srv:
+        save_user_entry({"id": "mine", "name": "Mine", "family": "pile", "arch": "4", "file": "m.pth",
+                         "url": srv.url("/m.pth")})
+        assert cli(["get", "mine", "--no-convert"]) == 0
+        assert cli(["models", "--delete-source", "mine"]) == 2  # nothing converted yet
+        assert "no converted file yet" in capsys.readouterr().err
+        assert cli(["get", "mine", "--type", "q8_0"]) == 0
+        assert cli(["models", "--delete-source", "mine"]) == 0
+    assert f"freed {output.human_bytes(len(tiny_pth))}" in capsys.readouterr().out
+    assert model_status(load_catalog().get("mine")).source is None

@@ -1,0 +1,94 @@
+"""Sizes per format against real conversions, the default-format rule, and fitting a machine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from runtime.convert import convert
+from runtime.quant.types import DType
+from runtime.registry.catalog import ModelEntry, load_catalog
+from runtime.registry.recommend import (
+    GGUF_HEADER_BYTES,
+    PROCESS_OVERHEAD,
+    default_format,
+    file_bytes,
+    n_params,
+    ram_bytes,
+    recommend,
+)
+
+GB = 10**9
+
+
+def tiny_entry(**kw) -> ModelEntry:
+    fields = dict(id="tiny", name="Tiny", family="pile", arch="4", file="tiny.pth", url="https://e.org/tiny.pth",
+                  n_layer=2, n_embd=64, vocab=256, tokenizer="20b")
+    fields.update(kw)
+    return ModelEntry(**fields)
+
+
+@pytest.mark.parametrize("dtype", [DType.F16, DType.Q8_0, DType.Q5_1, DType.Q4_0])
+def test_file_size_formula_matches_the_converter(tmp_path, tiny_pth, dtype):
+    src = tmp_path / "tiny.pth"
+    src.write_bytes(tiny_pth)
+    out = convert(src, tmp_path / "t.gguf", dtype)
+    predicted = file_bytes(tiny_entry(), dtype) - GGUF_HEADER_BYTES
+    assert 0 < out.nbytes - predicted < 64 << 10  # the difference is the GGUF header and padding
+
+
+def test_parameter_count_of_known_models():
+    cat = load_catalog()
+    assert abs(n_params(cat.get("pile-169m")) - 169.3e6) < 0.1e6
+    assert abs(n_params(cat.get("raven-7b")) - 7.39e9) < 0.01e9
+    v7 = cat.get("world7-2.9b")  # no size recorded, so estimated from the shape
+    assert v7.size is None and 2.5e9 < n_params(v7) < 3.5e9
+
+
+def test_default_format_rule():
+    cat = load_catalog()
+    assert default_format(cat.get("pile-169m")) is DType.Q8_0  # < 1B parameters
+    assert default_format(cat.get("world4-0.4b")) is DType.Q8_0
+    assert default_format(cat.get("raven-1b5")) is DType.Q5_1
+    assert default_format(cat.get("raven-14b")) is DType.Q5_1
+    assert default_format(replace(cat.get("raven-14b"), recommended=DType.Q4_1)) is DType.Q4_1
+
+
+def test_ram_estimate_parts_and_override():
+    e = load_catalog().get("raven-7b")
+    q5 = ram_bytes(e, DType.Q5_1)
+    assert file_bytes(e, DType.Q5_1) + PROCESS_OVERHEAD < q5 < file_bytes(e, DType.Q5_1) + PROCESS_OVERHEAD + 0.1 * GB
+    assert ram_bytes(e, DType.Q4_0) < q5 < ram_bytes(e, DType.Q8_0) < ram_bytes(e, DType.F16)
+    assert 5.5 * GB < file_bytes(e, DType.Q5_1) < 6.0 * GB  # 5 bits + the Q8_0 head + F16 embedding
+    assert ram_bytes(replace(e, ram={DType.Q5_1: 123}), DType.Q5_1) == 123
+
+
+def test_recommendation_follows_free_memory_and_disk():
+    e = load_catalog().get("raven-7b")
+    need = {t: ram_bytes(e, t) for t in (DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_0)}
+    roomy = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
+    assert roomy.choice is DType.Q5_1 and roomy.default is DType.Q5_1
+    assert set(roomy.fitting) >= {DType.Q8_0, DType.Q5_1, DType.Q4_0}
+
+    tight = recommend(e, free_ram=need[DType.Q5_0] + 1, free_disk=100 * GB)
+    assert tight.choice is DType.Q5_0 and "does not fit" in tight.reason
+    assert tight.fit(DType.Q5_1).fits_ram is False and tight.fit(DType.Q5_0).fits is True
+
+    none = recommend(e, free_ram=1 * GB, free_disk=100 * GB)
+    assert none.choice is DType.Q5_1 and "no format fits" in none.reason and none.fitting == ()
+
+    # disk: the 14.8 GB source plus the converted file must fit, unless the source is already here
+    q5_file = file_bytes(e, DType.Q5_1)
+    short = recommend(e, free_ram=100 * GB, free_disk=e.size + q5_file - 1)
+    assert short.fit(DType.Q5_1).fits_disk is False and short.fit(DType.Q4_0).fits_disk is True
+    have_source = recommend(e, free_ram=100 * GB, free_disk=q5_file, source_present=True)
+    assert have_source.fit(DType.Q5_1).fits_disk is True
+    converted = recommend(e, free_ram=100 * GB, free_disk=0, source_present=True, converted=frozenset({DType.Q5_1}))
+    assert converted.fit(DType.Q5_1).fits and converted.choice is DType.Q5_1
+
+
+def test_unknown_shape_gives_unknown_fit():
+    e = tiny_entry(n_layer=None, n_embd=None, vocab=None, tokenizer=None)
+    r = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
+    assert r.fit(DType.Q5_1).fits is None and r.choice is DType.Q5_1
