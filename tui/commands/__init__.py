@@ -11,4 +11,6 @@ COMMANDS: tuple[str, ...] = (
     "get",
     "models",
     "add",
+    "chat",
+    "eval",
 )

@@ -1,0 +1,443 @@
+"""A conversation bound to a loaded model, with the model state saved after every message.
+
+    store = ConversationStore.open()
+    conv = Conversation.start(store, model, family="raven")
+    reply = conv.send("What is RWKV?", on_text=print)      # streams, then saves the turn
+    conv.regenerate()                                     # from the state before the reply: 0 tokens re-read
+    conv = Conversation.resume(store, conv.id, model)     # later: 0 tokens re-read
+
+The context is always `family.fed_text` of the messages in order (init, user turns, replies each
+followed by the family's separator). Each message row carries the state after it, keyed by the model's
+fingerprint and the family (`state_key`), so a conversation moved to another model gets a state of its
+own, built by reading the transcript once, and the first model's states stay valid.
+
+A reply stops at end-of-text, at the family's stop strings (or the user's), at max_tokens, or when
+cancelled. At a stop string the text before it is kept and the state is rewound to the last token
+boundary before it; what lies between that boundary and the stop, plus the separator, is then fed, so
+the state after a reply is exactly "everything before + reply + separator". A cancelled or cut reply
+keeps its partial text and state, marked incomplete; the separator is fed before the next message.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.chat.store import ConversationStore, MessageRecord
+from runtime.errors import RwkvError
+from runtime.model.model import Model
+from runtime.model.state import State
+from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
+from runtime.settings import load_settings
+from runtime.text.sampling import Sampler, SamplingSettings, penalty_weights
+from runtime.text.templates import Family, get_family
+from runtime.text.utf8_stream import text_to_utf8
+
+TextCallback = Callable[[str], None]
+INGEST_CHUNK = 256  # tokens per native call while reading a transcript (progress and cancel in between)
+_REWIND_DEPTH = 32  # token states kept for rewinding to a stop string's start
+
+
+class ConversationError(RwkvError, ValueError):
+    """An action that does not apply (nothing to regenerate, editing a reply, …)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    n_tokens: int
+    seconds: float
+    tokens_per_second: float
+    finish: str  # 'stop' | 'eot' | 'length' | 'cancelled'
+    message: MessageRecord | None = None
+
+
+def state_key(model: Model, family: Family) -> str:
+    """What per-message states are stored under: the model's fingerprint and the family's name."""
+    return f"{model.fingerprint}/{family.name}"
+
+
+def _title_from(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 48 else line[:47].rstrip() + "…"
+
+
+class Conversation:
+    """One conversation, its model and its current state. Actions block; run them off the UI thread."""
+
+    def __init__(self, store: ConversationStore, conversation_id: int, model: Model, family: Family,
+                 sampling: SamplingSettings, seed: int | None) -> None:
+        self.store = store
+        self.id = conversation_id
+        self.model = model
+        self.family = family
+        self.sampling = sampling
+        self.tokenizer = model.tokenizer
+        self.tokens_read = 0  # tokens fed through the model by this object (resume tests count them)
+        self._rng = random.Random(seed)
+        self.state_budget = load_settings().max_state_bytes  # bytes of saved states to keep; 0: all
+        self._lock = threading.Lock()
+        self._messages: list[MessageRecord] = []
+        self._state: State = model.new_state()
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, store: ConversationStore, model: Model, *, family: str, title: str | None = None,
+              model_ref: str | None = None, sampling: SamplingSettings | None = None, seed: int | None = None,
+              progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> Conversation:
+        """A new conversation: the family's init prompt is read once and its state saved."""
+        fam = get_family(family)
+        settings = sampling or fam.sampling
+        conv = cls(store, 0, model, fam, settings, seed)
+        state, _, n = conv._ingest(fam.init, model.new_state(), progress, cancel)
+        record = store.create_conversation(
+            title=title or "New conversation", mode=fam.mode, family=fam.name,
+            model_ref=model_ref or str(model.path), sampling=settings.to_dict(), init_text=fam.init,
+            init_tokens=n, init_state=(state_key(model, fam), state.to_bytes()),
+        )
+        conv.id = record.id
+        conv._messages = store.messages(record.id)
+        conv._state = state
+        return conv
+
+    @classmethod
+    def resume(cls, store: ConversationStore, conversation_id: int, model: Model, *, model_ref: str | None = None,
+               family: str | None = None, seed: int | None = None, progress: ProgressCallback = no_progress,
+               cancel: CancelToken | None = None) -> Conversation:
+        """Open a saved conversation on `model`, from its saved state when there is one for this model."""
+        record = store.get_conversation(conversation_id)
+        fam = get_family(family or record.family)
+        settings = SamplingSettings.from_dict(record.sampling) if record.sampling else fam.sampling
+        conv = cls(store, record.id, model, fam, settings, seed)
+        conv._messages = store.messages(record.id)
+        conv._restore_or_rebuild(len(conv._messages) - 1, progress, cancel)
+        if (model_ref is not None and model_ref != record.model_ref) or (family and family != record.family):
+            store.update_conversation(record.id, model_ref=model_ref, family=fam.name, mode=fam.mode)
+        return conv
+
+    # --- properties --------------------------------------------------------------------------
+
+    @property
+    def record(self):
+        return self.store.get_conversation(self.id)
+
+    @property
+    def title(self) -> str:
+        return self.record.title
+
+    @property
+    def mode(self) -> str:
+        return self.family.mode
+
+    @property
+    def messages(self) -> list[MessageRecord]:
+        """The conversation's messages after the init prompt."""
+        return [m for m in self._messages if m.role != "init"]
+
+    @property
+    def tokens_in_state(self) -> int:
+        return sum(m.n_tokens for m in self._messages)
+
+    @property
+    def state_nbytes(self) -> int:
+        return int(self._state.data.nbytes)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    # --- actions -----------------------------------------------------------------------------
+
+    def send(self, text: str, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
+        """Add a user message (chat) or a piece of text (novel), then generate the reply to it."""
+        with self._busy():
+            if not text.strip() and self.mode == "chat":
+                raise ConversationError("the message is empty")
+            self._add_input(text, cancel)
+            if len(self.messages) == 1 and self.record.title == "New conversation":
+                self.store.rename(self.id, _title_from(text))
+            return self._reply(on_text, cancel)
+
+    def regenerate(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
+        """Replace the last reply with a new one, starting from the saved state before it."""
+        with self._busy():
+            last = self._messages[-1]
+            if last.role != "assistant":
+                raise ConversationError("there is no reply to regenerate")
+            self._truncate_to(len(self._messages) - 2)
+            return self._reply(on_text, cancel)
+
+    def edit(self, seq: int, text: str, *, on_text: TextCallback | None = None,
+             cancel: CancelToken | None = None) -> Reply:
+        """Replace message `seq` (a user message or novel text), drop what followed, and reply again."""
+        with self._busy():
+            if not 0 < seq < len(self._messages) or self._messages[seq].role not in ("user", "text"):
+                raise ConversationError(f"message {seq} is not one of yours, so it cannot be edited")
+            self._truncate_to(seq - 1)
+            self._add_input(text, cancel)
+            return self._reply(on_text, cancel)
+
+    def continue_reply(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
+        """Generate more from where the text stands ("write more"; continue a cut reply)."""
+        with self._busy():
+            if self.mode == "chat" and self._messages[-1].role != "assistant":
+                raise ConversationError("send a message first: there is no reply to continue")
+            if self.mode == "chat" and self._messages[-1].complete:
+                raise ConversationError("the last reply is complete; send a message or regenerate it")
+            return self._reply(on_text, cancel, allow_immediate_end=False)
+
+    def undo(self) -> None:
+        """Remove your last message and everything after it."""
+        with self._busy():
+            for m in reversed(self._messages):
+                if m.role in ("user", "text"):
+                    self._truncate_to(m.seq - 1)
+                    return
+            raise ConversationError("there is nothing to undo")
+
+    def reset(self) -> None:
+        """Back to an empty conversation (the init prompt only)."""
+        with self._busy():
+            self._truncate_to(0)
+
+    def fork(self, *, through_seq: int | None = None, title: str | None = None) -> Conversation:
+        """A new conversation with the same messages (through `through_seq`) and states; nothing re-read."""
+        with self._busy():
+            last = len(self._messages) - 1 if through_seq is None else through_seq
+            if not 0 <= last < len(self._messages):
+                raise ConversationError(f"no message {through_seq} to fork at")
+            record = self.store.fork(self.id, through_seq=last, title=title or f"{self.record.title} (fork)")
+            new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
+            new._messages = self.store.messages(record.id)
+            new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)
+            return new
+
+    def switch_model(self, model: Model, *, model_ref: str, family: str | None = None,
+                     progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> None:
+        """Continue this conversation on another model (and family); its state is built once if needed."""
+        with self._busy():
+            fam = get_family(family) if family else self.family
+            old = (self.model, self.family, self.tokenizer, self._state)
+            self.model, self.family, self.tokenizer = model, fam, model.tokenizer
+            try:
+                self._restore_or_rebuild(len(self._messages) - 1, progress, cancel)
+            except BaseException:
+                self.model, self.family, self.tokenizer, self._state = old
+                raise
+            sampling = self.sampling if family is None else fam.sampling
+            self.sampling = sampling
+            self.store.update_conversation(self.id, model_ref=model_ref, family=fam.name, mode=fam.mode,
+                                           sampling=sampling.to_dict())
+
+    def set_sampling(self, settings: SamplingSettings) -> None:
+        self.sampling = settings
+        self.store.update_conversation(self.id, sampling=settings.to_dict())
+
+    def rename(self, title: str) -> None:
+        self.store.rename(self.id, title)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _busy(self):
+        if not self._lock.acquire(blocking=False):
+            raise ConversationError("this conversation is busy with another action")
+        lock = self._lock
+
+        class _Release:
+            def __enter__(self) -> None:
+                return None
+
+            def __exit__(self, *exc: object) -> None:
+                lock.release()
+
+        return _Release()
+
+    def _feed(self, ids: Sequence[int], state: State, want_logits: bool) -> tuple[np.ndarray | None, State]:
+        logits, state = self.model.forward(ids, state, want_logits=want_logits)
+        self.tokens_read += len(ids)
+        return logits, state
+
+    def _ingest(self, text: str, state: State, progress: ProgressCallback = no_progress,
+                cancel: CancelToken | None = None, done: int = 0, total: int | None = None,
+                ) -> tuple[State, np.ndarray | None, int]:
+        """Feed `text` in sequence-mode chunks; returns (state, logits of the last token, token count)."""
+        ids = self.tokenizer.encode(text) if text else []
+        logits = None
+        for start in range(0, len(ids), INGEST_CHUNK):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            chunk = ids[start : start + INGEST_CHUNK]
+            logits, state = self._feed(chunk, state, want_logits=start + INGEST_CHUNK >= len(ids))
+            progress(Progress("reading the conversation", done + start + len(chunk), total or len(ids), "tok"))
+        return state, logits, len(ids)
+
+    def _key(self) -> str:
+        return state_key(self.model, self.family)
+
+    def _fed(self, index: int) -> str:
+        m = self._messages[index]
+        if m.role == "init":
+            return self.family.init  # the current family's (a conversation may move to another family)
+        prev = self._messages[index - 1] if index > 0 else None
+        prev_complete = prev is None or prev.role != "assistant" or prev.complete
+        return self.family.fed_text(m.role, m.content, m.complete, prev_complete)
+
+    def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None) -> None:
+        """Make the current state the one after message `index`: load it, or read from the nearest saved one."""
+        key = self._key()
+        start, state = -1, self.model.new_state()
+        for i in range(index, -1, -1):
+            blob = self.store.load_state(self._messages[i].id, key)
+            if blob is not None:
+                start, state = i, self.model.state_from_bytes(blob, f"saved state of conversation {self.id}")
+                break
+        if start == index:
+            self._state = state
+            return
+        texts = [self._fed(i) for i in range(start + 1, index + 1)]
+        total = sum(len(self.tokenizer.encode(t)) for t in texts if t)
+        done = 0
+        for i, text in zip(range(start + 1, index + 1), texts, strict=True):
+            state, _, n = self._ingest(text, state, progress, cancel, done, total)
+            done += n
+            self.store.save_state(self._messages[i].id, key, state.to_bytes())
+        self._state = state
+
+    def _keep_within_state_budget(self) -> None:
+        budget = self.state_budget
+        if budget and self.store.states_disk_bytes() > budget:
+            self.store.prune_states(budget)
+
+    def _truncate_to(self, seq: int) -> None:
+        self.store.truncate(self.id, seq)
+        self._messages = self._messages[: seq + 1]
+        self._restore_or_rebuild(seq, no_progress, None)
+
+    def _add_input(self, text: str, cancel: CancelToken | None) -> None:
+        role = "user" if self.mode == "chat" else "text"
+        prev = self._messages[-1]
+        prev_complete = prev.role != "assistant" or prev.complete
+        fed = self.family.fed_text(role, text, True, prev_complete)
+        state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        stored = text.strip() if role == "user" else text
+        msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
+                                     state=(self._key(), state.to_bytes()))
+        self._messages.append(msg)
+        self._state = state
+
+    def _current_logits(self) -> np.ndarray:
+        logits = self._state.logits
+        if logits is None:
+            raise ConversationError("there is no text to continue from; write something first")
+        return logits
+
+    def _reply(self, on_text: TextCallback | None, cancel: CancelToken | None,
+               allow_immediate_end: bool = True) -> Reply:
+        """Generate, stream and save one reply. `allow_immediate_end=False` ("write more") bans
+        end-of-text as the first token, so asking for more after the model ended still writes."""
+        t0 = time.perf_counter()
+        logits = self._current_logits()
+        settings = self.sampling
+        stops = tuple(s for s in (*self.family.stop, *settings.stop) if s)
+        sampler = Sampler(settings, self.model.n_vocab, penalty_weights(self.tokenizer),
+                          seed=self._rng.getrandbits(63))
+        decoder = self.tokenizer.stream_decoder()
+        eot = self.tokenizer.eot_id
+        state = self._state
+        text = ""
+        emitted = 0
+        n_generated = 0
+        finish = "length"
+        # (length of `text` before the token, decoder had no pending bytes, state before the token)
+        history: deque[tuple[int, bool, State]] = deque(maxlen=_REWIND_DEPTH)
+        stop_at = -1
+        token_bytes = text_bytes = 0  # equal when no token has left bytes of a character pending
+        for _ in range(settings.max_tokens):
+            if cancel is not None and cancel.cancelled:
+                finish = "cancelled"
+                break
+            if n_generated == 0 and not allow_immediate_end:
+                logits = logits.copy()
+                logits[eot] = -np.inf
+            token = sampler.sample(logits)
+            if token == eot:
+                finish = "eot"
+                break
+            history.append((len(text), text_bytes == token_bytes, state))
+            logits, state = self._feed([token], state, want_logits=True)
+            n_generated += 1
+            piece = decoder.feed(token)
+            text += piece
+            token_bytes += len(self.tokenizer.token_bytes(token))
+            text_bytes += len(text_to_utf8(piece))
+            stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
+            if stop_at >= 0:
+                finish = "stop"
+                break
+            safe = len(text) - _held_back(text, stops)
+            if safe > emitted and on_text is not None:
+                on_text(text[emitted:safe])
+            emitted = max(emitted, safe)
+        if finish != "stop":
+            text += decoder.flush()
+        n_fed = n_generated
+        if finish == "stop":
+            text, state, n_fed = self._rewind(text, stop_at, history, state, n_generated)
+        elif finish == "eot" and self.family.separator:
+            # End of text: the reply is complete; its separator starts the next turn.
+            state, _, n_sep = self._ingest(self.family.separator, state)
+            n_fed += n_sep
+        complete = finish in ("stop", "eot")
+        if on_text is not None and len(text) > emitted:
+            on_text(text[emitted:])
+        message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
+                                         complete=complete, state=(self._key(), state.to_bytes()))
+        self._messages.append(message)
+        self._state = state
+        self._keep_within_state_budget()
+        seconds = time.perf_counter() - t0
+        return Reply(text=text, n_tokens=n_generated, seconds=seconds,
+                     tokens_per_second=n_generated / seconds if seconds > 0 else 0.0, finish=finish, message=message)
+
+    def _rewind(self, text: str, stop_at: int, history: deque[tuple[int, bool, State]], state: State,
+                n_generated: int) -> tuple[str, State, int]:
+        """Cut the reply at the stop string: state at the last clean token boundary, then feed the rest."""
+        kept = text[:stop_at]
+        n_fed = n_generated
+        for offset, clean, before in reversed(history):
+            n_fed -= 1
+            if clean and offset <= stop_at:
+                tail = kept[offset:] + self.family.separator
+                state, _, n = self._ingest(tail, before) if tail else (before, None, 0)
+                return kept, state, n_fed + n
+        # The stop began before the remembered tokens (cannot happen with short stop strings):
+        # rebuild from the state before the reply.
+        state, _, n = self._ingest(kept + self.family.separator, self._state)
+        return kept, state, n
+
+
+def _find_stop(text: str, stops: Sequence[str], start: int) -> int:
+    best = -1
+    for s in stops:
+        i = text.find(s, start)
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return best
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of `text` that could be the start of a stop string."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:n]):
+                hold = n
+                break
+    return hold

@@ -1,0 +1,158 @@
+"""Conversations on a real (small, random) model: resume, regenerate and fork read zero tokens again.
+
+Every token goes through `Model.forward`; a counting wrapper proves which actions re-read nothing,
+and states are compared bit for bit with ones computed directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.chat.conversation import Conversation
+from runtime.chat.store import ConversationStore
+from runtime.quant.types import DType
+from tests.support.gguf_model import write_model_gguf
+from tests.support.synthetic import v4_state_dict
+
+
+class Counting:
+    """Wraps a Model and counts the tokens it is fed (delegating everything else)."""
+
+    def __init__(self, model: runtime.Model) -> None:
+        self._model = model
+        self.fed = 0
+
+    def forward(self, ids, state=None, *, want_logits: bool = True):
+        self.fed += len(ids)
+        return self._model.forward(ids, state, want_logits=want_logits)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (3, 4):
+        sd = v4_state_dict(n_layer=2, n_embd=32, n_vocab=50277, seed=seed)
+        paths.append(write_model_gguf(folder / f"chat-{seed}.gguf", sd, DType.F32))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def models(model_files):
+    loaded = [runtime.load_model(p, threads=1) for p in model_files]
+    yield loaded
+    for m in loaded:
+        m.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ConversationStore.open(tmp_path / "c.sqlite3") as s:
+        yield s
+
+
+def _small(conv: Conversation, n: int = 12) -> None:
+    conv.set_sampling(conv.sampling.replace(max_tokens=n))
+
+
+def test_resume_reads_zero_tokens_and_continues_from_the_saved_state(store, models):
+    conv = Conversation.start(store, Counting(models[0]), family="raven", seed=7)
+    _small(conv)
+    conv.send("Hello there")
+    conv.send("And again")
+    saved = conv.state
+    again = Counting(models[0])
+    resumed = Conversation.resume(store, conv.id, again)
+    assert again.fed == 0
+    assert np.array_equal(resumed.state.data, saved.data)
+    assert np.array_equal(resumed.state.logits, saved.logits)
+    assert [m.content for m in resumed.messages] == [m.content for m in conv.messages]
+    reply = resumed.send("Third")
+    assert reply.n_tokens > 0 and again.fed >= reply.n_tokens
+
+
+def test_a_rebuilt_state_is_the_transcript_read_message_by_message(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=3)
+    _small(conv, 8)
+    conv.send("What is an RNN?")
+    conv.send("Shorter, please")
+    # Opening it with another family's template has no saved state: the transcript is read again.
+    other = Counting(models[0])
+    rebuilt = Conversation.resume(store, conv.id, other, family="world")
+    fam = rebuilt.family
+    ids = list(models[0].tokenizer.encode(fam.init))
+    previous_complete = True
+    for m in conv.messages:
+        ids += models[0].tokenizer.encode(fam.fed_text(m.role, m.content, m.complete, previous_complete))
+        previous_complete = m.role != "assistant" or m.complete
+    logits, direct = models[0].forward(ids)
+    assert other.fed == len(ids)
+    np.testing.assert_allclose(rebuilt.state.data, direct.data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rebuilt.state.logits, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_same_reply(store, models):
+    replies = []
+    for _ in range(2):
+        conv = Conversation.start(store, models[0], family="raven", seed=42)
+        _small(conv, 16)
+        replies.append(conv.send("Tell me a story").text)
+    assert replies[0] == replies[1] and replies[0]
+
+
+def test_regenerate_and_fork_read_nothing_again(store, models):
+    model = Counting(models[0])
+    conv = Conversation.start(store, model, family="raven", seed=5)
+    _small(conv, 10)
+    conv.send("Hi")
+    before = model.fed
+    reply = conv.regenerate()
+    separator = len(models[0].tokenizer.encode(conv.family.separator)) if reply.finish in ("stop", "eot") else 0
+    assert model.fed - before <= reply.n_tokens + separator + 8  # generated tokens (+ a rewind tail) only
+    before = model.fed
+    forked = conv.fork()
+    assert model.fed == before
+    assert forked.id != conv.id
+    assert np.array_equal(forked.state.data, conv.state.data)
+    assert [m.content for m in forked.messages] == [m.content for m in conv.messages]
+
+
+def test_switching_to_another_model_builds_its_state_once(store, models):
+    first, second = Counting(models[0]), Counting(models[1])
+    conv = Conversation.start(store, first, family="raven", seed=9)
+    _small(conv, 6)
+    conv.send("Hello")
+    events = []
+    conv.switch_model(second, model_ref="second.gguf", progress=events.append)
+    assert second.fed > 0 and events and events[-1].done == events[-1].total
+    assert conv.state.fingerprint == models[1].fingerprint
+    read = second.fed
+    conv.switch_model(first, model_ref="first.gguf")
+    conv.switch_model(second, model_ref="second.gguf")
+    assert second.fed == read
+    reopened = Counting(models[1])
+    Conversation.resume(store, conv.id, reopened)
+    assert reopened.fed == 0
+
+
+def test_a_state_budget_prunes_old_turns_but_resume_and_regenerate_stay_free(store, models):
+    model = Counting(models[0])
+    conv = Conversation.start(store, model, family="raven", seed=2)
+    conv.state_budget = 1  # as if settings.toml said max_state_mb = 0.000001
+    _small(conv, 4)
+    for text in ("one", "two", "three"):
+        conv.send(text)
+    last = conv.messages[-1].seq
+    kept = store.state_seqs(conv.id, f"{models[0].fingerprint}/raven")
+    assert kept == [0, last - 1, last]
+    before = model.fed
+    reply = conv.regenerate()
+    assert model.fed - before <= reply.n_tokens + 8
+    again = Counting(models[0])
+    Conversation.resume(store, conv.id, again)
+    assert again.fed == 0

@@ -1,0 +1,265 @@
+"""`runtime.eval` and `rwkv-tui eval`: quality figures against direct numpy computations.
+
+The expected figures are computed here from logits gathered independently (one `forward` call per
+token, or the numpy oracle, or the official implementation's recorded logits) with plain formulas
+(softmax, sum p·log(p/q)), so an off-by-one between logits and next tokens, a wrong KL direction or
+a chunking slip in the evaluator shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from runtime.errors import ModelFileError
+from runtime.eval import (
+    EvalError,
+    Scores,
+    evaluate,
+    evaluate_formats,
+    evaluation_for,
+    load_evaluations,
+    store_path,
+)
+from runtime.eval.run import CHUNK
+from runtime.model.model import load_model
+from runtime.progress import CancelToken
+from runtime.quant.types import DType
+from tests.support import numpy_rwkv
+from tests.support.gguf_model import write_model_gguf
+from tests.support.reference import load_reference
+from tests.support.synthetic import v4_state_dict
+from tui.cli import main
+
+N_VOCAB = 320  # the "tiny" fixture's shape, so the compiled forward functions are shared
+N_TOKENS = CHUNK + 9  # crosses a scoring-chunk boundary
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    sd = v4_state_dict(n_layer=2, n_embd=64, n_vocab=N_VOCAB, seed=11)
+    sd["head.weight"] *= 6.0  # peaked distributions, so quantization moves top-1 and KL measurably
+    ref = write_model_gguf(d / "ref-f32.gguf", sd, DType.F32)
+    q4 = write_model_gguf(d / "m-q4_0.gguf", sd, DType.Q4_0, head=DType.Q8_0, emb=DType.F16)
+    q8 = write_model_gguf(d / "m-q8_0.gguf", sd, DType.Q8_0, emb=DType.F16)
+    tokens = np.random.default_rng(3).integers(0, N_VOCAB, N_TOKENS)
+    tok_file = d / "ids.txt"
+    tok_file.write_text(" ".join(map(str, tokens)) + "\n")
+    return {"sd": sd, "ref": ref, "q4": q4, "q8": q8, "tokens": tokens, "tok_file": tok_file, "dir": d}
+
+
+def _decode_all(path, tokens) -> np.ndarray:
+    """(T-1, V) float64 logits after each of tokens[:-1], one forward call per token."""
+    with load_model(path, threads=2) as model:
+        state, rows = model.new_state(), []
+        for tok in tokens[:-1]:
+            logits, state = model.forward([int(tok)], state)
+            rows.append(logits.astype(np.float64))
+    return np.array(rows)
+
+
+def _expected(logits: np.ndarray, ref: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
+    """The figures by the textbook formulas: softmax, cross-entropy of the next token, KL(ref ‖ model)."""
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = np.exp(logits - logits.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    nxt = tokens[1 : len(logits) + 1]
+    kl = np.sum(p * np.log(p / q), axis=1)
+    return {
+        "perplexity": float(np.exp(-np.mean(np.log(q[np.arange(len(q)), nxt])))),
+        "kl_mean": float(kl.mean()),
+        "kl_p99": float(np.percentile(kl, 99)),
+        "top1": float(np.mean(q.argmax(1) == p.argmax(1))),
+        "max_logit_diff": float(np.abs(logits - ref).max()),
+    }
+
+
+def _check(result, want: dict[str, float], rtol: float = 1e-6) -> None:
+    for key, value in want.items():
+        assert getattr(result, key) == pytest.approx(value, rel=rtol, abs=1e-12), key
+
+
+def test_figures_match_a_direct_computation(files):
+    tokens = files["tokens"]
+    report = evaluate([files["q4"], files["q8"]], files["ref"], tokens.tolist(), threads=2, save=False)
+    ref_logits = _decode_all(files["ref"], tokens)
+    assert not report.partial and report.positions_wanted == N_TOKENS - 1
+    for result, path in zip(report.results, (files["q4"], files["q8"]), strict=True):
+        assert result.positions == N_TOKENS - 1
+        _check(result, _expected(_decode_all(path, tokens), ref_logits, tokens))
+        assert (result.matrices, result.path) == (path.name.split("-")[1].split(".")[0].upper(), str(path))
+    q4, q8 = report.results
+    assert q4.kl_mean > q8.kl_mean > 0 and q4.top1 < 1.0  # the measurement sees quantization at all
+    # the reference's own perplexity, against the float64 numpy oracle of the same weights
+    oracle, _ = numpy_rwkv.forward_each(files["sd"], [int(t) for t in tokens[:-1]])
+    want = _expected(oracle.astype(np.float64), oracle.astype(np.float64), tokens)["perplexity"]
+    assert report.reference.perplexity == pytest.approx(want, rel=1e-4)
+    assert report.reference.is_reference and report.reference.kl_mean == 0.0
+
+
+def test_scores_are_independent_of_chunking():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 30)) * 3, rng.normal(size=(50, 30)) * 3
+    targets = rng.integers(0, 30, 50)
+    whole, pieces = Scores(), Scores()
+    whole.add(a, targets, b)
+    for lo, hi in ((0, 7), (7, 8), (8, 50)):
+        pieces.add(a[lo:hi], targets[lo:hi], b[lo:hi])
+    for key in ("perplexity", "kl_mean", "kl_p99", "top1", "max_logit_diff"):
+        assert getattr(pieces, key) == pytest.approx(getattr(whole, key), rel=1e-12)
+    shifted = Scores()  # softmax ignores a constant shift; the raw logit difference does not
+    shifted.add(b + 2.5, targets, b)
+    assert shifted.kl_mean == pytest.approx(0.0, abs=1e-12) and shifted.top1 == 1.0
+    assert shifted.max_logit_diff == pytest.approx(2.5)
+
+
+def test_reference_perplexity_from_a_checkpoint_matches_the_official_logits(tmp_path):
+    """A .pth reference is converted to a temporary F32 file; the official package's logits agree."""
+    ref = load_reference("tiny")
+    tokens = ref.tokens.astype(np.int64)
+    report = evaluate_formats(ref.pth_path, ["f32", "q8_0"], tokens.tolist(), threads=2, work_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # temporary conversions deleted
+    official = ref.logits_decode[: len(tokens) - 1].astype(np.float64)
+    want = _expected(official, official, tokens)["perplexity"]
+    assert report.reference.perplexity == pytest.approx(want, rel=1e-3)
+    f32, q8 = report.results
+    assert (f32.label, f32.path, q8.label, q8.matrices) == ("f32", None, "q8_0", "Q8_0")
+    assert f32.kl_mean == 0.0 and f32.top1 == 1.0 and f32.max_logit_diff == 0.0  # the same file
+    assert q8.kl_mean > 0.0
+    assert not any(k.startswith(str(tmp_path)) for k in load_evaluations())  # temporary copies not saved
+
+
+def test_cancel_returns_partial_figures(files):
+    tokens = files["tokens"]
+    cancel, stop_at = CancelToken(), 10
+
+    def progress(event):
+        if event.what.endswith(files["q4"].name) and event.done == stop_at:
+            cancel.cancel()
+
+    report = evaluate([files["q4"], files["q8"]], files["ref"], tokens.tolist(), threads=2, cancel=cancel,
+                      progress=progress)
+    assert report.cancelled and report.partial
+    q4, q8 = report.results
+    assert (q4.positions, q8.positions, report.reference.positions) == (stop_at, 0, stop_at)
+    assert q4.partial and np.isnan(q8.kl_mean)
+    want = _expected(_decode_all(files["q4"], tokens)[:stop_at], _decode_all(files["ref"], tokens)[:stop_at],
+                     tokens)
+    _check(q4, want)
+    assert evaluation_for(files["q4"]) is None  # partial figures are never saved
+
+
+def test_results_are_saved_for_the_app(files, tmp_path):
+    path = tmp_path / "copy-q8_0.gguf"
+    path.write_bytes(files["q8"].read_bytes())
+    report = evaluate([path], files["ref"], files["tokens"].tolist(), threads=2, text_label="ids.txt")
+    saved = evaluation_for(path)
+    assert saved is not None and saved == report.results[0]
+    assert saved.text == "ids.txt" and saved.reference == "ref-f32.gguf"
+    assert str(path.resolve()) in load_evaluations()
+    os.utime(path, ns=(0, 0))  # the file changed since it was measured
+    assert evaluation_for(path) is None
+    store_path().write_text("{not json")
+    assert load_evaluations() == {} and evaluation_for(path) is None
+
+
+def test_mismatched_and_unusable_inputs_are_refused(files, tmp_path):
+    tokens = files["tokens"].tolist()
+    other = write_model_gguf(tmp_path / "wide.gguf", v4_state_dict(2, 32, N_VOCAB, seed=1), DType.F32)
+    with pytest.raises(EvalError, match=r"not the same model.*2 layers × 32, vocabulary 320.*2 layers × 64"):
+        evaluate([other], files["ref"], tokens)
+    vocab = write_model_gguf(tmp_path / "vocab.gguf", v4_state_dict(2, 64, 256, seed=1), DType.Q8_0)
+    with pytest.raises(EvalError, match="vocabulary 256"):
+        evaluate([vocab], files["ref"], tokens)
+    with pytest.raises(EvalError, match=r"reference .*m-q8_0.gguf is quantized \(Q8_0\)"):
+        evaluate([files["q4"]], files["q8"], tokens)
+    with pytest.raises(EvalError, match="token id 320 at index 2 is outside"):
+        evaluate([files["q4"]], files["ref"], [1, 2, 320])
+    with pytest.raises(EvalError, match="at least 2"):
+        evaluate([files["q4"]], files["ref"], [5])
+    with pytest.raises(EvalError, match="convert it first"):
+        evaluate([load_reference("tiny").pth_path], files["ref"], tokens)
+    with pytest.raises(EvalError, match="no known tokenizer for a vocabulary of 320 tokens"):
+        evaluate([files["q4"]], files["ref"], "some text")
+    with pytest.raises(ModelFileError, match=r"missing\.gguf: no such file"):
+        evaluate([tmp_path / "missing.gguf"], files["ref"], tokens)
+
+
+def test_text_is_tokenized_for_the_reference(tmp_path):
+    tokenizers = pytest.importorskip("runtime.text.tokenizers")
+    sd = v4_state_dict(n_layer=1, n_embd=32, n_vocab=50277, seed=2)
+    ref = write_model_gguf(tmp_path / "neox-f32.gguf", sd, DType.F32)
+    text = "The quick brown fox jumps over the lazy dog.\n\nIt barked."
+    report = evaluate([ref], ref, text, max_tokens=8, threads=2, save=False)
+    ids = tokenizers.load_tokenizer("20b").encode(text)[:8]
+    assert len(ids) == 8 and report.positions_wanted == 7
+    assert report.results[0].tokens_sha256 == hashlib.sha256(np.asarray(ids, "<i8").tobytes()).hexdigest()
+    assert report.results[0].kl_mean == 0.0
+
+
+def _run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_json_matches_the_api(files, capsys):
+    args = ["eval", str(files["q4"]), "--reference", str(files["ref"]), "--tokens", str(files["tok_file"]),
+            "--json", "--threads", "2", "--max-tokens", "20", "--no-save"]
+    code, out, _ = _run_cli(args, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["partial"] is False and doc["positions_wanted"] == 19
+    tokens = files["tokens"][:20]
+    want = _expected(_decode_all(files["q4"], tokens), _decode_all(files["ref"], tokens), tokens)
+    got = doc["results"][0]
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+    assert got["label"] == files["q4"].name and doc["reference"]["is_reference"] is True
+
+
+def test_cli_table_and_errors(files, capsys, tmp_path):
+    code, out, _ = _run_cli(["eval", "--formats", "q8_0", str(files["ref"]), "--tokens", str(files["tok_file"]),
+                             "--threads", "2"], capsys)
+    assert code == 0
+    assert "reference" in out and "q8_0" in out and "Q8_0/Q8_0" in out and "KL mean" in out
+    code, _, err = _run_cli(["eval", str(files["q4"]), "--reference", str(files["q8"]), "--tokens",
+                             str(files["tok_file"])], capsys)
+    assert code == 2 and "quantized" in err
+    code, _, err = _run_cli(["eval", str(files["q4"]), "--tokens", str(files["tok_file"])], capsys)
+    assert code == 2 and "--reference" in err
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 three")
+    code, _, err = _run_cli(["eval", str(files["q4"]), "--reference", str(files["ref"]), "--tokens", str(bad)],
+                            capsys)
+    assert code == 2 and "('three') is not a token id" in " ".join(err.split())
+
+
+def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):
+    import tui.commands.eval as eval_cmd
+
+    @contextmanager
+    def interrupting_bars():
+        def progress(event):
+            if event.unit == "tok" and event.done == 5:
+                signal.raise_signal(signal.SIGINT)  # what Ctrl-C does; the command's handler cancels
+
+        yield progress
+
+    monkeypatch.setattr(eval_cmd, "_progress_bars", interrupting_bars)
+    code, out, _ = _run_cli(["eval", str(files["q4"]), str(files["q8"]), "--reference", str(files["ref"]),
+                             "--tokens", str(files["tok_file"]), "--json", "--threads", "2"], capsys)
+    assert code == 130
+    doc = json.loads(out)
+    assert doc["partial"] and doc["cancelled"]
+    assert [r["positions"] for r in doc["results"]] == [5, 0]
+    assert doc["results"][1]["kl_mean"] is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was restored
