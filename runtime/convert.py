@@ -4,6 +4,11 @@ One pass over the source: each tensor is read a block of rows at a time, decoded
 the load-time transforms it does not carry yet, checked for NaN/Inf, quantized on a small thread
 pool and written in order into a temporary file beside the destination, which is renamed into place
 only when complete and flushed. Memory stays bounded by a few chunks whatever the model's size.
+
+Matrices that need no transform (all but the embedding when ln0 is folded into it) skip the float32
+step: their stored bf16/f16/f32 bytes go straight to native code (`runtime.quant.native`, same bytes
+as the numpy codec), read in small pieces that stay in cache. `RWKV_TUI_NATIVE_QUANTIZE=0` turns that
+off (for comparisons).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +39,16 @@ from runtime.formats.gguf_file import TensorPlan, write_gguf
 from runtime.formats.tensors import LazyTensor
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.codec import quantize
+from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.types import DType
 
 FORMAT_VERSION = 1
-CHUNK_VALUES = 8 << 20  # float32 values decoded per chunk (32 MB)
+CHUNK_VALUES = 8 << 20  # values per chunk handed to a thread on the native path (output buffers are reused)
+PIECE_BYTES = 256 << 10  # native path: source bytes read and encoded at a time, kept in cache (bench/convert.py)
+# values per chunk decoded to float32 on the numpy path: small enough that numpy's temporaries come
+# from reused heap memory (8M-value chunks spent 3x the CPU, most of it zeroing fresh pages)
+NUMPY_CHUNK_VALUES = 256 << 10
+HASH_WINDOW = 256 << 20  # how far the source hasher may read ahead of conversion (see _Pacer)
 FILE_TYPES = {  # GGUF general.file_type (llama.cpp's "mostly X" numbering)
     DType.F32: 0, DType.F16: 1, DType.Q4_0: 2, DType.Q4_1: 3, DType.Q8_0: 7, DType.Q5_0: 8, DType.Q5_1: 9,
 }
@@ -91,26 +102,71 @@ def output_plan(ckpt: Checkpoint, target: DType, head: DType | None = None) -> l
     return plan
 
 
-def sha256_file(path: Path, cancel: CancelToken | None = None, block: int = 8 << 20) -> str:
+def sha256_file(
+    path: Path, cancel: CancelToken | None = None, block: int = 256 << 10, pace: Callable[[int], None] | None = None
+) -> str:
+    """Hex sha256 of a file ("" if cancelled). Reads go into one small buffer that stays in cache
+    (cheaper than large reads: bench/convert.py --hash). `pace(position)` is called before each read."""
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(block)
         view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
+        pos = 0
+        while True:
+            if pace is not None:
+                pace(pos)
             if cancel is not None and cancel.cancelled:
                 return ""
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            pos += n
     return h.hexdigest()
 
 
-def _source_digest(src: Path, cancel: CancelToken | None) -> str:
+class _Pacer:
+    """Keeps the source hasher at most `window` bytes ahead of the furthest byte conversion has asked for.
+
+    On a cold page cache the hasher then reads the file from disk once, front to back, just ahead of
+    the converter, which finds its rows in the cache. Unpaced, the hasher ran gigabytes ahead and
+    its pages could be evicted (by the output's) before the converter read them, so parts of the
+    source came from disk twice.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.limit = window
+        self._cond = threading.Condition()
+
+    def advance(self, offset: int) -> None:
+        """The converter is reading up to byte `offset`."""
+        if offset + self.window > self.limit:
+            with self._cond:
+                self.limit = max(self.limit, offset + self.window)
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        """No more pacing (conversion finished or failed)."""
+        self.advance(1 << 62)
+
+    def wait(self, position: int) -> None:
+        """Hasher side: block until `position` is inside the window."""
+        if position < self.limit:
+            return
+        with self._cond:
+            while position >= self.limit:
+                self._cond.wait()
+
+
+def _source_digest(src: Path, cancel: CancelToken | None, pace: Callable[[int], None] | None = None) -> str:
     if src.is_dir():
         h = hashlib.sha256()
         for p in sorted(src.iterdir()):
             if p.is_file():
                 h.update(p.name.encode() + b"\0" + sha256_file(p, cancel).encode())
         return h.hexdigest()
-    return sha256_file(src, cancel)
+    return sha256_file(src, cancel, pace=pace)
 
 
 class _Transformer:
@@ -124,6 +180,12 @@ class _Transformer:
             self.ln0_b = ckpt.tensors["blocks.0.ln0.bias"].numpy().reshape(-1)
         self.neg_exp_decay = TIME_DECAY_NEG_EXP not in ckpt.transforms
 
+    def is_identity(self, name: str) -> bool:
+        """Whether `name`'s values are stored as they are (no transform to apply)."""
+        if name == "emb.weight":
+            return not self.fold_ln0
+        return not (name.endswith(".att.time_decay") and self.neg_exp_decay)
+
     def __call__(self, name: str, rows: np.ndarray) -> np.ndarray:
         if name == "emb.weight" and self.fold_ln0:
             mean = rows.mean(axis=1, keepdims=True, dtype=np.float32)
@@ -135,10 +197,24 @@ class _Transformer:
         return np.ascontiguousarray(rows, dtype=np.float32)
 
 
+def _nonfinite(path: Path, name: str, row: int) -> ModelFileError:
+    return ModelFileError(path, f"tensor '{name}' contains NaN or Inf values (first in row {row})")
+
+
 def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int) -> None:
     if not np.isfinite(rows).all():
-        bad = int(np.argwhere(~np.isfinite(rows))[0][0]) + first_row
-        raise ModelFileError(path, f"tensor '{name}' contains NaN or Inf values (first in row {bad})")
+        raise _nonfinite(path, name, int(np.argwhere(~np.isfinite(rows))[0][0]) + first_row)
+
+
+def _native(tensor: LazyTensor, out: TensorPlan, transform: _Transformer) -> bool:
+    """Whether a matrix goes straight from its stored bytes to the output type in native code."""
+    return (
+        os.environ.get("RWKV_TUI_NATIVE_QUANTIZE", "1") != "0"
+        and len(out.shape) == 2
+        and tensor.n_cols == out.shape[-1]
+        and transform.is_identity(out.name)
+        and supported(tensor.dtype, out.dtype, tensor.n_cols)
+    )
 
 
 def convert(
@@ -174,9 +250,10 @@ def convert(
     digest: list[str] = [source_sha256 or ""]
     hasher = None
     stop_hashing = CancelToken()
+    pacer = _Pacer(HASH_WINDOW) if not source_sha256 and not src.is_dir() else None
     if not source_sha256:
         def run_hash() -> None:
-            digest[0] = _source_digest(src, stop_hashing)
+            digest[0] = _source_digest(src, stop_hashing, pacer.wait if pacer else None)
 
         hasher = threading.Thread(target=run_hash, name="sha256", daemon=True)
         hasher.start()
@@ -186,7 +263,40 @@ def convert(
     done = 0
     progress(Progress("converting", 0, total))
 
-    def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int) -> bytes:
+    scratch = threading.local()
+    spare: list[np.ndarray] = []  # output buffers of written chunks, reused (fresh memory costs page faults)
+
+    def encode_native(tensor: LazyTensor, out: TensorPlan, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) read piece by piece into a per-thread buffer and encoded in native code."""
+        buf = getattr(scratch, "buf", None)
+        if buf is None or len(buf) < tensor.row_bytes:
+            buf = scratch.buf = bytearray(max(PIECE_BYTES, tensor.row_bytes))
+            scratch.addr = np.frombuffer(buf, np.uint8).ctypes.data
+        encoder = RowEncoder(tensor.dtype, out.dtype, tensor.n_cols)
+        size = (stop - start) * encoder.row_out
+        try:
+            whole = spare.pop()
+        except IndexError:
+            whole = None
+        if whole is None or whole.size < size:
+            whole = np.empty(size, np.uint8)
+        result = whole[:size]
+        base = result.ctypes.data
+        step = max(1, len(buf) // tensor.row_bytes)
+        for s in range(start, stop, step):
+            e = min(s + step, stop)
+            tensor.read_stored_into(s, e, buf)
+            try:
+                encoder.encode_at(scratch.addr, e - s, base + (s - start) * encoder.row_out)
+            except NonFiniteRowError as err:
+                raise _nonfinite(ckpt.path, out.name, s + err.row) from None
+        return result
+
+    def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int, native: bool) -> bytes | np.ndarray:
+        if pacer is not None:
+            pacer.advance(tensor.offset + stop * tensor.row_bytes)
+        if native:
+            return encode_native(tensor, out, start, stop)
         rows = tensor.read_rows(start, stop)
         rows = transform(out.name, rows)
         _check_finite(ckpt.path, out.name, rows, start)
@@ -194,7 +304,7 @@ def convert(
 
     pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convert")
 
-    def chunks(out: TensorPlan) -> Iterator[bytes]:
+    def chunks(out: TensorPlan) -> Iterator[bytes | memoryview]:
         nonlocal done
         tensor = ckpt.tensors[out.name]
         n_rows, n_cols = tensor.n_rows, tensor.n_cols
@@ -202,7 +312,6 @@ def convert(
             raise ModelFileError(ckpt.path, f"tensor '{out.name}' has shape {tensor.shape}, expected {out.shape}")
         if len(out.shape) == 1 and n_rows != 1:  # a (1, 1, C) source stored as C rows of 1
             n_rows, n_cols = 1, tensor.n_rows * tensor.n_cols
-        step = max(1, min(n_rows, CHUNK_VALUES // max(1, n_cols)))
         if len(out.shape) == 1:
             rows = transform(out.name, tensor.numpy().reshape(1, -1))
             _check_finite(ckpt.path, out.name, rows, 0)
@@ -210,10 +319,12 @@ def convert(
             progress(Progress("converting", done, total))
             yield quantize(rows, out.dtype).tobytes()
             return
-        pending: deque[tuple[cf.Future[bytes], int]] = deque()
+        native = _native(tensor, out, transform)
+        step = max(1, min(n_rows, (CHUNK_VALUES if native else NUMPY_CHUNK_VALUES) // max(1, n_cols)))
+        pending: deque[tuple[cf.Future[bytes | np.ndarray], int]] = deque()
         starts = iter(range(0, n_rows, step))
         for start in starts:
-            pending.append((pool.submit(encode, tensor, out, start, min(start + step, n_rows)), start))
+            pending.append((pool.submit(encode, tensor, out, start, min(start + step, n_rows), native), start))
             if len(pending) >= 2 * threads:
                 break
         while pending:
@@ -221,11 +332,16 @@ def convert(
             data = fut.result()
             nxt = next(starts, None)
             if nxt is not None:
-                pending.append((pool.submit(encode, tensor, out, nxt, min(nxt + step, n_rows)), nxt))
+                pending.append((pool.submit(encode, tensor, out, nxt, min(nxt + step, n_rows), native), nxt))
             cancel.raise_if_cancelled()
             done += (min(start + step, n_rows) - start) * tensor.row_bytes
             progress(Progress("converting", done, total))
-            yield data
+            if isinstance(data, bytes):
+                yield data
+            else:
+                yield memoryview(data)
+                # write_gguf has written it (it writes each chunk before asking for the next): reuse the memory
+                spare.append(data if data.base is None else data.base)
 
     a = ckpt.arch
     metadata = [
@@ -252,11 +368,15 @@ def convert(
         with atomic_output(dst) as f:
             header_end = write_gguf(f, "rwkv4", metadata, plan, chunks)
             if hasher is not None:  # the digest was computed alongside: fill its slot in the header
+                if pacer is not None:
+                    pacer.release()
                 hasher.join()
                 cancel.raise_if_cancelled()
                 _patch_sha256(f, header_end, digest[0])
     finally:
         stop_hashing.cancel()
+        if pacer is not None:
+            pacer.release()
         pool.shutdown(wait=True, cancel_futures=True)
     progress(Progress("converting", total, total))
     return ConvertResult(dst, target, plan[-1].dtype, dst.stat().st_size, time.perf_counter() - t0, digest[0])

@@ -44,6 +44,19 @@ class FileHandle:
             got += len(b)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        """Fill the writable buffer `buf` with the bytes at `offset`, or ModelFileError if the file is shorter.
+
+        With a small buffer that is reused, the caller consumes the bytes while they are still in the CPU
+        cache, and no fresh memory has to be faulted in.
+        """
+        got, nbytes = 0, len(buf)
+        while got < nbytes:
+            n = os.preadv(self.fd, [buf[got:]], offset + got)
+            if not n:
+                raise ModelFileError(self.path, f"file is truncated: wanted {nbytes} bytes at offset {offset}")
+            got += n
+
     def close(self) -> None:
         with self._lock:
             if self.fd >= 0:
@@ -116,6 +129,16 @@ class LazyTensor:
         if self.dtype is DType.BF16:
             return np.frombuffer(data, dtype="<u2").reshape(n, self.n_cols)
         return np.frombuffer(data, dtype=np.uint8).reshape(n, self.row_bytes)
+
+    def read_stored_into(self, start: int, stop: int, buf: bytearray | memoryview) -> memoryview:
+        """Rows [start, stop) as stored (raw little-endian bytes) read into `buf`; returns the filled part."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise IndexError(f"rows {start}..{stop} out of range for '{self.name}' with {self.n_rows} rows")
+        view = memoryview(buf).cast("B")[: (stop - start) * self.row_bytes]
+        if len(view) < (stop - start) * self.row_bytes:
+            raise ValueError(f"buffer of {len(view)} bytes is too small for {stop - start} rows of '{self.name}'")
+        self.file.pread_into(self.offset + start * self.row_bytes, view)
+        return view
 
     def read_rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) decoded to float32, shape (stop - start, n_cols)."""
