@@ -192,12 +192,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             conv = Conversation.resume(store, _find_conversation(store, args.resume), model,
-                                       model_ref=str(args.model), family=args.family, seed=args.seed)
+                                       model_ref=str(Path(args.model).resolve()), family=args.family, seed=args.seed)
             err_console.print(f"[dim]resumed conversation {conv.id}: {conv.title} "
                               f"({len(conv.messages)} messages, {conv.tokens_read} tokens re-read)[/dim]")
         else:
             family = args.family or guess_family(model.path.name, model.tokenizer_name)
-            conv = Conversation.start(store, model, family=family, model_ref=str(args.model), seed=args.seed)
+            conv = Conversation.start(store, model, family=family, model_ref=str(Path(args.model).resolve()),
+                                      seed=args.seed)
         if args.max_tokens:
             conv.set_sampling(conv.sampling.replace(max_tokens=args.max_tokens))
         chat = LineChat(conv, interactive)

@@ -1,0 +1,61 @@
+"""Text helpers for the app: a conversation as a Markdown document, code blocks in a message."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+
+def code_blocks(text: str) -> list[str]:
+    """The contents of the fenced code blocks in `text`, in order (an unclosed last fence counts)."""
+    blocks: list[str] = []
+    fence: str | None = None
+    body: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if fence is None:
+            if stripped.startswith(("```", "~~~")):
+                fence, body = stripped[:3], []
+        elif stripped == fence:
+            blocks.append("\n".join(body))
+            fence = None
+        else:
+            body.append(line)
+    if fence is not None and body:
+        blocks.append("\n".join(body))
+    return blocks
+
+
+def speaker(role: str, mode: str, model_name: str) -> str:
+    if role == "user":
+        return "You"
+    if role == "assistant":
+        return model_name if mode == "chat" else "Model"
+    return "Text"
+
+
+def conversation_markdown(title: str, mode: str, model_name: str, messages: Iterable[Any],
+                          when: float | None = None) -> str:
+    """A conversation as Markdown: a title, then each message under its speaker (chat) or as one
+    continuous text (novel)."""
+    stamp = datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M") if when else ""
+    lines = [f"# {title}", "", f"*{mode} with {model_name}{', ' + stamp if stamp else ''}*", ""]
+    if mode == "novel":
+        lines.append("".join(m.content for m in messages if m.role != "init"))
+        lines.append("")
+        return "\n".join(lines)
+    for m in messages:
+        if m.role == "init":
+            continue
+        lines.append(f"**{speaker(m.role, mode, model_name)}:**")
+        lines.append("")
+        lines.append(m.content.strip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^\w-]+", "-", text.strip().lower()).strip("-")
+    return (s[:limit].rstrip("-")) or "conversation"

@@ -1,0 +1,312 @@
+"""The models screen: the registry (shipped models.toml and the user's) with status, size on disk, what
+fits this machine, and actions: get (download + convert), convert to another type, delete a file,
+set the default per family, add a file, or start a chat on a ready model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from tui.keymap import bindings
+from tui.screens.dialogs import ChoiceDialog, ConfirmDialog
+from tui.widgets.pane import describe_error
+from tui.widgets.status import human_bytes
+
+STATE_STYLE = {"ready": "bold green", "downloading": "yellow", "converting": "yellow", "download paused": "yellow",
+               "source only": "cyan", "not downloaded": "dim"}
+
+
+def _size(n: int | None) -> str:
+    return human_bytes(n) if n else "—"
+
+
+class ModelsScreen(Screen[None]):
+    BINDINGS: ClassVar[list[Binding]] = bindings(
+        "models.new_chat", "models.download", "models.convert", "models.delete", "models.default",
+        "models.add", "models.back",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, Any] = {}
+        self._free: tuple[int, int] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("Models: g gets one (download + convert), enter chats with a ready one", classes="dialog-title",
+                    id="models-title")
+        yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="model-details", markup=False)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("id")
+        table.add_column("name", width=30)
+        table.add_columns("family", "shape", "status", "here", "on disk", "use", "RAM")
+        self.refresh_models()
+        table.focus()
+
+    @property
+    def app_(self) -> Any:
+        return self.app
+
+    def _resources(self) -> tuple[int, int]:
+        if self._free is None:
+            from runtime.registry.recommend import machine_resources
+            from runtime.registry.status import models_dir
+
+            self._free = machine_resources(models_dir())
+        return self._free
+
+    def refresh_models(self) -> None:
+        """Re-read the registry and the files on disk (after a job, a delete, an added file)."""
+        table = self.query_one(DataTable)
+        try:
+            statuses = self.app_.statuses()
+            catalog_warnings = self.app_.catalog().warnings
+        except Exception as e:
+            self.app.notify(describe_error(e), title="Cannot read the registry", severity="error")
+            return
+        for w in catalog_warnings[:3]:
+            self.app.notify(w, title="models.toml", severity="warning", timeout=8)
+        self._free = None
+        defaults = self.app_.defaults()
+        current = table.cursor_row
+        table.clear()
+        self._statuses = {}
+        for status in statuses:
+            entry = status.entry
+            self._statuses[entry.id] = status
+            rec = self._recommendation(status)
+            name = Text(entry.id)
+            if defaults.get(entry.family) == entry.id:
+                name.append(" ★", style="bold")
+            shape = f"{entry.n_layer} × {entry.n_embd}" if entry.n_layer else "?"
+            formats = ", ".join(sorted(t.name for t in status.converted)) or "—"
+            use = rec.choice.name if rec is not None else "—"
+            ram = _size(rec.fit(rec.choice).ram_bytes) if rec is not None else "—"
+            state = Text(status.state, style=STATE_STYLE.get(status.state, ""))
+            if not entry.runnable:
+                state = Text(f"RWKV-{entry.arch}: later", style="dim")
+            title = Text(entry.name, overflow="ellipsis", no_wrap=True)
+            table.add_row(name, title, entry.family, shape, state, formats, _size(status.disk_bytes), use, ram,
+                          key=entry.id)
+        if statuses:
+            table.move_cursor(row=min(max(current, 0), len(statuses) - 1))
+        self._show_details()
+
+    def _recommendation(self, status: Any) -> Any | None:
+        from runtime.registry.recommend import recommend
+
+        entry = status.entry
+        if not entry.has_shape and not entry.size:
+            return None
+        ram, disk = self._resources()
+        try:
+            return recommend(entry, free_ram=ram, free_disk=disk, source_present=status.source is not None,
+                             converted=frozenset(status.converted))
+        except Exception:
+            return None
+
+    def _selected(self) -> Any | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return self._statuses.get(key or "")
+
+    def on_data_table_row_highlighted(self) -> None:
+        self._show_details()
+
+    def on_data_table_row_selected(self) -> None:
+        self.action_use()
+
+    def _show_details(self) -> None:
+        status = self._selected()
+        details = self.query_one("#model-details", Static)
+        if status is None:
+            details.update("The registry is empty.")
+            return
+        entry = status.entry
+        default = " · the default " + entry.family + " model" if self.app_.defaults().get(entry.family) == entry.id \
+            else ""
+        lines = [f"{entry.name} [{entry.id}] · {entry.origin}{default}"]
+        if not entry.runnable:
+            lines.append(f"RWKV-{entry.arch}: this version runs RWKV-4 only; g downloads the file for later.")
+        if entry.description:
+            lines.append(entry.description)
+        src = entry.path or entry.url
+        if src:
+            lines.append(f"source: {src}" + (f" ({human_bytes(entry.size)})" if entry.size else ""))
+        if status.partial_bytes:
+            lines.append(f"partial download: {human_bytes(status.partial_bytes)} (g resumes it)")
+        for dtype, path in sorted(status.converted.items(), key=lambda kv: kv[0].name):
+            lines.append(f"{dtype.name}: {path}{self._quality(path)}")
+        rec = self._recommendation(status)
+        if rec is not None:
+            lines.append(f"recommended here: {rec.reason}")
+        details.update("\n".join(lines))
+
+    @staticmethod
+    def _quality(path: Path) -> str:
+        try:
+            from runtime.eval.store import evaluation_for
+        except ImportError:
+            return ""
+        try:
+            result = evaluation_for(path)
+        except Exception:
+            return ""
+        if result is None:
+            return "  (not evaluated: `rwkv-tui eval` measures it)"
+        return (f"  · KL {result.kl_mean:.2e}, top-1 {100 * result.top1:.0f}%, perplexity {result.perplexity:.2f}, "
+                f"{result.tokens_per_second:.1f} tok/s")
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def _require(self) -> Any:
+        status = self._selected()
+        if status is None:
+            self.app.notify("No model selected.", severity="warning")
+        return status
+
+    def action_use(self) -> None:
+        status = self._require()
+        if status is None:
+            return
+        if not status.ready:
+            self.app.notify(f"{status.entry.name} is {status.state}; press g to get it.", severity="warning")
+            return
+        try:
+            choice = self.app_.choice_for(status.entry.id)
+        except Exception as e:
+            self.app.notify(describe_error(e), severity="error")
+            return
+        self.dismiss(None)
+        chat = self.app_.chat
+        if chat is not None:
+            self.app.call_later(chat.open_new, path=choice.path, model_ref=choice.ref, family=choice.family,
+                                mode=choice.mode)
+
+    def _submit(self, status: Any, dtype: Any, steps: tuple[str, ...]) -> None:
+        link = self.app_.jobs
+        if link is None:
+            self.app.notify("The job queue is not running.", severity="error")
+            return
+        try:
+            job = link.submit(status.entry.id, dtype, steps=steps)
+        except Exception as e:
+            self.app.notify(describe_error(e), title="Cannot start", severity="error")
+            return
+        self.app.notify(f"Job #{job.id}: {' → '.join(job.steps)} {status.entry.name}"
+                        f"{' to ' + job.dtype if job.dtype else ''}. F3 shows its progress.", timeout=6)
+        self.refresh_models()
+
+    def action_download(self) -> None:
+        status = self._require()
+        if status is None:
+            return
+        entry = status.entry
+        if not entry.runnable:
+            self._submit(status, None, ("download",))
+            return
+        rec = self._recommendation(status)
+        if rec is not None and rec.choice in status.converted:
+            self.app.notify(f"{entry.name} is ready in {rec.choice.name}; enter starts a chat.")
+            return
+        from runtime.quant.types import DType
+
+        dtype = rec.choice if rec is not None else DType.Q5_1
+        if rec is not None and rec.fit(dtype).fits is False:
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._submit(status, dtype, ("download", "convert"))
+
+            self.app.push_screen(ConfirmDialog(f"{rec.reason}. Get {entry.name} anyway?", "Get it"), confirmed)
+            return
+        self._submit(status, dtype, ("download", "convert"))
+
+    def action_convert(self) -> None:
+        status = self._require()
+        if status is None:
+            return
+        rec = self._recommendation(status)
+        if rec is None:
+            self.app.notify("The shape of this model is unknown until it is downloaded.", severity="warning")
+            return
+        choices = []
+        for fit in rec.formats:
+            mark = " (recommended)" if fit.dtype is rec.choice else ""
+            have = " (already here)" if fit.dtype in status.converted else ""
+            fits = {True: "fits", False: "does not fit", None: "?"}[fit.fits]
+            label = (f"{fit.dtype.name}{mark}{have}: file {_size(fit.file_bytes)}, RAM {_size(fit.ram_bytes)}, "
+                     f"{fits} here")
+            choices.append((label, fit.dtype))
+        steps = ("convert",) if status.source is not None else ("download", "convert")
+
+        def chosen(dtype: Any) -> None:
+            if dtype is not None:
+                self._submit(status, dtype, steps)
+
+        self.app.push_screen(ChoiceDialog(f"Convert {status.entry.name} to which format?", choices), chosen)
+
+    def action_delete_file(self) -> None:
+        status = self._require()
+        if status is None:
+            return
+        from runtime.registry.status import delete_files, delete_source
+
+        entry = status.entry
+        choices: list[tuple[str, Any]] = []
+        for dtype, path in sorted(status.converted.items(), key=lambda kv: kv[0].name):
+            if entry.path is not None and path == entry.path:
+                continue  # the user's own file
+            choices.append((f"{path.name} ({_size(path.stat().st_size if path.exists() else 0)})", ("format", dtype)))
+        if status.source is not None and entry.path is None:
+            choices.append((f"the source {status.source.name} ({_size(status.source.stat().st_size)})",
+                            ("source", None)))
+        if status.disk_bytes and entry.path is None:
+            choices.append((f"everything in the model's folder ({_size(status.disk_bytes)})", ("all", None)))
+        if not choices:
+            self.app.notify("Nothing of this model is stored by rwkv-tui.", severity="warning")
+            return
+
+        def chosen(what: Any) -> None:
+            if what is None:
+                return
+            kind, dtype = what
+            try:
+                freed = (delete_source(entry) if kind == "source" else
+                         delete_files(entry, dtype if kind == "format" else None))
+            except Exception as e:
+                self.app.notify(describe_error(e), title="Cannot delete", severity="error")
+                return
+            self.app.notify(f"Freed {human_bytes(freed)}.", timeout=4)
+            self.app_.refresh_models()
+
+        self.app.push_screen(ChoiceDialog(f"Delete which file of {entry.name}?", choices), chosen)
+
+    def action_set_default(self) -> None:
+        status = self._require()
+        if status is None:
+            return
+        entry = status.entry
+        try:
+            self.app_.set_default(entry.family, entry.id)
+        except Exception as e:
+            self.app.notify(describe_error(e), severity="error")
+            return
+        self.app.notify(f"{entry.name} is now the default {entry.family} model.", timeout=4)
+        self.refresh_models()
+
+    def action_add_file(self) -> None:
+        self.app_.add_model_file()
+
+    def action_back(self) -> None:
+        self.dismiss(None)

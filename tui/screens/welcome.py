@@ -1,0 +1,59 @@
+"""First run: what rwkv-tui is, and how to get a model (nothing here needs one)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Markdown
+
+WELCOME = """\
+# Welcome to rwkv-tui
+
+rwkv-tui chats with RWKV language models on your own CPU: no GPU, no account, nothing leaves
+this machine. **No model is ready yet**, so here is how to get one:
+
+1. **Choose a model** from the registry (F2). Raven is the chat model; start with Raven 1.5B or 3B
+   if you have under 8 GB of RAM, 7B if you have 16 GB. rwkv-tui downloads it, converts it to a
+   compact 5-bit file and tells you when it is ready; the download runs in the background (F3 shows
+   its progress) and resumes if it is interrupted.
+2. **Use a file you already have**: a BlinkDL `.pth` checkpoint, an rwkv.cpp `.bin`, or a `.gguf`
+   made by `rwkv-tui convert`.
+
+Then **ctrl+n** opens a chat and **ctrl+t** a novel (the model continues your text). **F1** lists
+every key, **ctrl+p** finds any action by name.
+"""
+
+
+class WelcomeScreen(ModalScreen[str | None]):
+    """Dismisses with "models", "add" or None (continue without a model)."""
+
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("escape", "dismiss_welcome", "Continue", id="welcome.close"),
+        Binding("f2", "choose('models')", "Models", id="welcome.models"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="welcome-box"):
+            yield Markdown(WELCOME, id="welcome-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Choose a model (F2)", variant="primary", id="models")
+                yield Button("Use a file I have", id="add")
+                yield Button("Continue", id="continue")
+
+    def on_mount(self) -> None:
+        self.query_one("#models", Button).focus()
+
+    def action_choose(self, what: str) -> None:
+        self.dismiss(what)
+
+    def action_dismiss_welcome(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None if event.button.id == "continue" else event.button.id)

@@ -1,0 +1,1 @@
+"""The app's widgets: conversation view, prompt, sidebar, status line, job row, and the conversation tab."""

@@ -1,0 +1,314 @@
+"""The conversation view: one Markdown block per message, streaming into the last one.
+
+Reply text arrives on a worker thread through `StreamBuffer.push` (a lock and a list: never a UI
+call per token); the pane drains the buffer on a timer and appends the text to the streaming
+message's `MarkdownStream`. The view stays anchored to the bottom while a reply streams; scrolling up
+releases it and scrolling back to the end re-attaches (Textual's `anchor`).
+
+With the view focused, a message is selected (up/down) and can be edited, copied or forked from.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from markdown_it import MarkdownIt
+from textual import events
+from textual.actions import SkipAction
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from tui.keymap import bindings
+
+
+class StreamBuffer:
+    """Text pushed from a worker thread, drained by the UI thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+        self.pieces = 0
+        self.started = time.monotonic()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._parts.clear()
+            self.pieces = 0
+            self.started = time.monotonic()
+
+    def push(self, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            self._parts.append(text)
+            self.pieces += 1
+
+    def drain(self) -> str:
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+        return text
+
+    def rate(self) -> float:
+        """Pieces of text per second since the reply started (about one per token)."""
+        elapsed = time.monotonic() - self.started
+        return self.pieces / elapsed if elapsed > 0.2 else 0.0
+
+
+@dataclass
+class Shown:
+    """What a message view shows: a saved message, or one still being written (seq None)."""
+
+    role: str
+    content: str
+    seq: int | None = None
+    complete: bool = True
+    n_tokens: int = 0
+
+    @classmethod
+    def of(cls, record: Any) -> Shown:
+        return cls(record.role, record.content, record.seq, bool(record.complete), int(record.n_tokens or 0))
+
+
+def _parser() -> MarkdownIt:
+    # Models write single newlines as line breaks; keep them.
+    return MarkdownIt("gfm-like", {"breaks": True})
+
+
+class MessageView(Vertical):
+    """One message: who wrote it and its Markdown text."""
+
+    def __init__(self, shown: Shown, speaker: str) -> None:
+        super().__init__(classes=f"message -{shown.role}")
+        self.shown = shown
+        self.speaker = speaker
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._header(), classes="message-header", markup=False)
+        yield Markdown(self.shown.content, parser_factory=_parser, classes="message-body")
+
+    def _header(self) -> str:
+        s = self.shown
+        parts = [self.speaker]
+        if s.role == "assistant" and s.n_tokens:
+            parts.append(f"{s.n_tokens} tokens")
+        if s.role == "assistant" and not s.complete and s.seq is not None:
+            parts.append("cut short")
+        return " · ".join(parts)
+
+    @property
+    def body(self) -> Markdown:
+        return self.query_one(".message-body", Markdown)
+
+    def refresh_header(self) -> None:
+        self.query_one(".message-header", Static).update(self._header())
+
+    async def append(self, text: str) -> None:
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.body)
+        self.shown.content += text
+        await self._stream.write(text)
+
+    async def finish(self, shown: Shown) -> None:
+        """The message is saved: show its final text and details."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        changed = shown.content != self.shown.content
+        self.shown = shown
+        if changed:
+            await self.body.update(shown.content)
+        self.refresh_header()
+
+    async def set_content(self, content: str) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.shown.content = content
+        await self.body.update(content)
+
+    def on_click(self, event: events.Click) -> None:
+        view = next((a for a in self.ancestors if isinstance(a, ConversationView)), None)
+        if view is not None:
+            view.select(self)
+            view.focus()
+
+
+class ConversationView(VerticalScroll, can_focus=True):
+    """Every message of a conversation, newest at the bottom."""
+
+    BINDINGS: ClassVar[list[Binding]] = bindings(
+        "messages.up", "messages.down", "messages.edit", "messages.copy", "messages.copy_code",
+        "messages.fork", "messages.back",
+    )
+
+    class Selected(Message):
+        """A message action was asked for on the selected message."""
+
+        def __init__(self, view: ConversationView, what: str, shown: Shown) -> None:
+            super().__init__()
+            self.view = view
+            self.what = what
+            self.shown = shown
+
+        @property
+        def control(self) -> ConversationView:
+            return self.view
+
+    def __init__(self, mode: str = "chat", model_name: str = "Model", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.mode = mode
+        self.model_name = model_name
+        self._selected_view: MessageView | None = None
+
+    HINTS: ClassVar[dict[str, str]] = {
+        "chat": "Write to {model} below and press enter. The reply streams here; esc stops it, ctrl+r "
+                "writes it again, ctrl+l edits your last message.",
+        "novel": "Write the beginning of a story below and press enter: {model} continues it. ctrl+g writes "
+                 "more, esc stops.",
+    }
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="hint", markup=False)
+
+    def on_mount(self) -> None:
+        self.set_class(self.mode == "novel", "-novel")
+        self._update_hint()
+
+    def _update_hint(self) -> None:
+        hint = self.query_one("#hint", Static)
+        hint.display = not self.views
+        hint.update(self.HINTS.get(self.mode, "").format(model=self.model_name))
+
+    def set_mode(self, mode: str, model_name: str) -> None:
+        self.mode = mode
+        self.model_name = model_name
+        self.set_class(mode == "novel", "-novel")
+        if self.is_mounted:
+            self._update_hint()
+        for view in self.views:
+            view.speaker = self.speaker(view.shown.role)
+            view.refresh_header()
+
+    def speaker(self, role: str) -> str:
+        if role == "user":
+            return "You"
+        if role == "assistant":
+            return self.model_name if self.mode == "chat" else f"{self.model_name} continues"
+        return "Your text"
+
+    @property
+    def views(self) -> list[MessageView]:
+        return list(self.query_children(MessageView))
+
+    def shown(self) -> list[Shown]:
+        return [v.shown for v in self.views]
+
+    async def add(self, shown: Shown) -> MessageView:
+        view = MessageView(shown, self.speaker(shown.role))
+        await self.mount(view)
+        self._update_hint()
+        return view
+
+    async def set_messages(self, messages: list[Shown]) -> None:
+        """Show exactly `messages`, keeping the views that already show the same thing."""
+        views = self.views
+        keep = 0
+        while keep < min(len(views), len(messages)):
+            have, want = views[keep].shown, messages[keep]
+            if have.role != want.role or (have.seq is not None and have.seq != want.seq):
+                break
+            if have.content != want.content or have.seq is None or have.complete != want.complete \
+                    or have.n_tokens != want.n_tokens:
+                await views[keep].finish(Shown(**vars(want)))
+            keep += 1
+        if views[keep:]:
+            if self._selected_view in views[keep:]:
+                self._selected_view = None
+            await self.remove_children(views[keep:])
+        if messages[keep:]:
+            await self.mount_all([MessageView(Shown(**vars(m)), self.speaker(m.role)) for m in messages[keep:]])
+        self._update_hint()
+
+    async def truncate(self, keep: int) -> None:
+        """Remove every message view after the first `keep`."""
+        views = self.views[keep:]
+        if self._selected_view in views:
+            self._selected_view = None
+        if views:
+            await self.remove_children(views)
+        self._update_hint()
+
+    def follow(self) -> None:
+        """Stick to the bottom as text arrives (until the user scrolls up)."""
+        self.anchor()
+
+    # selection ----------------------------------------------------------------------------------
+
+    @property
+    def selected(self) -> MessageView | None:
+        return self._selected_view
+
+    def select(self, view: MessageView | None) -> None:
+        if self._selected_view is not None:
+            self._selected_view.remove_class("-selected")
+        self._selected_view = view
+        if view is not None:
+            view.add_class("-selected")
+            self.scroll_to_widget(view, animate=False)
+
+    def select_seq(self, seq: int) -> None:
+        for view in self.views:
+            if view.shown.seq == seq:
+                self.select(view)
+                return
+
+    def on_focus(self) -> None:
+        if self._selected_view is None and self.views:
+            self.select(self.views[-1])
+
+    def on_blur(self) -> None:
+        self.select(None)
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing a character that is not one of this list's keys goes to the prompt."""
+        if not event.is_printable or not event.character or event.key in self._bindings.key_to_bindings:
+            return
+        event.stop()
+        event.prevent_default()
+        self.post_message(self.Selected(self, "type", Shown("", event.character)))
+
+    def action_move(self, step: int) -> None:
+        views = self.views
+        if not views:
+            return
+        i = views.index(self._selected_view) if self._selected_view in views else len(views)
+        self.select(views[max(0, min(len(views) - 1, i + step))])
+
+    def _ask(self, what: str) -> None:
+        if self._selected_view is None:
+            raise SkipAction()
+        self.post_message(self.Selected(self, what, self._selected_view.shown))
+
+    def action_edit(self) -> None:
+        self._ask("edit")
+
+    def action_copy(self) -> None:
+        self._ask("copy")
+
+    def action_copy_code(self) -> None:
+        self._ask("copy_code")
+
+    def action_fork_here(self) -> None:
+        self._ask("fork")
+
+    def action_back(self) -> None:
+        self.post_message(self.Selected(self, "back", Shown("", "")))

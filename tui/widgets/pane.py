@@ -1,0 +1,635 @@
+"""One conversation tab: its messages, a prompt and a status line, with its own model, mode and sampling.
+
+Everything that touches the model runs in a thread worker (`_spawn`); the worker reports back with
+the messages in `tui.messages`. Reply text streams through a `StreamBuffer` that a timer drains 15
+times a second into the Markdown view, so the UI thread never waits for the model and never gets a
+call per token. Only one blocking action runs per pane at a time (the runtime's `Conversation`
+refuses concurrent actions too); Esc cancels it and keeps what was written.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.css.query import NoMatches
+from textual.widgets import ProgressBar, TabbedContent, TabPane
+
+from runtime.progress import CancelToken, Progress
+from tui.messages import (
+    ConversationChanged,
+    ConversationsChanged,
+    Forked,
+    PaneFailed,
+    PaneLoaded,
+    ReplyFailed,
+    ReplyFinished,
+    WorkProgress,
+)
+from tui.widgets.conversation import ConversationView, MessageView, Shown, StreamBuffer
+from tui.widgets.prompt import PromptArea
+from tui.widgets.status import PaneStatus, StatusLine
+
+FLUSH_HZ = 15
+PLACEHOLDER = {
+    "chat": "Message · enter sends · ctrl+j new line · ctrl+o $EDITOR",
+    "novel": "Your text · enter sends, the model continues it · ctrl+g writes more",
+}
+
+
+def model_name(path: str | Path | None) -> str:
+    if not path:
+        return ""
+    name = Path(path).name
+    for suffix in (".gguf", ".bin"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def file_type(model: Any) -> str:
+    """The type of the model's layer matrices (Q5_1, F16, …)."""
+    try:
+        return model.spec.layer_types[0][0].name
+    except (AttributeError, IndexError, TypeError):
+        return ""
+
+
+def _tab_label(title: str) -> str:
+    return title if len(title) <= 24 else title[:23] + "…"
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) < 600 else text[:600] + "…"
+
+
+class ChatPane(TabPane):
+    """A tab holding one conversation (saved, or new until its first message)."""
+
+    def __init__(self, pane_id: str, *, title: str, family: str, mode: str,
+                 conversation_id: int | None = None, model_path: str | Path | None = None,
+                 model_ref: str | None = None, conversation: Any | None = None, model: Any | None = None,
+                 select_seq: int | None = None) -> None:
+        super().__init__(_tab_label(title), id=pane_id)
+        self.tab_title = title
+        self.conversation_id = conversation_id
+        self.conversation = conversation
+        self.model = model if conversation is None else conversation.model
+        self.model_path = Path(model_path) if model_path else (Path(self.model.path) if self.model else None)
+        self.model_ref = model_ref
+        self.family_name = family
+        self.mode = mode
+        self.pending_sampling: Any | None = None  # sampling chosen before the first message
+        self._busy = ""  # "", "loading", "generating", "working", …
+        self.cancel: CancelToken | None = None
+        self.stream = StreamBuffer()
+        self.select_seq = select_seq
+        self.last_rate = 0.0
+        self.replies = 0  # replies finished in this tab (ended, stopped or failed)
+        self.last_finish = ""
+        self.problem = ""  # why there is no model, shown in the status line
+        self._streaming: MessageView | None = None
+        self._tab_closed = False
+        self._jobs_running = 0
+        self._run_lock = threading.Lock()
+        self._held: list[Any] = [self.model] if self.model is not None else []  # pool references we own
+
+    @property
+    def busy(self) -> str:
+        """What blocking work runs now ("" when idle)."""
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: str) -> None:
+        self._busy = value
+        if self.is_attached:
+            self.screen.refresh_bindings()  # the footer shows "esc Stop" only while something runs
+
+    # --- layout ------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield ConversationView(self.mode, model_name(self.model_path) or "Model", id="view")
+        yield ProgressBar(id="work-progress", show_eta=True, classes="-hidden")
+        yield PromptArea(PLACEHOLDER.get(self.mode, ""), id="prompt")
+        yield StatusLine(id="status")
+
+    @property
+    def view(self) -> ConversationView:
+        return self.query_one("#view", ConversationView)
+
+    @property
+    def prompt(self) -> PromptArea:
+        return self.query_one("#prompt", PromptArea)
+
+    @property
+    def store(self) -> Any:
+        return self.app.store  # type: ignore[attr-defined]
+
+    @property
+    def pool(self) -> Any:
+        return self.app.pool  # type: ignore[attr-defined]
+
+    async def on_mount(self) -> None:
+        self.set_interval(1 / FLUSH_HZ, self._flush)
+        if self.conversation is not None:  # a fork, already open
+            self.conversation_id = self.conversation.id
+            await self._show_conversation()
+            self._loaded_status()
+            return
+        if self.conversation_id is not None:
+            await self._show_saved_transcript()
+            self._resume()
+        elif self.model is None and self.model_path is not None:
+            self._load_model()
+        self.refresh_status()
+
+    def set_title(self, title: str) -> None:
+        self.tab_title = title
+        with suppress(NoMatches):
+            self.query_ancestor(TabbedContent).get_tab(self).label = _tab_label(title)
+
+    # --- workers -----------------------------------------------------------------------------
+
+    def _spawn(self, busy: str, job: Callable[[CancelToken], None], on_error: Callable[[BaseException], Any]) -> bool:
+        """Run `job(cancel)` in a thread; False (and a notice) if the pane is busy already."""
+        if self.busy:
+            self.app.notify(f"This tab is {self.busy}; wait, or press esc to stop it.", severity="warning")
+            return False
+        self.busy = busy
+        cancel = self.cancel = CancelToken()
+
+        def run() -> None:
+            with self._run_lock:
+                self._jobs_running += 1
+            try:
+                job(cancel)
+            except BaseException as e:
+                self.post_message(on_error(e))
+            finally:
+                with self._run_lock:
+                    self._jobs_running -= 1
+                    release = self._tab_closed and self._jobs_running == 0
+                if release:
+                    self._release_all()
+
+        self.run_worker(run, thread=True, group="pane", exit_on_error=False, name=busy)
+        self.refresh_status()
+        return True
+
+    def _progress(self) -> Callable[[Progress], None]:
+        """A progress callback for workers that posts at most 10 updates a second."""
+        last = [0.0]
+
+        def report(event: Progress) -> None:
+            now = time.monotonic()
+            if event.done >= event.total or now - last[0] >= 0.1:
+                last[0] = now
+                self.post_message(WorkProgress(event))
+
+        return report
+
+    def _acquire(self, path: str | Path) -> Any:
+        """Load (or share) the model of `path` for this tab; released when the tab closes."""
+        model = self.pool.acquire(path)
+        with self._run_lock:
+            self._held.append(model)
+        return model
+
+    def _release(self, model: Any) -> None:
+        with self._run_lock:
+            if model not in self._held:
+                return
+            self._held.remove(model)
+        self.pool.release(model)
+
+    def _release_all(self) -> None:
+        with self._run_lock:
+            held, self._held = self._held, []
+        for model in held:
+            self.pool.release(model)
+
+    def _load_model(self) -> None:
+        path = self.model_path
+
+        def job(cancel: CancelToken) -> None:
+            model = self._acquire(path)
+            self.post_message(PaneLoaded(model, None))
+
+        self._spawn("loading", job, lambda e: PaneFailed(e, f"loading {model_name(path)}"))
+
+    def _resume(self) -> None:
+        conversation_id = self.conversation_id
+
+        def job(cancel: CancelToken) -> None:
+            from runtime.chat.conversation import Conversation
+
+            record = self.store.get_conversation(conversation_id)
+            path = self.app.resolve_model_ref(record.model_ref)  # type: ignore[attr-defined]
+            model = self._acquire(path)
+            try:
+                conv = Conversation.resume(self.store, conversation_id, model, model_ref=record.model_ref,
+                                           progress=self._progress(), cancel=cancel)
+            except BaseException:
+                self._release(model)
+                raise
+            self.post_message(PaneLoaded(model, conv))
+
+        self._spawn("loading", job, lambda e: PaneFailed(e, "opening the conversation"))
+
+    # --- what the worker reports ----------------------------------------------------------------
+
+    async def on_pane_loaded(self, message: PaneLoaded) -> None:
+        message.stop()
+        self.busy = ""
+        self._hide_progress()
+        if self._tab_closed:
+            return
+        self.model = message.model
+        self.model_path = Path(message.model.path)
+        self.problem = ""
+        if message.conversation is not None:
+            self.conversation = message.conversation
+            self.conversation_id = message.conversation.id
+            await self._show_conversation()
+        else:
+            self.view.set_mode(self.mode, model_name(self.model_path))
+        self._loaded_status()
+
+    def _loaded_status(self) -> None:
+        self.refresh_status()
+        if self.app.focused is None or self.app.focused is self.prompt:
+            self.prompt.focus()
+
+    def on_pane_failed(self, message: PaneFailed) -> None:
+        message.stop()
+        self.busy = ""
+        self._hide_progress()
+        if self._tab_closed:
+            return
+        cancelled = type(message.error).__name__ == "CancelledError"
+        if cancelled:
+            self.problem = "stopped"
+        else:
+            self.problem = f"{message.doing} failed"
+            self.app.notify(describe_error(message.error), title=f"Error {message.doing}", severity="error",
+                            timeout=12)
+        self.refresh_status()
+
+    def on_work_progress(self, message: WorkProgress) -> None:
+        message.stop()
+        bar = self.query_one("#work-progress", ProgressBar)
+        bar.remove_class("-hidden")
+        bar.update(total=max(1, message.event.total), progress=message.event.done)
+        self.refresh_status(activity=f"{message.event.what} {message.event.done:,}/{message.event.total:,}")
+
+    def _hide_progress(self) -> None:
+        self.query_one("#work-progress", ProgressBar).add_class("-hidden")
+
+    # --- showing messages --------------------------------------------------------------------
+
+    async def _show_saved_transcript(self) -> None:
+        """Before the model is ready: the saved messages straight from the store."""
+        try:
+            record = self.store.get_conversation(self.conversation_id)
+            messages = self.store.messages(self.conversation_id)
+        except Exception as e:
+            self.app.notify(describe_error(e), title="Cannot open the conversation", severity="error")
+            return
+        self.mode = record.mode
+        self.family_name = record.family
+        self.model_ref = record.model_ref
+        self.view.set_mode(record.mode, model_name(record.model_ref))
+        self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
+        await self.view.set_messages([Shown.of(m) for m in messages if m.role != "init"])
+        self._after_show()
+
+    async def _show_conversation(self) -> None:
+        conv = self.conversation
+        self.mode = conv.mode
+        self.family_name = conv.family.name
+        self.view.set_mode(conv.mode, model_name(conv.model.path))
+        self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
+        await self.view.set_messages([Shown.of(m) for m in conv.messages])
+        self.set_title(conv.title)
+        self._after_show()
+
+    def _after_show(self) -> None:
+        if self.select_seq is not None:
+            self.view.select_seq(self.select_seq)
+            self.select_seq = None
+        else:
+            self.view.scroll_end(animate=False)
+
+    async def _flush(self) -> None:
+        """Move streamed text into the view (timer, FLUSH_HZ times a second)."""
+        text = self.stream.drain()
+        if text and self._streaming is not None:
+            await self._streaming.append(text)
+        if self.busy == "generating":
+            self.refresh_status()
+
+    def refresh_status(self, activity: str | None = None) -> None:
+        if not self.is_mounted:
+            return
+        conv = self.conversation
+        status = PaneStatus(
+            model=model_name(self.model_path or self.model_ref),
+            file_type=file_type(self.model) if self.model is not None else "",
+            family=self.family_name,
+            mode=self.mode,
+        )
+        if self.busy == "generating":
+            status.activity, status.rate, status.live = "writing", self.stream.rate(), True
+        elif self.busy:
+            status.activity = activity or f"{self.busy}…"
+        elif self.problem:
+            status.activity = self.problem
+        elif self.model is None:
+            status.activity = "no model: F4 picks one"
+        else:
+            status.rate = self.last_rate
+            status.activity = {"cancelled": "stopped", "length": "max tokens reached"}.get(
+                self.last_finish, "")
+        if conv is not None:
+            status.tokens = conv.tokens_in_state
+            status.state_bytes = conv.state_nbytes
+        self.query_one(StatusLine).show(status)
+
+    # --- replies -----------------------------------------------------------------------------
+
+    def can(self, action: str) -> bool:
+        """Whether regenerate / continue_reply applies now (the footer hides them otherwise)."""
+        if self.conversation is None or self.model is None or not self.is_mounted:
+            return False
+        views = self.view.views
+        last = views[-1].shown if views else None
+        if action == "regenerate":
+            return last is not None and last.role == "assistant"
+        if action == "continue_reply":
+            return self.mode == "novel" or (last is not None and last.role == "assistant" and not last.complete)
+        return True
+
+    def _can_generate(self) -> bool:
+        if self.model is None:
+            self.app.notify("This tab has no model yet: press F4 to choose one, or F2 to get one.",
+                            severity="warning")
+            return False
+        return True
+
+    def _start_reply(self, streaming: MessageView, call: Callable[[Any, Callable[[str], None], CancelToken], Any],
+                     doing: str) -> bool:
+        self.stream.reset()
+        self._streaming = streaming
+        self.view.follow()
+        family = self.family_name
+        model_ref = self.model_ref
+        sampling = self.pending_sampling
+
+        def job(cancel: CancelToken) -> None:
+            from runtime.chat.conversation import Conversation
+
+            conv = self.conversation
+            if conv is None:
+                conv = Conversation.start(self.store, self.model, family=family, model_ref=model_ref,
+                                          sampling=sampling)
+                self.post_message(ConversationChanged(conv, "started"))
+            reply = call(conv, self.stream.push, cancel)
+            self.post_message(ReplyFinished(reply, conv))
+
+        started = self._spawn("generating", job, lambda e: ReplyFailed(e))
+        if not started:
+            self._streaming = None
+        return started
+
+    async def send(self, text: str) -> None:
+        if not self._can_generate() or self.busy:
+            if self.busy:
+                self.app.notify("A reply is being written: press esc to stop it first.", severity="warning")
+            return
+        role = "user" if self.mode == "chat" else "text"
+        await self.view.add(Shown(role, text, complete=True))
+        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel),
+                             "sending"):
+            self.prompt.clear()
+
+    async def regenerate(self) -> None:
+        views = self.view.views
+        if self.conversation is None or not views or views[-1].shown.role != "assistant":
+            self.app.notify("There is no reply to regenerate.", severity="warning")
+            return
+        if not self._can_generate() or self.busy:
+            return
+        last = views[-1]
+        await last.set_content("")
+        last.shown.seq = None
+        self._start_reply(last, lambda conv, on_text, cancel: conv.regenerate(on_text=on_text, cancel=cancel),
+                          "regenerating")
+
+    async def edit(self, seq: int, text: str) -> None:
+        if self.conversation is None or not self._can_generate() or self.busy:
+            return
+        views = self.view.views
+        index = next((i for i, v in enumerate(views) if v.shown.seq == seq), None)
+        if index is None:
+            return
+        await self.view.truncate(index + 1)
+        await views[index].set_content(text)
+        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(seq, text, on_text=on_text,
+                                                                            cancel=cancel), "editing")
+
+    async def continue_reply(self) -> None:
+        if self.conversation is None or not self._can_generate() or self.busy:
+            if self.conversation is None:
+                self.app.notify("Write something first.", severity="warning")
+            return
+        views = self.view.views
+        if self.mode == "chat":
+            if not views or views[-1].shown.role != "assistant" or views[-1].shown.complete:
+                self.app.notify("Continue works on a reply that was stopped or cut; send a message or "
+                                "regenerate instead.", severity="warning")
+                return
+            streaming = views[-1]
+        else:
+            streaming = await self.view.add(Shown("assistant", "", complete=False))
+        self._start_reply(streaming, lambda conv, on_text, cancel: conv.continue_reply(on_text=on_text,
+                                                                                      cancel=cancel), "continuing")
+
+    def stop(self) -> bool:
+        """Cancel the running action (the partial reply stays); False if nothing is running."""
+        if not self.busy or self.cancel is None:
+            return False
+        self.cancel.cancel()
+        self.refresh_status(activity="stopping…")
+        return True
+
+    async def on_reply_finished(self, message: ReplyFinished) -> None:
+        message.stop()
+        await self._flush()
+        self.busy = ""
+        self._streaming = None
+        self.replies += 1
+        if self._tab_closed:
+            return
+        self.conversation = message.conversation
+        self.conversation_id = message.conversation.id
+        reply = message.reply
+        self.last_rate = reply.tokens_per_second
+        self.last_finish = reply.finish
+        await self.view.set_messages([Shown.of(m) for m in self.conversation.messages])
+        self.set_title(self.conversation.title)
+        self.refresh_status()
+        self.screen.refresh_bindings()
+        self.post_message(ConversationsChanged())
+
+    async def on_reply_failed(self, message: ReplyFailed) -> None:
+        message.stop()
+        await self._flush()
+        self.busy = ""
+        self._streaming = None
+        self.replies += 1
+        if self._tab_closed:
+            return
+        self.app.notify(describe_error(message.error), title="The reply failed", severity="error", timeout=12)
+        if self.conversation is not None:
+            await self.view.set_messages([Shown.of(m) for m in self.conversation.messages])
+        else:
+            views = self.view.views
+            if views and views[-1].shown.seq is None and views[-1].shown.role == "assistant":
+                await self.view.truncate(len(views) - 1)
+        self.refresh_status()
+
+    async def on_conversation_changed(self, message: ConversationChanged) -> None:
+        message.stop()
+        if message.note != "started":
+            self.busy = ""
+            self._hide_progress()
+        if self._tab_closed:
+            return
+        self.conversation = message.conversation
+        self.conversation_id = message.conversation.id
+        if message.note == "started":
+            self.set_title(self.conversation.title)
+            self.post_message(ConversationsChanged())
+            return
+        self.model = self.conversation.model
+        self.model_path = Path(self.model.path)
+        self.problem = ""
+        await self._show_conversation()
+        self.refresh_status()
+        if message.note:
+            self.app.notify(message.note)
+        self.post_message(ConversationsChanged())
+
+    # --- other actions -----------------------------------------------------------------------
+
+    def _simple(self, doing: str, action: Callable[[Any], Any], note: str = "") -> None:
+        conv = self.conversation
+        if conv is None:
+            self.app.notify("There is nothing to do yet: send a message first.", severity="warning")
+            return
+
+        def job(cancel: CancelToken) -> None:
+            action(conv)
+            self.post_message(ConversationChanged(conv, note))
+
+        self._spawn("working", job, lambda e: PaneFailed(e, doing))
+
+    def undo(self) -> None:
+        self._simple("undoing", lambda c: c.undo(), "Removed your last message and its reply.")
+
+    def reset(self) -> None:
+        self._simple("resetting", lambda c: c.reset(), "The conversation is empty again.")
+
+    def fork(self, through_seq: int | None = None) -> None:
+        conv = self.conversation
+        if conv is None:
+            self.app.notify("There is nothing to fork yet.", severity="warning")
+            return
+
+        def job(cancel: CancelToken) -> None:
+            new = conv.fork(through_seq=through_seq)
+            self.pool.acquire(new.model.path)  # the new tab's own reference (it releases it when closed)
+            self.post_message(Forked(new))
+
+        self._spawn("forking", job, lambda e: PaneFailed(e, "forking"))
+
+    def on_forked(self, message: Forked) -> None:
+        self.busy = ""
+        self.refresh_status()  # let the message bubble to the screen, which opens the tab
+
+    def switch_model(self, path: Path, model_ref: str, family: str) -> None:
+        """Continue this conversation on another model (its state is built once, with progress)."""
+        if self.busy:
+            self.app.notify(f"This tab is {self.busy}; wait, or press esc to stop it.", severity="warning")
+            return
+        conv = self.conversation
+        conversation_id = self.conversation_id
+        old = self.model
+        self.model_ref = model_ref
+        if conv is None and conversation_id is None:  # nothing said yet: just another model
+            from runtime.text.templates import get_family
+
+            if old is not None:
+                self._release(old)
+            self.model, self.model_path = None, Path(path)
+            self.family_name, self.mode = family, get_family(family, self.app.families).mode  # type: ignore
+            self.view.set_mode(self.mode, model_name(path))
+            self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
+            self.set_title("New chat" if self.mode == "chat" else "New novel")
+            self._load_model()
+            return
+
+        def job(cancel: CancelToken) -> None:
+            from runtime.chat.conversation import Conversation
+
+            model = self._acquire(path)
+            try:
+                if conv is not None:
+                    conv.switch_model(model, model_ref=model_ref, family=family, progress=self._progress(),
+                                      cancel=cancel)
+                    new = conv
+                else:
+                    new = Conversation.resume(self.store, conversation_id, model, model_ref=model_ref, family=family,
+                                              progress=self._progress(), cancel=cancel)
+            except BaseException:
+                self._release(model)
+                raise
+            if old is not None:
+                self._release(old)  # the same file stays loaded: `model` holds its own reference
+            self.post_message(ConversationChanged(new, f"Now on {model_name(path)} ({family})."))
+
+        self._spawn("switching model", job, lambda e: PaneFailed(e, f"switching to {model_name(path)}"))
+
+    def set_sampling(self, settings: Any) -> None:
+        if self.conversation is None:
+            self.pending_sampling = settings
+        else:
+            self.conversation.set_sampling(settings)
+
+    def sampling(self) -> Any:
+        if self.conversation is not None:
+            return self.conversation.sampling
+        if self.pending_sampling is not None:
+            return self.pending_sampling
+        families = self.app.families  # type: ignore[attr-defined]
+        family = families.get(self.family_name)
+        return family.sampling if family is not None else None
+
+    # --- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop any work; the model is released now or when the running worker ends."""
+        if self.cancel is not None:
+            self.cancel.cancel()
+        with self._run_lock:
+            self._tab_closed = True
+            release = self._jobs_running == 0
+        if release:
+            self._release_all()
