@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tui.commands.output import console, err_console, human_bytes
+from tui.commands.output import console, err_console
+from tui.units import human_bytes
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tui.commands.output import console, err_console, human_bytes
+from tui.commands.output import console, err_console
+from tui.units import human_bytes
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

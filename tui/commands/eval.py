@@ -23,7 +23,8 @@ from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, Time
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from tui.commands.output import console, err_console, human_bytes
+from tui.commands.output import console, err_console
+from tui.units import human_bytes
 
 
 def read_token_file(path: Path) -> list[int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from tui.commands.output import console, err_console, human_bytes
+from tui.commands.output import console, err_console
+from tui.units import human_bytes
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tui.commands.output import console, human_bytes
+from tui.commands.output import console
+from tui.units import human_bytes
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

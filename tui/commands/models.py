@@ -6,7 +6,8 @@ import argparse
 
 from rich.table import Table
 
-from tui.commands.output import console, err_console, human_bytes
+from tui.commands.output import console, err_console
+from tui.units import human_bytes
 
 
 def print_warnings(warnings: list[str]) -> None:

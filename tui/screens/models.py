@@ -15,8 +15,8 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from tui.keymap import bindings
 from tui.screens.dialogs import ChoiceDialog, ConfirmDialog
+from tui.units import human_bytes
 from tui.widgets.pane import describe_error
-from tui.widgets.status import human_bytes
 
 STATE_STYLE = {"ready": "bold green", "downloading": "yellow", "converting": "yellow", "download paused": "yellow",
                "source only": "cyan", "not downloaded": "dim"}

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 
-from tui.widgets.status import human_bytes
+from tui.units import human_bytes
 
 
 def duration(seconds: float) -> str:

@@ -469,13 +469,17 @@ class ChatPane(TabPane):
         self.refresh_status(activity="stopping…")
         return True
 
-    async def on_reply_finished(self, message: ReplyFinished) -> None:
+    async def _end_reply(self, message: ReplyFinished | ReplyFailed) -> bool:
+        """Flush and leave the streaming state; False when the tab has been closed meanwhile."""
         message.stop()
         await self._flush()
         self.busy = ""
         self._streaming = None
         self.replies += 1
-        if self._tab_closed:
+        return not self._tab_closed
+
+    async def on_reply_finished(self, message: ReplyFinished) -> None:
+        if not await self._end_reply(message):
             return
         self.conversation = message.conversation
         self.conversation_id = message.conversation.id
@@ -489,12 +493,7 @@ class ChatPane(TabPane):
         self.post_message(ConversationsChanged())
 
     async def on_reply_failed(self, message: ReplyFailed) -> None:
-        message.stop()
-        await self._flush()
-        self.busy = ""
-        self._streaming = None
-        self.replies += 1
-        if self._tab_closed:
+        if not await self._end_reply(message):
             return
         self.app.notify(describe_error(message.error), title="The reply failed", severity="error", timeout=12)
         if self.conversation is not None:
