@@ -14,6 +14,7 @@ from runtime.registry.status import READY, converted_path, model_status
 from tests.registry.server import serve
 from tui.cli import main as cli
 from tui.commands import output
+from tui.units import human_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -95,5 +96,5 @@ def test_delete_source_after_conversion(tiny_pth, capsys):
         assert "no converted file yet" in capsys.readouterr().err
         assert cli(["get", "mine", "--type", "q8_0"]) == 0
         assert cli(["models", "--delete-source", "mine"]) == 0
-    assert f"freed {output.human_bytes(len(tiny_pth))}" in capsys.readouterr().out
+    assert f"freed {human_bytes(len(tiny_pth))}" in capsys.readouterr().out
     assert model_status(load_catalog().get("mine")).source is None
