@@ -1,10 +1,13 @@
 """Benchmark the weight kernels: matvec GB/s of weights read, matmul GFLOP/s, against memory bandwidth.
 
-    python bench/kernels.py [--quick] [--types f16,q8_0,...]
+    python bench/kernels.py [--quick] [--types f16,q8_0,...] [--shapes 2048x2048,8192x2048,2048x8192]
 
 matvec: each measurement cycles through copies of the matrix filling ~1 GiB, so weights come from
 memory, not cache (as in decoding, where each matrix is read once per token). "2 thr" runs two Python
-threads, each calling the kernel on half the rows through ctypes (which releases the GIL).
+threads, each calling the kernel on half the rows through ctypes (which releases the GIL); "%" is
+that figure over the memory read bandwidth of the same thread count. "cached" calls the kernel on
+the first 256 rows again and again (they stay in L2): the kernel's compute ceiling, which must be well
+above the per-thread share of the bandwidth for decoding to be bound by memory.
 Memory read bandwidth is a numpy sum over a 1 GiB array (1 thread, and 2 threads on halves).
 """
 
@@ -78,9 +81,10 @@ def _arena(mat: np.ndarray, total: int) -> tuple[np.ndarray, list[int]]:
     return buf, [buf.ctypes.data + i * mat.nbytes for i in range(n)]
 
 
-def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes: int, min_time: float) -> None:
+def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes: int, min_time: float,
+                 bandwidth: tuple[float, float]) -> None:
     print("\nmatvec: GB/s of weight bytes read (1 thr = one call; 2 thr = two Python threads, half the rows each)")
-    print(f"{'type':6} {'rows x cols':>12} {'MB':>7} {'1 thr':>7} {'2 thr':>7}")
+    print(f"{'type':6} {'rows x cols':>12} {'MB':>7} {'cached':>7} {'1 thr':>7} {'%':>4} {'2 thr':>7} {'%':>4}")
     rng = np.random.default_rng(0)
     col_set = sorted({c for _, c in shapes})
     lib = make_test_library([(t, c) for t in types for c in col_set], accumulate=(False,), kinds=("matvec",))
@@ -109,9 +113,19 @@ def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes:
                 for t in ts:
                     t.join()
 
+            hot_rows = min(rows, 256)
+            hot_bytes = mat.nbytes * hot_rows // rows
+
+            def hot(fn=fn, w=addrs[0], xp=xp, yp=yp, n=hot_rows) -> None:
+                for _ in range(64):
+                    fn(w, xp, yp, 0, n)
+
+            gc = 64 * hot_bytes / _best(hot, min_time / 2) / 1e9
             g1 = total / _best(one, min_time) / 1e9
             g2 = total / _best(two, min_time) / 1e9
-            print(f"{dtype.name:6} {rows:>5}x{cols:<6} {mat.nbytes / 1e6:7.2f} {g1:7.2f} {g2:7.2f}", flush=True)
+            p1, p2 = 100 * g1 / bandwidth[0], 100 * g2 / bandwidth[1]
+            print(f"{dtype.name:6} {rows:>5}x{cols:<6} {mat.nbytes / 1e6:7.2f} {gc:7.2f} {g1:7.2f} {p1:4.0f} {g2:7.2f} "
+                  f"{p2:4.0f}", flush=True)
             del buf
 
 
@@ -151,6 +165,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter timings, 256 MiB arena")
     ap.add_argument("--types", help="comma-separated types for matvec (default: all)")
+    ap.add_argument("--shapes", help="comma-separated ROWSxCOLS matvec shapes (default: 169M shapes and its head)")
     ap.add_argument("--no-matmul", action="store_true")
     ap.add_argument("--no-matvec", action="store_true")
     args = ap.parse_args()
@@ -160,7 +175,9 @@ def main() -> None:
     one, two = memory_bandwidth(min_time)
     print(f"memory read bandwidth (numpy sum over 1 GiB): {one:.2f} GB/s 1 thread, {two:.2f} GB/s 2 threads")
     if not args.no_matvec:
-        bench_matvec(types, [*MATVEC_SHAPES, HEAD], arena, min_time)
+        shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes
+                  else [*MATVEC_SHAPES, HEAD])
+        bench_matvec(types, shapes, arena, min_time, (one, two))
     if not args.no_matmul:
         bench_matmul([t for t in MATMUL_TYPES if t in types] or MATMUL_TYPES, MATMUL_SHAPES, [16, 64, 256],
                      min_time)

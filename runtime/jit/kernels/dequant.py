@@ -159,6 +159,24 @@ def dequantize_block(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> list[ir.
     return [fma(b, q, d, m) for q in blk.pieces]
 
 
+@dataclass(frozen=True)
+class NibbleLayout:
+    """Where the parts of a 4- or 5-bit block lie (byte offsets) and how its bias is formed."""
+
+    has_min: bool  # f16 m follows the f16 d at offset 0 (else the bias is `offset`·d)
+    qh: int | None  # u32 of fifth bits (Q5_*)
+    qs: int  # 16 nibble bytes
+    offset: float  # code offset when there is no m: value = d·(q + offset)
+
+
+NIBBLE_LAYOUTS: dict[DType, NibbleLayout] = {
+    DType.Q4_0: NibbleLayout(False, None, 2, -8.0),
+    DType.Q4_1: NibbleLayout(True, None, 4, 0.0),
+    DType.Q5_0: NibbleLayout(False, 2, 6, -16.0),
+    DType.Q5_1: NibbleLayout(True, 4, 8, 0.0),
+}
+
+
 def block_at(b: ir.IRBuilder, row: ir.Value, dtype: DType, index: ir.Value | int) -> ir.Value:
     """i8* to group `index` (of 32 values) of the row starting at i8* `row`."""
     stride = block_stride(dtype)

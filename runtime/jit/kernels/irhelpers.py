@@ -20,6 +20,9 @@ PIECES = 4  # pieces per block of 32 values
 BLOCK = VL * PIECES
 V8F = ir.VectorType(F32, VL)
 V8I32 = ir.VectorType(I32, VL)
+WIDE = 16  # lanes of the wide pieces (half a block) used by the 4- and 5-bit matvec kernels
+V16F = ir.VectorType(F32, WIDE)
+V16I32 = ir.VectorType(I32, WIDE)
 DOT_FLAGS = ("reassoc", "contract")  # reassociating a dot product's additions is fine
 
 
@@ -65,6 +68,17 @@ def load_vec(b: ir.IRBuilder, fptr: ir.Value, index: int | ir.Value, align: int 
     idx = i64c(index) if isinstance(index, int) else index
     p = b.gep(fptr, [idx], inbounds=True) if not (isinstance(index, int) and index == 0) else fptr
     return b.load(b.bitcast(p, V8F.as_pointer()), align=align)
+
+
+def load_wide(b: ir.IRBuilder, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> ir.Value:
+    """<16 x float> from float* `fptr` at element `index`."""
+    idx = i64c(index) if isinstance(index, int) else index
+    return b.load(b.bitcast(b.gep(fptr, [idx], inbounds=True), V16F.as_pointer()), align=align)
+
+
+def store_wide(b: ir.IRBuilder, value: ir.Value, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> None:
+    idx = i64c(index) if isinstance(index, int) else index
+    b.store(value, b.bitcast(b.gep(fptr, [idx], inbounds=True), V16F.as_pointer()), align=align)
 
 
 def store_vec(b: ir.IRBuilder, value: ir.Value, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> None:
