@@ -50,7 +50,7 @@ class BenchResult:
 
 def bytes_per_decoded_token(model: Model) -> int:
     """Weight bytes one decode step reads: every layer matrix, the head, and one embedding row."""
-    t = model._weights.checkpoint.tensors
+    t = model.tensors
     total = sum(t[f"blocks.{i}.{MAT_TENSOR_NAMES[m]}"].nbytes for i in range(model.n_layer) for m in Mat)
     return total + t["head.weight"].nbytes + t["emb.weight"].row_bytes
 

@@ -80,6 +80,7 @@ class Conversation:
         self.sampling = sampling
         self.tokenizer = model.tokenizer
         self.tokens_read = 0  # tokens fed through the model by this object (resume tests count them)
+        self.reply_tokens = 0  # tokens generated so far by the reply in flight (or the last one); read by UIs
         self._rng = random.Random(seed)
         self.state_budget = load_settings().max_state_bytes  # bytes of saved states to keep; 0: all
         self._lock = threading.Lock()
@@ -359,6 +360,7 @@ class Conversation:
         history: deque[tuple[int, bool, State]] = deque(maxlen=_REWIND_DEPTH)
         stop_at = -1
         token_bytes = text_bytes = 0  # equal when no token has left bytes of a character pending
+        self.reply_tokens = 0
         for _ in range(settings.max_tokens):
             if cancel is not None and cancel.cancelled:
                 finish = "cancelled"
@@ -373,6 +375,7 @@ class Conversation:
             history.append((len(text), text_bytes == token_bytes, state))
             logits, state = self._feed([token], state, want_logits=True)
             n_generated += 1
+            self.reply_tokens = n_generated
             piece = decoder.feed(token)
             text += piece
             token_bytes += len(self.tokenizer.token_bytes(token))

@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from runtime.formats.detect import TOKENIZER_BY_VOCAB
+from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_module
 from runtime.jit.release import release_compiler_pages
 from runtime.jit.threads import ThreadPool, new_barrier
@@ -63,6 +65,17 @@ class Model:
         self._barrier = new_barrier()
         self._args = _aligned_zeros(N_ARGS, np.int64)
         self._lock = threading.Lock()
+
+    @property
+    def tensors(self) -> Mapping[str, LazyTensor]:
+        """The file's tensors by internal name (`blocks.0.att.key.weight`, `head.weight`, …): shape,
+        dtype and bytes, read-only; the weights themselves stay in the mapped file."""
+        return MappingProxyType(self._weights.checkpoint.tensors)
+
+    @property
+    def file_type(self) -> str:
+        """The type of the layer matrices: 'Q5_1', 'F16', …"""
+        return self.spec.layer_types[0][0].name
 
     @property
     def tokenizer_name(self) -> str:

@@ -156,3 +156,15 @@ def test_a_state_budget_prunes_old_turns_but_resume_and_regenerate_stay_free(sto
     again = Counting(models[0])
     Conversation.resume(store, conv.id, again)
     assert again.fed == 0
+
+
+def test_reply_tokens_counts_the_reply_in_flight(store, models):
+    """UIs read `reply_tokens` for a live tokens/s: it grows with the text streamed and ends at the
+    reply's token count."""
+    conv = Conversation.start(store, models[0], family="pile", seed=11)
+    _small(conv, 24)
+    seen: list[int] = []
+    reply = conv.send("Once upon a time", on_text=lambda _: seen.append(conv.reply_tokens))
+    assert reply.n_tokens > 0
+    assert seen and seen == sorted(seen) and 0 < seen[0] <= seen[-1] <= reply.n_tokens
+    assert conv.reply_tokens == reply.n_tokens

@@ -149,6 +149,12 @@ def test_properties(q_model_path):
         assert (model.n_layer, model.n_embd, model.n_vocab, model.version) == (2, 64, 96, "4")
         assert len(model.fingerprint) == 64
         assert model.new_state().data.shape == (10, 64)
+        assert model.file_type == "Q5_1"
+        head, emb = model.tensors["head.weight"], model.tensors["emb.weight"]
+        assert (head.dtype, head.shape, emb.dtype) == (DType.Q8_0, (96, 64), DType.F16)
+        assert model.tensors["blocks.1.att.key.weight"].dtype == DType.Q5_1
+        with pytest.raises(TypeError):
+            model.tensors["head.weight"] = emb  # a read-only view
 
 
 def test_checkpoints_must_be_converted_first():

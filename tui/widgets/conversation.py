@@ -56,10 +56,12 @@ class StreamBuffer:
             self._parts.clear()
         return text
 
-    def rate(self) -> float:
-        """Pieces of text per second since the reply started (about one per token)."""
+    def rate(self, tokens: int | None = None) -> float:
+        """Tokens per second since the reply started: `tokens` generated so far when the caller knows
+        them, else the pieces of text pushed (about one per token)."""
         elapsed = time.monotonic() - self.started
-        return self.pieces / elapsed if elapsed > 0.2 else 0.0
+        count = self.pieces if tokens is None else tokens
+        return count / elapsed if elapsed > 0.2 else 0.0
 
 
 @dataclass

@@ -54,8 +54,8 @@ def model_name(path: str | Path | None) -> str:
 def file_type(model: Any) -> str:
     """The type of the model's layer matrices (Q5_1, F16, …)."""
     try:
-        return model.spec.layer_types[0][0].name
-    except (AttributeError, IndexError, TypeError):
+        return model.file_type
+    except (AttributeError, IndexError):
         return ""
 
 
@@ -344,7 +344,8 @@ class ChatPane(TabPane):
             mode=self.mode,
         )
         if self.busy == "generating":
-            status.activity, status.rate, status.live = "writing", self.stream.rate(), True
+            tokens = conv.reply_tokens if conv is not None else None
+            status.activity, status.rate, status.live = "writing", self.stream.rate(tokens), True
         elif self.busy:
             status.activity = activity or f"{self.busy}…"
         elif self.problem:
