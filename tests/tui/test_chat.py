@@ -214,5 +214,11 @@ def test_novel_mode_continues_the_text(models):
             more = saved_messages(pane.conversation.id)
             assert len(more) > len(saved) or more[-1].content != saved[-1].content
             assert shown(pane) == [(m.role, m.content) for m in more]
+            # Prose is shown as written, not as Markdown: indentation and asterisks stay.
+            await send(pilot, pane, "    *She* said: `no code`")
+            first = pane.view.views[-2]
+            assert first.shown.role == "text" and first.plain
+            assert str(first.body.render()).rstrip("\n") == "    *She* said: `no code`"
+            assert all(v.plain for v in pane.view.views)
 
     asyncio.run(body())

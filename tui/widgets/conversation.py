@@ -85,17 +85,22 @@ def _parser() -> MarkdownIt:
 
 
 class MessageView(Vertical):
-    """One message: who wrote it and its Markdown text."""
+    """One message: who wrote it and its text, as Markdown (chat) or as plain text (novel: prose,
+    where indentation and asterisks are the writer's, not markup)."""
 
-    def __init__(self, shown: Shown, speaker: str) -> None:
+    def __init__(self, shown: Shown, speaker: str, plain: bool = False) -> None:
         super().__init__(classes=f"message -{shown.role}")
         self.shown = shown
         self.speaker = speaker
+        self.plain = plain
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="message-header", markup=False)
-        yield Markdown(self.shown.content, parser_factory=_parser, classes="message-body")
+        if self.plain:
+            yield Static(self.shown.content, classes="message-body -plain", markup=False)
+        else:
+            yield Markdown(self.shown.content, parser_factory=_parser, classes="message-body")
 
     def _header(self) -> str:
         s = self.shown
@@ -107,35 +112,47 @@ class MessageView(Vertical):
         return " · ".join(parts)
 
     @property
-    def body(self) -> Markdown:
-        return self.query_one(".message-body", Markdown)
+    def body(self) -> Markdown | Static:
+        return self.query_one(".message-body")  # type: ignore[return-value]
 
     def refresh_header(self) -> None:
         self.query_one(".message-header", Static).update(self._header())
 
+    async def _show(self, content: str) -> None:
+        body = self.body
+        if isinstance(body, Markdown):
+            await body.update(content)
+        else:
+            body.update(content)
+
     async def append(self, text: str) -> None:
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.body)
         self.shown.content += text
+        body = self.body
+        if not isinstance(body, Markdown):
+            body.update(self.shown.content)
+            return
+        if self._stream is None:
+            self._stream = Markdown.get_stream(body)
         await self._stream.write(text)
+
+    async def _stop_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
 
     async def finish(self, shown: Shown) -> None:
         """The message is saved: show its final text and details."""
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        await self._stop_stream()
         changed = shown.content != self.shown.content
         self.shown = shown
         if changed:
-            await self.body.update(shown.content)
+            await self._show(shown.content)
         self.refresh_header()
 
     async def set_content(self, content: str) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        await self._stop_stream()
         self.shown.content = content
-        await self.body.update(content)
+        await self._show(content)
 
     def on_click(self, event: events.Click) -> None:
         view = next((a for a in self.ancestors if isinstance(a, ConversationView)), None)
@@ -214,8 +231,13 @@ class ConversationView(VerticalScroll, can_focus=True):
     def shown(self) -> list[Shown]:
         return [v.shown for v in self.views]
 
+    @property
+    def plain(self) -> bool:
+        """Whether messages show as plain text (novel mode) rather than Markdown."""
+        return self.mode == "novel"
+
     async def add(self, shown: Shown) -> MessageView:
-        view = MessageView(shown, self.speaker(shown.role))
+        view = MessageView(shown, self.speaker(shown.role), self.plain)
         await self.mount(view)
         self._update_hint()
         return view
@@ -226,7 +248,8 @@ class ConversationView(VerticalScroll, can_focus=True):
         keep = 0
         while keep < min(len(views), len(messages)):
             have, want = views[keep].shown, messages[keep]
-            if have.role != want.role or (have.seq is not None and have.seq != want.seq):
+            if have.role != want.role or (have.seq is not None and have.seq != want.seq) \
+                    or views[keep].plain != self.plain:
                 break
             if have.content != want.content or have.seq is None or have.complete != want.complete \
                     or have.n_tokens != want.n_tokens:
@@ -237,7 +260,8 @@ class ConversationView(VerticalScroll, can_focus=True):
                 self._selected_view = None
             await self.remove_children(views[keep:])
         if messages[keep:]:
-            await self.mount_all([MessageView(Shown(**vars(m)), self.speaker(m.role)) for m in messages[keep:]])
+            await self.mount_all([MessageView(Shown(**vars(m)), self.speaker(m.role), self.plain)
+                                  for m in messages[keep:]])
         self._update_hint()
 
     async def truncate(self, keep: int) -> None:
