@@ -20,9 +20,6 @@ PIECES = 4  # pieces per block of 32 values
 BLOCK = VL * PIECES
 V8F = ir.VectorType(F32, VL)
 V8I32 = ir.VectorType(I32, VL)
-WIDE = 16  # lanes of the wide pieces (half a block) used by the 4- and 5-bit matvec kernels
-V16F = ir.VectorType(F32, WIDE)
-V16I32 = ir.VectorType(I32, WIDE)
 DOT_FLAGS = ("reassoc", "contract")  # reassociating a dot product's additions is fine
 
 
@@ -68,17 +65,6 @@ def load_vec(b: ir.IRBuilder, fptr: ir.Value, index: int | ir.Value, align: int 
     idx = i64c(index) if isinstance(index, int) else index
     p = b.gep(fptr, [idx], inbounds=True) if not (isinstance(index, int) and index == 0) else fptr
     return b.load(b.bitcast(p, V8F.as_pointer()), align=align)
-
-
-def load_wide(b: ir.IRBuilder, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> ir.Value:
-    """<16 x float> from float* `fptr` at element `index`."""
-    idx = i64c(index) if isinstance(index, int) else index
-    return b.load(b.bitcast(b.gep(fptr, [idx], inbounds=True), V16F.as_pointer()), align=align)
-
-
-def store_wide(b: ir.IRBuilder, value: ir.Value, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> None:
-    idx = i64c(index) if isinstance(index, int) else index
-    b.store(value, b.bitcast(b.gep(fptr, [idx], inbounds=True), V16F.as_pointer()), align=align)
 
 
 def store_vec(b: ir.IRBuilder, value: ir.Value, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> None:
@@ -209,3 +195,17 @@ def half_to_float(b: ir.IRBuilder, bits: ir.Value, native: bool | None = None) -
     special = b.icmp_unsigned(">=", em, c(0x7C00))  # infinity or NaN
     mag_bits = b.select(special, b.or_(b.shl(em, c(13)), c(0x7F800000)), mag_bits)
     return b.bitcast(b.or_(mag_bits, sign), float_ty)
+
+
+def stack_array(b: ir.IRBuilder, ty: ir.Type, count: int, align: int = 32, name: str = "") -> ir.Value:
+    """A `ty*` to `count` elements of `ty` on the stack, allocated in the entry block."""
+    entry = b.function.entry_basic_block
+    saved = b.block
+    with b.goto_block(entry):
+        if entry.instructions:
+            b.position_before(entry.instructions[0])
+        arr = b.alloca(ir.ArrayType(ty, count), name=name)
+        arr.align = align
+        ptr = b.gep(arr, [i32c(0), i32c(0)], inbounds=True)
+    b.position_at_end(saved)
+    return ptr
