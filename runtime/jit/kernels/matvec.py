@@ -42,7 +42,7 @@ from runtime.jit.kernels.irhelpers import (
 from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
 from runtime.quant.types import DType
 
-PREFETCH_BYTES = 8192  # software prefetch distance ahead of each block read (0: none); measured
+PREFETCH_BYTES = 16384  # software prefetch distance ahead of each block read (0: none); measured
 MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 
 
