@@ -382,6 +382,10 @@ class RwkvApp(App[int]):
                             timeout=10)
                 return
             if self.chat is not None:
+                from tui.screens.models import ModelsScreen
+
+                if isinstance(self.screen, ModelsScreen):  # show the chat it opens, not the list behind it
+                    self.screen.dismiss(None)
                 self.call_later(self.chat.open_new, path=choice.path, model_ref=choice.ref, family=choice.family,
                                 mode=choice.mode)
 

@@ -6,6 +6,8 @@ import asyncio
 import re
 from pathlib import Path
 
+from textual.widgets import DataTable
+
 from runtime.chat.store import ConversationStore
 from tests.tui.conftest import notes, screen_text, type_text, wait_for
 from tests.tui.test_chat import SIZE, open_chat, reply_to, send
@@ -147,5 +149,41 @@ def test_export_copy_editor_and_command_palette(models, tui_home, monkeypatch):
             before = pane.replies
             await pilot.press("enter")
             await wait_for(pilot, lambda: pane.replies > before and not pane.busy, what="regenerate from the palette")
+
+    asyncio.run(body())
+
+
+def test_a_file_added_on_the_models_screen_opens_one_chat_on_it(models, tui_home):
+    """`o` on the models screen registers the file, goes back to the main screen and opens one tab on
+    it; enter on a ready model then opens exactly one more."""
+    added = tui_home["data"].parent / "my-own-model.gguf"
+    added.write_bytes(models["tiny-b"].read_bytes())
+
+    async def body():
+        app = RwkvApp()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.screen is app.chat, what="the main screen")
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models screen")
+            await pilot.press("o")
+            await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the file dialog")
+            app.screen.query_one("#dialog-input").value = str(added)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.screen is app.chat and app.chat.panes, what="a tab on the added file")
+            await pilot.pause(0.3)
+            assert len(app.chat.panes) == 1
+            pane = app.chat.panes[0]
+            await wait_for(pilot, lambda: pane.model is not None and not pane.busy, what="the model to load")
+            assert Path(pane.model.path) == added
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models screen")
+            screen = app.screen
+            added_id = next(k for k, st in screen._statuses.items() if st.entry.path and Path(st.entry.path) == added)
+            table = screen.query_one(DataTable)
+            table.move_cursor(row=table.get_row_index(added_id))
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.screen is app.chat and len(app.chat.panes) > 1, what="a second tab")
+            await pilot.pause(0.3)
+            assert len(app.chat.panes) == 2
 
     asyncio.run(body())

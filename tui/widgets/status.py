@@ -9,6 +9,8 @@ from textual.widgets import Static
 
 from tui.units import human_bytes
 
+MODEL_NAME_WIDTH = 24  # longer file names are cut, so the speed and state figures stay on the line
+
 
 @dataclass
 class PaneStatus:
@@ -36,7 +38,8 @@ class StatusLine(Static):
     def render_status(s: PaneStatus) -> Text:
         text = Text()
         if s.model:
-            text.append(s.model, style="bold")
+            name = s.model if len(s.model) <= MODEL_NAME_WIDTH else s.model[: MODEL_NAME_WIDTH - 1] + "…"
+            text.append(name, style="bold")
             if s.file_type:
                 text.append(f" {s.file_type}")
         else:
