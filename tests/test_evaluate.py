@@ -3,7 +3,10 @@
 The expected figures are computed here from logits gathered independently (one `forward` call per
 token, or the numpy oracle, or the official implementation's recorded logits) with plain formulas
 (softmax, sum p·log(p/q)), so an off-by-one between logits and next tokens, a wrong KL direction or
-a chunking slip in the evaluator shows up as a mismatch.
+a chunking slip in the evaluator shows up as a mismatch. The evaluator reads the text in sequence
+mode (`forward_all`); decoding a quantized matrix one token at a time may quantize the activations
+to int16 (matvec_int16.py), so figures of quantized files agree to RTOL_QUANTIZED, while float
+files agree to RTOL_FLOAT (an off-by-one moves them by orders of magnitude more).
 """
 
 from __future__ import annotations
@@ -49,10 +52,11 @@ def files(tmp_path_factory):
     ref = write_model_gguf(d / "ref-f32.gguf", sd, DType.F32)
     q4 = write_model_gguf(d / "m-q4_0.gguf", sd, DType.Q4_0, head=DType.Q8_0, emb=DType.F16)
     q8 = write_model_gguf(d / "m-q8_0.gguf", sd, DType.Q8_0, emb=DType.F16)
+    f16 = write_model_gguf(d / "m-f16.gguf", sd, DType.F16, emb=DType.F16)
     tokens = np.random.default_rng(3).integers(0, N_VOCAB, N_TOKENS)
     tok_file = d / "ids.txt"
     tok_file.write_text(" ".join(map(str, tokens)) + "\n")
-    return {"sd": sd, "ref": ref, "q4": q4, "q8": q8, "tokens": tokens, "tok_file": tok_file, "dir": d}
+    return {"sd": sd, "ref": ref, "q4": q4, "q8": q8, "f16": f16, "tokens": tokens, "tok_file": tok_file, "dir": d}
 
 
 def _decode_all(path, tokens) -> np.ndarray:
@@ -82,22 +86,28 @@ def _expected(logits: np.ndarray, ref: np.ndarray, tokens: np.ndarray) -> dict[s
     }
 
 
-def _check(result, want: dict[str, float], rtol: float = 1e-6) -> None:
+RTOL_FLOAT = 1e-6
+RTOL_QUANTIZED = 1e-2
+
+
+def _check(result, want: dict[str, float], rtol: float = RTOL_QUANTIZED) -> None:
     for key, value in want.items():
         assert getattr(result, key) == pytest.approx(value, rel=rtol, abs=1e-12), key
 
 
 def test_figures_match_a_direct_computation(files):
     tokens = files["tokens"]
-    report = evaluate([files["q4"], files["q8"]], files["ref"], tokens.tolist(), threads=2, save=False)
+    paths = (files["f16"], files["q4"], files["q8"])
+    report = evaluate(list(paths), files["ref"], tokens.tolist(), threads=2, save=False)
     ref_logits = _decode_all(files["ref"], tokens)
     assert not report.partial and report.positions_wanted == N_TOKENS - 1
-    for result, path in zip(report.results, (files["q4"], files["q8"]), strict=True):
+    for result, path in zip(report.results, paths, strict=True):
         assert result.positions == N_TOKENS - 1
-        _check(result, _expected(_decode_all(path, tokens), ref_logits, tokens))
+        rtol = RTOL_FLOAT if path == files["f16"] else RTOL_QUANTIZED
+        _check(result, _expected(_decode_all(path, tokens), ref_logits, tokens), rtol)
         assert (result.matrices, result.path) == (path.name.split("-")[1].split(".")[0].upper(), str(path))
-    q4, q8 = report.results
-    assert q4.kl_mean > q8.kl_mean > 0 and q4.top1 < 1.0  # the measurement sees quantization at all
+    f16, q4, q8 = report.results
+    assert q4.kl_mean > q8.kl_mean > f16.kl_mean > 0 and q4.top1 < 1.0  # the measurement sees quantization
     # the reference's own perplexity, against the float64 numpy oracle of the same weights
     oracle, _ = numpy_rwkv.forward_each(files["sd"], [int(t) for t in tokens[:-1]])
     want = _expected(oracle.astype(np.float64), oracle.astype(np.float64), tokens)["perplexity"]
@@ -139,7 +149,7 @@ def test_reference_perplexity_from_a_checkpoint_matches_the_official_logits(tmp_
 
 def test_cancel_returns_partial_figures(files):
     tokens = files["tokens"]
-    cancel, stop_at = CancelToken(), 10
+    cancel, stop_at = CancelToken(), CHUNK  # progress comes once per chunk of CHUNK positions
 
     def progress(event):
         if event.what.endswith(files["q4"].name) and event.done == stop_at:
@@ -222,7 +232,7 @@ def test_cli_json_matches_the_api(files, capsys):
     want = _expected(_decode_all(files["q4"], tokens), _decode_all(files["ref"], tokens), tokens)
     got = doc["results"][0]
     for key, value in want.items():
-        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+        assert got[key] == pytest.approx(value, rel=RTOL_QUANTIZED, abs=1e-12), key
     assert got["label"] == files["q4"].name and doc["reference"]["is_reference"] is True
 
 
@@ -249,7 +259,7 @@ def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):
     @contextmanager
     def interrupting_bars():
         def progress(event):
-            if event.unit == "tok" and event.done == 5:
+            if event.unit == "tok" and event.done == CHUNK:
                 signal.raise_signal(signal.SIGINT)  # what Ctrl-C does; the command's handler cancels
 
         yield progress
@@ -261,6 +271,6 @@ def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):
     assert code == 130
     doc = json.loads(out)
     assert doc["partial"] and doc["cancelled"]
-    assert [r["positions"] for r in doc["results"]] == [5, 0]
+    assert [r["positions"] for r in doc["results"]] == [CHUNK, 0]
     assert doc["results"][1]["kl_mean"] is None
     assert signal.getsignal(signal.SIGINT) == before  # the handler was restored

@@ -1,11 +1,9 @@
-"""Run an evaluation: prepare the reference, decode the text through every model, score each position.
+"""Run an evaluation: prepare the reference, read the text through every model, score each position.
 
-Cost. `Model.forward` returns the logits of the last token it is given, so logits for every position
-need one call per token (decode mode). Sequence mode would be several times faster per token
-(one matrix × matrix product per chunk instead of one matrix × vector per token) but gives only the
-last position's logits; scoring every position with it would need the runtime to return all of a
-chunk's logits. Decode mode it is: the rate is the model's chat decode rate (on the 2-core test
-machine ~25 tok/s for a 169M F32 file, ~70 tok/s for Q5_1), and the float64 scoring adds ~0.1 ms.
+Cost. The text is read in sequence mode, CHUNK positions per call: `Model.forward_all` returns the
+logits after every token of a call (the head runs as a matrix × matrix product over the chunk), so
+every weight block is read once per chunk, not once per token, and the float64 scoring works on
+(CHUNK, V) blocks.
 
 Order. The reference runs in lockstep with the first model (so a cancel at any point leaves figures
 for at least that model) and keeps its float32 logits in a memory-mapped scratch file (positions ×
@@ -13,7 +11,7 @@ vocab × 4 bytes, 100 MB for 512 positions of a 50k vocabulary), which the later
 against; only the reference and one model are mapped at a time. The reference is closed as soon as
 all its positions are stored.
 
-Cancel. The token is polled before every position; on cancel the positions scored so far are kept,
+Cancel. The token is polled before every chunk of CHUNK positions; on cancel the positions scored so far are kept,
 the models not reached are reported with no positions, and the report is marked partial. Partial
 results are never saved.
 """
@@ -45,7 +43,7 @@ if TYPE_CHECKING:
     from runtime.model.model import Model
 
 DEFAULT_MAX_TOKENS = 512
-CHUNK = 32  # positions scored together (numpy work in (CHUNK, V) blocks)
+CHUNK = 64  # positions per forward_all call and per scoring block ((CHUNK, V) floats)
 RUNNABLE = ("gguf", "rwkvcpp")  # loaded as they are; anything else is converted first
 
 PathLike = str | os.PathLike[str]
@@ -136,12 +134,13 @@ class _Reference:
     def ensure(self, t: int) -> None:
         """Run the reference up to and including position t."""
         while self.done <= t:
+            end = min(len(self.inputs), self.done + CHUNK)
             t0 = time.perf_counter()
-            logits, self.state = self.model.forward([int(self.inputs[self.done])], self.state)
+            logits, self.state = self.model.forward_all(self.inputs[self.done:end], self.state)
             self.seconds += time.perf_counter() - t0
             _check_finite(logits, self.path, self.done)
-            self.logits[self.done] = logits
-            self.done += 1
+            self.logits[self.done:end] = logits
+            self.done = end
         if self.done == len(self.inputs):
             self.close()
 
@@ -158,9 +157,13 @@ class _Reference:
             self.model = None
 
 
-def _check_finite(logits: np.ndarray | None, path: Path, position: int) -> None:
-    if logits is None or not np.isfinite(logits).all():
-        raise EvalError(f"{path}: the model produced non-finite logits at position {position}")
+def _check_finite(logits: np.ndarray | None, path: Path, first: int) -> None:
+    """`logits`: one row per position, from position `first` on."""
+    if logits is None:
+        raise EvalError(f"{path}: the model produced no logits at position {first}")
+    bad = ~np.isfinite(logits.reshape(-1, logits.shape[-1])).all(axis=1)
+    if bad.any():
+        raise EvalError(f"{path}: the model produced non-finite logits at position {first + int(np.argmax(bad))}")
 
 
 def _now() -> str:
@@ -206,32 +209,21 @@ class _Run:
         scores, seconds = Scores(), 0.0
         what = f"eval {entry.label}"
         with load_model(entry.path, self.threads) as model:
-            buf = np.empty((CHUNK, model.n_vocab), dtype=np.float32)
-            first, n = 0, 0
-
-            def flush() -> None:
-                nonlocal first, n
-                scores.add(buf[:n], self.targets[first : first + n], self.ref.logits[first : first + n])
-                first, n = first + n, 0
-
             state = model.new_state()
             self.progress(Progress(what, 0, self.positions, "tok"))
             try:
-                for t in range(self.positions):
+                for a in range(0, self.positions, CHUNK):
                     self.cancel.raise_if_cancelled()
-                    self.ref.ensure(t)
+                    b = min(self.positions, a + CHUNK)
+                    self.ref.ensure(b - 1)
                     t0 = time.perf_counter()
-                    logits, state = model.forward([int(self.inputs[t])], state)
+                    logits, state = model.forward_all(self.inputs[a:b], state)
                     seconds += time.perf_counter() - t0
-                    _check_finite(logits, entry.path, t)
-                    buf[n] = logits
-                    n += 1
-                    if n == CHUNK:
-                        flush()
-                    self.progress(Progress(what, t + 1, self.positions, "tok"))
+                    _check_finite(logits, entry.path, a)
+                    scores.add(logits, self.targets[a:b], self.ref.logits[a:b])
+                    self.progress(Progress(what, b, self.positions, "tok"))
             except CancelledError:
                 self.cancelled = True
-            flush()
             return self.result(entry, scores, model.fingerprint, seconds)
 
     def reference_result(self, entry: _Entry) -> EvalResult:

@@ -16,6 +16,10 @@ at barriers between phases:
       x += σr ⊙ Wv·h          (rows split)       | barrier
     head: LN_out (thread 0)                      | barrier; logits (rows split)
 
+With an ALL_LOGITS buffer, every chunk also ends with the head over all its tokens (LN_out tokens
+split | barrier | head as matrix × matrix, rows split | barrier): the logits after every position,
+for scoring a text in sequence mode (`Model.forward_all`).
+
 A token's shift input is the previous token's normalised vector: the thread that owns token t
 recomputes LN(x[t-1]) into its private row, so one barrier per mix suffices. One token uses the
 matrix × vector kernels, several use matrix × matrix ones that read each weight block once per
@@ -245,6 +249,7 @@ class _ForwardBuilder:
         state, logits = arg(Arg.STATE, F32P), arg(Arg.LOGITS, F32P)
         scratch, barrier = arg(Arg.SCRATCH, F32P), arg(Arg.BARRIER, I8P)
         weights, params = arg(Arg.WEIGHTS, _I8PP), arg(Arg.PARAMS, F32P)
+        all_logits = arg(Arg.ALL_LOGITS, F32P)
         glob = b.gep(params, [i64(len(Vec) * L * C)], inbounds=True)
         x = self._region(b, scratch, Region.X)
 
@@ -269,6 +274,10 @@ class _ForwardBuilder:
                     b.gep(weights, [i64(layer * len(Mat))], inbounds=True),
                     n_tok, tid, n, barrier,
                 ])
+            with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(all_logits, I64), i64(0))):
+                self._chunk_head(b, x, self._region(b, scratch, Region.XA), glob, weights,
+                                 b.gep(all_logits, [b.mul(start, i64(spec.n_vocab))], inbounds=True),
+                                 n_tok, tid, n, barrier)
 
         # head, for the last token of the call
         has_logits = b.icmp_unsigned("!=", b.ptrtoint(logits, I64), i64(0))
@@ -284,6 +293,20 @@ class _ForwardBuilder:
             v0, v1 = split_range(b, spec.n_vocab, tid, n)
             b.call(emit_matvec(self.module, spec.head_type, C), [head, lnout, logits, v0, v1])
         b.ret_void()
+
+    def _chunk_head(self, b: ir.IRBuilder, x: ir.Value, normed: ir.Value, glob: ir.Value, weights: ir.Value,
+                    out: ir.Value, n_tok: ir.Value, tid: ir.Value, n: ir.Value, barrier: ir.Value) -> None:
+        """out[t] = head · LN_out(x[t]) for every token of the chunk (out: n_tok × V floats)."""
+        spec = self.spec
+        C = spec.n_embd
+        with self._token_loop(b, n_tok, tid, n) as t:
+            b.call(self.ln_c, [self._row(b, x, t, C), self._vec(b, glob, GlobalVec.LNOUT_W),
+                               self._vec(b, glob, GlobalVec.LNOUT_B), self._row(b, normed, t, C)])
+        self._sync(b, barrier, n)
+        head = b.load(b.gep(weights, [i64(spec.head_slot)], inbounds=True))
+        v0, v1 = split_range(b, spec.n_vocab, tid, n)
+        self._product(b, spec.head_type, C, False, head, normed, C, out, spec.n_vocab, n_tok, v0, v1)
+        self._sync(b, barrier, n)
 
     def _embed_row(self, b: ir.IRBuilder, emb: ir.Value, token: ir.Value, out: ir.Value) -> None:
         C = self.spec.n_embd

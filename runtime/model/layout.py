@@ -90,6 +90,7 @@ class Arg(enum.IntEnum):
     BARRIER = 5  # barrier memory
     WEIGHTS = 6  # i8** : 7 per layer, then emb, head
     PARAMS = 7  # float* : 11·C per layer, then 4·C global
+    ALL_LOGITS = 8  # float* (n_tokens, V): the logits after every token, or 0 (only LOGITS, for the last)
 
 
 N_ARGS = len(Arg)

@@ -129,31 +129,52 @@ class Model:
         Several tokens run in sequence mode (matrix × matrix over chunks) and give the same result
         as feeding them one at a time. `want_logits=False` skips the head (prompt ingestion).
         """
+        ids = self._check_tokens(tokens)
+        logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
+        new = self._run(ids, state, logits, None)
+        return logits, State(new, self.fingerprint, logits)
+
+    def forward_all(self, tokens: Sequence[int] | np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Like `forward`, in sequence mode, but returns the logits after every token: (len(tokens), V).
+
+        For scoring a text (`rwkv-tui eval`); the buffer is len(tokens) × V floats, so feed a long
+        text in pieces, carrying the state.
+        """
+        ids = self._check_tokens(tokens)
+        all_logits = np.empty((ids.size, self.n_vocab), dtype=np.float32)
+        new = self._run(ids, state, None, all_logits)
+        return all_logits, State(new, self.fingerprint, all_logits[-1].copy())
+
+    def _check_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
         if ids.size == 0:
             raise ValueError("forward needs at least one token")
         if ids.min() < 0 or ids.max() >= self.n_vocab:
             bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
-        ids32 = ids.astype(np.int32)
+        return ids.astype(np.int32)
+
+    def _run(self, ids32: np.ndarray, state: State | None, logits: np.ndarray | None,
+             all_logits: np.ndarray | None) -> np.ndarray:
+        """One native call: the new state's data (the given state is never written)."""
         if state is None:
             state = self.new_state()
         else:
             self.check_state(state)
         new = np.array(state.data, dtype=np.float32, order="C", copy=True)
-        logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
         with self._lock:
             a = self._args
             a[Arg.TOKENS] = ids32.ctypes.data
             a[Arg.N_TOKENS] = ids32.size
             a[Arg.STATE] = new.ctypes.data
             a[Arg.LOGITS] = logits.ctypes.data if logits is not None else 0
+            a[Arg.ALL_LOGITS] = all_logits.ctypes.data if all_logits is not None else 0
             a[Arg.SCRATCH] = self._scratch.ctypes.data
             a[Arg.BARRIER] = self._barrier.address
             a[Arg.WEIGHTS] = self._weights.weight_table.ctypes.data
             a[Arg.PARAMS] = self._weights.params.ctypes.data
             self._pool.run(self._forward_address, a.ctypes.data)
-        return logits, State(new, self.fingerprint, logits)
+        return new
 
     def close(self) -> None:
         """Stop the worker threads and unmap the file."""

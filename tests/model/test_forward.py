@@ -45,6 +45,32 @@ def ref_model(request, tmp_path_factory):
         yield ref, model
 
 
+def test_all_positions_match_official_implementation(ref_model):
+    """forward_all: the logits after every token of one sequence-mode call, against the official
+    decode logits of each step (64 steps, so chunks of 16 cross boundaries too)."""
+    ref, model = ref_model
+    logits, state = model.forward_all(ref.tokens)
+    assert logits.shape == (len(ref.tokens), model.n_vocab)
+    assert max(_rel(logits[i], ref.logits_decode[i]) for i in range(len(ref.tokens))) <= 1e-4
+    assert _state_rel(state.data, ref.state_seq) <= 1e-4
+    assert np.array_equal(state.logits, logits[-1])
+    half = len(ref.tokens) // 2  # in two calls, carrying the state
+    first, mid = model.forward_all(ref.tokens[:half])
+    second, _ = model.forward_all(ref.tokens[half:], mid)
+    assert _rel(np.concatenate([first, second]), logits) <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [16, 128])
+def test_all_positions_equal_the_last_token_logits_of_growing_calls(f16_model_path, chunk):
+    model = Model(load_weights(f16_model_path, chunk=chunk), threads=2)
+    tokens = np.random.default_rng(1).integers(0, model.n_vocab, 40)
+    every, _ = model.forward_all(tokens)
+    for n in (1, 15, 16, 17, 40):
+        last, _ = model.forward(tokens[:n])
+        assert _rel(every[n - 1], last) <= FLOAT_TOLERANCE
+    model.close()
+
+
 def test_decode_matches_official_implementation(ref_model):
     ref, model = ref_model
     state = model.new_state()
