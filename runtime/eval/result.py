@@ -37,7 +37,7 @@ class EvalResult:
     kl_p99: float
     top1: float  # fraction, 0..1
     max_logit_diff: float
-    tokens_per_second: float  # this model's decode rate during the evaluation
+    tokens_per_second: float  # positions scored per second of this model's forward calls (sequence mode)
     is_reference: bool = False
     measured_at: str = ""  # ISO 8601, UTC
     file_mtime_ns: int = 0

@@ -1,5 +1,6 @@
-"""End to end in a real terminal (tmux): start `rwkv-tui`, write a message in $EDITOR, send it, read the
-reply off the screen, quit, start again and find the conversation. Skipped where tmux is missing."""
+"""End to end in a real terminal (tmux): start `rwkv-tui`, write a message in $EDITOR and type another,
+send them, read the replies off the screen, quit, start again and find the conversation. Skipped where
+tmux is missing."""
 
 from __future__ import annotations
 
@@ -110,11 +111,23 @@ def test_chat_in_a_real_terminal_then_find_it_after_a_restart(models, tui_home, 
         if reply_words:  # the reply, as the model wrote it, is on the screen
             shown = [w for w in reply_words if w in squash(screen)]
             assert len(shown) >= len(reply_words) / 2, (reply_words, screen)
+        # a message typed key by key, as a person would
+        term.keys("-l", "Typed in the terminal")
+        term.wait(lambda s: "Typed in the terminal" in s, "the typed text in the prompt")
+        term.keys("Enter")
+        deadline = time.monotonic() + 30
+        while True:
+            found = last_reply(store_path)
+            if found is not None and found[1][-2].content == "Typed in the terminal":
+                break
+            assert time.monotonic() < deadline, term.screen()
+            time.sleep(0.1)
+        term.wait(lambda s: "tok/s" in s and "generating" not in s, "the second reply to end")
         term.keys("C-q")
         term.wait(lambda s: "EXITED=0" in s, "a clean exit")
 
         term.start()  # no arguments: the tab of last time comes back
-        screen = term.wait(lambda s: "Hello from the editor" in s and "state:" in s, "the restored conversation")
+        screen = term.wait(lambda s: "Typed in the terminal" in s and "state:" in s, "the restored conversation")
         assert record.title in screen or "Hello from the edi" in screen  # in the sidebar and the tab
         if reply_words:
             assert any(w in squash(screen) for w in reply_words)
