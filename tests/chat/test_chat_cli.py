@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -71,3 +72,67 @@ def test_edit_by_number(model_path, monkeypatch, capsys):
 def test_a_missing_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     rc, _out, err = _chat(monkeypatch, capsys, [str(tmp_path / "nope.gguf")], [])
     assert rc == 2 and "nope.gguf" in err
+
+
+def _reply_lines(out: str) -> list[str]:
+    return [line[len("Assistant: "):] for line in out.splitlines() if line.startswith("Assistant: ")]
+
+
+def test_regen_replaces_the_reply(model_path, monkeypatch, capsys):
+    rc, out, err = _chat(monkeypatch, capsys, [str(model_path), "--seed", "3", "--max-tokens", "6"],
+                         ["Regenerate me", "/regen"])
+    assert rc == 0 and err.count("tokens/s") == 2
+    _first, second = _reply_lines(out)
+    with ConversationStore.open() as store:
+        messages = store.messages(store.last_conversation_id())
+    assert [m.role for m in messages] == ["init", "user", "assistant"]  # replaced, not appended
+    assert messages[-1].content.strip() == second.strip()
+
+
+def test_list_shows_saved_conversations(model_path, monkeypatch, capsys):
+    rc, out, _err = _chat(monkeypatch, capsys, [str(model_path), "--max-tokens", "2"],
+                          ["Listed", "/save listed-by-slash-list", "/list"])
+    assert rc == 0
+    listing = out.split("saved as 'listed-by-slash-list'")[1].splitlines()[1:]
+    assert any(re.match(r"^\s*\d+\s+listed-by-slash-list\s+\[", line) for line in listing), listing
+
+
+def test_continue_reset_and_load(model_path, monkeypatch, capsys):
+    rc, _out, err = _chat(monkeypatch, capsys, [str(model_path), "--seed", "4", "--max-tokens", "3"],
+                          ["Keep going", "/continue", "/save load-me-later"])
+    assert rc == 0 and "cut at max_tokens" in err
+    with ConversationStore.open() as store:
+        saved_id = store.last_conversation_id()
+        messages = store.messages(saved_id)
+    # /continue adds a continuation of the cut reply (kept as its own message, with its own state)
+    assert [m.role for m in messages] == ["init", "user", "assistant", "assistant"]
+    assert not messages[2].complete and messages[3].n_tokens > 0
+
+    rc, out, _err = _chat(monkeypatch, capsys, [str(model_path), "--max-tokens", "2"],
+                          ["Something else", "/reset", "/history", "/load load-me-later", "/history"])
+    assert rc == 0
+    before_load, after_load = out.split("conversation reset")[1].split(f"conversation {saved_id}: load-me-later")
+    assert "you:" not in before_load  # reset: only the init prompt is left
+    assert "[1] you: Keep going" in after_load
+
+
+def test_same_seed_same_reply(model_path, monkeypatch, capsys):
+    replies = []
+    for seed in ("7", "7", "8"):
+        rc, out, _err = _chat(monkeypatch, capsys, [str(model_path), "--seed", seed, "--max-tokens", "8"],
+                              ["Tell me something"])
+        assert rc == 0
+        replies.append(_reply_lines(out)[0])
+    assert replies[0] == replies[1]
+    assert replies[0] != replies[2]
+
+
+def test_resume_by_id(model_path, monkeypatch, capsys):
+    _chat(monkeypatch, capsys, [str(model_path), "--max-tokens", "2"], ["The one to resume"])
+    with ConversationStore.open() as store:
+        wanted = store.last_conversation_id()
+    _chat(monkeypatch, capsys, [str(model_path), "--max-tokens", "2"], ["A later one"])
+    rc, out, err = _chat(monkeypatch, capsys, [str(model_path), "--resume", str(wanted)], ["/history"])
+    assert rc == 0
+    assert f"resumed conversation {wanted}" in err and "0 tokens re-read" in err
+    assert "[1] you: The one to resume" in out and "A later one" not in out

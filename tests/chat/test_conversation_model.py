@@ -168,3 +168,19 @@ def test_reply_tokens_counts_the_reply_in_flight(store, models):
     assert reply.n_tokens > 0
     assert seen and seen == sorted(seen) and 0 < seen[0] <= seen[-1] <= reply.n_tokens
     assert conv.reply_tokens == reply.n_tokens
+
+
+def test_a_user_stop_string_ends_the_reply_before_it(store, models):
+    """The same seed gives the same tokens; with a stop string taken from the middle of the free
+    reply, the reply ends just before it, and the stop string never enters the text."""
+    free = Conversation.start(store, models[0], family="raven", seed=9)
+    _small(free, 24)
+    text = free.send("Say something long").text
+    words = text.split()
+    assert len(words) >= 4, text
+    stop = words[len(words) // 2]
+    cut = Conversation.start(store, models[0], family="raven", seed=9)
+    cut.set_sampling(cut.sampling.replace(max_tokens=24, stop=(stop,)))
+    reply = cut.send("Say something long")
+    assert reply.text.strip() == text[: text.index(stop)].strip()
+    assert reply.finish == "stop" and stop not in reply.text
