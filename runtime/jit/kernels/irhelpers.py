@@ -142,16 +142,7 @@ class Var:
 
 def stack_floats(b: ir.IRBuilder, count: int, align: int = 32, name: str = "") -> ir.Value:
     """A float* to `count` floats on the stack, allocated in the entry block."""
-    entry = b.function.entry_basic_block
-    saved = b.block
-    with b.goto_block(entry):
-        if entry.instructions:
-            b.position_before(entry.instructions[0])
-        arr = b.alloca(ir.ArrayType(F32, count), name=name)
-        arr.align = align
-        ptr = b.gep(arr, [i32c(0), i32c(0)], inbounds=True)
-    b.position_at_end(saved)
-    return ptr
+    return stack_array(b, F32, count, align, name)
 
 
 def prefetch(b: ir.IRBuilder, ptr: ir.Value) -> None:
