@@ -6,6 +6,8 @@ and no live reply (its speed would differ from run to run).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runtime.chat.store import ConversationStore
 from tests.tui.conftest import wait_for
 from tui.app import RwkvApp
@@ -62,3 +64,27 @@ def test_sampling_dialog(snap_compare, models):
         pilot.app.screen.query_one("#f-temperature").cursor_blink = False
 
     assert snap_compare(RwkvApp(), terminal_size=SIZE, run_before=open_dialog)
+
+
+def test_help_screen(snap_compare, models, monkeypatch):
+    saved_conversation()
+    # the test's config folder is a new temporary one each run; show the usual place instead
+    monkeypatch.setattr("tui.screens.help.keymap_path", lambda: Path("~/.config/rwkv-tui/keymap.toml"))
+
+    async def open_help(pilot) -> None:
+        await conversation_ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause(0.3)
+
+    assert snap_compare(RwkvApp(), terminal_size=SIZE, run_before=open_help)
+
+
+def test_jobs_screen_with_nothing_queued(snap_compare, models):
+    saved_conversation()
+
+    async def open_jobs(pilot) -> None:
+        await conversation_ready(pilot)
+        await pilot.press("f3")
+        await pilot.pause(0.3)
+
+    assert snap_compare(RwkvApp(), terminal_size=SIZE, run_before=open_jobs)
