@@ -187,13 +187,15 @@ class _Transformer:
         return not (name.endswith(".att.time_decay") and self.neg_exp_decay)
 
     def __call__(self, name: str, rows: np.ndarray) -> np.ndarray:
-        if name == "emb.weight" and self.fold_ln0:
-            mean = rows.mean(axis=1, keepdims=True, dtype=np.float32)
-            centered = rows - mean
-            var = np.mean(centered * centered, axis=1, keepdims=True, dtype=np.float32)
-            rows = centered / np.sqrt(var + np.float32(LN_EPS)) * self.ln0_w + self.ln0_b
-        elif name.endswith(".att.time_decay") and self.neg_exp_decay:
-            rows = -np.exp(rows)
+        # non-finite inputs are reported by the finite check that follows, not as numpy warnings
+        with np.errstate(invalid="ignore", over="ignore"):
+            if name == "emb.weight" and self.fold_ln0:
+                mean = rows.mean(axis=1, keepdims=True, dtype=np.float32)
+                centered = rows - mean
+                var = np.mean(centered * centered, axis=1, keepdims=True, dtype=np.float32)
+                rows = centered / np.sqrt(var + np.float32(LN_EPS)) * self.ln0_w + self.ln0_b
+            elif name.endswith(".att.time_decay") and self.neg_exp_decay:
+                rows = -np.exp(rows)
         return np.ascontiguousarray(rows, dtype=np.float32)
 
 
