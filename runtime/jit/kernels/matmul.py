@@ -85,40 +85,44 @@ def _micro(b: ir.IRBuilder, n_cols: int, accumulate: bool, rows: list[ir.Value],
             b.store(fadd(b, b.load(out), s) if accumulate else s, out)
 
 
-def _tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Value, count: int,
-          buf: ir.Value) -> list[ir.Value]:
-    """float* to each of rows row0 … row0+count-1, dequantized into `buf` unless they are F32."""
+def _row_ptr(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Value, i: ir.Value,
+             buf: ir.Value) -> ir.Value:
+    """float* to row row0 + i of the tile: in place for F32, else its dequantized copy in `buf`."""
+    if dtype is DType.F32:
+        src = b.gep(w, [b.mul(b.add(row0, i), i64c(dtype.row_bytes(n_cols)))], inbounds=True)
+        return b.bitcast(src, F32P)
+    return b.gep(buf, [b.mul(i, i64c(n_cols))], inbounds=True)
+
+
+def _dequantize_tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Value, count: int,
+                     buf: ir.Value) -> None:
+    """Rows row0 … row0+count-1 decoded to float into `buf` (a loop over rows: the IR stays small)."""
+    if dtype is DType.F32:
+        return
     row_bytes = dtype.row_bytes(n_cols)
-    rows = []
-    for i in range(count):
-        src = b.gep(w, [b.mul(b.add(row0, i64c(i)), i64c(row_bytes))], inbounds=True)
-        if dtype is DType.F32:
-            rows.append(b.bitcast(src, F32P))
-            continue
-        dst = b.gep(buf, [i64c(i * n_cols)], inbounds=True)
+    with counted_loop(b, 0, count, name="dqrow") as i:
+        src = b.gep(w, [b.mul(b.add(row0, i), i64c(row_bytes))], inbounds=True)
+        dst = _row_ptr(b, dtype, n_cols, w, row0, i, buf)
         with counted_loop(b, 0, n_cols // BLOCK, name="dq") as k:
             pieces = dequantize_block(b, dtype, block_at(b, src, dtype, k))
             base = b.mul(k, i64c(BLOCK))
             for j, p in enumerate(pieces):
                 store_vec(b, p, dst, b.add(base, i64c(VL * j)), align=32)
-        rows.append(dst)
-    return rows
 
 
 def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, args: tuple, row0: ir.Value,
                count: int, buf: ir.Value, step: int) -> None:
     """Rows row0 … row0+count-1: dequantize them once, then every token against them, MICRO_ROWS
-    rows at a time."""
+    rows at a time (count is 1 or a multiple of MICRO_ROWS)."""
     w, x, ldx, y, ldy, n_tok = args
-    rows = _tile(b, dtype, n_cols, w, row0, count, buf)
-    groups = [(i, rows[i:i + MICRO_ROWS]) for i in range(0, count, MICRO_ROWS)]
+    _dequantize_tile(b, dtype, n_cols, w, row0, count, buf)
+    per_group = min(count, MICRO_ROWS)
     tok_main = b.sub(n_tok, b.srem(n_tok, i64c(step)))
-    with counted_loop(b, 0, tok_main, step, name="tok") as t:
-        for i, sub in groups:
-            _micro(b, n_cols, accumulate, sub, x, ldx, y, ldy, b.add(row0, i64c(i)), t, step)
-    with counted_loop(b, tok_main, n_tok, 1, name="tok1") as t:
-        for i, sub in groups:
-            _micro(b, n_cols, accumulate, sub, x, ldx, y, ldy, b.add(row0, i64c(i)), t, 1)
+    for lo, hi, n in ((i64c(0), tok_main, step), (tok_main, n_tok, 1)):
+        with counted_loop(b, lo, hi, n, name=f"tok{n}") as t, \
+                counted_loop(b, 0, count, per_group, name="grp") as g:
+            rows = [_row_ptr(b, dtype, n_cols, w, row0, b.add(g, i64c(j)), buf) for j in range(per_group)]
+            _micro(b, n_cols, accumulate, rows, x, ldx, y, ldy, b.add(row0, g), t, n)
 
 
 def emit_matmul(
