@@ -31,7 +31,7 @@ from tests.support import numpy_rwkv
 from tests.support.rwkvcpp_writer import blinkdl_to_rwkvcpp, decode, write_v4_model
 from tests.support.safetensors_writer import stored_values, write_safetensors
 from tests.support.synthetic import v4_state_dict
-from tests.support.torch_writer import tensor_pickle, write_pth, write_torch_zip
+from tests.support.torch_writer import contiguous_strides, tensor_pickle, write_pth, write_torch_zip
 from tui.cli import main as cli
 from tui.commands import output
 
@@ -71,14 +71,6 @@ def _field(reader: gguf.GGUFReader, key: str):
 # --- bad inputs: exit status 2, the file and the problem named, nothing written ----------------
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= d
-    return tuple(reversed(strides))
-
-
 def _torch_zip(path: Path, sd: dict[str, np.ndarray], *, drop: str | None = None,
                storage_class: dict[str, str] | None = None) -> Path:
     """A float32 torch checkpoint of `sd`; `drop` leaves that tensor's storage member out,
@@ -86,7 +78,7 @@ def _torch_zip(path: Path, sd: dict[str, np.ndarray], *, drop: str | None = None
     entries, storages = [], {}
     for i, (name, a) in enumerate(sd.items()):
         shape = tuple(int(d) for d in a.shape)
-        entries.append((name, "FloatStorage", str(i), int(a.size), 0, shape, _contiguous_strides(shape)))
+        entries.append((name, "FloatStorage", str(i), int(a.size), 0, shape, contiguous_strides(shape)))
         if name != drop:
             storages[str(i)] = np.ascontiguousarray(a, dtype="<f4").tobytes()
     pkl = tensor_pickle(entries)

@@ -296,7 +296,7 @@ def _array_chunks(a: np.ndarray, dtype: str) -> Iterator[bytes]:
         yield to_storage_bytes(flat[start : start + _CHUNK], dtype)
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, step = [], 1
     for d in reversed(shape):
         strides.append(step)
@@ -326,7 +326,7 @@ def write_pth(
     for i, (name, value) in enumerate(state_dict.items()):
         shape = tuple(int(d) for d in value.shape)
         numel = int(np.prod(shape, dtype=np.int64))
-        entries.append((name, _STORAGES[dtype], str(i), numel, 0, shape, _contiguous_strides(shape)))
+        entries.append((name, _STORAGES[dtype], str(i), numel, 0, shape, contiguous_strides(shape)))
         if isinstance(value, Zeros):
             chunks = None
         elif isinstance(value, Generated):
