@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 
 from runtime.errors import RwkvError
@@ -116,11 +117,16 @@ MIGRATIONS: tuple[Sequence[Step], ...] = (_V1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+PREPARE_RETRY_S = 15.0  # how long a first open waits for other connections setting the file up
+
+
 def prepare(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
     """Check that `conn`'s file is a usable conversations database and migrate it to SCHEMA_VERSION.
 
     `conn` must be in autocommit mode (isolation_level=None). Nothing is written before the checks
-    pass; a refused file is left exactly as it was.
+    pass; a refused file is left exactly as it was. Switching a new file to WAL can fail with
+    "database is locked" without SQLite's busy handler being called (another connection is
+    switching or recovering it at the same moment), so those steps are retried for a while.
     """
     where = os.fspath(path)
     try:
@@ -128,35 +134,56 @@ def prepare(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
     except sqlite3.DatabaseError as e:
         raise DatabaseFileError(f"{where}: not a conversations database: it is not an SQLite file ({e})") from None
     _check_identity(where, version, app_id, n_objects)
-    try:
-        if n_objects == 0:
-            # only possible before the first table exists; lets prune_states give pages back
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        if version == SCHEMA_VERSION:
-            return
-        conn.execute("BEGIN IMMEDIATE")
+    deadline = time.monotonic() + PREPARE_RETRY_S
+    pause = 0.005
+    while True:
         try:
-            version, app_id, n_objects = _identity(conn)  # another process may have migrated meanwhile
-            _check_identity(where, version, app_id, n_objects)
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step]:
-                    if callable(statement):
-                        statement(conn)
-                    else:
-                        conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as e:
-        raise DatabaseFileError(f"{where}: cannot prepare the conversations database ({e})") from None
+            _set_up(conn, where)
+            return
+        except sqlite3.OperationalError as e:
+            if not _is_busy(e) or time.monotonic() > deadline:
+                raise DatabaseFileError(f"{where}: cannot prepare the conversations database ({e})") from None
+        except sqlite3.Error as e:
+            raise DatabaseFileError(f"{where}: cannot prepare the conversations database ({e})") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
+def _set_up(conn: sqlite3.Connection, where: str) -> None:
+    """The connection's settings, then the migrations if the file is behind (idempotent)."""
+    version, app_id, n_objects = _identity(conn)
+    _check_identity(where, version, app_id, n_objects)
+    if n_objects == 0:
+        # only possible before the first table exists; lets prune_states give pages back
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version, app_id, n_objects = _identity(conn)  # another process may have migrated meanwhile
+        _check_identity(where, version, app_id, n_objects)
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
