@@ -151,8 +151,7 @@ class RwkvApp(App[int]):
             except Exception as e:
                 self.notify(describe_error(e), title="--model", severity="error", timeout=12)
             else:
-                await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family,
-                                         mode=choice.mode)
+                await self.open_choice(choice)
 
     def _find_conversation(self, ref: str) -> int:
         if self.store is None:
@@ -305,13 +304,12 @@ class RwkvApp(App[int]):
             return
         choice = self._default_choice(mode, choices)
         if choice is not None:
-            await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family, mode=choice.mode)
+            await self.open_choice(choice)
             return
 
         async def chosen(choice: ModelChoice | None) -> None:
             if choice is not None and self.chat is not None:
-                await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family,
-                                         mode=choice.mode)
+                await self.open_choice(choice)
 
         self.push_screen(ChoiceDialog(f"New {mode} with which model?", [(c.label, c) for c in choices],
                                       help="Set a default per family on the models screen (F2, s)."), chosen)
@@ -381,16 +379,23 @@ class RwkvApp(App[int]):
                 self.notify("It needs converting before it can run: select it on the models screen and press c.",
                             timeout=10)
                 return
-            if self.chat is not None:
-                from tui.screens.models import ModelsScreen
-
-                if isinstance(self.screen, ModelsScreen):  # show the chat it opens, not the list behind it
-                    self.screen.dismiss(None)
-                self.call_later(self.chat.open_new, path=choice.path, model_ref=choice.ref, family=choice.family,
-                                mode=choice.mode)
+            self.show_chat_on(choice)
 
         self.push_screen(TextDialog("Use a model file you have (.gguf, rwkv.cpp .bin, or BlinkDL .pth)",
                                     placeholder="/path/to/model.gguf"), entered)
+
+    async def open_choice(self, choice: ModelChoice) -> None:
+        """A new tab on `choice` (a model file with its family and mode)."""
+        if self.chat is not None:
+            await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family, mode=choice.mode)
+
+    def show_chat_on(self, choice: ModelChoice) -> None:
+        """Back to the main screen from the models screen, where a new tab on `choice` opens."""
+        from tui.screens.models import ModelsScreen
+
+        if isinstance(self.screen, ModelsScreen):  # show the chat it opens, not the list behind it
+            self.screen.dismiss(None)
+        self.call_later(self.open_choice, choice)
 
     def refresh_models(self) -> None:
         """Tell the screens that show models that the registry or files changed."""

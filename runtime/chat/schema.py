@@ -136,9 +136,10 @@ def prepare(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
     _check_identity(where, version, app_id, n_objects)
     deadline = time.monotonic() + PREPARE_RETRY_S
     pause = 0.005
+    identity: tuple[int, int, int] | None = (version, app_id, n_objects)
     while True:
         try:
-            _set_up(conn, where)
+            _set_up(conn, where, identity)
             return
         except sqlite3.OperationalError as e:
             if not _is_busy(e) or time.monotonic() > deadline:
@@ -147,6 +148,7 @@ def prepare(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
             raise DatabaseFileError(f"{where}: cannot prepare the conversations database ({e})") from None
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
+        identity = None  # another connection may have set the file up meanwhile: read it again
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
@@ -154,10 +156,13 @@ def _is_busy(e: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _set_up(conn: sqlite3.Connection, where: str) -> None:
-    """The connection's settings, then the migrations if the file is behind (idempotent)."""
-    version, app_id, n_objects = _identity(conn)
-    _check_identity(where, version, app_id, n_objects)
+def _set_up(conn: sqlite3.Connection, where: str, identity: tuple[int, int, int] | None) -> None:
+    """The connection's settings, then the migrations if the file is behind (idempotent).
+    `identity`: the file's (version, app id, objects) as just checked, or None to read it again."""
+    if identity is None:
+        identity = _identity(conn)
+        _check_identity(where, *identity)
+    version, _app_id, n_objects = identity
     if n_objects == 0:
         # only possible before the first table exists; lets prune_states give pages back
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")

@@ -157,11 +157,9 @@ class _Reference:
             self.model = None
 
 
-def _check_finite(logits: np.ndarray | None, path: Path, first: int) -> None:
-    """`logits`: one row per position, from position `first` on."""
-    if logits is None:
-        raise EvalError(f"{path}: the model produced no logits at position {first}")
-    bad = ~np.isfinite(logits.reshape(-1, logits.shape[-1])).all(axis=1)
+def _check_finite(logits: np.ndarray, path: Path, first: int) -> None:
+    """`logits`: (positions, V), from position `first` on."""
+    bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
         raise EvalError(f"{path}: the model produced non-finite logits at position {first + int(np.argmax(bad))}")
 

@@ -29,9 +29,23 @@ class HostTarget:
         return f"{self.triple}|{self.cpu}|{self.features}|llvmlite {llvmlite.__version__}"
 
     @property
+    def enabled(self) -> frozenset[str]:
+        """The enabled features by name, without the "+": {"avx2", "fma", "f16c", …}."""
+        return _enabled(self.features)
+
+    @property
+    def is_x86(self) -> bool:
+        return self.triple.startswith(("x86_64", "i386", "i686"))
+
+    @property
     def f32_lanes(self) -> int:
         """float32 lanes per SIMD register (8 with AVX2, 4 with SSE/NEON)."""
         return self.vector_bits // 32
+
+
+@functools.cache
+def _enabled(features: str) -> frozenset[str]:
+    return frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
 
 
 @functools.cache
@@ -49,7 +63,7 @@ def host_target() -> HostTarget:
     features = os.environ.get("RWKV_TUI_FEATURES")
     if features is None:
         features = llvm.get_host_cpu_features().flatten()
-    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    enabled = _enabled(features)
     # 256-bit vectors even with AVX-512: wider ones downclock many CPUs and buy nothing when the
     # work is bound by memory reads.
     if "avx2" in enabled or "avx" in enabled:

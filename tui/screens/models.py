@@ -188,11 +188,7 @@ class ModelsScreen(Screen[None]):
         except Exception as e:
             self.app.notify(describe_error(e), severity="error")
             return
-        self.dismiss(None)
-        chat = self.app_.chat
-        if chat is not None:
-            self.app.call_later(chat.open_new, path=choice.path, model_ref=choice.ref, family=choice.family,
-                                mode=choice.mode)
+        self.app_.show_chat_on(choice)
 
     def _submit(self, status: Any, dtype: Any, steps: tuple[str, ...]) -> None:
         link = self.app_.jobs

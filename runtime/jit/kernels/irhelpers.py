@@ -7,7 +7,7 @@ LLVM's SROA promotes to registers, which keeps the emitting code plain.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llvmlite import ir
 
@@ -60,11 +60,26 @@ def load_as(b: ir.IRBuilder, base: ir.Value, offset: int | ir.Value, ty: ir.Type
     return b.load(b.bitcast(byte_ptr(b, base, offset), ty.as_pointer()), align=align)
 
 
-def load_vec(b: ir.IRBuilder, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> ir.Value:
-    """<8 x float> from float* `fptr` at element `index`."""
+def load_vec(b: ir.IRBuilder, fptr: ir.Value, index: int | ir.Value, align: int = 4,
+             ty: ir.VectorType = V8F) -> ir.Value:
+    """A float vector (<8 x float> unless `ty` says otherwise) from float* `fptr` at element `index`."""
     idx = i64c(index) if isinstance(index, int) else index
     p = b.gep(fptr, [idx], inbounds=True) if not (isinstance(index, int) and index == 0) else fptr
-    return b.load(b.bitcast(p, V8F.as_pointer()), align=align)
+    return b.load(b.bitcast(p, ty.as_pointer()), align=align)
+
+
+def row_at(b: ir.IRBuilder, w: ir.Value, row0: ir.Value, i: int | ir.Value, row_bytes: int) -> ir.Value:
+    """i8* to row row0 + i of a matrix whose rows are `row_bytes` long, starting at the i8* `w`."""
+    idx = i64c(i) if isinstance(i, int) else i
+    return b.gep(w, [b.mul(b.add(row0, idx), i64c(row_bytes))], inbounds=True)
+
+
+def store_results(b: ir.IRBuilder, y: ir.Value, first: ir.Value, values: Sequence[ir.Value],
+                  accumulate: bool) -> None:
+    """y[first + i] = values[i] (or += with `accumulate`) for each i."""
+    for i, s in enumerate(values):
+        out = b.gep(y, [b.add(first, i64c(i))], inbounds=True)
+        b.store(fadd(b, b.load(out), s) if accumulate else s, out)
 
 
 def store_vec(b: ir.IRBuilder, value: ir.Value, fptr: ir.Value, index: int | ir.Value, align: int = 4) -> None:
@@ -97,15 +112,20 @@ def fmul(b: ir.IRBuilder, a: ir.Value, c: ir.Value) -> ir.Value:
     return b.fmul(a, c, flags=DOT_FLAGS)
 
 
-def tree_sum(b: ir.IRBuilder, values: Sequence[ir.Value]) -> ir.Value:
-    """Pairwise sum (short dependency chains)."""
+def tree_reduce(values: Sequence[ir.Value], combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
+    """values combined pairwise (short dependency chains)."""
     vals = list(values)
     while len(vals) > 1:
-        nxt = [fadd(b, vals[i], vals[i + 1]) for i in range(0, len(vals) - 1, 2)]
+        nxt = [combine(vals[i], vals[i + 1]) for i in range(0, len(vals) - 1, 2)]
         if len(vals) % 2:
             nxt.append(vals[-1])
         vals = nxt
     return vals[0]
+
+
+def tree_sum(b: ir.IRBuilder, values: Sequence[ir.Value]) -> ir.Value:
+    """Pairwise sum (short dependency chains)."""
+    return tree_reduce(values, lambda p, q: fadd(b, p, q))
 
 
 def dot_pieces(b: ir.IRBuilder, ws: Sequence[ir.Value], xs: Sequence[ir.Value]) -> ir.Value:
@@ -158,9 +178,7 @@ def native_half() -> bool:
     """Whether `fpext half` compiles to instructions here (x86 needs F16C; otherwise LLVM calls a
     runtime library function that JIT-compiled code cannot reach)."""
     host = host_target()
-    if not host.triple.startswith(("x86_64", "i386", "i686")):
-        return True
-    return "+f16c" in host.features.split(",")
+    return not host.is_x86 or "f16c" in host.enabled
 
 
 def half_to_float(b: ir.IRBuilder, bits: ir.Value, native: bool | None = None) -> ir.Value:

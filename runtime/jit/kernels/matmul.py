@@ -22,11 +22,13 @@ from runtime.jit.kernels.irhelpers import (
     BLOCK,
     VL,
     Var,
-    fadd,
     fma,
     hsum,
     i64c,
+    load_vec,
+    row_at,
     stack_floats,
+    store_results,
     store_vec,
 )
 from runtime.jit.kernels.matvec import kernel_name
@@ -40,15 +42,13 @@ MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 def micro_lanes() -> int:
     """float lanes of the micro-kernel's vectors: 16 on AVX-512F hosts (prompt reading is bound by
     FMA throughput, not memory, and 512-bit FMAs double it where the CPU has two such units), else 8."""
-    features = {f[1:] for f in host_target().features.split(",") if f.startswith("+")}
-    return 16 if "avx512f" in features else VL
+    return 16 if "avx512f" in host_target().enabled else VL
 
 
 def tokens_per_step() -> int:
     """Tokens per micro-kernel step: as many as the vector registers hold (16 with AVX2, 32 with
     AVX-512VL) next to MICRO_ROWS·tokens accumulators and the weight pieces."""
-    features = {f[1:] for f in host_target().features.split(",") if f.startswith("+")}
-    return 6 if "avx512vl" in features else 3
+    return 6 if "avx512vl" in host_target().enabled else 3
 
 
 def tile_rows(n_cols: int) -> int:
@@ -67,30 +67,22 @@ def _micro(b: ir.IRBuilder, n_cols: int, accumulate: bool, rows: list[ir.Value],
     vec = ir.VectorType(F32, lanes)
     zero = ir.Constant(vec, None)
     accs = [[Var(b, zero, "acc") for _ in range(n_tokens)] for _ in rows]
-
-    def load(ptr: ir.Value, index: ir.Value) -> ir.Value:
-        return b.load(b.bitcast(b.gep(ptr, [index], inbounds=True), vec.as_pointer()), align=4)
-
     with counted_loop(b, 0, n_cols, lanes, name="c") as c:
-        ws = [load(r, c) for r in rows]
+        ws = [load_vec(b, r, c, ty=vec) for r in rows]
         for j, xr in enumerate(xrows):
-            xv = load(xr, c)
+            xv = load_vec(b, xr, c, ty=vec)
             for i, w in enumerate(ws):
                 accs[i][j].set(fma(b, w, xv, accs[i][j].get()))
     for j in range(n_tokens):
         yrow = b.gep(y, [b.mul(b.add(t0, i64c(j)), ldy)], inbounds=True)
-        for i in range(len(rows)):
-            out = b.gep(yrow, [b.add(row0, i64c(i))], inbounds=True)
-            s = hsum(b, accs[i][j].get())
-            b.store(fadd(b, b.load(out), s) if accumulate else s, out)
+        store_results(b, yrow, row0, [hsum(b, accs[i][j].get()) for i in range(len(rows))], accumulate)
 
 
 def _row_ptr(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Value, i: ir.Value,
              buf: ir.Value) -> ir.Value:
     """float* to row row0 + i of the tile: in place for F32, else its dequantized copy in `buf`."""
     if dtype is DType.F32:
-        src = b.gep(w, [b.mul(b.add(row0, i), i64c(dtype.row_bytes(n_cols)))], inbounds=True)
-        return b.bitcast(src, F32P)
+        return b.bitcast(row_at(b, w, row0, i, dtype.row_bytes(n_cols)), F32P)
     return b.gep(buf, [b.mul(i, i64c(n_cols))], inbounds=True)
 
 
@@ -101,7 +93,7 @@ def _dequantize_tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, ro
         return
     row_bytes = dtype.row_bytes(n_cols)
     with counted_loop(b, 0, count, name="dqrow") as i:
-        src = b.gep(w, [b.mul(b.add(row0, i), i64c(row_bytes))], inbounds=True)
+        src = row_at(b, w, row0, i, row_bytes)
         dst = _row_ptr(b, dtype, n_cols, w, row0, i, buf)
         with counted_loop(b, 0, n_cols // BLOCK, name="dq") as k:
             pieces = dequantize_block(b, dtype, block_at(b, src, dtype, k))

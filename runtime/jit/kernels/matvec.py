@@ -35,8 +35,10 @@ from runtime.jit.kernels.irhelpers import (
     i64c,
     load_vec,
     prefetch,
+    row_at,
     splat,
     stack_floats,
+    store_results,
     tree_sum,
 )
 from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
@@ -115,17 +117,13 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: 
                y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None) -> None:
     """y[first + i] (+)= W[first + i]·x for i < count."""
     row_bytes = dtype.row_bytes(n_cols)
-    rows = [_RowDot(b, dtype, b.gep(w, [b.mul(b.add(first, i64c(i)), i64c(row_bytes))], inbounds=True))
-            for i in range(count)]
+    rows = [_RowDot(b, dtype, row_at(b, w, first, i, row_bytes)) for i in range(count)]
     with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
         base = b.mul(k, i64c(BLOCK))
         xs = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
         for rd in rows:
             rd.add_block(k, xs, xsum)
-    for i, rd in enumerate(rows):
-        out = b.gep(y, [b.add(first, i64c(i))], inbounds=True)
-        s = rd.result()
-        b.store(fadd(b, b.load(out), s) if accumulate else s, out)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
 
 
 def emit_matvec(

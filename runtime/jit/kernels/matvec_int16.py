@@ -48,11 +48,14 @@ from runtime.jit.kernels.irhelpers import (
     load_as,
     load_vec,
     prefetch,
+    row_at,
     splat,
     splat_const,
     stack_array,
     stack_floats,
+    store_results,
     store_vec,
+    tree_reduce,
     tree_sum,
 )
 from runtime.jit.target import host_target
@@ -81,9 +84,9 @@ class Variant:
 def host_variant() -> Variant | None:
     """The variant for this host, or None where the float kernels are used (no AVX2, not x86)."""
     host = host_target()
-    if not host.triple.startswith(("x86_64", "i386", "i686")):
+    if not host.is_x86:
         return None
-    feats = {f[1:] for f in host.features.split(",") if f.startswith("+")}
+    feats = host.enabled
     if not {"avx2", "fma", "f16c"} <= feats:
         return None
     vnni = "avxvnni" in feats or {"avx512vnni", "avx512vl"} <= feats
@@ -145,7 +148,7 @@ class _Prepared:
         with counted_loop(b, 0, n_blocks, name="xq") as k:
             base = b.mul(k, i64c(BLOCK))
             parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
-            big = b.call(rmax, [tree_max(b, vmax, [b.call(fabs, [p]) for p in parts])])
+            big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in parts], lambda p, q: b.call(vmax, [p, q]))])
             b.store(b.fmul(big, ir.Constant(F32, 1.0 / XMAX)), b.gep(self.sx, [k], inbounds=True))
             inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
                            b.fdiv(ir.Constant(F32, XMAX), big), ir.Constant(F32, 0.0))
@@ -165,16 +168,6 @@ class _Prepared:
         base = b.gep(self.xq, [b.mul(k, i64c(BLOCK))], inbounds=True)
         p = b.bitcast(base, V16I16.as_pointer())
         return b.load(p, align=32), b.load(b.gep(p, [i64c(1)], inbounds=True), align=32)
-
-
-def tree_max(b: ir.IRBuilder, vmax: ir.Function, values: list[ir.Value]) -> ir.Value:
-    vals = list(values)
-    while len(vals) > 1:
-        nxt = [b.call(vmax, [vals[i], vals[i + 1]]) for i in range(0, len(vals) - 1, 2)]
-        if len(vals) % 2:
-            nxt.append(vals[-1])
-        vals = nxt
-    return vals[0]
 
 
 class _RowDot:
@@ -247,8 +240,8 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, acc
     row_bytes = dtype.row_bytes(n_cols)
     n_blocks = n_cols // BLOCK
     ahead = int(PREFETCH_GROUPS * count * row_bytes)
-    rows = [_RowDot(b, dtype, variant, prep, b.gep(w, [b.mul(b.add(first, i64c(i)), i64c(row_bytes))], inbounds=True),
-                    n_blocks, ahead) for i in range(count)]
+    rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), n_blocks, ahead)
+            for i in range(count)]
     whole = n_blocks // GATHER * GATHER
     if whole:
         with counted_loop(b, 0, whole, GATHER, name="scales") as k:
@@ -261,10 +254,7 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, acc
         xlo, xhi = prep.halves(b, k)
         for rd in rows:
             rd.add_block(k, xlo, xhi)
-    for i, rd in enumerate(rows):
-        out = b.gep(y, [b.add(first, i64c(i))], inbounds=True)
-        s = rd.result()
-        b.store(fadd(b, b.load(out), s) if accumulate else s, out)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
 
 
 def int16_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
