@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from runtime.errors import InsufficientDiskSpaceError
+from runtime.pagecache import drop_cached_pages
 
 
 def check_free_space(folder: str | os.PathLike[str], needed: int, margin: int = 64 << 20) -> None:
@@ -39,11 +40,12 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], *, drop_cache: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file (readable too); on success it is flushed, fsynced and renamed onto `path`.
 
     On an exception (including KeyboardInterrupt) the temporary file is deleted and `path` is left
-    as it was.
+    as it was. `drop_cache` (for model files) drops the written pages from the page cache afterwards,
+    so that the first load maps the file with 2 MB pages (see runtime/pagecache.py).
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -57,6 +59,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
         os.replace(tmp, target)
         fsync_dir(folder)
+        if drop_cache:
+            drop_cached_pages(target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -22,6 +22,7 @@ import numpy as np
 from runtime.jit.threads import default_threads
 from runtime.model.layout import MAT_TENSOR_NAMES, Mat
 from runtime.model.model import Model, load_model
+from runtime.pagecache import drop_cached_pages
 
 PROMPT_CHUNKS = (16, 64, 256)
 
@@ -46,6 +47,7 @@ class BenchResult:
     load_warm_s: float
     peak_rss_mb: float  # of a fresh process: warm load, 256-token prompt, 16 decoded tokens
     runs: list[ThreadResult]
+    huge_page_share: float | None = None  # of the mapped file after decoding (None: not known here)
 
 
 def bytes_per_decoded_token(model: Model) -> int:
@@ -130,9 +132,13 @@ def _prompt_tok_s(model: Model, chunk: int, repeats: int) -> float:
 
 def run_bench(
     path: str | os.PathLike[str], threads: list[int] | None = None, steps: int = 32,
-    report: Callable[[str], None] = lambda _msg: None,
+    report: Callable[[str], None] = lambda _msg: None, drop_cache: bool = False,
 ) -> BenchResult:
+    """Measure `path`. `drop_cache` first drops the file's page cache (where no other process maps
+    it), so the loads read it from disk and, on Linux, map it with 2 MB pages (runtime/pagecache.py)."""
     path = Path(path)
+    if drop_cache:
+        drop_cached_pages(path)
     counts = threads or sorted({1, default_threads()})
     with tempfile.TemporaryDirectory(prefix="rwkv-bench-cache-") as cache:
         report("loading (cold: compiling kernels)")
@@ -142,10 +148,12 @@ def run_bench(
         per_token = bytes_per_decoded_token(model)
         model.close()
         runs = []
+        huge = None
         for n in counts:
             report(f"{n} thread(s): decoding")
             model, _ = _timed_load(path, cache, n)
             run = ThreadResult(n, _decode_ms(model, steps))
+            huge = model.huge_page_share()
             for chunk in PROMPT_CHUNKS:
                 report(f"{n} thread(s): prompt of {chunk} tokens")
                 run.prompt_tok_s[chunk] = _prompt_tok_s(model, chunk, repeats=3 if chunk < 256 else 2)
@@ -155,4 +163,4 @@ def run_bench(
         peak = peak_rss_of_a_session(path, counts[-1], cache)
     report("measuring memory bandwidth")
     bandwidth = {n: memory_read_bandwidth(threads=n) for n in counts}
-    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs)
+    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge)

@@ -367,7 +367,7 @@ def convert(
         ("rwkv_tui.quant.vectors", DType.F32.name),
     ]
     try:
-        with atomic_output(dst) as f:
+        with atomic_output(dst, drop_cache=True) as f:
             header_end = write_gguf(f, "rwkv4", metadata, plan, chunks)
             if hasher is not None:  # the digest was computed alongside: fill its slot in the header
                 if pacer is not None:

@@ -20,6 +20,7 @@ from runtime.formats.gguf_file import read_gguf
 from runtime.progress import CancelToken
 from runtime.quant.codec import quantize
 from runtime.quant.types import DType
+from tests.support.pagecache import assert_not_cached, require_droppable_page_cache
 from tests.support.reference import load_reference, read_pth_arrays
 from tests.support.synthetic import v4_state_dict
 from tests.support.torch_writer import write_pth
@@ -181,3 +182,10 @@ def test_converted_file_is_an_ordinary_file_not_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644
+
+
+def test_a_converted_file_leaves_the_page_cache_so_its_first_load_gets_large_pages(tmp_path):
+    require_droppable_page_cache(tmp_path)
+    out = tmp_path / "small.gguf"
+    convert(SMALL.pth_path, out, "q8_0")
+    assert_not_cached(out)

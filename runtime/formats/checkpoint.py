@@ -8,6 +8,7 @@ magic bytes, not its name. Each source says which load-time transforms its data 
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +71,9 @@ def sniff_format(path: Path) -> str:
     )
 
 
-def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open `path` (a file, or a folder of Hugging Face shards) and validate it as an RWKV model."""
+def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) -> Checkpoint:
+    """Open `path` (a file, or a folder of Hugging Face shards) and validate it as an RWKV model.
+    `mapping`, the file mapped whole, is read instead of the file (GGUF, rwkv.cpp)."""
     path = Path(path)
     kind = "folder" if path.name.endswith(".index.json") else sniff_format(path)
     transforms: frozenset[str] = frozenset()
@@ -79,7 +81,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if kind == "gguf":
         from runtime.formats.gguf_file import read_gguf
 
-        g = read_gguf(path)
+        g = read_gguf(path, mapping)
         tensors, metadata = g.tensors, g.metadata
         transforms = frozenset(metadata.get("rwkv_tui.transforms", []))
         arch_name = metadata.get("general.architecture")
@@ -89,7 +91,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     elif kind == "rwkvcpp":
         from runtime.formats.rwkvcpp import read_rwkvcpp
 
-        r = read_rwkvcpp(path)
+        r = read_rwkvcpp(path, mapping)
         tensors, transforms = r.tensors, r.transforms
         metadata = {"rwkvcpp.version": r.version, "rwkvcpp.data_type": r.data_type.name}
         source_format = "rwkvcpp"

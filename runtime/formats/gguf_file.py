@@ -9,6 +9,7 @@ loop for ever), and every tensor span against the file size, before anything rea
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -106,13 +107,18 @@ class _Cursor:
         raise self.fail(f"unknown metadata value type {vtype}")
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GgufFile:
-    """Parse and validate a GGUF (v2 or v3) file; tensor data stays on disk."""
+def read_gguf(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) -> GgufFile:
+    """Parse and validate a GGUF (v2 or v3) file; tensor data stays on disk. The header and later
+    tensor reads go through `mapping` where given (see FileHandle)."""
     path = Path(path)
-    fh = FileHandle(path)
+    fh = FileHandle(path, mapping)
     if fh.size < 24:
         raise ModelFileError(path, f"file is truncated: {fh.size} bytes is too short for a GGUF header")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with contextlib.ExitStack() as stack:
+        mm = fh.mapping
+        if mm is None:
+            f = stack.enter_context(open(path, "rb"))
+            mm = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         cur = _Cursor(path, mm)
         if cur.take(4) != GGUF_MAGIC:
             raise ModelFileError(path, "wrong magic: not a GGUF file")

@@ -19,6 +19,7 @@ handed out as a `LazyTensor` on one shared `FileHandle`.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -67,9 +68,10 @@ class RwkvCppFile:
     transforms: frozenset[str] = TRANSFORMS
 
 
-def read_rwkvcpp(path: str | os.PathLike[str]) -> RwkvCppFile:
-    """Open an rwkv.cpp `.bin` file, validating every record; no tensor data is read."""
-    fh = FileHandle(Path(path))
+def read_rwkvcpp(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) -> RwkvCppFile:
+    """Open an rwkv.cpp `.bin` file, validating every record; no tensor data is read. Records are
+    read through `mapping` where given (see FileHandle)."""
+    fh = FileHandle(Path(path), mapping)
     try:
         return _scan(fh)
     except BaseException:

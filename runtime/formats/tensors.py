@@ -9,6 +9,7 @@ Shapes are in numpy order: the last dimension is the contiguous one, a matrix is
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 from dataclasses import dataclass, field
@@ -21,19 +22,28 @@ from runtime.quant.types import DType
 
 
 class FileHandle:
-    """One read-only descriptor shared by all tensors of a file; `pread` is safe across threads."""
+    """One read-only descriptor shared by all tensors of a file; `pread` is safe across threads.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Given `mapping` (the file mapped whole, by the runtime's loader), `pread` copies from it instead
+    of reading the descriptor: the page cache then fills through the mapping, in the large folios
+    the mapping asked for, not in the small ones plain reads leave (runtime/pagecache.py)."""
+
+    def __init__(self, path: str | os.PathLike[str], mapping: mmap.mmap | None = None) -> None:
         self.path = Path(path)
         try:
             self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as e:
             raise ModelFileError(self.path, f"cannot open: {e.strerror}") from e
         self.size = os.fstat(self.fd).st_size
+        self.mapping = mapping if mapping is not None and len(mapping) == self.size else None
         self._lock = threading.Lock()
 
     def pread(self, offset: int, nbytes: int) -> bytes:
         """Exactly `nbytes` from `offset`, or ModelFileError if the file is shorter."""
+        if self.mapping is not None:
+            if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+                raise ModelFileError(self.path, f"file is truncated: wanted {nbytes} bytes at offset {offset}")
+            return self.mapping[offset : offset + nbytes]
         chunks = []
         got = 0
         while got < nbytes:

@@ -24,6 +24,7 @@ from runtime.errors import ModelFileError, UnsupportedModelError
 from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, Checkpoint, open_checkpoint, sniff_format
 from runtime.formats.tensors import LazyTensor
 from runtime.model.layout import MAT_TENSOR_NAMES, GlobalVec, Mat, ModelSpec, Vec
+from runtime.pagecache import advise_huge_pages, advise_small_pages
 from runtime.quant.types import DType
 
 MATRIX_TYPES = frozenset({DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0})
@@ -71,7 +72,21 @@ def load_weights(path: str | os.PathLike[str], chunk: int = 128) -> LoadedWeight
         raise ModelFileError(
             path, f"this is a {kind} checkpoint; convert it first: rwkv-tui convert '{path}' model.gguf --type q5_1"
         )
-    ckpt = open_checkpoint(path)
+    # Mapped before the header is parsed, and parsed through the mapping, so that the parse's reads
+    # (spread over the whole of an rwkv.cpp file) fill the page cache in the 2 MB folios the mapping
+    # asks for, not in small ones that would keep 2 MB pages from mapping the weights there.
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        advise_huge_pages(mapping)
+        return _load_mapped(path, mapping, chunk)
+    except BaseException:
+        mapping.close()
+        raise
+
+
+def _load_mapped(path: Path, mapping: mmap.mmap, chunk: int) -> LoadedWeights:
+    ckpt = open_checkpoint(path, mapping)
     arch = ckpt.arch
     if arch.version != "4":
         raise UnsupportedModelError(path, f"RWKV-{arch.version} models cannot run yet")
@@ -81,6 +96,7 @@ def load_weights(path: str | os.PathLike[str], chunk: int = 128) -> LoadedWeight
         types = tuple(_matrix_type(path, t[f"blocks.{i}.{MAT_TENSOR_NAMES[m]}"]) for m in Mat)
         layer_types.append(types)
     emb, head = t["emb.weight"], t["head.weight"]
+    advise_small_pages(mapping, emb.offset, emb.nbytes)
     if emb.dtype not in EMB_TYPES:
         raise UnsupportedModelError(path, f"embedding of type {emb.dtype.name} is not supported (F32 or F16)")
     spec = ModelSpec(
@@ -89,8 +105,6 @@ def load_weights(path: str | os.PathLike[str], chunk: int = 128) -> LoadedWeight
         ln0_folded=LN0_FOLDED in ckpt.transforms, chunk=chunk,
     )
     params = _params(ckpt, spec)
-    with open(path, "rb") as f:
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = np.frombuffer(mapping, dtype=np.uint8)
     base = view.ctypes.data
     table = np.zeros(spec.weight_slots, dtype=np.uint64)

@@ -31,6 +31,7 @@ from runtime.model.forward_ir import FORWARD_NAME, build_forward_module
 from runtime.model.layout import N_ARGS, PP_INITIAL, Arg, StateRow
 from runtime.model.loader import LoadedWeights, load_weights
 from runtime.model.state import State, StateError
+from runtime.pagecache import huge_mapped_fraction
 
 
 def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
@@ -175,6 +176,11 @@ class Model:
             a[Arg.PARAMS] = self._weights.params.ctypes.data
             self._pool.run(self._forward_address, a.ctypes.data)
         return new
+
+    def huge_page_share(self) -> float | None:
+        """The share of the mapped weights' resident pages held in 2 MB pages, the embedding left out
+        (Linux; None elsewhere); see runtime/pagecache.py for why it matters and when it is low."""
+        return huge_mapped_fraction(self._weights.base_address, len(self._weights.mapping))
 
     def close(self) -> None:
         """Stop the worker threads and unmap the file."""

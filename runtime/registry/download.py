@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 from runtime.atomic import check_free_space, fsync_dir
 from runtime.errors import RwkvError
+from runtime.pagecache import drop_cached_pages
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 
 USER_AGENT = "rwkv-tui/0.1 (+urllib)"
@@ -145,6 +146,7 @@ def download(
         os.fsync(f.fileno())
     os.replace(part.path, dst)
     fsync_dir(dst.parent)
+    drop_cached_pages(dst)  # so that the first load maps it with 2 MB pages (runtime/pagecache.py)
     return DownloadResult(dst, size, digest, resumed_from, attempts)
 
 

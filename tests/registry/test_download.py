@@ -12,6 +12,7 @@ from runtime.errors import CancelledError, InsufficientDiskSpaceError
 from runtime.progress import CancelToken, Progress
 from runtime.registry.download import ChecksumMismatchError, DownloadError, download, part_path
 from tests.registry.server import Behaviour, refused_url, serve, silent_server
+from tests.support.pagecache import assert_not_cached, require_droppable_page_cache
 
 DATA = os.urandom(300_000) + b"tail"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -172,3 +173,12 @@ def test_free_space_is_checked_against_the_servers_size_when_the_registry_has_no
     with serve({"/m.pth": DATA}) as srv, pytest.raises(InsufficientDiskSpaceError, match=r"need 0\.07 GB"):
         fetch(srv.url("/m.pth"), dst)
     assert not part_path(dst).exists()
+
+
+def test_a_finished_download_leaves_the_page_cache(tmp_path):
+    require_droppable_page_cache(tmp_path)
+    dst = tmp_path / "model.pth"
+    with serve({"/m.pth": DATA}) as srv:
+        fetch(srv.url("/m.pth"), dst, sha256=SHA)
+    assert_not_cached(dst)
+    assert dst.read_bytes() == DATA

@@ -16,10 +16,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     threads = [args.threads] if args.threads else None
     with err_console.status("benchmarking") as status:
-        r = run_bench(args.model, threads, steps=args.steps, report=lambda m: status.update(m))
+        r = run_bench(args.model, threads, steps=args.steps, report=lambda m: status.update(m),
+                      drop_cache=args.drop_cache)
     console.print(f"[bold]{r.path.name}[/bold]  {human_bytes(r.file_bytes)}")
     console.print(f"weights read per decoded token  {human_bytes(r.bytes_per_token)}")
     console.print(f"load: cold (compiling) {r.load_cold_s:.2f} s, warm (cached) {r.load_warm_s:.2f} s")
+    if r.huge_page_share is not None:
+        hint = "" if r.huge_page_share >= 0.9 else (
+            "  (pages cached while the file was written are small; --drop-cache reads it back in 2 MB pages)")
+        console.print(f"weights mapped with 2 MB pages  {100 * r.huge_page_share:.0f}%{hint}")
     table = Table(show_edge=False)
     table.add_column("threads", justify="right")
     table.add_column("decode ms/token", justify="right")
@@ -49,4 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("model", type=Path, help="a GGUF or rwkv.cpp .bin model")
     b.add_argument("--threads", type=int, default=None, help="one thread count (default: 1 and all cores)")
     b.add_argument("--steps", type=int, default=32, help="decode steps to time")
+    b.add_argument("--drop-cache", action="store_true",
+                   help="drop the file's page cache first, so it is read back from disk (in 2 MB pages on Linux)")
     b.set_defaults(func=cmd_bench)

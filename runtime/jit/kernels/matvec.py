@@ -49,10 +49,10 @@ MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 
 
 def rows_per_step(dtype: DType) -> int:
-    """Rows walked side by side: 4 for float rows, matvec_int16.ROWS where that kernel is used, 2 for
-    the other quantized ones (their decoding needs more registers); measured."""
+    """Rows walked side by side: 4 for float rows, matvec_int16.rows_for where that kernel is used, 2
+    for the other quantized ones (their decoding needs more registers); measured."""
     if int16_variant(dtype) is not None:
-        return matvec_int16.ROWS
+        return matvec_int16.rows_for(dtype)
     return 4 if dtype in (DType.F32, DType.F16) else 2
 
 
