@@ -48,11 +48,11 @@ PREFETCH_BYTES = 16384  # software prefetch distance ahead of each block read (0
 MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 
 
-def rows_per_step(dtype: DType) -> int:
+def rows_per_step(dtype: DType, n_cols: int) -> int:
     """Rows walked side by side: 4 for float rows, matvec_int16.rows_for where that kernel is used, 2
     for the other quantized ones (their decoding needs more registers); measured."""
     if int16_variant(dtype) is not None:
-        return matvec_int16.rows_for(dtype)
+        return matvec_int16.rows_for(dtype, n_cols)
     return 4 if dtype in (DType.F32, DType.F16) else 2
 
 
@@ -149,7 +149,7 @@ def emit_matvec(
                 _emit_rows(b, dtype, n_cols, accumulate, w, x, y, r, count, xsum)
         n = b.sub(r1, r0)
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
-        step = rows_per_step(dtype)
+        step = rows_per_step(dtype, n_cols)
         main_end = b.sub(r1, b.srem(n, i64c(step)))
         with counted_loop(b, r0, main_end, step, name="row") as r:
             emit(r, step)

@@ -61,12 +61,15 @@ from runtime.jit.kernels.irhelpers import (
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
 
-# Rows walked side by side, which also sets how far ahead each row prefetches (the same place one
-# group of rows on). Measured with bench/kernels.py (GB/s from memory, 2048- to 10240-column rows,
-# 2 threads): 4 rows left Q5_1 at 61-65 % of the bandwidth on 2048 columns where 3 rows give 76-79 %;
-# 3 is best or within noise of it for every 4- and 5-bit type, 2 for Q8_0 (88-92 % against 82-86 %).
-ROWS = {DType.Q8_0: 2}
-DEFAULT_ROWS = 3
+# Rows walked side by side. Each row prefetches its counterpart in the next group of rows, so the
+# count also sets the prefetch distance, and what was measured (bench/kernels.py and whole models,
+# side by side) follows the distance: about 4.5 KB ahead is best for rows up to 4 KB (1.5B Q5_1,
+# 2048 columns: 3 rows 45.3 ms/token, 2 rows 45.8, 4 rows 47.9; 1.5B Q8_0: 2 rows 55.4, 3 rows 58.5;
+# 3B Q5_1: 2 rows 88.0, 3 rows 90.0; 430M Q5_1: 4 rows 14.4, 2 rows 14.8), and 4 rows for longer ones
+# (Q5_1 and Q5_0 on 10240 columns: 79-80 % of the bandwidth, against 72-75 % with 2 rows).
+PREFETCH_TARGET = 4608  # bytes ahead
+LONG_ROW = 4096  # bytes
+MIN_ROWS, MAX_ROWS = 2, 4
 PREFETCH_GROUPS = 1  # prefetch the same place this many row groups ahead (0: none); measured
 GATHER = VL  # blocks whose scales are converted per gather
 XMAX = 32767.0  # largest |X|
@@ -103,9 +106,12 @@ def int16_variant(dtype: DType) -> Variant | None:
     return host_variant() if dtype in INT16_TYPES else None
 
 
-def rows_for(dtype: DType) -> int:
-    """Rows walked side by side for `dtype`."""
-    return ROWS.get(dtype, DEFAULT_ROWS)
+def rows_for(dtype: DType, n_cols: int) -> int:
+    """Rows walked side by side for rows of `n_cols` values of `dtype` (see PREFETCH_TARGET)."""
+    row = dtype.row_bytes(n_cols)
+    if row >= LONG_ROW:
+        return MAX_ROWS
+    return max(MIN_ROWS, min(MAX_ROWS, round(PREFETCH_TARGET / row)))
 
 
 def _padded(n_blocks: int) -> int:
