@@ -22,7 +22,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console.print(f"weights read per decoded token  {human_bytes(r.bytes_per_token)}")
     console.print(f"load: cold (compiling) {r.load_cold_s:.2f} s, warm (cached) {r.load_warm_s:.2f} s")
     if r.huge_page_share is not None:
-        hint = "" if r.huge_page_share >= 0.9 else (
+        hint = "" if r.huge_page_share >= 0.5 else (
             "  (pages cached while the file was written are small; --drop-cache reads it back in 2 MB pages)")
         console.print(f"weights mapped with 2 MB pages  {100 * r.huge_page_share:.0f}%{hint}")
     table = Table(show_edge=False)
