@@ -80,7 +80,7 @@ MIN_ROWS, MAX_ROWS = 2, 4
 PREFETCH_GROUPS = 1  # prefetch the same place this many row groups ahead (0: none); measured
 GATHER = VL  # blocks whose scales are converted per gather
 XMAX = 32639.0  # largest |X|: 127·256 + 127, so X splits into two signed bytes (see BYTE_TYPES)
-TINY = 2.0**-100  # blocks whose max|x| is below this are treated as zero (keeps 32767/max finite)
+TINY = 2.0**-100  # blocks whose max|x| is below this are treated as zero (keeps XMAX/max finite)
 INT16_TYPES = (DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0)
 V16I16 = ir.VectorType(I16, 16)
 V16I8 = ir.VectorType(I8, 16)
@@ -156,27 +156,28 @@ def _gather8(b: ir.IRBuilder, base: ir.Value, stride: int, count: int) -> ir.Val
 
 
 class _Prepared:
-    """Per-call arrays derived from x (stack, shared by every row): `xq` the int16 codes of x, `sx` the
-    per-block scales, `coef` the per-block factor of the bias term (offset·Σx facing d, or Σx facing m;
-    absent for Q8_0). `sx` and `coef` are padded with zeros to whole gathers. `sixteen` is 16 in every
-    word, passed through an empty asm statement: LLVM then cannot see that adding it to a nibble only
-    sets a free bit, so it keeps one masked vpaddw instead of an or and a blend (no word-masked or)."""
+    """Per-call arrays derived from x (stack, shared by every row): `xq` the int16 codes of x (on the
+    byte path `xh`, `xl`, its two signed bytes, instead), `sx` the per-block scales, `coef` the
+    per-block factor of the bias term (offset·Σx facing d, or Σx facing m; absent for Q8_0). `sx` and
+    `coef` are padded with zeros to whole gathers. `sixteen` is 16 in every word (byte path: byte),
+    passed through an empty asm statement: LLVM then cannot see that adding it to a nibble only sets a
+    free bit, so it keeps one masked add instead of an or and a blend (no word-masked or)."""
 
     def __init__(self, b: ir.IRBuilder, dtype: DType, variant: Variant, x: ir.Value, n_cols: int) -> None:
         n_blocks = n_cols // BLOCK
         padded = _padded(n_blocks)
         lay = NIBBLE_LAYOUTS.get(dtype)
-        opaque = b.asm(ir.FunctionType(I16, [I16]), "", "=r,0", [ir.Constant(I16, 16)], side_effect=False)
-        self.sixteen = splat(b, opaque, 16)
-        opaque8 = b.asm(ir.FunctionType(I8, [I8]), "", "=r,0", [ir.Constant(I8, 16)], side_effect=False)
-        self.sixteen_bytes = splat(b, opaque8, 32)
-        self.xq = stack_array(b, I16, n_cols, align=64, name="xq")
-        self.sx = stack_floats(b, padded, align=64, name="sx")
-        self.coef = stack_floats(b, padded, align=64, name="coef") if lay is not None else None
         self.split = variant.vnni and variant.masks and dtype in BYTE_TYPES
-        if self.split:
+        elem = I8 if self.split else I16  # the sixteen added under the fifth bits: bytes or words
+        opaque = b.asm(ir.FunctionType(elem, [elem]), "", "=r,0", [ir.Constant(elem, 16)], side_effect=False)
+        self.sixteen = splat(b, opaque, 32 if self.split else 16)
+        if self.split:  # X only as its two bytes
             self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
             self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
+        else:
+            self.xq = stack_array(b, I16, n_cols, align=64, name="xq")
+        self.sx = stack_floats(b, padded, align=64, name="sx")
+        self.coef = stack_floats(b, padded, align=64, name="coef") if lay is not None else None
         for i in range(n_blocks, padded):
             for arr in (self.sx, self.coef):
                 if arr is not None:
@@ -197,9 +198,9 @@ class _Prepared:
             for j, p in enumerate(parts):
                 q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
                 at = b.add(base, i64c(VL * j))
-                dst = b.gep(self.xq, [at], inbounds=True)
-                b.store(q, b.bitcast(dst, q.type.as_pointer()), align=16)
-                if self.split:
+                if not self.split:
+                    b.store(q, b.bitcast(b.gep(self.xq, [at], inbounds=True), q.type.as_pointer()), align=16)
+                else:
                     v8i8 = ir.VectorType(I8, VL)
                     lo = b.trunc(q, v8i8)  # the low byte, read as signed
                     hi = b.trunc(b.ashr(b.sub(q, b.sext(lo, q.type)), splat_const(q.type, 8)), v8i8)
@@ -281,7 +282,7 @@ class _RowDot:
         shifted = b.lshr(both, const_vec(V16I16, [0] * 8 + [4] * 8))
         codes = b.and_(b.bitcast(shifted, V32I8), splat_const(V32I8, 15))
         mask = b.bitcast(load_as(b, ptr, lay.qh, I32), V32I1)
-        return b.bitcast(b.select(mask, b.add(codes, self.prep.sixteen_bytes), codes), V8I32)
+        return b.bitcast(b.select(mask, b.add(codes, self.prep.sixteen), codes), V8I32)
 
     def add_block(self, k: ir.Value, xlo: ir.Value, xhi: ir.Value) -> None:
         """Accumulate block k; (xlo, xhi) are the block's X halves, or (Xh, Xl) on the byte path."""
