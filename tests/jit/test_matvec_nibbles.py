@@ -107,14 +107,18 @@ print(json.dumps({"variants": sorted(variants), "errors": max_errors(lib)}))
 """
 
 _HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt"
+_AVX512 = _HASWELL + ",+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
 @pytest.mark.parametrize("cpu, features, variant", [
     ("x86-64", "", "None"),
-    ("haswell", _HASWELL, "Variant(vnni=False, masks=False)"),
-    ("alderlake", _HASWELL + ",+avxvnni", "Variant(vnni=True, masks=False)"),
-], ids=["baseline", "avx2", "avxvnni"])
+    ("haswell", _HASWELL, "Variant(vnni=False, masks=False, wide=False, gfni=False)"),
+    ("alderlake", _HASWELL + ",+avxvnni", "Variant(vnni=True, masks=False, wide=False, gfni=False)"),
+    ("cascadelake", _AVX512, "Variant(vnni=True, masks=True, wide=False, gfni=False)"),
+    ("icelake-server", _AVX512 + ",+avx512vbmi", "Variant(vnni=True, masks=True, wide=True, gfni=False)"),
+    ("icelake-server", _AVX512 + ",+avx512vbmi,+gfni", "Variant(vnni=True, masks=True, wide=True, gfni=True)"),
+], ids=["baseline", "avx2", "avxvnni", "avx512-256bit", "avx512-wide", "avx512-wide-gfni"])
 def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     """Compiled for another x86-64 CPU in a fresh process (run here, so the host must have what it
     uses): float kernels without AVX2, the int16 kernel's AVX2 paths otherwise; the same accuracy."""
