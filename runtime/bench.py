@@ -1,8 +1,10 @@
 """What `rwkv-tui bench MODEL` measures: decode and prompt speed, bytes read, bandwidth, memory, load time.
 
 Figures, not pass/fail: the machine is noisy, so everything compared is measured in the same run.
-The memory read bandwidth is measured here too (a streaming sum over a buffer much larger than the
-caches), so the decode rate can be read as a fraction of what the memory can deliver.
+The memory read bandwidth is measured here too, two ways, over a buffer much larger than the caches:
+a plain numpy sum (how the issue's reference figures were measured) and a compiled read that
+prefetches ahead as the decode kernels do (runtime/jit/kernels/stream_read.py; on some machines it
+reads far more), so the decode rate can be read as a fraction of what the memory can deliver.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.jit.kernels.stream_read import stream_read_gbs
 from runtime.jit.threads import default_threads
 from runtime.model.layout import MAT_TENSOR_NAMES, Mat
 from runtime.model.model import Model, load_model
@@ -42,12 +45,13 @@ class BenchResult:
     path: Path
     file_bytes: int
     bytes_per_token: int
-    bandwidth_gbs: dict[int, float]  # threads → GB/s of a streaming read
+    bandwidth_gbs: dict[int, float]  # threads → GB/s of a streaming read (numpy sum)
     load_cold_s: float
     load_warm_s: float
     peak_rss_mb: float  # of a fresh process: warm load, 256-token prompt, 16 decoded tokens
     runs: list[ThreadResult]
     huge_page_share: float | None = None  # of the mapped file after decoding (None: not known here)
+    stream_gbs: dict[int, float] = field(default_factory=dict)  # threads → GB/s of the compiled read
 
 
 def bytes_per_decoded_token(model: Model) -> int:
@@ -163,4 +167,5 @@ def run_bench(
         peak = peak_rss_of_a_session(path, counts[-1], cache)
     report("measuring memory bandwidth")
     bandwidth = {n: memory_read_bandwidth(threads=n) for n in counts}
-    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge)
+    stream = {n: stream_read_gbs(threads=n) for n in counts}
+    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream)

@@ -38,6 +38,17 @@ def test_memory_read_bandwidth_is_a_positive_rate():
     assert np.isfinite(two) and two > 0.1
 
 
+def test_stream_read_sums_every_float_and_gives_a_rate():
+    from runtime.jit.kernels.stream_read import _compiled, stream_read_gbs
+
+    _, fn = _compiled()
+    values = np.random.default_rng(0).integers(0, 8, 64 * 1000).astype(np.float32)
+    assert fn(values.ctypes.data, len(values)) == float(values.sum(dtype=np.float64))
+    assert fn(values.ctypes.data, 64) == float(values[:64].sum(dtype=np.float64))
+    rate = stream_read_gbs(megabytes=16, repeats=2, threads=2)
+    assert np.isfinite(rate) and rate > 0.1
+
+
 def test_run_bench_measures_each_thread_count(small_bin):
     seen: list[str] = []
     r = run_bench(small_bin, threads=[1, 2], steps=3, report=seen.append, drop_cache=True)
@@ -45,7 +56,7 @@ def test_run_bench_measures_each_thread_count(small_bin):
     for run in r.runs:
         assert run.decode_ms > 0
         assert set(run.prompt_tok_s) == {16, 64, 256} and all(v > 0 for v in run.prompt_tok_s.values())
-    assert set(r.bandwidth_gbs) == {1, 2}
+    assert set(r.bandwidth_gbs) == {1, 2} and set(r.stream_gbs) == {1, 2}
     assert r.file_bytes == small_bin.stat().st_size
     assert r.load_cold_s > 0 and r.load_warm_s > 0
     assert r.peak_rss_mb > 0
@@ -60,6 +71,7 @@ def test_cli_bench_prints_the_table(small_bin, capsys):
     assert re.search(r"load: cold \(compiling\) [\d.]+ s, warm \(cached\) [\d.]+ s", out)
     row = next(line for line in out.splitlines() if re.match(r"\s*1\s+│", line))
     cells = [c.strip() for c in row.split("│")]
-    assert len(cells) == 8  # threads, decode, effective, memory, %, three prompt sizes
-    assert float(cells[1]) > 0 and cells[4].endswith("%")
+    assert len(cells) == 8  # threads, decode, effective GB/s, % of sum, % of best, three prompt sizes
+    assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("%") and cells[4].endswith("%")
+    assert re.search(r"memory read, 1 thread: sum [\d.]+ GB/s, best [\d.]+ GB/s", out)
     assert "peak RSS of a session" in out
