@@ -18,7 +18,6 @@ between checks, so more threads than cores still make progress.
 from __future__ import annotations
 
 import ctypes
-import sys
 from collections.abc import Callable
 
 from llvmlite import ir
@@ -42,19 +41,21 @@ def _arch() -> str:
 
 
 def futex_syscall_number() -> int | None:
-    """SYS_futex for this host, or None where futexes are not used (not Linux, unknown CPU)."""
-    if not sys.platform.startswith("linux"):
+    """SYS_futex for the target, or None where futexes are not used (not Linux, unknown CPU)."""
+    if "linux" not in host_target().triple:
         return None
     return _FUTEX_SYSCALL.get(_arch())
 
 
 def emit_pause(b: ir.IRBuilder) -> None:
-    """A spin-loop hint: `pause` on x86, `yield` on arm64, nothing elsewhere."""
+    """A spin-loop hint: `pause` on x86, `yield` on arm64, nothing elsewhere. Intrinsics, not inline
+    assembly, so code for another machine compiles without that machine's assembler; the loops around
+    it re-load atomics each round, so no compiler fence is needed."""
     arch = _arch()
     if arch in ("x86_64", "amd64", "i386", "i686"):
-        b.asm(ir.FunctionType(VOID, []), "pause", "~{memory}", [], side_effect=True)
+        b.call(intrinsic(b.module, "llvm.x86.sse2.pause", VOID, []), [])
     elif arch in ("aarch64", "arm64"):
-        b.asm(ir.FunctionType(VOID, []), "yield", "~{memory}", [], side_effect=True)
+        b.call(intrinsic(b.module, "llvm.aarch64.hint", VOID, [I32]), [ir.Constant(I32, 1)])  # 1: YIELD
 
 
 def declare_sched_yield(module: ir.Module) -> ir.Function:

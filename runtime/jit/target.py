@@ -57,22 +57,28 @@ def _initialise() -> None:
 
 @functools.cache
 def host_target() -> HostTarget:
-    """The host's target description. `RWKV_TUI_CPU` / `RWKV_TUI_FEATURES` override it (for tests)."""
+    """The host's target description. `RWKV_TUI_CPU` / `RWKV_TUI_FEATURES` override it (for tests), and
+    `RWKV_TUI_TRIPLE` compiles for another machine altogether (tests that build every module for
+    arm64 Linux and macOS; such code is emitted, never run here)."""
     _initialise()
+    triple = os.environ.get("RWKV_TUI_TRIPLE") or llvm.get_process_triple()
+    if triple != llvm.get_process_triple():
+        _initialise_all()
     cpu = os.environ.get("RWKV_TUI_CPU") or llvm.get_host_cpu_name()
     features = os.environ.get("RWKV_TUI_FEATURES")
     if features is None:
         features = llvm.get_host_cpu_features().flatten()
     enabled = _enabled(features)
-    # 256-bit vectors even with AVX-512: wider ones downclock many CPUs and buy nothing when the
-    # work is bound by memory reads.
-    if "avx2" in enabled or "avx" in enabled:
-        bits = 256
-    elif enabled & {"sse2", "neon", "sve", "altivec"} or llvm.get_process_triple().startswith("aarch64"):
-        bits = 128
-    else:
-        bits = 128
-    return HostTarget(llvm.get_process_triple(), cpu, features, bits)
+    # 256-bit vectors even with AVX-512 (kernels that gain from 512-bit ones ask for them): wider ones
+    # downclock some CPUs and buy nothing when the work is bound by memory reads.
+    bits = 256 if "avx2" in enabled or "avx" in enabled else 128
+    return HostTarget(triple, cpu, features, bits)
+
+
+@functools.cache
+def _initialise_all() -> None:
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
 
 
 DEFAULT_L2_BYTES = 1 << 20  # where the size cannot be read (not Linux, or no sysfs)

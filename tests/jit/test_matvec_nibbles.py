@@ -136,3 +136,21 @@ def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     assert result["variants"] == [variant]
     assert len(result["errors"]) == len(TYPES) * len(COLS) * N_ACTIVATIONS * 2
     assert not _too_large(result["errors"]), _too_large(result["errors"])
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_partial_scale_group_ignores_the_bytes_around_it(t: DType) -> None:
+    """Rows of 23 blocks end with a group of 7 whose scales are read from registers that also hold
+    code bytes; with every code byte 0xFF (a NaN as a half) nothing of them may reach the result."""
+    cols, rows = 23 * 32, 5
+    raw, _ = weights(t, rows, cols, 7)
+    lay = {DType.Q4_0: 2, DType.Q4_1: 4, DType.Q5_0: 6, DType.Q5_1: 8, DType.Q8_0: 2}[t]
+    blocks = raw.view(np.uint8).reshape(rows, cols // 32, -1)
+    blocks[:, :, lay:] = 0xFF if t != DType.Q8_0 else 0x7F
+    want = to_float32(raw, t).reshape(rows, cols).astype(np.float64) @ np.ones(cols)
+    x = np.ones(cols, np.float32)
+    lib = make_test_library([(t, cols)], kinds=("matvec",), accumulate=(False,), use_cache=False)
+    y = np.zeros(rows, np.float32)
+    lib.matvec(t, cols)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, 0, rows)
+    assert np.all(np.isfinite(y)), y
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())

@@ -200,7 +200,7 @@ def _scale_words_permuted(b: ir.IRBuilder, base: ir.Value, dtype: DType, count: 
     Q5_1 rows in L2: 26 GB/s with a gather per 8 blocks, 39 with no scale conversion at all)."""
     stride = block_stride(dtype)
     size = (count - 1) * stride + (4 if has_min else 2)  # through the last block's scale words
-    if size > 256 or (count < VL and size > 254):
+    if size > 256:
         raise ValueError(f"the scales of {count} {dtype.name} blocks do not fit in four registers")
     v32i16 = ir.VectorType(I16, 32)
     regs = []
@@ -210,20 +210,25 @@ def _scale_words_permuted(b: ir.IRBuilder, base: ir.Value, dtype: DType, count: 
         raw = load_as(b, ptr, 0, V64I8) if part == 64 else _masked_load64(b, ptr, part)
         regs.append(b.bitcast(raw, v32i16))
     zero = ir.Constant(v32i16, None)
-    blank = 63  # a word of the zero register (or of the masked-out end of the last one)
-    picks = [j * stride // 2 for j in range(count)]
-    picks = picks + [blank] * (VL - count) + ([p + 1 for p in picks] if has_min else [])
-    picks += [blank] * (2 * VL - len(picks))  # 16 lanes even without m: LLVM permutes <8 x i16> badly
-    # lanes from registers 0-1 and from 2-3, each pair permuted as 64 words, then merged by lane
-    pairs = [(regs[i], regs[i + 1] if i + 1 < len(regs) else zero) for i in range(0, len(regs), 2)]
-    if len(pairs) == 1:
-        pairs.append((zero, zero))
-    first = shuffle(b, *pairs[0], [p if p < 64 else blank for p in picks])
-    if len(regs) <= 2:
-        return first
-    second = shuffle(b, *pairs[1], [p - 64 if p >= 64 and p != blank else blank for p in picks])
-    take = ir.Constant(ir.VectorType(I1, len(picks)), [ir.Constant(I1, p >= 64 and p != blank) for p in picks])
-    return b.select(take, second, first)
+    picks: list[int | None] = [j * stride // 2 for j in range(count)]
+    picks = picks + [None] * (VL - count) + ([p + 1 for p in picks] if has_min else [])
+    picks += [None] * (2 * VL - len(picks))  # 16 lanes even without m: LLVM permutes <8 x i16> badly
+    # lanes from registers 0-1 and from 2-3, each pair permuted as 64 words, then merged by lane; the
+    # lanes of blocks beyond `count` are zeroed (the word they read may be any byte of the rows)
+    while len(regs) < 4:
+        regs.append(zero)
+    first = shuffle(b, regs[0], regs[1], [p if p is not None and p < 64 else 0 for p in picks])
+    words = first
+    if size > 128:
+        second = shuffle(b, regs[2], regs[3], [p - 64 if p is not None and p >= 64 else 0 for p in picks])
+        words = b.select(_lane_mask([p is not None and p >= 64 for p in picks]), second, first)
+    if None in picks:
+        words = b.select(_lane_mask([p is not None for p in picks]), words, ir.Constant(words.type, None))
+    return words
+
+
+def _lane_mask(flags: list[bool]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I1, len(flags)), [ir.Constant(I1, f) for f in flags])
 
 
 def _gather8(b: ir.IRBuilder, base: ir.Value, stride: int, count: int) -> ir.Value:
@@ -406,8 +411,8 @@ class _RowDot:
     def add_pair(self, k: ir.Value, xh: ir.Value, xl: ir.Value) -> None:
         """Accumulate blocks k and k+1 in 512-bit registers (byte path; `xh`, `xl` from pair_halves):
         both blocks loaded at once (masked to their bytes, so nothing past them is touched), the two
-        nibble halves of each placed by one byte permutation (vpermb), shifted, masked, 16 added under
-        the 64 fifth bits of both, two vpdpbusd, and one conversion and FMA for both blocks' scales."""
+        nibble halves of each placed by one byte permutation, split (GFNI, or a shift and a mask), 16
+        added under the 64 fifth bits of both, two vpdpbusd, one conversion and FMA for both scales."""
         b, lay, stride = self.b, self.lay, block_stride(self.dtype)
         ptr = block_at(b, self.row, self.dtype, k)
         if self.ahead:

@@ -1,0 +1,74 @@
+"""Every native module the runtime builds also compiles for the other machines it promises to run on:
+arm64 Linux, arm64 macOS and x86-64 macOS (and a plain x86-64 Linux CPU without AVX). Each build runs
+in a fresh process with RWKV_TUI_TRIPLE/CPU/FEATURES set, so the kernels take the paths those
+machines take (no x86 intrinsics on arm64, no futex outside Linux) and LLVM must accept the IR and
+emit an object file of the right kind. The code is not run here (no such machine); the kernels'
+generic paths are run on this host by the other tests (`test_matvec_nibbles.test_other_cpus`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+_SCRIPT = """
+import json
+from llvmlite import ir
+from runtime.jit.engine import compile_ir, prepare_module
+from runtime.jit.kernels import sample, stream_read
+from runtime.jit.kernels.quantize import emit_quantize
+from runtime.jit.kernels.trie import emit_trie_longest_match
+from runtime.jit.kernels.dequant import SUPPORTED
+from runtime.jit.sync import futex_syscall_number
+from runtime.jit.target import host_target
+from runtime.jit.threads import pool_module
+from runtime.model.forward_ir import build_forward_module
+from runtime.model.layout import Mat, ModelSpec
+from runtime.quant.types import DType
+
+spec = ModelSpec(n_layer=len(SUPPORTED), n_embd=64, n_vocab=96, n_ffn=256,
+                 layer_types=tuple((t,) * len(Mat) for t in SUPPORTED), emb_type=DType.F16,
+                 head_type=DType.Q8_0, ln0_folded=True, chunk=16)
+quant = ir.Module("quantizers")
+for src in (DType.F32, DType.F16, DType.BF16):
+    for dst in (DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, DType.F16):
+        emit_quantize(quant, src, dst)
+trie = ir.Module("trie")
+emit_trie_longest_match(trie)
+modules = {"forward": build_forward_module(spec), "pool": pool_module(), "sample": sample.build_module(),
+           "trie": trie, "quantize": quant, "stream_read": stream_read.build_module()}
+heads = {}
+for name, module in modules.items():
+    prepare_module(module)
+    heads[name] = compile_ir(str(module))[:8].hex()
+print(json.dumps({"triple": host_target().triple, "futex": futex_syscall_number(), "heads": heads}))
+"""
+
+ELF_AARCH64 = "7f454c46" + "02" + "01"  # ELF, 64-bit, little-endian (e_machine checked below)
+MACHO_64 = "cffaedfe"  # MH_MAGIC_64, little-endian
+
+
+@pytest.mark.parametrize("triple, cpu, features, magic, futex", [
+    ("aarch64-unknown-linux-gnu", "neoverse-n1", "+neon,+fp-armv8,+crc,+lse", ELF_AARCH64, 98),
+    ("arm64-apple-macosx13.0.0", "apple-m1", "+neon,+fp-armv8", MACHO_64, None),
+    ("x86_64-apple-macosx13.0.0", "x86-64", "", MACHO_64, None),
+    ("x86_64-unknown-linux-gnu", "x86-64", "", "7f454c46", 202),
+], ids=["linux-arm64", "macos-arm64", "macos-x86-64", "linux-x86-64-baseline"])
+def test_every_module_compiles_for(triple: str, cpu: str, features: str, magic: str, futex: int | None) -> None:
+    env = dict(os.environ, RWKV_TUI_TRIPLE=triple, RWKV_TUI_CPU=cpu, RWKV_TUI_FEATURES=features,
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["triple"] == triple
+    assert result["futex"] == futex  # the pool sleeps on futexes only on Linux
+    assert set(result["heads"]) == {"forward", "pool", "sample", "trie", "quantize", "stream_read"}
+    for name, head in result["heads"].items():
+        assert head.startswith(magic), (name, head)
