@@ -6,7 +6,9 @@ token, or the numpy oracle, or the official implementation's recorded logits) wi
 a chunking slip in the evaluator shows up as a mismatch. The evaluator reads the text in sequence
 mode (`forward_all`); decoding a quantized matrix one token at a time may quantize the activations
 to int16 (matvec_int16.py), so figures of quantized files agree to RTOL_QUANTIZED, while float
-files agree to RTOL_FLOAT (an off-by-one moves them by orders of magnitude more).
+files agree to RTOL_FLOAT: the two paths add in different orders (512-bit vectors when decoding on
+AVX-512 hosts), and a KL near 1e-6 is a difference of nearly equal sums, so float rounding moves it
+by up to about 1e-4 of itself (7e-5 seen); an off-by-one moves the figures by orders of magnitude.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _expected(logits: np.ndarray, ref: np.ndarray, tokens: np.ndarray) -> dict[s
     }
 
 
-RTOL_FLOAT = 1e-6
+RTOL_FLOAT = 3e-4
 RTOL_QUANTIZED = 1e-2
 
 

@@ -303,26 +303,22 @@ class _Prepared:
                     s = b.fmul(s, ir.Constant(F32, lay.offset))
                 b.store(s, b.gep(self.coef, [k], inbounds=True))
 
+    @staticmethod
+    def _at(b: ir.IRBuilder, arr: ir.Value, k: ir.Value, ty: ir.VectorType, align: int) -> ir.Value:
+        """The `ty` stored in `arr` from block k's start."""
+        return b.load(b.bitcast(b.gep(arr, [b.mul(k, i64c(BLOCK))], inbounds=True), ty.as_pointer()), align=align)
+
     def byte_halves(self, b: ir.IRBuilder, k: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Block k's Xh and Xl as <8 x i32> holding 32 signed bytes each."""
-        out = []
-        for arr in (self.xh, self.xl):
-            p = b.bitcast(b.gep(arr, [b.mul(k, i64c(BLOCK))], inbounds=True), V8I32.as_pointer())
-            out.append(b.load(p, align=32))
-        return out[0], out[1]
+        return self._at(b, self.xh, k, V8I32, 32), self._at(b, self.xl, k, V8I32, 32)
 
     def pair_halves(self, b: ir.IRBuilder, k: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Blocks k and k+1 (k even) as Xh and Xl, <16 x i32> holding 64 signed bytes each."""
-        out = []
-        for arr in (self.xh, self.xl):
-            p = b.bitcast(b.gep(arr, [b.mul(k, i64c(BLOCK))], inbounds=True), V16I32.as_pointer())
-            out.append(b.load(p, align=64))
-        return out[0], out[1]
+        return self._at(b, self.xh, k, V16I32, 64), self._at(b, self.xl, k, V16I32, 64)
 
     def whole(self, b: ir.IRBuilder, k: ir.Value) -> ir.Value:
         """Block k's X as one <32 x i16>."""
-        p = b.bitcast(b.gep(self.xq, [b.mul(k, i64c(BLOCK))], inbounds=True), V32I16W.as_pointer())
-        return b.load(p, align=64)
+        return self._at(b, self.xq, k, V32I16W, 64)
 
     def halves(self, b: ir.IRBuilder, k: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Block k's X as two <16 x i16> (values 0-15, 16-31)."""
