@@ -45,6 +45,9 @@ def test_stream_read_sums_every_float_and_gives_a_rate():
     values = np.random.default_rng(0).integers(0, 8, 64 * 1000).astype(np.float32)
     assert fn(values.ctypes.data, len(values)) == float(values.sum(dtype=np.float64))
     assert fn(values.ctypes.data, 64) == float(values[:64].sum(dtype=np.float64))
+    shifted = np.concatenate([[np.float32(0)], values])[1:]  # only 4-byte aligned
+    assert shifted.ctypes.data % 32 != 0
+    assert fn(shifted.ctypes.data, len(shifted)) == float(values.sum(dtype=np.float64))
     rate = stream_read_gbs(megabytes=16, repeats=2, threads=2)
     assert np.isfinite(rate) and rate > 0.1
 

@@ -38,7 +38,7 @@ def build_module() -> ir.Module:
         prefetch(b, byte_ptr(b, b.bitcast(b.gep(p, [i], inbounds=True), ir.IntType(8).as_pointer()),
                              PREFETCH_BYTES))
         for j, acc in enumerate(accs):
-            acc.set(fadd(b, acc.get(), load_vec(b, p, b.add(i, ir.Constant(I64, 8 * j)), align=32)))
+            acc.set(fadd(b, acc.get(), load_vec(b, p, b.add(i, ir.Constant(I64, 8 * j)))))
     b.ret(hsum(b, tree_sum(b, [a.get() for a in accs])))
     return module
 
