@@ -62,12 +62,14 @@ def host_target() -> HostTarget:
     arm64 Linux and macOS; such code is emitted, never run here)."""
     _initialise()
     triple = os.environ.get("RWKV_TUI_TRIPLE") or llvm.get_process_triple()
-    if triple != llvm.get_process_triple():
+    foreign = triple != llvm.get_process_triple()
+    if foreign:
         _initialise_all()
-    cpu = os.environ.get("RWKV_TUI_CPU") or llvm.get_host_cpu_name()
+    # another machine's code gets a generic CPU unless told which: this host's name means nothing there
+    cpu = os.environ.get("RWKV_TUI_CPU") or ("generic" if foreign else llvm.get_host_cpu_name())
     features = os.environ.get("RWKV_TUI_FEATURES")
     if features is None:
-        features = llvm.get_host_cpu_features().flatten()
+        features = "" if foreign else llvm.get_host_cpu_features().flatten()
     enabled = _enabled(features)
     # 256-bit vectors even with AVX-512 (kernels that gain from 512-bit ones ask for them): wider ones
     # downclock some CPUs and buy nothing when the work is bound by memory reads.

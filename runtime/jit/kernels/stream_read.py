@@ -54,15 +54,17 @@ def stream_read_gbs(megabytes: int = 1024, repeats: int = 3, threads: int = 1) -
     the best of `repeats`."""
     _, fn = _compiled()
     a = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
-    parts = np.array_split(a, threads)
-    if any(len(part) % STEP for part in parts):
-        raise ValueError(f"each thread's share must be a multiple of {STEP} floats")
+    share = a.size // threads // STEP * STEP  # whole steps per thread; any remainder is not read
+    if share == 0:
+        raise ValueError(f"{megabytes} MB is too little to split across {threads} threads")
+    parts = [a[i * share : (i + 1) * share] for i in range(threads)]
     best = float("inf")
     with cf.ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in range(repeats):
             t0 = time.perf_counter()
             sums = list(pool.map(lambda part: fn(part.ctypes.data, len(part)), parts))
             best = min(best, time.perf_counter() - t0)
-    if abs(sum(sums) - a.size) > 1e-3 * a.size:
-        raise RuntimeError(f"stream read summed {sum(sums)}, expected {a.size}")
-    return a.nbytes / best / 1e9
+    read = share * threads
+    if abs(sum(sums) - read) > 1e-3 * read:
+        raise RuntimeError(f"stream read summed {sum(sums)}, expected {read}")
+    return read * a.itemsize / best / 1e9
