@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.jit.kernels.stream_read import stream_read_gbs
+from runtime.jit.kernels.stream_read import STEP, stream_sum
 from runtime.jit.threads import default_threads
 from runtime.model.layout import MAT_TENSOR_NAMES, Mat
 from runtime.model.model import Model, load_model
@@ -61,17 +61,40 @@ def bytes_per_decoded_token(model: Model) -> int:
     return total + t["head.weight"].nbytes + t["emb.weight"].row_bytes
 
 
-def memory_read_bandwidth(megabytes: int = 1024, repeats: int = 3, threads: int = 1) -> float:
-    """GB/s of a streaming sum over `megabytes` split across `threads` (numpy sums release the GIL)."""
-    a = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
-    parts = np.array_split(a, threads)
-    best = float("inf")
+def _read_gbs(read: Callable[[np.ndarray], float], megabytes: int, repeats: int, threads: int,
+              buffer: np.ndarray | None) -> tuple[float, float]:
+    """(GB/s, values summed) of `read` over `buffer` (or `megabytes` of ones) split across `threads`
+    in shares of whole STEPs (the remainder is not read); the best of `repeats`."""
+    a = buffer if buffer is not None else np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    share = a.size // threads // STEP * STEP
+    if share == 0:
+        raise ValueError(f"{a.nbytes} bytes are too few to split across {threads} threads")
+    parts = [a[i * share : (i + 1) * share] for i in range(threads)]
+    best, total = float("inf"), 0.0
     with cf.ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            list(pool.map(np.sum, parts))
+            total = float(sum(pool.map(read, parts)))
             best = min(best, time.perf_counter() - t0)
-    return a.nbytes / best / 1e9
+    return share * threads * a.itemsize / best / 1e9, total
+
+
+def memory_read_bandwidth(megabytes: int = 1024, repeats: int = 3, threads: int = 1,
+                          buffer: np.ndarray | None = None) -> float:
+    """GB/s of a numpy sum over `megabytes` (or `buffer`) split across `threads` (numpy sums release the GIL)."""
+    return _read_gbs(np.sum, megabytes, repeats, threads, buffer)[0]
+
+
+def stream_read_gbs(megabytes: int = 1024, repeats: int = 3, threads: int = 1,
+                    buffer: np.ndarray | None = None) -> float:
+    """GB/s of the compiled prefetching read (runtime/jit/kernels/stream_read.py), split as above; a
+    `buffer` must hold ones, as the check of what was summed assumes."""
+    a = buffer if buffer is not None else np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    rate, total = _read_gbs(stream_sum, megabytes, repeats, threads, a)
+    expected = float(a.size // threads // STEP * STEP * threads * a.flat[0])
+    if abs(total - expected) > 1e-3 * expected:
+        raise RuntimeError(f"stream read summed {total}, expected {expected}")
+    return rate
 
 
 _RSS_PROBE = """
@@ -166,6 +189,7 @@ def run_bench(
         report("peak memory of a fresh session")
         peak = peak_rss_of_a_session(path, counts[-1], cache)
     report("measuring memory bandwidth")
-    bandwidth = {n: memory_read_bandwidth(threads=n) for n in counts}
-    stream = {n: stream_read_gbs(threads=n) for n in counts}
+    buffer = np.ones((1 << 30) // 4, dtype=np.float32)  # one 1 GiB buffer for both reads
+    bandwidth = {n: memory_read_bandwidth(threads=n, buffer=buffer) for n in counts}
+    stream = {n: stream_read_gbs(threads=n, buffer=buffer) for n in counts}
     return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream)

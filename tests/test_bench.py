@@ -39,7 +39,8 @@ def test_memory_read_bandwidth_is_a_positive_rate():
 
 
 def test_stream_read_sums_every_float_and_gives_a_rate():
-    from runtime.jit.kernels.stream_read import _compiled, stream_read_gbs
+    from runtime.bench import stream_read_gbs
+    from runtime.jit.kernels.stream_read import _compiled
 
     _, fn = _compiled()
     values = np.random.default_rng(0).integers(0, 8, 64 * 1000).astype(np.float32)

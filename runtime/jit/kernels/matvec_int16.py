@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F32, I1, I8, I8P, I16, I32, counted_loop, intrinsic
+from runtime.jit.irkit import F32, I1, I8, I8P, I16, I32, I64, counted_loop, intrinsic
 from runtime.jit.kernels.dequant import NIBBLE_LAYOUTS, block_at, block_stride
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
@@ -112,11 +112,11 @@ BYTE_TYPES = (DType.Q5_0, DType.Q5_1)
 # types too, as bytes without fifth bits (Zen 5, 1.5B Q4_0 decoding 31.9 → 28.3 ms/token against their
 # 256-bit word path, side by side).
 WIDE_TYPES = (DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1)
-# GF(2) affine matrices (one per 64-bit lane) for vgf2p8affineqb: keep a byte's low nibble, or move its
-# high nibble down; one instruction instead of a shift and a mask.
 # Q8_0 blocks one per 512-bit register where Variant.wide (vpmovsxbw + vpdpwssd: 4 vector instructions a
 # block instead of 6-7); 1.5B Q8_0 decoding 50.6 → 41.6 ms/token, Zen 5, side by side. A switch for A/B runs.
 WIDE_Q8 = True
+# GF(2) affine matrices (one per 64-bit lane) for vgf2p8affineqb: keep a byte's low nibble, or move its
+# high nibble down; one instruction instead of a shift and a mask.
 LOW_NIBBLE = 0x0102040800000000
 HIGH_NIBBLE = 0x1020408000000000
 
@@ -176,14 +176,9 @@ def _dpwssd(b: ir.IRBuilder, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Valu
 
 
 def _dpbusd(b: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value) -> ir.Value:
-    """acc + Σ of 4 products u8·s8 per dword lane (vpdpbusd)."""
-    fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.256", V8I32, [V8I32, V8I32, V8I32])
-    return b.call(fn, [acc, unsigned, signed])
-
-
-def _dpbusd512(b: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value) -> ir.Value:
-    """acc + Σ of 4 products u8·s8 per dword lane, 16 lanes (vpdpbusd zmm)."""
-    fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", V16I32, [V16I32, V16I32, V16I32])
+    """acc + Σ of 4 products u8·s8 per dword lane (vpdpbusd; 8 or 16 lanes, as `acc`)."""
+    ty = acc.type
+    fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{32 * ty.count}", ty, [ty, ty, ty])
     return b.call(fn, [acc, unsigned, signed])
 
 
@@ -395,12 +390,17 @@ class _RowDot:
         mask = b.bitcast(load_as(b, ptr, lay.qh, I32), V32I1)
         return b.bitcast(b.select(mask, b.add(codes, self.prep.sixteen), codes), V8I32)
 
+    def _block(self, k: ir.Value) -> ir.Value:
+        """i8* to block k of the row, prefetching its counterpart in the next group of rows."""
+        ptr = block_at(self.b, self.row, self.dtype, k)
+        if self.ahead:
+            prefetch(self.b, byte_ptr(self.b, ptr, self.ahead))
+        return ptr
+
     def add_block(self, k: ir.Value, xlo: ir.Value, xhi: ir.Value) -> None:
         """Accumulate block k; (xlo, xhi) are the block's X halves, or (Xh, Xl) on the byte path."""
         b = self.b
-        ptr = block_at(b, self.row, self.dtype, k)
-        if self.ahead:
-            prefetch(b, byte_ptr(b, ptr, self.ahead))
+        ptr = self._block(k)
         if self.prep.split:
             codes = self._byte_codes(ptr)
             high = _dpbusd(b, ir.Constant(V8I32, None), codes, xlo)
@@ -420,13 +420,10 @@ class _RowDot:
         nibble halves of each placed by one byte permutation, split (GFNI, or a shift and a mask), 16
         added under the 64 fifth bits of both, two vpdpbusd, one conversion and FMA for both scales."""
         b, lay, stride = self.b, self.lay, block_stride(self.dtype)
-        ptr = block_at(b, self.row, self.dtype, k)
-        if self.ahead:
-            prefetch(b, byte_ptr(b, ptr, self.ahead))
+        ptr = self._block(k)
         raw = _masked_load64(b, ptr, 2 * stride)
         order = [lay.qs + j for j in range(16)] * 2 + [stride + lay.qs + j for j in range(16)] * 2
-        both = b.bitcast(b.shuffle_vector(raw, ir.Constant(V64I8, None), const_vec(ir.VectorType(I32, 64), order)),
-                         V32I16W)
+        both = b.bitcast(shuffle(b, raw, raw, order), V32I16W)
         if self.variant.gfni:
             fn = intrinsic(b.module, "llvm.x86.vgf2p8affineqb.512", V64I8, [V64I8, V64I8, I8])
             mat = [((LOW_NIBBLE if j % 32 < 16 else HIGH_NIBBLE) >> (8 * (j % 8))) & 0xFF for j in range(64)]
@@ -435,26 +432,22 @@ class _RowDot:
             shifted = b.lshr(both, const_vec(V32I16W, ([0] * 8 + [4] * 8) * 2))
             codes = b.and_(b.bitcast(shifted, V64I8), splat_const(V64I8, 15))
         if lay.qh is not None:
-            i64 = ir.IntType(64)
-            lo = b.zext(load_as(b, ptr, lay.qh, I32), i64)
-            hi = b.zext(load_as(b, ptr, stride + lay.qh, I32), i64)
-            mask = b.bitcast(b.or_(lo, b.shl(hi, ir.Constant(i64, 32))), V64I1)
+            lo = b.zext(load_as(b, ptr, lay.qh, I32), I64)
+            hi = b.zext(load_as(b, ptr, stride + lay.qh, I32), I64)
+            mask = b.bitcast(b.or_(lo, b.shl(hi, ir.Constant(I64, 32))), V64I1)
             codes = b.select(mask, b.add(codes, self.prep.sixteen64), codes)
         codes = b.bitcast(codes, V16I32)
-        high = _dpbusd512(b, ir.Constant(V16I32, None), codes, xh)
-        dot = _dpbusd512(b, b.shl(high, splat_const(V16I32, 8)), codes, xl)
-        pair = b.bitcast(b.gep(self.ds, [k], inbounds=True), ir.VectorType(F32, 2).as_pointer())
-        ds2 = b.load(pair, align=8)
-        scale = b.shuffle_vector(ds2, ir.Constant(ds2.type, None), const_vec(ir.VectorType(I32, 16), [0] * 8 + [1] * 8))
+        high = _dpbusd(b, ir.Constant(V16I32, None), codes, xh)
+        dot = _dpbusd(b, b.shl(high, splat_const(V16I32, 8)), codes, xl)
+        ds2 = b.load(b.bitcast(b.gep(self.ds, [k], inbounds=True), ir.VectorType(F32, 2).as_pointer()), align=8)
+        scale = shuffle(b, ds2, ds2, [0] * 8 + [1] * 8)
         self.acc16.set(fma(b, b.sitofp(dot, V16F), scale, self.acc16.get()))
 
     def add_block_words(self, k: ir.Value, xw: ir.Value) -> None:
         """Accumulate Q8_0 block k in one 512-bit register (Variant.wide): its 32 codes sign-extended to
         words by one vpmovsxbw, one vpdpwssd against X, one conversion and FMA by the block's scale."""
         b = self.b
-        ptr = block_at(b, self.row, self.dtype, k)
-        if self.ahead:
-            prefetch(b, byte_ptr(b, ptr, self.ahead))
+        ptr = self._block(k)
         codes = b.sext(load_as(b, ptr, 2, V32I8), V32I16W)
         fn = intrinsic(b.module, "llvm.x86.avx512.vpdpwssd.512", V16I32, [V16I32, V32I16W, V32I16W])
         dot = b.call(fn, [ir.Constant(V16I32, None), codes, xw])
@@ -466,9 +459,7 @@ class _RowDot:
         v = self.acc.get() if self.bias is None else fadd(b, self.acc.get(), self.bias.get())
         if self.acc16 is not None:
             w = self.acc16.get()
-            lo16, hi16 = (b.shuffle_vector(w, w, const_vec(ir.VectorType(I32, 8), list(range(h, h + 8))))
-                          for h in (0, 8))
-            v = fadd(b, v, fadd(b, lo16, hi16))
+            v = fadd(b, v, fadd(b, shuffle(b, w, w, list(range(VL))), shuffle(b, w, w, list(range(VL, 2 * VL)))))
         return hsum(b, v)
 
 

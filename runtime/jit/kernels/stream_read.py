@@ -1,7 +1,8 @@
-"""A compiled streaming read, for `rwkv-tui bench`: how fast this machine's memory can be read when the
-reader prefetches ahead, as the decode kernels do.
+"""A compiled streaming read, for `rwkv-tui bench` (runtime/bench.py times it): how fast this machine's
+memory can be read when the reader prefetches ahead, as the decode kernels do.
 
     float stream_read(float* p, i64 n_floats)     # the sum of p[0 .. n_floats), n_floats % 64 == 0
+    stream_sum(array)                              # the same from Python
 
 Eight independent accumulators over 256-byte steps, a software prefetch PREFETCH_BYTES ahead (the
 decode kernels' distance), compiled for the host like every kernel. A numpy sum (the plain read the
@@ -11,10 +12,8 @@ issue's figures were measured with) reads markedly less on some machines (Zen 5:
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import ctypes
 import functools
-import time
 
 import numpy as np
 from llvmlite import ir
@@ -49,22 +48,8 @@ def _compiled() -> tuple[CompiledModule, ctypes._CFuncPtr]:
     return lib, ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)(lib.address(NAME))
 
 
-def stream_read_gbs(megabytes: int = 1024, repeats: int = 3, threads: int = 1) -> float:
-    """GB/s of the compiled read over `megabytes` split across `threads` (ctypes releases the GIL);
-    the best of `repeats`."""
-    _, fn = _compiled()
-    a = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
-    share = a.size // threads // STEP * STEP  # whole steps per thread; any remainder is not read
-    if share == 0:
-        raise ValueError(f"{megabytes} MB is too little to split across {threads} threads")
-    parts = [a[i * share : (i + 1) * share] for i in range(threads)]
-    best = float("inf")
-    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sums = list(pool.map(lambda part: fn(part.ctypes.data, len(part)), parts))
-            best = min(best, time.perf_counter() - t0)
-    read = share * threads
-    if abs(sum(sums) - read) > 1e-3 * read:
-        raise RuntimeError(f"stream read summed {sum(sums)}, expected {read}")
-    return read * a.itemsize / best / 1e9
+def stream_sum(part: np.ndarray) -> float:
+    """The compiled read over a float32 array of whole STEPs (releases the GIL: ctypes)."""
+    if part.dtype != np.float32 or len(part) % STEP or not part.flags.c_contiguous:
+        raise ValueError(f"the stream read takes contiguous float32 arrays of a multiple of {STEP} values")
+    return _compiled()[1](part.ctypes.data, len(part))
