@@ -313,7 +313,9 @@ class _Trickle:
 
 def test_the_jobs_screen_shows_rate_and_eta_of_a_running_download(tui_home):
     data = bytes(range(256)) * (8 * 4096)  # 8 MiB
-    with _Trickle(data) as server:
+    # 6 MB flow over ~1.5 s before the hold: three times the 0.5 s a rate needs (with 4 MB over ~1 s,
+    # one loaded CI run saw every progress event inside the first 0.5 s and no rate for 30 s)
+    with _Trickle(data, hold_after=6) as server:
         add_entry("trickle", server.url("/RWKV-trickle.pth"), len(data))
 
         async def body():
