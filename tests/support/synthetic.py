@@ -1,4 +1,4 @@
-"""Random RWKV-4 state dicts with BlinkDL's tensor names and shapes.
+"""Random RWKV state dicts (RWKV-4, RWKV-7) with BlinkDL's tensor names and shapes.
 
 The values are scaled like a trained model's (small matrices, decays spread over channels) so the
 forward pass neither explodes nor saturates, which keeps comparisons between implementations
@@ -44,6 +44,81 @@ def v4_state_dict(
         sd[p + "ffn.time_mix_r"] = vec(0.1, 0.9).reshape(1, 1, C)
         sd[p + "ffn.key.weight"] = mat(F, C, 1.0)
         sd[p + "ffn.receptance.weight"] = mat(C, C, 1.0)
+        sd[p + "ffn.value.weight"] = mat(C, F, 0.5)
+    sd["ln_out.weight"] = vec(0.8, 1.2)
+    sd["ln_out.bias"] = vec(-0.1, 0.1)
+    sd["head.weight"] = mat(n_vocab, C, 1.0)
+    if dtype != "float32":
+        sd = {k: v.astype(dtype) for k, v in sd.items()}
+    return sd
+
+
+def v7_state_dict(
+    n_layer: int = 2,
+    n_embd: int = 128,
+    head_size: int = 64,
+    n_vocab: int = 256,
+    ranks: tuple[int, int, int, int] = (24, 40, 16, 48),
+    seed: int = 0,
+    layer0_v: bool = False,
+    dtype: str = "float32",
+) -> dict[str, np.ndarray]:
+    """A random RWKV-7 checkpoint as BlinkDL's `.pth` files hold it (before any conversion).
+
+    `ranks` are the LoRA ranks (Dw, Da, Dv, Dg), unlike any released model's on purpose, so a reader
+    that takes them from a table instead of the shapes fails. `layer0_v` adds the unused
+    `blocks.0.att.v0/v1/v2` some released files carry.
+    """
+    rng = np.random.default_rng(seed)
+    C, F, N = n_embd, 4 * n_embd, head_size
+    if C % N:
+        raise ValueError("n_embd must be a multiple of head_size")
+    H = C // N
+    Dw, Da, Dv, Dg = ranks
+
+    def mat(rows: int, cols: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float32)
+
+    def vec(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, C).astype(np.float32)
+
+    def row(lo: float, hi: float) -> np.ndarray:
+        return vec(lo, hi).reshape(1, 1, C)
+
+    sd: dict[str, np.ndarray] = {"emb.weight": (rng.standard_normal((n_vocab, C)) * 0.1).astype(np.float32)}
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        if i == 0:
+            sd[p + "ln0.weight"] = vec(0.8, 1.2)
+            sd[p + "ln0.bias"] = vec(-0.1, 0.1)
+        for ln in ("ln1", "ln2"):
+            sd[p + ln + ".weight"] = vec(0.8, 1.2)
+            sd[p + ln + ".bias"] = vec(-0.1, 0.1)
+        for m in ("r", "w", "k", "v", "a", "g"):
+            sd[p + f"att.x_{m}"] = row(0.05, 0.95)
+        sd[p + "att.w0"] = (np.linspace(-6.0, 1.0, C, dtype=np.float32) + vec(-0.3, 0.3)).reshape(1, 1, C)
+        sd[p + "att.r_k"] = (rng.standard_normal((H, N)) * 0.3).astype(np.float32)
+        sd[p + "att.w1"] = mat(C, Dw, 0.5)
+        sd[p + "att.w2"] = mat(Dw, C, 0.5)
+        sd[p + "att.a1"] = mat(C, Da, 0.5)
+        sd[p + "att.a2"] = mat(Da, C, 0.5)
+        sd[p + "att.a0"] = row(-0.5, 0.5)
+        sd[p + "att.g1"] = mat(C, Dg, 0.5)
+        sd[p + "att.g2"] = mat(Dg, C, 0.5)
+        if i > 0 or layer0_v:
+            sd[p + "att.v2"] = mat(Dv, C, 0.5)
+            sd[p + "att.v1"] = mat(C, Dv, 0.5)
+            sd[p + "att.v0"] = row(-0.5, 0.5)
+        sd[p + "att.k_k"] = row(0.5, 1.0)
+        sd[p + "att.k_a"] = row(0.5, 1.0)
+        sd[p + "att.receptance.weight"] = mat(C, C, 1.0)
+        sd[p + "att.key.weight"] = mat(C, C, 1.0)
+        sd[p + "att.value.weight"] = mat(C, C, 1.0)
+        sd[p + "att.output.weight"] = mat(C, C, 0.5)
+        sd[p + "att.ln_x.weight"] = vec(0.5, 1.0)
+        sd[p + "att.ln_x.bias"] = vec(-0.1, 0.1)
+        sd[p + "ffn.x_k"] = row(0.05, 0.95)
+        sd[p + "ffn.key.weight"] = mat(F, C, 1.0)
         sd[p + "ffn.value.weight"] = mat(C, F, 0.5)
     sd["ln_out.weight"] = vec(0.8, 1.2)
     sd["ln_out.bias"] = vec(-0.1, 0.1)
