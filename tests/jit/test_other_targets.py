@@ -28,8 +28,7 @@ from runtime.jit.kernels.dequant import SUPPORTED
 from runtime.jit.sync import futex_syscall_number
 from runtime.jit.target import host_target
 from runtime.jit.threads import pool_module
-from runtime.model.forward_ir import build_forward_module
-from runtime.model.layout import Mat, ModelSpec
+from runtime.model.arch.rwkv4 import Mat, ModelSpec, build_forward_module
 from runtime.quant.types import DType
 
 spec = ModelSpec(n_layer=len(SUPPORTED), n_embd=64, n_vocab=96, n_ffn=256,
