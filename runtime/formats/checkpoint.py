@@ -22,7 +22,9 @@ from runtime.formats.tensors import LazyTensor
 TIME_DECAY_NEG_EXP = "time_decay=-exp(time_decay)"
 TIME_MIX_SQUEEZED = "time_mix_squeezed"
 LN0_FOLDED = "ln0_folded_into_emb"
-KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED})
+# RWKV-7: w1/w2/a1/a2/v1/v2/g1/g2 stored transposed relative to the .pth (as rwkv.cpp and llama.cpp do).
+V7_LORA_TRANSPOSED = "v7_lora_transposed"
+KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED, V7_LORA_TRANSPOSED})
 
 ZIP_MAGIC = b"PK\x03\x04"
 RWKVCPP_MAGIC = (0x67676D66).to_bytes(4, "little")

@@ -1,6 +1,8 @@
 """Tell an RWKV checkpoint's architecture and shape from its tensor names and shapes.
 
-RWKV-4 is runnable. RWKV-5.x, 6 and 7 are recognised and reported by name as not yet runnable;
+RWKV-4 and RWKV-7 are recognised with their dimensions (RWKV-7's tensors are checked against its
+spec when the model is loaded: runtime/model/arch/rwkv7.py). RWKV-5.x and 6 are recognised and
+reported by name as not yet runnable;
 RWKV-4a/4b variants and unknown layouts are refused with a message saying what was found.
 """
 
@@ -118,12 +120,14 @@ def detect_architecture(
             version = "5.1"
         else:
             version = "5"
+    ffn = shapes.get("blocks.0.ffn.key.weight")
+    n_ffn = int(ffn[0]) if ffn is not None and len(ffn) == 2 else 4 * n_embd
+    if version == "7":
+        return Architecture("7", n_layer, n_embd, n_vocab, n_ffn)
     if version is not None:
         raise UnsupportedModelError(
             path, f"RWKV-{version} checkpoints are recognised but not runnable yet; this version runs RWKV-4"
         )
-    ffn = shapes.get("blocks.0.ffn.key.weight")
-    n_ffn = int(ffn[0]) if ffn is not None and len(ffn) == 2 else 4 * n_embd
     expected = v4_tensor_shapes(n_layer, n_embd, n_vocab, n_ffn)
     if allow_ln0_missing:
         expected.pop("blocks.0.ln0.weight", None)

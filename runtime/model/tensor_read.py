@@ -29,6 +29,8 @@ def matrix_type(path: Path, tensor: LazyTensor, allowed: frozenset[DType] = MATR
 
 def vector(ckpt: Checkpoint, name: str, n: int) -> np.ndarray:
     """A tensor of `n` values (any shape holding them), float32, finite."""
+    if name not in ckpt.tensors:
+        raise ModelFileError(ckpt.path, f"not a complete {ckpt.arch.name} model: '{name}' is missing")
     v = ckpt.tensors[name].numpy().reshape(-1).astype(np.float32)
     if v.size != n:
         raise ModelFileError(ckpt.path, f"tensor '{name}' has {v.size} values, expected {n}")

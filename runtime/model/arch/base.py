@@ -6,14 +6,16 @@ folded it into the embedding), calls one layer function per layer (the architect
 an ALL_LOGITS buffer, the head over every token of the chunk. After the last chunk it computes the
 head on the last token only (LN_out on thread 0 | barrier | logits, rows split).
 
-An architecture subclasses `ForwardBuilder` and supplies `_layer_function(types, index)`; its spec
+An architecture subclasses `ForwardBuilder` and supplies `_layer_function(key, index)` (layers
+with the same `_layer_key`, by default their matrix types, share one function); its spec
 (`ArchSpec`) says the sizes the skeleton needs: per-layer floats of parameters and state, weight
-slots per layer, and scratch regions named X (the residual stream, chunk × C), XA (chunk × C) and
-LNOUT (C).
+slots per layer, and scratch regions named X (the residual stream, chunk × C), XA (chunk × C),
+PRIVATE (a row per thread) and LNOUT (C).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Protocol
 
 from llvmlite import ir
@@ -84,16 +86,22 @@ class ForwardBuilder:
         self.barrier = emit_barrier(self.module)
         self.ln_c = emit_layernorm(self.module, spec.n_embd)
         self._declare()
-        self.layer_fns: dict[tuple[DType, ...], ir.Function] = {}
-        for types in spec.layer_types:
-            if types not in self.layer_fns:
-                self.layer_fns[types] = self._layer_function(types, len(self.layer_fns))
+        self.layer_fns: dict[Hashable, ir.Function] = {}
+        for layer, types in enumerate(spec.layer_types):
+            key = self._layer_key(layer, types)
+            if key not in self.layer_fns:
+                self.layer_fns[key] = self._layer_function(key, len(self.layer_fns))
         self._forward_function()
 
     def _declare(self) -> None:
         """Declare the kernels the layers call (before any layer function is built)."""
 
-    def _layer_function(self, types: tuple[DType, ...], index: int) -> ir.Function:
+    def _layer_key(self, layer: int, types: tuple[DType, ...]) -> Hashable:
+        """What makes layers' compiled code differ: by default their matrix types (layers that agree
+        share one function)."""
+        return types
+
+    def _layer_function(self, key: Hashable, index: int) -> ir.Function:
         raise NotImplementedError
 
     def _new_layer_function(self, index: int) -> tuple[ir.Function, ir.IRBuilder]:
@@ -191,7 +199,7 @@ class ForwardBuilder:
                                        self._vec(b, glob, GlobalVec.LN0_B), row])
             self._sync(b, barrier, n)
             for layer, types in enumerate(spec.layer_types):
-                b.call(self.layer_fns[types], [
+                b.call(self.layer_fns[self._layer_key(layer, types)], [
                     scratch,
                     b.gep(state, [i64(layer * spec.layer_state_floats)], inbounds=True),
                     b.gep(params, [i64(layer * spec.layer_param_floats)], inbounds=True),
