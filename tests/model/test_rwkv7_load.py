@@ -1,0 +1,48 @@
+"""Loading RWKV-7 files: every tensor the forward pass reads is checked for presence and shape before
+any address reaches native code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.errors import ModelFileError
+from runtime.model.loader import load_weights
+from runtime.quant.types import DType
+from tests.support.rwkvcpp_writer import blinkdl_v7_to_rwkvcpp, write_rwkvcpp
+from tests.support.synthetic import v7_state_dict
+
+
+def _write(tmp_path, edit) -> object:
+    sd = v7_state_dict(n_layer=2, n_embd=128, n_vocab=96, seed=7)
+    stored = blinkdl_v7_to_rwkvcpp(sd, DType.F32)
+    edit(stored)
+    return write_rwkvcpp(tmp_path / "m.bin", stored, n_vocab=96, n_embd=128, n_layer=2, data_type=DType.F32)
+
+
+def test_a_good_file_loads_with_its_ranks(tmp_path):
+    w = load_weights(_write(tmp_path, lambda s: None))
+    assert (w.spec.ranks, w.spec.head_size, w.spec.n_ffn) == ((24, 40, 16, 48), 64, 512)
+    w.close()
+
+
+def test_a_misshapen_lora_factor_is_refused(tmp_path):
+    def edit(s):
+        s["blocks.1.att.a2"] = (np.zeros((128, 32), np.float32), DType.F32)
+
+    with pytest.raises(ModelFileError, match=r"'blocks.1.att.a2' has shape \(128, 32\), expected \(128, 40\)"):
+        load_weights(_write(tmp_path, edit))
+
+
+def test_an_untransposed_lora_factor_is_refused(tmp_path):
+    def edit(s):
+        s["blocks.0.att.g1"] = (np.ascontiguousarray(s["blocks.0.att.g1"][0].T), DType.F32)
+
+    with pytest.raises(ModelFileError, match="blocks.0.att.g"):
+        load_weights(_write(tmp_path, edit))
+
+
+@pytest.mark.parametrize("name", ["blocks.1.ffn.x_k", "blocks.0.att.k_a", "blocks.1.att.v2"])
+def test_a_missing_tensor_is_refused_by_name(tmp_path, name):
+    with pytest.raises(ModelFileError, match=f"'{name}' is missing"):
+        load_weights(_write(tmp_path, lambda s: s.pop(name)))
