@@ -182,6 +182,9 @@ class ModelSpec:
     head_type: DType
     ln0_folded: bool
     chunk: int = 128
+    # Parts left out of the compiled code, for bench/rwkv7_profile.py only (the results are wrong):
+    # "matrices" (r, k, v, output, FFN products), "lora" (both LoRA factors), "heads" (per-head work).
+    omit: frozenset[str] = frozenset()
 
     arch = NAME
 
@@ -427,13 +430,15 @@ class _Rwkv7Builder(ForwardBuilder):
         self._sync(b, barrier, n)
 
         # r, k, v and the LoRA first factors (rows split); att_xx saved
+        big, lora, heads = ("matrices" not in spec.omit, "lora" not in spec.omit, "heads" not in spec.omit)
         for m, src, dst in ((Mat.RECEPTANCE, Region.XR, Region.R), (Mat.KEY, Region.XK, Region.K),
                             (Mat.VALUE, Region.XV, Region.V)):
-            matrix(m, src, dst, c0, c1)
+            if big:
+                matrix(m, src, dst, c0, c1)
         firsts = [(Mat.W1, Region.XW, Region.HW), (Mat.A1, Region.XAA, Region.HA), (Mat.G1, Region.XG, Region.HG)]
         if not first:
             firsts.append((Mat.V1, Region.XV, Region.HV))
-        for m, src, dst in firsts:
+        for m, src, dst in firsts if lora else ():
             rank = spec.mat_rows(m)
             d0, d1 = split_range(b, rank, tid, n)
             matrix(m, src, dst, d0, d1)
@@ -452,8 +457,51 @@ class _Rwkv7Builder(ForwardBuilder):
         seconds = [(Mat.W2, Region.HW, Region.W), (Mat.A2, Region.HA, Region.A), (Mat.G2, Region.HG, Region.G)]
         if not first:
             seconds.append((Mat.V2, Region.HV, Region.VG))
-        for m, src, dst in seconds:
+        for m, src, dst in seconds if lora else ():
             matrix(m, src, dst, hc0, hc1)
+        if heads:
+            self._heads(b, first, scratch, prm, wkv_state, n_tok, h0, h1, hc0, hc1)
+        self._sync(b, barrier, n)
+        if big:
+            matrix(Mat.OUTPUT, Region.OUT, Region.X, c0, c1, accumulate=True)
+        self._sync(b, barrier, n)
+
+        # channel mixing
+        with self._token_loop(b, n_tok, tid, n) as t:
+            cur, prev = self._normed_rows(b, scratch, prm, ffn_xx, t, tid, Vec.LN2_W, Vec.LN2_B)
+            mix, out = vec(Vec.FFN_X_K), reg_row(Region.XK, t)
+            with counted_loop(b, i64(0), i64(C), name="c") as c:
+                x = load_at(b, cur, c)
+                store_at(b, b.fadd(x, b.fmul(b.fsub(load_at(b, prev, c), x), load_at(b, mix, c))), out, c)
+        self._sync(b, barrier, n)
+        if big:
+            matrix(Mat.FFN_KEY, Region.XK, Region.HID, f0, f1)
+        with counted_loop(b, i64(0), n_tok, name="t") as t:
+            hid = reg_row(Region.HID, t, F)
+            with counted_loop(b, f0, f1, name="f") as j:
+                z = load_at(b, hid, j)
+                z = b.select(b.fcmp_ordered(">", z, f32(0.0)), z, f32(0.0))
+                store_at(b, b.fmul(z, z), hid, j)
+        self._copy(b, reg_row(Region.XA, last), ffn_xx, c0, c1)
+        self._sync(b, barrier, n)
+        if big:
+            matrix(Mat.FFN_VALUE, Region.HID, Region.X, c0, c1, accumulate=True)
+        self._sync(b, barrier, n)
+        b.ret_void()
+        return fn
+
+    def _heads(self, b: ir.IRBuilder, first: bool, scratch: ir.Value, prm: ir.Value, wkv_state: ir.Value,
+               n_tok: ir.Value, h0: ir.Value, h1: ir.Value, hc0: ir.Value, hc1: ir.Value) -> None:
+        """Heads [h0, h1) (channels [hc0, hc1)) of every token, after the LoRA second factors: decay, a,
+        k, the value residual, kk normalised, WKV-7, then GroupNorm + bonus + gate into OUT."""
+        C, N = self.spec.n_embd, self.spec.head_size
+
+        def reg(r: Region) -> ir.Value:
+            return self._region(b, scratch, r)
+
+        def vec(v: Vec) -> ir.Value:
+            return self._vec(b, prm, v)
+
         with counted_loop(b, i64(0), n_tok, name="t") as t:
             row = b.mul(t, i64(C))
             with counted_loop(b, hc0, hc1, name="c") as c:
@@ -499,28 +547,3 @@ class _Rwkv7Builder(ForwardBuilder):
                     b.gep(vec(Vec.LNX_B), [hc], inbounds=True), at(Region.R, tc), at(Region.K, tc),
                     b.gep(vec(Vec.R_K), [hc], inbounds=True), at(Region.V, tc), at(Region.G, tc),
                 ])
-        self._sync(b, barrier, n)
-        matrix(Mat.OUTPUT, Region.OUT, Region.X, c0, c1, accumulate=True)
-        self._sync(b, barrier, n)
-
-        # channel mixing
-        with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, scratch, prm, ffn_xx, t, tid, Vec.LN2_W, Vec.LN2_B)
-            mix, out = vec(Vec.FFN_X_K), reg_row(Region.XK, t)
-            with counted_loop(b, i64(0), i64(C), name="c") as c:
-                x = load_at(b, cur, c)
-                store_at(b, b.fadd(x, b.fmul(b.fsub(load_at(b, prev, c), x), load_at(b, mix, c))), out, c)
-        self._sync(b, barrier, n)
-        matrix(Mat.FFN_KEY, Region.XK, Region.HID, f0, f1)
-        with counted_loop(b, i64(0), n_tok, name="t") as t:
-            hid = reg_row(Region.HID, t, F)
-            with counted_loop(b, f0, f1, name="f") as j:
-                z = load_at(b, hid, j)
-                z = b.select(b.fcmp_ordered(">", z, f32(0.0)), z, f32(0.0))
-                store_at(b, b.fmul(z, z), hid, j)
-        self._copy(b, reg_row(Region.XA, last), ffn_xx, c0, c1)
-        self._sync(b, barrier, n)
-        matrix(Mat.FFN_VALUE, Region.HID, Region.X, c0, c1, accumulate=True)
-        self._sync(b, barrier, n)
-        b.ret_void()
-        return fn
