@@ -293,12 +293,19 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
     head_size = _head_size(ckpt)
     if C % head_size or head_size % 8 or head_size > 256:
         raise ModelFileError(path, f"head size {head_size} does not split n_embd {C} into heads of a supported size")
-    # LoRA ranks from the first factors' shapes (layer 0 has no usable V1)
-    ranks = tuple(
-        BLOCK if m is Mat.V1 and L == 1 else _shape(ckpt, f"blocks.{int(m is Mat.V1)}.{MAT_TENSOR_NAMES[m]}")[0]
-        for m in _FIRST_FACTORS
-    )
-    probe = ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, ranks, (), emb_type, head_type,
+    # LoRA ranks from the first factors' shapes, (D, C) as stored transposed (layer 0 has no usable V1)
+    ranks = []
+    for m in _FIRST_FACTORS:
+        if m is Mat.V1 and L == 1:
+            ranks.append(BLOCK)  # unused
+            continue
+        name = f"blocks.{int(m is Mat.V1)}.{MAT_TENSOR_NAMES[m]}"
+        shape = _shape(ckpt, name)
+        if len(shape) != 2 or shape[1] != C:
+            raise ModelFileError(path, f"tensor '{name}' has shape {shape}, expected (rank, {C}): the LoRA "
+                                 "factors stored transposed")
+        ranks.append(shape[0])
+    probe = ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, tuple(ranks), (), emb_type, head_type,
                       LN0_FOLDED in ckpt.transforms, chunk)  # type: ignore[arg-type]
     layer_types = []
     for i in range(L):
@@ -318,7 +325,7 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
     for name in ("emb.weight", "head.weight"):
         if _shape(ckpt, name) != (arch.n_vocab, C):
             raise ModelFileError(path, f"tensor '{name}' has shape {_shape(ckpt, name)}, expected {(arch.n_vocab, C)}")
-    return ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, ranks, tuple(layer_types),  # type: ignore[arg-type]
+    return ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, tuple(ranks), tuple(layer_types),  # type: ignore[arg-type]
                      emb_type, head_type, LN0_FOLDED in ckpt.transforms, chunk)
 
 
