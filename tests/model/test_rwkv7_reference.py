@@ -82,3 +82,14 @@ def test_sequence_mode_equals_one_token_at_a_time(ref_model):
     _, mid = model.forward(tokens[:17])  # carrying the state between calls
     rest, end = model.forward(tokens[17:], mid)
     assert _rel(rest, every[-1]) <= 1e-5 and _state_rel(end.data, seq_state.data, ref.n_layer) <= 1e-5
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_other_than_two_agree(tmp_path, threads):
+    """More threads than heads (rwkv7-b has 2) leaves some threads without per-head work."""
+    ref = load_reference_v7("rwkv7-b")
+    path = write_v7_model(tmp_path / "b.bin", read_pth_arrays(ref.pth_path), DType.F32)
+    with Model(load_weights(path, chunk=16), threads=threads) as model:
+        every, state = model.forward_all(ref.tokens)
+        assert max(_rel(every[i], ref.logits_seq_all[i]) for i in range(len(ref.tokens))) <= 1e-4
+        assert _state_rel(state.data, ref.state_seq, ref.n_layer) <= 1e-4
