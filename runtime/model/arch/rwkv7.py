@@ -38,6 +38,7 @@ per layer, then layout.GlobalVec.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,10 +269,6 @@ def _shape(ckpt: Checkpoint, name: str) -> tuple[int, ...]:
     return t.shape
 
 
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(d for d in shape if d != 1) or (1,)
-
-
 def _head_size(ckpt: Checkpoint) -> int:
     """N from r_k's (H, N) shape; a flat r_k (llama.cpp's GGUF) leaves it to the file's metadata."""
     shape = _shape(ckpt, "blocks.0.att.r_k")
@@ -305,8 +302,8 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
             raise ModelFileError(path, f"tensor '{name}' has shape {shape}, expected (rank, {C}): the LoRA "
                                  "factors stored transposed")
         ranks.append(shape[0])
-    probe = ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, tuple(ranks), (), emb_type, head_type,
-                      LN0_FOLDED in ckpt.transforms, chunk)  # type: ignore[arg-type]
+    spec = ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, tuple(ranks), (), emb_type, head_type,  # type: ignore[arg-type]
+                     LN0_FOLDED in ckpt.transforms, chunk)
     layer_types = []
     for i in range(L):
         types = []
@@ -315,7 +312,7 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
             if i == 0 and m in (Mat.V1, Mat.V2):
                 types.append(DType.F32)  # unused
                 continue
-            want = (probe.mat_rows(m), probe.mat_cols(m))
+            want = (spec.mat_rows(m), spec.mat_cols(m))
             if _shape(ckpt, name) != want:
                 raise ModelFileError(path, f"tensor '{name}' has shape {_shape(ckpt, name)}, expected {want}")
             allowed = None if want[1] % BLOCK == 0 else frozenset(SMALLMAT_TYPES)
@@ -325,8 +322,7 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
     for name in ("emb.weight", "head.weight"):
         if _shape(ckpt, name) != (arch.n_vocab, C):
             raise ModelFileError(path, f"tensor '{name}' has shape {_shape(ckpt, name)}, expected {(arch.n_vocab, C)}")
-    return ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, tuple(ranks), tuple(layer_types),  # type: ignore[arg-type]
-                     emb_type, head_type, LN0_FOLDED in ckpt.transforms, chunk)
+    return dataclasses.replace(spec, layer_types=tuple(layer_types))
 
 
 def layer_weights(ckpt: Checkpoint, spec: ModelSpec, layer: int) -> list[str | None]:
