@@ -46,3 +46,28 @@ def test_an_untransposed_lora_factor_is_refused(tmp_path):
 def test_a_missing_tensor_is_refused_by_name(tmp_path, name):
     with pytest.raises(ModelFileError, match=f"'{name}' is missing"):
         load_weights(_write(tmp_path, lambda s: s.pop(name)))
+
+
+def test_the_contracts_other_spellings_give_the_same_model(tmp_path):
+    """Vectors as [C] instead of [1,1,C], r_k flat [C] (head size 64 then), and layer 0 carrying
+    llama.cpp's dummy v0/v1/v2 (copies of a0/a1/a2, of rank Da): the same logits and state."""
+    from runtime.model.model import Model
+
+    def edit(s):
+        for name, (a, dtype) in list(s.items()):
+            if a.ndim == 3 and a.shape[:2] == (1, 1):
+                s[name] = (a.reshape(-1), dtype)
+        s["blocks.0.att.r_k"] = (s["blocks.0.att.r_k"][0].reshape(-1), DType.F32)
+        s["blocks.0.att.v0"] = s["blocks.0.att.a0"]
+        s["blocks.0.att.v1"] = s["blocks.0.att.a1"]
+        s["blocks.0.att.v2"] = s["blocks.0.att.a2"]
+
+    tokens = [5, 17, 90, 3, 3, 64]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with Model(load_weights(_write(tmp_path / "a", lambda s: None)), threads=2) as plain, \
+            Model(load_weights(_write(tmp_path / "b", edit)), threads=2) as other:
+        want, want_state = plain.forward(tokens)
+        got, got_state = other.forward(tokens)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_state.data, want_state.data)
