@@ -146,16 +146,21 @@ class ForwardBuilder:
             with many:
                 b.call(matmul, [w, x, i64(ldx), y, i64(ldy), n_tok, r0, r1])
 
-    def _normed_rows(
-        self, b: ir.IRBuilder, scratch: ir.Value, prm: ir.Value, saved: ir.Value, t: ir.Value, tid: ir.Value,
-        ln_w: int, ln_b: int,
-    ) -> tuple[ir.Value, ir.Value]:
-        """For token t: XA[t] = LN(X[t]); (XA[t], the previous token's LN output) — `saved` for t = 0,
-        else LN(X[t-1]) recomputed into this thread's private row, so one barrier per mix suffices."""
+    def _ln_pointers(self, b: ir.IRBuilder, scratch: ir.Value, prm: ir.Value, tid: ir.Value, ln_w: int,
+                     ln_b: int) -> tuple[ir.Value, ...]:
+        """What `_normed_rows` reads: X, XA, this thread's private row, the layer norm's weight and bias
+        (computed once, before a token loop)."""
         R, C = self.Region, self.spec.n_embd
         x, xa = self._region(b, scratch, R.X), self._region(b, scratch, R.XA)
         private = self._row(b, self._region(b, scratch, R.PRIVATE), tid, C)
-        w, bias = self._vec(b, prm, ln_w), self._vec(b, prm, ln_b)
+        return x, xa, private, self._vec(b, prm, ln_w), self._vec(b, prm, ln_b)
+
+    def _normed_rows(self, b: ir.IRBuilder, pointers: tuple[ir.Value, ...], saved: ir.Value,
+                     t: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """For token t: XA[t] = LN(X[t]); (XA[t], the previous token's LN output) — `saved` for t = 0,
+        else LN(X[t-1]) recomputed into this thread's private row, so one barrier per mix suffices."""
+        C = self.spec.n_embd
+        x, xa, private, w, bias = pointers
         cur = self._row(b, xa, t, C)
         b.call(self.ln_c, [self._row(b, x, t, C), w, bias, cur])
         has_prev = b.icmp_signed(">", t, i64(0))

@@ -272,8 +272,9 @@ class _Rwkv4Builder(ForwardBuilder):
     ) -> None:
         """For each token owned by this thread: xa = LN(x); each `mixes` output = mix(xa, previous)."""
         C = self.spec.n_embd
+        pointers = self._ln_pointers(b, scratch, prm, tid, ln_w, ln_b)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, scratch, prm, saved, t, tid, ln_w, ln_b)
+            cur, prev = self._normed_rows(b, pointers, saved, t)
             for mix_index, region in mixes:
                 out = self._row(b, self._region(b, scratch, region), t, C)
                 self._mix(b, cur, prev, self._vec(b, prm, mix_index), out)

@@ -422,8 +422,9 @@ class _Rwkv7Builder(ForwardBuilder):
         f0, f1 = split_range(b, F, tid, n)
 
         # LN1 and the six token-shift mixes: x + (prev − x)·mix
+        pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, scratch, prm, att_xx, t, tid, Vec.LN1_W, Vec.LN1_B)
+            cur, prev = self._normed_rows(b, pointers, att_xx, t)
             outs = [(vec(v), reg_row(r, t)) for v, r in _MIXES]
             with counted_loop(b, i64(0), i64(C), name="c") as c:
                 x = load_at(b, cur, c)
@@ -470,8 +471,9 @@ class _Rwkv7Builder(ForwardBuilder):
         self._sync(b, barrier, n)
 
         # channel mixing
+        pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN2_W, Vec.LN2_B)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, scratch, prm, ffn_xx, t, tid, Vec.LN2_W, Vec.LN2_B)
+            cur, prev = self._normed_rows(b, pointers, ffn_xx, t)
             mix, out = vec(Vec.FFN_X_K), reg_row(Region.XK, t)
             with counted_loop(b, i64(0), i64(C), name="c") as c:
                 x = load_at(b, cur, c)
