@@ -15,11 +15,11 @@ from runtime.model.state import State, StateError
 TINY = Path(__file__).parent.parent / "fixtures" / "rwkvcpp" / "tiny7"
 PROMPT = [34, 105, 110]  # the bytes '"in'
 EXPECTED = np.fromfile(TINY / "expected-logits-7v0-834K.bin", dtype="<f4")
-# FP32: the issue's bound; Q5_1: what rwkv.cpp itself gets (README), which we must not exceed.
-BOUNDS = {"FP32": 1e-4, "Q5_1": 4.9e-3}
+# FP32: the issue's bound; FP16, Q5_1: what rwkv.cpp itself gets (README), which we must not exceed.
+BOUNDS = {"FP32": 1e-4, "FP16": 2.9e-4, "Q5_1": 4.9e-3}
 # sequence mode against one token at a time, relative: float rounding, or (Q5_1) decoding's int16
 # activations (runtime/jit/kernels/matvec_int16.py) against prompt reading's float ones
-SEQ_BOUNDS = {"FP32": 1e-5, "Q5_1": 1e-3}
+SEQ_BOUNDS = {"FP32": 1e-5, "FP16": 1e-5, "Q5_1": 1e-3}
 
 
 @pytest.fixture(scope="module", params=sorted(BOUNDS))
