@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ["RWKV_JIT_ON"] = args.jit
+    wrong = [n for n in args.only or () if n not in (V7_FIXTURES if args.arch == "7" else FIXTURES)]
+    if wrong:
+        ap.error(f"{', '.join(wrong)} is not an RWKV-{args.arch} fixture (--arch)")
     if args.arch == "7":
         os.environ["RWKV_V7_ON"] = "1"  # before rwkv.model is imported (record_v7 imports it)
         out_dir = args.out or ROOT / "tests" / "fixtures" / "reference"
