@@ -32,14 +32,13 @@ from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, Checkpoin
 from runtime.jit.irkit import counted_loop, f32, i64, load_at, split_range, store_at
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.wkv import emit_wkv
-from runtime.model.arch.base import FORWARD_NAME, ForwardBuilder
+from runtime.model.arch.base import ForwardBuilder
 from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
 from runtime.model.tensor_read import matrix_type, vector
 from runtime.quant.types import DType
 
 NAME = "rwkv4"
 VERSION = "4"
-__all__ = ["FORWARD_NAME", "NAME", "VERSION", "ModelSpec", "build_forward_module", "new_state_data"]
 
 
 class Vec(enum.IntEnum):
