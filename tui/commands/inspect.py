@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from tui.commands.output import console
 from tui.units import human_bytes
+
+if TYPE_CHECKING:
+    from runtime.formats.detect import Architecture
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -23,6 +27,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("format", ckpt.source_format),
         ("architecture", f"{a.name} ({'runnable' if a.runnable else 'not runnable yet'})"),
         ("layers × width", f"{a.n_layer} × {a.n_embd} (ffn {a.n_ffn})"),
+        *_rwkv7_rows(a),
         ("vocabulary", str(a.n_vocab)),
         ("parameters", f"{sum(_numel(t.shape) for t in ckpt.tensors.values()) / 1e6:.1f} M"),
         ("tensor data", human_bytes(total)),
@@ -59,6 +64,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         note = "repeat block 0's shapes and types" if same else "differ from block 0 in types"
         console.print(f"[dim]blocks.1 … blocks.{a.n_layer - 1} {note} (--all lists every tensor)[/dim]")
     return 0
+
+
+def _rwkv7_rows(a: Architecture) -> list[tuple[str, str]]:
+    if not a.head_size or a.lora is None:
+        return []
+    ranks = ", ".join(f"{k} {v}" for k, v in a.lora._asdict().items())
+    return [("heads", f"{a.n_head} × head size {a.head_size}"), ("LoRA ranks", ranks)]
 
 
 def _numel(shape: tuple[int, ...]) -> int:

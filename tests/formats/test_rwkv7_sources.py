@@ -1,0 +1,181 @@
+"""Every RWKV-7 file a user may have, read into a Checkpoint with BlinkDL names and the source's values.
+
+Sources: BlinkDL .pth (fp32, bf16, with and without layer 0's v0/v1/v2), Hugging Face safetensors in
+the flash-linear-attention layout (`*_lora.lora.N.*`, separate or fused x_x lerps) and in the
+transformers `rwkv.` layout, and llama.cpp rwkv7 GGUF files (written by tests/support/llamacpp_writer.py
+with the gguf package, not by our converter). rwkv.cpp v7 `.bin` files are read by
+runtime/formats/rwkvcpp.py (another branch); the test for them is at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.errors import ModelFileError, UnsupportedModelError
+from runtime.formats.checkpoint import V7_LORA_TRANSPOSED, open_checkpoint
+from runtime.formats.detect import LoraRanks
+from runtime.formats.gguf_rwkv7 import LORA_LEAVES
+from tests.support.llamacpp_writer import write_llamacpp_rwkv7
+from tests.support.safetensors_writer import stored_values, write_safetensors
+from tests.support.synthetic import v7_state_dict
+from tests.support.torch_writer import write_pth
+
+RANKS = (8, 24, 40, 16)
+N_LAYER, N_EMBD, HEAD = 3, 64, 32
+
+
+def state_dict(layer0_v: bool = False) -> dict[str, np.ndarray]:
+    return v7_state_dict(n_layer=N_LAYER, n_embd=N_EMBD, head_size=HEAD, n_vocab=96, ranks=RANKS, layer0_v=layer0_v)
+
+
+def fla_names(sd: dict[str, np.ndarray], fused_lerp: bool = False) -> dict[str, np.ndarray]:
+    """A BlinkDL state dict as flash-linear-attention's Rwkv7ForCausalLM stores it (llama.cpp §3.3 in
+    reverse): nn.Linear LoRA factors (out, in), lora.2.bias for w0/a0/v0, vectors flat."""
+    top = {"emb.weight": "model.embeddings.weight", "ln_out.weight": "model.norm.weight",
+           "ln_out.bias": "model.norm.bias", "head.weight": "lm_head.weight",
+           "blocks.0.ln0.weight": "model.layers.0.pre_norm.weight", "blocks.0.ln0.bias": "model.layers.0.pre_norm.bias"}
+    leaves = {"ln1": "attn_norm", "ln2": "ffn_norm", "att.receptance": "attn.r_proj", "att.key": "attn.k_proj",
+              "att.value": "attn.v_proj", "att.output": "attn.o_proj", "att.ln_x": "attn.g_norm",
+              "ffn.key": "ffn.key", "ffn.value": "ffn.value"}
+    out: dict[str, np.ndarray] = {}
+    for name, value in sd.items():
+        if name in top:
+            out[top[name]] = value
+            continue
+        _, layer, rest = name.split(".", 2)
+        p = f"model.layers.{layer}."
+        stem, _, suffix = rest.rpartition(".")
+        if stem in leaves:
+            out[p + leaves[stem] + "." + suffix] = value
+        elif rest[4:] in LORA_LEAVES:  # att.w1 -> attn.w_lora.lora.0.weight, stored (out, in)
+            kind, n = rest[4], rest[5]
+            out[p + f"attn.{kind}_lora.lora.{0 if n == '1' else 2}.weight"] = np.ascontiguousarray(value.T)
+        elif rest in ("att.w0", "att.a0", "att.v0"):
+            out[p + f"attn.{rest[4]}_lora.lora.2.bias"] = value.reshape(-1)
+        elif rest.startswith("att.x_") and fused_lerp:
+            continue
+        else:  # x_*, k_k, k_a, r_k, ffn.x_k
+            out[p + rest.replace("att.", "attn.")] = value.reshape(-1) if value.ndim == 3 else value
+    if fused_lerp:
+        for i in range(N_LAYER):
+            out[f"model.layers.{i}.attn.x_x"] = np.stack([sd[f"blocks.{i}.att.x_{m}"].reshape(-1) for m in "rwkvag"])
+    return out
+
+
+def transformers_names(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The transformers `rwkv.` layout with BlinkDL's leaves (as for RWKV-4 in runtime/formats/hf.py)."""
+    out = {}
+    for name, value in sd.items():
+        if name == "emb.weight":
+            name = "rwkv.embeddings.weight"
+        elif name.startswith("ln_out"):
+            name = "rwkv." + name
+        elif name.startswith("blocks.0.ln0"):
+            name = name.replace("blocks.0.ln0", "rwkv.blocks.0.pre_ln")
+        elif name.startswith("blocks."):
+            name = "rwkv." + name.replace(".att.", ".attention.").replace(".ffn.", ".feed_forward.")
+        out[name] = value
+    return out
+
+
+def check(ckpt, sd: dict[str, np.ndarray], round_to=None, *, layer0_v: bool = False) -> None:
+    """The checkpoint holds the source's values under BlinkDL names (LoRA transposed if it says so)."""
+    assert ckpt.arch.version == "7"
+    assert (ckpt.arch.n_layer, ckpt.arch.n_embd, ckpt.arch.head_size) == (N_LAYER, N_EMBD, HEAD)
+    assert ckpt.arch.lora == LoraRanks(*RANKS)
+    layer0_vs = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}
+    expected = {k: v for k, v in sd.items() if layer0_v or k not in layer0_vs}
+    assert set(ckpt.tensors) == set(expected)
+    transposed = V7_LORA_TRANSPOSED in ckpt.transforms
+    for name, want in expected.items():
+        got = ckpt.tensors[name].numpy()
+        if round_to is not None:
+            want = round_to(want)
+        if transposed and name.rsplit(".", 1)[-1] in LORA_LEAVES:
+            want = want.T
+        if got.ndim != want.ndim or got.size != want.size:
+            assert got.size == want.size, name
+            got, want = got.reshape(-1), want.reshape(-1)
+        assert np.array_equal(got, want), name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("layer0_v", [False, True])
+def test_blinkdl_pth(tmp_path, dtype, layer0_v):
+    sd = state_dict(layer0_v)
+    ckpt = open_checkpoint(write_pth(tmp_path / "m.pth", sd, dtype=dtype))
+    assert ckpt.source_format == "pth" and V7_LORA_TRANSPOSED not in ckpt.transforms
+    check(ckpt, sd, (lambda a: stored_values(a, "BF16")) if dtype == "bfloat16" else None, layer0_v=layer0_v)
+
+
+@pytest.mark.parametrize("fused_lerp", [False, True])
+@pytest.mark.parametrize("type_name", ["F32", "BF16"])
+def test_fla_safetensors(tmp_path, fused_lerp, type_name):
+    sd = state_dict(layer0_v=True)
+    path = write_safetensors(tmp_path / "model.safetensors", fla_names(sd, fused_lerp), type_name)
+    ckpt = open_checkpoint(tmp_path)  # the folder
+    assert ckpt.source_format == "hf-safetensors" and V7_LORA_TRANSPOSED in ckpt.transforms
+    check(ckpt, sd, lambda a: stored_values(a, type_name), layer0_v=True)
+    assert open_checkpoint(path).arch == ckpt.arch
+
+
+def test_transformers_layout_safetensors(tmp_path):
+    sd = state_dict()
+    ckpt = open_checkpoint(write_safetensors(tmp_path / "m.safetensors", transformers_names(sd)))
+    assert ckpt.source_format == "hf-safetensors" and V7_LORA_TRANSPOSED not in ckpt.transforms
+    check(ckpt, sd)
+
+
+def test_fla_name_outside_the_layout_is_named(tmp_path):
+    names = fla_names(state_dict())
+    names["model.layers.1.attn.mystery.weight"] = np.zeros(4, np.float32)
+    with pytest.raises(ModelFileError, match=r"'model\.layers\.1\.attn\.mystery\.weight'"):
+        open_checkpoint(write_safetensors(tmp_path / "m.safetensors", names))
+
+
+@pytest.mark.parametrize("f16", [False, True])
+def test_llamacpp_gguf(tmp_path, f16):
+    sd = state_dict(layer0_v=True)  # llama.cpp drops layer 0's own v0/v1/v2 and writes dummies
+    path = write_llamacpp_rwkv7(tmp_path / "l.gguf", sd, N_LAYER, HEAD, RANKS, f16_matrices=f16)
+    ckpt = open_checkpoint(path)
+    assert ckpt.source_format == "gguf" and V7_LORA_TRANSPOSED in ckpt.transforms
+    assert "blocks.0.att.v1" not in ckpt.tensors
+    big = ("receptance.weight", "key.weight", "value.weight", "output.weight")
+
+    def f16_round(a):
+        return a.astype(np.float16).astype(np.float32)
+
+    for name in big:
+        assert ckpt.tensors[f"blocks.1.att.{name}"].dtype.name == ("F16" if f16 else "F32")
+    rounded = {k: f16_round(v) if f16 and k.endswith(big) and k != "head.weight" else v for k, v in sd.items()}
+    check(ckpt, rounded)
+
+
+def test_other_gguf_architectures_are_refused_by_name(tmp_path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "rwkv6")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedModelError, match=r"q\.gguf: GGUF architecture 'rwkv6' is not supported"):
+        open_checkpoint(tmp_path / "q.gguf")
+
+
+RWKVCPP_V7 = Path("/work/shared/data/rwkvcpp-tiny/tiny-rwkv-7v0-834K-FP32.bin")
+
+
+@pytest.mark.skipif(not RWKVCPP_V7.is_file(), reason="the shared rwkv.cpp fixtures are not on this machine")
+@pytest.mark.xfail(strict=True, reason="needs the rwkv.cpp v7 reader (x_rwkvag split) of branch h5-rwkv7: "
+                   "remove this mark when it is merged")
+def test_rwkvcpp_v7_bin():
+    ckpt = open_checkpoint(RWKVCPP_V7)
+    assert ckpt.arch.version == "7" and V7_LORA_TRANSPOSED in ckpt.transforms
+    assert (ckpt.arch.n_layer, ckpt.arch.n_embd, ckpt.arch.head_size) == (12, 64, 64)
+    assert ckpt.arch.lora == LoraRanks(32, 32, 32, 32)
+    assert ckpt.tensors["blocks.3.att.x_a"].numpy().size == 64
