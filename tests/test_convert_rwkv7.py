@@ -6,6 +6,8 @@ as the gguf package reads it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from runtime.quant.codec import quantize
 from runtime.quant.types import DType
 from runtime.text.gguf_vocab import tokenizer_for_metadata, unescape_token
 from runtime.text.tokenizers import load_tokenizer
-from tests.formats.test_rwkv7_sources import fla_names
+from tests.support.hf_v7 import fla_names
 from tests.support.safetensors_writer import write_safetensors
 from tests.support.synthetic import v7_state_dict
 from tests.support.torch_writer import write_pth
@@ -213,3 +215,21 @@ def test_bad_rwkv7_files_exit_2_naming_file_and_problem_and_write_nothing(tmp_pa
         assert list(dst.parent.iterdir()) == [], src.name
         assert cli(["inspect", str(src)]) == 2
         assert words in capsys.readouterr().err
+
+
+RWKVCPP_V7 = Path("/work/shared/data/rwkvcpp-tiny/tiny-rwkv-7v0-834K-FP16.bin")
+
+
+@pytest.mark.skipif(not RWKVCPP_V7.is_file(), reason="the shared rwkv.cpp fixtures are not on this machine")
+@pytest.mark.xfail(strict=True, reason="needs the rwkv.cpp v7 reader (x_rwkvag split) of branch h5-rwkv7: "
+                   "remove this mark when it is merged")
+def test_rwkvcpp_v7_bin_converts_to_llamacpp_layout(tmp_path):
+    out = tmp_path / "tiny.gguf"
+    convert(RWKVCPP_V7, out, "f16")
+    _, tensors = gguf_fields(out)
+    assert tensors["blk.11.time_mix_lerp_fused.weight"] == ((64, 1, 1, 6), "F32")
+    assert tensors["blk.3.time_mix_w1.weight"] == ((64, 32), "F32")
+    src, ours = open_checkpoint(RWKVCPP_V7), open_checkpoint(out)
+    assert V7_LORA_TRANSPOSED in src.transforms
+    for name, t in src.tensors.items():  # both store LoRA transposed: equal as stored
+        assert np.array_equal(ours.tensors[name].numpy().reshape(-1), t.numpy().reshape(-1)), name
