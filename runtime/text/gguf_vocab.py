@@ -19,6 +19,8 @@ own tokens when it is another "rwkv" list, else the one named by the file or tol
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,13 +132,27 @@ def tokenizer_for_metadata(metadata: Mapping[str, Any], n_vocab: int) -> Tokeniz
     return load_tokenizer(name)
 
 
-def _tokenizer_from_tokens(metadata: Mapping[str, Any]) -> Tokenizer:
-    from runtime.text.tokenizer_world import WorldTokenizer
+_built: dict[str, Tokenizer] = {}  # tokenizers made from a file's tokens, by a digest of the list
+_built_lock = threading.Lock()
 
+
+def _tokenizer_from_tokens(metadata: Mapping[str, Any]) -> Tokenizer:
+    """A tokenizer of the file's own token list, built once per process for each distinct list."""
     tokens = metadata["tokenizer.ggml.tokens"]
     types = metadata.get("tokenizer.ggml.token_type")
     if not isinstance(types, list) or len(types) != len(tokens):
         types = [TOKEN_NORMAL] * len(tokens)
+    key = hashlib.sha256(repr((tokens, types)).encode()).hexdigest()
+    with _built_lock:
+        tok = _built.get(key)
+        if tok is None:
+            tok = _built[key] = _build(tokens, types)
+    return tok
+
+
+def _build(tokens: list, types: list) -> Tokenizer:
+    from runtime.text.tokenizer_world import WorldTokenizer
+
     entries = []
     for i, (text, kind) in enumerate(zip(tokens, types, strict=True)):
         if kind != TOKEN_NORMAL or not isinstance(text, str):

@@ -72,6 +72,7 @@ def test_a_gguf_with_its_own_rwkv_vocabulary_gets_a_tokenizer_built_from_it(tmp_
     ids = tok.encode("hello\n")
     assert ids == [257, 258] and tok.decode(ids) == "hello\n"
     assert tok.encode("é") == [1 + 0xC3, 1 + 0xA9]
+    assert tokenizer_for_metadata(dict(ckpt.metadata), 259) is tok  # built once per token list
 
     # converting a llama.cpp file keeps its vocabulary
     out = tmp_path / "ours.gguf"
@@ -80,3 +81,16 @@ def test_a_gguf_with_its_own_rwkv_vocabulary_gets_a_tokenizer_built_from_it(tmp_
     assert fields["tokenizer.ggml.tokens"] == custom_tokens()
     assert fields["rwkv_tui.tokenizer"] == "rwkv-gguf"
     assert tokenizer_for_metadata(open_checkpoint(out).metadata, 259).encode("hello\n") == [257, 258]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "words"),
+    [
+        (custom_tokens()[:-3], "some bytes are not tokens, so not every text can be encoded: 0xff"),
+        ([*custom_tokens(), "bad\\"], "token 259 is malformed"),
+    ],
+)
+def test_unusable_token_lists_are_refused(tokens, words):
+    metadata = {"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": tokens}
+    with pytest.raises(TokenizerError, match=words):
+        tokenizer_for_metadata(metadata, len(tokens))
