@@ -271,6 +271,7 @@ def convert(
 
     def source(out: TensorPlan) -> LazyTensor:
         return ckpt.tensors[layout.sources.get(out.name, out.name)]
+
     total = sum(layout.built[t.name][1] if t.name in layout.built else source(t).nbytes for t in plan)
     done = 0
     progress(Progress("converting", 0, total))

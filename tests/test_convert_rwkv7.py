@@ -154,6 +154,16 @@ def test_world_vocabulary_is_stored_as_llamacpp_does_and_gives_the_world_tokeniz
     assert gguf_fields(again)[0]["tokenizer.ggml.tokens"] == tokens
 
 
+def test_inspect_cuts_the_vocabulary_short(tmp_path, capsys):
+    sd = v7_state_dict(n_layer=1, n_embd=32, head_size=32, n_vocab=65536, ranks=RANKS)
+    out = tmp_path / "w.gguf"
+    convert(write_pth(tmp_path / "w.pth", sd, dtype="float32"), out, "q8_0")
+    capsys.readouterr()
+    assert cli(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "65536 items" in text and "[PAD65535]" not in text and len(text) < 20_000
+
+
 def test_pile_vocabulary_keeps_our_name(tmp_path):
     sd = v7_state_dict(n_layer=1, n_embd=32, head_size=32, n_vocab=50304, ranks=RANKS)
     out = tmp_path / "p.gguf"

@@ -40,7 +40,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         meta.add_column("key")
         meta.add_column("value", overflow="fold")
         for k, v in ckpt.metadata.items():
-            meta.add_row(k, str(v))
+            meta.add_row(k, _short(v))
         console.print(meta)
     table = Table(title="tensors", show_edge=False, title_justify="left")
     for col in ("name", "shape", "type", "size"):
@@ -64,6 +64,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         note = "repeat block 0's shapes and types" if same else "differ from block 0 in types"
         console.print(f"[dim]blocks.1 … blocks.{a.n_layer - 1} {note} (--all lists every tensor)[/dim]")
     return 0
+
+
+def _short(value: object, items: int = 6) -> str:
+    """A metadata value for a table: long lists (a vocabulary of 65536 tokens) cut to their first items."""
+    if isinstance(value, list) and len(value) > items:
+        shown = ", ".join(repr(v) for v in value[:items])
+        return f"[{shown}, … {len(value)} items]"
+    return str(value)
 
 
 def _rwkv7_rows(a: Architecture) -> list[tuple[str, str]]:
