@@ -19,7 +19,7 @@ from runtime.formats.checkpoint import V7_LORA_TRANSPOSED, open_checkpoint
 from runtime.formats.detect import LoraRanks
 from runtime.formats.gguf_rwkv7 import LORA_LEAVES
 from tests.support.hf_v7 import fla_names, transformers_names
-from tests.support.llamacpp_writer import write_llamacpp_rwkv7
+from tests.support.llamacpp_writer import stored, write_llamacpp_rwkv7
 from tests.support.safetensors_writer import stored_values, write_safetensors
 from tests.support.synthetic import v7_state_dict
 from tests.support.torch_writer import write_pth
@@ -87,22 +87,17 @@ def test_fla_name_outside_the_layout_is_named(tmp_path):
         open_checkpoint(write_safetensors(tmp_path / "m.safetensors", names))
 
 
-@pytest.mark.parametrize("f16", [False, True])
-def test_llamacpp_gguf(tmp_path, f16):
+@pytest.mark.parametrize("matrix_type", ["F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"])
+def test_llamacpp_gguf(tmp_path, matrix_type):
     sd = state_dict(layer0_v=True)  # llama.cpp drops layer 0's own v0/v1/v2 and writes dummies
-    path = write_llamacpp_rwkv7(tmp_path / "l.gguf", sd, N_LAYER, HEAD, RANKS, f16_matrices=f16)
+    path = write_llamacpp_rwkv7(tmp_path / "l.gguf", sd, N_LAYER, HEAD, RANKS, matrix_type=matrix_type)
     ckpt = open_checkpoint(path)
     assert ckpt.source_format == "gguf" and V7_LORA_TRANSPOSED in ckpt.transforms
     assert "blocks.0.att.v1" not in ckpt.tensors
-    big = ("receptance.weight", "key.weight", "value.weight", "output.weight")
-
-    def f16_round(a):
-        return a.astype(np.float16).astype(np.float32)
-
-    for name in big:
-        assert ckpt.tensors[f"blocks.1.att.{name}"].dtype.name == ("F16" if f16 else "F32")
-    rounded = {k: f16_round(v) if f16 and k.endswith(big) and k != "head.weight" else v for k, v in sd.items()}
-    check(ckpt, rounded)
+    big = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.output.weight",
+           "ffn.key.weight", "ffn.value.weight")
+    assert {ckpt.tensors[f"blocks.1.{n}"].dtype.name for n in big} == {matrix_type}
+    check(ckpt, {k: stored(v, matrix_type) if k.endswith(big) else v for k, v in sd.items()})
 
 
 def test_other_gguf_architectures_are_refused_by_name(tmp_path):

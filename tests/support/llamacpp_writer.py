@@ -48,10 +48,19 @@ def llamacpp_tensors(sd: dict[str, np.ndarray], n_layer: int) -> dict[str, np.nd
     return out
 
 
+def stored(data: np.ndarray, type_name: str) -> np.ndarray:
+    """What a reader decodes for `data` written as `type_name` (ggml's reference arithmetic)."""
+    if type_name == "F32":
+        return data
+    qtype = gguf.GGMLQuantizationType[type_name]
+    return gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype).reshape(data.shape)
+
+
 def write_llamacpp_rwkv7(path: str | Path, sd: dict[str, np.ndarray], n_layer: int, head_size: int,
                          ranks: tuple[int, int, int, int], tokens: list[str] | None = None,
-                         f16_matrices: bool = False) -> Path:
-    """A GGUF file as llama.cpp's rwkv7 converter writes it (tensors F32, or big matrices F16)."""
+                         matrix_type: str = "F32") -> Path:
+    """A GGUF file as llama.cpp's rwkv7 converter writes it, big matrices in `matrix_type`
+    (F32, F16, BF16 or a ggml block type such as Q8_0), everything else F32."""
     path = Path(path)
     C = sd["emb.weight"].shape[1]
     w = gguf.GGUFWriter(str(path), "rwkv7")
@@ -71,9 +80,12 @@ def write_llamacpp_rwkv7(path: str | Path, sd: dict[str, np.ndarray], n_layer: i
         w.add_token_list(tokens)
         w.add_token_types([3] + [1] * (len(tokens) - 1))
     for name, data in llamacpp_tensors(sd, n_layer).items():
-        big = name.endswith(BIG)
-        dtype = np.float16 if f16_matrices and big else np.float32
-        w.add_tensor(name, np.ascontiguousarray(data.astype(dtype)))
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if name.endswith(BIG) and matrix_type != "F32":
+            qtype = gguf.GGMLQuantizationType[matrix_type]
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
