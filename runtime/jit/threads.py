@@ -37,8 +37,9 @@ import weakref
 
 from llvmlite import ir
 
-from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.engine import CompiledModule
 from runtime.jit.irkit import I8P, I32, I64, I64P, VOID, i64, intrinsic
+from runtime.jit.shared import shared_module
 from runtime.jit.sync import (
     BARRIER_ALIGN,
     BARRIER_BYTES,
@@ -296,9 +297,8 @@ def pool_module() -> ir.Module:
     return m
 
 
-@functools.cache
 def _library() -> CompiledModule:
-    return compile_module(pool_module())
+    return shared_module("rwkv_pool", pool_module)
 
 
 _VOID_P3 = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
