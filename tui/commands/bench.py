@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from tui.commands.options import BENCH_STEPS, thread_count
 from tui.commands.output import console, err_console
 from tui.units import human_bytes
 
@@ -60,8 +61,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="measure decode and prompt speed, bandwidth, memory and load time")
     b.add_argument("model", type=Path, help="a GGUF or rwkv.cpp .bin model")
-    b.add_argument("--threads", type=int, default=None, help="one thread count (default: 1 and all cores)")
-    b.add_argument("--steps", type=int, default=32, help="decode steps to time")
+    b.add_argument("--threads", type=thread_count, default=None, help="one thread count (default: 1 and all cores)")
+    b.add_argument("--steps", type=BENCH_STEPS, default=32, help="decode steps to time (default 32)")
     b.add_argument("--drop-cache", action="store_true",
                    help="drop the file's page cache first, so it is read back from disk (in 2 MB pages on Linux)")
     b.set_defaults(func=cmd_bench)

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, Time
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from tui.commands.options import EVAL_TOKENS, thread_count
 from tui.commands.output import console, err_console
 from tui.units import human_bytes
 
@@ -177,10 +178,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--formats", help="quantize temporary copies of the source to these types, e.g. q4_0,q5_1,f16")
     e.add_argument("--text", type=Path, help="UTF-8 text to score (tokenized for the model)")
     e.add_argument("--tokens", type=Path, help="token ids to score, whitespace separated (instead of --text)")
-    e.add_argument("--max-tokens", type=int, default=512, help="score at most this many tokens (default 512)")
+    e.add_argument("--max-tokens", type=EVAL_TOKENS, default=512, help="score at most this many tokens (default 512)")
     e.add_argument("--reference-type", default="f32", choices=("f32", "f16"),
                    help="type a source-checkpoint reference is converted to (default f32)")
-    e.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    e.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
     e.add_argument("--tmp-dir", type=Path, default=None, help="folder for temporary files (default: system temp)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     e.add_argument("--no-save", action="store_true", help="do not remember the figures for the app's model screen")
