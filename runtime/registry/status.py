@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 
 from runtime import paths
 from runtime.quant.types import DType
-from runtime.registry.catalog import Catalog, ModelEntry, RegistryError, load_catalog, save_user_entry
+from runtime.registry.catalog import (
+    Catalog,
+    ModelEntry,
+    RegistryError,
+    load_catalog,
+    remove_user_entry,
+    save_user_entry,
+)
 
 if TYPE_CHECKING:
     from runtime.registry.jobs import Job
@@ -286,3 +293,22 @@ def register_url(url: str, *, sha256: str | None = None, catalog: Catalog | None
         "verified": "registered from a URL with `rwkv-tui get`" + ("; sha256 given by the user" if sha256 else ""),
     }
     return save_user_entry({k: v for k, v in raw.items() if v is not None}, catalog.user_path, catalog.shipped_path)
+
+
+def forget_failed_url(entry: ModelEntry, catalog: Catalog | None = None) -> bool:
+    """Undo `register_url` after the model's first download failed: the user entry goes, and so does
+    its folder unless it holds the bytes of a resumable `.part` (a later `get` of the same address
+    registers the same id again and resumes from it). A model whose source did arrive stays.
+    Returns whether the entry was removed."""
+    if entry.origin == "shipped" or entry.path is not None or source_path(entry).is_file():
+        return False
+    catalog = catalog or load_catalog()
+    removed = remove_user_entry(entry.id, catalog.user_path)
+    folder = model_dir(entry)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and p.stat().st_size == 0:
+                p.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return removed

@@ -98,3 +98,42 @@ def test_delete_source_after_conversion(tiny_pth, capsys):
         assert cli(["models", "--delete-source", "mine"]) == 0
     assert f"freed {human_bytes(len(tiny_pth))}" in capsys.readouterr().out
     assert model_status(load_catalog().get("mine")).source is None
+
+
+def test_a_failed_get_of_a_url_leaves_no_registration_and_no_folder(capsys):
+    from runtime.registry.status import models_dir
+
+    with serve({}) as srv:  # every file answers 404
+        assert cli(["get", srv.url("/BlinkDL/x/resolve/main/Gone-Raven.pth")]) == 2
+    assert "404" in capsys.readouterr().err
+    catalog = load_catalog()
+    assert "gone-raven" not in catalog.models
+    assert not (models_dir() / "gone-raven").exists()
+    assert cli(["models"]) == 0
+    assert "gone-raven" not in capsys.readouterr().out
+
+
+def test_a_failed_get_of_a_url_keeps_only_the_resumable_part(tiny_pth, capsys):
+    from runtime.registry.status import models_dir
+
+    folder = models_dir() / "half-raven"
+    folder.mkdir()
+    (folder / "Half-Raven.pth.part").write_bytes(tiny_pth[:1000])  # from an earlier, interrupted get
+    with serve({}) as srv:
+        url = srv.url("/Half-Raven.pth")
+        assert cli(["get", url, "--type", "q8_0"]) == 2
+        assert "half-raven" not in load_catalog().models
+        assert [p.name for p in folder.iterdir()] == ["Half-Raven.pth.part"]
+        srv.files["/Half-Raven.pth"] = tiny_pth  # the address works again: the same id resumes the .part
+        assert cli(["get", url, "--type", "q8_0"]) == 0
+    assert ("/Half-Raven.pth", "bytes=1000-") in srv.requests
+    assert model_status(load_catalog().get("half-raven")).state == READY
+
+
+def test_a_get_of_a_url_that_cannot_convert_leaves_no_registration(capsys):
+    with serve({}) as srv:
+        url = srv.url("/RWKV-x060-World-1B6.pth")
+        assert cli(["get", url]) == 2
+    err = capsys.readouterr().err
+    assert f"rwkv-tui get {url} --no-convert" in err
+    assert "rwkv-x060-world-1b6" not in load_catalog().models
