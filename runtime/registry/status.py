@@ -208,17 +208,6 @@ def slug(text: str) -> str:
     return (s or "model")[:64].rstrip("-._")
 
 
-def guess_family(name: str, vocab: int | None, families: Iterable[str]) -> str:
-    known = set(families)
-    low = name.lower()
-    for family in ("raven", "novel", "world"):
-        if family in low and family in known:
-            return family
-    if vocab == 65536 and "world" in known:
-        return "world"
-    return "pile" if "pile" in known else sorted(known)[0]
-
-
 def register_local(
     path: str | Path,
     *,
@@ -227,8 +216,10 @@ def register_local(
     family: str | None = None,
     catalog: Catalog | None = None,
 ) -> ModelEntry:
-    """Add a local `.pth`, `.bin` or `.gguf` to the user registry, reading its shape from the file."""
+    """Add a local `.pth`, `.bin` or `.gguf` to the user registry, reading its shape from the file.
+    Adding a file again updates its entry: the id, name and family set before stay unless given."""
     from runtime.formats.checkpoint import open_checkpoint
+    from runtime.text.templates import guess_family
 
     path = Path(path).expanduser().resolve()
     ckpt = open_checkpoint(path)  # ModelFileError / UnsupportedModelError name the file and the problem
@@ -236,6 +227,11 @@ def register_local(
     catalog = catalog or load_catalog()
     stem = path.name.removesuffix(".gguf").removesuffix(".bin").removesuffix(".pth")
     taken = {k for k, e in catalog.models.items() if e.path != path}
+    earlier = next((e for e in catalog.models.values() if e.path == path), None)
+    if earlier is not None:  # added before: what was set then stays unless given again
+        model_id = model_id or earlier.id
+        name = name or earlier.name
+        family = family or earlier.family
     if model_id is not None and model_id in taken:
         raise RegistryError(f"the id '{model_id}' is already used by {catalog.models[model_id].name}; choose another")
     model_id = model_id or slug(stem)
@@ -244,7 +240,7 @@ def register_local(
     raw = {
         "id": model_id,
         "name": name or stem,
-        "family": family or guess_family(stem, arch.n_vocab, catalog.families),
+        "family": family or guess_family(stem, vocab=arch.n_vocab, families=catalog.families),
         "arch": arch.version,
         "n_layer": arch.n_layer,
         "n_embd": arch.n_embd,
@@ -271,6 +267,8 @@ def register_url(url: str, *, sha256: str | None = None, catalog: Catalog | None
     """Register a download address that is not in the registry yet (its shape is read after download)."""
     from urllib.parse import unquote, urlparse
 
+    from runtime.text.templates import guess_family
+
     catalog = catalog or load_catalog()
     known = catalog.find_url(url)
     if known is not None:
@@ -285,7 +283,7 @@ def register_url(url: str, *, sha256: str | None = None, catalog: Catalog | None
     raw = {
         "id": model_id,
         "name": stem,
-        "family": guess_family(stem, None, catalog.families),
+        "family": guess_family(stem, families=catalog.families),
         "arch": guess_arch(stem),
         "file": file,
         "url": url,

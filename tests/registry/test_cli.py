@@ -137,3 +137,30 @@ def test_a_get_of_a_url_that_cannot_convert_leaves_no_registration(capsys):
     err = capsys.readouterr().err
     assert f"rwkv-tui get {url} --no-convert" in err
     assert "rwkv-x060-world-1b6" not in load_catalog().models
+
+
+def test_add_and_chat_guess_the_same_family_for_a_plain_rwkv4_file(tmp_path, tiny_pth, capsys):
+    from runtime.text.templates import guess_family
+
+    pth = tmp_path / "rwkv4-tiny.pth"
+    pth.write_bytes(tiny_pth)
+    assert cli(["add", str(pth)]) == 0
+    assert "family raven" in capsys.readouterr().out
+    assert load_catalog().get("rwkv4-tiny").family == guess_family(pth.name, "gpt-neox-20b") == "raven"
+    for name, family in (("RWKV-4-Pile-169M.pth", "pile"), ("RWKV-4-Novel-3B.pth", "novel")):
+        named = tmp_path / name
+        named.write_bytes(tiny_pth)
+        assert cli(["add", str(named)]) == 0
+        assert load_catalog().get(named.stem.lower()).family == guess_family(name, "gpt-neox-20b") == family
+
+
+def test_adding_a_file_again_keeps_the_name_and_family_set_before(tmp_path, tiny_pth, capsys):
+    pth = tmp_path / "rwkv4-tiny.pth"
+    pth.write_bytes(tiny_pth)
+    assert cli(["add", str(pth), "--id", "mine", "--name", "My model", "--family", "pile"]) == 0
+    assert cli(["add", str(pth)]) == 0
+    entry = load_catalog().get("mine")
+    assert (entry.name, entry.family) == ("My model", "pile")
+    assert [e.id for e in load_catalog().models.values() if e.path == pth.resolve()] == ["mine"]
+    assert cli(["add", str(pth), "--family", "novel"]) == 0  # given again: changed
+    assert (load_catalog().get("mine").name, load_catalog().get("mine").family) == ("My model", "novel")
