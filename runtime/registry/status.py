@@ -89,6 +89,27 @@ class ModelStatus:
     def ready(self) -> bool:
         return bool(self.converted)
 
+    @property
+    def own(self) -> bool:
+        """Registered from the user's own file (`rwkv-tui add`), which stays where it is."""
+        return self.entry.path is not None
+
+    @property
+    def bytes_on_disk(self) -> int:
+        """The model's folder plus the user's own file, wherever it is."""
+        own_file = self.source.stat().st_size if self.own and self.source is not None else 0
+        return self.disk_bytes + own_file
+
+    @property
+    def here(self) -> bool:
+        """Anything of this model on this machine (files, a partial download) or a job for it."""
+        return self.own or self.state != NOT_DOWNLOADED
+
+    def best_type(self) -> DType | None:
+        """The type of the file `best_file()` gives (what a chat on this model runs), None if none."""
+        best = self.best_file()
+        return next((t for t, p in self.converted.items() if p == best), None)
+
     def best_file(self, prefer: DType | None = None) -> Path | None:
         """A runnable file: `prefer` if converted, else the highest-quality conversion."""
         if prefer in self.converted:
@@ -156,9 +177,12 @@ def _local_runnable_type(path: Path) -> DType | None:
 
 
 def all_statuses(catalog: Catalog | None = None, jobs: Iterable[Job] = ()) -> list[ModelStatus]:
+    """Every registry model's status, in the order lists show them: the user's own and the ones on this
+    machine first, then the rest (each group in registry order)."""
     catalog = catalog or load_catalog()
     jobs = list(jobs)
-    return [model_status(e, jobs) for e in catalog.models.values()]
+    statuses = [model_status(e, jobs) for e in catalog.models.values()]
+    return sorted(statuses, key=lambda s: not s.here)
 
 
 # --- housekeeping --------------------------------------------------------------------------------

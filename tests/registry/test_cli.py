@@ -164,3 +164,51 @@ def test_adding_a_file_again_keeps_the_name_and_family_set_before(tmp_path, tiny
     assert [e.id for e in load_catalog().models.values() if e.path == pth.resolve()] == ["mine"]
     assert cli(["add", str(pth), "--family", "novel"]) == 0  # given again: changed
     assert (load_catalog().get("mine").name, load_catalog().get("mine").family) == ("My model", "novel")
+
+
+@pytest.fixture
+def own_q5_1(tmp_path, tiny_pth):
+    """A user's own Q5_1 GGUF, added with `rwkv-tui add` (the registry would recommend Q8_0 for it)."""
+    from runtime.convert import convert
+
+    pth = tmp_path / "Mine.pth"
+    pth.write_bytes(tiny_pth)
+    gguf = convert(pth, tmp_path / "mine-fast.gguf", "q5_1").path
+    assert cli(["add", str(gguf)]) == 0
+    return gguf
+
+
+def test_models_lists_own_files_first_with_their_size_and_type(own_q5_1, capsys):
+    capsys.readouterr()
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # not a terminal: plain columns, a line per model
+    header, first = lines[0], lines[1]
+
+    def cell(row: str, column: str) -> str:
+        start = header.index(column)
+        return row[start:].split("  ")[0].strip() if column not in ("disk", "RAM") else \
+            row[:start + len(column)].split("  ")[-1].strip()
+
+    assert cell(first, "id") == "mine-fast"
+    assert cell(first, "format") == "q5_1"
+    assert cell(first, "disk") == human_bytes(own_q5_1.stat().st_size)
+    assert cell(first, "status") == "ready (q5_1)"
+    assert len(lines) == 2 + len(load_catalog().models)  # header, rows, the free-space line
+    assert not any("│" in line or "┃" in line for line in lines)
+
+
+def test_models_in_an_80_column_terminal_fits_a_line_per_model(own_q5_1, capsys, monkeypatch):
+    monkeypatch.setattr(output.console, "_force_terminal", True)
+    monkeypatch.setattr(output.console, "_width", 80)
+    monkeypatch.setattr(output.console, "_color_system", None)
+    capsys.readouterr()
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    ids = list(load_catalog().models)
+    rows = []
+    for line in lines[1:]:
+        first = line.split()[0] if line.strip() else ""
+        rows += [i for i in ids if first == i or (first.endswith("…") and i.startswith(first[:-1]))]
+    assert sorted(rows) == sorted(ids)  # every model on exactly one line
+    assert lines[1].split()[0] == "mine-fast"

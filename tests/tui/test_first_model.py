@@ -1,6 +1,7 @@
 """A new user's first model in the app: `--model` on a plain rwkv4-… file opens a chat (the family is
 guessed as `add` and `chat` guess it); a model that only continues text opens a novel tab, from
-`--model` and from "new chat", and the user is told why."""
+`--model` and from "new chat", and the user is told why; the models screen lists the user's own files
+first, with their size and type."""
 
 from __future__ import annotations
 
@@ -53,5 +54,25 @@ def test_a_new_chat_with_only_a_text_continuing_model_opens_a_novel_tab_and_says
             pane = await open_chat(pilot, app)
             assert pane.mode == "novel" and pane.family_name == "testnovel"
             assert [n for n in notes(app) if "Tiny base only continues text" in n]
+
+    asyncio.run(body())
+
+
+def test_the_models_screen_lists_own_files_first_with_their_size_and_type(model_files, tui_home):
+    from tests.tui.test_models_jobs import select_model
+    from tui.units import human_bytes
+
+    register("tiny-a", model_files["tiny-a"])  # an F32 file of the user's (Q8_0 would be recommended)
+
+    async def body():
+        app = RwkvApp()
+        async with app.run_test(size=(150, 40)) as pilot:
+            screen = await select_model(pilot, app, "tiny-a")
+            table = screen.query_one("#models-table")
+            labels = [str(c.label) for c in table.columns.values()]
+            first = dict(zip(labels, table.get_row_at(0), strict=True))
+            assert str(first["id"]).startswith("tiny-a")
+            assert first["on disk"] == human_bytes(model_files["tiny-a"].stat().st_size)
+            assert first["use"] == "F32"
 
     asyncio.run(body())
