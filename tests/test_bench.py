@@ -79,3 +79,5 @@ def test_cli_bench_prints_the_table(small_bin, capsys):
     assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("%") and cells[4].endswith("%")
     assert re.search(r"memory read, 1 thread: sum [\d.]+ GB/s, best [\d.]+ GB/s", out)
     assert "peak RSS of a session" in out
+    assert "issue" not in out  # the figures are explained in the user's terms
+    assert "how fast an ordinary program" in " ".join(out.split())

@@ -61,3 +61,11 @@ def test_the_runtime_refuses_an_unreasonable_thread_count_before_any_work(tmp_pa
             call()
     with pytest.raises(ValueError, match="positive whole number"):
         run_bench(missing, steps=0)
+
+
+def test_convert_help_says_the_default_type(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["convert", "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0 (default: q5_1)" in help_text

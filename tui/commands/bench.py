@@ -31,8 +31,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for n in sorted(r.bandwidth_gbs):
         console.print(f"memory read, {n} thread{'s' if n > 1 else ''}: sum {r.bandwidth_gbs[n]:.1f} GB/s, "
                       f"best {r.stream_gbs[n]:.1f} GB/s")
-    console.print("  (sum: a numpy sum over 1 GiB, the yardstick of the issue's figures; best: a compiled "
-                  "read that prefetches ahead like the decode kernels)")
+    console.print("  (sum: how fast an ordinary program (a numpy sum over 1 GiB) reads memory here; best: a compiled "
+                  "read that prefetches ahead like the decode kernels. Decoding reads every weight once per token, "
+                  "so the % columns say how close decoding comes to each)")
     table = Table(show_edge=False)
     table.add_column("threads", justify="right")
     table.add_column("decode ms/tok", justify="right")

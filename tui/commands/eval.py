@@ -33,7 +33,7 @@ def read_token_file(path: Path) -> list[int]:
     from runtime.eval import EvalError
 
     try:
-        words = path.read_text(encoding="utf-8").split()
+        words = _read(path, "--tokens").split()
     except UnicodeDecodeError as e:
         raise EvalError(f"{path}: not a text file of token ids ({e.reason})") from e
     ids = []
@@ -49,9 +49,20 @@ def read_text_file(path: Path) -> str:
     from runtime.eval import EvalError
 
     try:
-        return path.read_text(encoding="utf-8")
+        return _read(path, "--text")
     except UnicodeDecodeError as e:
         raise EvalError(f"{path}: the text is not UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def _read(path: Path, option: str) -> str:
+    """The file an option names, or an EvalError naming the option, the file and why it cannot be read."""
+    from runtime.eval import EvalError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else (e.strerror or str(e)).lower()
+        raise EvalError(f"{option} {path}: cannot read it ({why})") from None
 
 
 @contextlib.contextmanager
