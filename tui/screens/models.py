@@ -80,6 +80,7 @@ class ModelsScreen(Screen[None]):
         self._free = None
         defaults = self.app_.defaults()
         current = table.cursor_row
+        selected = self._selected()  # the cursor follows its model: a model that is got moves up the list
         table.clear()
         self._statuses = {}
         for status in statuses:
@@ -104,6 +105,9 @@ class ModelsScreen(Screen[None]):
             table.add_row(name, title, entry.family, shape, state, formats, _size(status.bytes_on_disk), use, ram,
                           key=entry.id)
         if statuses:
+            ids = [st.entry.id for st in statuses]
+            if selected is not None and selected.entry.id in ids:
+                current = ids.index(selected.entry.id)
             table.move_cursor(row=min(max(current, 0), len(statuses) - 1))
         self._show_details()
 
