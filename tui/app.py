@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +47,7 @@ class ModelChoice:
     ref: str  # what conversations record: the registry id
     family: str
     mode: str
+    note: str = ""  # told to the user when the tab opens (why it is not the kind of tab asked for)
 
 
 class RwkvApp(App[int]):
@@ -217,12 +218,15 @@ class RwkvApp(App[int]):
         self.store.set_app_value(DEFAULTS_KEY, defaults)
 
     def families_for(self, family: str, mode: str | None) -> list[str]:
-        """Families a model of `family` can be used with in `mode`: its own first, then same-tokenizer ones."""
+        """Families a model of `family` can be used with in `mode`: its own first, then same-tokenizer ones.
+        A model that only continues text (a novel-mode family, e.g. a base Pile model) cannot chat."""
         own = self.families.get(family)
         if own is None:
             return []
         if mode is None or own.mode == mode:
             return [family]
+        if mode == "chat":
+            return []
         return [name for name, f in self.families.items() if f.mode == mode and f.tokenizer == own.tokenizer]
 
     def model_choices(self, mode: str | None = None, *, every_family: bool = False) -> list[ModelChoice]:
@@ -247,7 +251,8 @@ class RwkvApp(App[int]):
         return choices
 
     def choice_for(self, path_or_id: str, mode: str | None = None) -> ModelChoice:
-        """A model to open from `--model`: a registry id, or a file (registered on the way)."""
+        """A model to open from `--model`: a registry id, or a file (registered on the way). With no
+        `mode`, a chat unless the model only continues text; then a novel tab, with a note saying why."""
         from runtime.registry.status import model_status, register_local
 
         catalog = self.catalog()
@@ -265,11 +270,12 @@ class RwkvApp(App[int]):
         if best is None:
             raise ModelNotFoundError(f"'{entry.id}' is {status.state}: get it on the models screen (F2) or with "
                                      f"`rwkv-tui get {entry.id}`")
-        family = self.families_for(entry.family, mode)
+        family = self.families_for(entry.family, mode or "chat") or self.families_for(entry.family, mode)
         if not family:
             raise ModelNotFoundError(f"'{entry.id}' (family {entry.family}) has no {mode} template")
         fam = self.families[family[0]]
-        return ModelChoice(entry.name, best, entry.id, fam.name, fam.mode)
+        note = "" if fam.mode == "chat" or mode == fam.mode else _continues_only(entry.name, fam)
+        return ModelChoice(entry.name, best, entry.id, fam.name, fam.mode, note)
 
     def resolve_model_ref(self, ref: str) -> Path:
         """The file to load for a conversation's `model_ref` (a registry id or a path)."""
@@ -297,6 +303,12 @@ class RwkvApp(App[int]):
         except Exception as e:
             self.notify(describe_error(e), title="Models", severity="error")
             return
+        if not choices and mode == "chat":
+            catalog = self.catalog()
+            novels = [replace(c, note=_continues_only(catalog.models[c.ref].name, self.families[c.family]))
+                      for c in self.model_choices(None) if c.mode == "novel"]
+            if novels:  # every ready model only continues text
+                choices = novels
         if not choices:
             self.notify(f"No model for a {mode} is ready yet. Choose one to get on the models screen.",
                         title="No model", severity="warning", timeout=8)
@@ -388,6 +400,8 @@ class RwkvApp(App[int]):
         """A new tab on `choice` (a model file with its family and mode)."""
         if self.chat is not None:
             await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family, mode=choice.mode)
+            if choice.note:
+                self.notify(choice.note, title="Novel tab", timeout=12)
 
     def show_chat_on(self, choice: ModelChoice) -> None:
         """Back to the main screen from the models screen, where a new tab on `choice` opens."""
@@ -469,3 +483,10 @@ def run_app(model: str | None = None, resume: str | None = None) -> int:
     app = RwkvApp(model=model, resume=resume)
     result = app.run()
     return int(result or 0) if app.return_code is None else app.return_code
+
+
+def _continues_only(name: str, family: Any) -> str:
+    """Why a model opened in a novel tab rather than a chat."""
+    return (f"{name} only continues text ({family.name}: {family.description}), so it opened in a novel tab: "
+            "write the beginning of a text and it carries on. For a chat, get an instruction-tuned model "
+            "(Raven or World) on the models screen (F2).")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tui.commands.options import SEED, reply_tokens, thread_count
 from tui.commands.output import console, err_console
 
 HELP = """\
@@ -32,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("chat", help="chat in plain line mode (streams replies; reads piped stdin)")
     c.add_argument("model", type=Path, help="a GGUF or rwkv.cpp .bin model file")
     c.add_argument("--family", default=None, help="raven, world, novel or pile (default: from the file name)")
-    c.add_argument("--seed", type=int, default=None, help="seed for reproducible replies")
+    c.add_argument("--seed", type=SEED, default=None, help="seed for reproducible replies")
     c.add_argument("--resume", default=None, metavar="ID", help="continue a saved conversation (id or 'last')")
-    c.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    c.add_argument("--max-tokens", type=int, default=None, help="longest reply in tokens")
+    c.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
+    c.add_argument("--max-tokens", type=reply_tokens, default=None, help="longest reply in tokens")
     c.set_defaults(func=cmd_chat)
 
 
