@@ -16,10 +16,17 @@ cancelled. At a stop string the text before it is kept and the state is rewound 
 boundary before it; what lies between that boundary and the stop, plus the separator, is then fed, so
 the state after a reply is exactly "everything before + reply + separator". A cancelled or cut reply
 keeps its partial text and state, marked incomplete; the separator is fed before the next message.
+
+A kill can land at any moment, so what is saved when: the user's message and its state before the
+reply starts; the reply's streamed text, without a state, at its first text and then every
+`DRAFT_INTERVAL_S` (a killed reply is found as a cut-short one, its state rebuilt by reading it); the
+finished reply with its state. `regenerate` and `continue_reply` also work when the last message is
+the user's (its reply was never saved).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -42,6 +49,7 @@ from runtime.text.utf8_stream import text_to_utf8
 TextCallback = Callable[[str], None]
 INGEST_CHUNK = 256  # tokens per native call while reading a transcript (progress and cancel in between)
 _REWIND_DEPTH = 32  # token states kept for rewinding to a stop string's start
+DRAFT_INTERVAL_S = 1.0  # a streaming reply's text is saved (without a state) at its first text and this often
 
 
 class ConversationError(RwkvError, ValueError):
@@ -170,9 +178,11 @@ class Conversation:
         """Replace the last reply with a new one, starting from the saved state before it."""
         with self._busy():
             last = self._messages[-1]
-            if last.role != "assistant":
-                raise ConversationError("there is no reply to regenerate")
-            self._truncate_to(len(self._messages) - 2)
+            if last.role == "assistant":
+                self._truncate_to(len(self._messages) - 2)
+            elif last.role == "init":
+                raise ConversationError("there is no reply to regenerate; send a message first")
+            # else the reply to the last message was never saved (the program was stopped): write it now
             return self._reply(on_text, cancel)
 
     def edit(self, seq: int, text: str, *, on_text: TextCallback | None = None,
@@ -188,9 +198,12 @@ class Conversation:
     def continue_reply(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
         """Generate more from where the text stands ("write more"; continue a cut reply)."""
         with self._busy():
-            if self.mode == "chat" and self._messages[-1].role != "assistant":
+            last = self._messages[-1]
+            if self.mode == "chat" and last.role == "init":
                 raise ConversationError("send a message first: there is no reply to continue")
-            if self.mode == "chat" and self._messages[-1].complete:
+            if self.mode == "chat" and last.role == "user":
+                return self._reply(on_text, cancel)  # its reply was never saved (the program was stopped)
+            if self.mode == "chat" and last.complete:
                 raise ConversationError("the last reply is complete; send a message or regenerate it")
             return self._reply(on_text, cancel, allow_immediate_end=False)
 
@@ -361,53 +374,93 @@ class Conversation:
         stop_at = -1
         token_bytes = text_bytes = 0  # equal when no token has left bytes of a character pending
         self.reply_tokens = 0
-        for _ in range(settings.max_tokens):
-            if cancel is not None and cancel.cancelled:
-                finish = "cancelled"
-                break
-            if n_generated == 0 and not allow_immediate_end:
-                logits = logits.copy()
-                logits[eot] = -np.inf
-            token = sampler.sample(logits)
-            if token == eot:
-                finish = "eot"
-                break
-            history.append((len(text), text_bytes == token_bytes, state))
-            logits, state = self._feed([token], state, want_logits=True)
-            n_generated += 1
-            self.reply_tokens = n_generated
-            piece = decoder.feed(token)
-            text += piece
-            token_bytes += len(self.tokenizer.token_bytes(token))
-            text_bytes += len(text_to_utf8(piece))
-            stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
-            if stop_at >= 0:
-                finish = "stop"
-                break
-            safe = len(text) - _held_back(text, stops)
-            if safe > emitted and on_text is not None:
-                on_text(text[emitted:safe])
-            emitted = max(emitted, safe)
-        if finish != "stop":
-            text += decoder.flush()
-        n_fed = n_generated
-        if finish == "stop":
-            text, state, n_fed = self._rewind(text, stop_at, history, state, n_generated)
-        elif finish == "eot" and self.family.separator:
-            # End of text: the reply is complete; its separator starts the next turn.
-            state, _, n_sep = self._ingest(self.family.separator, state)
-            n_fed += n_sep
-        complete = finish in ("stop", "eot")
-        if on_text is not None and len(text) > emitted:
-            on_text(text[emitted:])
-        message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
-                                         complete=complete, state=(self._key(), state.to_bytes()))
-        self._messages.append(message)
-        self._state = state
+        draft: MessageRecord | None = None  # the reply as streamed so far, saved without a state
+        draft_saved_at = 0.0
+        try:
+            for _ in range(settings.max_tokens):
+                if cancel is not None and cancel.cancelled:
+                    finish = "cancelled"
+                    break
+                if n_generated == 0 and not allow_immediate_end:
+                    logits = logits.copy()
+                    logits[eot] = -np.inf
+                token = sampler.sample(logits)
+                if token == eot:
+                    finish = "eot"
+                    break
+                history.append((len(text), text_bytes == token_bytes, state))
+                logits, state = self._feed([token], state, want_logits=True)
+                n_generated += 1
+                self.reply_tokens = n_generated
+                piece = decoder.feed(token)
+                text += piece
+                token_bytes += len(self.tokenizer.token_bytes(token))
+                text_bytes += len(text_to_utf8(piece))
+                stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
+                if stop_at >= 0:
+                    finish = "stop"
+                    break
+                safe = len(text) - _held_back(text, stops)
+                if safe > emitted:
+                    now = time.monotonic()
+                    if draft is None or now - draft_saved_at >= DRAFT_INTERVAL_S:
+                        draft = self._save_draft(draft, text[:safe], n_generated)
+                        draft_saved_at = now
+                    chunk, emitted = text[emitted:safe], safe
+                    if on_text is not None:
+                        on_text(chunk)
+            if finish != "stop":
+                text += decoder.flush()
+            n_fed = n_generated
+            if finish == "stop":
+                text, state, n_fed = self._rewind(text, stop_at, history, state, n_generated)
+            elif finish == "eot" and self.family.separator:
+                # End of text: the reply is complete; its separator starts the next turn.
+                state, _, n_sep = self._ingest(self.family.separator, state)
+                n_fed += n_sep
+            complete = finish in ("stop", "eot")
+            if on_text is not None and len(text) > emitted:
+                on_text(text[emitted:])
+            saved_state = (self._key(), state.to_bytes())
+            if draft is None:
+                message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
+                                                 complete=complete, state=saved_state)
+            else:
+                message = self.store.update_message(draft.id, content=text, n_tokens=n_fed, complete=complete,
+                                                    state=saved_state)
+            self._messages.append(message)
+            self._state = state
+        except BaseException:
+            if draft is not None and (not self._messages or self._messages[-1].id != draft.id):
+                self._keep_draft(draft, text[:emitted], n_generated)
+            raise
         self._keep_within_state_budget()
         seconds = time.perf_counter() - t0
         return Reply(text=text, n_tokens=n_generated, seconds=seconds,
                      tokens_per_second=n_generated / seconds if seconds > 0 else 0.0, finish=finish, message=message)
+
+    def _save_draft(self, draft: MessageRecord | None, text: str, n_tokens: int) -> MessageRecord:
+        """Save the reply streamed so far as a cut-short message without a state, so a kill keeps it."""
+        if draft is None:
+            return self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_tokens,
+                                          complete=False)
+        return self.store.update_message(draft.id, content=text, n_tokens=n_tokens, complete=False)
+
+    def _keep_draft(self, draft: MessageRecord, text: str, n_tokens: int) -> None:
+        """A reply stopped by an exception (Ctrl-C, an error): keep what was shown as a cut-short reply.
+
+        Its state is rebuilt by reading the text; if even that fails, the draft goes, so the messages and
+        the state still agree."""
+        try:
+            draft = self.store.update_message(draft.id, content=text, n_tokens=n_tokens, complete=False)
+            self._messages.append(draft)
+            self._restore_or_rebuild(len(self._messages) - 1, no_progress, None)
+        except BaseException:
+            if self._messages[-1].id == draft.id:
+                self._messages.pop()
+            with contextlib.suppress(Exception):
+                self.store.truncate(self.id, len(self._messages) - 1)
+            raise
 
     def _rewind(self, text: str, stop_at: int, history: deque[tuple[int, bool, State]], state: State,
                 n_generated: int) -> tuple[str, State, int]:
