@@ -33,7 +33,8 @@ HELP = """\
 /load NAME|ID          switch to a saved conversation
 /list                  list saved conversations
 /help                  this list
-/quit                  leave (Ctrl-D too)"""
+/quit                  leave (Ctrl-D too)
+Ctrl-C stops a reply (what was written is kept, cut short); at the prompt, Ctrl-C twice quits."""
 
 
 SAVED_HELP = """\
@@ -44,7 +45,8 @@ reads nothing again). Where: {where}, the database the app uses
 --no-save keeps nothing.
 
 Piped stdin (echo "..." | rwkv-tui chat MODEL) is read as one message; --lines makes every line a
-message or a /command. At the prompt, Ctrl-C stops a reply; twice at the prompt, or Ctrl-D, quits."""
+message or a /command. Ctrl-C stops a reply (what was written is kept); at the prompt, Ctrl-C twice
+or Ctrl-D quits."""
 
 
 class _ChatHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -90,7 +92,7 @@ def _ctrl_c_cancels(cancel) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def print_error(message: object) -> None:
