@@ -190,9 +190,10 @@ def test_no_save_keeps_nothing_and_the_help_says_what_is_saved_where(model_path,
     assert "What is saved" in help_text and str(default_path()) in help_text and "--no-save" in help_text
 
 
-def test_a_registry_id_works_and_resume_needs_no_model(model_path, monkeypatch, capsys):
+def test_a_registry_id_works_and_resume_needs_no_model(model_path, monkeypatch, capsys, tmp_path):
     from runtime.registry.catalog import save_user_entry
 
+    monkeypatch.setenv("RWKV_TUI_CONFIG_DIR", str(tmp_path))  # the registry entry stays in this test
     save_user_entry({"id": "cli-tiny", "name": "CLI tiny", "family": "raven", "arch": "4", "n_layer": 2,
                      "n_embd": 32, "vocab": 50277, "file": model_path.name, "path": str(model_path)})
     rc, out, err = _chat(monkeypatch, capsys, ["cli-tiny", "--max-tokens", "3"], ["Hi from an id"], per_line=False)
