@@ -355,7 +355,18 @@ class Conversation:
     def _reply(self, on_text: TextCallback | None, cancel: CancelToken | None,
                allow_immediate_end: bool = True) -> Reply:
         """Generate, stream and save one reply. `allow_immediate_end=False` ("write more") bans
-        end-of-text as the first token, so asking for more after the model ended still writes."""
+        end-of-text as the first token, so asking for more after the model ended still writes.
+        A reply stopped by an exception (Ctrl-C, an error) keeps what was shown, cut short."""
+        draft = _Draft(self.store, self.id)
+        try:
+            return self._generate(on_text, cancel, allow_immediate_end, draft)
+        except BaseException:
+            if draft.record is not None and self._messages[-1].id != draft.record.id:
+                self._keep_draft(draft)
+            raise
+
+    def _generate(self, on_text: TextCallback | None, cancel: CancelToken | None, allow_immediate_end: bool,
+                  draft: _Draft) -> Reply:
         t0 = time.perf_counter()
         logits = self._current_logits()
         settings = self.sampling
@@ -374,89 +385,64 @@ class Conversation:
         stop_at = -1
         token_bytes = text_bytes = 0  # equal when no token has left bytes of a character pending
         self.reply_tokens = 0
-        draft: MessageRecord | None = None  # the reply as streamed so far, saved without a state
-        draft_saved_at = 0.0
-        try:
-            for _ in range(settings.max_tokens):
-                if cancel is not None and cancel.cancelled:
-                    finish = "cancelled"
-                    break
-                if n_generated == 0 and not allow_immediate_end:
-                    logits = logits.copy()
-                    logits[eot] = -np.inf
-                token = sampler.sample(logits)
-                if token == eot:
-                    finish = "eot"
-                    break
-                history.append((len(text), text_bytes == token_bytes, state))
-                logits, state = self._feed([token], state, want_logits=True)
-                n_generated += 1
-                self.reply_tokens = n_generated
-                piece = decoder.feed(token)
-                text += piece
-                token_bytes += len(self.tokenizer.token_bytes(token))
-                text_bytes += len(text_to_utf8(piece))
-                stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
-                if stop_at >= 0:
-                    finish = "stop"
-                    break
-                safe = len(text) - _held_back(text, stops)
-                if safe > emitted:
-                    now = time.monotonic()
-                    if draft is None or now - draft_saved_at >= DRAFT_INTERVAL_S:
-                        draft = self._save_draft(draft, text[:safe], n_generated)
-                        draft_saved_at = now
-                    chunk, emitted = text[emitted:safe], safe
-                    if on_text is not None:
-                        on_text(chunk)
-            if finish != "stop":
-                text += decoder.flush()
-            n_fed = n_generated
-            if finish == "stop":
-                text, state, n_fed = self._rewind(text, stop_at, history, state, n_generated)
-            elif finish == "eot" and self.family.separator:
-                # End of text: the reply is complete; its separator starts the next turn.
-                state, _, n_sep = self._ingest(self.family.separator, state)
-                n_fed += n_sep
-            complete = finish in ("stop", "eot")
-            if on_text is not None and len(text) > emitted:
-                on_text(text[emitted:])
-            saved_state = (self._key(), state.to_bytes())
-            if draft is None:
-                message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
-                                                 complete=complete, state=saved_state)
-            else:
-                message = self.store.update_message(draft.id, content=text, n_tokens=n_fed, complete=complete,
-                                                    state=saved_state)
-            self._messages.append(message)
-            self._state = state
-        except BaseException:
-            if draft is not None and (not self._messages or self._messages[-1].id != draft.id):
-                self._keep_draft(draft, text[:emitted], n_generated)
-            raise
+        for _ in range(settings.max_tokens):
+            if cancel is not None and cancel.cancelled:
+                finish = "cancelled"
+                break
+            if n_generated == 0 and not allow_immediate_end:
+                logits = logits.copy()
+                logits[eot] = -np.inf
+            token = sampler.sample(logits)
+            if token == eot:
+                finish = "eot"
+                break
+            history.append((len(text), text_bytes == token_bytes, state))
+            logits, state = self._feed([token], state, want_logits=True)
+            n_generated += 1
+            self.reply_tokens = n_generated
+            piece = decoder.feed(token)
+            text += piece
+            token_bytes += len(self.tokenizer.token_bytes(token))
+            text_bytes += len(text_to_utf8(piece))
+            stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
+            if stop_at >= 0:
+                finish = "stop"
+                break
+            safe = len(text) - _held_back(text, stops)
+            if safe > emitted:
+                draft.streamed(text, safe, n_generated)
+                if on_text is not None:
+                    on_text(text[emitted:safe])
+            emitted = max(emitted, safe)
+        if finish != "stop":
+            text += decoder.flush()
+        n_fed = n_generated
+        if finish == "stop":
+            text, state, n_fed = self._rewind(text, stop_at, history, state, n_generated)
+        elif finish == "eot" and self.family.separator:
+            # End of text: the reply is complete; its separator starts the next turn.
+            state, _, n_sep = self._ingest(self.family.separator, state)
+            n_fed += n_sep
+        complete = finish in ("stop", "eot")
+        if on_text is not None and len(text) > emitted:
+            on_text(text[emitted:])
+        message = draft.save(text, n_fed, complete, (self._key(), state.to_bytes()))
+        self._messages.append(message)
+        self._state = state
         self._keep_within_state_budget()
         seconds = time.perf_counter() - t0
         return Reply(text=text, n_tokens=n_generated, seconds=seconds,
                      tokens_per_second=n_generated / seconds if seconds > 0 else 0.0, finish=finish, message=message)
 
-    def _save_draft(self, draft: MessageRecord | None, text: str, n_tokens: int) -> MessageRecord:
-        """Save the reply streamed so far as a cut-short message without a state, so a kill keeps it."""
-        if draft is None:
-            return self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_tokens,
-                                          complete=False)
-        return self.store.update_message(draft.id, content=text, n_tokens=n_tokens, complete=False)
-
-    def _keep_draft(self, draft: MessageRecord, text: str, n_tokens: int) -> None:
-        """A reply stopped by an exception (Ctrl-C, an error): keep what was shown as a cut-short reply.
-
-        Its state is rebuilt by reading the text; if even that fails, the draft goes, so the messages and
-        the state still agree."""
+    def _keep_draft(self, draft: _Draft) -> None:
+        """Keep a reply an exception stopped as a cut-short reply, its state rebuilt by reading its text;
+        if even that fails, the draft goes, so the messages and the state still agree."""
+        record = draft.save(draft.text[: draft.shown], draft.n_tokens, False, None)
         try:
-            draft = self.store.update_message(draft.id, content=text, n_tokens=n_tokens, complete=False)
-            self._messages.append(draft)
+            self._messages.append(record)
             self._restore_or_rebuild(len(self._messages) - 1, no_progress, None)
         except BaseException:
-            if self._messages[-1].id == draft.id:
+            if self._messages[-1].id == record.id:
                 self._messages.pop()
             with contextlib.suppress(Exception):
                 self.store.truncate(self.id, len(self._messages) - 1)
@@ -477,6 +463,36 @@ class Conversation:
         # rebuild from the state before the reply.
         state, _, n = self._ingest(kept + self.family.separator, self._state)
         return kept, state, n
+
+
+class _Draft:
+    """A reply as streamed so far, saved without a state (at its first text, then every
+    `DRAFT_INTERVAL_S`), so a kill leaves it as a cut-short reply; `save` gives it its final form."""
+
+    def __init__(self, store: ConversationStore, conversation_id: int) -> None:
+        self.store = store
+        self.conversation_id = conversation_id
+        self.record: MessageRecord | None = None
+        self.saved_at = 0.0
+        self.text = ""
+        self.shown = 0  # characters of `text` streamed
+        self.n_tokens = 0
+
+    def streamed(self, text: str, shown: int, n_tokens: int) -> None:
+        self.text, self.shown, self.n_tokens = text, shown, n_tokens
+        now = time.monotonic()
+        if self.record is None or now - self.saved_at >= DRAFT_INTERVAL_S:
+            self.save(text[:shown], n_tokens, False, None)
+            self.saved_at = now
+
+    def save(self, content: str, n_tokens: int, complete: bool, state: tuple[str, bytes] | None) -> MessageRecord:
+        if self.record is None:
+            self.record = self.store.add_message(self.conversation_id, role="assistant", content=content,
+                                                 n_tokens=n_tokens, complete=complete, state=state)
+        else:
+            self.record = self.store.update_message(self.record.id, content=content, n_tokens=n_tokens,
+                                                    complete=complete, state=state)
+        return self.record
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int:
