@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +24,14 @@ from textual.screen import Screen
 from runtime.errors import RwkvError
 from tui.keymap import KEYS, bindings, key_label, load_keymap
 from tui.messages import JobsChanged
+from tui.model_choice import (
+    ModelChoice,
+    ModelNotFoundError,
+    choice_for,
+    continues_only,
+    families_for,
+    resolve_model_ref,
+)
 from tui.model_pool import ModelPool
 from tui.screens.chat import ChatScreen
 from tui.screens.dialogs import ChoiceDialog, TextDialog
@@ -32,22 +40,6 @@ from tui.screens.welcome import WelcomeScreen
 from tui.widgets.pane import describe_error
 
 DEFAULTS_KEY = "default_models"  # {family: registry id}, set on the models screen
-
-
-class ModelNotFoundError(RwkvError, FileNotFoundError):
-    """A conversation's model is neither a file on this machine nor a ready registry model."""
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """A runnable model file with the family (template) to use it with."""
-
-    label: str
-    path: Path
-    ref: str  # what conversations record: the registry id
-    family: str
-    mode: str
-    note: str = ""  # told to the user when the tab opens (why it is not the kind of tab asked for)
 
 
 class RwkvApp(App[int]):
@@ -218,16 +210,8 @@ class RwkvApp(App[int]):
         self.store.set_app_value(DEFAULTS_KEY, defaults)
 
     def families_for(self, family: str, mode: str | None) -> list[str]:
-        """Families a model of `family` can be used with in `mode`: its own first, then same-tokenizer ones.
-        A model that only continues text (a novel-mode family, e.g. a base Pile model) cannot chat."""
-        own = self.families.get(family)
-        if own is None:
-            return []
-        if mode is None or own.mode == mode:
-            return [family]
-        if mode == "chat":
-            return []
-        return [name for name, f in self.families.items() if f.mode == mode and f.tokenizer == own.tokenizer]
+        """Families a model of `family` can be used with in `mode`: its own first, then same-tokenizer ones."""
+        return families_for(self.families, family, mode)
 
     def model_choices(self, mode: str | None = None, *, every_family: bool = False) -> list[ModelChoice]:
         """Every ready model, with each family it can be used with in `mode` (its own family if None).
@@ -251,49 +235,12 @@ class RwkvApp(App[int]):
         return choices
 
     def choice_for(self, path_or_id: str, mode: str | None = None) -> ModelChoice:
-        """A model to open from `--model`: a registry id, or a file (registered on the way). With no
-        `mode`, a chat unless the model only continues text; then a novel tab, with a note saying why."""
-        from runtime.registry.status import model_status, register_local
-
-        catalog = self.catalog()
-        if path_or_id in catalog.models:
-            entry = catalog.models[path_or_id]
-        else:
-            path = Path(path_or_id).expanduser()
-            if not path.exists():
-                catalog.get(path_or_id)  # raises with close matches
-            existing = next((e for e in catalog.models.values() if e.path is not None
-                             and e.path == path.resolve()), None)
-            entry = existing or register_local(path, catalog=catalog)
-        status = model_status(entry)
-        best = status.best_file()
-        if best is None:
-            raise ModelNotFoundError(f"'{entry.id}' is {status.state}: get it on the models screen (F2) or with "
-                                     f"`rwkv-tui get {entry.id}`")
-        family = self.families_for(entry.family, mode or "chat") or self.families_for(entry.family, mode)
-        if not family:
-            raise ModelNotFoundError(f"'{entry.id}' (family {entry.family}) has no {mode} template")
-        fam = self.families[family[0]]
-        note = "" if fam.mode == "chat" or mode == fam.mode else _continues_only(entry.name, fam)
-        return ModelChoice(entry.name, best, entry.id, fam.name, fam.mode, note)
+        """A model to open from `--model`: a registry id, or a file (registered on the way)."""
+        return choice_for(self.catalog(), self.families, path_or_id, mode)
 
     def resolve_model_ref(self, ref: str) -> Path:
         """The file to load for a conversation's `model_ref` (a registry id or a path)."""
-        path = Path(ref).expanduser()
-        if path.is_file():
-            return path
-        from runtime.registry.status import model_status
-
-        catalog = self.catalog()
-        entry = catalog.models.get(ref)
-        if entry is None:
-            entry = next((e for e in catalog.models.values() if e.path is not None and e.path.name == path.name), None)
-        if entry is not None:
-            best = model_status(entry).best_file()
-            if best is not None:
-                return best
-        raise ModelNotFoundError(f"the model of this conversation, {ref}, is not on this machine; press F4 to "
-                                 "continue it with another model, or F2 to get it")
+        return resolve_model_ref(self.catalog(), ref)
 
     async def new_conversation(self, mode: str) -> None:
         """A new tab in `mode` on the default model for it (asks when there is no obvious one)."""
@@ -305,7 +252,7 @@ class RwkvApp(App[int]):
             return
         if not choices and mode == "chat":
             catalog = self.catalog()
-            novels = [replace(c, note=_continues_only(catalog.models[c.ref].name, self.families[c.family]))
+            novels = [replace(c, note=continues_only(catalog.models[c.ref].name, self.families[c.family]))
                       for c in self.model_choices(None) if c.mode == "novel"]
             if novels:  # every ready model only continues text
                 choices = novels
@@ -483,10 +430,3 @@ def run_app(model: str | None = None, resume: str | None = None) -> int:
     app = RwkvApp(model=model, resume=resume)
     result = app.run()
     return int(result or 0) if app.return_code is None else app.return_code
-
-
-def _continues_only(name: str, family: Any) -> str:
-    """Why a model opened in a novel tab rather than a chat."""
-    return (f"{name} only continues text ({family.name}: {family.description}), so it opened in a novel tab: "
-            "write the beginning of a text and it carries on. For a chat, get an instruction-tuned model "
-            "(Raven or World) on the models screen (F2).")

@@ -380,6 +380,28 @@ class ConversationStore:
             c.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
         return MessageRecord(mid, conversation_id, seq, role, content, n_tokens, bool(complete), now)
 
+    def update_message(
+        self, message_id: int, *, content: str, n_tokens: int, complete: bool,
+        state: tuple[str, bytes] | None = None,
+    ) -> MessageRecord:
+        """Replace a message's text (a reply saved while it streams), and add its state, in one transaction."""
+        _check_text("message text", content)
+        _check_count("n_tokens", n_tokens)
+        prepared = self._prepare_state(state) if state is not None else None
+        now = time.time()
+        with self._write("save a message") as c:
+            row = c.execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise MessageNotFoundError(f"no message {message_id}")
+            c.execute("UPDATE messages SET content = ?, n_tokens = ?, complete = ? WHERE id = ?",
+                      (content, n_tokens, 1 if complete else 0, message_id))
+            if prepared is not None:
+                self._put_state(c, message_id, prepared, now)
+            c.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, row[1]))
+        old = _message_record(row)
+        return MessageRecord(old.id, old.conversation_id, old.seq, old.role, content, n_tokens, bool(complete),
+                             old.created_at)
+
     def save_state(self, message_id: int, fingerprint: str, state_bytes: bytes) -> None:
         """Add or replace the state after message `message_id` for the model `fingerprint`."""
         prepared = self._prepare_state((fingerprint, state_bytes))

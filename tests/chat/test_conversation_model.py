@@ -184,3 +184,41 @@ def test_a_user_stop_string_ends_the_reply_before_it(store, models):
     reply = cut.send("Say something long")
     assert reply.text.strip() == text[: text.index(stop)].strip()
     assert reply.finish == "stop" and stop not in reply.text
+
+
+def test_regenerate_and_continue_write_the_reply_a_stopped_program_never_saved(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=1)
+    _small(conv)
+    conv.send("Hello")
+    for action in ("regenerate", "continue_reply"):
+        store.truncate(conv.id, 1)  # what a kill before the reply's first text leaves: the message and its state
+        again = Conversation.resume(store, conv.id, models[0], seed=2)
+        assert again.tokens_read == 0
+        reply = getattr(again, action)()
+        assert reply.n_tokens > 0
+        saved = store.messages(conv.id)
+        assert [m.role for m in saved] == ["init", "user", "assistant"]
+        assert saved[-1].content == reply.text
+
+
+def test_a_reply_interrupted_by_an_exception_keeps_what_was_streamed(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=5)
+    _small(conv, 60)
+    shown: list[str] = []
+
+    def on_text(chunk: str) -> None:
+        shown.append(chunk)
+        if len(shown) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in a program without a handler for it
+
+    with pytest.raises(KeyboardInterrupt):
+        conv.send("Hello", on_text=on_text)
+    saved = store.messages(conv.id)
+    assert [m.role for m in saved] == ["init", "user", "assistant"]
+    assert saved[-1].content == "".join(shown) and not saved[-1].complete
+    assert [m.id for m in conv.messages] == [m.id for m in saved[1:]]
+    # the state is the transcript's, so the conversation goes on (and resumes) from there
+    reread = Conversation.resume(store, conv.id, models[0])
+    assert np.array_equal(reread.state.data, conv.state.data)
+    conv.send("And then?")
+    assert [m.role for m in store.messages(conv.id)] == ["init", "user", "assistant", "user", "assistant"]

@@ -722,3 +722,18 @@ def test_a_damaged_database_gives_store_errors_not_sqlite_errors(tmp_path):
                 if isinstance(result, list) and result and isinstance(result[0], str):
                     failures += 1  # integrity_check reported the damage
     assert failures > 0
+
+
+def test_update_message_replaces_a_draft_reply_with_its_final_text_and_state(store):
+    conv = new_conv(store)
+    store.add_message(conv.id, role="user", content="tell me", n_tokens=2, state=(FP, state_bytes(1)))
+    draft = store.add_message(conv.id, role="assistant", content="Once upon", n_tokens=2, complete=False)
+    assert store.load_state(draft.id, FP) is None
+    final = store.update_message(draft.id, content="Once upon a time.", n_tokens=5, complete=True,
+                                 state=(FP, state_bytes(2)))
+    assert (final.id, final.seq, final.role) == (draft.id, draft.seq, "assistant")
+    assert store.messages(conv.id)[-1] == final and final.complete and final.n_tokens == 5
+    assert store.load_state(draft.id, FP) == state_bytes(2)
+    assert [h.message_id for h in store.search("upon a time")] == [draft.id]  # the search index follows
+    with pytest.raises(MessageNotFoundError):
+        store.update_message(draft.id + 100, content="x", n_tokens=1, complete=False)

@@ -99,13 +99,13 @@ class ChatScreen(Screen[None]):
     })
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Hide actions that need an open conversation when there is none; esc only while work runs."""
+        """Hide actions that need an open conversation when there is none; esc only while work runs.
+
+        Regenerate and continue stay on with nothing to act on, so their keys say so in a notice."""
         if action == "stop":
             pane = self.active_pane
             return pane is not None and bool(pane.busy)
         pane = self.active_pane
-        if action in ("regenerate", "continue_reply"):
-            return pane is not None and pane.can(action)
         if action in self.PANE_ACTIONS:
             return pane is not None
         if action in ("next_tab", "prev_tab"):

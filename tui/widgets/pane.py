@@ -364,16 +364,23 @@ class ChatPane(TabPane):
     # --- replies -----------------------------------------------------------------------------
 
     def can(self, action: str) -> bool:
-        """Whether regenerate / continue_reply applies now (the footer hides them otherwise)."""
-        if self.conversation is None or self.model is None or not self.is_mounted:
+        """Whether regenerate / continue_reply has something to act on now (else their keys give a notice)."""
+        if self.conversation is None or not self.is_mounted:
             return False
         views = self.view.views
         last = views[-1].shown if views else None
-        if action == "regenerate":
-            return last is not None and last.role == "assistant"
+        if action == "regenerate":  # a reply, or a message whose reply was never saved (the app was stopped)
+            return last is not None and last.role in ("assistant", "user", "text")
         if action == "continue_reply":
-            return self.mode == "novel" or (last is not None and last.role == "assistant" and not last.complete)
+            return self.mode == "novel" or (last is not None and (last.role == "user" or (
+                last.role == "assistant" and not last.complete)))
         return True
+
+    def _busy_notice(self) -> bool:
+        """True (and a notice) while a reply is being written."""
+        if self.busy:
+            self.app.notify("A reply is being written: press esc to stop it first.", severity="warning")
+        return bool(self.busy)
 
     def _can_generate(self) -> bool:
         if self.model is None:
@@ -421,14 +428,17 @@ class ChatPane(TabPane):
 
     async def regenerate(self) -> None:
         views = self.view.views
-        if self.conversation is None or not views or views[-1].shown.role != "assistant":
-            self.app.notify("There is no reply to regenerate.", severity="warning")
+        if self.conversation is None or not self.can("regenerate"):
+            self.app.notify("There is no reply to regenerate: send a message first.", severity="warning")
             return
-        if not self._can_generate() or self.busy:
+        if not self._can_generate() or self._busy_notice():
             return
         last = views[-1]
-        await last.set_content("")
-        last.shown.seq = None
+        if last.shown.role == "assistant":
+            await last.set_content("")
+            last.shown.seq = None
+        else:  # the reply to the last message was never saved: write it now
+            last = await self.view.add(Shown("assistant", "", complete=False))
         self._start_reply(last, lambda conv, on_text, cancel: conv.regenerate(on_text=on_text, cancel=cancel),
                           "regenerating")
 
@@ -446,17 +456,21 @@ class ChatPane(TabPane):
                                                                             cancel=cancel), "editing")
 
     async def continue_reply(self) -> None:
-        if self.conversation is None or not self._can_generate() or self.busy:
-            if self.conversation is None:
-                self.app.notify("Write something first.", severity="warning")
+        if self.conversation is None:
+            self.app.notify("There is nothing to continue yet: write something first.", severity="warning")
+            return
+        if not self._can_generate() or self._busy_notice():
             return
         views = self.view.views
         if self.mode == "chat":
-            if not views or views[-1].shown.role != "assistant" or views[-1].shown.complete:
+            if not self.can("continue_reply"):
                 self.app.notify("Continue works on a reply that was stopped or cut; send a message or "
                                 "regenerate instead.", severity="warning")
                 return
-            streaming = views[-1]
+            if views[-1].shown.role == "assistant":
+                streaming = views[-1]
+            else:  # the reply to the last message was never saved: write it now
+                streaming = await self.view.add(Shown("assistant", "", complete=False))
         else:
             streaming = await self.view.add(Shown("assistant", "", complete=False))
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.continue_reply(on_text=on_text,
