@@ -26,6 +26,7 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from tui.keymap import bindings
+from tui.widgets.tab_focus import keep_focus_in_active_tab
 
 
 class StreamBuffer:
@@ -303,6 +304,10 @@ class ConversationView(VerticalScroll, can_focus=True):
 
     def on_blur(self) -> None:
         self.select(None)
+
+    def _on_hide(self, event: events.Hide) -> None:
+        """Hidden with its tab: the focus goes to the prompt of the tab that shows (see tab_focus)."""
+        keep_focus_in_active_tab(self, event)
 
     def on_key(self, event: events.Key) -> None:
         """Typing a character that is not one of this list's keys goes to the prompt."""

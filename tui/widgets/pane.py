@@ -262,8 +262,8 @@ class ChatPane(TabPane):
 
     def _loaded_status(self) -> None:
         self.refresh_status()
-        if self.app.focused is None or self.app.focused is self.prompt:
-            self.prompt.focus()
+        if self.app.focused is None:
+            self.screen.focus_active_prompt()  # type: ignore[attr-defined]
 
     def on_pane_failed(self, message: PaneFailed) -> None:
         message.stop()

@@ -1,0 +1,131 @@
+"""The first hour of a new user (issue 14): nothing typed is lost, and letters typed into the prompt
+are text, never the single-letter keys of the message list or the sidebar."""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual import events
+
+from tests.tui.conftest import wait_for
+from tests.tui.test_chat import SIZE, open_chat, send
+from tui.app import RwkvApp
+from tui.screens.dialogs import ChoiceDialog
+from tui.widgets.pane import ChatPane
+
+
+async def burst(pilot, text: str) -> None:
+    """Keys as a terminal delivers them, without waiting between them (the first thing a user types)."""
+    for ch in text:
+        pilot.app.post_message(events.Key("space" if ch == " " else ch, ch))
+    await pilot.pause()
+
+
+async def typed_lands_in_prompt(pilot, pane: ChatPane, text: str = "effect") -> None:
+    await wait_for(pilot, lambda: pane.is_mounted and not pane.busy, what="the tab to settle")
+    await pilot.pause()
+    assert pilot.app.focused is pane.prompt, f"focus is on {pilot.app.focused!r}, not the prompt"
+    await burst(pilot, text)
+    assert pane.prompt.text == text
+
+
+def test_a_model_tab_opened_at_start_next_to_restored_tabs_takes_the_typing(models):
+    async def first() -> None:
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            await send(pilot, pane, "An earlier chat")
+            await pilot.press("ctrl+q")
+
+    async def second() -> None:
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and len(app.chat.panes) == 2, what="two tabs")
+            new = app.chat.panes[1]
+            await wait_for(pilot, lambda: app.chat.active_pane is new, what="the new tab to be active")
+            for pane in app.chat.panes:
+                await wait_for(pilot, lambda p=pane: not p.busy, what="the tabs to load")
+            await typed_lands_in_prompt(pilot, new)
+
+    asyncio.run(first())
+    asyncio.run(second())
+
+
+def test_every_way_a_tab_opens_leaves_the_typing_in_its_prompt(models, model_files, tui_home):
+    async def body():
+        # first start with a model file: the tab opens with the focus in its prompt
+        app = RwkvApp(model=str(model_files["tiny-a"]))
+        async with app.run_test(size=SIZE) as pilot:
+            one = await open_chat(pilot, app)
+            await typed_lands_in_prompt(pilot, one)
+            one.prompt.clear()
+            await send(pilot, one, "The first chat")
+            # ctrl+n and ctrl+t from the prompt, and from the message list
+            for key, start in (("ctrl+n", "prompt"), ("ctrl+t", "prompt"), ("ctrl+n", "messages")):
+                if start == "messages":
+                    app.chat.tabs.active = one.id
+                    await pilot.pause()
+                    await pilot.press("alt+up")
+                    await wait_for(pilot, lambda: app.focused is one.view, what="the message list")
+                count = len(app.chat.panes)
+                await pilot.press(key)
+                await pilot.pause()
+                if isinstance(app.screen, ChoiceDialog):  # two models could write a novel: take the first
+                    await pilot.press("enter")
+                await wait_for(pilot, lambda c=count: len(app.chat.panes) == c + 1, what=f"a tab from {key}")
+                new = app.chat.active_pane
+                await typed_lands_in_prompt(pilot, new)
+                new.prompt.clear()
+            # fork (f8): the new tab takes the typing
+            app.chat.tabs.active = one.id
+            await pilot.pause()
+            count = len(app.chat.panes)
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: len(app.chat.panes) == count + 1, what="the fork")
+            fork = app.chat.active_pane
+            assert fork is not one
+            await typed_lands_in_prompt(pilot, fork)
+            fork.prompt.clear()
+            app.chat.tabs.active = one.id
+            await pilot.pause()
+            await pilot.press("ctrl+q")
+        conversation_id = one.conversation.id
+
+        # restart with the saved tabs
+        app = RwkvApp()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and len(app.chat.panes) >= 2, what="restored tabs")
+            for pane in app.chat.panes:
+                await wait_for(pilot, lambda p=pane: not p.busy, what="the tabs to load")
+            await typed_lands_in_prompt(pilot, app.chat.active_pane)
+            await pilot.press("ctrl+q")
+
+        # --resume next to the restored tabs
+        app = RwkvApp(resume=str(conversation_id))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.chat.panes, what="tabs")
+            for pane in app.chat.panes:
+                await wait_for(pilot, lambda p=pane: not p.busy, what="the tabs to load")
+            active = app.chat.active_pane
+            assert active.conversation_id == conversation_id
+            await typed_lands_in_prompt(pilot, active)
+
+    asyncio.run(body())
+
+
+def test_single_letter_keys_of_the_lists_are_text_while_the_prompt_has_focus(models):
+    async def body():
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            await send(pilot, pane, "Something to select")
+            pane.prompt.focus()
+            await pilot.pause()
+            panes, screens = len(app.chat.panes), len(app.screen_stack)
+            letters = "ecyfjkrdav"  # message list: edit copy copy-code fork down up; sidebar: rename delete archive
+            await burst(pilot, letters)
+            assert pane.prompt.text == letters
+            assert len(app.chat.panes) == panes and len(app.screen_stack) == screens  # no fork, no dialog
+            assert app.focused is pane.prompt
+
+    asyncio.run(body())
