@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.chat.store import ConversationStore, MessageRecord
-from runtime.errors import RwkvError
+from runtime.errors import CancelledError, RwkvError
 from runtime.model.model import Model
 from runtime.model.state import State
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -46,6 +46,16 @@ _REWIND_DEPTH = 32  # token states kept for rewinding to a stop string's start
 
 class ConversationError(RwkvError, ValueError):
     """An action that does not apply (nothing to regenerate, editing a reply, …)."""
+
+
+class InputNotReadError(CancelledError):
+    """Cancelled while the model was still reading a new or edited message. Nothing was saved: the
+    conversation, its messages and its state are as they were before the call, and `text` is the
+    message, for the caller to give back to the user."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("stopped before the model had read the message: nothing was saved")
+        self.text = text
 
 
 @dataclass(frozen=True)
@@ -181,8 +191,13 @@ class Conversation:
         with self._busy():
             if not 0 < seq < len(self._messages) or self._messages[seq].role not in ("user", "text"):
                 raise ConversationError(f"message {seq} is not one of yours, so it cannot be edited")
-            self._truncate_to(seq - 1)
-            self._add_input(text, cancel)
+            current = self._state
+            self._restore_or_rebuild(seq - 1, no_progress, None)  # read from the state before message seq
+            try:
+                self._add_input(text, cancel, replacing_from=seq)
+            except InputNotReadError:
+                self._state = current
+                raise
             return self._reply(on_text, cancel)
 
     def continue_reply(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
@@ -321,13 +336,23 @@ class Conversation:
         self._messages = self._messages[: seq + 1]
         self._restore_or_rebuild(seq, no_progress, None)
 
-    def _add_input(self, text: str, cancel: CancelToken | None) -> None:
+    def _add_input(self, text: str, cancel: CancelToken | None, replacing_from: int | None = None) -> None:
+        """Read the user's message (after the current state) and save it with the state after it.
+        `replacing_from`: the seq it replaces (edit); that message and the later ones are dropped only
+        once it has been read. Cancelled while reading: InputNotReadError, and nothing has changed."""
         role = "user" if self.mode == "chat" else "text"
-        prev = self._messages[-1]
+        keep = len(self._messages) if replacing_from is None else replacing_from
+        prev = self._messages[keep - 1]
         prev_complete = prev.role != "assistant" or prev.complete
         fed = self.family.fed_text(role, text, True, prev_complete)
-        state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        try:
+            state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        except CancelledError:
+            raise InputNotReadError(text) from None
         stored = text.strip() if role == "user" else text
+        if replacing_from is not None:
+            self.store.truncate(self.id, replacing_from - 1)
+            self._messages = self._messages[:replacing_from]
         msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
                                      state=(self._key(), state.to_bytes()))
         self._messages.append(msg)

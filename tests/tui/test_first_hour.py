@@ -4,11 +4,13 @@ are text, never the single-letter keys of the message list or the sidebar."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from textual import events
 
-from tests.tui.conftest import wait_for
-from tests.tui.test_chat import SIZE, open_chat, send
+from runtime.chat.conversation import INGEST_CHUNK
+from tests.tui.conftest import notes, wait_for
+from tests.tui.test_chat import SIZE, open_chat, reply_to, saved_messages, send, shown
 from tui.app import RwkvApp
 from tui.screens.dialogs import ChoiceDialog
 from tui.widgets.pane import ChatPane
@@ -127,5 +129,50 @@ def test_single_letter_keys_of_the_lists_are_text_while_the_prompt_has_focus(mod
             assert pane.prompt.text == letters
             assert len(app.chat.panes) == panes and len(app.screen_stack) == screens  # no fork, no dialog
             assert app.focused is pane.prompt
+
+    asyncio.run(body())
+
+
+def test_esc_while_a_long_message_is_read_gives_it_back_in_the_prompt(models, monkeypatch):
+    async def body():
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            await send(pilot, pane, "A short one first")
+            before = [(m.role, m.content) for m in saved_messages(pane.conversation.id)]
+            # hold the model inside the reading of the long message until esc has been pressed
+            model = pane.model
+            reading, go_on = threading.Event(), threading.Event()
+            forward = model.forward
+
+            def held(ids, state=None, **kw):
+                if len(ids) == INGEST_CHUNK and not reading.is_set():
+                    reading.set()
+                    go_on.wait(30)
+                return forward(ids, state, **kw)
+
+            monkeypatch.setattr(model, "forward", held)
+            long = "\n".join(f"Line {i}: a long pasted text about recurrent networks." for i in range(400))
+            assert len(long) > 20_000
+            pane.prompt.focus()
+            pane.prompt.text = long  # as a paste delivers it
+            await pilot.press("enter")
+            await wait_for(pilot, reading.is_set, what="the model to read the message")
+            await pilot.press("escape")
+            go_on.set()
+            await wait_for(pilot, lambda: not pane.busy, what="the stop")
+            await pilot.pause()
+            # nothing was saved, nothing half-shown, the message is back where it was typed, and a notice says so
+            assert [(m.role, m.content) for m in saved_messages(pane.conversation.id)] == before
+            assert shown(pane) == before
+            assert pane.prompt.text == long
+            assert any("back in the input box" in n for n in notes(app))
+            assert not [n for n in notes(app) if "failed" in n]
+            # sending it again works
+            monkeypatch.setattr(model, "forward", forward)
+            await reply_to(pilot, pane, "enter")
+            saved = saved_messages(pane.conversation.id)
+            assert [m.content for m in saved[:3]] == [before[0][1], before[1][1], long]
+            assert pane.prompt.text == ""
 
     asyncio.run(body())

@@ -94,6 +94,7 @@ class ChatPane(TabPane):
         self.last_finish = ""
         self.problem = ""  # why there is no model, shown in the status line
         self._streaming: MessageView | None = None
+        self._doing = ""  # what the reply in flight answers: "sending", "editing", …
         self._tab_closed = False
         self._jobs_running = 0
         self._run_lock = threading.Lock()
@@ -384,6 +385,7 @@ class ChatPane(TabPane):
 
     def _start_reply(self, streaming: MessageView, call: Callable[[Any, Callable[[str], None], CancelToken], Any],
                      doing: str) -> bool:
+        self._doing = doing
         self.stream.reset()
         self._streaming = streaming
         self.view.follow()
@@ -496,7 +498,12 @@ class ChatPane(TabPane):
     async def on_reply_failed(self, message: ReplyFailed) -> None:
         if not await self._end_reply(message):
             return
-        self.app.notify(describe_error(message.error), title="The reply failed", severity="error", timeout=12)
+        from runtime.chat.conversation import InputNotReadError
+
+        if isinstance(message.error, InputNotReadError):
+            self._give_back(message.error.text)
+        else:
+            self.app.notify(describe_error(message.error), title="The reply failed", severity="error", timeout=12)
         if self.conversation is not None:
             await self.view.set_messages([Shown.of(m) for m in self.conversation.messages])
         else:
@@ -504,6 +511,17 @@ class ChatPane(TabPane):
             if views and views[-1].shown.seq is None and views[-1].shown.role == "assistant":
                 await self.view.truncate(len(views) - 1)
         self.refresh_status()
+
+    def _give_back(self, text: str) -> None:
+        """Stopped before the model had read the message: nothing was saved, so it goes back into the
+        prompt (before anything typed meanwhile), and a notice says so."""
+        typed = self.prompt.text
+        self.prompt.text = text + ("\n\n" + typed if typed.strip() else "")
+        self.prompt.move_cursor((len(text.split("\n")) - 1, len(text.split("\n")[-1])))
+        what = "your edited message" if self._doing == "editing" else "your message"
+        self.app.notify(f"Stopped before the model had read {what}, so nothing was saved: it is back in the "
+                        "input box.", title="Stopped", timeout=10)
+        self.last_finish = "cancelled"
 
     async def on_conversation_changed(self, message: ConversationChanged) -> None:
         message.stop()
