@@ -49,7 +49,7 @@ def conversation_markdown(title: str, mode: str, model_name: str, messages: Iter
     for m in messages:
         if m.role == "init":
             continue
-        lines.append(f"**{speaker(m.role, mode, model_name)}:**")
+        lines.append(f"**{speaker(m.role, mode, getattr(m, 'model', '') or model_name)}:**")
         lines.append("")
         lines.append(m.content.strip())
         lines.append("")

@@ -426,7 +426,8 @@ class Conversation:
         if on_text is not None and len(text) > emitted:
             on_text(text[emitted:])
         message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
-                                         complete=complete, state=(self._key(), state.to_bytes()))
+                                         complete=complete, state=(self._key(), state.to_bytes()),
+                                         model_ref=self.record.model_ref, file_type=self.model.file_type)
         self._messages.append(message)
         self._state = state
         self._keep_within_state_budget()

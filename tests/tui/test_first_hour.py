@@ -4,15 +4,19 @@ are text, never the single-letter keys of the message list or the sidebar."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 
 from textual import events
+from textual.widgets import Static
 
 from runtime.chat.conversation import INGEST_CHUNK
 from tests.tui.conftest import notes, wait_for
 from tests.tui.test_chat import SIZE, open_chat, reply_to, saved_messages, send, shown
+from tests.tui.test_resume import choose
 from tui.app import RwkvApp
 from tui.screens.dialogs import ChoiceDialog
+from tui.widgets.conversation import MessageView
 from tui.widgets.pane import ChatPane
 
 
@@ -174,5 +178,76 @@ def test_esc_while_a_long_message_is_read_gives_it_back_in_the_prompt(models, mo
             saved = saved_messages(pane.conversation.id)
             assert [m.content for m in saved[:3]] == [before[0][1], before[1][1], long]
             assert pane.prompt.text == ""
+
+    asyncio.run(body())
+
+
+def headers(pane: ChatPane) -> list[str]:
+    return [str(v.query_one(".message-header", Static).render()) for v in pane.view.query(MessageView)]
+
+
+def test_each_reply_keeps_the_name_of_the_model_that_wrote_it_after_f4(models):
+    async def body():
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            await send(pilot, pane, "To the first model")
+            await pilot.press("f4")
+            await choose(pilot, app, "tiny-b.gguf")
+            await wait_for(pilot, lambda: pane.model is not None and pane.model.path.name == "tiny-b.gguf"
+                           and not pane.busy, what="the switch")
+            await send(pilot, pane, "To the second model")
+            saved = saved_messages(pane.conversation.id)
+            assert [(m.role, m.model_ref, m.file_type) for m in saved] == [
+                ("user", None, None), ("assistant", "tiny-a", "F32"), ("user", None, None),
+                ("assistant", "tiny-b", "F32")]
+            shown_headers = headers(pane)
+            assert shown_headers[1].startswith("tiny-a · F32") and shown_headers[3].startswith("tiny-b · F32")
+            # and so after a restart
+            await pilot.press("ctrl+q")
+        app = RwkvApp()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.chat.panes, what="the restored tab")
+            pane = app.chat.panes[0]
+            await wait_for(pilot, lambda: pane.conversation is not None and not pane.busy, what="the tab to load")
+            await pilot.pause()
+            shown_headers = headers(pane)
+            assert shown_headers[1].startswith("tiny-a · F32") and shown_headers[3].startswith("tiny-b · F32")
+
+    asyncio.run(body())
+
+
+def test_a_database_from_before_the_writer_was_recorded_opens_and_labels_old_replies_plainly(models, tui_home):
+    from runtime.chat import schema
+    from runtime.chat.store import default_path
+
+    # a version-1 database, as the previous release wrote it
+    path = default_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in schema.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO conversations (id, title, mode, family, model_ref, created_at, updated_at) "
+                 "VALUES (1, 'Old chat', 'chat', 'testchat', 'tiny-b', 1.0, 1.0)")
+    for seq, role, content in ((0, "init", "A chat.\n\n"), (1, "user", "Hello"), (2, "assistant", "Old reply")):
+        conn.execute("INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at) "
+                     "VALUES (1, ?, ?, ?, 3, 1, 1.0)", (seq, role, content))
+    conn.close()
+
+    async def body():
+        app = RwkvApp(resume="1")
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.chat.panes, what="the tab")
+            pane = app.chat.panes[0]
+            await wait_for(pilot, lambda: pane.conversation is not None and not pane.busy, what="the tab to load")
+            await send(pilot, pane, "And now")
+            shown_headers = headers(pane)
+            assert shown_headers[1].startswith("Assistant")  # the writer of an old reply is not known
+            assert shown_headers[3].startswith("tiny-b · F32")
+            saved = saved_messages(1)
+            assert [(m.content, m.model_ref) for m in saved[:2]] == [("Hello", None), ("Old reply", None)]
+            assert saved[3].model_ref == "tiny-b"
 
     asyncio.run(body())

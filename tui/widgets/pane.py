@@ -33,6 +33,7 @@ from tui.messages import (
 )
 from tui.widgets.conversation import ConversationView, MessageView, Shown, StreamBuffer
 from tui.widgets.prompt import PromptArea
+from tui.widgets.sidebar import model_label
 from tui.widgets.status import PaneStatus, StatusLine
 
 FLUSH_HZ = 15
@@ -409,6 +410,11 @@ class ChatPane(TabPane):
             self._streaming = None
         return started
 
+    def _new_reply(self) -> Shown:
+        """The reply about to stream, labelled with the model that writes it."""
+        name = model_label(self.model_ref) if self.model_ref else model_name(self.model_path)
+        return Shown("assistant", "", complete=False, model=name, file_type=file_type(self.model))
+
     async def send(self, text: str) -> None:
         if not self._can_generate() or self.busy:
             if self.busy:
@@ -416,7 +422,7 @@ class ChatPane(TabPane):
             return
         role = "user" if self.mode == "chat" else "text"
         await self.view.add(Shown(role, text, complete=True))
-        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        streaming = await self.view.add(self._new_reply())
         if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel),
                              "sending"):
             self.prompt.clear()
@@ -430,7 +436,9 @@ class ChatPane(TabPane):
             return
         last = views[-1]
         await last.set_content("")
-        last.shown.seq = None
+        last.shown = self._new_reply()
+        last.speaker = self.view.speaker(last.shown)
+        last.refresh_header()
         self._start_reply(last, lambda conv, on_text, cancel: conv.regenerate(on_text=on_text, cancel=cancel),
                           "regenerating")
 
@@ -443,7 +451,7 @@ class ChatPane(TabPane):
             return
         await self.view.truncate(index + 1)
         await views[index].set_content(text)
-        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        streaming = await self.view.add(self._new_reply())
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(seq, text, on_text=on_text,
                                                                             cancel=cancel), "editing")
 
@@ -460,7 +468,7 @@ class ChatPane(TabPane):
                 return
             streaming = views[-1]
         else:
-            streaming = await self.view.add(Shown("assistant", "", complete=False))
+            streaming = await self.view.add(self._new_reply())
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.continue_reply(on_text=on_text,
                                                                                       cancel=cancel), "continuing")
 
