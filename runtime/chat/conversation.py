@@ -229,7 +229,7 @@ class Conversation:
             last = len(self._messages) - 1 if through_seq is None else through_seq
             if not 0 <= last < len(self._messages):
                 raise ConversationError(f"no message {through_seq} to fork at")
-            record = self.store.fork(self.id, through_seq=last, title=title or f"{self.record.title} (fork)")
+            record = self.store.fork(self.id, through_seq=last, title=title)  # default: "… (fork)", "… (fork 2)", …
             new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
             new._messages = self.store.messages(record.id)
             new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)

@@ -41,6 +41,7 @@ from runtime.chat.schema import DatabaseFileError, StoreError, prepare
 from runtime.model.state import State, StateError
 
 DEFAULT_FILENAME = "conversations.sqlite3"
+_FORK_SUFFIX = re.compile(r" \(fork(?: \d+)?\)$")
 BUSY_TIMEOUT_S = 15.0
 MODES = ("chat", "novel")
 TURN_ROLES = ("user", "assistant", "text")
@@ -303,7 +304,8 @@ class ConversationStore:
     ) -> ConversationRecord:
         """A new conversation with the messages up to `through_seq` (default all) and their states.
 
-        States are shared with the original, not copied. The default title is the original's + " (fork)".
+        States are shared with the original, not copied. The default title is the original's + " (fork)",
+        or " (fork 2)", " (fork 3)", … when that title is taken (a fork of a fork counts on from its root).
         """
         if through_seq is not None:
             _check_count("through_seq", through_seq)
@@ -319,7 +321,7 @@ class ConversationStore:
             new_id = c.execute(
                 "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling) "
                 "SELECT ?, mode, family, model_ref, ?, ?, sampling FROM conversations WHERE id = ?",
-                (title if title is not None else f"{src.title} (fork)", now, now, conversation_id),
+                (title if title is not None else self._fork_title(c, src.title), now, now, conversation_id),
             ).lastrowid
             c.execute(
                 "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at, "
@@ -666,6 +668,18 @@ class ConversationStore:
     def _require_conversation(c: sqlite3.Connection, conversation_id: int) -> None:
         if c.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
             raise _no_conversation(conversation_id)
+
+    @staticmethod
+    def _fork_title(c: sqlite3.Connection, title: str) -> str:
+        """The first of "T (fork)", "T (fork 2)", … that no conversation has, T being `title` without
+        a fork suffix of its own."""
+        base = _FORK_SUFFIX.sub("", title)
+        taken = {r[0] for r in c.execute(
+            "SELECT title FROM conversations WHERE substr(title, 1, ?) = ?", (len(base), base))}
+        n = 1
+        while (candidate := f"{base} (fork)" if n == 1 else f"{base} (fork {n})") in taken:
+            n += 1
+        return candidate
 
     @staticmethod
     def _last_seq(c: sqlite3.Connection, conversation_id: int) -> int:

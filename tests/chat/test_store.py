@@ -752,3 +752,14 @@ def test_a_version_1_database_gains_the_writer_of_each_reply(tmp_path):
             (None, None), (None, None), ("raven-7b", "Q5_1")]
         with pytest.raises(StoreArgumentError):
             s.add_message(1, role="assistant", content="x", n_tokens=1, model_ref=3)
+
+
+def test_forks_of_one_conversation_get_distinct_titles(store):
+    conv = new_conv(store, "story")
+    store.add_message(conv.id, role="user", content="once", n_tokens=1)
+    first, second = store.fork(conv.id), store.fork(conv.id)
+    of_fork = store.fork(first.id)
+    named = store.fork(conv.id, title="story (fork)")  # a title asked for is kept as it is
+    assert [first.title, second.title, of_fork.title, named.title] == [
+        "story (fork)", "story (fork 2)", "story (fork 3)", "story (fork)"]
+    assert store.fork(conv.id).title == "story (fork 4)"

@@ -251,3 +251,21 @@ def test_a_database_from_before_the_writer_was_recorded_opens_and_labels_old_rep
             assert saved[3].model_ref == "tiny-b"
 
     asyncio.run(body())
+
+
+def test_two_forks_of_a_conversation_get_different_titles(models):
+    async def body():
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            await send(pilot, pane, "Fork me")
+            for count in (2, 3):
+                app.chat.tabs.active = pane.id
+                await pilot.pause()
+                await pilot.press("f8")
+                await wait_for(pilot, lambda c=count: len(app.chat.panes) == c, what="the fork")
+            titles = [p.tab_title for p in app.chat.panes]
+            assert titles == ["Fork me", "Fork me (fork)", "Fork me (fork 2)"]
+            assert any("Fork me (fork 2)" in n for n in notes(app))
+
+    asyncio.run(body())
