@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from pathlib import Path
 
 from textual import events
 from textual.widgets import Static
@@ -15,7 +16,7 @@ from tests.tui.conftest import notes, wait_for
 from tests.tui.test_chat import SIZE, open_chat, reply_to, saved_messages, send, shown
 from tests.tui.test_resume import choose
 from tui.app import RwkvApp
-from tui.screens.dialogs import ChoiceDialog
+from tui.screens.dialogs import ChoiceDialog, TextDialog
 from tui.widgets.conversation import MessageView
 from tui.widgets.pane import ChatPane
 
@@ -267,5 +268,33 @@ def test_two_forks_of_a_conversation_get_different_titles(models):
             titles = [p.tab_title for p in app.chat.panes]
             assert titles == ["Fork me", "Fork me (fork)", "Fork me (fork 2)"]
             assert any("Fork me (fork 2)" in n for n in notes(app))
+
+    asyncio.run(body())
+
+
+def test_export_proposes_the_documents_folder_and_says_where_it_saved(models):
+    async def export(pilot, app) -> Path:
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the export dialog")
+        target = Path(app.screen.query_one("#dialog-input").value)
+        await pilot.press("enter")
+        await wait_for(pilot, target.exists, what="the exported file")
+        return target
+
+    async def body():
+        documents = Path.home() / "Documents"
+        documents.mkdir()
+        app = RwkvApp(model="tiny-a")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            await send(pilot, pane, "Export me")
+            first = await export(pilot, app)
+            assert first == documents / "export-me.md"
+            assert any(f"Saved to {first}" in n for n in notes(app))
+            second = await export(pilot, app)  # the first export is not replaced
+            assert second == documents / "export-me-2.md" and first.exists()
+            assert any(f"Saved to {second}" in n for n in notes(app))
+            assert "# Export me" in second.read_text(encoding="utf-8")
+            assert not list(Path.cwd().glob("*.md"))  # nothing lands where the app was started
 
     asyncio.run(body())

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Markdown, TabbedContent
 
-from tui.export import code_blocks, conversation_markdown, slug
+from tui.export import code_blocks, conversation_markdown, export_path
 from tui.keymap import bindings
 from tui.messages import ConversationsChanged, Forked, OpenConversation
 from tui.screens.dialogs import ChoiceDialog, ConfirmDialog, TextDialog
@@ -445,14 +445,14 @@ class ChatScreen(Screen[None]):
         if not pane.view.views:
             self.app.notify("There is nothing to export yet.", severity="warning")
             return
-        default = Path.cwd() / f"{slug(pane.tab_title)}.md"
+        default = export_path(pane.tab_title)
 
         def chosen(path_text: str | None) -> None:
-            if not path_text:
+            if not path_text or not path_text.strip():
                 return
             from runtime.atomic import atomic_write_bytes
 
-            path = Path(path_text).expanduser()
+            path = default.parent / Path(path_text.strip()).expanduser()  # a bare name: in the proposed folder
             text = conversation_markdown(pane.tab_title, pane.mode, model_name(pane.model_path or pane.model_ref),
                                          [v.shown for v in pane.view.views])
             try:
@@ -460,7 +460,7 @@ class ChatScreen(Screen[None]):
             except OSError as e:
                 self.app.notify(describe_error(e), title="Cannot export", severity="error")
                 return
-            self.app.notify(f"Saved {path}", title="Exported", timeout=5)
+            self.app.notify(f"Saved to {path.resolve()}", title="Exported", timeout=10)
 
         self.app.push_screen(TextDialog("Export the conversation to a Markdown file", str(default)), chosen)
 
