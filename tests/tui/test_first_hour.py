@@ -17,6 +17,7 @@ from tests.tui.test_chat import SIZE, open_chat, reply_to, saved_messages, send,
 from tests.tui.test_resume import choose
 from tui.app import RwkvApp
 from tui.screens.dialogs import ChoiceDialog, TextDialog
+from tui.screens.welcome import WelcomeScreen
 from tui.widgets.conversation import MessageView
 from tui.widgets.pane import ChatPane
 
@@ -296,5 +297,20 @@ def test_export_proposes_the_documents_folder_and_says_where_it_saved(models):
             assert any(f"Saved to {second}" in n for n in notes(app))
             assert "# Export me" in second.read_text(encoding="utf-8")
             assert not list(Path.cwd().glob("*.md"))  # nothing lands where the app was started
+
+    asyncio.run(body())
+
+
+def test_the_first_start_with_a_file_of_ones_own_opens_a_tab_that_takes_the_typing(model_files, tui_home):
+    async def body():
+        app = RwkvApp()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, WelcomeScreen), what="the welcome screen")
+            await pilot.press("tab", "enter")  # "Use a model file I have"
+            await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the file dialog")
+            app.screen.query_one("#dialog-input").value = str(model_files["tiny-a"])
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.chat.panes, what="a tab on the file")
+            await typed_lands_in_prompt(pilot, app.chat.active_pane)
 
     asyncio.run(body())
