@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.chat.store import ConversationStore, MessageRecord
-from runtime.errors import RwkvError
+from runtime.errors import CancelledError, RwkvError
 from runtime.model.model import Model
 from runtime.model.state import State
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -54,6 +54,16 @@ DRAFT_INTERVAL_S = 1.0  # a streaming reply's text is saved (without a state) at
 
 class ConversationError(RwkvError, ValueError):
     """An action that does not apply (nothing to regenerate, editing a reply, …)."""
+
+
+class InputNotReadError(CancelledError):
+    """Cancelled while the model was still reading a new or edited message. Nothing was saved: the
+    conversation, its messages and its state are as they were before the call, and `text` is the
+    message, for the caller to give back to the user."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("stopped before the model had read the message: nothing was saved")
+        self.text = text
 
 
 @dataclass(frozen=True)
@@ -191,8 +201,13 @@ class Conversation:
         with self._busy():
             if not 0 < seq < len(self._messages) or self._messages[seq].role not in ("user", "text"):
                 raise ConversationError(f"message {seq} is not one of yours, so it cannot be edited")
-            self._truncate_to(seq - 1)
-            self._add_input(text, cancel)
+            current = self._state
+            self._restore_or_rebuild(seq - 1, no_progress, None)  # read from the state before message seq
+            try:
+                self._add_input(text, cancel, replacing_from=seq)
+            except InputNotReadError:
+                self._state = current
+                raise
             return self._reply(on_text, cancel)
 
     def continue_reply(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
@@ -227,7 +242,7 @@ class Conversation:
             last = len(self._messages) - 1 if through_seq is None else through_seq
             if not 0 <= last < len(self._messages):
                 raise ConversationError(f"no message {through_seq} to fork at")
-            record = self.store.fork(self.id, through_seq=last, title=title or f"{self.record.title} (fork)")
+            record = self.store.fork(self.id, through_seq=last, title=title)  # default: "… (fork)", "… (fork 2)", …
             new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
             new._messages = self.store.messages(record.id)
             new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)
@@ -334,13 +349,23 @@ class Conversation:
         self._messages = self._messages[: seq + 1]
         self._restore_or_rebuild(seq, no_progress, None)
 
-    def _add_input(self, text: str, cancel: CancelToken | None) -> None:
+    def _add_input(self, text: str, cancel: CancelToken | None, replacing_from: int | None = None) -> None:
+        """Read the user's message (after the current state) and save it with the state after it.
+        `replacing_from`: the seq it replaces (edit); that message and the later ones are dropped only
+        once it has been read. Cancelled while reading: InputNotReadError, and nothing has changed."""
         role = "user" if self.mode == "chat" else "text"
-        prev = self._messages[-1]
+        keep = len(self._messages) if replacing_from is None else replacing_from
+        prev = self._messages[keep - 1]
         prev_complete = prev.role != "assistant" or prev.complete
         fed = self.family.fed_text(role, text, True, prev_complete)
-        state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        try:
+            state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        except CancelledError:
+            raise InputNotReadError(text) from None
         stored = text.strip() if role == "user" else text
+        if replacing_from is not None:
+            self.store.truncate(self.id, replacing_from - 1)
+            self._messages = self._messages[:replacing_from]
         msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
                                      state=(self._key(), state.to_bytes()))
         self._messages.append(msg)
@@ -357,7 +382,7 @@ class Conversation:
         """Generate, stream and save one reply. `allow_immediate_end=False` ("write more") bans
         end-of-text as the first token, so asking for more after the model ended still writes.
         A reply stopped by an exception (Ctrl-C, an error) keeps what was shown, cut short."""
-        draft = _Draft(self.store, self.id)
+        draft = _Draft(self.store, self.id, self.record.model_ref, self.model.file_type)
         try:
             return self._generate(on_text, cancel, allow_immediate_end, draft)
         except BaseException:
@@ -469,9 +494,11 @@ class _Draft:
     """A reply as streamed so far, saved without a state (at its first text, then every
     `DRAFT_INTERVAL_S`), so a kill leaves it as a cut-short reply; `save` gives it its final form."""
 
-    def __init__(self, store: ConversationStore, conversation_id: int) -> None:
+    def __init__(self, store: ConversationStore, conversation_id: int, model_ref: str | None,
+                 file_type: str | None) -> None:
         self.store = store
         self.conversation_id = conversation_id
+        self.model_ref, self.file_type = model_ref, file_type  # the model writing it
         self.record: MessageRecord | None = None
         self.saved_at = 0.0
         self.text = ""
@@ -488,7 +515,8 @@ class _Draft:
     def save(self, content: str, n_tokens: int, complete: bool, state: tuple[str, bytes] | None) -> MessageRecord:
         if self.record is None:
             self.record = self.store.add_message(self.conversation_id, role="assistant", content=content,
-                                                 n_tokens=n_tokens, complete=complete, state=state)
+                                                 n_tokens=n_tokens, complete=complete, state=state,
+                                                 model_ref=self.model_ref, file_type=self.file_type)
         else:
             self.record = self.store.update_message(self.record.id, content=content, n_tokens=n_tokens,
                                                     complete=complete, state=state)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.chat.conversation import Conversation
+from runtime.chat.conversation import INGEST_CHUNK, Conversation, InputNotReadError
 from runtime.chat.store import ConversationStore
+from runtime.progress import CancelToken
 from runtime.quant.types import DType
 from tests.support.gguf_model import write_model_gguf
 from tests.support.synthetic import v4_state_dict
@@ -222,3 +223,43 @@ def test_a_reply_interrupted_by_an_exception_keeps_what_was_streamed(store, mode
     assert np.array_equal(reread.state.data, conv.state.data)
     conv.send("And then?")
     assert [m.role for m in store.messages(conv.id)] == ["init", "user", "assistant", "user", "assistant"]
+
+
+class CancelsWhileReading(Counting):
+    """Cancels `token` once the model has read one full chunk of a long message (as esc would)."""
+
+    def __init__(self, model: runtime.Model, token) -> None:
+        super().__init__(model)
+        self.token = token
+
+    def forward(self, ids, state=None, *, want_logits: bool = True):
+        out = super().forward(ids, state, want_logits=want_logits)
+        if len(ids) == INGEST_CHUNK:
+            self.token.cancel()
+        return out
+
+
+def test_stopping_while_a_long_message_is_read_keeps_the_conversation_as_it_was(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=9)
+    _small(conv, 6)
+    conv.send("Hi")
+    before_messages = [(m.seq, m.role, m.content) for m in store.messages(conv.id)]
+    before_state = conv.state.data.copy()
+    long = "A long message about recurrent networks. " * 300  # ~2,400 tokens: several chunks
+    for action in ("send", "edit"):
+        token = CancelToken()
+        conv.model = CancelsWhileReading(models[0], token)
+        with pytest.raises(InputNotReadError) as stopped:
+            if action == "send":
+                conv.send(long, cancel=token)
+            else:
+                conv.edit(1, long, cancel=token)
+        assert conv.model.fed >= INGEST_CHUNK  # it had started reading
+        assert stopped.value.text == long  # given back to the caller
+        assert [(m.seq, m.role, m.content) for m in store.messages(conv.id)] == before_messages
+        assert [(m.seq, m.role, m.content) for m in conv.messages] == before_messages[1:]
+        assert np.array_equal(conv.state.data, before_state)
+    # and the conversation goes on from there
+    conv.model = models[0]
+    conv.send(long)
+    assert [m.content for m in store.messages(conv.id)][1:4] == ["Hi", before_messages[2][2], long.strip()]
