@@ -4,7 +4,7 @@ import pytest
 
 from runtime.errors import ModelFileError, UnsupportedModelError
 from runtime.formats.detect import detect_architecture, v4_tensor_shapes
-from tests.support.synthetic import v4_state_dict, v7_state_dict
+from tests.support.synthetic import v4_state_dict
 
 
 def shapes_of(sd):
@@ -15,11 +15,6 @@ def test_rwkv4_is_recognised_with_its_dimensions():
     arch = detect_architecture("m.pth", shapes_of(v4_state_dict(n_layer=3, n_embd=64, n_vocab=100)))
     assert (arch.version, arch.n_layer, arch.n_embd, arch.n_vocab, arch.n_ffn) == ("4", 3, 64, 100, 256)
     assert arch.runnable
-
-
-def test_rwkv7_is_recognised_with_its_dimensions():
-    arch = detect_architecture("m.pth", shapes_of(v7_state_dict(n_layer=3, n_embd=128, n_vocab=100)))
-    assert (arch.version, arch.n_layer, arch.n_embd, arch.n_vocab, arch.n_ffn) == ("7", 3, 128, 100, 512)
 
 
 @pytest.mark.parametrize(

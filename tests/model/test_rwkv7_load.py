@@ -1,7 +1,10 @@
-"""Loading RWKV-7 files: every tensor the forward pass reads is checked for presence and shape before
-any address reaches native code."""
+"""Loading RWKV-7 files: a tensor missing or of the wrong shape stops the load with its name before any
+address reaches native code (detect.py checks the names and shapes, arch/rwkv7.py each matrix against
+the dimensions compiled in)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -30,7 +33,7 @@ def test_a_misshapen_lora_factor_is_refused(tmp_path):
     def edit(s):
         s["blocks.1.att.a2"] = (np.zeros((128, 32), np.float32), DType.F32)
 
-    with pytest.raises(ModelFileError, match=r"'blocks.1.att.a2' has shape \(128, 32\), expected \(128, 40\)"):
+    with pytest.raises(ModelFileError, match=r"'blocks\.1\.att\.a2' \(rank 32\)"):
         load_weights(_write(tmp_path, edit))
 
 
@@ -38,13 +41,13 @@ def test_an_untransposed_lora_factor_is_refused(tmp_path):
     def edit(s):
         s["blocks.0.att.g1"] = (np.ascontiguousarray(s["blocks.0.att.g1"][0].T), DType.F32)
 
-    with pytest.raises(ModelFileError, match=r"'blocks\.0\.att\.g1' has shape \(128, 48\), expected \(rank, 128\)"):
+    with pytest.raises(ModelFileError, match=r"'blocks\.0\.att\.g1' \(rank 128\)"):
         load_weights(_write(tmp_path, edit))
 
 
 @pytest.mark.parametrize("name", ["blocks.1.ffn.x_k", "blocks.0.att.k_a", "blocks.1.att.v2"])
 def test_a_missing_tensor_is_refused_by_name(tmp_path, name):
-    with pytest.raises(ModelFileError, match=f"'{name}' is missing"):
+    with pytest.raises(ModelFileError, match=f"missing {re.escape(name)}"):
         load_weights(_write(tmp_path, lambda s: s.pop(name)))
 
 

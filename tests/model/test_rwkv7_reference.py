@@ -1,7 +1,8 @@
 """RWKV-7 against the official package (rwkv 0.8.32, RWKV_V7_ON=1, `cpu fp32`) on random float32
 checkpoints of two shapes whose LoRA ranks differ from the released ones (tests/fixtures/reference/
 rwkv7-{a,b}, made by tools/make_reference.py --arch 7), read as rwkv.cpp files (fused lerps,
-transposed LoRA factors): 64 decode steps, one 64-token sequence call and the final states agree
+transposed LoRA factors, written by the test writer) and as our converter's llama.cpp-layout GGUF
+(`rwkv-tui convert` of the .pth): 64 decode steps, one 64-token sequence call and the final states agree
 within 1e-4·max|logit| for F32 files and 1e-2 for F16 ones; sequence mode equals one token at a time
 within float rounding, across chunk boundaries too."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime.convert import convert
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
 from runtime.quant.types import DType
@@ -30,13 +32,18 @@ def _state_rel(got: np.ndarray, want: np.ndarray, n_layer: int) -> float:
     return max(_rel(g[:, 0], w[:, 0]), _rel(g[:, 1], w[:, 1]), _rel(g[:, 2:], w[:, 2:]))
 
 
-@pytest.fixture(scope="module", params=[(r, t) for r in REFS for t in (DType.F32, DType.F16)],
-                ids=lambda p: f"{p[0]}-{p[1].name}")
+@pytest.fixture(scope="module", params=[(r, t, c) for r in REFS for t in (DType.F32, DType.F16)
+                                        for c in ("rwkvcpp", "gguf")],
+                ids=lambda p: f"{p[0]}-{p[1].name}-{p[2]}")
 def ref_model(request, tmp_path_factory):
-    name, dtype = request.param
+    name, dtype, container = request.param
     ref = load_reference_v7(name)
-    path = write_v7_model(tmp_path_factory.mktemp("v7") / f"{name}-{dtype.name}.bin",
-                          read_pth_arrays(ref.pth_path), dtype)
+    folder = tmp_path_factory.mktemp("v7")
+    if container == "gguf":
+        path = folder / f"{name}-{dtype.name}.gguf"
+        convert(ref.pth_path, path, dtype)
+    else:
+        path = write_v7_model(folder / f"{name}-{dtype.name}.bin", read_pth_arrays(ref.pth_path), dtype)
     model = Model(load_weights(path, chunk=16), threads=2)  # 64 tokens cross chunk boundaries
     yield ref, dtype, model
     model.close()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from tui.commands.output import console
 from tui.units import human_bytes
+
+if TYPE_CHECKING:
+    from runtime.formats.detect import Architecture
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -23,6 +27,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("format", ckpt.source_format),
         ("architecture", f"{a.name} ({'runnable' if a.runnable else 'not runnable yet'})"),
         ("layers × width", f"{a.n_layer} × {a.n_embd} (ffn {a.n_ffn})"),
+        *_rwkv7_rows(a),
         ("vocabulary", str(a.n_vocab)),
         ("parameters", f"{sum(_numel(t.shape) for t in ckpt.tensors.values()) / 1e6:.1f} M"),
         ("tensor data", human_bytes(total)),
@@ -35,7 +40,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         meta.add_column("key")
         meta.add_column("value", overflow="fold")
         for k, v in ckpt.metadata.items():
-            meta.add_row(k, str(v))
+            meta.add_row(k, _short(v))
         console.print(meta)
     table = Table(title="tensors", show_edge=False, title_justify="left")
     for col in ("name", "shape", "type", "size"):
@@ -59,6 +64,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         note = "repeat block 0's shapes and types" if same else "differ from block 0 in types"
         console.print(f"[dim]blocks.1 … blocks.{a.n_layer - 1} {note} (--all lists every tensor)[/dim]")
     return 0
+
+
+def _short(value: object, items: int = 6) -> str:
+    """A metadata value for a table: long lists (a vocabulary of 65536 tokens) cut to their first items."""
+    if isinstance(value, list) and len(value) > items:
+        shown = ", ".join(repr(v) for v in value[:items])
+        return f"[{shown}, … {len(value)} items]"
+    return str(value)
+
+
+def _rwkv7_rows(a: Architecture) -> list[tuple[str, str]]:
+    if not a.head_size or a.lora is None:
+        return []
+    ranks = ", ".join(f"{k} {v}" for k, v in a.lora._asdict().items())
+    return [("heads", f"{a.n_head} × head size {a.head_size}"), ("LoRA ranks", ranks)]
 
 
 def _numel(shape: tuple[int, ...]) -> int:

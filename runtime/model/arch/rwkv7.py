@@ -269,15 +269,6 @@ def _shape(ckpt: Checkpoint, name: str) -> tuple[int, ...]:
     return t.shape
 
 
-def _head_size(ckpt: Checkpoint) -> int:
-    """N from r_k's (H, N) shape; a flat r_k (llama.cpp's GGUF) leaves it to the file's metadata."""
-    shape = _shape(ckpt, "blocks.0.att.r_k")
-    if len(shape) >= 2 and shape[-2] * shape[-1] == ckpt.arch.n_embd:
-        return int(shape[-1])
-    size = ckpt.metadata.get("rwkv7.wkv.head_size", 64)
-    return int(size) if isinstance(size, int) and size > 0 else 64
-
-
 def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, chunk: int) -> ModelSpec:
     """The spec of `ckpt`, every tensor the forward pass reads checked for presence and shape."""
     arch = ckpt.arch
@@ -286,23 +277,12 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
             path, "this RWKV-7 file stores its LoRA factors untransposed; convert it first: "
             f"rwkv-tui convert '{path}' model.gguf"
         )
-    L, C = arch.n_layer, arch.n_embd
-    head_size = _head_size(ckpt)
-    if C % head_size or head_size % 8 or head_size > 256:
-        raise ModelFileError(path, f"head size {head_size} does not split n_embd {C} into heads of a supported size")
-    # LoRA ranks from the first factors' shapes, (D, C) as stored transposed (layer 0 has no usable V1)
-    ranks = []
-    for m in _FIRST_FACTORS:
-        if m is Mat.V1 and L == 1:
-            ranks.append(BLOCK)  # unused
-            continue
-        name = f"blocks.{int(m is Mat.V1)}.{MAT_TENSOR_NAMES[m]}"
-        shape = _shape(ckpt, name)
-        if len(shape) != 2 or shape[1] != C:
-            raise ModelFileError(path, f"tensor '{name}' has shape {shape}, expected (rank, {C}): the LoRA "
-                                 "factors stored transposed")
-        ranks.append(shape[0])
-    spec = ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, tuple(ranks), (), emb_type, head_type,  # type: ignore[arg-type]
+    L, C, head_size = arch.n_layer, arch.n_embd, arch.head_size
+    if arch.lora is None or head_size % 8 or head_size > 256:
+        raise ModelFileError(path, f"head size {head_size} is not supported (a multiple of 8 up to 256)")
+    # the ranks detect.py read from the shapes (Dw, Da, Dv, Dg); Dv is 0 with one layer (no V1 used)
+    ranks = tuple(arch.lora)
+    spec = ModelSpec(L, C, arch.n_vocab, arch.n_ffn, head_size, ranks, (), emb_type, head_type,  # type: ignore[arg-type]
                      LN0_FOLDED in ckpt.transforms, chunk)
     layer_types = []
     for i in range(L):
