@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from runtime.formats.detect import TOKENIZER_BY_VOCAB
 from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_module
 from runtime.jit.release import release_compiler_pages
@@ -83,25 +82,26 @@ class Model:
 
     @property
     def tokenizer_name(self) -> str:
-        """'gpt-neox-20b', 'rwkv-world' or 'none'."""
-        name = self.metadata.get("tokenizer.ggml.model")
-        return name if isinstance(name, str) else TOKENIZER_BY_VOCAB.get(self.n_vocab, "none")
+        """'gpt-neox-20b', 'rwkv-world', 'rwkv-gguf' (the file's own rwkv token list) or 'none'."""
+        from runtime.text.gguf_vocab import tokenizer_name_for_metadata
+
+        return tokenizer_name_for_metadata(self.metadata, self.n_vocab)
 
     @property
     def tokenizer(self) -> Any:
-        """This model's `runtime.text.tokenizers.Tokenizer` (loaded once per process)."""
+        """This model's `runtime.text.tokenizers.Tokenizer` (loaded once per process): the one its
+        metadata names or holds (runtime/text/gguf_vocab.py), else the one its vocabulary size tells."""
         from runtime.errors import UnsupportedModelError
-        from runtime.text.tokenizers import TOKENIZER_NAMES, TokenizerError, canonical_name, load_tokenizer
+        from runtime.text.gguf_vocab import tokenizer_for_metadata
+        from runtime.text.tokenizers import TOKENIZER_NAMES, TokenizerError
 
-        name = self.tokenizer_name
         try:
-            name = canonical_name(name)
+            return tokenizer_for_metadata(self.metadata, self.n_vocab)
         except TokenizerError:
             raise UnsupportedModelError(
-                self.path, f"no known tokenizer for this model (tokenizer '{name}', vocabulary of {self.n_vocab}); "
-                f"known: {', '.join(TOKENIZER_NAMES)}"
+                self.path, f"no known tokenizer for this model (tokenizer '{self.tokenizer_name}', vocabulary of "
+                f"{self.n_vocab}); known: {', '.join(TOKENIZER_NAMES)}"
             ) from None
-        return load_tokenizer(name)
 
     def new_state(self) -> State:
         return State(self.arch.new_state_data(self.spec), self.fingerprint, None, self.arch_name)

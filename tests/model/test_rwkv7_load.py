@@ -74,3 +74,21 @@ def test_the_contracts_other_spellings_give_the_same_model(tmp_path):
         got, got_state = other.forward(tokens)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_state.data, want_state.data)
+
+
+def test_a_converted_world_model_gets_the_world_tokenizer(tmp_path):
+    """llama.cpp's rwkv7 GGUF names the World vocabulary 'rwkv' and lists its tokens; the model reads
+    its tokenizer from there (runtime/text/gguf_vocab.py), not from the name alone."""
+    from runtime.convert import convert
+    from runtime.model.model import load_model
+    from runtime.text.tokenizers import load_tokenizer
+    from tests.support.torch_writer import write_pth
+
+    src = write_pth(tmp_path / "w.pth", v7_state_dict(n_layer=1, n_embd=64, n_vocab=65536, seed=2), dtype="float32")
+    convert(src, tmp_path / "w.gguf", "f16")
+    with load_model(tmp_path / "w.gguf", threads=1) as model:
+        assert model.metadata["tokenizer.ggml.model"] == "rwkv"
+        assert model.tokenizer_name == "rwkv-world"
+        assert model.tokenizer is load_tokenizer("world")
+        logits, _ = model.forward(model.tokenizer.encode("Hello"))
+        assert np.isfinite(logits).all()
