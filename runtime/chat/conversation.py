@@ -156,12 +156,14 @@ class Conversation:
 
     # --- actions -----------------------------------------------------------------------------
 
-    def send(self, text: str, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
-        """Add a user message (chat) or a piece of text (novel), then generate the reply to it."""
+    def send(self, text: str, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None,
+             progress: ProgressCallback = no_progress) -> Reply:
+        """Add a user message (chat) or a piece of text (novel), then generate the reply to it.
+        `progress` follows the reading of the message (in tokens)."""
         with self._busy():
             if not text.strip() and self.mode == "chat":
                 raise ConversationError("the message is empty")
-            self._add_input(text, cancel)
+            self._add_input(text, cancel, progress)
             if len(self.messages) == 1 and self.record.title == "New conversation":
                 self.store.rename(self.id, _title_from(text))
             return self._reply(on_text, cancel)
@@ -176,13 +178,13 @@ class Conversation:
             return self._reply(on_text, cancel)
 
     def edit(self, seq: int, text: str, *, on_text: TextCallback | None = None,
-             cancel: CancelToken | None = None) -> Reply:
+             cancel: CancelToken | None = None, progress: ProgressCallback = no_progress) -> Reply:
         """Replace message `seq` (a user message or novel text), drop what followed, and reply again."""
         with self._busy():
             if not 0 < seq < len(self._messages) or self._messages[seq].role not in ("user", "text"):
                 raise ConversationError(f"message {seq} is not one of yours, so it cannot be edited")
             self._truncate_to(seq - 1)
-            self._add_input(text, cancel)
+            self._add_input(text, cancel, progress)
             return self._reply(on_text, cancel)
 
     def continue_reply(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
@@ -271,6 +273,8 @@ class Conversation:
         """Feed `text` in sequence-mode chunks; returns (state, logits of the last token, token count)."""
         ids = self.tokenizer.encode(text) if text else []
         logits = None
+        if len(ids) > INGEST_CHUNK:  # a long read: its size before its first chunk
+            progress(Progress("reading the conversation", done, total or len(ids), "tok"))
         for start in range(0, len(ids), INGEST_CHUNK):
             if cancel is not None:
                 cancel.raise_if_cancelled()
@@ -321,12 +325,13 @@ class Conversation:
         self._messages = self._messages[: seq + 1]
         self._restore_or_rebuild(seq, no_progress, None)
 
-    def _add_input(self, text: str, cancel: CancelToken | None) -> None:
+    def _add_input(self, text: str, cancel: CancelToken | None, progress: ProgressCallback = no_progress) -> None:
+        self.reply_tokens = 0  # a new reply comes after this input (UIs must not show the last one's count)
         role = "user" if self.mode == "chat" else "text"
         prev = self._messages[-1]
         prev_complete = prev.role != "assistant" or prev.complete
         fed = self.family.fed_text(role, text, True, prev_complete)
-        state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        state, _, n = self._ingest(fed, self._state, progress, cancel)
         stored = text.strip() if role == "user" else text
         msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
                                      state=(self._key(), state.to_bytes()))

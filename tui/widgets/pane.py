@@ -36,6 +36,7 @@ from tui.widgets.prompt import PromptArea
 from tui.widgets.status import PaneStatus, StatusLine
 
 FLUSH_HZ = 15
+STATUS_HZ = 4
 PLACEHOLDER = {
     "chat": "Message · enter sends · ctrl+j new line · ctrl+o $EDITOR",
     "novel": "Your text · enter sends, the model continues it · ctrl+g writes more",
@@ -94,6 +95,7 @@ class ChatPane(TabPane):
         self.last_finish = ""
         self.problem = ""  # why there is no model, shown in the status line
         self._streaming: MessageView | None = None
+        self._status_shown = 0.0  # when the status line was last refreshed by the flush timer
         self._tab_closed = False
         self._jobs_running = 0
         self._run_lock = threading.Lock()
@@ -326,11 +328,14 @@ class ChatPane(TabPane):
             self.view.scroll_end(animate=False)
 
     async def _flush(self) -> None:
-        """Move streamed text into the view (timer, FLUSH_HZ times a second)."""
+        """Move streamed text into the view (timer, FLUSH_HZ times a second); the status's live rate
+        STATUS_HZ times a second."""
         text = self.stream.drain()
         if text and self._streaming is not None:
             await self._streaming.append(text)
-        if self.busy == "generating":
+        now = time.monotonic()
+        if self.busy == "generating" and now - self._status_shown >= 1 / STATUS_HZ:
+            self._status_shown = now
             self.refresh_status()
 
     def refresh_status(self, activity: str | None = None) -> None:
@@ -343,7 +348,10 @@ class ChatPane(TabPane):
             family=self.family_name,
             mode=self.mode,
         )
-        if self.busy == "generating":
+        if self.busy == "generating" and self.stream.reading:
+            status.read_done, status.read_total = self.stream.read_done, self.stream.read_total
+            status.rate, status.live = self.stream.read_rate(), True
+        elif self.busy == "generating":
             tokens = conv.reply_tokens if conv is not None else None
             status.activity, status.rate, status.live = "writing", self.stream.rate(tokens), True
         elif self.busy:
@@ -415,7 +423,8 @@ class ChatPane(TabPane):
         role = "user" if self.mode == "chat" else "text"
         await self.view.add(Shown(role, text, complete=True))
         streaming = await self.view.add(Shown("assistant", "", complete=False))
-        if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel),
+        if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel,
+                                                                         progress=self.stream.read),
                              "sending"):
             self.prompt.clear()
 
@@ -442,8 +451,8 @@ class ChatPane(TabPane):
         await self.view.truncate(index + 1)
         await views[index].set_content(text)
         streaming = await self.view.add(Shown("assistant", "", complete=False))
-        self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(seq, text, on_text=on_text,
-                                                                            cancel=cancel), "editing")
+        self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(
+            seq, text, on_text=on_text, cancel=cancel, progress=self.stream.read), "editing")
 
     async def continue_reply(self) -> None:
         if self.conversation is None or not self._can_generate() or self.busy:
