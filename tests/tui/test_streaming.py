@@ -9,16 +9,18 @@ import asyncio
 import re
 import shutil
 import threading
+import time
 from dataclasses import replace
 
 from textual.app import App, ComposeResult
 from textual.widgets import Markdown, Static
 
 from runtime.chat.conversation import INGEST_CHUNK, Conversation
+from runtime.progress import Progress
 from tests.tui.conftest import register, screen_text, type_text, wait_for
 from tests.tui.test_chat import open_chat, reply_to
 from tui.app import RwkvApp
-from tui.widgets.conversation import ConversationView, MessageView, Shown, StreamingText
+from tui.widgets.conversation import ConversationView, MessageView, Shown, StreamBuffer, StreamingText
 from tui.widgets.status import PaneStatus, StatusLine, render_status
 
 REPLY = (
@@ -204,3 +206,17 @@ def test_render_status_drops_the_least_useful_parts_first():
     assert narrow == "rwkv-4-raven-1b5 · max tokens reached · 24.3 tok/s"
     reading = PaneStatus(model="m", read_done=256, read_total=6000, rate=430.0)
     assert "reading 256/6,000 tokens · 430.0 tok/s" in render_status(reading).plain
+
+
+def test_the_writing_rate_counts_from_the_end_of_the_reading():
+    stream = StreamBuffer()
+    stream.reset(reading=True)
+    assert stream.reading
+    stream.read(Progress("reading", 0, 600, "tok"))
+    stream.read(Progress("reading", 256, 600, "tok"))
+    assert stream.reading and (stream.read_done, stream.read_total) == (256, 600)
+    before = time.monotonic()
+    stream.read(Progress("reading", 600, 600, "tok"))
+    assert not stream.reading and stream.started >= before  # the writing's clock starts here
+    stream.reset()  # regenerate and continue read nothing first
+    assert not stream.reading

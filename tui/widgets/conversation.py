@@ -45,13 +45,16 @@ class StreamBuffer:
         self.started = time.monotonic()  # when the writing started (the reading of the prompt ended)
         self.read_started = self.started
         self.read_done = self.read_total = 0
+        self.reading = False  # the prompt is being read; the writing has not started
 
-    def reset(self) -> None:
+    def reset(self, reading: bool = False) -> None:
+        """A new reply; `reading`: a prompt is read first (its progress comes through `read`)."""
         with self._lock:
             self._parts.clear()
             self.pieces = 0
             self.started = self.read_started = time.monotonic()
             self.read_done = self.read_total = 0
+            self.reading = reading
 
     def push(self, text: str) -> None:
         if not text:
@@ -59,6 +62,7 @@ class StreamBuffer:
         with self._lock:
             self._parts.append(text)
             self.pieces += 1
+            self.reading = False
 
     def read(self, event: Progress) -> None:
         """A progress callback for reading the prompt: the writing starts when the reading ends."""
@@ -66,11 +70,7 @@ class StreamBuffer:
             self.read_done, self.read_total = event.done, event.total
             if event.done >= event.total:
                 self.started = time.monotonic()
-
-    @property
-    def reading(self) -> bool:
-        """Whether the prompt is being read (its progress known, not finished)."""
-        return self.read_total > 0 and self.read_done < self.read_total
+                self.reading = False
 
     def read_rate(self) -> float:
         """Tokens per second of reading the prompt so far."""
@@ -204,10 +204,14 @@ class MessageView(Vertical):
         self._tail.set_text(tail)
 
     def _space_tail(self) -> None:
-        """A blank line between the Markdown above and the tail (a new paragraph), as Markdown would show."""
-        gap = 1 if self._body_text.strip() and not self.plain else 0
+        """A blank line between the Markdown above and the tail when the tail starts a new paragraph,
+        as Markdown shows it; an empty body takes no line."""
+        gap = 1 if self._body_text.strip() and self._body_text.endswith("\n\n") and not self.plain else 0
         if self._tail is not None and self._tail.styles.margin.top != gap:
             self._tail.styles.margin = (gap, 0, 0, 0)
+        body = self.body
+        if body.display != bool(self._body_text):
+            body.display = bool(self._body_text)
 
     async def _to_body(self, text: str, last: bool = False) -> None:
         self._body_text += text
@@ -215,6 +219,7 @@ class MessageView(Vertical):
         if not isinstance(body, Markdown):
             # the tail goes on below: the body ends at the line break before it
             body.update(self._body_text if last else self._body_text.removesuffix("\n"))
+            self._space_tail()
             return
         self._fenced ^= len(_FENCE.findall(text)) % 2 == 1
         if self._stream is None:
@@ -228,6 +233,7 @@ class MessageView(Vertical):
             self._tail = None
             if rest or self.plain:
                 await self._to_body(rest, last=True)
+            self.body.display = True
             await tail.remove()
         if self._stream is not None:
             await self._stream.stop()

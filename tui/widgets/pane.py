@@ -351,8 +351,9 @@ class ChatPane(TabPane):
             mode=self.mode,
         )
         if self.busy == "generating" and self.stream.reading:
+            status.activity, status.live = "reading…", True
             status.read_done, status.read_total = self.stream.read_done, self.stream.read_total
-            status.rate, status.live = self.stream.read_rate(), True
+            status.rate = self.stream.read_rate()
         elif self.busy == "generating":
             tokens = conv.reply_tokens if conv is not None else None
             status.activity, status.rate, status.live = "writing", self.stream.rate(tokens), True
@@ -394,7 +395,7 @@ class ChatPane(TabPane):
 
     def _start_reply(self, streaming: MessageView, call: Callable[[Any, Callable[[str], None], CancelToken], Any],
                      doing: str) -> bool:
-        self.stream.reset()
+        self.stream.reset(reading=doing in ("sending", "editing"))  # these read the user's text first
         self._streaming = streaming
         self.view.follow()
         family = self.family_name
