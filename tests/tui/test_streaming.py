@@ -123,6 +123,10 @@ def test_text_streaming_within_a_line_does_not_lay_out_the_screen_again(monkeypa
             assert shown_text(view) == "Start" + " ab" * 20
             assert "Start ab ab" in screen_text(app)
             assert layouts[0] <= 2, f"{layouts[0]} layouts of the screen for 20 updates within one line"
+            for i in range(60):  # several lines: each new line is laid out, so all of it shows
+                await view.append(f" w{i}")
+                await pilot.pause()
+            assert "w58 w59" in screen_text(app)
 
     asyncio.run(body())
 

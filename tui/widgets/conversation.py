@@ -117,8 +117,9 @@ class StreamingText(Static):
     def set_text(self, text: str) -> None:
         self.text = text
         self.update(text, layout=False)
-        width = self.content_region.width
-        if not width or self._render().get_height(self.styles, width) != self.content_region.height:
+        self.clear_cached_dimensions()
+        region = self.content_region
+        if not region.width or self.get_content_height(region.size, region.size, region.width) != region.height:
             self.refresh(layout=True)
 
 
