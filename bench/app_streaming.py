@@ -112,6 +112,7 @@ class Bench:
         self.threads = threads
         self.socket = f"rwkv-bench-{os.getpid()}"
         self.verbose = False
+        self.runs = 0
         self.ui_share = 0.0
         self.env = dict(os.environ, RWKV_TUI_DATA_DIR=str(home / "data"), RWKV_TUI_CONFIG_DIR=str(home / "config"),
                         RWKV_TUI_CACHE_DIR=str(OUT / "kernel-cache"))
@@ -159,7 +160,10 @@ class Bench:
         raise RuntimeError(f"the app did not get {what} in {timeout:.0f} s; its screen:\n" + "\n".join(self.screen()))
 
     def app_rate(self, tree: Path) -> float:
-        env = " ".join(f"{k}={v}" for k, v in self.env.items() if k.startswith("RWKV_TUI_"))
+        self.runs += 1
+        data = Path(self.env["RWKV_TUI_DATA_DIR"]) / f"app-{self.runs}"  # no tabs of earlier runs to reopen
+        env = " ".join(f"{k}={v}" for k, v in {**self.env, "RWKV_TUI_DATA_DIR": str(data)}.items()
+                       if k.startswith("RWKV_TUI_"))
         command = f"cd {tree} && exec env {env} {sys.executable} -m tui.cli --model {MODEL_ID}"
         self.tmux("kill-server")
         self.tmux("new-session", "-d", "-s", "app", "-x", str(COLUMNS), "-y", str(ROWS), command)
@@ -169,6 +173,9 @@ class Bench:
             pid = int(self.tmux("list-panes", "-t", "app", "-F", "#{pane_pid}").split()[0])
             before, t0 = thread_cpu(pid), time.monotonic()
             self.tmux("send-keys", "-t", "app", "-l", PROMPT)
+            deadline = time.monotonic() + 60
+            while PROMPT not in "\n".join(self.screen()) and time.monotonic() < deadline:
+                time.sleep(0.2)
             self.tmux("send-keys", "-t", "app", "Enter")
             self.wait(lambda s: "writing" in s or "reading" in s, "to the reply", 120, poll=0.1)
             line = self.wait(lambda s: "tok/s" in s and "writing" not in s and "reading" not in s,
