@@ -41,7 +41,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,28 +144,45 @@ def _runtime_pick(dtype: object) -> str:
     return _variant_name(matvec_int16.int16_variant(dtype))
 
 
-def _assembly(dtype: object, cols: int, variant: str) -> tuple[str, int]:
-    """Assembly of the matvec kernel for `dtype` rows of `cols` values with `variant` forced, and the
-    rows it walks side by side."""
-    import llvmlite.binding as llvm
-    from llvmlite import ir
-
-    from runtime.jit.engine import prepare_module
+@contextmanager
+def _forced(variant: str) -> Iterator[None]:
+    """emit_matvec builds `variant` inside the block (its two decisions, module globals looked up per
+    call, replaced for the time being)."""
     from runtime.jit.kernels import matvec, matvec_int16
-    from runtime.jit.target import new_target_machine
 
     forced = None if variant in ("float", "float512") else matvec_int16.Variant(*INT16_VARIANTS[variant])
-    # the two decisions emit_matvec reads, forced for this build only (module globals, looked up per call)
     saved = matvec.int16_variant, matvec.wide_float_rows
     matvec.int16_variant = lambda t: forced if t in matvec_int16.INT16_TYPES else None
     matvec.wide_float_rows = lambda t: variant == "float512"
     try:
+        yield
+    finally:
+        matvec.int16_variant, matvec.wide_float_rows = saved
+
+
+def _module(dtype: object, cols: int, variant: str) -> tuple[object, int]:
+    """An IR module holding the matvec kernel `matvec_<type>_c<cols>` built as `variant`, and the rows it
+    walks side by side."""
+    from llvmlite import ir
+
+    from runtime.jit.engine import prepare_module
+    from runtime.jit.kernels import matvec
+
+    with _forced(variant):
         module = ir.Module(name="costs")
         prepare_module(module)
         matvec.emit_matvec(module, dtype, cols, linkage="external")
-        rows = matvec.rows_per_step(dtype, cols)
-    finally:
-        matvec.int16_variant, matvec.wide_float_rows = saved
+        return module, matvec.rows_per_step(dtype, cols)
+
+
+def _assembly(dtype: object, cols: int, variant: str) -> tuple[str, int]:
+    """Assembly of the matvec kernel for `dtype` rows of `cols` values built as `variant`, optimised as the
+    runtime optimises it (runtime.jit.engine.compile_ir), and the rows it walks side by side."""
+    import llvmlite.binding as llvm
+
+    from runtime.jit.target import new_target_machine
+
+    module, rows = _module(dtype, cols, variant)
     tm = new_target_machine()
     mod = llvm.parse_assembly(str(module))
     mod.verify()
@@ -174,6 +193,48 @@ def _assembly(dtype: object, cols: int, variant: str) -> tuple[str, int]:
     pb.getModulePassManager().run(mod, pb)
     tm.set_asm_verbosity(True)
     return tm.emit_assembly(mod), rows
+
+
+L2_BYTES = 512 << 10  # the matrix timed in L2 (on every CPU here)
+MEMORY_BYTES = 256 << 20  # copies of it filling this much, timed from memory
+
+
+def measured_gbs(dtype: object, cols: int, variant: str) -> tuple[float, float]:
+    """GB/s of weights one thread reads through the kernel built as `variant`: with its rows in L2 (the
+    compute ceiling on this machine) and from memory (copies of the matrix walked in turn, as decoding
+    walks each matrix once per token); best of several rounds."""
+    import numpy as np
+
+    from bench.kernels import _arena, _best, weight_bytes
+    from runtime.jit.engine import compile_module
+    from runtime.jit.kernels.library import MATVEC_CTYPE
+    from runtime.jit.kernels.matvec import kernel_name
+
+    module, _ = _module(dtype, cols, variant)
+    compiled = compile_module(module, use_cache=False)
+    fn = MATVEC_CTYPE(compiled.address(kernel_name("matvec", dtype, cols, False)))
+    rows = max(4, L2_BYTES // dtype.row_bytes(cols) // 4 * 4)
+    rng = np.random.default_rng(0)
+    mat = weight_bytes(dtype, rows, cols, rng)
+    x = rng.normal(size=cols).astype(np.float32)
+    y = np.zeros(rows, np.float32)
+    xp, yp = x.ctypes.data, y.ctypes.data
+    calls = 50
+
+    def hot() -> None:
+        for _ in range(calls):
+            fn(mat.ctypes.data, xp, yp, 0, rows)
+
+    buf, addrs = _arena(mat, MEMORY_BYTES)
+
+    def cold() -> None:
+        for a in addrs:
+            fn(a, xp, yp, 0, rows)
+
+    in_l2 = mat.nbytes * calls / _best(hot, 0.3) / 1e9
+    from_memory = mat.nbytes * len(addrs) / _best(cold, 0.5) / 1e9
+    del buf
+    return in_l2, from_memory
 
 
 _LABEL = re.compile(r"^(\.LBB\d+_\d+|(?:#|//) %bb\.\d+):\s*(?:(?:#|//)\s*%(\S+))?")
@@ -247,8 +308,9 @@ def mca_cycles(mca: str, triple: str, cpu: str, insns: list[str]) -> tuple[float
     return ports, total / MCA_ITERATIONS
 
 
-def worker(cpu_name: str, cols: int, types: list[str], mca: str) -> list[dict]:
-    """Costs of every allowed variant × type on the CPU this process compiles for."""
+def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool = False) -> list[dict]:
+    """Costs of every allowed variant × type on the CPU this process compiles for (and with `measure`,
+    the GB/s each reaches on this machine with its rows in L2)."""
     from runtime.quant.types import DType
 
     cpu = next(c for c in CPUS if c.name == cpu_name)
@@ -280,6 +342,8 @@ def worker(cpu_name: str, cols: int, types: list[str], mca: str) -> list[dict]:
                             "rows": rows, "cycles_per_block": per_block["ports"],
                             "simulated_per_block": per_block["simulated"], "block_bytes": dtype.row_bytes(32),
                             "loops": detail})
+            if measure:
+                results[-1]["l2_gbs"], results[-1]["memory_gbs"] = measured_gbs(dtype, cols, variant)
     return results
 
 
@@ -297,11 +361,11 @@ def find_mca() -> str:
     return max(found, key=lambda n: int(n.rsplit("-", 1)[1]) if "-" in n[8:] else 0)
 
 
-def run_cpu(cpu: CpuModel, cols: int, types: list[str], mca: str) -> list[dict]:
+def run_cpu(cpu: CpuModel, cols: int, types: list[str], mca: str, measure: bool = False) -> list[dict]:
     env = dict(os.environ, RWKV_TUI_TRIPLE=cpu.triple, RWKV_TUI_CPU=cpu.cpu, RWKV_TUI_FEATURES=cpu.features,
                PYTHONPATH=str(REPO))
     code = ("import json, sys; from bench.kernel_costs import worker; "
-            f"print(json.dumps(worker({cpu.name!r}, {cols}, {types!r}, {mca!r})))")
+            f"print(json.dumps(worker({cpu.name!r}, {cols}, {types!r}, {mca!r}, {measure!r})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1200)
     if proc.returncode != 0:
@@ -309,25 +373,31 @@ def run_cpu(cpu: CpuModel, cols: int, types: list[str], mca: str) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def gbs(r: dict) -> float:
-    return r["block_bytes"] / r["cycles_per_block"] * NOMINAL_GHZ
-
-
-def print_table(results: list[dict], cpus: list[str], types: list[str], markdown: bool) -> None:
-    """One line per CPU and type: cycles per block and row for each variant (the runtime's pick marked *),
-    then the pick's bytes per cycle and GB/s per core at NOMINAL_GHZ."""
+def print_table(results: list[dict], cpus: list[str], types: list[str], markdown: bool, metric: str) -> None:
+    """One line per CPU and type: for each variant `metric` (the runtime's pick marked *): "ports" or
+    "simulated" cycles per block and row, then the pick's bytes per cycle and GB/s per core at
+    NOMINAL_GHZ; or GB/s measured on this machine with the rows in L2 ("l2") or from "memory"."""
+    key = {"ports": "cycles_per_block", "simulated": "simulated_per_block", "l2": "l2_gbs",
+           "memory": "memory_gbs"}[metric]
+    results = [r for r in results if r.get(key) is not None]
     variants = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in results)]
-    head = ["cpu", "type", *variants, "pick B/cyc", f"GB/s @{NOMINAL_GHZ:g}GHz"]
+    head = ["cpu", "type", *variants]
+    measured = metric in ("l2", "memory")
+    if not measured:
+        head += ["pick B/cyc", f"GB/s @{NOMINAL_GHZ:g}GHz"]
     rows = []
     for cpu in cpus:
         for t in types:
             mine = {r["variant"]: r for r in results if r["cpu"] == cpu and r["type"] == t}
             if not mine:
                 continue
-            pick = next(r for r in mine.values() if r["picked"])
-            cells = [f"{mine[v]['cycles_per_block']:.2f}{'*' if mine[v]['picked'] else ''}" if v in mine else "-"
-                     for v in variants]
-            rows.append([cpu, t, *cells, f"{pick['block_bytes'] / pick['cycles_per_block']:.1f}", f"{gbs(pick):.0f}"])
+            cells = [f"{mine[v][key]:.{1 if measured else 2}f}{'*' if mine[v]['picked'] else ''}"
+                     if v in mine else "-" for v in variants]
+            if not measured:
+                pick = next(r for r in mine.values() if r["picked"])
+                per_cycle = pick["block_bytes"] / pick[key]
+                cells += [f"{per_cycle:.1f}", f"{per_cycle * NOMINAL_GHZ:.0f}"]
+            rows.append([cpu, t, *cells])
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
@@ -340,6 +410,33 @@ def print_table(results: list[dict], cpus: list[str], types: list[str], markdown
         print("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in cells))
 
 
+def print_summary(results: list[dict], cpus: list[str], types: list[str], metric: str) -> None:
+    """A Markdown table of the runtime's picks only: one line per CPU, the quantized types' variant, then
+    per type "cycles per block and row / GB/s per core at NOMINAL_GHZ"."""
+    key = {"ports": "cycles_per_block", "simulated": "simulated_per_block"}[metric]
+    print(f"| cpu | variant (quantized) | {' | '.join(types)} |")
+    print("|---|---|" + "---:|" * len(types))
+    for cpu in cpus:
+        picks = {r["type"]: r for r in results if r["cpu"] == cpu and r["picked"]}
+        if not picks:
+            continue
+        names = sorted({r["variant"] for t, r in picks.items() if t not in ("F32", "F16")})
+        cells = [f"{picks[t][key]:.2f} / {picks[t]['block_bytes'] / picks[t][key] * NOMINAL_GHZ:.0f}"
+                 if t in picks else "-" for t in types]
+        print(f"| {cpu} | {', '.join(names)} | {' | '.join(cells)} |")
+
+
+def runs_here(cpu: CpuModel) -> bool:
+    """Whether code for `cpu` runs on this machine (same triple, every feature present)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    if cpu.triple.split("-")[0] != llvm.get_process_triple().split("-")[0]:
+        return False
+    host = llvm.get_host_cpu_features()
+    return all(host.get(f[1:], False) for f in cpu.features.split(",") if f)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cols", type=int, default=DEFAULT_COLS, help="values per row (a multiple of 32)")
@@ -347,6 +444,12 @@ def main() -> None:
     ap.add_argument("--types", help="comma-separated weight types (default: all)")
     ap.add_argument("--mca", help="llvm-mca to use (default: the newest on PATH)")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table")
+    ap.add_argument("--summary", action="store_true",
+                    help="a Markdown table of the picks only (cycles per block / GB/s), one line per CPU")
+    ap.add_argument("--metric", choices=("ports", "simulated"), default="ports",
+                    help="cycles bound by the execution ports (default), or as llvm-mca simulates them")
+    ap.add_argument("--measure", action="store_true",
+                    help="also time each variant here (one thread, rows in L2) for the CPU models whose code runs here")
     ap.add_argument("--jobs", type=int, default=2, help="CPU models built at once (default 2)")
     ap.add_argument("--json", help="also write every figure (per loop) to this file")
     args = ap.parse_args()
@@ -365,11 +468,19 @@ def main() -> None:
     if not shutil.which(mca):
         ap.error(f"{mca} not found")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per CPU model
-        per_cpu = pool.map(lambda c: run_cpu(c, args.cols, types, mca), [c for c in CPUS if c.name in cpus])
+        per_cpu = pool.map(lambda c: run_cpu(c, args.cols, types, mca, args.measure and runs_here(c)),
+                           [c for c in CPUS if c.name in cpus])
         results = [r for rs in per_cpu for r in rs]
-    print(f"cycles per 32-weight block and row ({args.cols} columns; {mca}; * = the runtime's pick), "
-          f"the pick's bytes per cycle and GB/s per core at a nominal {NOMINAL_GHZ:g} GHz\n")
-    print_table(results, cpus, types, args.markdown)
+    print(f"cycles per 32-weight block and row, {args.metric} ({args.cols} columns; {mca}; * = the runtime's "
+          f"pick), the pick's bytes per cycle and GB/s per core at a nominal {NOMINAL_GHZ:g} GHz\n")
+    if args.summary:
+        print_summary(results, cpus, types, args.metric)
+    else:
+        print_table(results, cpus, types, args.markdown, args.metric)
+    if args.measure:
+        for metric, where in (("l2", "rows in L2"), ("memory", "rows from memory")):
+            print(f"\nmeasured here: GB/s of weights, one thread, {where} (each model's code run here)\n")
+            print_table(results, cpus, types, args.markdown, metric)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -148,37 +148,9 @@ def host_variant() -> Variant | None:
     return Variant(vnni=vnni, masks=masks, wide=wide, gfni=wide and "gfni" in feats)
 
 
-# Per CPU model (LLVM's name for the host), types that take a narrower variant than the features allow,
-# chosen from LLVM's machine models (bench/kernel_costs.py; cycles per block and row, bound by the ports /
-# as simulated; the table and the reasons in docs/ARCHITECTURE.md). Zen 4 runs a 512-bit instruction as two
-# 256-bit halves, so the pair path's ≈ 10 instructions per two blocks weigh like ≈ 20 256-bit ones there;
-# its Q5_1 rows go the 256-bit word way with fifth bits under masks and permuted scales (no gathers,
-# which LLVM's Zen models price far below what they cost): 3.10 → 2.84 by the ports, 5.65 → 4.43 simulated.
-# Full-width 512-bit CPUs (Zen 5, Intel) and AVX2-only ones keep what their features give.
-FAMILY_VARIANTS: dict[str, dict[DType, Variant]] = {
-    "znver4": {DType.Q5_1: Variant(vnni=False, masks=True)},
-}
-
-
 def int16_variant(dtype: DType) -> Variant | None:
-    """The variant `dtype` rows use on this host, or None (float kernels): what the features allow, or
-    the host CPU's entry in FAMILY_VARIANTS where it asks for no more than that."""
-    if dtype not in INT16_TYPES:
-        return None
-    allowed = host_variant()
-    if allowed is None:
-        return None
-    chosen = FAMILY_VARIANTS.get(host_target().cpu, {}).get(dtype)
-    if chosen is None or not _within(chosen, allowed):
-        return allowed
-    return chosen
-
-
-def _within(v: Variant, allowed: Variant) -> bool:
-    """Whether `v` uses no instruction group that `allowed` lacks."""
-    return all(not mine or theirs for mine, theirs in zip((v.vnni, v.masks, v.wide, v.gfni),
-                                                          (allowed.vnni, allowed.masks, allowed.wide, allowed.gfni),
-                                                          strict=True))
+    """The variant `dtype` rows use on this host, or None (float kernels)."""
+    return host_variant() if dtype in INT16_TYPES else None
 
 
 def rows_for(dtype: DType, n_cols: int) -> int:
