@@ -1,23 +1,36 @@
 """Static cost of the decoding kernels' inner block loops on CPUs we do not have, from LLVM's machine models.
 
     python bench/kernel_costs.py [--cols 2048] [--cpus znver4,haswell,...] [--types f16,q8_0,...]
-                                 [--mca llvm-mca-19] [--markdown]
+                                 [--metric ports|simulated] [--markdown | --summary]
+                                 [--measure] [--calibrate sapphirerapids] [--mca llvm-mca-19] [--json FILE]
 
 For every CPU model below, in a fresh process with RWKV_TUI_TRIPLE/CPU/FEATURES set to it, each
 matvec kernel variant that CPU's features allow is compiled for every weight type exactly as the
 runtime would compile it (the variant forced where it is not the runtime's pick), the assembly is
-emitted (llvmlite, verbose, so LLVM names each loop), and the loops walked once per group of rows
+emitted (llvmlite, verbose, so LLVM names each loop), and the loops inside the main row loop
 (`scales`: the scale conversion, 8 blocks per iteration; `pair`/`blk`: the dot products, 2 or 1
-blocks) are cut out of the main row loop and given to `llvm-mca -mcpu=<model>`. Cycles per
-iteration over blocks per iteration and rows walked side by side give cycles per weight block (32
-weights) and row; the block's bytes over that give bytes per cycle, and at the nominal clock NOMINAL_GHZ
-GB/s per core. That is the compute ceiling of one core running one thread: decoding needs it
-well above the memory bandwidth one core gets (≈ 10-30 GB/s), and two threads sharing a core (SMT, or the
-2-vCPU VMs where the vCPUs share one core) halve it.
+blocks; and the row loop's own code, where LLVM unrolled a loop whole) are cut out and given to
+`llvm-mca -mcpu=<model>`. Blocks per iteration are counted, not assumed (one prefetch per row and
+block or pair, one gather or half conversion per row in the scale loop), since LLVM unrolls some
+loops for some CPUs. Cycles per row group over blocks and rows give cycles per 32-weight block and
+row; the block's bytes over that give bytes per cycle, and at the nominal clock NOMINAL_GHZ GB/s per
+core: the compute ceiling of one core running one thread. Decoding needs it well above the memory
+bandwidth a core gets (≈ 10-30 GB/s); two threads sharing a core (SMT) share it.
+
+Cycles are "ports" by default: llvm-mca's Block RThroughput, the bound set by the execution ports
+alone (a streaming loop over independent rows overlaps its iterations). "simulated" is llvm-mca's
+simulation, which also waits on dependencies, some of them false: the zeroing `vxorps` before a
+vpdpbusd does not break the dependency there (Sapphire Rapids' model never, Zen 4's not for xmm16-31),
+so every row's dot product waits for the previous one's.
+The models err, differently per variant (LLVM's Zen 4 model prices a ymm vpgatherdd at 0.33 cycles):
+--measure times each variant on this machine (one thread; rows in L2, the compute ceiling; and from
+memory), and --calibrate MODEL (MODEL: this machine) scales every CPU's figure for a variant by how
+far MODEL's figure for it missed the time measured here, relative to MODEL's pick.
 
 llvm-mca needs an LLVM that knows the models: Debian's llvm-19 (`apt-get install llvm-19`) knows
-znver4/znver5 (znver5 there uses the Zen 4 model) and Apple M1-M3 as apple-a14/a15/a16 (all Apple cores
-share one model); LLVM 14's llvm-mca knows no Zen 4. The newest llvm-mca on PATH is used.
+znver4 and znver5 (whose model there is Zen 4's: 512-bit instructions in two halves, so its lines
+repeat Zen 4's) and Apple M1-M3 as apple-a14/a15/a16 (one model for all); LLVM 14's llvm-mca knows no
+Zen 4. The newest llvm-mca on PATH is used.
 
 Variants (runtime/jit/kernels/matvec_int16.Variant for Q4/Q5/Q8_0, matvec.py for the rest):
   float      the generic float kernel in 256-bit vectors (F32/F16 everywhere without AVX-512F; every type
@@ -378,7 +391,7 @@ def print_table(results: list[dict], cpus: list[str], types: list[str], markdown
     "simulated" cycles per block and row, then the pick's bytes per cycle and GB/s per core at
     NOMINAL_GHZ; or GB/s measured on this machine with the rows in L2 ("l2") or from "memory"."""
     key = {"ports": "cycles_per_block", "simulated": "simulated_per_block", "l2": "l2_gbs",
-           "memory": "memory_gbs"}[metric]
+           "memory": "memory_gbs", "calibrated": "calibrated_per_block"}[metric]
     results = [r for r in results if r.get(key) is not None]
     variants = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in results)]
     head = ["cpu", "type", *variants]
@@ -426,6 +439,23 @@ def print_summary(results: list[dict], cpus: list[str], types: list[str], metric
         print(f"| {cpu} | {', '.join(names)} | {' | '.join(cells)} |")
 
 
+def calibrate(results: list[dict], host: str, metric: str) -> None:
+    """Add "calibrated_per_block" to every result whose variant was timed on `host` (this machine): the
+    modelled cycles × e, where e = (the variant's measured cycles ÷ the host pick's) ÷ (the same ratio as
+    modelled for the host). It assumes each variant's model error carries over to other CPUs; no more
+    than a check on how far a ranking by the models can be trusted."""
+    key = {"ports": "cycles_per_block", "simulated": "simulated_per_block"}[metric]
+    for t in {r["type"] for r in results}:
+        here = {r["variant"]: r for r in results if r["cpu"] == host and r["type"] == t}
+        pick = next(r for r in here.values() if r["picked"])
+        for r in results:
+            mine = here.get(r["variant"]) if r["type"] == t else None
+            if mine is None:
+                continue
+            error = (pick["l2_gbs"] / mine["l2_gbs"]) / (mine[key] / pick[key])
+            r["calibrated_per_block"] = r[key] * error
+
+
 def runs_here(cpu: CpuModel) -> bool:
     """Whether code for `cpu` runs on this machine (same triple, every feature present)."""
     import llvmlite.binding as llvm
@@ -449,7 +479,11 @@ def main() -> None:
     ap.add_argument("--metric", choices=("ports", "simulated"), default="ports",
                     help="cycles bound by the execution ports (default), or as llvm-mca simulates them")
     ap.add_argument("--measure", action="store_true",
-                    help="also time each variant here (one thread, rows in L2) for the CPU models whose code runs here")
+                    help="also time each variant here (one thread, rows in L2 and from memory) for the CPU models "
+                         "whose code runs here")
+    ap.add_argument("--calibrate", metavar="MODEL",
+                    help="the model of this machine (e.g. sapphirerapids): time its variants here and print every "
+                         "CPU's cycles scaled, per variant, by how far this machine's model missed the measurement")
     ap.add_argument("--jobs", type=int, default=2, help="CPU models built at once (default 2)")
     ap.add_argument("--json", help="also write every figure (per loop) to this file")
     args = ap.parse_args()
@@ -464,11 +498,18 @@ def main() -> None:
     bad = [t for t in types if t not in TYPE_NAMES]
     if bad:
         ap.error(f"unknown type(s) {bad}; known: {', '.join(TYPE_NAMES)}")
+    if args.calibrate and args.calibrate not in names:
+        ap.error(f"unknown CPU model {args.calibrate!r}; known: {', '.join(names)}")
+    if args.calibrate and not runs_here(next(c for c in CPUS if c.name == args.calibrate)):
+        ap.error(f"code for {args.calibrate} does not run on this machine")
+    if args.calibrate and args.calibrate not in cpus:
+        cpus.append(args.calibrate)
     mca = args.mca or find_mca()
     if not shutil.which(mca):
         ap.error(f"{mca} not found")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per CPU model
-        per_cpu = pool.map(lambda c: run_cpu(c, args.cols, types, mca, args.measure and runs_here(c)),
+        per_cpu = pool.map(lambda c: run_cpu(c, args.cols, types, mca,
+                                             c.name == args.calibrate or (args.measure and runs_here(c))),
                            [c for c in CPUS if c.name in cpus])
         results = [r for rs in per_cpu for r in rs]
     print(f"cycles per 32-weight block and row, {args.metric} ({args.cols} columns; {mca}; * = the runtime's "
@@ -477,6 +518,11 @@ def main() -> None:
         print_summary(results, cpus, types, args.metric)
     else:
         print_table(results, cpus, types, args.markdown, args.metric)
+    if args.calibrate:
+        calibrate(results, args.calibrate, args.metric)
+        print(f"\ncalibrated on {args.calibrate}: each variant's cycles × (its cycles measured here ÷ modelled for "
+              f"{args.calibrate}), both relative to {args.calibrate}'s pick\n")
+        print_table(results, cpus, types, args.markdown, "calibrated")
     if args.measure:
         for metric, where in (("l2", "rows in L2"), ("memory", "rows from memory")):
             print(f"\nmeasured here: GB/s of weights, one thread, {where} (each model's code run here)\n")
