@@ -2,7 +2,8 @@
 
     python bench/kernel_costs.py [--cols 2048] [--cpus znver4,haswell,...] [--types f16,q8_0,...]
                                  [--metric ports|simulated] [--markdown | --summary]
-                                 [--measure] [--calibrate sapphirerapids] [--mca llvm-mca-19] [--json FILE]
+                                 [--measure] [--calibrate sapphirerapids] [--set PREFETCH_GROUPS=0 ...]
+                                 [--mca llvm-mca-19] [--json FILE]
 
 For every CPU model below, in a fresh process with RWKV_TUI_TRIPLE/CPU/FEATURES set to it, each
 matvec kernel variant that CPU's features allow is compiled for every weight type exactly as the
@@ -321,10 +322,30 @@ def mca_cycles(mca: str, triple: str, cpu: str, insns: list[str]) -> tuple[float
     return ports, total / MCA_ITERATIONS
 
 
-def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool = False) -> list[dict]:
+# Kernel switches `--set` may change (module, constant): what was measured elsewhere can be re-measured
+# on the machine at hand, e.g. the prefetch distance on Zen 4
+SWITCHES = {"PREFETCH_BYTES": "matvec", "WIDE_FLOAT_ROWS": "matvec", "PREFETCH_GROUPS": "matvec_int16",
+            "PREFETCH_TARGET": "matvec_int16", "LONG_ROW": "matvec_int16", "MIN_ROWS": "matvec_int16",
+            "MAX_ROWS": "matvec_int16", "WIDE_Q8": "matvec_int16"}
+
+
+def apply_switches(switches: dict[str, int]) -> None:
+    """Set the kernel modules' switches (SWITCHES) before anything is built."""
+    import importlib
+
+    for name, value in switches.items():
+        module = importlib.import_module(f"runtime.jit.kernels.{SWITCHES[name]}")
+        old = getattr(module, name)
+        setattr(module, name, type(old)(value))
+
+
+def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool = False,
+           switches: dict[str, int] | None = None) -> list[dict]:
     """Costs of every allowed variant × type on the CPU this process compiles for (and with `measure`,
-    the GB/s each reaches on this machine with its rows in L2)."""
+    the GB/s each reaches on this machine with its rows in L2 and from memory), with `switches` set."""
     from runtime.quant.types import DType
+
+    apply_switches(switches or {})
 
     cpu = next(c for c in CPUS if c.name == cpu_name)
     results = []
@@ -336,20 +357,23 @@ def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool =
             n_blocks = cols // 32
             covered = {"scales": n_blocks // 8 * 8, "pair": 0, "blk": n_blocks}
             detail = {}
+            countable = True  # blocks per iteration are counted by prefetches: not without them
             for kind, insns in inner_loops(asm, "#" if cpu.triple == X86 else "//").items():
                 ports, simulated = mca_cycles(mca, cpu.triple, cpu.mca, insns)
-                if kind == "row":
-                    trips = 1.0
-                else:
+                trips = 1.0
+                if kind != "row":
                     units = _units(kind, insns)
-                    if not units or units % rows:
+                    if not units:
+                        countable = False
+                        continue
+                    if units % rows:
                         raise RuntimeError(f"{cpu_name} {tname} {variant}: {units} units in loop {kind}, {rows} rows")
                     if kind == "pair":
                         covered["pair"] = n_blocks // 2 * 2
                         covered["blk"] = n_blocks - covered["pair"]
                     trips = covered[kind] / (units // rows * BLOCKS_PER_UNIT[kind])
                 detail[kind] = {"ports": ports, "simulated": simulated, "trips": trips, "insns": len(insns)}
-            per_block = {m: sum(d[m] * d["trips"] for d in detail.values()) / (n_blocks * rows)
+            per_block = {m: sum(d[m] * d["trips"] for d in detail.values()) / (n_blocks * rows) if countable else None
                          for m in ("ports", "simulated")}
             results.append({"cpu": cpu_name, "type": tname, "variant": variant, "picked": variant == pick,
                             "rows": rows, "cycles_per_block": per_block["ports"],
@@ -374,11 +398,12 @@ def find_mca() -> str:
     return max(found, key=lambda n: int(n.rsplit("-", 1)[1]) if "-" in n[8:] else 0)
 
 
-def run_cpu(cpu: CpuModel, cols: int, types: list[str], mca: str, measure: bool = False) -> list[dict]:
+def run_cpu(cpu: CpuModel, cols: int, types: list[str], mca: str, measure: bool = False,
+            switches: dict[str, int] | None = None) -> list[dict]:
     env = dict(os.environ, RWKV_TUI_TRIPLE=cpu.triple, RWKV_TUI_CPU=cpu.cpu, RWKV_TUI_FEATURES=cpu.features,
                PYTHONPATH=str(REPO))
     code = ("import json, sys; from bench.kernel_costs import worker; "
-            f"print(json.dumps(worker({cpu.name!r}, {cols}, {types!r}, {mca!r}, {measure!r})))")
+            f"print(json.dumps(worker({cpu.name!r}, {cols}, {types!r}, {mca!r}, {measure!r}, {switches!r})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1200)
     if proc.returncode != 0:
@@ -393,6 +418,9 @@ def print_table(results: list[dict], cpus: list[str], types: list[str], markdown
     key = {"ports": "cycles_per_block", "simulated": "simulated_per_block", "l2": "l2_gbs",
            "memory": "memory_gbs", "calibrated": "calibrated_per_block"}[metric]
     results = [r for r in results if r.get(key) is not None]
+    if not results:
+        print("(none: without software prefetches the blocks per loop iteration cannot be counted)")
+        return
     variants = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in results)]
     head = ["cpu", "type", *variants]
     measured = metric in ("l2", "memory")
@@ -407,8 +435,8 @@ def print_table(results: list[dict], cpus: list[str], types: list[str], markdown
             cells = [f"{mine[v][key]:.{1 if measured else 2}f}{'*' if mine[v]['picked'] else ''}"
                      if v in mine else "-" for v in variants]
             if not measured:
-                pick = next(r for r in mine.values() if r["picked"])
-                per_cycle = pick["block_bytes"] / pick[key]
+                pick = next((r for r in mine.values() if r["picked"]), None)
+                per_cycle = pick["block_bytes"] / pick[key] if pick else float("nan")
                 cells += [f"{per_cycle:.1f}", f"{per_cycle * NOMINAL_GHZ:.0f}"]
             rows.append([cpu, t, *cells])
     if markdown:
@@ -450,7 +478,7 @@ def calibrate(results: list[dict], host: str, metric: str) -> None:
         pick = next(r for r in here.values() if r["picked"])
         for r in results:
             mine = here.get(r["variant"]) if r["type"] == t else None
-            if mine is None:
+            if mine is None or r[key] is None or mine[key] is None or pick[key] is None:
                 continue
             error = (pick["l2_gbs"] / mine["l2_gbs"]) / (mine[key] / pick[key])
             r["calibrated_per_block"] = r[key] * error
@@ -484,6 +512,8 @@ def main() -> None:
     ap.add_argument("--calibrate", metavar="MODEL",
                     help="the model of this machine (e.g. sapphirerapids): time its variants here and print every "
                          "CPU's cycles scaled, per variant, by how far this machine's model missed the measurement")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+                    help="set a kernel switch before building (repeatable): " + ", ".join(SWITCHES))
     ap.add_argument("--jobs", type=int, default=2, help="CPU models built at once (default 2)")
     ap.add_argument("--json", help="also write every figure (per loop) to this file")
     args = ap.parse_args()
@@ -504,16 +534,23 @@ def main() -> None:
         ap.error(f"code for {args.calibrate} does not run on this machine")
     if args.calibrate and args.calibrate not in cpus:
         cpus.append(args.calibrate)
+    switches = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in SWITCHES or not value.lstrip("-").isdigit():
+            ap.error(f"--set {item!r}: give NAME=INT with NAME one of {', '.join(SWITCHES)}")
+        switches[name] = int(value)
     mca = args.mca or find_mca()
     if not shutil.which(mca):
         ap.error(f"{mca} not found")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per CPU model
         per_cpu = pool.map(lambda c: run_cpu(c, args.cols, types, mca,
-                                             c.name == args.calibrate or (args.measure and runs_here(c))),
+                                             c.name == args.calibrate or (args.measure and runs_here(c)), switches),
                            [c for c in CPUS if c.name in cpus])
         results = [r for rs in per_cpu for r in rs]
     print(f"cycles per 32-weight block and row, {args.metric} ({args.cols} columns; {mca}; * = the runtime's "
-          f"pick), the pick's bytes per cycle and GB/s per core at a nominal {NOMINAL_GHZ:g} GHz\n")
+          f"pick), the pick's bytes per cycle and GB/s per core at a nominal {NOMINAL_GHZ:g} GHz"
+          + (f"; switches {switches}" if switches else "") + "\n")
     if args.summary:
         print_summary(results, cpus, types, args.metric)
     else:

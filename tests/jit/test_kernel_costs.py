@@ -44,7 +44,23 @@ def test_the_row_loops_inner_loops_are_found_with_one_unit_per_row(dtype: DType,
         assert set(out["units"]) == {dot_loop}
 
 
-def _run(code: str, env: dict[str, str]) -> dict:
+def test_a_switch_set_before_building_changes_the_kernel() -> None:
+    """--set PREFETCH_BYTES=0 builds the float kernel without its software prefetches (whose blocks
+    per iteration then cannot be counted), as a re-measurement of that switch needs."""
+    code = ("import json; from bench.kernel_costs import _assembly, apply_switches, inner_loops, _units; "
+            "from runtime.quant.types import DType; "
+            "counts = []\n"
+            "for switches in ({}, {'PREFETCH_BYTES': 0}):\n"
+            "    apply_switches(switches)\n"
+            "    asm, rows = _assembly(DType.F16, 1024, 'float')\n"
+            "    counts.append(_units('blk', inner_loops(asm)['blk']) // rows)\n"
+            "print(json.dumps(counts))")
+    before, after = _run(code, {"RWKV_TUI_CPU": "haswell", "RWKV_TUI_FEATURES": kernel_costs._HASWELL})
+    assert before >= 1
+    assert after == 0
+
+
+def _run(code: str, env: dict[str, str]) -> object:
     proc = subprocess.run([sys.executable, "-c", code], cwd=kernel_costs.REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(kernel_costs.REPO), **env), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
