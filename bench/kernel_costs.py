@@ -130,7 +130,7 @@ def _variant_name(v: object | None) -> str:
 
 
 def _allowed(dtype: object) -> list[str]:
-    """The variants this CPU's features allow for `dtype`, the runtime's own pick among them."""
+    """The variants this CPU's features allow for `dtype` (every one needing no more than its pick)."""
     from runtime.jit.kernels import matvec_int16
     from runtime.jit.target import host_target
     from runtime.quant.types import DType
