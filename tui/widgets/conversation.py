@@ -14,6 +14,7 @@ With the view focused, a message is selected (up/down) and can be edited, copied
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -163,6 +164,9 @@ class MessageView(Vertical):
         self._tail: StreamingText | None = None  # while streaming: the text not yet in `body`
         self._fenced = False  # the text in `body` ends inside a code fence
         self._body_text = ""  # while streaming: the text `body` shows
+        # append (the flush timer) and finish/set_content (the reply's end) await mounts and Markdown
+        # writes: one at a time, or the end of a reply could take the tail away under an append
+        self._changing = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="message-header", markup=False)
@@ -198,6 +202,10 @@ class MessageView(Vertical):
 
     async def append(self, text: str) -> None:
         """Streamed text: onto the plain tail; its finished blocks move into the body."""
+        async with self._changing:
+            await self._append(text)
+
+    async def _append(self, text: str) -> None:
         if self._tail is None:
             self._body_text = self.shown.content
             self._tail = StreamingText(classes="message-tail")
@@ -250,6 +258,10 @@ class MessageView(Vertical):
 
     async def finish(self, shown: Shown) -> None:
         """The message is saved: show its final text and details."""
+        async with self._changing:
+            await self._finish(shown)
+
+    async def _finish(self, shown: Shown) -> None:
         await self._stop_stream()
         changed = shown.content != self.shown.content
         self.shown = shown
@@ -258,9 +270,10 @@ class MessageView(Vertical):
         self.refresh_header()
 
     async def set_content(self, content: str) -> None:
-        await self._stop_stream()
-        self.shown.content = content
-        await self._show(content)
+        async with self._changing:
+            await self._stop_stream()
+            self.shown.content = content
+            await self._show(content)
 
     def on_click(self, event: events.Click) -> None:
         view = next((a for a in self.ancestors if isinstance(a, ConversationView)), None)
