@@ -26,7 +26,12 @@ TIME_MIX_SQUEEZED = "time_mix_squeezed"
 LN0_FOLDED = "ln0_folded_into_emb"
 # RWKV-7: w1/w2/a1/a2/v1/v2/g1/g2 stored transposed relative to the .pth (rwkv.cpp, llama.cpp, fla)
 V7_LORA_TRANSPOSED = "v7_lora_transposed"
-KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED, V7_LORA_TRANSPOSED})
+# RWKV-6: time_maa_w1, time_decay_w1/_w2 transposed, time_maa_w2 as (5, C, D) (rwkv.cpp, llama.cpp)
+V6_LORA_TRANSPOSED = "v6_lora_transposed"
+# RWKV-5.2: time_decay stored as the decay itself, exp(-exp(time_decay)) (rwkv.cpp)
+V5_DECAY_EXP = "time_decay=exp(-exp(time_decay))"
+KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED, V7_LORA_TRANSPOSED,
+                              V6_LORA_TRANSPOSED, V5_DECAY_EXP})
 
 ZIP_MAGIC = b"PK\x03\x04"
 RWKVCPP_MAGIC = (0x67676D66).to_bytes(4, "little")
@@ -115,7 +120,7 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
     shapes = {n: t.shape for n, t in tensors.items()}
     arch = detect_architecture(
         path, shapes, allow_ln0_missing=LN0_FOLDED in transforms,
-        lora_transposed=V7_LORA_TRANSPOSED in transforms, head_size=head_size,
+        lora_transposed=bool(transforms & {V7_LORA_TRANSPOSED, V6_LORA_TRANSPOSED}), head_size=head_size,
     )
     return Checkpoint(path, source_format, tensors, arch, transforms, metadata)
 
