@@ -2,8 +2,9 @@
 
 Sources: BlinkDL `.pth`, Hugging Face transformers and flash-linear-attention layouts
 (`pytorch_model.bin`, `.safetensors`, a folder or an index file of shards), rwkv.cpp `.bin`, our
-RWKV-4 GGUF and llama.cpp's rwkv7 GGUF (which our converter writes for RWKV-7). The kind is told by the file's
-magic bytes, not its name. Each source says which load-time transforms its data already carries
+RWKV-4 GGUF, llama.cpp's rwkv7 and rwkv6 GGUF (which our converter writes for RWKV-7 and RWKV-6) and
+our rwkv5 GGUF (gguf_rwkv6.py). The kind is told by the file's magic bytes, not its name. Each
+source says which load-time transforms its data already carries
 (`transforms`), so conversion applies each exactly once.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ModelFileError, UnsupportedModelError
-from runtime.formats import gguf_rwkv7
+from runtime.formats import gguf_rwkv6, gguf_rwkv7
 from runtime.formats.detect import Architecture, detect_architecture
 from runtime.formats.tensors import LazyTensor
 
@@ -100,9 +101,14 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
             transforms |= {V7_LORA_TRANSPOSED}
             head_size = metadata.get(f"{gguf_rwkv7.ARCH}.wkv.head_size")
             head_size = head_size if isinstance(head_size, int) else None
+        elif arch_name in gguf_rwkv6.ARCHES:
+            tensors = gguf_rwkv6.gguf_to_blinkdl(tensors, arch_name)
+            if arch_name == gguf_rwkv6.ARCH6:
+                transforms |= {V6_LORA_TRANSPOSED}
         elif arch_name != "rwkv4":
             raise UnsupportedModelError(
-                path, f"GGUF architecture '{arch_name}' is not supported; this version reads rwkv4 and rwkv7"
+                path, f"GGUF architecture '{arch_name}' is not supported; this version reads rwkv4, rwkv5, "
+                "rwkv6 and rwkv7"
             )
         source_format = "gguf"
     elif kind == "rwkvcpp":

@@ -2,18 +2,24 @@
 random float32 checkpoints of two shapes each (tests/fixtures/reference/rwkv6-{a,b}, rwkv5-{a,b}, made
 by tools/make_reference.py --arch 6 / --arch 5; RWKV-6's LoRA ranks unlike the released 32/64, -b's
 not whole 32-value blocks, heads of 64 and 32), read as rwkv.cpp files (its converter's transforms,
-written by the test writer): 64 decode steps, one 64-token sequence call and the final states agree
+written by the test writer) and as `rwkv-tui convert`'s GGUF of the .pth (llama.cpp's rwkv6 layout,
+our rwkv5 one): 64 decode steps, one 64-token sequence call and the final states agree
 within 1e-4·max|logit| for F32 files and 1e-2 for F16 ones; sequence mode equals one token at a time
-within float rounding, across chunk boundaries too."""
+within float rounding, across chunk boundaries too. A llama.cpp rwkv6 GGUF whose output and FFN-value
+weights are divided by 2^(layer // n) (`rescale_every_n_layers` n, written by the test writer) gives the
+.pth's logits: the runtime halves the residual after every n-th layer for it (and not for files whose
+key is 0)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from runtime.convert import convert
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
 from runtime.quant.types import DType
+from tests.support.llamacpp_writer import write_llamacpp_rwkv6
 from tests.support.reference import load_reference_v7, read_pth_arrays
 from tests.support.rwkvcpp_writer import write_v56_model
 
@@ -31,17 +37,22 @@ def _state_rel(got: np.ndarray, want: np.ndarray, n_layer: int) -> float:
     return max(_rel(g[:, 0], w[:, 0]), _rel(g[:, 1], w[:, 1]), _rel(g[:, 2:], w[:, 2:]))
 
 
-def _open(ref, dtype: DType, folder, threads: int = 2) -> Model:
-    path = write_v56_model(folder / f"{ref.name}-{dtype.name}.bin", read_pth_arrays(ref.pth_path), dtype)
+def _open(ref, dtype: DType, folder, threads: int = 2, container: str = "rwkvcpp") -> Model:
+    if container == "gguf":
+        path = folder / f"{ref.name}-{dtype.name}.gguf"
+        convert(ref.pth_path, path, dtype)
+    else:
+        path = write_v56_model(folder / f"{ref.name}-{dtype.name}.bin", read_pth_arrays(ref.pth_path), dtype)
     return Model(load_weights(path, chunk=16), threads=threads)  # 64 tokens cross chunk boundaries
 
 
-@pytest.fixture(scope="module", params=[(r, t) for r in REFS for t in (DType.F32, DType.F16)],
-                ids=lambda p: f"{p[0]}-{p[1].name}")
+@pytest.fixture(scope="module", params=[(r, t, c) for r in REFS for t in (DType.F32, DType.F16)
+                                        for c in ("rwkvcpp", "gguf")],
+                ids=lambda p: f"{p[0]}-{p[1].name}-{p[2]}")
 def ref_model(request, tmp_path_factory):
-    name, dtype = request.param
+    name, dtype, container = request.param
     ref = load_reference_v7(name)
-    model = _open(ref, dtype, tmp_path_factory.mktemp("v56"))
+    model = _open(ref, dtype, tmp_path_factory.mktemp("v56"), container=container)
     yield ref, dtype, model
     model.close()
 
@@ -98,3 +109,34 @@ def test_thread_counts_other_than_two_agree(tmp_path, threads, name):
         every, state = model.forward_all(ref.tokens)
         assert max(_rel(every[i], ref.logits_seq_all[i]) for i in range(len(ref.tokens))) <= 1e-4
         assert _state_rel(state.data, ref.state_seq, ref.n_layer) <= 1e-4
+
+
+@pytest.mark.parametrize(("every", "bound"), [(2, 1e-4), (1, 1e-3)])
+def test_rescaled_llamacpp_gguf_gives_the_pths_logits(tmp_path, every, bound):
+    """rwkv6-b has 3 layers: every=2 divides the weights by 1, 1, 2 and the residual reaches the head
+    halved once; every=1 divides them by 1, 2, 4 and the residual is 1/8 at the end. A LayerNorm of
+    x/s is one of x with eps·s² (1e-5 → 64e-5 for s = 8), a change of about 3e-4 here that any runtime of
+    such files shows (llama.cpp alike); for s = 2 it stays within the F32 bound."""
+    ref = load_reference_v7("rwkv6-b")
+    sd = read_pth_arrays(ref.pth_path)
+    path = write_llamacpp_rwkv6(tmp_path / "r.gguf", sd, ref.n_layer, ref.head_size, rescale_every=every)
+    with Model(load_weights(path, chunk=16), threads=2) as model:
+        assert model.spec.rescale_every == every
+        every_logits, _ = model.forward_all(ref.tokens)
+    assert max(_rel(every_logits[i], ref.logits_seq_all[i]) for i in range(len(ref.tokens))) <= bound
+
+
+def test_the_rescale_key_is_what_makes_the_difference(tmp_path):
+    """The same rescaled weights with the key 0: the residual is not halved and the logits are wrong;
+    unrescaled weights with the key 0 (what our converter writes) are right."""
+    ref = load_reference_v7("rwkv6-b")
+    sd = read_pth_arrays(ref.pth_path)
+    wrong = write_llamacpp_rwkv6(tmp_path / "w.gguf", sd, ref.n_layer, ref.head_size, rescale_every=1, rescale_key=0)
+    plain = write_llamacpp_rwkv6(tmp_path / "p.gguf", sd, ref.n_layer, ref.head_size)
+    with Model(load_weights(wrong), threads=2) as model:
+        assert model.spec.rescale_every == 0
+        logits, _ = model.forward(ref.tokens)
+    assert _rel(logits, ref.logits_seq) > 1e-2
+    with Model(load_weights(plain), threads=2) as model:
+        logits, _ = model.forward(ref.tokens)
+    assert _rel(logits, ref.logits_seq) <= 1e-4

@@ -50,6 +50,7 @@ from llvmlite import ir
 
 from runtime.errors import ModelFileError
 from runtime.formats.checkpoint import LN0_FOLDED, V5_DECAY_EXP, V6_LORA_TRANSPOSED, Checkpoint
+from runtime.formats.gguf_rwkv6 import RESCALE_KEY
 from runtime.jit.irkit import counted_loop, f32, i64, load_at, split_range, store_at
 from runtime.jit.kernels.dequant import BLOCK
 from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
@@ -263,8 +264,17 @@ def _region_offsets(spec: ModelSpec) -> dict[Region, int]:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, chunk: int,
-             rescale_every: int = 0) -> ModelSpec:
+def rescale_every(path: Path, ckpt: Checkpoint) -> int:
+    """llama.cpp's `rwkv6.rescale_every_n_layers` (0 where absent): the file's att.output and ffn.value
+    weights are divided by 2^(layer // n), so the residual is halved after every n-th layer. Trusted:
+    whether the weights really were divided cannot be checked."""
+    n = ckpt.metadata.get(RESCALE_KEY, 0)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 1 << 16:
+        raise ModelFileError(path, f"the metadata key {RESCALE_KEY} is {n!r}, not a layer count")
+    return n
+
+
+def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, chunk: int) -> ModelSpec:
     """The spec of `ckpt` (RWKV-6 or RWKV-5.2), every matrix the forward pass reads checked for shape."""
     arch = ckpt.arch
     version = arch.version
@@ -278,7 +288,7 @@ def spec_for(path: Path, ckpt: Checkpoint, emb_type: DType, head_type: DType, ch
         raise ModelFileError(path, f"head size {head_size} is not supported (a multiple of 8 up to 256)")
     ranks = arch.mix_ranks if version == "6" and arch.mix_ranks else (0, 0)
     spec = ModelSpec(version, arch.n_layer, arch.n_embd, arch.n_vocab, arch.n_ffn, head_size, ranks, (),
-                     emb_type, head_type, LN0_FOLDED in ckpt.transforms, chunk, rescale_every)
+                     emb_type, head_type, LN0_FOLDED in ckpt.transforms, chunk, rescale_every(path, ckpt))
     layer_types = []
     for i in range(spec.n_layer):
         types = []
