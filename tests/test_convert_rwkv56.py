@@ -167,3 +167,32 @@ def test_inspect_shows_heads_and_rwkv6_lora_ranks(capsys):
     assert cli(["inspect", str(TINY / "tiny-rwkv-6v0-3m-Q5_1.bin")]) == 0
     out = capsys.readouterr().out
     assert "RWKV-6 (runnable)" in out and "16 × head size 8" in out and "token shift 32, decay 64" in out
+
+
+def _hf_name(name: str) -> str:
+    """transformers' Rwkv5/Rwkv6 checkpoint names (BlinkDL's renamed; shapes and values unchanged)."""
+    if name.startswith("emb."):
+        name = "embeddings." + name[4:]
+    name = name.replace("blocks.0.ln0", "blocks.0.pre_ln").replace(".att.", ".attention.")
+    name = name.replace(".ffn.", ".feed_forward.")
+    for short, long in (("k", "key"), ("v", "value"), ("r", "receptance"), ("g", "gate")):
+        if name.endswith(f".time_mix_{short}"):
+            name = name[: -len(short)] + long
+    return name if name == "head.weight" else "rwkv." + name
+
+
+@pytest.mark.parametrize("version", ["6", "5.2"])
+def test_hugging_face_rwkv5_and_rwkv6_checkpoints_convert_and_run(tmp_path, version):
+    from tests.support.safetensors_writer import write_safetensors
+
+    sd = sd_of(version)
+    src = write_safetensors(tmp_path / "model.safetensors", {_hf_name(k): v for k, v in sd.items()})
+    ckpt = open_checkpoint(src)
+    assert (ckpt.source_format, ckpt.arch.version, ckpt.arch.head_size) == ("hf-safetensors", version, N)
+    out = tmp_path / "m.gguf"
+    convert(src, out, "f32")
+    reference = write_v56_model(tmp_path / "ref.bin", sd, DType.F32)
+    tokens = [5, 17, 80, 3]
+    with Model(load_weights(out), threads=2) as a, Model(load_weights(reference), threads=2) as b:
+        got, want = a.forward(tokens)[0], b.forward(tokens)[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
