@@ -41,7 +41,7 @@ def test_get_a_url_registers_downloads_and_converts(tiny_pth, capsys):
     listing = capsys.readouterr().out
     row = next(line for line in listing.splitlines() if line.startswith("tiny-raven"))
     assert "ready (q8_0)" in row
-    assert "world6-1.6b" not in listing and "world7-0.1b" in listing and "raven-7b" in listing
+    assert "world5-0.4b" not in listing and "world7-0.1b" in listing and "raven-7b" in listing
 
 
 def test_get_with_a_wrong_sha256_fails_and_says_both_hashes(tiny_pth, capsys):
@@ -58,8 +58,8 @@ def test_get_unknown_id_and_bad_options(capsys):
     assert "did you mean raven-7b" in capsys.readouterr().err
     assert cli(["get", "raven-7b", "--sha256", "xyz"]) == 2
     assert "64 hexadecimal digits" in capsys.readouterr().err
-    assert cli(["get", "world6-1.6b"]) == 2
-    assert "RWKV-6 model" in capsys.readouterr().err and JobQueue().list() == []
+    assert cli(["get", "world5-0.4b"]) == 2
+    assert "RWKV-5 model" in capsys.readouterr().err and JobQueue().list() == []
 
 
 def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
@@ -70,7 +70,7 @@ def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
     assert "models.toml line 1: model 'x'" in captured.err
     rows = {line.split()[0]: line for line in captured.out.splitlines() if line.strip()}
     assert "not downloaded" in rows["pile-169m"] and "q8_0" in rows["pile-169m"]
-    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world6-1.6b"] and "not yet" not in rows["world7-0.1b"]
+    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world5-0.4b"] and "not yet" not in rows["world7-0.1b"]
 
 
 def test_add_a_local_checkpoint_then_convert_it_with_get(tmp_path, tiny_pth, capsys):
@@ -132,11 +132,11 @@ def test_a_failed_get_of_a_url_keeps_only_the_resumable_part(tiny_pth, capsys):
 
 def test_a_get_of_a_url_that_cannot_convert_leaves_no_registration(capsys):
     with serve({}) as srv:
-        url = srv.url("/RWKV-x060-World-1B6.pth")
+        url = srv.url("/RWKV-5-World-0.4B.pth")
         assert cli(["get", url]) == 2
     err = capsys.readouterr().err
     assert f"rwkv-tui get {url} --no-convert" in err
-    assert "rwkv-x060-world-1b6" not in load_catalog().models
+    assert "rwkv-5-world-0.4b" not in load_catalog().models
 
 
 def test_add_and_chat_guess_the_same_family_for_a_plain_rwkv4_file(tmp_path, tiny_pth, capsys):
