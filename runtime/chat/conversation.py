@@ -16,6 +16,11 @@ cancelled. At a stop string the text before it is kept and the state is rewound 
 boundary before it; what lies between that boundary and the stop, plus the separator, is then fed, so
 the state after a reply is exactly "everything before + reply + separator". A cancelled or cut reply
 keeps its partial text and state, marked incomplete; the separator is fed before the next message.
+
+Thinking families (G1): the conversation's switch (`think`, saved with it) picks how each user turn's
+prompt ends, and the choice is saved with that turn and its reply, so re-reading feeds the same text.
+Inside the think block nothing but max_tokens or a cancel ends a reply: no stop string, and
+end-of-text is not sampled there.
 """
 
 from __future__ import annotations
@@ -86,22 +91,27 @@ class Conversation:
         self._lock = threading.Lock()
         self._messages: list[MessageRecord] = []
         self._state: State = model.new_state()
+        self.think = False  # thinking switch for the next user turns (thinking families)
+        self.system = ""  # system prompt, fed after the family's init
 
     # --- opening -----------------------------------------------------------------------------
 
     @classmethod
     def start(cls, store: ConversationStore, model: Model, *, family: str, title: str | None = None,
               model_ref: str | None = None, sampling: SamplingSettings | None = None, seed: int | None = None,
-              progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> Conversation:
-        """A new conversation: the family's init prompt is read once and its state saved."""
+              progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, think: bool = False,
+              system: str = "") -> Conversation:
+        """A new conversation: the family's init prompt (and system turn) is read once and its state saved."""
         fam = get_family(family)
         settings = sampling or fam.sampling
         conv = cls(store, 0, model, fam, settings, seed)
-        state, _, n = conv._ingest(fam.init, model.new_state(), progress, cancel)
+        conv.think, conv.system = think, system.strip()
+        init = fam.init_text(conv.system)
+        state, _, n = conv._ingest(init, model.new_state(), progress, cancel)
         record = store.create_conversation(
             title=title or "New conversation", mode=fam.mode, family=fam.name,
-            model_ref=model_ref or str(model.path), sampling=settings.to_dict(), init_text=fam.init,
-            init_tokens=n, init_state=(state_key(model, fam), state.to_bytes()),
+            model_ref=model_ref or str(model.path), sampling=settings.to_dict(), init_text=init,
+            init_tokens=n, init_state=(state_key(model, fam), state.to_bytes()), think=think, system=conv.system,
         )
         conv.id = record.id
         conv._messages = store.messages(record.id)
@@ -117,6 +127,7 @@ class Conversation:
         fam = get_family(family or record.family)
         settings = SamplingSettings.from_dict(record.sampling) if record.sampling else fam.sampling
         conv = cls(store, record.id, model, fam, settings, seed)
+        conv.think, conv.system = record.think, record.system
         conv._messages = store.messages(record.id)
         conv._restore_or_rebuild(len(conv._messages) - 1, progress, cancel)
         if (model_ref is not None and model_ref != record.model_ref) or (family and family != record.family):
@@ -216,6 +227,7 @@ class Conversation:
                 raise ConversationError(f"no message {through_seq} to fork at")
             record = self.store.fork(self.id, through_seq=last, title=title or f"{self.record.title} (fork)")
             new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
+            new.think, new.system = self.think, self.system
             new._messages = self.store.messages(record.id)
             new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)
             return new
@@ -236,6 +248,16 @@ class Conversation:
             self.sampling = sampling
             self.store.update_conversation(self.id, model_ref=model_ref, family=fam.name, mode=fam.mode,
                                            sampling=sampling.to_dict())
+
+    def set_think(self, on: bool) -> None:
+        """Thinking on or off for the next messages (saved with the conversation). Messages already
+        sent keep the setting they were read with."""
+        self.think = bool(on)
+        self.store.update_conversation(self.id, think=self.think)
+
+    def reply_parts(self, message: MessageRecord) -> tuple[str | None, str]:
+        """(thinking, answer) of a reply (thinking None when it had no think block)."""
+        return self.family.split_reply(message.content, message.think)
 
     def set_sampling(self, settings: SamplingSettings) -> None:
         self.sampling = settings
@@ -285,10 +307,10 @@ class Conversation:
     def _fed(self, index: int) -> str:
         m = self._messages[index]
         if m.role == "init":
-            return self.family.init  # the current family's (a conversation may move to another family)
+            return self.family.init_text(self.system)  # the current family's (a conversation may move)
         prev = self._messages[index - 1] if index > 0 else None
         prev_complete = prev is None or prev.role != "assistant" or prev.complete
-        return self.family.fed_text(m.role, m.content, m.complete, prev_complete)
+        return self.family.fed_text(m.role, m.content, m.complete, prev_complete, m.think)
 
     def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None) -> None:
         """Make the current state the one after message `index`: load it, or read from the nearest saved one."""
@@ -325,11 +347,12 @@ class Conversation:
         role = "user" if self.mode == "chat" else "text"
         prev = self._messages[-1]
         prev_complete = prev.role != "assistant" or prev.complete
-        fed = self.family.fed_text(role, text, True, prev_complete)
+        think = self.think if role == "user" and self.family.thinks else None
+        fed = self.family.fed_text(role, text, True, prev_complete, think)
         state, _, n = self._ingest(fed, self._state, cancel=cancel)
         stored = text.strip() if role == "user" else text
         msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
-                                     state=(self._key(), state.to_bytes()))
+                                     state=(self._key(), state.to_bytes()), think=think)
         self._messages.append(msg)
         self._state = state
 
@@ -352,6 +375,8 @@ class Conversation:
         decoder = self.tokenizer.stream_decoder()
         eot = self.tokenizer.eot_id
         state = self._state
+        think, prior = self._open_turn()
+        answer_at = self._answer_start(prior, "", think)  # where the answer begins; None: think block open
         text = ""
         emitted = 0
         n_generated = 0
@@ -365,7 +390,7 @@ class Conversation:
             if cancel is not None and cancel.cancelled:
                 finish = "cancelled"
                 break
-            if n_generated == 0 and not allow_immediate_end:
+            if answer_at is None or (n_generated == 0 and not allow_immediate_end):
                 logits = logits.copy()
                 logits[eot] = -np.inf
             token = sampler.sample(logits)
@@ -380,11 +405,15 @@ class Conversation:
             text += piece
             token_bytes += len(self.tokenizer.token_bytes(token))
             text_bytes += len(text_to_utf8(piece))
-            stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
+            answer_at = self._answer_start(prior, text, think)
+            searched = max(0, emitted - max((len(s) for s in stops), default=0))
+            stop_at = -1 if answer_at is None else _find_stop(text, stops, max(searched, answer_at))
             if stop_at >= 0:
                 finish = "stop"
                 break
-            safe = len(text) - _held_back(text, stops)
+            held = (_held_back(text, (self.family.think_close,)) if answer_at is None
+                    else min(len(text) - answer_at, _held_back(text, stops)))
+            safe = len(text) - held
             if safe > emitted and on_text is not None:
                 on_text(text[emitted:safe])
             emitted = max(emitted, safe)
@@ -401,13 +430,36 @@ class Conversation:
         if on_text is not None and len(text) > emitted:
             on_text(text[emitted:])
         message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
-                                         complete=complete, state=(self._key(), state.to_bytes()))
+                                         complete=complete, state=(self._key(), state.to_bytes()),
+                                         think=self._reply_think(think, prior))
         self._messages.append(message)
         self._state = state
         self._keep_within_state_budget()
         seconds = time.perf_counter() - t0
         return Reply(text=text, n_tokens=n_generated, seconds=seconds,
                      tokens_per_second=n_generated / seconds if seconds > 0 else 0.0, finish=finish, message=message)
+
+    def _open_turn(self) -> tuple[bool | None, str]:
+        """The think setting of the turn being answered and the reply text already saved for it (a
+        cut reply being continued)."""
+        prior: list[str] = []
+        for m in reversed(self._messages):
+            if m.role != "assistant":
+                return (m.think if m.role == "user" else None), "".join(reversed(prior))
+            prior.append(m.content)
+        return None, "".join(reversed(prior))
+
+    def _answer_start(self, prior: str, text: str, think: bool | None) -> int | None:
+        """`Family.answer_start` of the whole reply (prior parts + `text`), as an index into `text`."""
+        at = self.family.answer_start(prior + text, think)
+        return None if at is None else max(0, at - len(prior))
+
+    def _reply_think(self, think: bool | None, prior: str) -> bool | None:
+        """What a reply records: its turn's setting, unless it continues a reply whose answer had begun
+        (then it is plain answer text)."""
+        if think is None or not prior or self.family.answer_start(prior, think) is None:
+            return think
+        return None
 
     def _rewind(self, text: str, stop_at: int, history: deque[tuple[int, bool, State]], state: State,
                 n_generated: int) -> tuple[str, State, int]:

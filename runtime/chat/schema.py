@@ -20,6 +20,11 @@ Tables (version 1):
                     the content of every message but the init prompt, kept by triggers
     app_values      key -> JSON value, for the app (open tabs, …)
 
+Thinking (a later version) adds `conversations.think` (the conversation's thinking switch, 0/1),
+`conversations.system` (its system prompt, '' for none) and `messages.think`: for a user turn of a
+thinking family, whether its prompt ended with thinking on (1) or off (0); for a reply, the same value
+as its prompt; NULL for messages written without the think markup (other families, older rows).
+
 Timestamps are UTC epoch seconds (REAL).
 """
 
@@ -110,10 +115,16 @@ _V1: tuple[str, ...] = (
     )""",
 )
 
+_THINK: tuple[str, ...] = (
+    "ALTER TABLE conversations ADD COLUMN think INTEGER NOT NULL DEFAULT 0 CHECK (think IN (0, 1))",
+    "ALTER TABLE conversations ADD COLUMN system TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE messages ADD COLUMN think INTEGER CHECK (think IN (0, 1))",
+)
+
 # MIGRATIONS[i] takes the schema from version i to i + 1: SQL statements, or functions given the
 # connection for steps that move data. Append only; never edit a released entry.
 Step = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Sequence[Step], ...] = (_V1,)
+MIGRATIONS: tuple[Sequence[Step], ...] = (_V1, _THINK)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
