@@ -20,6 +20,7 @@ chosen (quality order Q8_0 > Q5_1 > Q5_0 > Q4_1 > Q4_0; float formats are offere
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,3 +196,23 @@ def _why_default(entry: ModelEntry, dtype: DType) -> str:
     if dtype is SMALL_MODEL_FORMAT:
         return "small models lose the most to 4- and 5-bit formats, and 8 bits cost little at this size"
     return "close to Q8_0 quality at two thirds of its size; 4-bit formats lose 4-5x more"
+
+
+STARTER_FAMILY = "g1"  # the chat models recommended first (RWKV-7 G1: the newest, and they reason)
+
+
+def starter_model(entries: Iterable[ModelEntry], *, free_ram: int) -> Recommendation | None:
+    """The model to suggest first on this machine: the largest runnable G1 model whose default
+    format fits the free memory (its recommendation, disk not considered: a download can go
+    elsewhere); None when none fits or the runtime cannot run G1 yet."""
+    best: Recommendation | None = None
+    for entry in entries:
+        if entry.family != STARTER_FAMILY or not entry.runnable:
+            continue
+        rec = recommend(entry, free_ram=free_ram, free_disk=1 << 62)
+        need = rec.fit(rec.default).ram_bytes
+        if need is None or need > free_ram:
+            continue
+        if best is None or (n_params(entry) or 0) > (n_params(best.entry) or 0):
+            best = rec
+    return best

@@ -96,3 +96,23 @@ def test_unknown_shape_gives_unknown_fit():
     e = tiny_entry(n_layer=None, n_embd=None, vocab=None, tokenizer=None)
     r = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
     assert r.fit(DType.Q5_1).fits is None and r.choice is DType.Q5_1
+
+
+def test_the_starter_model_is_the_largest_g1_that_fits_the_free_memory(monkeypatch):
+    from runtime.registry import catalog as catalog_module
+    from runtime.registry.recommend import starter_model
+
+    entries = list(load_catalog().models.values())
+    monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4",))
+    assert starter_model(entries, free_ram=64 << 30) is None  # G1 not runnable: nothing to suggest
+    monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4", "7"))
+    g1 = sorted((e for e in entries if e.family == "g1"), key=n_params)
+    assert starter_model(entries, free_ram=100 << 20) is None  # not even the smallest fits
+    for gib in (1, 3, 6, 12, 64):
+        free = gib << 30
+        rec = starter_model(entries, free_ram=free)
+        assert rec.entry.family == "g1" and rec.choice is default_format(rec.entry)
+        assert ram_bytes(rec.entry, rec.choice) <= free
+        larger = g1[g1.index(rec.entry) + 1:]
+        assert all(ram_bytes(e, default_format(e)) > free for e in larger), (gib, rec.entry.id)
+    assert starter_model(entries, free_ram=64 << 30).entry.id == "g1-13.3b"
