@@ -40,6 +40,7 @@ from runtime.model.model import Model
 from runtime.model.state import State
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.settings import load_settings
+from runtime.text.reply_parts import ReplyStream
 from runtime.text.sampling import Sampler, SamplingSettings, penalty_weights
 from runtime.text.templates import Family, get_family
 from runtime.text.utf8_stream import text_to_utf8
@@ -258,6 +259,11 @@ class Conversation:
     def reply_parts(self, message: MessageRecord) -> tuple[str | None, str]:
         """(thinking, answer) of a reply (thinking None when it had no think block)."""
         return self.family.split_reply(message.content, message.think)
+
+    def reply_stream(self) -> ReplyStream:
+        """A splitter of the reply being written into thinking and answer; make it from the reply's
+        first `on_text` call (the turn it answers is saved by then)."""
+        return ReplyStream(self.family, *self._open_turn())
 
     def set_sampling(self, settings: SamplingSettings) -> None:
         self.sampling = settings

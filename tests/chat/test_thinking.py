@@ -116,3 +116,21 @@ def test_continuing_a_reply_cut_inside_the_think_block(store):
     assert more.finish == "stop" and (first.text + more.text).endswith("</think>\nThe answer is 4.")
     assert conv.messages[-1].think is True  # this part still had thinking in it
     assert model.text(conv.state).endswith("Assistant: <think>\nStep one.\n\nStep two.\n</think>\nThe answer is 4.\n\n")
+
+
+def test_the_reply_stream_shows_thinking_then_the_answer_as_they_are_written(store):
+    model = g1_model(REASONED)
+    conv = Conversation.start(store, model, family="g1", seed=1, think=True)
+    parts: list[tuple[str, str]] = []
+    streams = []
+
+    def on_text(chunk: str) -> None:
+        if not streams:
+            streams.append(conv.reply_stream())
+        parts.extend(streams[0].feed(chunk))
+
+    conv.send("q", on_text=on_text)
+    thinking = "".join(t for k, t in parts if k == "thinking")
+    answer = "".join(t for k, t in parts if k == "answer")
+    assert (thinking, answer) == ("Step one.\n\nStep two.\n", "The answer is 4.")
+    assert len(parts) > 2  # streamed in pieces, not at the end
