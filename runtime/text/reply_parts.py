@@ -8,7 +8,7 @@ it back too, so a part never has to be taken back whatever the chunks.
 
 from __future__ import annotations
 
-from runtime.text.templates import G1_THINK_CLOSE, Family
+from runtime.text.templates import G1_THINK_CLOSE, Family, split_reply
 
 THINKING = "thinking"
 ANSWER = "answer"
@@ -17,9 +17,9 @@ ANSWER = "answer"
 class ReplyStream:
     """`feed(chunk)` -> [(THINKING or ANSWER, new text), …] in order."""
 
-    def __init__(self, family: Family, think: bool | None, prior: str = "") -> None:
-        """`think`: the setting the reply's prompt ended with; `prior`: reply text already shown (a
-        cut reply being continued), whose parts are not repeated."""
+    def __init__(self, family: Family | None, think: bool | None, prior: str = "") -> None:
+        """`family`: the conversation's (None: G1's markup); `think`: the setting the reply's prompt
+        ended with; `prior`: reply text already shown (a cut reply being continued), not repeated."""
         self.family = family
         self.think = think
         self.text = ""
@@ -31,13 +31,19 @@ class ReplyStream:
     @property
     def answering(self) -> bool:
         """True once the answer has begun (or when the reply has no think block)."""
-        return self._started[ANSWER] or self.family.split_reply(self.text, self.think)[0] is None
+        return self._started[ANSWER] or self._split()[0] is None
+
+    def _split(self) -> tuple[str | None, str]:
+        if self.family is None:
+            return split_reply(self.text, self.think)
+        return self.family.split_reply(self.text, self.think)
 
     def feed(self, chunk: str) -> list[tuple[str, str]]:
         self.text += chunk
-        thinking, answer = self.family.split_reply(self.text, self.think)
+        thinking, answer = self._split()
         if thinking is not None and not answer:
-            thinking = thinking[:len(thinking) - _partial_tag(thinking, self.family.think_close or G1_THINK_CLOSE)]
+            close = (self.family.think_close if self.family is not None else "") or G1_THINK_CLOSE
+            thinking = thinking[:len(thinking) - _partial_tag(thinking, close)]
         out = []
         for kind, part in ((THINKING, thinking), (ANSWER, answer)):
             if part is None:

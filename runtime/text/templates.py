@@ -101,23 +101,10 @@ class Family:
         raise ValueError(f"unknown message role {role!r}")
 
     def split_reply(self, content: str, think: bool | None) -> tuple[str | None, str]:
-        """(thinking, answer) of a reply written after a prompt ending `think_suffix(think)`.
-
-        Thinking is None when the prompt did not open a think block (think None or False); while the
-        block is still open the whole reply is thinking and the answer is "". Works for any family
-        (the G1 markup is the default) so a reply keeps its parts after a switch of family.
-        """
-        close = self.think_close or G1_THINK_CLOSE
-        if think is None:
-            return None, content
-        rest = _close_rest(self.think_off or G1_THINK_OFF, close)
-        if not think:
-            return None, content.removeprefix(rest) if rest else content
-        body = content.removeprefix(">")
-        at = body.find(close)
-        if at < 0:
-            return body, ""
-        return body[:at], body[at + len(close):]
+        """(thinking, answer) of a reply written after a prompt ending `think_suffix(think)`: see
+        `split_reply` (works for any family, the G1 markup being the default, so a reply keeps its
+        parts after a switch of family)."""
+        return split_reply(content, think, self.think_off or G1_THINK_OFF, self.think_close or G1_THINK_CLOSE)
 
     def answer_start(self, text: str, think: bool | None) -> int | None:
         """Where the answer begins in a reply's `text` so far, or None while its think block is open.
@@ -148,6 +135,23 @@ class Family:
 
 G1_THINK_OFF = " <think>\n</think"  # BlinkDL's RWKV7-G1x-templates.txt: the fast (empty think) ending
 G1_THINK_CLOSE = "</think>"
+
+
+def split_reply(content: str, think: bool | None, think_off: str = G1_THINK_OFF,
+                think_close: str = G1_THINK_CLOSE) -> tuple[str | None, str]:
+    """(thinking, answer) of a reply whose prompt ended with thinking on (True), off (False) or without
+    the markup (None). Thinking is None unless the prompt opened a think block; while the block is
+    still open the whole reply is thinking and the answer is ""."""
+    if think is None:
+        return None, content
+    if not think:
+        rest = _close_rest(think_off, think_close)
+        return None, content.removeprefix(rest) if rest else content
+    body = content.removeprefix(">")
+    at = body.find(think_close)
+    if at < 0:
+        return body, ""
+    return body[:at], body[at + len(think_close):]
 
 
 def _close_rest(think_off: str, close: str) -> str:
