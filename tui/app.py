@@ -452,6 +452,8 @@ class RwkvApp(App[int]):
                     ("pane.fork", "Fork", "Copy this conversation into a new tab"),
                     ("pane.switch_model", "Switch model", "Continue this conversation on another model"),
                     ("pane.sampling", "Sampling settings", "Temperature, top-p, penalties, max tokens"),
+                    ("pane.think", "Thinking on/off",
+                     "G1 models: reason first (slower), or answer at once (the empty think block)"),
                     ("pane.export", "Export to Markdown", "Save this conversation as a .md file"),
                     ("pane.copy_reply", "Copy last reply", "Copy the last reply to the clipboard"),
                     ("pane.close", "Close tab", "Close this tab (the conversation stays saved)"),

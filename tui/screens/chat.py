@@ -50,7 +50,7 @@ class ChatScreen(Screen[None]):
     BINDINGS: ClassVar[list[Binding]] = bindings(
         "pane.stop", "pane.new_chat", "pane.new_novel", "pane.regenerate", "pane.continue", "pane.edit_last",
         "pane.switch_model", "pane.sampling", "pane.fork", "pane.export", "pane.copy_reply", "pane.messages",
-        "pane.close", "pane.next_tab", "pane.prev_tab", "pane.sidebar", "pane.search",
+        "pane.close", "pane.next_tab", "pane.prev_tab", "pane.sidebar", "pane.search", "pane.think",
     )
 
     def __init__(self) -> None:
@@ -401,6 +401,9 @@ class ChatScreen(Screen[None]):
             lambda choice: pane.switch_model(choice.path, choice.ref, choice.family),
             exclude=(pane.model_path, pane.family_name) if pane.model is not None else None,
         )
+
+    def action_think(self) -> None:
+        self._require_pane().toggle_think()
 
     def action_sampling(self) -> None:
         pane = self._require_pane()

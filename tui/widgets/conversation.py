@@ -6,6 +6,10 @@ message's `MarkdownStream`. The view stays anchored to the bottom while a reply 
 releases it and scrolling back to the end re-attaches (Textual's `anchor`).
 
 With the view focused, a message is selected (up/down) and can be edited, copied or forked from.
+
+A reply of a thinking model (G1) shows its reasoning in a dimmed, collapsible block above the answer:
+streamed live while the model thinks, collapsed when the answer starts (a click on its title opens
+it again). The split follows the setting the reply's prompt was given (`Shown.think`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Markdown, Static
+from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from runtime.text.reply_parts import THINKING, ReplyStream
+from runtime.text.templates import split_reply
 from tui.keymap import bindings
 
 
@@ -73,10 +79,21 @@ class Shown:
     seq: int | None = None
     complete: bool = True
     n_tokens: int = 0
+    think: bool | None = None  # thinking on/off when its prompt was fed; None: no think markup
 
     @classmethod
     def of(cls, record: Any) -> Shown:
-        return cls(record.role, record.content, record.seq, bool(record.complete), int(record.n_tokens or 0))
+        return cls(record.role, record.content, record.seq, bool(record.complete), int(record.n_tokens or 0),
+                   getattr(record, "think", None))
+
+    def parts(self) -> tuple[str | None, str]:
+        """(thinking, answer) as shown: a reply's think block apart, blank starts dropped."""
+        if self.role != "assistant":
+            return None, self.content
+        if self.think is None:
+            return None, self.content
+        thinking, answer = split_reply(self.content, self.think)
+        return (None if thinking is None else thinking.strip()), answer.lstrip()
 
 
 def _parser() -> MarkdownIt:
@@ -94,13 +111,46 @@ class MessageView(Vertical):
         self.speaker = speaker
         self.plain = plain
         self._stream: MarkdownStream | None = None
+        self._parts: ReplyStream | None = None  # splits a streaming reply with a think block
+        self._thinking = ""
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="message-header", markup=False)
         if self.plain:
             yield Static(self.shown.content, classes="message-body -plain", markup=False)
-        else:
-            yield Markdown(self.shown.content, parser_factory=_parser, classes="message-body")
+            return
+        thinking, answer = self.shown.parts()
+        self._thinking = thinking or ""
+        if thinking is not None:
+            yield self._thinking_block(thinking, collapsed=bool(answer) or self.shown.seq is not None)
+        yield Markdown(answer, parser_factory=_parser, classes="message-body")
+
+    @staticmethod
+    def _thinking_block(text: str, collapsed: bool) -> Collapsible:
+        return Collapsible(Static(text, classes="thinking-body", markup=False), title="Thinking",
+                           collapsed=collapsed, classes="thinking")
+
+    @property
+    def thinking(self) -> Collapsible | None:
+        found = self.query(".thinking")
+        return found.first(Collapsible) if found else None
+
+    async def set_think(self, think: bool | None) -> None:
+        """The reply about to stream here was prompted with thinking on/off (None: no think block)."""
+        self.shown.think = think
+        self._parts = None
+        if think and not self.plain and self.thinking is None:
+            await self.mount(self._thinking_block("", collapsed=False), before=self.body)
+
+    def _show_thinking(self, text: str, collapsed: bool | None = None) -> None:
+        block = self.thinking
+        if block is None:
+            return
+        self._thinking = text
+        block.query_one(".thinking-body", Static).update(text)
+        block.display = bool(text) or not collapsed
+        if collapsed is not None:
+            block.collapsed = collapsed
 
     def _header(self) -> str:
         s = self.shown
@@ -120,10 +170,14 @@ class MessageView(Vertical):
 
     async def _show(self, content: str) -> None:
         body = self.body
-        if isinstance(body, Markdown):
-            await body.update(content)
-        else:
+        if not isinstance(body, Markdown):
             body.update(content)
+            return
+        thinking, answer = self.shown.parts()
+        if thinking is not None and self.thinking is None:
+            await self.mount(self._thinking_block("", collapsed=True), before=body)
+        self._show_thinking(thinking or "", collapsed=bool(answer) or self.shown.seq is not None)
+        await body.update(answer)
 
     async def append(self, text: str) -> None:
         self.shown.content += text
@@ -131,9 +185,23 @@ class MessageView(Vertical):
         if not isinstance(body, Markdown):
             body.update(self.shown.content)
             return
-        if self._stream is None:
-            self._stream = Markdown.get_stream(body)
-        await self._stream.write(text)
+        if self.shown.think is not None and self.shown.role == "assistant":
+            if self._parts is None:  # from what is shown already (a continued reply)
+                self._parts = ReplyStream(None, self.shown.think, self.shown.content[:-len(text)] if text else "")
+                if not self._parts.answering:
+                    self._show_thinking(self._thinking, collapsed=False)  # the reasoning streams in view
+            pieces = self._parts.feed(text)
+        else:
+            pieces = [("answer", text)]
+        for kind, piece in pieces:
+            if kind == THINKING:
+                self._show_thinking(self._thinking + piece)
+                continue
+            if self._stream is None:
+                self._stream = Markdown.get_stream(body)
+                if self.thinking is not None:
+                    self._show_thinking(self._thinking, collapsed=True)  # the answer starts: fold the reasoning
+            await self._stream.write(piece)
 
     async def _stop_stream(self) -> None:
         if self._stream is not None:
@@ -143,7 +211,8 @@ class MessageView(Vertical):
     async def finish(self, shown: Shown) -> None:
         """The message is saved: show its final text and details."""
         await self._stop_stream()
-        changed = shown.content != self.shown.content
+        self._parts = None
+        changed = shown.content != self.shown.content or shown.think != self.shown.think
         self.shown = shown
         if changed:
             await self._show(shown.content)
@@ -151,6 +220,7 @@ class MessageView(Vertical):
 
     async def set_content(self, content: str) -> None:
         await self._stop_stream()
+        self._parts = None
         self.shown.content = content
         await self._show(content)
 

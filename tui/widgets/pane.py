@@ -85,6 +85,7 @@ class ChatPane(TabPane):
         self.family_name = family
         self.mode = mode
         self.pending_sampling: Any | None = None  # sampling chosen before the first message
+        self.think = False  # thinking switch (thinking families), saved with the conversation
         self._busy = ""  # "", "loading", "generating", "working", …
         self.cancel: CancelToken | None = None
         self.stream = StreamBuffer()
@@ -303,6 +304,7 @@ class ChatPane(TabPane):
         self.mode = record.mode
         self.family_name = record.family
         self.model_ref = record.model_ref
+        self.think = record.think
         self.view.set_mode(record.mode, model_name(record.model_ref))
         self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
         await self.view.set_messages([Shown.of(m) for m in messages if m.role != "init"])
@@ -312,6 +314,7 @@ class ChatPane(TabPane):
         conv = self.conversation
         self.mode = conv.mode
         self.family_name = conv.family.name
+        self.think = conv.think
         self.view.set_mode(conv.mode, model_name(conv.model.path))
         self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
         await self.view.set_messages([Shown.of(m) for m in conv.messages])
@@ -361,6 +364,32 @@ class ChatPane(TabPane):
             status.state_bytes = conv.state_nbytes
         self.query_one(StatusLine).show(status)
 
+    # --- thinking ----------------------------------------------------------------------------
+
+    @property
+    def thinks(self) -> bool:
+        """Whether this tab's family is a thinking one (G1)."""
+        family = self.app.families.get(self.family_name)  # type: ignore[attr-defined]
+        return family is not None and family.thinks
+
+    @property
+    def turn_think(self) -> bool | None:
+        """How the next user turn's prompt ends: thinking on/off, or None (no think markup)."""
+        return self.think if self.thinks and self.mode == "chat" else None
+
+    def toggle_think(self) -> None:
+        """Thinking on/off for the next messages of this tab (saved with the conversation)."""
+        if not self.thinks:
+            self.app.notify(f"The {self.family_name} family does not think; thinking is for G1 models.",
+                            severity="warning")
+            return
+        self.think = not self.think
+        if self.conversation is not None:
+            self.conversation.set_think(self.think)
+        self.app.notify("Thinking on: the model reasons before it answers (slower)." if self.think else
+                        "Thinking off: the model answers at once.", title="Thinking")
+        self.refresh_status()
+
     # --- replies -----------------------------------------------------------------------------
 
     def can(self, action: str) -> bool:
@@ -390,6 +419,7 @@ class ChatPane(TabPane):
         family = self.family_name
         model_ref = self.model_ref
         sampling = self.pending_sampling
+        think = self.think
 
         def job(cancel: CancelToken) -> None:
             from runtime.chat.conversation import Conversation
@@ -397,7 +427,7 @@ class ChatPane(TabPane):
             conv = self.conversation
             if conv is None:
                 conv = Conversation.start(self.store, self.model, family=family, model_ref=model_ref,
-                                          sampling=sampling)
+                                          sampling=sampling, think=think)
                 self.post_message(ConversationChanged(conv, "started"))
             reply = call(conv, self.stream.push, cancel)
             self.post_message(ReplyFinished(reply, conv))
@@ -413,8 +443,9 @@ class ChatPane(TabPane):
                 self.app.notify("A reply is being written: press esc to stop it first.", severity="warning")
             return
         role = "user" if self.mode == "chat" else "text"
-        await self.view.add(Shown(role, text, complete=True))
-        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        think = self.turn_think
+        await self.view.add(Shown(role, text, complete=True, think=think))
+        streaming = await self.view.add(Shown("assistant", "", complete=False, think=think))
         if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel),
                              "sending"):
             self.prompt.clear()
@@ -441,7 +472,8 @@ class ChatPane(TabPane):
             return
         await self.view.truncate(index + 1)
         await views[index].set_content(text)
-        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        views[index].shown.think = self.turn_think
+        streaming = await self.view.add(Shown("assistant", "", complete=False, think=self.turn_think))
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(seq, text, on_text=on_text,
                                                                             cancel=cancel), "editing")
 
