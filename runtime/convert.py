@@ -44,6 +44,7 @@ from runtime.quant.codec import quantize
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.types import DType
 from runtime.text.gguf_vocab import gguf_tokenizer_metadata
+from runtime.threadcount import check_threads, default_threads
 
 FORMAT_VERSION = 1
 CHUNK_VALUES = 8 << 20  # values per chunk handed to a thread on the native path (output buffers are reused)
@@ -241,6 +242,7 @@ def convert(
     already knows it (a verified download), skips hashing the source.
     """
     t0 = time.perf_counter()
+    check_threads(threads)
     src, dst = Path(src), Path(dst)
     target = DType.parse(dtype) if isinstance(dtype, str) else dtype
     head = DType.parse(head_dtype) if isinstance(head_dtype, str) else head_dtype
@@ -254,7 +256,7 @@ def convert(
         raise FileNotFoundError(f"output folder {dst_dir} does not exist")
     check_free_space(dst_dir, out_bytes)
     cancel = cancel or CancelToken()
-    threads = max(1, threads or os.cpu_count() or 1)
+    threads = check_threads(threads) or default_threads()
 
     digest: list[str] = [source_sha256 or ""]
     hasher = None

@@ -262,6 +262,16 @@ def test_cli_table_and_errors(files, capsys, tmp_path):
     assert code == 2 and "('three') is not a token id" in " ".join(err.split())
 
 
+def test_cli_names_a_missing_text_file_without_an_os_error(files, capsys, tmp_path):
+    for option in ("--text", "--tokens"):
+        missing = tmp_path / "not-there.txt"
+        code, _, err = _run_cli(["eval", str(files["q4"]), "--reference", str(files["ref"]), option, str(missing)],
+                                capsys)
+        err = " ".join(err.split())
+        assert code == 2 and f"{option} {missing}: cannot read it (no such file)" in err
+        assert "Errno" not in err
+
+
 def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):
     import tui.commands.eval as eval_cmd
 
