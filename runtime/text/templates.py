@@ -272,13 +272,16 @@ def get_family(name: str, families: dict[str, Family] | None = None) -> Family:
         raise FamilyError(f"unknown model family {name!r}; known: {', '.join(sorted(families))}") from None
 
 
-WORLD_VOCAB = 65536  # the World tokenizer's vocabulary size
+WORLD_VOCAB = 65536
+_G1_NAME = re.compile(r"(?:^|[^a-z0-9])g[01][a-z]?[0-9]?(?:[^a-z0-9.]|$)")  # a "g1", "g1e", "g0a2" word
+_V7_NAME = re.compile(r"x070|rwkv-?7|(?:^|[^a-z0-9])v7(?:[^a-z0-9]|$)")  # the World tokenizer's vocabulary size
 
 
 def guess_family(file_name: str, tokenizer_name: str | None = None, *, vocab: int | None = None,
                  families: Iterable[str] | None = None) -> str:
     """The family of a model file the registry does not know; `add`, `get URL`, `chat` and the app all
-    guess with this. A family named in the file (BlinkDL's RWKV-4-Novel-…, -World-, -Pile-, -Raven-),
+    guess with this. A family named in the file (G1: a "g1…"/"g0…" word; RWKV-7 World; BlinkDL's
+    RWKV-4-Novel-…, -World-, -Pile-, -Raven-),
     else World for the World tokenizer (by name or vocabulary size), else Raven: an unnamed RWKV-4 file
     (rwkv4-…) is taken for a chat model, not for a base model that only continues text. `families`,
     when given, limits the answer to the families known there."""
@@ -288,6 +291,10 @@ def guess_family(file_name: str, tokenizer_name: str | None = None, *, vocab: in
         return known is None or name in known
 
     lower = file_name.lower()
+    if _G1_NAME.search(lower) and usable("g1"):
+        return "g1"  # rwkv7-g1e-1.5b-…, RWKV7-G1l-…-GGUF, rwkv7-0.1B-g1-F16, the G0 series too
+    if "world" in lower and _V7_NAME.search(lower) and usable("world7"):
+        return "world7"  # RWKV-x070-World-…, rwkv7-…-world
     for hint in ("novel", "world", "pile", "raven"):
         if hint in lower and usable(hint):
             return hint

@@ -57,6 +57,18 @@ def test_guess_family_from_file_names():
     assert guess_family("something.gguf", "gpt-neox-20b") == "raven"
 
 
+def test_guess_family_of_rwkv7_files():
+    for name in ("rwkv7-g1e-1.5b-20260309-ctx8192.pth", "rwkv7-g1e-1.5b-Q8_0.gguf", "RWKV7-G1l-2.9B-GGUF.gguf",
+                 "rwkv7-0.1B-g1-F16.gguf", "rwkv7-g0a2-7.2b-20251005-ctx4096.pth", "rwkv7-g1a3-1.5b.gguf"):
+        assert guess_family(name, "rwkv-world") == "g1", name
+    assert guess_family("RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth", "rwkv-world") == "world7"
+    assert guess_family("rwkv7-1.5B-world.gguf", "rwkv-world") == "world7"
+    assert guess_family("RWKV-4-World-3B-v1-20230619-ctx4096.pth", "rwkv-world") == "world"
+    assert guess_family("RWKV-x070-Pile-421M-20241127-ctx4096.pth", "gpt-neox-20b") == "pile"
+    assert guess_family("rwkv-4-pile-1g1b.pth", "gpt-neox-20b") == "pile"  # no "g1" word in it
+    assert guess_family("rwkv7-g1e-1.5b.gguf", "rwkv-world", families=["world", "raven"]) == "world"
+
+
 G1 = get_family("g1")
 
 
