@@ -182,6 +182,7 @@ def test_models_lists_own_files_first_with_their_size_and_type(own_q5_1, capsys)
     capsys.readouterr()
     assert cli(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()  # not a terminal: plain columns, a line per model
+    lines = [line for line in lines if not line.startswith("Recommended here:")]  # once RWKV-7 runs
     header, first = lines[0], lines[1]
 
     def cell(row: str, column: str) -> str:
@@ -212,3 +213,20 @@ def test_models_in_an_80_column_terminal_fits_a_line_per_model(own_q5_1, capsys,
         rows += [i for i in ids if first == i or (first.endswith("…") and i.startswith(first[:-1]))]
     assert sorted(rows) == sorted(ids)  # every model on exactly one line
     assert lines[1].split()[0] == "mine-fast"
+
+
+def test_models_recommends_the_largest_g1_that_fits_first(private_dirs, capsys, monkeypatch):
+    from runtime.registry import catalog as catalog_module
+    from runtime.registry import recommend
+
+    monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4", "7"))
+    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (3 << 30, 500 << 30))
+    starter = recommend.starter_model(load_catalog().models.values(), free_ram=3 << 30)
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"Recommended here: {starter.entry.id} ({starter.entry.name}) in "
+                               f"{starter.choice.name.lower()}") and f"rwkv-tui get {starter.entry.id}" in lines[0]
+    assert lines[2].split()[0] == starter.entry.id  # the first row (nothing is on this machine yet)
+    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (64 << 20, 500 << 30))
+    assert cli(["models"]) == 0
+    assert not capsys.readouterr().out.startswith("Recommended")  # nothing fits: no suggestion
