@@ -427,8 +427,9 @@ class Conversation:
         logits = self._current_logits()
         settings = self.sampling
         stops = tuple(s for s in (*self.family.stop, *settings.stop) if s)
-        sampler = Sampler(settings, self.model.n_vocab, penalty_weights(self.tokenizer),
-                          seed=self._rng.getrandbits(63))
+        known = self.tokenizer.n_vocab  # ids past it are padding rows of the model (RWKV-7 Pile: 50304 > 50277)
+        weights = _weights_for(penalty_weights(self.tokenizer), self.model.n_vocab)
+        sampler = Sampler(settings, self.model.n_vocab, weights, seed=self._rng.getrandbits(63))
         decoder = self.tokenizer.stream_decoder()
         eot = self.tokenizer.eot_id
         state = self._state
@@ -447,9 +448,12 @@ class Conversation:
             if cancel is not None and cancel.cancelled:
                 finish = "cancelled"
                 break
-            if answer_at is None or (n_generated == 0 and not allow_immediate_end):
+            ban_end = answer_at is None or (n_generated == 0 and not allow_immediate_end)
+            if ban_end or len(logits) > known:
                 logits = logits.copy()
-                logits[eot] = -np.inf
+                logits[known:] = -np.inf  # padding rows are no text
+                if ban_end:
+                    logits[eot] = -np.inf
             token = sampler.sample(logits)
             if token == eot:
                 finish = "eot"
@@ -582,6 +586,13 @@ class _Draft:
             self.record = self.store.update_message(self.record.id, content=content, n_tokens=n_tokens,
                                                     complete=complete, state=state)
         return self.record
+
+
+def _weights_for(weights: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Penalty weights over the model's rows: the tokenizer's, then 0 for padding rows past it."""
+    if len(weights) >= n_vocab:
+        return weights
+    return np.concatenate([weights, np.zeros(n_vocab - len(weights), dtype=weights.dtype)])
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int:

@@ -6,6 +6,7 @@ action leaves in the context is visible: live generation and re-reading must fee
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from runtime.chat.conversation import Conversation
@@ -134,3 +135,25 @@ def test_the_reply_stream_shows_thinking_then_the_answer_as_they_are_written(sto
     answer = "".join(t for k, t in parts if k == "answer")
     assert (thinking, answer) == ("Step one.\n\nStep two.\n", "The answer is 4.")
     assert len(parts) > 2  # streamed in pieces, not at the end
+
+
+class PaddedModel(TranscriptModel):
+    """A model with more rows than its tokenizer has tokens (RWKV-7 Pile: 50304 rows, 50277 tokens),
+    whose padding rows score highest."""
+
+    def __init__(self, reply: str, n_vocab: int) -> None:
+        super().__init__(reply, cue="Once upon")
+        self.n_vocab = n_vocab
+
+    def _next_logits(self, state):
+        logits = super()._next_logits(state)
+        padded = np.full(self.n_vocab, 5.0, dtype=np.float32)
+        padded[: len(logits)] = logits
+        return padded
+
+
+def test_padding_rows_past_the_tokenizer_are_never_sampled(store):
+    model = PaddedModel(" a story", n_vocab=50304)
+    conv = Conversation.start(store, model, family="pile", seed=1)
+    reply = conv.send("Once upon")
+    assert (reply.finish, reply.text) == ("eot", " a story")
