@@ -111,3 +111,15 @@ def test_the_switch_says_when_the_family_does_not_think(models):
             assert pane.think is False and any("does not think" in n for n in notes(app))
 
     asyncio.run(body())
+
+
+def test_export_folds_the_reasoning_and_copy_takes_the_answer():
+    from tui.export import conversation_markdown
+
+    reply = Shown("assistant", ">\nStep one.\n</think>\nFour.", seq=2, think=True)
+    text = conversation_markdown("Sums", "chat", "G1", [Shown("user", "2+2?", seq=1, think=True), reply])
+    assert "<details><summary>Thinking</summary>\n\nStep one.\n\n</details>\n\nFour.\n" in text
+    assert "</think>" not in text
+    assert reply.parts() == ("Step one.", "Four.")  # what alt+c and c copy: the answer
+    plain = Shown("assistant", " Hi there.", seq=2)
+    assert plain.parts() == (None, " Hi there.")

@@ -270,9 +270,9 @@ class ChatScreen(Screen[None]):
             pane.prompt.focus()
             pane.prompt.insert(shown.content)
         elif message.what == "copy":
-            self._copy(shown.content, "Message copied")
+            self._copy(shown.parts()[1], "Message copied")  # a reply's answer, not its reasoning
         elif message.what == "copy_code":
-            self._copy_code(shown.content)
+            self._copy_code(shown.parts()[1])
         elif message.what == "fork":
             if shown.seq is None:
                 self.app.notify("Wait until the message is saved.", severity="warning")
@@ -473,7 +473,7 @@ class ChatScreen(Screen[None]):
         if not replies:
             self.app.notify("There is no reply to copy yet.", severity="warning")
             return
-        self._copy(replies[-1].content, "Reply copied")
+        self._copy(replies[-1].parts()[1], "Reply copied")  # the answer, not the reasoning
 
     def action_focus_messages(self) -> None:
         pane = self._require_pane()
