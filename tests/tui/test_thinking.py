@@ -81,8 +81,11 @@ def test_the_think_switch_is_saved_with_the_conversation_and_each_turn(models, t
         async with app.run_test(size=SIZE) as pilot:
             pane = await open_chat(pilot, app)
             assert pane.thinks and pane.think is False
+            assert "fast (F6: think)" in screen_text(app)  # the status line says how replies are written
             await pilot.press("f6")
             assert pane.think is True and any("Thinking on" in n for n in notes(app))
+            await pilot.pause()
+            assert "· thinking" in screen_text(app)
             await send(pilot, pane, "Hi")
             conv_id = pane.conversation.id
             views = pane.view.views

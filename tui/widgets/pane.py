@@ -347,6 +347,7 @@ class ChatPane(TabPane):
             file_type=file_type(self.model) if self.model is not None else "",
             family=self.family_name,
             mode=self.mode,
+            think=self.turn_think if self.model is not None or self.conversation is not None else None,
         )
         if self.busy == "generating":
             tokens = conv.reply_tokens if conv is not None else None

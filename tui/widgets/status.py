@@ -23,6 +23,7 @@ class PaneStatus:
     live: bool = False
     tokens: int = 0  # tokens in the state
     state_bytes: int = 0
+    think: bool | None = None  # thinking on/off (thinking families); None: the family does not think
 
 
 class StatusLine(Static):
@@ -45,6 +46,8 @@ class StatusLine(Static):
         else:
             text.append("no model", style="italic")
         text.append(f" · {s.family or s.mode}")
+        if s.think is not None:
+            text.append(" · thinking" if s.think else " · fast (F6: think)")
         if s.activity:
             text.append(f" · {s.activity}", style="bold")
         if s.rate:
