@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a model file (GGUF or rwkv.cpp .bin) or a registry id (`rwkv-tui models` lists them); "
                         "with --resume, the conversation's own model by default")
     c.add_argument("--family", default=None,
-                   help="raven, world, novel or pile (default: the registry's, else from the file name)")
+                   help="g1, world7, raven, world, novel or pile (default: the registry's, else from the file name)")
     c.add_argument("--seed", type=SEED, default=None, help="seed for reproducible replies")
     c.add_argument("--resume", default=None, metavar="ID", help="continue a saved conversation (id or 'last')")
     c.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
