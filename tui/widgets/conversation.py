@@ -138,13 +138,6 @@ class MessageView(Vertical):
         found = self.query(".thinking")
         return found.first(Collapsible) if found else None
 
-    async def set_think(self, think: bool | None) -> None:
-        """The reply about to stream here was prompted with thinking on/off (None: no think block)."""
-        self.shown.think = think
-        self._parts = None
-        if think and not self.plain and self.thinking is None:
-            await self.mount(self._thinking_block("", collapsed=False), before=self.body)
-
     def _show_thinking(self, text: str, collapsed: bool | None = None) -> None:
         block = self.thinking
         if block is None:
