@@ -420,6 +420,9 @@ class RwkvApp(App[int]):
                     ("pane.close", "Close tab", "Close this tab (the conversation stays saved)"),
                 ):
                     yield keyed(binding_id, title, help, chat)
+                if chat.active_pane.system_prompt_blocked() is None:
+                    yield SystemCommand("System prompt…", "Instructions read before the first message (G1)",
+                                        partial(self.run_action, "system_prompt", chat))
                 yield SystemCommand("Undo", "Remove your last message and its reply",
                                     partial(self.run_action, "undo", chat))
                 yield SystemCommand("Clear conversation", "Remove every message of this conversation",

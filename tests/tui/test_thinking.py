@@ -12,6 +12,7 @@ from runtime.chat.store import ConversationStore
 from tests.tui.conftest import notes, register, screen_text, type_text, wait_for
 from tests.tui.test_chat import SIZE, open_chat, send
 from tui.app import RwkvApp
+from tui.screens.dialogs import TextDialog
 from tui.widgets.conversation import ConversationView, Shown
 
 THINKING_FAMILY = """
@@ -20,6 +21,7 @@ description = "Test thinking chat (G1 markup)"
 mode = "chat"
 tokenizer = "20b"
 user = "User: {message}\\n\\nAssistant:"
+system = "System: {message}\\n\\n"
 think_on = " <think"
 think_off = " <think>\\n</think"
 think_close = "</think>"
@@ -81,7 +83,16 @@ def test_the_think_switch_is_saved_with_the_conversation_and_each_turn(models, t
         async with app.run_test(size=SIZE) as pilot:
             pane = await open_chat(pilot, app)
             assert pane.thinks and pane.think is False
-            assert "fast (F6: think)" in screen_text(app)  # the status line says how replies are written
+            assert "fast (F6: think)" in screen_text(app)
+            # a system prompt, from the palette, before the first message
+            await pilot.press("ctrl+p")
+            await type_text(pilot, "system prompt")
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the system prompt dialog")
+            app.screen.query_one("#dialog-text").text = "Be brief."
+            await pilot.press("ctrl+s")
+            assert pane.pending_system == "Be brief."  # the status line says how replies are written
             await pilot.press("f6")
             assert pane.think is True and any("Thinking on" in n for n in notes(app))
             await pilot.pause()
@@ -99,6 +110,7 @@ def test_the_think_switch_is_saved_with_the_conversation_and_each_turn(models, t
             await send(pilot, pane, "Again")
         with ConversationStore.open() as store:
             assert store.get_conversation(conv_id).think is False
+            assert store.get_conversation(conv_id).system == "Be brief."
             turns = [(m.role, m.think) for m in store.messages(conv_id) if m.role != "init"]
         assert turns == [("user", True), ("assistant", True), ("user", False), ("assistant", False)]
 

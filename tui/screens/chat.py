@@ -422,6 +422,21 @@ class ChatScreen(Screen[None]):
     def action_think(self) -> None:
         self._require_pane().toggle_think()
 
+    def action_system_prompt(self) -> None:
+        pane = self._require_pane()
+        reason = pane.system_prompt_blocked()
+        if reason is not None:
+            self.app.notify(reason, severity="warning")
+            return
+
+        def chosen(text: str | None) -> None:
+            if text is not None and pane.set_system_prompt(text):
+                self.app.notify("The system prompt is read before your first message.", title="System prompt")
+
+        self.app.push_screen(TextDialog("System prompt (read before the first message of this chat)",
+                                        pane.system_prompt, multiline=True, ok="Save",
+                                        help="ctrl+s saves · esc cancels"), chosen)
+
     def action_sampling(self) -> None:
         pane = self._require_pane()
         settings = pane.sampling()

@@ -87,6 +87,7 @@ class ChatPane(TabPane):
         self.mode = mode
         self.pending_sampling: Any | None = None  # sampling chosen before the first message
         self.think = False  # thinking switch (thinking families), saved with the conversation
+        self.pending_system = ""  # system prompt chosen before the first message
         self._busy = ""  # "", "loading", "generating", "working", …
         self.cancel: CancelToken | None = None
         self.stream = StreamBuffer()
@@ -380,6 +381,33 @@ class ChatPane(TabPane):
         """How the next user turn's prompt ends: thinking on/off, or None (no think markup)."""
         return self.think if self.thinks and self.mode == "chat" else None
 
+    @property
+    def has_system_turn(self) -> bool:
+        family = self.app.families.get(self.family_name)  # type: ignore[attr-defined]
+        return family is not None and bool(family.system) and self.mode == "chat"
+
+    @property
+    def system_prompt(self) -> str:
+        return self.conversation.system if self.conversation is not None else self.pending_system
+
+    def system_prompt_blocked(self) -> str | None:
+        """Why this tab cannot take a system prompt now (None: it can)."""
+        if not self.has_system_turn:
+            return f"The {self.family_name} family has no System turn (G1 has one)."
+        if self.conversation is not None:
+            return "A system prompt is read before the first message: open a new chat (ctrl+n) to set one."
+        return None
+
+    def set_system_prompt(self, text: str) -> bool:
+        """The system prompt of a chat not started yet (read before the first message); False, with a
+        notice, when the tab cannot take one."""
+        reason = self.system_prompt_blocked()
+        if reason is not None:
+            self.app.notify(reason, severity="warning")
+            return False
+        self.pending_system = text.strip()
+        return True
+
     def toggle_think(self) -> None:
         """Thinking on/off for the next messages of this tab (saved with the conversation)."""
         if not self.thinks:
@@ -431,6 +459,7 @@ class ChatPane(TabPane):
         model_ref = self.model_ref
         sampling = self.pending_sampling
         think = self.think
+        system = self.pending_system
 
         def job(cancel: CancelToken) -> None:
             from runtime.chat.conversation import Conversation
@@ -438,7 +467,7 @@ class ChatPane(TabPane):
             conv = self.conversation
             if conv is None:
                 conv = Conversation.start(self.store, self.model, family=family, model_ref=model_ref,
-                                          sampling=sampling, think=think)
+                                          sampling=sampling, think=think, system=system)
                 self.post_message(ConversationChanged(conv, "started"))
             reply = call(conv, self.stream.push, cancel)
             self.post_message(ReplyFinished(reply, conv))
