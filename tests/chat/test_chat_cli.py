@@ -334,6 +334,10 @@ def test_think_and_system_options_and_the_think_command(model_path, monkeypatch,
     # resuming keeps the switch unless --think says otherwise
     rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last", "--think", "--max-tokens", "2"], ["/think"])
     assert rc == 0 and "thinking is on" in out
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last", "--no-think"], ["/think"])
+    assert rc == 0 and "thinking is off" in out
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last"], ["/think"])
+    assert rc == 0 and "thinking is off" in out  # kept
 
 
 def test_think_and_system_need_a_family_that_has_them(model_path, monkeypatch, capsys):

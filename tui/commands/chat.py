@@ -80,9 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--resume", default=None, metavar="ID", help="continue a saved conversation (id or 'last')")
     c.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
     c.add_argument("--max-tokens", type=reply_tokens, default=None, help="longest reply in tokens")
-    c.add_argument("--think", nargs="?", const="on", choices=("on", "off"), default=None,
-                   help="G1 models: think before answering (--think, --think on) or answer at once (--think off, "
-                        "the default of a new conversation); a resumed conversation keeps its own unless given")
+    thinking = c.add_mutually_exclusive_group()
+    thinking.add_argument("--think", dest="think", action="store_const", const="on", default=None,
+                          help="G1 models: think before answering (the reasoning is printed dimmed); a resumed "
+                               "conversation keeps its own setting unless --think or --no-think is given")
+    thinking.add_argument("--no-think", dest="think", action="store_const", const="off",
+                          help="G1 models: answer at once (the default of a new conversation)")
     c.add_argument("--system", default=None, metavar="TEXT",
                    help="a system prompt for a new conversation (families with a System turn, e.g. G1)")
     c.add_argument("--no-save", action="store_true", help="save nothing (the conversation is gone when you leave)")
