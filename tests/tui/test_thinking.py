@@ -59,7 +59,7 @@ def test_a_reply_streams_its_reasoning_then_folds_it_when_the_answer_starts():
             assert "think" not in _thinking_text(streaming) and streaming.body.source == ""
             await streaming.append("The answer is 4.")
             await pilot.pause()
-            assert block.collapsed and "The answer is 4." in streaming.body.source
+            assert block.collapsed and "The answer is 4." in screen_text(app)  # (in the streaming tail)
             await streaming.finish(Shown("assistant", streaming.shown.content, seq=2, think=True, n_tokens=9))
             await pilot.pause()
             assert block.collapsed and streaming.body.source == "The answer is 4."
