@@ -138,3 +138,34 @@ def test_export_folds_the_reasoning_and_copy_takes_the_answer():
     assert reply.parts() == ("Step one.", "Four.")  # what alt+c and c copy: the answer
     plain = Shown("assistant", " Hi there.", seq=2)
     assert plain.parts() == (None, " Hi there.")
+
+
+def test_a_g1_chat_on_an_rwkv7_model(tui_home, tmp_path):
+    """The app runs a real (tiny, random) RWKV-7 model with the G1 family: thinking on, the reply's
+    reasoning block shows, and the turn is saved with its setting."""
+    from runtime.chat.store import ConversationStore as Store
+    from runtime.convert import convert
+    from runtime.registry.catalog import save_user_entry
+    from tests.support.synthetic import v7_state_dict
+    from tests.support.torch_writer import write_pth
+
+    sd = v7_state_dict(n_layer=1, n_embd=64, head_size=32, n_vocab=65536, ranks=(8, 8, 8, 16), seed=9)
+    gguf = tmp_path / "rwkv7-g1-tiny.gguf"
+    convert(write_pth(tmp_path / "rwkv7-g1-tiny.pth", sd, dtype="float32"), gguf, "f32")
+    save_user_entry({"id": "g1-tiny", "name": "G1 tiny", "family": "g1", "arch": "7", "n_layer": 1,
+                     "n_embd": 64, "file": gguf.name, "path": str(gguf)})
+
+    async def body():
+        app = RwkvApp(model="g1-tiny")
+        async with app.run_test(size=SIZE) as pilot:
+            pane = await open_chat(pilot, app)
+            pane.pending_sampling = app.families["g1"].sampling.replace(max_tokens=6)
+            await pilot.press("f6")
+            await send(pilot, pane, "Hi")
+            assert pane.view.views[-1].thinking is not None
+            return pane.conversation.id
+
+    conv_id = asyncio.run(body())
+    with Store.open() as store:
+        assert store.get_conversation(conv_id).family == "g1"
+        assert [(m.role, m.think) for m in store.messages(conv_id)][1:] == [("user", True), ("assistant", True)]
