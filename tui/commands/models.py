@@ -142,6 +142,6 @@ def _fit_text(fit) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("models", help="list the known models with their status, size and recommended format")
-    m.add_argument("--runnable", action="store_true", help="only models this version can run (RWKV-4)")
+    m.add_argument("--runnable", action="store_true", help="only models this version can run (RWKV-4 and RWKV-7)")
     m.add_argument("--delete-source", metavar="ID", help="delete a model's downloaded .pth once it is converted")
     m.set_defaults(func=cmd_models)
