@@ -65,8 +65,14 @@ class _Entry:
 
 
 def _types(ckpt: Checkpoint) -> tuple[str, str]:
-    """(layer matrices' type or 'mixed', head type) of a checkpoint."""
-    mats = {t.dtype for n, t in ckpt.tensors.items() if len(t.shape) == 2 and n not in ("emb.weight", "head.weight")}
+    """(layer matrices' type or 'mixed', head type) of a checkpoint.
+
+    The layer matrices are the layers' `.weight` matrices (BlinkDL names), the ones a format's type
+    is chosen for: RWKV-7's LoRA factors (`att.w1` …) and r_k stay float in every format, as they
+    do in rwkv.cpp's files.
+    """
+    mats = {t.dtype for n, t in ckpt.tensors.items()
+            if len(t.shape) == 2 and n.startswith("blocks.") and n.endswith(".weight")}
     matrices = next(iter(mats)).name if len(mats) == 1 else "mixed"
     head = ckpt.tensors["head.weight"].dtype.name if "head.weight" in ckpt.tensors else "?"
     return matrices, head
