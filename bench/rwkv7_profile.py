@@ -1,9 +1,11 @@
 """RWKV-7 decoding and prompt reading on random weights of a real shape, with a rough profile.
 
     python bench/rwkv7_profile.py --shape 0.4b --type q5_1 --dir /tmp/v7bench [--lora-type f16]
+    python bench/rwkv7_profile.py --model bench/out/rwkv7-0.4b-q5_1.gguf     # any RWKV-7 file, e.g. convert's
 
 Writes (once) a random RWKV-7 model as an rwkv.cpp `.bin` (fused lerps, transposed LoRA factors;
-embedding and head F16, matrices in --type, LoRA factors in --lora-type), then prints:
+embedding and head F16, matrices in --type, LoRA factors in --lora-type), or takes the file --model
+names (e.g. `rwkv-tui convert`'s GGUF of bench/make_models.py's model: head Q8_0), then prints:
 - decode ms/token (median of --steps) and the weight bytes a step reads, as GB/s and as a share of
   the compiled memory read `rwkv-tui bench` prints;
 - prompt reading (one call of --prompt tokens) in tokens/s and its ratio to the decode rate;
@@ -125,16 +127,19 @@ def main() -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.4b")
     ap.add_argument("--type", default="q5_1", help="type of the big matrices")
     ap.add_argument("--lora-type", default=None, help="type of the LoRA factors (default: --type)")
-    ap.add_argument("--dir", type=Path, required=True)
+    ap.add_argument("--dir", type=Path, help="where to write the model (not with --model)")
+    ap.add_argument("--model", type=Path, help="profile this RWKV-7 file instead of writing one")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--prompt", type=int, default=128)
     args = ap.parse_args()
     mat_type = DType.parse(args.type)
     lora_type = DType.parse(args.lora_type or args.type)
-    args.dir.mkdir(parents=True, exist_ok=True)
-    path = args.dir / f"rwkv7-{args.shape}-{mat_type.name.lower()}-lora-{lora_type.name.lower()}.bin"
-    if not path.exists():
+    if (args.model is None) == (args.dir is None):
+        ap.error("give --dir (a random model is written there) or --model FILE")
+    path = args.model or args.dir / f"rwkv7-{args.shape}-{mat_type.name.lower()}-lora-{lora_type.name.lower()}.bin"
+    if args.model is None and not path.exists():
+        args.dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         write_model(path, args.shape, mat_type, lora_type)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
