@@ -41,7 +41,7 @@ from tests.support import numpy_rwkv
 from tests.support.gguf_model import write_model_gguf
 from tests.support.reference import load_reference, load_reference_v7, read_pth_arrays
 from tests.support.rwkvcpp_writer import write_v7_model
-from tests.support.synthetic import v4_state_dict
+from tests.support.synthetic import v4_state_dict, v7_state_dict
 from tui.cli import main
 
 N_VOCAB = 320  # the "tiny" fixture's shape, so the compiled forward functions are shared
@@ -332,3 +332,21 @@ def test_rwkv7_figures_match_a_direct_computation(tmp_path):
     q8, q5 = report.results
     assert (q8.matrices, q8.head, q5.matrices, q5.head) == ("Q8_0", "F16", "Q5_1", "Q8_0")
     assert q5.kl_mean > q8.kl_mean > 0.0
+
+
+def test_a_reference_of_another_architecture_or_ranks_is_refused(tmp_path):
+    """Same layers, width and vocabulary are not enough: RWKV-4 against RWKV-7, or RWKV-7s of other
+    LoRA ranks, would give figures that mean nothing."""
+    ref = load_reference_v7("rwkv7-b")  # 2 layers × 128, vocabulary 320, ranks 24/40/16/48
+    sd = read_pth_arrays(ref.pth_path)
+    v7 = write_v7_model(tmp_path / "v7-f32.bin", sd, DType.F32)
+    v4 = write_model_gguf(tmp_path / "v4-f32.gguf", v4_state_dict(2, 128, 320, seed=1), DType.F32)
+    other = write_v7_model(tmp_path / "v7-other-f32.bin", v7_state_dict(2, 128, n_vocab=320, ranks=(32, 32, 32, 32)),
+                           DType.F32)
+    tokens = ref.tokens.tolist()
+    with pytest.raises(EvalError, match=r"not the same model.*RWKV-4, 2 layers × 128.*RWKV-7, 2 layers × 128"):
+        evaluate([v4], v7, tokens)
+    with pytest.raises(EvalError, match=r"LoRA ranks 32/32/32/32, the reference .* LoRA ranks 24/40/16/48"):
+        evaluate([other], v7, tokens)
+    with pytest.raises(EvalError, match=r"not the same model.*RWKV-7.*RWKV-4"):
+        evaluate_formats(v7, ["q8_0"], tokens, reference=v4)
