@@ -12,7 +12,7 @@ names (e.g. `rwkv-tui convert`'s GGUF of bench/make_models.py's model: head Q8_0
 - a rough profile of a decode step on one thread in CPU time (so other processes matter less): the
   same model compiled without the big matrices, then also without the LoRA factors, then also
   without the per-head work (decay, kk norm, WKV-7, GroupNorm); the differences are what each part
-  costs (layer norms, mixes and the head are what remains).
+  costs (layer norms, mixes and the head are what remains); --rounds times in turn, the least kept.
 Figures are noisy on a shared machine: run it when nothing else does.
 """
 
@@ -132,6 +132,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="profile rounds; each part's least time is kept")
     args = ap.parse_args()
     mat_type = DType.parse(args.type)
     lora_type = DType.parse(args.lora_type or args.type)
@@ -160,12 +161,16 @@ def main() -> int:
     tps = prompt_tok_s(model, args.prompt)
     print(f"prompt {tps:.0f} tokens/s ({args.prompt} tokens in one call) = {tps * ms / 1e3:.1f}x the decode rate")
     model.close()
-    parts = []
+    variants = []
     for omit in ((), ("matrices",), ("matrices", "lora"), ("matrices", "lora", "heads")):
         w = load_weights(path)
         w.spec = dataclasses.replace(w.spec, omit=frozenset(omit))
-        with Model(w, 1) as m:  # one thread, CPU time: what each part costs, whatever else runs
-            parts.append(decode_ms(m, args.steps, time.process_time))
+        variants.append(Model(w, 1))  # one thread, CPU time: what each part costs, whatever else runs
+    parts = [float("inf")] * len(variants)
+    for _ in range(args.rounds):  # interleaved, the least of each: a busy moment does not land on one variant
+        parts = [min(t, decode_ms(m, args.steps, time.process_time)) for t, m in zip(parts, variants, strict=True)]
+    for m in variants:
+        m.close()
     ms, rest, no_lora, base = parts
     print(f"profile of a decode step, 1 thread, CPU time ({ms:.2f} ms): big matrices {ms - rest:.2f} ms, LoRA factors "
           f"{rest - no_lora:.2f}, per-head work (decay, kk, WKV-7, GroupNorm, gate) {no_lora - base:.2f}, "
