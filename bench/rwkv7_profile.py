@@ -1,16 +1,18 @@
 """RWKV-7 decoding and prompt reading on random weights of a real shape, with a rough profile.
 
     python bench/rwkv7_profile.py --shape 0.4b --type q5_1 --dir /tmp/v7bench [--lora-type f16]
+    python bench/rwkv7_profile.py --model bench/out/rwkv7-0.4b-q5_1.gguf     # any RWKV-7 file, e.g. convert's
 
 Writes (once) a random RWKV-7 model as an rwkv.cpp `.bin` (fused lerps, transposed LoRA factors;
-embedding and head F16, matrices in --type, LoRA factors in --lora-type), then prints:
+embedding and head F16, matrices in --type, LoRA factors in --lora-type), or takes the file --model
+names (e.g. `rwkv-tui convert`'s GGUF of bench/make_models.py's model: head Q8_0), then prints:
 - decode ms/token (median of --steps) and the weight bytes a step reads, as GB/s and as a share of
   the compiled memory read `rwkv-tui bench` prints;
 - prompt reading (one call of --prompt tokens) in tokens/s and its ratio to the decode rate;
 - a rough profile of a decode step on one thread in CPU time (so other processes matter less): the
   same model compiled without the big matrices, then also without the LoRA factors, then also
   without the per-head work (decay, kk norm, WKV-7, GroupNorm); the differences are what each part
-  costs (layer norms, mixes and the head are what remains).
+  costs (layer norms, mixes and the head are what remains); --rounds times in turn, the least kept.
 Figures are noisy on a shared machine: run it when nothing else does.
 """
 
@@ -125,16 +127,20 @@ def main() -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.4b")
     ap.add_argument("--type", default="q5_1", help="type of the big matrices")
     ap.add_argument("--lora-type", default=None, help="type of the LoRA factors (default: --type)")
-    ap.add_argument("--dir", type=Path, required=True)
+    ap.add_argument("--dir", type=Path, help="where to write the model (not with --model)")
+    ap.add_argument("--model", type=Path, help="profile this RWKV-7 file instead of writing one")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="profile rounds; each part's least time is kept")
     args = ap.parse_args()
     mat_type = DType.parse(args.type)
     lora_type = DType.parse(args.lora_type or args.type)
-    args.dir.mkdir(parents=True, exist_ok=True)
-    path = args.dir / f"rwkv7-{args.shape}-{mat_type.name.lower()}-lora-{lora_type.name.lower()}.bin"
-    if not path.exists():
+    if (args.model is None) == (args.dir is None):
+        ap.error("give --dir (a random model is written there) or --model FILE")
+    path = args.model or args.dir / f"rwkv7-{args.shape}-{mat_type.name.lower()}-lora-{lora_type.name.lower()}.bin"
+    if args.model is None and not path.exists():
+        args.dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         write_model(path, args.shape, mat_type, lora_type)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
@@ -155,12 +161,16 @@ def main() -> int:
     tps = prompt_tok_s(model, args.prompt)
     print(f"prompt {tps:.0f} tokens/s ({args.prompt} tokens in one call) = {tps * ms / 1e3:.1f}x the decode rate")
     model.close()
-    parts = []
+    variants = []
     for omit in ((), ("matrices",), ("matrices", "lora"), ("matrices", "lora", "heads")):
         w = load_weights(path)
         w.spec = dataclasses.replace(w.spec, omit=frozenset(omit))
-        with Model(w, 1) as m:  # one thread, CPU time: what each part costs, whatever else runs
-            parts.append(decode_ms(m, args.steps, time.process_time))
+        variants.append(Model(w, 1))  # one thread, CPU time: what each part costs, whatever else runs
+    parts = [float("inf")] * len(variants)
+    for _ in range(args.rounds):  # interleaved, the least of each: a busy moment does not land on one variant
+        parts = [min(t, decode_ms(m, args.steps, time.process_time)) for t, m in zip(parts, variants, strict=True)]
+    for m in variants:
+        m.close()
     ms, rest, no_lora, base = parts
     print(f"profile of a decode step, 1 thread, CPU time ({ms:.2f} ms): big matrices {ms - rest:.2f} ms, LoRA factors "
           f"{rest - no_lora:.2f}, per-head work (decay, kk, WKV-7, GroupNorm, gate) {no_lora - base:.2f}, "

@@ -10,6 +10,7 @@ reads far more), so the decode rate can be read as a fraction of what the memory
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 import subprocess
 import sys
@@ -54,11 +55,17 @@ class BenchResult:
 
 
 def bytes_per_decoded_token(model: Model) -> int:
-    """Weight bytes one decode step reads: every layer matrix, the head, and one embedding row."""
+    """Weight bytes one decode step reads: every layer matrix (RWKV-7's LoRA factors too), the head,
+    one embedding row, and the per-channel vectors (as the float32 block the loader decodes them into)."""
     t = model.tensors
-    names = (f"blocks.{i}.{suffix}" for i in range(model.n_layer) for suffix in model.arch.LAYER_MATRICES)
-    total = sum(t[name].nbytes for name in names if name in t)
-    return total + t["head.weight"].nbytes + t["emb.weight"].row_bytes
+    matrices = {f"blocks.{i}.{suffix}" for i in range(model.n_layer) for suffix in model.arch.LAYER_MATRICES}
+    total = t["emb.weight"].row_bytes
+    for name, tensor in t.items():
+        if name in matrices or name == "head.weight":
+            total += tensor.nbytes
+        elif name != "emb.weight":
+            total += 4 * math.prod(tensor.shape)
+    return total
 
 
 def _read_gbs(read: Callable[[np.ndarray], float], megabytes: int, repeats: int, threads: int,

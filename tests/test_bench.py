@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from runtime.bench import bytes_per_decoded_token, memory_read_bandwidth, run_bench
+from runtime.convert import convert
 from runtime.formats.checkpoint import open_checkpoint
 from runtime.model.model import load_model
 from runtime.quant.types import DType
-from tests.support.rwkvcpp_writer import write_v4_model
-from tests.support.synthetic import v4_state_dict
+from tests.support.rwkvcpp_writer import write_v4_model, write_v7_model
+from tests.support.synthetic import v4_state_dict, v7_state_dict
+from tests.support.torch_writer import write_pth
 from tui.cli import main as cli
+from tui.units import human_bytes
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +25,51 @@ def small_bin(tmp_path_factory):
     return write_v4_model(path, v4_state_dict(n_layer=2, n_embd=64, n_vocab=300, seed=3), DType.Q5_1)
 
 
-def test_bytes_per_token_are_the_matrices_the_head_and_one_embedding_row(small_bin):
+def _all_but_the_embeddings_other_rows(path) -> int:
+    """What a decode step reads of a file whose vectors are stored as float32: every tensor, one embedding row."""
+    t = open_checkpoint(path).tensors
+    assert all(x.dtype is DType.F32 for x in t.values() if len(x.shape) == 1 or x.shape[:2] == (1, 1))
+    return sum(x.nbytes for x in t.values()) - t["emb.weight"].nbytes + t["emb.weight"].row_bytes
+
+
+def test_bytes_per_token_are_the_matrices_the_head_one_embedding_row_and_the_vectors(small_bin):
     t = open_checkpoint(small_bin).tensors
     matrices = [n for n in t if n.startswith("blocks.") and len(t[n].shape) == 2]
-    assert len(matrices) == 2 * 7
-    expected = sum(t[n].nbytes for n in matrices) + t["head.weight"].nbytes + t["emb.weight"].nbytes // 300
+    vectors = [n for n in t if len(t[n].shape) == 1]
+    # per layer ln1, ln2 (weight, bias), decay, first, 3 + 2 mixes; ln0, ln_out
+    assert len(matrices) == 2 * 7 and len(vectors) == 2 * 11 + 4
+    expected = sum(t[n].nbytes for n in matrices + vectors) + t["head.weight"].nbytes + t["emb.weight"].nbytes // 300
+    assert expected == _all_but_the_embeddings_other_rows(small_bin)
     with load_model(small_bin, threads=1) as model:
         assert bytes_per_decoded_token(model) == expected
+
+
+@pytest.fixture(scope="module")
+def v7_files(tmp_path_factory):
+    """One small RWKV-7 as an rwkv.cpp Q5_1 file and as our Q8_0 GGUF (LoRA factors F16 in both)."""
+    d = tmp_path_factory.mktemp("bench7")
+    sd = v7_state_dict(n_layer=2, n_embd=128, n_vocab=320, seed=4)
+    pth = write_pth(d / "v7.pth", sd, "bfloat16")
+    gguf = d / "v7-q8_0.gguf"
+    convert(pth, gguf, DType.Q8_0)
+    return write_v7_model(d / "v7-q5_1.bin", sd, DType.Q5_1), gguf
+
+
+def test_rwkv7_bytes_per_token_count_the_lora_factors_and_vectors(v7_files):
+    for path in v7_files:
+        t = open_checkpoint(path).tensors
+        assert {t[f"blocks.1.att.{n}"].dtype for n in ("w1", "a2", "v1", "g2")} == {DType.F16}
+        with load_model(path, threads=1) as model:
+            assert bytes_per_decoded_token(model) == _all_but_the_embeddings_other_rows(path)
+
+
+def test_cli_bench_runs_an_rwkv7_file(v7_files, capsys):
+    assert cli(["bench", str(v7_files[1]), "--threads", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    want = _all_but_the_embeddings_other_rows(v7_files[1])
+    assert f"weights read per decoded token  {human_bytes(want)}" in out
+    row = next(line for line in out.splitlines() if re.match(r"\s*1\s+│", line))
+    assert float(row.split("│")[1]) > 0
 
 
 def test_memory_read_bandwidth_is_a_positive_rate():

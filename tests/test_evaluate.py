@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+from runtime.convert import convert
 from runtime.errors import ModelFileError
 from runtime.eval import (
     EvalError,
@@ -38,8 +39,9 @@ from runtime.progress import CancelToken
 from runtime.quant.types import DType
 from tests.support import numpy_rwkv
 from tests.support.gguf_model import write_model_gguf
-from tests.support.reference import load_reference
-from tests.support.synthetic import v4_state_dict
+from tests.support.reference import load_reference, load_reference_v7, read_pth_arrays
+from tests.support.rwkvcpp_writer import write_v7_model
+from tests.support.synthetic import v4_state_dict, v7_state_dict
 from tui.cli import main
 
 N_VOCAB = 320  # the "tiny" fixture's shape, so the compiled forward functions are shared
@@ -293,3 +295,58 @@ def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):
     assert [r["positions"] for r in doc["results"]] == [CHUNK, 0]
     assert doc["results"][1]["kl_mean"] is None
     assert signal.getsignal(signal.SIGINT) == before  # the handler was restored
+
+
+# RWKV-7: the official fixture's checkpoint as the reference, files from both containers as models.
+
+
+def test_rwkv7_reference_from_a_checkpoint_matches_the_official_logits(tmp_path):
+    """A v7 .pth is converted to a temporary F32 file (llama.cpp's rwkv7 layout) as the reference; its
+    perplexity agrees with the official package's logits, and the types column names the big matrices'
+    type (the LoRA factors are F16 in every quantized file, not a mixture of the formats)."""
+    ref = load_reference_v7("rwkv7-b")
+    tokens = ref.tokens.astype(np.int64)
+    report = evaluate_formats(ref.pth_path, ["q5_1", "f16"], tokens.tolist(), threads=2, work_dir=tmp_path)
+    official = ref.logits_decode[: len(tokens) - 1].astype(np.float64)
+    assert report.reference.perplexity == pytest.approx(_expected(official, official, tokens)["perplexity"], rel=1e-3)
+    q5, f16 = report.results
+    assert (q5.matrices, q5.head, f16.matrices, f16.head) == ("Q5_1", "Q8_0", "F16", "F16")
+    assert q5.kl_mean > f16.kl_mean > 0.0 and q5.positions == len(tokens) - 1
+
+
+def test_rwkv7_figures_match_a_direct_computation(tmp_path):
+    """rwkv.cpp .bin files (reference F32, model Q8_0) and our GGUF (Q5_1) of one v7 checkpoint."""
+    ref = load_reference_v7("rwkv7-b")
+    tokens = ref.tokens.astype(np.int64)
+    sd = read_pth_arrays(ref.pth_path)
+    ref_bin = write_v7_model(tmp_path / "ref-f32.bin", sd, DType.F32)
+    q8_bin = write_v7_model(tmp_path / "m-q8_0.bin", sd, DType.Q8_0)
+    q5_gguf = tmp_path / "m-q5_1.gguf"
+    convert(ref.pth_path, q5_gguf, DType.Q5_1)
+    paths = (q8_bin, q5_gguf)
+    report = evaluate(list(paths), ref_bin, tokens.tolist(), threads=2, save=False)
+    ref_logits = _decode_all(ref_bin, tokens)
+    for result, path in zip(report.results, paths, strict=True):
+        assert result.positions == len(tokens) - 1
+        _check(result, _expected(_decode_all(path, tokens), ref_logits, tokens))
+    q8, q5 = report.results
+    assert (q8.matrices, q8.head, q5.matrices, q5.head) == ("Q8_0", "F16", "Q5_1", "Q8_0")
+    assert q5.kl_mean > q8.kl_mean > 0.0
+
+
+def test_a_reference_of_another_architecture_or_ranks_is_refused(tmp_path):
+    """Same layers, width and vocabulary are not enough: RWKV-4 against RWKV-7, or RWKV-7s of other
+    LoRA ranks, would give figures that mean nothing."""
+    ref = load_reference_v7("rwkv7-b")  # 2 layers × 128, vocabulary 320, ranks 24/40/16/48
+    sd = read_pth_arrays(ref.pth_path)
+    v7 = write_v7_model(tmp_path / "v7-f32.bin", sd, DType.F32)
+    v4 = write_model_gguf(tmp_path / "v4-f32.gguf", v4_state_dict(2, 128, 320, seed=1), DType.F32)
+    other = write_v7_model(tmp_path / "v7-other-f32.bin", v7_state_dict(2, 128, n_vocab=320, ranks=(32, 32, 32, 32)),
+                           DType.F32)
+    tokens = ref.tokens.tolist()
+    with pytest.raises(EvalError, match=r"not the same model.*RWKV-4, 2 layers × 128.*RWKV-7, 2 layers × 128"):
+        evaluate([v4], v7, tokens)
+    with pytest.raises(EvalError, match=r"LoRA ranks 32/32/32/32, the reference .* LoRA ranks 24/40/16/48"):
+        evaluate([other], v7, tokens)
+    with pytest.raises(EvalError, match=r"not the same model.*RWKV-7.*RWKV-4"):
+        evaluate_formats(v7, ["q8_0"], tokens, reference=v4)

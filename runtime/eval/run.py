@@ -36,6 +36,7 @@ from runtime.eval.metrics import Scores
 from runtime.eval.result import EvalError, EvalReport, EvalResult
 from runtime.eval.store import save_evaluation
 from runtime.formats.checkpoint import Checkpoint, open_checkpoint
+from runtime.formats.detect import Architecture, LoraRanks
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.types import DType
 
@@ -59,24 +60,41 @@ class _Entry:
     ckpt: Checkpoint
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        a = self.ckpt.arch
-        return a.n_layer, a.n_embd, a.n_vocab
+    def shape(self) -> ModelShape:
+        return _model_shape(self.ckpt.arch)
 
 
 def _types(ckpt: Checkpoint) -> tuple[str, str]:
-    """(layer matrices' type or 'mixed', head type) of a checkpoint."""
-    mats = {t.dtype for n, t in ckpt.tensors.items() if len(t.shape) == 2 and n not in ("emb.weight", "head.weight")}
+    """(layer matrices' type or 'mixed', head type) of a checkpoint.
+
+    The layer matrices are the layers' `.weight` matrices (BlinkDL names), the ones a format's type
+    is chosen for: RWKV-7's LoRA factors (`att.w1` …) and r_k stay float in every format, as they
+    do in rwkv.cpp's files.
+    """
+    mats = {t.dtype for n, t in ckpt.tensors.items()
+            if len(t.shape) == 2 and n.startswith("blocks.") and n.endswith(".weight")}
     matrices = next(iter(mats)).name if len(mats) == 1 else "mixed"
     head = ckpt.tensors["head.weight"].dtype.name if "head.weight" in ckpt.tensors else "?"
     return matrices, head
 
 
-def _shape_text(shape: tuple[int, int, int]) -> str:
-    return f"{shape[0]} layers × {shape[1]}, vocabulary {shape[2]}"
+ModelShape = tuple[str, int, int, int, int, LoraRanks | None]  # what quantized copies of one model share
 
 
-def _check_same_shape(entry: _Entry, ref_path: Path, ref_shape: tuple[int, int, int]) -> None:
+def _model_shape(arch: Architecture) -> ModelShape:
+    """Architecture, layers, width, vocabulary, and RWKV-7's head size and LoRA ranks."""
+    return arch.name, arch.n_layer, arch.n_embd, arch.n_vocab, arch.head_size, arch.lora
+
+
+def _shape_text(shape: ModelShape) -> str:
+    name, n_layer, n_embd, n_vocab, head_size, lora = shape
+    text = f"{name}, {n_layer} layers × {n_embd}, vocabulary {n_vocab}"
+    if lora is not None:
+        text += f", head size {head_size}, LoRA ranks {'/'.join(str(r) for r in lora)}"
+    return text
+
+
+def _check_same_shape(entry: _Entry, ref_path: Path, ref_shape: ModelShape) -> None:
     if entry.shape != ref_shape:
         raise EvalError(
             f"{entry.path} is not the same model as the reference {ref_path}: it has "
@@ -329,7 +347,7 @@ def evaluate(
     cancel = cancel or CancelToken()
     _check_max_tokens(max_tokens)
     ref_ckpt = open_checkpoint(reference)
-    ref_shape = (ref_ckpt.arch.n_layer, ref_ckpt.arch.n_embd, ref_ckpt.arch.n_vocab)
+    ref_shape = _model_shape(ref_ckpt.arch)
     labels = list(labels) if labels is not None else [Path(m).name for m in models]
     if len(labels) != len(models):
         raise EvalError(f"{len(labels)} labels for {len(models)} models")
@@ -389,7 +407,7 @@ def evaluate_formats(
     src_ckpt = open_checkpoint(source)
     ref = Path(reference) if reference is not None else Path(source)
     ref_ckpt = src_ckpt if reference is None else open_checkpoint(ref)
-    ref_shape = (ref_ckpt.arch.n_layer, ref_ckpt.arch.n_embd, ref_ckpt.arch.n_vocab)
+    ref_shape = _model_shape(ref_ckpt.arch)
     _check_same_shape(_Entry(Path(source).name, Path(source), False, src_ckpt), ref, ref_shape)
     t0 = time.perf_counter()
     with _scratch_dir(work_dir) as tmp:
