@@ -194,6 +194,21 @@ def test_truncated_file(tmp_path, keep):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("shift", [64, 4000])
+def test_zip64_end_record_pointing_past_the_directory(tmp_path, shift):
+    """zipfile shifts every member offset by the distance between where it found the directory and
+    where the ZIP64 end record says it is: a record a few KB too far gave negative member offsets
+    and a bare OSError (EINVAL) from pread."""
+    path = write_pth(tmp_path / "m.pth", small_state_dict(), zip64=True)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x06\x06")
+    (cd_offset,) = struct.unpack_from("<Q", data, at + 48)
+    struct.pack_into("<Q", data, at + 48, cd_offset + shift)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=rf"damaged zip directory: member 'm/data.pkl' starts at byte -{shift},"):
+        read_pth(path)
+
+
 def test_not_a_zip(tmp_path):
     path = tmp_path / "m.pth"
     path.write_bytes(b"GGUF" + bytes(100))
