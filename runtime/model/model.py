@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import DamagedModelError
 from runtime.formats.detect import TOKENIZER_BY_VOCAB
 from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_module
@@ -133,6 +134,7 @@ class Model:
         ids = self._check_tokens(tokens)
         logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
         new = self._run(ids, state, logits, None)
+        self._check_finite(logits, new)
         return logits, State(new, self.fingerprint, logits)
 
     def forward_all(self, tokens: Sequence[int] | np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
@@ -144,7 +146,16 @@ class Model:
         ids = self._check_tokens(tokens)
         all_logits = np.empty((ids.size, self.n_vocab), dtype=np.float32)
         new = self._run(ids, state, None, all_logits)
+        self._check_finite(all_logits, new)
         return all_logits, State(new, self.fingerprint, all_logits[-1].copy())
+
+    def _check_finite(self, logits: np.ndarray | None, state: np.ndarray) -> None:
+        """DamagedModelError if a step gave NaN or infinite logits or state (damaged weights); the
+        states this model accepts are finite, so only its own weights can be the cause. A pass over
+        arrays already in hand: microseconds against the step's milliseconds."""
+        for what, values in (("logits", logits), ("a state", state)):
+            if values is not None and not np.isfinite(values).all():
+                raise DamagedModelError(self.path, what)
 
     def _check_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
