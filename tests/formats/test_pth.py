@@ -112,7 +112,6 @@ def test_unsupported_element_types_are_refused_by_name(name, pattern):
 
 
 def test_open_checkpoint_on_real_torch_file():
-    pytest.importorskip("runtime.formats.hf")
     from runtime.formats.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(FIXTURES / "tiny_bf16.pth")
