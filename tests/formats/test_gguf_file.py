@@ -3,12 +3,14 @@
 import contextlib
 import struct
 import time
+import tracemalloc
 
 import gguf
 import numpy as np
 import pytest
 
 from runtime.errors import ModelFileError
+from runtime.formats import gguf_file
 from runtime.formats.gguf_file import ALIGNMENT, TensorPlan, read_gguf, write_gguf
 from runtime.quant.types import DType
 
@@ -123,6 +125,35 @@ def test_declared_array_longer_than_file_is_refused_at_once(tmp_path):
     with pytest.raises(ModelFileError, match="array of 4611686018427387904 elements does not fit"):
         read_gguf(p)
     assert time.monotonic() - t < 1
+
+
+def arrays_file(path, arrays: list[int], etype: int, item: bytes):
+    """A GGUF of metadata arrays a0, a1, … of `arrays[i]` elements of type `etype`, each stored as `item`."""
+    body = b"".join(kv_string(f"a{i}") + struct.pack("<IIQ", 9, etype, n) + item * n for i, n in enumerate(arrays))
+    path.write_bytes(header(n_kv=len(arrays)) + body + b"\0" * 64)
+    return path
+
+
+def test_a_huge_metadata_array_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """3 MB of bytes in one array would become 108 MB of Python ints."""
+    monkeypatch.setattr(gguf_file, "MAX_ARRAY_ELEMENTS", 2_000_000)
+    path = arrays_file(tmp_path / "array.gguf", [3_000_000], 0, b"\0")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match="metadata arrays hold more than 2000000 elements in all"):
+            read_gguf(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
+@pytest.mark.parametrize(("etype", "item"), [(4, bytes(4)), (8, struct.pack("<Q", 1) + b"x")], ids=["u32", "str"])
+def test_metadata_arrays_are_bounded_in_all(tmp_path, monkeypatch, etype, item):
+    monkeypatch.setattr(gguf_file, "MAX_ARRAY_ELEMENTS", 1000)
+    assert len(read_gguf(arrays_file(tmp_path / "ok.gguf", [500, 500], etype, item)).metadata["a1"]) == 500
+    with pytest.raises(ModelFileError, match="metadata arrays hold more than 1000 elements in all"):
+        read_gguf(arrays_file(tmp_path / "many.gguf", [400, 400, 201], etype, item))
 
 
 def test_wrong_magic(tmp_path):
