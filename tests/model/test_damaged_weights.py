@@ -48,3 +48,20 @@ def test_damage_only_in_the_state_is_noticed_without_logits(tmp_path):
             model.forward([TOKEN], want_logits=False)
         logits, state = model.forward([1, 2])  # other tokens do not read the damaged row
         assert np.isfinite(logits).all() and np.isfinite(state.data).all()
+
+
+def test_chat_on_a_damaged_file_names_the_file_and_the_next_command(tmp_path, monkeypatch, capsys):
+    """`chat` said "refusing to save an invalid state", which did not point at the model file."""
+    import io
+
+    from tui.cli import main as cli
+
+    sd = v4_state_dict(n_layer=2, n_embd=32, n_vocab=50277, seed=11)  # as tests/chat/test_chat_cli.py
+    sd["head.weight"][1000, 5] = np.nan
+    path = write_model_gguf(tmp_path / "raven-damaged.gguf", sd, DType.F32)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n"))
+    assert cli(["chat", str(path), "--seed", "1", "--max-tokens", "4"]) == 2
+    err = "".join(capsys.readouterr().err.split())  # without the line breaks rich put in
+    assert "raven-damaged.gguf:themodelproducedlogitsthatarenotfinite" in err
+    assert "rwkv-tuiinspect--verify" in err and "Traceback" not in err
+    assert "invalidstate" not in err
