@@ -54,3 +54,30 @@ def test_a_stop_string_on_a_token_boundary_rewinds_to_that_boundary_exactly(stor
     # nothing before the stop string is read twice: only the separator after the generated tokens
     assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)
     assert conv.messages[-1].n_tokens == 3 + _n(model, RAVEN.separator)
+
+
+def test_a_stop_string_that_starts_inside_a_split_character_rewinds_to_a_whole_character(store):
+    """' ō' is two tokens, b' \\xc5' and b'\\x8d': the boundary between them is inside the character.
+    A stop string beginning at 'ō' must rewind to before b' \\xc5' and read ' ' again, never keep half
+    of the character in the context."""
+    model = TranscriptModel(" ōx and more")
+    assert [model.tokenizer.token_bytes(t) for t in model.tokenizer.encode(" ōx")][:2] == [b" \xc5", b"\x8d"]
+    conv = _start(store, model)
+    conv.set_sampling(conv.sampling.replace(stop=("ōx",)))
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", " ")
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice: " + RAVEN.separator
+    # back to before b' \xc5': ' ' and the separator read again after the generated tokens
+    reread = _n(model, " " + RAVEN.separator)
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + reread
+
+
+def test_a_stop_string_right_after_a_split_character_keeps_the_whole_character(store):
+    model = TranscriptModel(" ō\n\nBob: more")
+    conv = _start(store, model)
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", " ō")
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice: ō" + RAVEN.separator
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)
