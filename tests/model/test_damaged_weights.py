@@ -65,3 +65,23 @@ def test_chat_on_a_damaged_file_names_the_file_and_the_next_command(tmp_path, mo
     assert "raven-damaged.gguf:themodelproducedlogitsthatarenotfinite" in err
     assert "rwkv-tuiinspect--verify" in err and "Traceback" not in err
     assert "invalidstate" not in err
+
+
+def test_a_state_that_passed_its_checks_but_makes_nan_is_blamed_not_the_model(tmp_path):
+    """A saved state of -2.6e36 (finite, within the serialisation's bound) made the next step's logits
+    NaN, which was reported as a damaged model file."""
+    from runtime.model.state import State, StateError
+
+    sd = v4_state_dict(n_layer=2, n_embd=64, n_vocab=96, seed=5)
+    path = write_model_gguf(tmp_path / "m.gguf", sd, DType.Q5_1, head=DType.Q8_0, emb=DType.F16)
+    with load_model(path, threads=2) as model:
+        _, state = model.forward([1, 2, 3])
+        data = state.data.copy()
+        data[4, 7] = -2.6e36  # layer 0's ffn_xx: relu(k)^2 overflows
+        damaged = model.state_from_bytes(State(data, state.fingerprint, state.logits).to_bytes())
+        with pytest.raises(StateError, match=r"the state given made m\.gguf produce logits that are not finite"):
+            model.forward([TOKEN], damaged)
+        with pytest.raises(StateError, match=r"the state given made m\.gguf produce a state that is not finite"):
+            model.forward([TOKEN], damaged, want_logits=False)
+        logits, _ = model.forward([TOKEN], state)  # the model itself is sound
+        assert np.isfinite(logits).all()
