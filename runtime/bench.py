@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime.jit.kernels.stream_read import STEP, stream_sum
-from runtime.jit.threads import default_threads
 from runtime.model.layout import MAT_TENSOR_NAMES, Mat
 from runtime.model.model import Model, load_model
 from runtime.pagecache import drop_cached_pages
+from runtime.threadcount import check_threads, default_threads
 
 PROMPT_CHUNKS = (16, 64, 256)
 
@@ -163,6 +163,10 @@ def run_bench(
 ) -> BenchResult:
     """Measure `path`. `drop_cache` first drops the file's page cache (where no other process maps
     it), so the loads read it from disk and, on Linux, map it with 2 MB pages (runtime/pagecache.py)."""
+    for n in threads or ():
+        check_threads(n)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"the decode steps to time must be a positive whole number, got {steps!r}")
     path = Path(path)
     if drop_cache:
         drop_cached_pages(path)

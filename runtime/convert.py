@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic import atomic_output, check_free_space
+from runtime.convert_rwkv7 import Layout, rwkv7_layout, rwkv7_metadata
 from runtime.errors import ModelFileError
 from runtime.formats.checkpoint import (
     LN0_FOLDED,
     TIME_DECAY_NEG_EXP,
     TIME_MIX_SQUEEZED,
+    V7_LORA_TRANSPOSED,
     Checkpoint,
     open_checkpoint,
 )
@@ -41,6 +43,8 @@ from runtime.progress import CancelToken, Progress, ProgressCallback, no_progres
 from runtime.quant.codec import quantize
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.types import DType
+from runtime.text.gguf_vocab import gguf_tokenizer_metadata
+from runtime.threadcount import check_threads, default_threads
 
 FORMAT_VERSION = 1
 CHUNK_VALUES = 8 << 20  # values per chunk handed to a thread on the native path (output buffers are reused)
@@ -175,7 +179,9 @@ class _Transformer:
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
-        self.fold_ln0 = LN0_FOLDED not in ckpt.transforms and "blocks.0.ln0.weight" in ckpt.tensors
+        self.fold_ln0 = (
+            ckpt.arch.version == "4" and LN0_FOLDED not in ckpt.transforms and "blocks.0.ln0.weight" in ckpt.tensors
+        )
         if self.fold_ln0:
             self.ln0_w = ckpt.tensors["blocks.0.ln0.weight"].numpy().reshape(-1)
             self.ln0_b = ckpt.tensors["blocks.0.ln0.bias"].numpy().reshape(-1)
@@ -274,18 +280,21 @@ def convert(
     already knows it (a verified download), skips hashing the source.
     """
     t0 = time.perf_counter()
+    check_threads(threads)
     src, dst = Path(src), Path(dst)
     target = DType.parse(dtype) if isinstance(dtype, str) else dtype
     head = DType.parse(head_dtype) if isinstance(head_dtype, str) else head_dtype
     ckpt = open_checkpoint(src)
-    plan = output_plan(ckpt, target, head)
+    v7 = ckpt.arch.version == "7"
+    layout = rwkv7_layout(ckpt, tensor_types(target, head)) if v7 else Layout(output_plan(ckpt, target, head))
+    plan = layout.plan
     out_bytes = sum(t.nbytes for t in plan) + (1 << 20)
     dst_dir = dst.parent if str(dst.parent) else Path(".")
     if not dst_dir.is_dir():
         raise FileNotFoundError(f"output folder {dst_dir} does not exist")
     check_free_space(dst_dir, out_bytes)
     cancel = cancel or CancelToken()
-    threads = max(1, threads or os.cpu_count() or 1)
+    threads = check_threads(threads) or default_threads()
 
     digest: list[str] = [source_sha256 or ""]
     hasher = None
@@ -299,7 +308,11 @@ def convert(
         hasher.start()
 
     transform = _Transformer(ckpt)
-    total = sum(ckpt.tensors[t.name].nbytes for t in plan)
+
+    def source(out: TensorPlan) -> LazyTensor:
+        return ckpt.tensors[layout.sources.get(out.name, out.name)]
+
+    total = sum(layout.built[t.name][1] if t.name in layout.built else source(t).nbytes for t in plan)
     done = 0
     progress(Progress("converting", 0, total))
 
@@ -354,7 +367,15 @@ def convert(
 
     def chunks(out: TensorPlan) -> Iterator[bytes | memoryview]:
         nonlocal done
-        tensor = ckpt.tensors[out.name]
+        if out.name in layout.built:  # small tensors made whole from their sources
+            make, nbytes = layout.built[out.name]
+            rows = np.ascontiguousarray(make(), dtype=np.float32).reshape(-1, out.shape[-1])
+            _check_finite(ckpt.path, out.name, rows, 0)
+            done += nbytes
+            progress(Progress("converting", done, total))
+            yield quantize(rows, out.dtype).tobytes()
+            return
+        tensor = source(out)
         n_rows, n_cols = tensor.n_rows, tensor.n_cols
         if tensor.n_rows * tensor.n_cols != int(np.prod(out.shape)):
             raise ModelFileError(ckpt.path, f"tensor '{out.name}' has shape {tensor.shape}, expected {out.shape}")
@@ -396,17 +417,26 @@ def convert(
         ("general.name", src.name.removesuffix(".pth")),
         ("general.file_type", FILE_TYPES[target]),
         ("general.quantization_version", 2),
-        ("rwkv4.block_count", a.n_layer),
-        ("rwkv4.embedding_length", a.n_embd),
-        ("rwkv4.feed_forward_length", a.n_ffn),
-        ("rwkv4.vocab_size", a.n_vocab),
-        ("rwkv4.layer_norm_epsilon", LN_EPS),
-        ("tokenizer.ggml.model", TOKENIZER_BY_VOCAB.get(a.n_vocab, "none")),
+    ]
+    if v7:
+        metadata += rwkv7_metadata(ckpt) + gguf_tokenizer_metadata(a.n_vocab, ckpt.metadata)
+        transforms = [V7_LORA_TRANSPOSED]
+    else:
+        metadata += [
+            ("rwkv4.block_count", a.n_layer),
+            ("rwkv4.embedding_length", a.n_embd),
+            ("rwkv4.feed_forward_length", a.n_ffn),
+            ("rwkv4.vocab_size", a.n_vocab),
+            ("rwkv4.layer_norm_epsilon", LN_EPS),
+            ("tokenizer.ggml.model", TOKENIZER_BY_VOCAB.get(a.n_vocab, "none")),
+        ]
+        transforms = sorted({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED})
+    metadata += [
         ("rwkv_tui.format_version", FORMAT_VERSION),
         ("rwkv_tui.source.file_name", src.name),
         ("rwkv_tui.source.format", ckpt.source_format),
         ("rwkv_tui.source.sha256", source_sha256 or SHA_PLACEHOLDER),
-        ("rwkv_tui.transforms", sorted({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED})),
+        ("rwkv_tui.transforms", transforms),
         ("rwkv_tui.quant.matrices", target.name),
         ("rwkv_tui.quant.head", plan[-1].dtype.name),
         ("rwkv_tui.quant.emb", plan[0].dtype.name),
@@ -414,7 +444,7 @@ def convert(
     ]
     try:
         with atomic_output(dst, drop_cache=True) as f:
-            header_end = write_gguf(f, "rwkv4", metadata, plan, chunks)
+            header_end = write_gguf(f, "rwkv7" if v7 else "rwkv4", metadata, plan, chunks)
             if hasher is not None:  # the digest was computed alongside: fill its slot in the header
                 if pacer is not None:
                     pacer.release()

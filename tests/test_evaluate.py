@@ -90,11 +90,18 @@ def _expected(logits: np.ndarray, ref: np.ndarray, tokens: np.ndarray) -> dict[s
 
 RTOL_FLOAT = 3e-4
 RTOL_QUANTIZED = 1e-2
+# eval reads in sequence mode (matrix x matrix) and the direct computation decodes one token at a
+# time (matrix x vector): the logits differ by float rounding in the summation order. For a float
+# file the KL itself is ~1e-6, a difference of nearly equal sums, so that rounding moves it by up to
+# ~0.1 % of itself (Sapphire Rapids: kl_p99 5.177e-6 against 5.182e-6); an off-by-one position or a
+# wrong distribution moves it by orders of magnitude, which 1 % still catches.
+RTOL_KL = 1e-2
 
 
 def _check(result, want: dict[str, float], rtol: float = RTOL_QUANTIZED) -> None:
     for key, value in want.items():
-        assert getattr(result, key) == pytest.approx(value, rel=rtol, abs=1e-12), key
+        tol = max(rtol, RTOL_KL) if key.startswith("kl_") else rtol
+        assert getattr(result, key) == pytest.approx(value, rel=tol, abs=1e-12), key
 
 
 def test_figures_match_a_direct_computation(files):
@@ -253,6 +260,16 @@ def test_cli_table_and_errors(files, capsys, tmp_path):
     code, _, err = _run_cli(["eval", str(files["q4"]), "--reference", str(files["ref"]), "--tokens", str(bad)],
                             capsys)
     assert code == 2 and "('three') is not a token id" in " ".join(err.split())
+
+
+def test_cli_names_a_missing_text_file_without_an_os_error(files, capsys, tmp_path):
+    for option in ("--text", "--tokens"):
+        missing = tmp_path / "not-there.txt"
+        code, _, err = _run_cli(["eval", str(files["q4"]), "--reference", str(files["ref"]), option, str(missing)],
+                                capsys)
+        err = " ".join(err.split())
+        assert code == 2 and f"{option} {missing}: cannot read it (no such file)" in err
+        assert "Errno" not in err
 
 
 def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):

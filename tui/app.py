@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +24,14 @@ from textual.screen import Screen
 from runtime.errors import RwkvError
 from tui.keymap import KEYS, bindings, key_label, load_keymap
 from tui.messages import JobsChanged
+from tui.model_choice import (
+    ModelChoice,
+    ModelNotFoundError,
+    choice_for,
+    continues_only,
+    families_for,
+    resolve_model_ref,
+)
 from tui.model_pool import ModelPool
 from tui.screens.chat import ChatScreen
 from tui.screens.dialogs import ChoiceDialog, TextDialog
@@ -32,21 +40,6 @@ from tui.screens.welcome import WelcomeScreen
 from tui.widgets.pane import describe_error
 
 DEFAULTS_KEY = "default_models"  # {family: registry id}, set on the models screen
-
-
-class ModelNotFoundError(RwkvError, FileNotFoundError):
-    """A conversation's model is neither a file on this machine nor a ready registry model."""
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """A runnable model file with the family (template) to use it with."""
-
-    label: str
-    path: Path
-    ref: str  # what conversations record: the registry id
-    family: str
-    mode: str
 
 
 class RwkvApp(App[int]):
@@ -218,12 +211,7 @@ class RwkvApp(App[int]):
 
     def families_for(self, family: str, mode: str | None) -> list[str]:
         """Families a model of `family` can be used with in `mode`: its own first, then same-tokenizer ones."""
-        own = self.families.get(family)
-        if own is None:
-            return []
-        if mode is None or own.mode == mode:
-            return [family]
-        return [name for name, f in self.families.items() if f.mode == mode and f.tokenizer == own.tokenizer]
+        return families_for(self.families, family, mode)
 
     def model_choices(self, mode: str | None = None, *, every_family: bool = False) -> list[ModelChoice]:
         """Every ready model, with each family it can be used with in `mode` (its own family if None).
@@ -248,46 +236,11 @@ class RwkvApp(App[int]):
 
     def choice_for(self, path_or_id: str, mode: str | None = None) -> ModelChoice:
         """A model to open from `--model`: a registry id, or a file (registered on the way)."""
-        from runtime.registry.status import model_status, register_local
-
-        catalog = self.catalog()
-        if path_or_id in catalog.models:
-            entry = catalog.models[path_or_id]
-        else:
-            path = Path(path_or_id).expanduser()
-            if not path.exists():
-                catalog.get(path_or_id)  # raises with close matches
-            existing = next((e for e in catalog.models.values() if e.path is not None
-                             and e.path == path.resolve()), None)
-            entry = existing or register_local(path, catalog=catalog)
-        status = model_status(entry)
-        best = status.best_file()
-        if best is None:
-            raise ModelNotFoundError(f"'{entry.id}' is {status.state}: get it on the models screen (F2) or with "
-                                     f"`rwkv-tui get {entry.id}`")
-        family = self.families_for(entry.family, mode)
-        if not family:
-            raise ModelNotFoundError(f"'{entry.id}' (family {entry.family}) has no {mode} template")
-        fam = self.families[family[0]]
-        return ModelChoice(entry.name, best, entry.id, fam.name, fam.mode)
+        return choice_for(self.catalog(), self.families, path_or_id, mode)
 
     def resolve_model_ref(self, ref: str) -> Path:
         """The file to load for a conversation's `model_ref` (a registry id or a path)."""
-        path = Path(ref).expanduser()
-        if path.is_file():
-            return path
-        from runtime.registry.status import model_status
-
-        catalog = self.catalog()
-        entry = catalog.models.get(ref)
-        if entry is None:
-            entry = next((e for e in catalog.models.values() if e.path is not None and e.path.name == path.name), None)
-        if entry is not None:
-            best = model_status(entry).best_file()
-            if best is not None:
-                return best
-        raise ModelNotFoundError(f"the model of this conversation, {ref}, is not on this machine; press F4 to "
-                                 "continue it with another model, or F2 to get it")
+        return resolve_model_ref(self.catalog(), ref)
 
     async def new_conversation(self, mode: str) -> None:
         """A new tab in `mode` on the default model for it (asks when there is no obvious one)."""
@@ -297,6 +250,12 @@ class RwkvApp(App[int]):
         except Exception as e:
             self.notify(describe_error(e), title="Models", severity="error")
             return
+        if not choices and mode == "chat":
+            catalog = self.catalog()
+            novels = [replace(c, note=continues_only(catalog.models[c.ref].name, self.families[c.family]))
+                      for c in self.model_choices(None) if c.mode == "novel"]
+            if novels:  # every ready model only continues text
+                choices = novels
         if not choices:
             self.notify(f"No model for a {mode} is ready yet. Choose one to get on the models screen.",
                         title="No model", severity="warning", timeout=8)
@@ -388,6 +347,8 @@ class RwkvApp(App[int]):
         """A new tab on `choice` (a model file with its family and mode)."""
         if self.chat is not None:
             await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family, mode=choice.mode)
+            if choice.note:
+                self.notify(choice.note, title="Novel tab", timeout=12)
 
     def show_chat_on(self, choice: ModelChoice) -> None:
         """Back to the main screen from the models screen, where a new tab on `choice` opens."""

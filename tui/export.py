@@ -1,10 +1,11 @@
-"""Text helpers for the app: a conversation as a Markdown document, code blocks in a message."""
+"""Text helpers for the app: a conversation as a Markdown document, where it is saved, code blocks in a message."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -49,7 +50,7 @@ def conversation_markdown(title: str, mode: str, model_name: str, messages: Iter
     for m in messages:
         if m.role == "init":
             continue
-        lines.append(f"**{speaker(m.role, mode, model_name)}:**")
+        lines.append(f"**{speaker(m.role, mode, getattr(m, 'model', '') or model_name)}:**")
         lines.append("")
         lines.append(m.content.strip())
         lines.append("")
@@ -59,3 +60,26 @@ def conversation_markdown(title: str, mode: str, model_name: str, messages: Iter
 def slug(text: str, limit: int = 40) -> str:
     s = re.sub(r"[^\w-]+", "-", text.strip().lower()).strip("-")
     return (s[:limit].rstrip("-")) or "conversation"
+
+
+def export_folder() -> Path:
+    """Where ctrl+s proposes to save a conversation: your Documents folder (XDG_DOCUMENTS_DIR on Linux),
+    or your home folder when there is none. Not the folder the app was started from, which is often
+    a project, or wherever the terminal happened to be."""
+    import platformdirs
+
+    documents = Path(platformdirs.user_documents_dir())
+    return documents if documents.is_dir() else Path.home()
+
+
+def export_path(title: str, folder: Path | None = None) -> Path:
+    """A new file for the conversation `title` in `folder` (default `export_folder()`): its slug, then
+    "-2", "-3", … so an earlier export is never replaced unasked."""
+    folder = folder if folder is not None else export_folder()
+    name = slug(title)
+    path = folder / f"{name}.md"
+    n = 2
+    while path.exists():
+        path = folder / f"{name}-{n}.md"
+        n += 1
+    return path

@@ -16,10 +16,17 @@ cancelled. At a stop string the text before it is kept and the state is rewound 
 boundary before it; what lies between that boundary and the stop, plus the separator, is then fed, so
 the state after a reply is exactly "everything before + reply + separator". A cancelled or cut reply
 keeps its partial text and state, marked incomplete; the separator is fed before the next message.
+
+A kill can land at any moment, so what is saved when: the user's message and its state before the
+reply starts; the reply's streamed text, without a state, at its first text and then every
+`DRAFT_INTERVAL_S` (a killed reply is found as a cut-short one, its state rebuilt by reading it); the
+finished reply with its state. `regenerate` and `continue_reply` also work when the last message is
+the user's (its reply was never saved).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.chat.store import ConversationStore, MessageRecord
-from runtime.errors import RwkvError
+from runtime.errors import CancelledError, RwkvError
 from runtime.model.model import Model
 from runtime.model.state import State
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
@@ -42,10 +49,21 @@ from runtime.text.utf8_stream import text_to_utf8
 TextCallback = Callable[[str], None]
 INGEST_CHUNK = 256  # tokens per native call while reading a transcript (progress and cancel in between)
 _REWIND_DEPTH = 32  # token states kept for rewinding to a stop string's start
+DRAFT_INTERVAL_S = 1.0  # a streaming reply's text is saved (without a state) at its first text and this often
 
 
 class ConversationError(RwkvError, ValueError):
     """An action that does not apply (nothing to regenerate, editing a reply, …)."""
+
+
+class InputNotReadError(CancelledError):
+    """Cancelled while the model was still reading a new or edited message. Nothing was saved: the
+    conversation, its messages and its state are as they were before the call, and `text` is the
+    message, for the caller to give back to the user."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("stopped before the model had read the message: nothing was saved")
+        self.text = text
 
 
 @dataclass(frozen=True)
@@ -170,9 +188,11 @@ class Conversation:
         """Replace the last reply with a new one, starting from the saved state before it."""
         with self._busy():
             last = self._messages[-1]
-            if last.role != "assistant":
-                raise ConversationError("there is no reply to regenerate")
-            self._truncate_to(len(self._messages) - 2)
+            if last.role == "assistant":
+                self._truncate_to(len(self._messages) - 2)
+            elif last.role == "init":
+                raise ConversationError("there is no reply to regenerate; send a message first")
+            # else the reply to the last message was never saved (the program was stopped): write it now
             return self._reply(on_text, cancel)
 
     def edit(self, seq: int, text: str, *, on_text: TextCallback | None = None,
@@ -181,16 +201,24 @@ class Conversation:
         with self._busy():
             if not 0 < seq < len(self._messages) or self._messages[seq].role not in ("user", "text"):
                 raise ConversationError(f"message {seq} is not one of yours, so it cannot be edited")
-            self._truncate_to(seq - 1)
-            self._add_input(text, cancel)
+            current = self._state
+            self._restore_or_rebuild(seq - 1, no_progress, None)  # read from the state before message seq
+            try:
+                self._add_input(text, cancel, replacing_from=seq)
+            except InputNotReadError:
+                self._state = current
+                raise
             return self._reply(on_text, cancel)
 
     def continue_reply(self, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
         """Generate more from where the text stands ("write more"; continue a cut reply)."""
         with self._busy():
-            if self.mode == "chat" and self._messages[-1].role != "assistant":
+            last = self._messages[-1]
+            if self.mode == "chat" and last.role == "init":
                 raise ConversationError("send a message first: there is no reply to continue")
-            if self.mode == "chat" and self._messages[-1].complete:
+            if self.mode == "chat" and last.role == "user":
+                return self._reply(on_text, cancel)  # its reply was never saved (the program was stopped)
+            if self.mode == "chat" and last.complete:
                 raise ConversationError("the last reply is complete; send a message or regenerate it")
             return self._reply(on_text, cancel, allow_immediate_end=False)
 
@@ -214,7 +242,7 @@ class Conversation:
             last = len(self._messages) - 1 if through_seq is None else through_seq
             if not 0 <= last < len(self._messages):
                 raise ConversationError(f"no message {through_seq} to fork at")
-            record = self.store.fork(self.id, through_seq=last, title=title or f"{self.record.title} (fork)")
+            record = self.store.fork(self.id, through_seq=last, title=title)  # default: "… (fork)", "… (fork 2)", …
             new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
             new._messages = self.store.messages(record.id)
             new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)
@@ -321,13 +349,23 @@ class Conversation:
         self._messages = self._messages[: seq + 1]
         self._restore_or_rebuild(seq, no_progress, None)
 
-    def _add_input(self, text: str, cancel: CancelToken | None) -> None:
+    def _add_input(self, text: str, cancel: CancelToken | None, replacing_from: int | None = None) -> None:
+        """Read the user's message (after the current state) and save it with the state after it.
+        `replacing_from`: the seq it replaces (edit); that message and the later ones are dropped only
+        once it has been read. Cancelled while reading: InputNotReadError, and nothing has changed."""
         role = "user" if self.mode == "chat" else "text"
-        prev = self._messages[-1]
+        keep = len(self._messages) if replacing_from is None else replacing_from
+        prev = self._messages[keep - 1]
         prev_complete = prev.role != "assistant" or prev.complete
         fed = self.family.fed_text(role, text, True, prev_complete)
-        state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        try:
+            state, _, n = self._ingest(fed, self._state, cancel=cancel)
+        except CancelledError:
+            raise InputNotReadError(text) from None
         stored = text.strip() if role == "user" else text
+        if replacing_from is not None:
+            self.store.truncate(self.id, replacing_from - 1)
+            self._messages = self._messages[:replacing_from]
         msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
                                      state=(self._key(), state.to_bytes()))
         self._messages.append(msg)
@@ -342,7 +380,18 @@ class Conversation:
     def _reply(self, on_text: TextCallback | None, cancel: CancelToken | None,
                allow_immediate_end: bool = True) -> Reply:
         """Generate, stream and save one reply. `allow_immediate_end=False` ("write more") bans
-        end-of-text as the first token, so asking for more after the model ended still writes."""
+        end-of-text as the first token, so asking for more after the model ended still writes.
+        A reply stopped by an exception (Ctrl-C, an error) keeps what was shown, cut short."""
+        draft = _Draft(self.store, self.id, self.record.model_ref, self.model.file_type)
+        try:
+            return self._generate(on_text, cancel, allow_immediate_end, draft)
+        except BaseException:
+            if draft.record is not None and self._messages[-1].id != draft.record.id:
+                self._keep_draft(draft)
+            raise
+
+    def _generate(self, on_text: TextCallback | None, cancel: CancelToken | None, allow_immediate_end: bool,
+                  draft: _Draft) -> Reply:
         t0 = time.perf_counter()
         logits = self._current_logits()
         settings = self.sampling
@@ -385,8 +434,10 @@ class Conversation:
                 finish = "stop"
                 break
             safe = len(text) - _held_back(text, stops)
-            if safe > emitted and on_text is not None:
-                on_text(text[emitted:safe])
+            if safe > emitted:
+                draft.streamed(text, safe, n_generated)
+                if on_text is not None:
+                    on_text(text[emitted:safe])
             emitted = max(emitted, safe)
         if finish != "stop":
             text += decoder.flush()
@@ -400,14 +451,27 @@ class Conversation:
         complete = finish in ("stop", "eot")
         if on_text is not None and len(text) > emitted:
             on_text(text[emitted:])
-        message = self.store.add_message(self.id, role="assistant", content=text, n_tokens=n_fed,
-                                         complete=complete, state=(self._key(), state.to_bytes()))
+        message = draft.save(text, n_fed, complete, (self._key(), state.to_bytes()))
         self._messages.append(message)
         self._state = state
         self._keep_within_state_budget()
         seconds = time.perf_counter() - t0
         return Reply(text=text, n_tokens=n_generated, seconds=seconds,
                      tokens_per_second=n_generated / seconds if seconds > 0 else 0.0, finish=finish, message=message)
+
+    def _keep_draft(self, draft: _Draft) -> None:
+        """Keep a reply an exception stopped as a cut-short reply, its state rebuilt by reading its text;
+        if even that fails, the draft goes, so the messages and the state still agree."""
+        record = draft.save(draft.text[: draft.shown], draft.n_tokens, False, None)
+        try:
+            self._messages.append(record)
+            self._restore_or_rebuild(len(self._messages) - 1, no_progress, None)
+        except BaseException:
+            if self._messages[-1].id == record.id:
+                self._messages.pop()
+            with contextlib.suppress(Exception):
+                self.store.truncate(self.id, len(self._messages) - 1)
+            raise
 
     def _rewind(self, text: str, stop_at: int, history: deque[tuple[int, bool, State]], state: State,
                 n_generated: int) -> tuple[str, State, int]:
@@ -424,6 +488,39 @@ class Conversation:
         # rebuild from the state before the reply.
         state, _, n = self._ingest(kept + self.family.separator, self._state)
         return kept, state, n
+
+
+class _Draft:
+    """A reply as streamed so far, saved without a state (at its first text, then every
+    `DRAFT_INTERVAL_S`), so a kill leaves it as a cut-short reply; `save` gives it its final form."""
+
+    def __init__(self, store: ConversationStore, conversation_id: int, model_ref: str | None,
+                 file_type: str | None) -> None:
+        self.store = store
+        self.conversation_id = conversation_id
+        self.model_ref, self.file_type = model_ref, file_type  # the model writing it
+        self.record: MessageRecord | None = None
+        self.saved_at = 0.0
+        self.text = ""
+        self.shown = 0  # characters of `text` streamed
+        self.n_tokens = 0
+
+    def streamed(self, text: str, shown: int, n_tokens: int) -> None:
+        self.text, self.shown, self.n_tokens = text, shown, n_tokens
+        now = time.monotonic()
+        if self.record is None or now - self.saved_at >= DRAFT_INTERVAL_S:
+            self.save(text[:shown], n_tokens, False, None)
+            self.saved_at = now
+
+    def save(self, content: str, n_tokens: int, complete: bool, state: tuple[str, bytes] | None) -> MessageRecord:
+        if self.record is None:
+            self.record = self.store.add_message(self.conversation_id, role="assistant", content=content,
+                                                 n_tokens=n_tokens, complete=complete, state=state,
+                                                 model_ref=self.model_ref, file_type=self.file_type)
+        else:
+            self.record = self.store.update_message(self.record.id, content=content, n_tokens=n_tokens,
+                                                    complete=complete, state=state)
+        return self.record
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int:

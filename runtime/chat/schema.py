@@ -20,6 +20,10 @@ Tables (version 1):
                     the content of every message but the init prompt, kept by triggers
     app_values      key -> JSON value, for the app (open tabs, …)
 
+Version 2 adds to `messages` the model that wrote a reply: `model_ref` (what the conversation called
+its model then: a registry id or a file path) and `file_type` (Q5_1, F16, …). Both are NULL for
+your own messages and for replies saved before version 2 (their writer was not recorded).
+
 Timestamps are UTC epoch seconds (REAL).
 """
 
@@ -110,10 +114,15 @@ _V1: tuple[str, ...] = (
     )""",
 )
 
+_V2: tuple[str, ...] = (
+    "ALTER TABLE messages ADD COLUMN model_ref TEXT",
+    "ALTER TABLE messages ADD COLUMN file_type TEXT",
+)
+
 # MIGRATIONS[i] takes the schema from version i to i + 1: SQL statements, or functions given the
 # connection for steps that move data. Append only; never edit a released entry.
 Step = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Sequence[Step], ...] = (_V1,)
+MIGRATIONS: tuple[Sequence[Step], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,6 +22,7 @@ UTC epoch seconds. `message_count` counts the visible messages (the init prompt 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ from runtime.chat.schema import DatabaseFileError, StoreError, prepare
 from runtime.model.state import State, StateError
 
 DEFAULT_FILENAME = "conversations.sqlite3"
+_FORK_SUFFIX = re.compile(r" \(fork(?: \d+)?\)$")
 BUSY_TIMEOUT_S = 15.0
 MODES = ("chat", "novel")
 TURN_ROLES = ("user", "assistant", "text")
@@ -108,6 +110,8 @@ class MessageRecord:
     n_tokens: int
     complete: bool
     created_at: float
+    model_ref: str | None = None  # the model that wrote a reply (None: yours, or saved before it was recorded)
+    file_type: str | None = None  # that model file's type (Q5_1, F16, …)
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ _CONV_COLUMNS = """c.id, c.title, c.mode, c.family, c.model_ref, c.created_at, c
     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > 0),
     (SELECT substr(m.content, 1, 400) FROM messages m WHERE m.conversation_id = c.id AND m.seq > 0
      ORDER BY m.seq DESC LIMIT 1)"""
-_MSG_COLUMNS = "id, conversation_id, seq, role, content, n_tokens, complete, created_at"
+_MSG_COLUMNS = "id, conversation_id, seq, role, content, n_tokens, complete, created_at, model_ref, file_type"
 
 
 class ConversationStore:
@@ -301,7 +305,8 @@ class ConversationStore:
     ) -> ConversationRecord:
         """A new conversation with the messages up to `through_seq` (default all) and their states.
 
-        States are shared with the original, not copied. The default title is the original's + " (fork)".
+        States are shared with the original, not copied. The default title is the original's + " (fork)",
+        or " (fork 2)", " (fork 3)", … when that title is taken (a fork of a fork counts on from its root).
         """
         if through_seq is not None:
             _check_count("through_seq", through_seq)
@@ -317,11 +322,12 @@ class ConversationStore:
             new_id = c.execute(
                 "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling) "
                 "SELECT ?, mode, family, model_ref, ?, ?, sampling FROM conversations WHERE id = ?",
-                (title if title is not None else f"{src.title} (fork)", now, now, conversation_id),
+                (title if title is not None else self._fork_title(c, src.title), now, now, conversation_id),
             ).lastrowid
             c.execute(
-                "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at) "
-                "SELECT ?, seq, role, content, n_tokens, complete, created_at FROM messages "
+                "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at, "
+                "model_ref, file_type) "
+                "SELECT ?, seq, role, content, n_tokens, complete, created_at, model_ref, file_type FROM messages "
                 "WHERE conversation_id = ? AND seq <= ? ORDER BY seq",
                 (new_id, conversation_id, through),
             )
@@ -355,30 +361,56 @@ class ConversationStore:
 
     def add_message(
         self, conversation_id: int, *, role: str, content: str, n_tokens: int, complete: bool = True,
-        state: tuple[str, bytes] | None = None,
+        state: tuple[str, bytes] | None = None, model_ref: str | None = None, file_type: str | None = None,
     ) -> MessageRecord:
         """Append a message (seq = last + 1) and, if given, the state after it, in one transaction.
 
         `state` is (model fingerprint, `State.to_bytes()`). When this returns the turn is durable.
+        `model_ref` and `file_type` name the model that wrote a reply (left out for your own messages).
         """
         if role not in TURN_ROLES:
             raise StoreArgumentError(f"a message's role must be one of {', '.join(TURN_ROLES)}, not {role!r}")
         _check_text("message text", content)
         _check_count("n_tokens", n_tokens)
+        for what, value in (("model_ref", model_ref), ("file_type", file_type)):
+            if value is not None:
+                _check_text(what, value)
         prepared = self._prepare_state(state) if state is not None else None
         now = time.time()
         with self._write("save a message") as c:
             self._require_conversation(c, conversation_id)
             seq = self._last_seq(c, conversation_id) + 1
             mid = c.execute(
-                "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, seq, role, content, n_tokens, 1 if complete else 0, now),
+                "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at, "
+                "model_ref, file_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, seq, role, content, n_tokens, 1 if complete else 0, now, model_ref, file_type),
             ).lastrowid
             if prepared is not None:
                 self._put_state(c, mid, prepared, now)
             c.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
-        return MessageRecord(mid, conversation_id, seq, role, content, n_tokens, bool(complete), now)
+        return MessageRecord(mid, conversation_id, seq, role, content, n_tokens, bool(complete), now, model_ref,
+                             file_type)
+
+    def update_message(
+        self, message_id: int, *, content: str, n_tokens: int, complete: bool,
+        state: tuple[str, bytes] | None = None,
+    ) -> MessageRecord:
+        """Replace a message's text (a reply saved while it streams), and add its state, in one transaction."""
+        _check_text("message text", content)
+        _check_count("n_tokens", n_tokens)
+        prepared = self._prepare_state(state) if state is not None else None
+        now = time.time()
+        with self._write("save a message") as c:
+            row = c.execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise MessageNotFoundError(f"no message {message_id}")
+            c.execute("UPDATE messages SET content = ?, n_tokens = ?, complete = ? WHERE id = ?",
+                      (content, n_tokens, 1 if complete else 0, message_id))
+            if prepared is not None:
+                self._put_state(c, message_id, prepared, now)
+            c.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, row[1]))
+        old = _message_record(row)
+        return dataclasses.replace(old, content=content, n_tokens=n_tokens, complete=bool(complete))
 
     def save_state(self, message_id: int, fingerprint: str, state_bytes: bytes) -> None:
         """Add or replace the state after message `message_id` for the model `fingerprint`."""
@@ -660,6 +692,18 @@ class ConversationStore:
             raise _no_conversation(conversation_id)
 
     @staticmethod
+    def _fork_title(c: sqlite3.Connection, title: str) -> str:
+        """The first of "T (fork)", "T (fork 2)", … that no conversation has, T being `title` without
+        a fork suffix of its own."""
+        base = _FORK_SUFFIX.sub("", title)
+        taken = {r[0] for r in c.execute(
+            "SELECT title FROM conversations WHERE substr(title, 1, ?) = ?", (len(base), base))}
+        n = 1
+        while (candidate := f"{base} (fork)" if n == 1 else f"{base} (fork {n})") in taken:
+            n += 1
+        return candidate
+
+    @staticmethod
     def _last_seq(c: sqlite3.Connection, conversation_id: int) -> int:
         last = c.execute("SELECT max(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
         return -1 if last is None else int(last)
@@ -731,8 +775,8 @@ def _conversation_record(row: tuple[Any, ...]) -> ConversationRecord:
 
 
 def _message_record(row: tuple[Any, ...]) -> MessageRecord:
-    mid, cid, seq, role, content, n_tokens, complete, created = row
-    return MessageRecord(mid, cid, seq, role, content, n_tokens, bool(complete), created)
+    mid, cid, seq, role, content, n_tokens, complete, created, model_ref, file_type = row
+    return MessageRecord(mid, cid, seq, role, content, n_tokens, bool(complete), created, model_ref, file_type)
 
 
 _TERM = re.compile(r'"([^"]*)"|(\S+)')

@@ -1,7 +1,8 @@
 """Open any supported model file as a `Checkpoint`: BlinkDL names, lazy tensors, known transforms.
 
-Sources: BlinkDL `.pth`, Hugging Face transformers layout (`pytorch_model.bin`, `.safetensors`, a
-folder or an index file of shards), rwkv.cpp `.bin`, and our GGUF. The kind is told by the file's
+Sources: BlinkDL `.pth`, Hugging Face transformers and flash-linear-attention layouts
+(`pytorch_model.bin`, `.safetensors`, a folder or an index file of shards), rwkv.cpp `.bin`, our
+RWKV-4 GGUF and llama.cpp's rwkv7 GGUF (which our converter writes for RWKV-7). The kind is told by the file's
 magic bytes, not its name. Each source says which load-time transforms its data already carries
 (`transforms`), so conversion applies each exactly once.
 """
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ModelFileError
+from runtime.errors import ModelFileError, UnsupportedModelError
+from runtime.formats import gguf_rwkv7
 from runtime.formats.detect import Architecture, detect_architecture
 from runtime.formats.tensors import LazyTensor
 
@@ -22,7 +24,9 @@ from runtime.formats.tensors import LazyTensor
 TIME_DECAY_NEG_EXP = "time_decay=-exp(time_decay)"
 TIME_MIX_SQUEEZED = "time_mix_squeezed"
 LN0_FOLDED = "ln0_folded_into_emb"
-KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED})
+# RWKV-7: w1/w2/a1/a2/v1/v2/g1/g2 stored transposed relative to the .pth (rwkv.cpp, llama.cpp, fla)
+V7_LORA_TRANSPOSED = "v7_lora_transposed"
+KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED, V7_LORA_TRANSPOSED})
 
 ZIP_MAGIC = b"PK\x03\x04"
 RWKVCPP_MAGIC = (0x67676D66).to_bytes(4, "little")
@@ -78,6 +82,7 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
     kind = "folder" if path.name.endswith(".index.json") else sniff_format(path)
     transforms: frozenset[str] = frozenset()
     metadata: dict[str, Any] = {}
+    head_size: int | None = None
     if kind == "gguf":
         from runtime.formats.gguf_file import read_gguf
 
@@ -85,8 +90,15 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
         tensors, metadata = g.tensors, g.metadata
         transforms = frozenset(metadata.get("rwkv_tui.transforms", []))
         arch_name = metadata.get("general.architecture")
-        if arch_name != "rwkv4":
-            raise ModelFileError(path, f"GGUF architecture '{arch_name}' is not RWKV-4")
+        if arch_name == gguf_rwkv7.ARCH:
+            tensors = gguf_rwkv7.gguf_to_blinkdl(tensors)
+            transforms |= {V7_LORA_TRANSPOSED}
+            head_size = metadata.get(f"{gguf_rwkv7.ARCH}.wkv.head_size")
+            head_size = head_size if isinstance(head_size, int) else None
+        elif arch_name != "rwkv4":
+            raise UnsupportedModelError(
+                path, f"GGUF architecture '{arch_name}' is not supported; this version reads rwkv4 and rwkv7"
+            )
         source_format = "gguf"
     elif kind == "rwkvcpp":
         from runtime.formats.rwkvcpp import read_rwkvcpp
@@ -96,37 +108,51 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
         metadata = {"rwkvcpp.version": r.version, "rwkvcpp.data_type": r.data_type.name}
         source_format = "rwkvcpp"
     else:
-        tensors, source_format = _read_torch_like(path, kind)
+        tensors, source_format, transforms = _read_torch_like(path, kind)
     unknown = transforms - KNOWN_TRANSFORMS
     if unknown:
         raise ModelFileError(path, f"the file records transforms this version does not know: {sorted(unknown)}")
     shapes = {n: t.shape for n, t in tensors.items()}
-    arch = detect_architecture(path, shapes, allow_ln0_missing=LN0_FOLDED in transforms)
+    arch = detect_architecture(
+        path, shapes, allow_ln0_missing=LN0_FOLDED in transforms,
+        lora_transposed=V7_LORA_TRANSPOSED in transforms, head_size=head_size,
+    )
     return Checkpoint(path, source_format, tensors, arch, transforms, metadata)
 
 
-def _read_torch_like(path: Path, kind: str) -> tuple[dict[str, LazyTensor], str]:
+def _read_torch_like(path: Path, kind: str) -> tuple[dict[str, LazyTensor], str, frozenset[str]]:
+    """Tensors under BlinkDL names, the format's name, and the transforms the data carries."""
     from runtime.formats import hf
 
     if kind == "folder" or path.name.endswith(".index.json"):
         shards = hf.find_hf_shards(path)
         tensors: dict[str, LazyTensor] = {}
         for shard in shards:
-            part, _ = _read_torch_like(shard, sniff_format(shard))
+            part = _read_raw(shard, sniff_format(shard))
             repeated = part.keys() & tensors.keys()
             if repeated:
                 raise ModelFileError(shard, f"tensors also found in another shard: {sorted(repeated)[:5]}")
             tensors.update(part)
         fmt = "hf-safetensors" if shards[0].suffix == ".safetensors" else "hf-pth"
-    elif kind == "zip":
-        from runtime.formats.pth import read_pth
-
-        tensors, fmt = read_pth(path), "pth"
     else:
-        from runtime.formats.safetensors_file import read_safetensors
-
-        tensors, fmt = read_safetensors(path), "safetensors"
-    if hf.is_hf_layout(tensors):
+        tensors, fmt = _read_raw(path, kind), "pth" if kind == "zip" else "safetensors"
+    transforms: frozenset[str] = frozenset()
+    if hf.is_fla_layout(tensors):
+        tensors = hf.fla_to_blinkdl(tensors)
+        transforms = frozenset({V7_LORA_TRANSPOSED})
+        fmt = fmt if fmt.startswith("hf-") else "hf-" + fmt
+    elif hf.is_hf_layout(tensors):
         tensors = hf.hf_to_blinkdl(tensors)
         fmt = fmt if fmt.startswith("hf-") else "hf-" + fmt
-    return tensors, fmt
+    return tensors, fmt, transforms
+
+
+def _read_raw(path: Path, kind: str) -> dict[str, LazyTensor]:
+    """The tensors of one .pth / pytorch_model.bin or .safetensors file under the names it stores."""
+    if kind == "zip":
+        from runtime.formats.pth import read_pth
+
+        return read_pth(path)
+    from runtime.formats.safetensors_file import read_safetensors
+
+    return read_safetensors(path)

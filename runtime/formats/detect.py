@@ -1,7 +1,10 @@
 """Tell an RWKV checkpoint's architecture and shape from its tensor names and shapes.
 
-RWKV-4 is runnable. RWKV-5.x, 6 and 7 are recognised and reported by name as not yet runnable;
-RWKV-4a/4b variants and unknown layouts are refused with a message saying what was found.
+RWKV-4 and RWKV-7 are read and every tensor's shape is checked. An RWKV-7 file's head size comes
+from `att.r_k` (H, N) (or, where r_k is flat, from the file's metadata), and its four LoRA ranks from
+the shapes of w1/w2, a1/a2, v1/v2 (layer 1 on: layer 0's are unused or dummies) and g1/g2, never
+from a table of released models. RWKV-5.x and 6 are recognised and reported by name as not
+readable yet; RWKV-4a/4b variants and unknown layouts are refused with a message saying what was found.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from runtime.errors import ModelFileError, UnsupportedModelError
 
@@ -18,19 +22,36 @@ LN_EPS = 1e-5
 TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
 
 RUNNABLE_VERSIONS = ("4",)
+READABLE_VERSIONS = ("4", "7")
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
+class LoraRanks(NamedTuple):
+    """RWKV-7's LoRA ranks: decay (w1/w2), in-context learning rate (a1/a2), value residual (v1/v2), gate (g1/g2)."""
+
+    decay: int
+    iclr: int
+    value: int
+    gate: int
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """What a checkpoint holds: `version` is "4", "5", "5.1", "5.2", "6" or "7"."""
+    """What a checkpoint holds: `version` is "4", "5", "5.1", "5.2", "6" or "7".
+    `head_size` and `lora` are RWKV-7's (0 and None for RWKV-4)."""
 
     version: str
     n_layer: int
     n_embd: int
     n_vocab: int
     n_ffn: int
+    head_size: int = 0
+    lora: LoraRanks | None = None
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size if self.head_size else 0
 
     @property
     def runnable(self) -> bool:
@@ -73,11 +94,18 @@ def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def detect_architecture(
-    path: str | os.PathLike[str], shapes: Mapping[str, tuple[int, ...]], *, allow_ln0_missing: bool = False
+    path: str | os.PathLike[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    allow_ln0_missing: bool = False,
+    lora_transposed: bool = False,
+    head_size: int | None = None,
 ) -> Architecture:
-    """Recognise the architecture from BlinkDL-style names; validate every RWKV-4 tensor's shape.
+    """Recognise the architecture from BlinkDL-style names; validate every RWKV-4 or RWKV-7 tensor's shape.
 
     `allow_ln0_missing` is for files whose conversion folded ln0 into the embedding.
+    `lora_transposed`: RWKV-7 LoRA matrices are stored transposed (rwkv.cpp, llama.cpp, fla layouts).
+    `head_size`: RWKV-7's head size from the file's metadata, needed where `att.r_k` is flat.
     Raises UnsupportedModelError for recognised but unrunnable architectures and ModelFileError for
     anything malformed.
     """
@@ -105,10 +133,10 @@ def detect_architecture(
             f"this looks like an RWKV-4a/4b-style variant (it has '{variant[0]}' tensors), which is not "
             "compatible with RWKV-4 and is not supported",
         )
-    version = None
     if has(".att.r_k") or has(".att.w0") or has(".att.a0"):
-        version = "7"
-    elif has(".att.time_maa_x") or has(".att.time_decay_w1"):
+        return _detect_v7(path, shapes, n_layer, n_embd, n_vocab, lora_transposed, head_size)
+    version = None
+    if has(".att.time_maa_x") or has(".att.time_decay_w1"):
         version = "6"
     elif has(".att.ln_x"):
         first = shapes.get("blocks.0.att.time_faaaa")
@@ -120,7 +148,8 @@ def detect_architecture(
             version = "5"
     if version is not None:
         raise UnsupportedModelError(
-            path, f"RWKV-{version} checkpoints are recognised but not runnable yet; this version runs RWKV-4"
+            path, f"RWKV-{version} checkpoints are recognised but not runnable yet; this version reads "
+            "RWKV-4 and RWKV-7"
         )
     ffn = shapes.get("blocks.0.ffn.key.weight")
     n_ffn = int(ffn[0]) if ffn is not None and len(ffn) == 2 else 4 * n_embd
@@ -141,3 +170,135 @@ def detect_architecture(
         if not ok:
             raise ModelFileError(path, f"tensor '{name}' has shape {got}, expected {want} for n_embd {n_embd}")
     return Architecture("4", n_layer, n_embd, n_vocab, n_ffn)
+
+
+V7_LORA_KINDS = ("w", "a", "v", "g")  # decay, iclr, value residual, gate: the order of LoraRanks
+
+
+def v7_tensor_shapes(
+    n_layer: int, n_embd: int, n_vocab: int, n_ffn: int, head_size: int, lora: LoraRanks,
+    *, layer0_v: bool = False, lora_transposed: bool = False,
+) -> dict[str, tuple]:
+    """Every tensor of a BlinkDL RWKV-7 checkpoint and its shape (vectors as (C,), r_k as (H, N));
+    with `lora_transposed` the LoRA matrices are given transposed, as rwkv.cpp and llama.cpp store them."""
+    C, F = n_embd, n_ffn
+    shapes: dict[str, tuple] = {"emb.weight": (n_vocab, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            shapes[p + ln + ".weight"] = (C,)
+            shapes[p + ln + ".bias"] = (C,)
+        for m in ("r", "w", "k", "v", "a", "g"):
+            shapes[p + f"att.x_{m}"] = (C,)
+        for kind, rank in zip(V7_LORA_KINDS, lora, strict=True):
+            if kind == "v" and i == 0 and not layer0_v:
+                continue
+            if kind != "g":
+                shapes[p + f"att.{kind}0"] = (C,)
+            one, two = (C, rank), (rank, C)
+            shapes[p + f"att.{kind}1"] = two if lora_transposed else one
+            shapes[p + f"att.{kind}2"] = one if lora_transposed else two
+        shapes[p + "att.k_k"] = (C,)
+        shapes[p + "att.k_a"] = (C,)
+        shapes[p + "att.r_k"] = (C // head_size, head_size)
+        for m in ("receptance", "key", "value", "output"):
+            shapes[p + f"att.{m}.weight"] = (C, C)
+        shapes[p + "att.ln_x.weight"] = (C,)
+        shapes[p + "att.ln_x.bias"] = (C,)
+        shapes[p + "ffn.x_k"] = (C,)
+        shapes[p + "ffn.key.weight"] = (F, C)
+        shapes[p + "ffn.value.weight"] = (C, F)
+    shapes["ln_out.weight"] = (C,)
+    shapes["ln_out.bias"] = (C,)
+    shapes["head.weight"] = (n_vocab, C)
+    return shapes
+
+
+def _v7_head_size(path, shapes: Mapping[str, tuple[int, ...]], n_embd: int, hint: int | None) -> int:
+    r_k = shapes.get("blocks.0.att.r_k")
+    if r_k is None:
+        raise ModelFileError(path, "not a complete RWKV-7 checkpoint: missing blocks.0.att.r_k")
+    r_k = tuple(int(d) for d in r_k)
+    if len(r_k) > 2:
+        r_k = _squeeze(r_k)
+    if len(r_k) == 2:
+        head_size = r_k[1]
+        if hint and hint != head_size:
+            raise ModelFileError(path, f"the metadata says head size {hint} but 'blocks.0.att.r_k' has shape {r_k}")
+    elif hint:
+        head_size = hint
+    else:
+        head_size = 64  # a flat r_k without metadata: every released RWKV-7 has heads of 64
+    if head_size <= 0 or n_embd % head_size:
+        raise ModelFileError(path, f"n_embd {n_embd} is not a multiple of the head size {head_size}")
+    return head_size
+
+
+def _v7_lora_ranks(
+    path, shapes: Mapping[str, tuple[int, ...]], n_layer: int, n_embd: int, transposed: bool
+) -> tuple[LoraRanks, bool]:
+    """The LoRA ranks read from the shapes, each pair and layer checked; and whether layer 0 has v1/v2."""
+    ranks = []
+    layer0_v = "blocks.0.att.v1" in shapes or "blocks.0.att.v2" in shapes
+    for kind in V7_LORA_KINDS:
+        rank = None
+        first = 1 if kind == "v" and n_layer > 1 else 0
+        for i in range(n_layer):
+            one, two = f"blocks.{i}.att.{kind}1", f"blocks.{i}.att.{kind}2"
+            if kind == "v" and i == 0 and not layer0_v:
+                continue
+            for name in (one, two):
+                if name not in shapes:
+                    raise ModelFileError(path, f"not a complete RWKV-7 checkpoint: missing {name}")
+                if len(shapes[name]) != 2 or n_embd not in tuple(shapes[name]):
+                    raise ModelFileError(
+                        path, f"tensor '{name}' has shape {tuple(shapes[name])}, not a LoRA matrix of n_embd {n_embd}"
+                    )
+            # BlinkDL: x1 is (C, D) and x2 (D, C); transposed layouts the other way round
+            d1 = int(shapes[one][0 if transposed else 1])
+            d2 = int(shapes[two][1 if transposed else 0])
+            if d1 != d2:
+                raise ModelFileError(
+                    path, f"LoRA pair '{one}' (rank {d1}) and '{two}' (rank {d2}) have mismatched ranks"
+                )
+            if i < first:
+                continue  # layer 0's v1/v2 are unused, or dummies of another rank
+            if rank is None:
+                rank = d1
+            elif d1 != rank:
+                raise ModelFileError(path, f"LoRA '{one}' has rank {d1}, but layer {first}'s has rank {rank}")
+        ranks.append(rank or 0)
+    return LoraRanks(*ranks), layer0_v
+
+
+def _detect_v7(
+    path, shapes, n_layer: int, n_embd: int, n_vocab: int, transposed: bool, hint: int | None
+) -> Architecture:
+    names = set(shapes)
+    head_size = _v7_head_size(path, shapes, n_embd, hint)
+    lora, layer0_v = _v7_lora_ranks(path, shapes, n_layer, n_embd, transposed)
+    ffn = shapes.get("blocks.0.ffn.key.weight")
+    n_ffn = int(ffn[0]) if ffn is not None and len(ffn) == 2 else 4 * n_embd
+    expected = v7_tensor_shapes(n_layer, n_embd, n_vocab, n_ffn, head_size, lora,
+                                layer0_v=layer0_v, lora_transposed=transposed)
+    if layer0_v:  # unused; dummies may have another rank (checked as a pair above)
+        for name in ("blocks.0.att.v1", "blocks.0.att.v2"):
+            expected[name] = tuple(int(d) for d in shapes[name])
+    missing = sorted(set(expected) - names)
+    if missing:
+        raise ModelFileError(path, f"not a complete RWKV-7 checkpoint: missing {', '.join(missing[:4])}"
+                             + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+    extra = sorted(names - set(expected))
+    if extra:
+        raise ModelFileError(path, f"unexpected tensors for RWKV-7: {', '.join(extra[:4])}")
+    for name, want in expected.items():
+        got = tuple(int(d) for d in shapes[name])
+        if name.endswith(".att.r_k"):
+            ok = got == want or _squeeze(got) in (_squeeze(want), (n_embd,))
+        elif len(want) == 2:
+            ok = got == want
+        else:
+            ok = _squeeze(got) == want
+        if not ok:
+            raise ModelFileError(path, f"tensor '{name}' has shape {got}, expected {want} for n_embd {n_embd}")
+    return Architecture("7", n_layer, n_embd, n_vocab, n_ffn, head_size, lora)

@@ -154,7 +154,11 @@ def read_gguf(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) ->
             try:
                 dtype = DType(code)
             except ValueError:
-                problem = f"tensor '{name}' has ggml type {code}, which this version cannot read"
+                problem = (
+                    f"tensor '{name}' has type {ggml_type_name(code)} (ggml type {code}), which this version "
+                    f"cannot read; it reads {', '.join(t.name for t in DType)} (convert the model from its "
+                    ".pth, or use a GGUF in one of these types)"
+                )
                 raise ModelFileError(path, problem) from None
             if any(d <= 0 or d > 1 << 40 for d in dims):
                 raise cur.fail(f"tensor '{name}' has dimensions {dims}")
@@ -174,6 +178,16 @@ def read_gguf(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) ->
             raise ModelFileError(path, problem)
         tensors[name] = LazyTensor(name, shape, dtype, fh, data_offset + offset)
     return GgufFile(path, version, metadata, tensors, data_offset, alignment, fh)
+
+
+def ggml_type_name(code: int) -> str:
+    """ggml's name for a tensor type code ('Q4_K' for 12), or 'unknown'."""
+    import gguf
+
+    try:
+        return gguf.GGMLQuantizationType(code).name
+    except ValueError:
+        return "unknown"
 
 
 # --------------------------------------------------------------------------------------------- writing

@@ -15,7 +15,24 @@ carries no transforms:
     head.weight                                     head.weight
 
 Tensor names of later RWKV versions in the same layout (ln_x, gate, time_faaaa, time_maa_*) are
-renamed too, so that architecture detection can report the version by name.
+renamed too, so that architecture detection can report the version by name; RWKV-7 files in this
+layout keep BlinkDL's leaves (`rwkv.blocks.N.attention.x_r`, `.w1`, `.r_k`, …) and orientation.
+
+RWKV-7 in flash-linear-attention's layout (`Rwkv7ForCausalLM` of fla-hub) has other names, and its
+LoRA factors are `nn.Linear` weights, (out, in), so they are the transposes of BlinkDL's (the
+checkpoint then carries V7_LORA_TRANSPOSED):
+
+    model.embeddings.weight                  emb.weight
+    model.layers.0.pre_norm.{weight,bias}    blocks.0.ln0.{weight,bias}
+    model.layers.N.attn_norm / ffn_norm      blocks.N.ln1 / ln2
+    model.layers.N.attn.x_r … x_g            blocks.N.att.x_r … x_g   (or one fused attn.x_x, order r,w,k,v,a,g)
+    model.layers.N.attn.k_k / k_a / r_k      blocks.N.att.k_k / k_a / r_k
+    model.layers.N.attn.r_proj/k_proj/v_proj/o_proj.weight   blocks.N.att.receptance/key/value/output.weight
+    model.layers.N.attn.g_norm               blocks.N.att.ln_x
+    model.layers.N.attn.w_lora.lora.0.weight blocks.N.att.w1   (lora.2.weight → w2, lora.2.bias → w0;
+                                             a_lora, v_lora, g_lora alike; g has no bias)
+    model.layers.N.ffn.x_k / key / value     blocks.N.ffn.x_k / key.weight / value.weight
+    model.norm, lm_head.weight               ln_out, head.weight
 
 A model folder holds `model.safetensors` or `pytorch_model.bin`, or shards listed in the `weight_map`
 of `model.safetensors.index.json` / `pytorch_model.bin.index.json`; safetensors are preferred.
@@ -29,6 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from runtime.errors import ModelFileError
+from runtime.formats.gguf_rwkv7 import split_fused_lerp
 from runtime.formats.tensors import LazyTensor
 
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -46,10 +64,13 @@ _ATT_LEAVES = frozenset({
     "time_mix_gate", "time_faaaa", "gate.weight", "ln_x.weight", "ln_x.bias",
     "time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g", "time_maa_w1",
     "time_maa_w2", "time_decay_w1", "time_decay_w2",
+    # RWKV-7
+    "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "w1", "w2", "a0", "a1", "a2", "v0", "v1", "v2", "g1", "g2",
+    "k_k", "k_a", "r_k",
 })
 _FFN_LEAVES = frozenset({
     "time_mix_key", "time_mix_receptance", "key.weight", "receptance.weight", "value.weight",
-    "time_maa_k", "time_maa_r",
+    "time_maa_k", "time_maa_r", "x_k",
 })
 _TOP = {"rwkv.embeddings.weight": "emb.weight", "rwkv.ln_out.weight": "ln_out.weight",
         "rwkv.ln_out.bias": "ln_out.bias", "head.weight": "head.weight"}
@@ -97,6 +118,58 @@ def hf_to_blinkdl(tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
         raise ModelFileError(
             unknown[0].file.path,
             f"tensors outside the Hugging Face RWKV-4 layout: {names}{more}",
+        )
+    return out
+
+
+_FLA_TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_out.weight",
+             "model.norm.bias": "ln_out.bias", "lm_head.weight": "head.weight"}
+_FLA_BLOCK = re.compile(r"^model\.layers\.(0|[1-9]\d*)\.(.+)$")
+_FLA_LEAVES = {
+    "attn_norm.weight": "ln1.weight", "attn_norm.bias": "ln1.bias",
+    "ffn_norm.weight": "ln2.weight", "ffn_norm.bias": "ln2.bias",
+    **{f"attn.{k}": f"att.{k}" for k in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "k_k", "k_a", "r_k")},
+    "attn.r_proj.weight": "att.receptance.weight", "attn.k_proj.weight": "att.key.weight",
+    "attn.v_proj.weight": "att.value.weight", "attn.o_proj.weight": "att.output.weight",
+    "attn.g_norm.weight": "att.ln_x.weight", "attn.g_norm.bias": "att.ln_x.bias",
+    **{f"attn.{k}_lora.lora.0.weight": f"att.{k}1" for k in "wavg"},
+    **{f"attn.{k}_lora.lora.2.weight": f"att.{k}2" for k in "wavg"},
+    **{f"attn.{k}_lora.lora.2.bias": f"att.{k}0" for k in "wav"},
+    "ffn.x_k": "ffn.x_k", "ffn.key.weight": "ffn.key.weight", "ffn.value.weight": "ffn.value.weight",
+}
+FLA_FUSED_LERP = "attn.x_x"
+
+
+def is_fla_layout(tensors: dict[str, LazyTensor]) -> bool:
+    """True if the names are flash-linear-attention's RWKV-7 (`model.layers.N.attn.…`, `model.embeddings`)."""
+    return "model.embeddings.weight" in tensors or any(_FLA_BLOCK.match(n) for n in tensors)
+
+
+def fla_to_blinkdl(tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
+    """The same lazy tensors under BlinkDL names (a fused attn.x_x split into six views); any name
+    outside the layout is an error naming it."""
+    out: dict[str, LazyTensor] = {}
+    unknown: list[LazyTensor] = []
+    for name, t in tensors.items():
+        m = _FLA_BLOCK.match(name)
+        if name in _FLA_TOP:
+            out[_FLA_TOP[name]] = replace(t, name=_FLA_TOP[name])
+        elif m and m.group(2) == "pre_norm.weight" and m.group(1) == "0":
+            out["blocks.0.ln0.weight"] = replace(t, name="blocks.0.ln0.weight")
+        elif m and m.group(2) == "pre_norm.bias" and m.group(1) == "0":
+            out["blocks.0.ln0.bias"] = replace(t, name="blocks.0.ln0.bias")
+        elif m and m.group(2) == FLA_FUSED_LERP:
+            out.update(split_fused_lerp(t, int(m.group(1))))
+        elif m and m.group(2) in _FLA_LEAVES:
+            new = f"blocks.{m.group(1)}.{_FLA_LEAVES[m.group(2)]}"
+            out[new] = replace(t, name=new)
+        else:
+            unknown.append(t)
+    if unknown:
+        names = ", ".join(f"'{t.name}'" for t in unknown[:4])
+        more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+        raise ModelFileError(
+            unknown[0].file.path, f"tensors outside the flash-linear-attention RWKV-7 layout: {names}{more}"
         )
     return out
 

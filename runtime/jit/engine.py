@@ -76,14 +76,13 @@ def compile_module(
     module: ir.Module | str, cache: ObjectCache | None = None, use_cache: bool = True
 ) -> CompiledModule:
     """Native code for `module`, from the cache when an identical module was compiled before."""
-    if isinstance(module, ir.Module) and not module.triple:
-        prepare_module(module)
-    ir_text = str(module)
-    host = host_target()
     store = cache if cache is not None else ObjectCache()
-    key = cache_key(ir_text, host.cache_identity)
     t0 = time.perf_counter()
-    with _LOCK:
+    with _LOCK:  # the shared target machine too is made and used under the lock
+        if isinstance(module, ir.Module) and not module.triple:
+            prepare_module(module)
+        ir_text = str(module)
+        key = cache_key(ir_text, host_target().cache_identity)
         obj = store.load(key) if use_cache else None
         cached = obj is not None
         if obj is None:

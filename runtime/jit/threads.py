@@ -37,8 +37,9 @@ import weakref
 
 from llvmlite import ir
 
-from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.engine import CompiledModule
 from runtime.jit.irkit import I8P, I32, I64, I64P, VOID, i64, intrinsic
+from runtime.jit.shared import shared_module
 from runtime.jit.sync import (
     BARRIER_ALIGN,
     BARRIER_BYTES,
@@ -54,6 +55,7 @@ from runtime.jit.sync import (
     i64_field,
     new_barrier,
 )
+from runtime.threadcount import check_threads, default_threads
 
 __all__ = [
     "BARRIER_ALIGN",
@@ -86,14 +88,6 @@ _USLEEP_FIRST, _USLEEP_MAX = 50, 1000  # µs, the non-futex sleep back-off
 
 class PoolClosedError(RuntimeError):
     """A ThreadPool was used after close() (or in a child process made by fork())."""
-
-
-def default_threads() -> int:
-    """The number of cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _emit_worker(m: ir.Module) -> None:
@@ -296,9 +290,8 @@ def pool_module() -> ir.Module:
     return m
 
 
-@functools.cache
 def _library() -> CompiledModule:
-    return compile_module(pool_module())
+    return shared_module("rwkv_pool", pool_module)
 
 
 _VOID_P3 = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
@@ -341,9 +334,7 @@ class ThreadPool:
     """
 
     def __init__(self, n_threads: int | None = None, spin_us: float = DEFAULT_SPIN_US) -> None:
-        n = default_threads() if n_threads is None else int(n_threads)
-        if n < 1:
-            raise ValueError(f"a thread pool needs at least one thread, got {n}")
+        n = default_threads() if n_threads is None else check_threads(n_threads)
         self.n_threads = n
         lib = _library()
         self._run = _VOID_P3(lib.address("pool_run"))

@@ -33,6 +33,7 @@ from runtime.model.layout import N_ARGS, PP_INITIAL, Arg, StateRow
 from runtime.model.loader import LoadedWeights, load_weights
 from runtime.model.state import State, StateError
 from runtime.pagecache import huge_mapped_fraction
+from runtime.threadcount import check_threads
 
 
 def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
@@ -226,5 +227,7 @@ def _non_finite(**arrays: np.ndarray | None) -> str | None:
 
 
 def load_model(path: str | os.PathLike[str], threads: int | None = None) -> Model:
-    """Load a GGUF (from `rwkv-tui convert`) or rwkv.cpp `.bin` model; threads=None uses all cores."""
+    """Load a GGUF (from `rwkv-tui convert`) or rwkv.cpp `.bin` model; threads=None uses all cores
+    (ThreadCountError, before the file is read, outside 1 … runtime.threadcount.max_threads())."""
+    threads = check_threads(threads)
     return Model(load_weights(path), threads)

@@ -15,15 +15,14 @@ codec.py, so they match it on any platform.
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 from llvmlite import ir
 
 from runtime.errors import RwkvError
-from runtime.jit.engine import CompiledModule, compile_module
 from runtime.jit.kernels.irhelpers import native_half
 from runtime.jit.kernels.quantize import SOURCES, TARGETS, emit_quantize, kernel_name
+from runtime.jit.shared import shared_function
 from runtime.quant.codec import QK, quantize, to_float32
 from runtime.quant.types import DType
 
@@ -35,8 +34,6 @@ _CTYPE = ctypes.CFUNCTYPE(
     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
 )
 _STORED = {DType.BF16: np.dtype("<u2"), DType.F16: np.dtype("<f2"), DType.F32: np.dtype("<f4")}
-_KERNELS: dict[tuple[DType, DType, bool], tuple[CompiledModule, ctypes._CFuncPtr]] = {}
-_LOCK = threading.Lock()
 _NATIVE_HALF: bool | None = None
 
 
@@ -63,17 +60,12 @@ def _native_half() -> bool:
 
 
 def _kernel(src: DType, dst: DType, native: bool) -> ctypes._CFuncPtr:
-    key = (src, dst, native)
-    entry = _KERNELS.get(key)
-    if entry is None:
-        with _LOCK:
-            entry = _KERNELS.get(key)
-            if entry is None:
-                module = ir.Module(name=kernel_name(src, dst))
-                emit_quantize(module, src, dst, native)
-                compiled = compile_module(module)
-                entry = _KERNELS[key] = (compiled, _CTYPE(compiled.address(kernel_name(src, dst))))
-    return entry[1]
+    def build() -> ir.Module:
+        module = ir.Module(name=kernel_name(src, dst))
+        emit_quantize(module, src, dst, native)
+        return module
+
+    return shared_function(("quantize", src, dst, native), build, kernel_name(src, dst), _CTYPE)
 
 
 def _as_bytes(raw: object) -> np.ndarray:

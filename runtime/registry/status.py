@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 
 from runtime import paths
 from runtime.quant.types import DType
-from runtime.registry.catalog import Catalog, ModelEntry, RegistryError, load_catalog, save_user_entry
+from runtime.registry.catalog import (
+    Catalog,
+    ModelEntry,
+    RegistryError,
+    load_catalog,
+    remove_user_entry,
+    save_user_entry,
+)
 
 if TYPE_CHECKING:
     from runtime.registry.jobs import Job
@@ -81,6 +88,27 @@ class ModelStatus:
     @property
     def ready(self) -> bool:
         return bool(self.converted)
+
+    @property
+    def own(self) -> bool:
+        """Registered from the user's own file (`rwkv-tui add`), which stays where it is."""
+        return self.entry.path is not None
+
+    @property
+    def bytes_on_disk(self) -> int:
+        """The model's folder plus the user's own file, wherever it is."""
+        own_file = self.source.stat().st_size if self.own and self.source is not None else 0
+        return self.disk_bytes + own_file
+
+    @property
+    def here(self) -> bool:
+        """Anything of this model on this machine (files, a partial download) or a job for it."""
+        return self.own or self.state != NOT_DOWNLOADED
+
+    def best_type(self) -> DType | None:
+        """The type of the file `best_file()` gives (what a chat on this model runs), None if none."""
+        best = self.best_file()
+        return next((t for t, p in self.converted.items() if p == best), None)
 
     def best_file(self, prefer: DType | None = None) -> Path | None:
         """A runnable file: `prefer` if converted, else the highest-quality conversion."""
@@ -149,9 +177,12 @@ def _local_runnable_type(path: Path) -> DType | None:
 
 
 def all_statuses(catalog: Catalog | None = None, jobs: Iterable[Job] = ()) -> list[ModelStatus]:
+    """Every registry model's status, in the order lists show them: the user's own and the ones on this
+    machine first, then the rest (each group in registry order)."""
     catalog = catalog or load_catalog()
     jobs = list(jobs)
-    return [model_status(e, jobs) for e in catalog.models.values()]
+    statuses = [model_status(e, jobs) for e in catalog.models.values()]
+    return sorted(statuses, key=lambda s: not s.here)
 
 
 # --- housekeeping --------------------------------------------------------------------------------
@@ -201,17 +232,6 @@ def slug(text: str) -> str:
     return (s or "model")[:64].rstrip("-._")
 
 
-def guess_family(name: str, vocab: int | None, families: Iterable[str]) -> str:
-    known = set(families)
-    low = name.lower()
-    for family in ("raven", "novel", "world"):
-        if family in low and family in known:
-            return family
-    if vocab == 65536 and "world" in known:
-        return "world"
-    return "pile" if "pile" in known else sorted(known)[0]
-
-
 def register_local(
     path: str | Path,
     *,
@@ -220,8 +240,10 @@ def register_local(
     family: str | None = None,
     catalog: Catalog | None = None,
 ) -> ModelEntry:
-    """Add a local `.pth`, `.bin` or `.gguf` to the user registry, reading its shape from the file."""
+    """Add a local `.pth`, `.bin` or `.gguf` to the user registry, reading its shape from the file.
+    Adding a file again updates its entry: the id, name and family set before stay unless given."""
     from runtime.formats.checkpoint import open_checkpoint
+    from runtime.text.templates import guess_family
 
     path = Path(path).expanduser().resolve()
     ckpt = open_checkpoint(path)  # ModelFileError / UnsupportedModelError name the file and the problem
@@ -229,6 +251,11 @@ def register_local(
     catalog = catalog or load_catalog()
     stem = path.name.removesuffix(".gguf").removesuffix(".bin").removesuffix(".pth")
     taken = {k for k, e in catalog.models.items() if e.path != path}
+    earlier = next((e for e in catalog.models.values() if e.path == path), None)
+    if earlier is not None:  # added before: what was set then stays unless given again
+        model_id = model_id or earlier.id
+        name = name or earlier.name
+        family = family or earlier.family
     if model_id is not None and model_id in taken:
         raise RegistryError(f"the id '{model_id}' is already used by {catalog.models[model_id].name}; choose another")
     model_id = model_id or slug(stem)
@@ -237,7 +264,7 @@ def register_local(
     raw = {
         "id": model_id,
         "name": name or stem,
-        "family": family or guess_family(stem, arch.n_vocab, catalog.families),
+        "family": family or guess_family(stem, vocab=arch.n_vocab, families=catalog.families),
         "arch": arch.version,
         "n_layer": arch.n_layer,
         "n_embd": arch.n_embd,
@@ -264,6 +291,8 @@ def register_url(url: str, *, sha256: str | None = None, catalog: Catalog | None
     """Register a download address that is not in the registry yet (its shape is read after download)."""
     from urllib.parse import unquote, urlparse
 
+    from runtime.text.templates import guess_family
+
     catalog = catalog or load_catalog()
     known = catalog.find_url(url)
     if known is not None:
@@ -278,7 +307,7 @@ def register_url(url: str, *, sha256: str | None = None, catalog: Catalog | None
     raw = {
         "id": model_id,
         "name": stem,
-        "family": guess_family(stem, None, catalog.families),
+        "family": guess_family(stem, families=catalog.families),
         "arch": guess_arch(stem),
         "file": file,
         "url": url,
@@ -286,3 +315,22 @@ def register_url(url: str, *, sha256: str | None = None, catalog: Catalog | None
         "verified": "registered from a URL with `rwkv-tui get`" + ("; sha256 given by the user" if sha256 else ""),
     }
     return save_user_entry({k: v for k, v in raw.items() if v is not None}, catalog.user_path, catalog.shipped_path)
+
+
+def forget_failed_url(entry: ModelEntry, catalog: Catalog | None = None) -> bool:
+    """Undo `register_url` after the model's first download failed: the user entry goes, and so does
+    its folder unless it holds the bytes of a resumable `.part` (a later `get` of the same address
+    registers the same id again and resumes from it). A model whose source did arrive stays.
+    Returns whether the entry was removed."""
+    if entry.origin == "shipped" or entry.path is not None or source_path(entry).is_file():
+        return False
+    catalog = catalog or load_catalog()
+    removed = remove_user_entry(entry.id, catalog.user_path)
+    folder = model_dir(entry)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and p.stat().st_size == 0:
+                p.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return removed

@@ -159,10 +159,27 @@ def get_family(name: str, families: dict[str, Family] | None = None) -> Family:
         raise FamilyError(f"unknown model family {name!r}; known: {', '.join(sorted(families))}") from None
 
 
-def guess_family(file_name: str, tokenizer_name: str) -> str:
-    """A family for a model file the registry does not know: from its name, else its tokenizer."""
+WORLD_VOCAB = 65536  # the World tokenizer's vocabulary size
+
+
+def guess_family(file_name: str, tokenizer_name: str | None = None, *, vocab: int | None = None,
+                 families: Iterable[str] | None = None) -> str:
+    """The family of a model file the registry does not know; `add`, `get URL`, `chat` and the app all
+    guess with this. A family named in the file (BlinkDL's RWKV-4-Novel-…, -World-, -Pile-, -Raven-),
+    else World for the World tokenizer (by name or vocabulary size), else Raven: an unnamed RWKV-4 file
+    (rwkv4-…) is taken for a chat model, not for a base model that only continues text. `families`,
+    when given, limits the answer to the families known there."""
+    known = None if families is None else set(families)
+
+    def usable(name: str) -> bool:
+        return known is None or name in known
+
     lower = file_name.lower()
-    for hint, family in (("novel", "novel"), ("world", "world"), ("pile", "pile"), ("raven", "raven")):
-        if hint in lower:
-            return family
-    return "world" if tokenizer_name == "rwkv-world" else "raven"
+    for hint in ("novel", "world", "pile", "raven"):
+        if hint in lower and usable(hint):
+            return hint
+    world = tokenizer_name == "rwkv-world" or vocab == WORLD_VOCAB
+    for name in ("world", "raven") if world else ("raven",):
+        if usable(name):
+            return name
+    return sorted(known)[0] if known else "raven"

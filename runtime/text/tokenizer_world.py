@@ -69,12 +69,23 @@ def read_world_vocab(path: str | os.PathLike[str]) -> list[tuple[int, bytes]]:
 class WorldTokenizer(Tokenizer):
     """RWKV World (rwkv_vocab_v20230424): 65536 ids, 0 = end of text."""
 
-    def __init__(self, path: str | os.PathLike[str] = WORLD_VOCAB) -> None:
-        entries = read_world_vocab(path)
-        table = [b""] * WORLD_N_VOCAB
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = WORLD_VOCAB,
+        *,
+        entries: list[tuple[int, bytes]] | None = None,
+        n_vocab: int = WORLD_N_VOCAB,
+        name: str = WORLD_NAME,
+    ) -> None:
+        """From a vocabulary file, or from (id, bytes) `entries` (a GGUF file's own token list)."""
+        if entries is None:
+            entries = read_world_vocab(path)
+        else:
+            path = f"{name} vocabulary"
+        table = [b""] * n_vocab
         for token_id, data in entries:
             table[token_id] = data
-        super().__init__(WORLD_NAME, table, eot_id=0)
+        super().__init__(name, table, eot_id=0)
         self._matcher = TrieMatcher(entries)
         if self._matcher.missing_bytes:
             missing = ", ".join(f"0x{b:02x}" for b in self._matcher.missing_bytes[:8])

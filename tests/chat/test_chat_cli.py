@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,9 +25,10 @@ def model_path(tmp_path_factory):
     return write_model_gguf(tmp_path_factory.mktemp("m") / "raven-tiny.gguf", sd, DType.F32)
 
 
-def _chat(monkeypatch, capsys, args: list[str], lines: list[str]) -> tuple[int, str, str]:
+def _chat(monkeypatch, capsys, args: list[str], lines: list[str], *, per_line: bool = True) -> tuple[int, str, str]:
+    """Run `rwkv-tui chat` on piped `lines` (with --lines: each line a message or /command)."""
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))
-    rc = cli(["chat", *args])
+    rc = cli(["chat", *args, *(["--lines"] if per_line else [])])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -136,3 +142,170 @@ def test_resume_by_id(model_path, monkeypatch, capsys):
     assert rc == 0
     assert f"resumed conversation {wanted}" in err and "0 tokens re-read" in err
     assert "[1] you: The one to resume" in out and "A later one" not in out
+
+
+def test_errors_go_to_stderr_without_the_speaker(model_path, monkeypatch, capsys):
+    rc, out, err = _chat(monkeypatch, capsys, [str(model_path), "--seed", "5", "--max-tokens", "3"],
+                         ["/regen", "/continue", "Hi", "/edit 7 nope"])
+    assert rc == 0
+    assert out.count("Assistant: ") == 1  # the reply to "Hi"; the failed actions print no speaker
+    assert "no reply to regenerate" in err and "no reply to continue" in err
+    assert "message 7 is not one of yours" in err
+    assert "not one of yours" not in out and "no reply" not in out
+
+
+def test_piped_stdin_is_one_message_unless_lines(model_path, monkeypatch, capsys):
+    lines = ["line one", "line two", "/history"]
+    rc, _out, _err = _chat(monkeypatch, capsys, [str(model_path), "--max-tokens", "2"], lines, per_line=False)
+    assert rc == 0
+    with ConversationStore.open() as store:
+        messages = store.messages(store.last_conversation_id())
+    assert [m.role for m in messages] == ["init", "user", "assistant"]
+    assert messages[1].content == "line one\nline two\n/history"
+
+    rc, out, _err = _chat(monkeypatch, capsys, [str(model_path), "--max-tokens", "2"], lines, per_line=True)
+    assert rc == 0 and "[3] you: line two" in out
+    with ConversationStore.open() as store:
+        roles = [m.role for m in store.messages(store.last_conversation_id())]
+    assert roles == ["init", "user", "assistant", "user", "assistant"]
+
+
+def test_no_save_keeps_nothing_and_the_help_says_what_is_saved_where(model_path, monkeypatch, capsys):
+    from runtime.chat.store import default_path
+
+    with ConversationStore.open() as store:
+        before = store.last_conversation_id()
+    rc, out, _err = _chat(monkeypatch, capsys, [str(model_path), "--no-save", "--max-tokens", "2"],
+                          ["Forget me"], per_line=False)
+    assert rc == 0 and "Assistant: " in out
+    with ConversationStore.open() as store:
+        assert store.last_conversation_id() == before and not store.search("Forget me")
+    rc, _out, err = _chat(monkeypatch, capsys, ["--no-save", "--resume", "last"], [])
+    assert rc == 2 and "--no-save" in err
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["chat", "--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "What is saved" in help_text and str(default_path()) in help_text and "--no-save" in help_text
+
+
+def test_a_registry_id_works_and_resume_needs_no_model(model_path, monkeypatch, capsys, tmp_path):
+    from runtime.registry.catalog import save_user_entry
+
+    monkeypatch.setenv("RWKV_TUI_CONFIG_DIR", str(tmp_path))  # the registry entry stays in this test
+    save_user_entry({"id": "cli-tiny", "name": "CLI tiny", "family": "raven", "arch": "4", "n_layer": 2,
+                     "n_embd": 32, "vocab": 50277, "file": model_path.name, "path": str(model_path)})
+    rc, out, err = _chat(monkeypatch, capsys, ["cli-tiny", "--max-tokens", "3"], ["Hi from an id"], per_line=False)
+    assert rc == 0, err
+    assert "Assistant: " in out
+    with ConversationStore.open() as store:
+        conv_id = store.last_conversation_id()
+        assert store.get_conversation(conv_id).model_ref == "cli-tiny"  # what the app records, too
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last"], ["/history"])
+    assert rc == 0, err
+    assert f"resumed conversation {conv_id}" in err and "[1] you: Hi from an id" in out
+    rc, _out, err = _chat(monkeypatch, capsys, ["no-such-model-id"], [])
+    assert rc == 2 and "no-such-model-id" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_ctrl_c_at_the_prompt_says_how_to_quit_and_twice_quits(model_path, monkeypatch, capsys):
+    typed = iter(["Hello", KeyboardInterrupt, "/history", KeyboardInterrupt, KeyboardInterrupt, "never read"])
+
+    def prompt(_prompt: str = "") -> str:
+        item = next(typed)
+        if item is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return item
+
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    monkeypatch.setattr("tui.commands.chat.console.input", prompt)
+    rc = cli(["chat", str(model_path), "--max-tokens", "3"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert err.count("press Ctrl-C again or Ctrl-D to quit") == 2  # each first Ctrl-C; a line in between resets
+    assert "[1] you: Hello" in out
+    assert next(typed) == "never read"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start_chat(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "tui.cli", "chat", *args], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_reply_text(p: subprocess.Popen) -> bytes:
+    """Read the chat's stdout until the reply has shown some text."""
+    seen = b""
+    while not re.search(rb"Assistant: \s*\S", seen):
+        chunk = os.read(p.stdout.fileno(), 4096)
+        if not chunk:
+            raise AssertionError(f"the chat ended before replying: {seen!r} {p.stderr.read().decode()[-2000:]}")
+        seen += chunk
+    return seen
+
+
+def _streamed_reply(stdout: bytes) -> str:
+    return stdout.decode().split("Assistant: ", 1)[1].split("\n", 1)[0].strip()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs signals")
+def test_ctrl_c_stops_the_reply_keeps_it_and_the_chat_goes_on(model_path):
+    p = _start_chat([str(model_path), "--seed", "6", "--max-tokens", "4000", "--lines"])
+    try:
+        p.stdin.write(b"Tell me a long story\n")
+        p.stdin.flush()
+        seen = _wait_for_reply_text(p)
+        p.send_signal(signal.SIGINT)
+        rest, err = p.communicate(b"/history\n", timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err.decode()[-2000:]
+    out = (seen + rest).decode()
+    assert "stopped" in err.decode()
+    with ConversationStore.open() as store:
+        messages = store.messages(store.last_conversation_id())
+    assert [m.role for m in messages] == ["init", "user", "assistant"]
+    assert not messages[2].complete and messages[2].content.strip() == _streamed_reply(seen + rest)
+    assert "[2] model (incomplete): " in out
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_reply_killed_midway_is_kept_cut_short_and_can_be_regenerated(model_path, monkeypatch, capsys):
+    p = _start_chat([str(model_path), "--seed", "7", "--max-tokens", "4000"])
+    try:
+        p.stdin.write(b"Tell me another long story\n")
+        p.stdin.close()
+        seen = _wait_for_reply_text(p)
+        p.kill()
+        p.wait()
+        rest = p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    streamed = _streamed_reply(seen + rest)
+    with ConversationStore.open() as store:
+        conv_id = store.last_conversation_id()
+        messages = store.messages(conv_id)
+    assert [m.role for m in messages] == ["init", "user", "assistant"]
+    partial = messages[2]
+    assert not partial.complete and partial.content.strip() and streamed.startswith(partial.content.strip())
+
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last", "--max-tokens", "3"], ["/history", "/regen"])
+    assert rc == 0, err
+    assert f"resumed conversation {conv_id}" in err and "[2] model (incomplete)" in out
+    with ConversationStore.open() as store:
+        messages = store.messages(conv_id)
+    assert [m.role for m in messages] == ["init", "user", "assistant"]
+    assert messages[2].id != partial.id and err.count("tokens/s") == 1  # the cut reply, written again

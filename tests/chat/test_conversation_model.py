@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.chat.conversation import Conversation
+from runtime.chat.conversation import INGEST_CHUNK, Conversation, InputNotReadError
 from runtime.chat.store import ConversationStore
+from runtime.progress import CancelToken
 from runtime.quant.types import DType
 from tests.support.gguf_model import write_model_gguf
 from tests.support.synthetic import v4_state_dict
@@ -184,3 +185,81 @@ def test_a_user_stop_string_ends_the_reply_before_it(store, models):
     reply = cut.send("Say something long")
     assert reply.text.strip() == text[: text.index(stop)].strip()
     assert reply.finish == "stop" and stop not in reply.text
+
+
+def test_regenerate_and_continue_write_the_reply_a_stopped_program_never_saved(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=1)
+    _small(conv)
+    conv.send("Hello")
+    for action in ("regenerate", "continue_reply"):
+        store.truncate(conv.id, 1)  # what a kill before the reply's first text leaves: the message and its state
+        again = Conversation.resume(store, conv.id, models[0], seed=2)
+        assert again.tokens_read == 0
+        reply = getattr(again, action)()
+        assert reply.n_tokens > 0
+        saved = store.messages(conv.id)
+        assert [m.role for m in saved] == ["init", "user", "assistant"]
+        assert saved[-1].content == reply.text
+
+
+def test_a_reply_interrupted_by_an_exception_keeps_what_was_streamed(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=5)
+    _small(conv, 60)
+    shown: list[str] = []
+
+    def on_text(chunk: str) -> None:
+        shown.append(chunk)
+        if len(shown) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in a program without a handler for it
+
+    with pytest.raises(KeyboardInterrupt):
+        conv.send("Hello", on_text=on_text)
+    saved = store.messages(conv.id)
+    assert [m.role for m in saved] == ["init", "user", "assistant"]
+    assert saved[-1].content == "".join(shown) and not saved[-1].complete
+    assert [m.id for m in conv.messages] == [m.id for m in saved[1:]]
+    # the state is the transcript's, so the conversation goes on (and resumes) from there
+    reread = Conversation.resume(store, conv.id, models[0])
+    assert np.array_equal(reread.state.data, conv.state.data)
+    conv.send("And then?")
+    assert [m.role for m in store.messages(conv.id)] == ["init", "user", "assistant", "user", "assistant"]
+
+
+class CancelsWhileReading(Counting):
+    """Cancels `token` once the model has read one full chunk of a long message (as esc would)."""
+
+    def __init__(self, model: runtime.Model, token) -> None:
+        super().__init__(model)
+        self.token = token
+
+    def forward(self, ids, state=None, *, want_logits: bool = True):
+        out = super().forward(ids, state, want_logits=want_logits)
+        if len(ids) == INGEST_CHUNK:
+            self.token.cancel()
+        return out
+
+
+def test_stopping_while_a_long_message_is_read_keeps_the_conversation_as_it_was(store, models):
+    conv = Conversation.start(store, models[0], family="raven", seed=9)
+    _small(conv, 6)
+    conv.send("Hi")
+    before_messages = [(m.seq, m.role, m.content) for m in store.messages(conv.id)]
+    before_state = conv.state.data.copy()
+    long = "A long message about recurrent networks. " * 300  # ~2,400 tokens: several chunks
+    for action in ("send", "edit"):
+        token = CancelToken()
+        conv.model = CancelsWhileReading(models[0], token)
+        with pytest.raises(InputNotReadError) as stopped:
+            if action == "send":
+                conv.send(long, cancel=token)
+            else:
+                conv.edit(1, long, cancel=token)
+        assert conv.model.fed >= INGEST_CHUNK  # it had started reading
+        assert stopped.value.text == long  # given back to the caller
+        assert [(m.seq, m.role, m.content) for m in store.messages(conv.id)] == before_messages
+        assert [(m.seq, m.role, m.content) for m in conv.messages] == before_messages[1:]
+        assert np.array_equal(conv.state.data, before_state)
+    # and the conversation goes on from there
+    conv.model = models[0]
+    conv.send(long)
+    assert [m.content for m in store.messages(conv.id)][1:4] == ["Hi", before_messages[2][2], long.strip()]

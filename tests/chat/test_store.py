@@ -722,3 +722,59 @@ def test_a_damaged_database_gives_store_errors_not_sqlite_errors(tmp_path):
                 if isinstance(result, list) and result and isinstance(result[0], str):
                     failures += 1  # integrity_check reported the damage
     assert failures > 0
+
+
+def test_update_message_replaces_a_draft_reply_with_its_final_text_and_state(store):
+    conv = new_conv(store)
+    store.add_message(conv.id, role="user", content="tell me", n_tokens=2, state=(FP, state_bytes(1)))
+    draft = store.add_message(conv.id, role="assistant", content="Once upon", n_tokens=2, complete=False)
+    assert store.load_state(draft.id, FP) is None
+    final = store.update_message(draft.id, content="Once upon a time.", n_tokens=5, complete=True,
+                                 state=(FP, state_bytes(2)))
+    assert (final.id, final.seq, final.role) == (draft.id, draft.seq, "assistant")
+    assert store.messages(conv.id)[-1] == final and final.complete and final.n_tokens == 5
+    assert store.load_state(draft.id, FP) == state_bytes(2)
+    assert [h.message_id for h in store.search("upon a time")] == [draft.id]  # the search index follows
+    with pytest.raises(MessageNotFoundError):
+        store.update_message(draft.id + 100, content="x", n_tokens=1, complete=False)
+
+
+def test_a_version_1_database_gains_the_writer_of_each_reply(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in schema.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO conversations (id, title, mode, family, model_ref, created_at, updated_at) "
+                 "VALUES (1, 'old', 'chat', 'raven', 'raven-1b5', 1.0, 1.0)")
+    for seq, role in ((0, "init"), (1, "user"), (2, "assistant")):
+        conn.execute("INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at) "
+                     "VALUES (1, ?, ?, 'text', 1, 1, 1.0)", (seq, role))
+    conn.close()
+    with ConversationStore.open(path) as s:
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION >= 2
+        old = s.messages(1)
+        assert [(m.role, m.model_ref, m.file_type) for m in old] == [
+            ("init", None, None), ("user", None, None), ("assistant", None, None)]
+        s.add_message(1, role="user", content="new", n_tokens=1)
+        reply = s.add_message(1, role="assistant", content="by 7B", n_tokens=2, model_ref="raven-7b",
+                              file_type="Q5_1")
+        assert (reply.model_ref, reply.file_type) == ("raven-7b", "Q5_1")
+        assert s.messages(1)[-1] == reply
+        forked = s.fork(1)
+        assert [(m.model_ref, m.file_type) for m in s.messages(forked.id)][2:] == [
+            (None, None), (None, None), ("raven-7b", "Q5_1")]
+        with pytest.raises(StoreArgumentError):
+            s.add_message(1, role="assistant", content="x", n_tokens=1, model_ref=3)
+
+
+def test_forks_of_one_conversation_get_distinct_titles(store):
+    conv = new_conv(store, "story")
+    store.add_message(conv.id, role="user", content="once", n_tokens=1)
+    first, second = store.fork(conv.id), store.fork(conv.id)
+    of_fork = store.fork(first.id)
+    named = store.fork(conv.id, title="story (fork)")  # a title asked for is kept as it is
+    assert [first.title, second.title, of_fork.title, named.title] == [
+        "story (fork)", "story (fork 2)", "story (fork 3)", "story (fork)"]
+    assert store.fork(conv.id).title == "story (fork 4)"

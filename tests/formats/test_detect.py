@@ -25,7 +25,6 @@ def test_rwkv4_is_recognised_with_its_dimensions():
         ({"blocks.0.att.ln_x.weight": (64,), "blocks.0.att.time_faaaa": (1, 1, 64)}, "RWKV-5"),
         ({"blocks.0.att.ln_x.weight": (64,), "blocks.0.att.time_faaaa": (2, 32)}, "RWKV-5.2"),
         ({"blocks.0.att.time_maa_x": (1, 1, 64), "blocks.0.att.time_decay_w1": (64, 64)}, "RWKV-6"),
-        ({"blocks.0.att.r_k": (2, 32), "blocks.0.att.w0": (1, 1, 64)}, "RWKV-7"),
     ],
 )
 def test_later_versions_are_named_and_refused(extra, version):

@@ -184,7 +184,7 @@ def test_unknown_tensor_type(tmp_path):
     info = struct.pack("<Q", len(name)) + name + struct.pack("<IQ", 1, 32) + struct.pack("<IQ", 12, 0)
     p = tmp_path / "k.gguf"
     p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + info + b"\0" * 256)
-    with pytest.raises(ModelFileError, match="tensor 'w' has ggml type 12, which this version cannot read"):
+    with pytest.raises(ModelFileError, match=r"tensor 'w' has type Q4_K \(ggml type 12\), which this version cannot"):
         read_gguf(p)
 
 

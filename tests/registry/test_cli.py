@@ -98,3 +98,117 @@ def test_delete_source_after_conversion(tiny_pth, capsys):
         assert cli(["models", "--delete-source", "mine"]) == 0
     assert f"freed {human_bytes(len(tiny_pth))}" in capsys.readouterr().out
     assert model_status(load_catalog().get("mine")).source is None
+
+
+def test_a_failed_get_of_a_url_leaves_no_registration_and_no_folder(capsys):
+    from runtime.registry.status import models_dir
+
+    with serve({}) as srv:  # every file answers 404
+        assert cli(["get", srv.url("/BlinkDL/x/resolve/main/Gone-Raven.pth")]) == 2
+    assert "404" in capsys.readouterr().err
+    catalog = load_catalog()
+    assert "gone-raven" not in catalog.models
+    assert not (models_dir() / "gone-raven").exists()
+    assert cli(["models"]) == 0
+    assert "gone-raven" not in capsys.readouterr().out
+
+
+def test_a_failed_get_of_a_url_keeps_only_the_resumable_part(tiny_pth, capsys):
+    from runtime.registry.status import models_dir
+
+    folder = models_dir() / "half-raven"
+    folder.mkdir()
+    (folder / "Half-Raven.pth.part").write_bytes(tiny_pth[:1000])  # from an earlier, interrupted get
+    with serve({}) as srv:
+        url = srv.url("/Half-Raven.pth")
+        assert cli(["get", url, "--type", "q8_0"]) == 2
+        assert "half-raven" not in load_catalog().models
+        assert [p.name for p in folder.iterdir()] == ["Half-Raven.pth.part"]
+        srv.files["/Half-Raven.pth"] = tiny_pth  # the address works again: the same id resumes the .part
+        assert cli(["get", url, "--type", "q8_0"]) == 0
+    assert ("/Half-Raven.pth", "bytes=1000-") in srv.requests
+    assert model_status(load_catalog().get("half-raven")).state == READY
+
+
+def test_a_get_of_a_url_that_cannot_convert_leaves_no_registration(capsys):
+    with serve({}) as srv:
+        url = srv.url("/RWKV-x060-World-1B6.pth")
+        assert cli(["get", url]) == 2
+    err = capsys.readouterr().err
+    assert f"rwkv-tui get {url} --no-convert" in err
+    assert "rwkv-x060-world-1b6" not in load_catalog().models
+
+
+def test_add_and_chat_guess_the_same_family_for_a_plain_rwkv4_file(tmp_path, tiny_pth, capsys):
+    from runtime.text.templates import guess_family
+
+    pth = tmp_path / "rwkv4-tiny.pth"
+    pth.write_bytes(tiny_pth)
+    assert cli(["add", str(pth)]) == 0
+    assert "family raven" in capsys.readouterr().out
+    assert load_catalog().get("rwkv4-tiny").family == guess_family(pth.name, "gpt-neox-20b") == "raven"
+    for name, family in (("RWKV-4-Pile-169M.pth", "pile"), ("RWKV-4-Novel-3B.pth", "novel")):
+        named = tmp_path / name
+        named.write_bytes(tiny_pth)
+        assert cli(["add", str(named)]) == 0
+        assert load_catalog().get(named.stem.lower()).family == guess_family(name, "gpt-neox-20b") == family
+
+
+def test_adding_a_file_again_keeps_the_name_and_family_set_before(tmp_path, tiny_pth, capsys):
+    pth = tmp_path / "rwkv4-tiny.pth"
+    pth.write_bytes(tiny_pth)
+    assert cli(["add", str(pth), "--id", "mine", "--name", "My model", "--family", "pile"]) == 0
+    assert cli(["add", str(pth)]) == 0
+    entry = load_catalog().get("mine")
+    assert (entry.name, entry.family) == ("My model", "pile")
+    assert [e.id for e in load_catalog().models.values() if e.path == pth.resolve()] == ["mine"]
+    assert cli(["add", str(pth), "--family", "novel"]) == 0  # given again: changed
+    assert (load_catalog().get("mine").name, load_catalog().get("mine").family) == ("My model", "novel")
+
+
+@pytest.fixture
+def own_q5_1(tmp_path, tiny_pth):
+    """A user's own Q5_1 GGUF, added with `rwkv-tui add` (the registry would recommend Q8_0 for it)."""
+    from runtime.convert import convert
+
+    pth = tmp_path / "Mine.pth"
+    pth.write_bytes(tiny_pth)
+    gguf = convert(pth, tmp_path / "mine-fast.gguf", "q5_1").path
+    assert cli(["add", str(gguf)]) == 0
+    return gguf
+
+
+def test_models_lists_own_files_first_with_their_size_and_type(own_q5_1, capsys):
+    capsys.readouterr()
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # not a terminal: plain columns, a line per model
+    header, first = lines[0], lines[1]
+
+    def cell(row: str, column: str) -> str:
+        start = header.index(column)
+        return row[start:].split("  ")[0].strip() if column not in ("disk", "RAM") else \
+            row[:start + len(column)].split("  ")[-1].strip()
+
+    assert cell(first, "id") == "mine-fast"
+    assert cell(first, "format") == "q5_1"
+    assert cell(first, "disk") == human_bytes(own_q5_1.stat().st_size)
+    assert cell(first, "status") == "ready (q5_1)"
+    assert len(lines) == 2 + len(load_catalog().models)  # header, rows, the free-space line
+    assert not any("│" in line or "┃" in line for line in lines)
+
+
+def test_models_in_an_80_column_terminal_fits_a_line_per_model(own_q5_1, capsys, monkeypatch):
+    monkeypatch.setattr(output.console, "_force_terminal", True)
+    monkeypatch.setattr(output.console, "_width", 80)
+    monkeypatch.setattr(output.console, "_color_system", None)
+    capsys.readouterr()
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    ids = list(load_catalog().models)
+    rows = []
+    for line in lines[1:]:
+        first = line.split()[0] if line.strip() else ""
+        rows += [i for i in ids if first == i or (first.endswith("…") and i.startswith(first[:-1]))]
+    assert sorted(rows) == sorted(ids)  # every model on exactly one line
+    assert lines[1].split()[0] == "mine-fast"

@@ -27,6 +27,7 @@ class TranscriptModel:
         self.n_vocab = self.tokenizer.n_vocab
         self.fingerprint = fingerprint
         self.path = Path(path)
+        self.file_type = "F32"  # recorded with each reply, as a real model's layer type
         self.reply = reply
         self.cue = cue
         self.tokens_fed = 0

@@ -77,6 +77,11 @@ def tui_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
         d.mkdir()
     monkeypatch.setenv("RWKV_TUI_DATA_DIR", str(dirs["data"]))
     monkeypatch.setenv("RWKV_TUI_CONFIG_DIR", str(dirs["config"]))
+    home = tmp_path / "home"  # exports go to ~/Documents or ~: never the real ones
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_CONFIG_HOME", "XDG_DOCUMENTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
     (dirs["config"] / "models.toml").write_text(FAMILIES, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     return dirs

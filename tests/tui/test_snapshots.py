@@ -31,7 +31,7 @@ def saved_conversation() -> int:
         rec = store.create_conversation(title="What is RWKV?", mode="chat", family="testchat", model_ref="tiny-a",
                                         sampling={}, init_text="A chat.\n\n")
         store.add_message(rec.id, role="user", content="What is RWKV, in short?", n_tokens=0)
-        store.add_message(rec.id, role="assistant", content=REPLY, n_tokens=0)
+        store.add_message(rec.id, role="assistant", content=REPLY, n_tokens=0, model_ref="tiny-a", file_type="F32")
         store.set_app_value("open_tabs", {"ids": [rec.id], "active": rec.id})
         return rec.id
 

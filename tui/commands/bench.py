@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from tui.commands.options import BENCH_STEPS, thread_count
 from tui.commands.output import console, err_console
 from tui.units import human_bytes
 
@@ -30,8 +31,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for n in sorted(r.bandwidth_gbs):
         console.print(f"memory read, {n} thread{'s' if n > 1 else ''}: sum {r.bandwidth_gbs[n]:.1f} GB/s, "
                       f"best {r.stream_gbs[n]:.1f} GB/s")
-    console.print("  (sum: a numpy sum over 1 GiB, the yardstick of the issue's figures; best: a compiled "
-                  "read that prefetches ahead like the decode kernels)")
+    console.print("  (sum: how fast an ordinary program (a numpy sum over 1 GiB) reads memory here; best: a compiled "
+                  "read that prefetches ahead like the decode kernels. Decoding reads every weight once per token, "
+                  "so the % columns say how close decoding comes to each)")
     table = Table(show_edge=False)
     table.add_column("threads", justify="right")
     table.add_column("decode ms/tok", justify="right")
@@ -60,8 +62,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="measure decode and prompt speed, bandwidth, memory and load time")
     b.add_argument("model", type=Path, help="a GGUF or rwkv.cpp .bin model")
-    b.add_argument("--threads", type=int, default=None, help="one thread count (default: 1 and all cores)")
-    b.add_argument("--steps", type=int, default=32, help="decode steps to time")
+    b.add_argument("--threads", type=thread_count, default=None, help="one thread count (default: 1 and all cores)")
+    b.add_argument("--steps", type=BENCH_STEPS, default=32, help="decode steps to time (default 32)")
     b.add_argument("--drop-cache", action="store_true",
                    help="drop the file's page cache first, so it is read back from disk (in 2 MB pages on Linux)")
     b.set_defaults(func=cmd_bench)

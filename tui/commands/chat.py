@@ -1,16 +1,25 @@
 """`rwkv-tui chat MODEL`: plain line-mode chat for the shell and for scripts.
 
-Replies stream as they are generated; tokens/s follow each reply. Lines starting with "/" are
-commands (/help lists them). With stdin piped, every line is one message and no prompt is shown.
-Conversations are saved after every turn in the same database the app uses.
+MODEL is a file or a registry id (resolved as the app resolves `--model`); with `--resume` it defaults
+to the conversation's own model. Replies stream as they are generated; tokens/s follow each reply.
+Lines starting with "/" are commands (/help lists them). Errors go to stderr, never after the
+speaker's name. Ctrl-C stops a reply (what was written stays, saved as cut short); at the prompt a
+second Ctrl-C quits. Piped stdin is one message (`--lines`: one message or command per line).
+Conversations are saved after every turn in the same database the app uses, unless `--no-save`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.errors import RwkvError
+from tui.commands.options import SEED, reply_tokens, thread_count
 from tui.commands.output import console, err_console
 
 HELP = """\
@@ -25,70 +34,146 @@ HELP = """\
 /load NAME|ID          switch to a saved conversation
 /list                  list saved conversations
 /help                  this list
-/quit                  leave (Ctrl-D too)"""
+/quit                  leave (Ctrl-D too)
+Ctrl-C stops a reply (what was written is kept, cut short); at the prompt, Ctrl-C twice quits."""
+
+
+SAVED_HELP = """\
+What is saved: every conversation, after every turn: your messages, the replies (a reply you stop
+is kept, cut short), the sampling settings, and the model's state after each message (so resuming
+reads nothing again). Where: {where}, the database the app uses
+(RWKV_TUI_DATA_DIR moves it). /list shows them; --resume ID|last or the app continues them.
+--no-save keeps nothing.
+
+Piped stdin (echo "..." | rwkv-tui chat MODEL) is read as one message; --lines makes every line a
+message or a /command. Ctrl-C stops a reply (what was written is kept); at the prompt, Ctrl-C twice
+or Ctrl-D quits."""
+
+
+class _ChatHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills in where conversations are saved only when the help is shown (finding it opens no database)."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == SAVED_HELP:
+            from runtime.chat.store import default_path
+
+            text = SAVED_HELP.format(where=default_path())
+        super().add_text(text)
+
+
+class ChatUsageError(RwkvError, ValueError):
+    """Options of `rwkv-tui chat` that do not fit together."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("chat", help="chat in plain line mode (streams replies; reads piped stdin)")
-    c.add_argument("model", type=Path, help="a GGUF or rwkv.cpp .bin model file")
-    c.add_argument("--family", default=None, help="raven, world, novel or pile (default: from the file name)")
-    c.add_argument("--seed", type=int, default=None, help="seed for reproducible replies")
+    c = sub.add_parser("chat", help="chat in plain line mode (streams replies; reads piped stdin)",
+                       description="Chat in plain line mode: replies stream as they are written.",
+                       epilog=SAVED_HELP, formatter_class=_ChatHelpFormatter)
+    c.add_argument("model", nargs="?", default=None,
+                   help="a model file (GGUF or rwkv.cpp .bin) or a registry id (`rwkv-tui models` lists them); "
+                        "with --resume, the conversation's own model by default")
+    c.add_argument("--family", default=None,
+                   help="raven, world, novel or pile (default: the registry's, else from the file name)")
+    c.add_argument("--seed", type=SEED, default=None, help="seed for reproducible replies")
     c.add_argument("--resume", default=None, metavar="ID", help="continue a saved conversation (id or 'last')")
-    c.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    c.add_argument("--max-tokens", type=int, default=None, help="longest reply in tokens")
+    c.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
+    c.add_argument("--max-tokens", type=reply_tokens, default=None, help="longest reply in tokens")
+    c.add_argument("--no-save", action="store_true", help="save nothing (the conversation is gone when you leave)")
+    c.add_argument("--lines", action="store_true",
+                   help="piped stdin: every line is a message or a /command (default: all of it is one message)")
     c.set_defaults(func=cmd_chat)
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(cancel) -> Iterator[None]:
+    """While a reply is written, Ctrl-C cancels it (the reply ends and is saved cut short)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: cancel.cancel())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def print_error(message: object) -> None:
+    err_console.print(f"error: {message}", style="red", markup=False, highlight=False)
 
 
 class LineChat:
     """The command loop, separated from argument parsing so tests can drive it."""
 
-    def __init__(self, conversation, interactive: bool) -> None:
+    def __init__(self, conversation, interactive: bool, saving: bool = True) -> None:
         self.conv = conversation
         self.interactive = interactive
+        self.saving = saving
 
     def say(self, text: str) -> None:
         console.print(text, markup=False, highlight=False)
 
     def stream(self, action) -> None:
+        """Run a reply action, printing the speaker once the reply's first text arrives."""
         from runtime.progress import CancelToken
 
         cancel = CancelToken()
-        first = [True]
+        started = [False]
         speaker = "" if self.conv.mode == "novel" else "Assistant: "
-        if speaker:
-            console.print(speaker, end="", style="bold", markup=False)
+
+        def begin() -> None:
+            if not started[0]:
+                started[0] = True
+                if speaker:
+                    console.print(speaker, end="", style="bold", markup=False)
 
         def on_text(chunk: str) -> None:
-            if first[0] and self.conv.mode == "chat":
+            if not started[0] and self.conv.mode == "chat":
                 chunk = chunk.lstrip()
                 if not chunk:
                     return
-            first[0] = False
+            begin()
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
         try:
-            reply = action(on_text=on_text, cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.cancel()
+            with _ctrl_c_cancels(cancel):
+                reply = action(on_text=on_text, cancel=cancel)
+        except BaseException:
+            if started[0]:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
             raise
+        begin()
         sys.stdout.write("\n")
-        note = {"length": " (cut at max_tokens: /continue)", "cancelled": " (stopped)"}.get(reply.finish, "")
+        sys.stdout.flush()
+        note = {"length": " (cut at max_tokens: /continue)",
+                "cancelled": " (stopped: kept cut short; /continue or /regen)"}.get(reply.finish, "")
         err_console.print(f"[dim]{reply.n_tokens} tokens, {reply.tokens_per_second:.1f} tokens/s{note}[/dim]")
 
     def handle(self, line: str) -> bool:
-        """Run one input line; False means quit."""
-        from runtime.chat.conversation import ConversationError
-
+        """Run one input line (a message or a /command); False means quit."""
         text = line.rstrip("\n")
+        if text.startswith("/"):
+            return self._guarded(lambda: self.command(text))
+        return self.message(text)
+
+    def message(self, text: str) -> bool:
+        """Send `text` as one message (it may span lines) and stream the reply."""
         if not text.strip():
             return True
+        return self._guarded(lambda: self.stream(lambda **kw: self.conv.send(text, **kw)))
+
+    def _guarded(self, run) -> bool:
+        from runtime.errors import CancelledError
+
         try:
-            if text.startswith("/"):
-                return self.command(text)
-            self.stream(lambda **kw: self.conv.send(text, **kw))
-        except (ConversationError, ValueError) as e:
-            err_console.print(f"[red]{e}[/red]")
+            result = run()
+        except CancelledError:
+            err_console.print("stopped", style="dim", markup=False, highlight=False)
+        except (RwkvError, ValueError) as e:
+            print_error(e)
+        else:
+            return result is not False
         return True
 
     def command(self, text: str) -> bool:
@@ -120,6 +205,8 @@ class LineChat:
         elif name == "set":
             self._set(rest)
         elif name == "save":
+            if not self.saving:
+                raise ValueError("nothing is saved in this chat (--no-save)")
             if not rest:
                 raise ValueError("usage: /save NAME")
             conv.rename(rest)
@@ -155,7 +242,7 @@ class LineChat:
 
         store = self.conv.store
         target = _find_conversation(store, rest)
-        self.conv = Conversation.resume(store, target, self.conv.model, model_ref=str(self.conv.model.path))
+        self.conv = Conversation.resume(store, target, self.conv.model, model_ref=self.conv.record.model_ref)
         self.say(f"conversation {target}: {self.conv.title} ({len(self.conv.messages)} messages)")
 
     def _list(self) -> None:
@@ -179,45 +266,96 @@ def _find_conversation(store, ref: str) -> int:
     return matches[0].id
 
 
+def _model_to_open(args: argparse.Namespace, store, resume_id: int | None) -> tuple[Path, str, str | None]:
+    """(file, what the conversation records, its family if known) for MODEL or the resumed conversation."""
+    from runtime.registry.catalog import load_catalog
+    from runtime.text.templates import read_families
+    from tui.model_choice import ModelNotFoundError, choice_for, resolve_model_ref
+
+    if args.model is None:
+        if resume_id is None:
+            raise ChatUsageError("name a model: a file or a registry id (`rwkv-tui models` lists them), "
+                                 "or --resume a saved conversation")
+        ref = store.get_conversation(resume_id).model_ref
+        hint = "name the model to continue it with: rwkv-tui chat MODEL --resume ..."
+        return resolve_model_ref(load_catalog(), ref, hint=hint), ref, None
+    path = Path(args.model).expanduser()
+    if path.is_file():
+        return path, str(path.resolve()), None
+    catalog = load_catalog()
+    if args.model not in catalog.models and not path.exists() and (path.suffix or len(path.parts) > 1):
+        raise ModelNotFoundError(f"{args.model}: no such file (and no registry id of that name)")
+    choice = choice_for(catalog, read_families()[0], args.model)
+    return choice.path, choice.ref, choice.family
+
+
+def _open_store(no_save: bool, stack: contextlib.ExitStack):
+    from runtime.chat.store import ConversationStore
+
+    if not no_save:
+        return stack.enter_context(ConversationStore.open())
+    import tempfile
+
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="rwkv-tui-chat-"))
+    return stack.enter_context(ConversationStore.open(Path(folder) / "unsaved.sqlite3"))
+
+
+def _prompt_loop(chat: LineChat) -> None:
+    """Read lines at the prompt: Ctrl-D quits; Ctrl-C says how to quit, and quits when pressed twice."""
+    armed = False
+    while True:
+        try:
+            line = console.input("[bold]> [/bold]")
+        except EOFError:
+            return
+        except KeyboardInterrupt:
+            if armed:
+                err_console.print()
+                return
+            armed = True
+            err_console.print("\n(press Ctrl-C again or Ctrl-D to quit)", style="dim", markup=False)
+            continue
+        armed = False
+        if not chat.handle(line):
+            return
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     import runtime
     from runtime.chat.conversation import Conversation
-    from runtime.chat.store import ConversationStore
     from runtime.text.templates import guess_family
 
     interactive = sys.stdin.isatty()
-    with err_console.status("loading the model"):
-        model = runtime.load_model(args.model, threads=args.threads)
-    store = ConversationStore.open()
-    try:
-        if args.resume:
-            conv = Conversation.resume(store, _find_conversation(store, args.resume), model,
-                                       model_ref=str(Path(args.model).resolve()), family=args.family, seed=args.seed)
+    if args.no_save and args.resume:
+        raise ChatUsageError("--no-save and --resume do not go together: a resumed conversation is saved")
+    with contextlib.ExitStack() as stack:
+        store = _open_store(args.no_save, stack)
+        resume_id = _find_conversation(store, args.resume) if args.resume else None
+        path, model_ref, family = _model_to_open(args, store, resume_id)
+        with err_console.status("loading the model"):
+            model = runtime.load_model(path, threads=args.threads)
+        stack.callback(model.close)
+        if resume_id is not None:
+            moved = args.model is not None
+            conv = Conversation.resume(store, resume_id, model, model_ref=model_ref if moved else None,
+                                       family=args.family, seed=args.seed)
             err_console.print(f"[dim]resumed conversation {conv.id}: {conv.title} "
                               f"({len(conv.messages)} messages, {conv.tokens_read} tokens re-read)[/dim]")
         else:
-            family = args.family or guess_family(model.path.name, model.tokenizer_name)
-            conv = Conversation.start(store, model, family=family, model_ref=str(Path(args.model).resolve()),
-                                      seed=args.seed)
+            family = args.family or family or guess_family(model.path.name, model.tokenizer_name)
+            conv = Conversation.start(store, model, family=family, model_ref=model_ref, seed=args.seed)
         if args.max_tokens:
             conv.set_sampling(conv.sampling.replace(max_tokens=args.max_tokens))
-        chat = LineChat(conv, interactive)
+        chat = LineChat(conv, interactive, saving=not args.no_save)
         if interactive:
-            err_console.print(f"[dim]{model.path.name} · {conv.family.name} · conversation {conv.id} · "
+            saved = f"conversation {conv.id}" if not args.no_save else "not saved"
+            err_console.print(f"[dim]{model.path.name} · {conv.family.name} · {saved} · "
                               "/help for commands, Ctrl-D to leave[/dim]")
-        while True:
-            if interactive:
-                try:
-                    line = console.input("[bold]> [/bold]")
-                except EOFError:
+            _prompt_loop(chat)
+        elif args.lines:
+            for line in sys.stdin:
+                if not chat.handle(line):
                     break
-            else:
-                line = sys.stdin.readline()
-                if not line:
-                    break
-            if not chat.handle(line):
-                break
-    finally:
-        store.close()
-        model.close()
+        else:
+            chat.message(sys.stdin.read().rstrip("\n"))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tui.commands.options import thread_count
 from tui.commands.output import console, err_console
 from tui.units import human_bytes
 
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("convert", help="convert a .pth/.safetensors/rwkv.cpp .bin/GGUF model to GGUF")
     c.add_argument("src", type=Path, help="source model file (or a folder of Hugging Face shards)")
     c.add_argument("dst", type=Path, help="output .gguf file")
-    c.add_argument("--type", default="q5_1", help="type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0")
+    c.add_argument("--type", default="q5_1",
+                   help="type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0 (default: %(default)s)")
     c.add_argument("--head-type", default=None, help="type of the output head (default: chosen per --type)")
-    c.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
+    c.add_argument("--threads", type=thread_count, default=None, help="quantization threads (default: all cores)")
     c.set_defaults(func=cmd_convert)

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn, Time
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from tui.commands.options import EVAL_TOKENS, thread_count
 from tui.commands.output import console, err_console
 from tui.units import human_bytes
 
@@ -32,7 +33,7 @@ def read_token_file(path: Path) -> list[int]:
     from runtime.eval import EvalError
 
     try:
-        words = path.read_text(encoding="utf-8").split()
+        words = _read(path, "--tokens").split()
     except UnicodeDecodeError as e:
         raise EvalError(f"{path}: not a text file of token ids ({e.reason})") from e
     ids = []
@@ -48,9 +49,20 @@ def read_text_file(path: Path) -> str:
     from runtime.eval import EvalError
 
     try:
-        return path.read_text(encoding="utf-8")
+        return _read(path, "--text")
     except UnicodeDecodeError as e:
         raise EvalError(f"{path}: the text is not UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def _read(path: Path, option: str) -> str:
+    """The file an option names, or an EvalError naming the option, the file and why it cannot be read."""
+    from runtime.eval import EvalError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else (e.strerror or str(e)).lower()
+        raise EvalError(f"{option} {path}: cannot read it ({why})") from None
 
 
 @contextlib.contextmanager
@@ -177,10 +189,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--formats", help="quantize temporary copies of the source to these types, e.g. q4_0,q5_1,f16")
     e.add_argument("--text", type=Path, help="UTF-8 text to score (tokenized for the model)")
     e.add_argument("--tokens", type=Path, help="token ids to score, whitespace separated (instead of --text)")
-    e.add_argument("--max-tokens", type=int, default=512, help="score at most this many tokens (default 512)")
+    e.add_argument("--max-tokens", type=EVAL_TOKENS, default=512, help="score at most this many tokens (default 512)")
     e.add_argument("--reference-type", default="f32", choices=("f32", "f16"),
                    help="type a source-checkpoint reference is converted to (default f32)")
-    e.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    e.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
     e.add_argument("--tmp-dir", type=Path, default=None, help="folder for temporary files (default: system temp)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     e.add_argument("--no-save", action="store_true", help="do not remember the figures for the app's model screen")

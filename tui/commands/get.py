@@ -10,33 +10,62 @@ from tui.units import human_bytes
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from runtime.quant.types import DType
     from runtime.registry.catalog import RegistryError, load_catalog
-    from runtime.registry.jobs import DONE, JobEvent, JobRunner
-    from runtime.registry.recommend import QUALITY_ORDER, machine_resources, recommend
-    from runtime.registry.status import model_status, models_dir, register_url
+    from runtime.registry.status import register_url
     from tui.commands.models import print_warnings
-    from tui.progress_view import rich_progress
 
     sha = args.sha256.lower() if args.sha256 else None
     if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise RegistryError(f"--sha256 must be 64 hexadecimal digits, got {args.sha256!r}")
     catalog = load_catalog()
     print_warnings(catalog.warnings)
+    registered = False
     if "://" in args.model:
         entry = catalog.find_url(args.model)
         if entry is None:
+            registered = True
             entry = register_url(args.model, sha256=sha, catalog=catalog)
             console.print(f"registered [bold]{entry.id}[/bold] in {catalog.user_path}")
     else:
         entry = catalog.get(args.model)
+    if not registered:
+        return _get(args, entry, sha)
+    # a get that registered an address and failed leaves nothing behind but a resumable .part
+    # (Ctrl-C keeps the registration: the message says to run it again to resume)
+    try:
+        status = _get(args, entry, sha)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        _forget(entry, catalog)
+        raise
+    if status != 0:
+        _forget(entry, catalog)
+    return status
+
+
+def _forget(entry, catalog) -> None:
+    from runtime.registry.status import forget_failed_url
+
+    if forget_failed_url(entry, catalog):
+        err_console.print(f"removed {entry.id} from the registry again")
+
+
+def _get(args: argparse.Namespace, entry, sha: str | None) -> int:
+    from runtime.quant.types import DType
+    from runtime.registry.catalog import RegistryError
+    from runtime.registry.jobs import DONE, JobEvent, JobRunner
+    from runtime.registry.recommend import QUALITY_ORDER, machine_resources, recommend
+    from runtime.registry.status import model_status, models_dir
+    from tui.progress_view import rich_progress
+
     if sha and entry.sha256 and sha != entry.sha256:
         raise RegistryError(f"--sha256 {sha} differs from the registry's {entry.sha256} for {entry.id}")
 
     convert = not args.no_convert
     if convert and not entry.runnable:
         raise RegistryError(f"{entry.name} is an RWKV-{entry.arch} model; this version converts and runs RWKV-4 "
-                            f"only (`rwkv-tui get {entry.id} --no-convert` downloads it for later)")
+                            f"only (`rwkv-tui get {args.model} --no-convert` downloads it for later)")
     dtype = None
     if convert:
         status = model_status(entry)

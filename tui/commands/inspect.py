@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from runtime.errors import ModelFileError
 from tui.commands.output import console, err_console
 from tui.units import human_bytes
+
+if TYPE_CHECKING:
+    from runtime.formats.detect import Architecture
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -25,6 +29,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("format", ckpt.source_format),
         ("architecture", f"{a.name} ({'runnable' if a.runnable else 'not runnable yet'})"),
         ("layers × width", f"{a.n_layer} × {a.n_embd} (ffn {a.n_ffn})"),
+        *_rwkv7_rows(a),
         ("vocabulary", str(a.n_vocab)),
         ("parameters", f"{sum(_numel(t.shape) for t in ckpt.tensors.values()) / 1e6:.1f} M"),
         ("tensor data", human_bytes(total)),
@@ -37,7 +42,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         meta.add_column("key")
         meta.add_column("value", overflow="fold")
         for k, v in ckpt.metadata.items():
-            meta.add_row(k, str(v))
+            meta.add_row(k, _short(v))
         console.print(meta)
     table = Table(title="tensors", show_edge=False, title_justify="left")
     for col in ("name", "shape", "type", "size"):
@@ -79,6 +84,21 @@ def _verify(ckpt) -> None:
         f"verified: all {len(ckpt.tensors)} tensors ({human_bytes(ckpt.tensor_bytes)}) are finite and "
         f"within ±{MAX_PLAUSIBLE:g}"
     )
+
+
+def _short(value: object, items: int = 6) -> str:
+    """A metadata value for a table: long lists (a vocabulary of 65536 tokens) cut to their first items."""
+    if isinstance(value, list) and len(value) > items:
+        shown = ", ".join(repr(v) for v in value[:items])
+        return f"[{shown}, … {len(value)} items]"
+    return str(value)
+
+
+def _rwkv7_rows(a: Architecture) -> list[tuple[str, str]]:
+    if not a.head_size or a.lora is None:
+        return []
+    ranks = ", ".join(f"{k} {v}" for k, v in a.lora._asdict().items())
+    return [("heads", f"{a.n_head} × head size {a.head_size}"), ("LoRA ranks", ranks)]
 
 
 def _numel(shape: tuple[int, ...]) -> int:

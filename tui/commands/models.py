@@ -19,8 +19,8 @@ def print_warnings(warnings: list[str]) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from runtime.registry.catalog import load_catalog
     from runtime.registry.jobs import JobQueue
-    from runtime.registry.recommend import machine_resources, n_params, recommend
-    from runtime.registry.status import delete_source, model_status, models_dir
+    from runtime.registry.recommend import machine_resources, n_params, ram_bytes, recommend
+    from runtime.registry.status import all_statuses, delete_source, models_dir
 
     catalog = load_catalog()
     print_warnings(catalog.warnings)
@@ -31,36 +31,79 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     jobs = JobQueue().list(include_finished=False)
     free_ram, free_disk = machine_resources(models_dir())
-    table = Table(show_edge=False, pad_edge=False)
-    for col, justify in [("id", "left"), ("model", "left"), ("arch", "left"), ("params", "right"),
-                         ("status", "left"), ("disk", "right"), ("download", "right"), ("format", "left"),
-                         ("RAM", "right"), ("fits", "left")]:
-        table.add_column(col, justify=justify, overflow="fold")
-    for entry in catalog.models.values():
+    rows = []
+    for status in all_statuses(catalog, jobs):
+        entry = status.entry
         if args.runnable and not entry.runnable:
             continue
-        status = model_status(entry, jobs)
         rec = recommend(entry, free_ram=free_ram, free_disk=free_disk, source_present=status.source is not None,
                         converted=frozenset(status.converted))
-        fit = rec.fit(rec.choice)
+        # a model on disk is listed with the type it runs in; one still to get with the recommended type
+        on_disk = status.best_type()  # (a DType, F32 is 0: compare with None)
+        use = rec.choice if on_disk is None else on_disk
+        ram = ram_bytes(entry, use)
+        fits = _fit_text(rec.fit(use)) if on_disk is None else (
+            "?" if ram is None else "yes" if ram <= free_ram else "no: RAM")
         params = n_params(entry)
-        style = "" if entry.runnable else "dim"
-        table.add_row(
-            entry.id, entry.name,
-            entry.arch if entry.runnable else f"{entry.arch} (not yet)",
-            f"{params / 1e9:.2f} B" if params else "?",
-            _status_text(status),
-            human_bytes(status.disk_bytes) if status.disk_bytes else "",
-            human_bytes(entry.size) if entry.size else "?",
-            rec.choice.name.lower(),
-            human_bytes(fit.ram_bytes) if fit.ram_bytes else "?",
-            _fit_text(fit),
-            style=style,
-        )
-    console.print(table)
+        rows.append((entry.runnable, {
+            "id": entry.id, "model": entry.name,
+            "arch": entry.arch if entry.runnable else f"{entry.arch} (not yet)",
+            "params": f"{params / 1e9:.2f} B" if params else "?",
+            "status": _status_text(status),
+            "disk": human_bytes(status.bytes_on_disk) if status.bytes_on_disk else "",
+            "download": "own file" if status.own else human_bytes(entry.size) if entry.size else "?",
+            "format": use.name.lower(),
+            "RAM": human_bytes(ram) if ram else "?",
+            "fits": fits,
+        }))
+    if console.is_terminal:
+        console.print(_fitted_table(rows, console.width))
+    else:
+        _print_plain(rows)
     console.print(f"[dim]free memory {human_bytes(free_ram)}, free disk {human_bytes(free_disk)} in {models_dir()}; "
-                  f"registry: {catalog.shipped_path} and {catalog.user_path}[/dim]")
+                  f"registry: {catalog.shipped_path} and {catalog.user_path}[/dim]", soft_wrap=not console.is_terminal)
     return 0
+
+
+# columns, most important first; a narrow terminal drops them from the end of this list
+COLUMNS = ("id", "status", "format", "disk", "RAM", "fits", "arch", "download", "params", "model")
+ORDER = ("id", "model", "arch", "params", "status", "disk", "download", "format", "RAM", "fits")
+RIGHT = {"params", "disk", "download", "RAM"}
+ID_WIDTH = 24  # longer ids are cut with an ellipsis on a terminal (plain output prints them whole)
+
+
+def _fitted_table(rows: list[tuple[bool, dict[str, str]]], width: int) -> Table:
+    """A table of the columns that fit `width` (one row per model, long values cut, never wrapped)."""
+    def col_width(name: str) -> int:
+        widest = max([len(name)] + [len(r[name]) for _, r in rows])
+        return min(widest, ID_WIDTH) if name in ("id", "model") else widest
+
+    shown = []
+    used = 0
+    for name in COLUMNS:
+        need = col_width(name) + (1 if shown else 0)
+        if used + need > width and shown:
+            continue
+        shown.append(name)
+        used += need
+    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1, 0, 0))
+    for name in (n for n in ORDER if n in shown):
+        table.add_column(name, justify="right" if name in RIGHT else "left", no_wrap=True, overflow="ellipsis",
+                         max_width=ID_WIDTH if name in ("id", "model") else None, header_style="bold")
+    for runnable, row in rows:
+        table.add_row(*(row[n] for n in ORDER if n in shown), style="" if runnable else "dim")
+    return table
+
+
+def _print_plain(rows: list[tuple[bool, dict[str, str]]]) -> None:
+    """Every column, aligned with two spaces and nothing cut, for pipes and files."""
+    widths = {n: max([len(n)] + [len(r[n] or "-") for _, r in rows]) for n in ORDER}
+    def line(cells: dict[str, str]) -> str:
+        return "  ".join((cells[n] or "-").rjust(widths[n]) if n in RIGHT else (cells[n] or "-").ljust(widths[n])
+                         for n in ORDER).rstrip()
+
+    lines = [line({n: n for n in ORDER})] + [line(row) for _, row in rows]
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
 def _status_text(status) -> str:

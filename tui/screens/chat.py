@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Markdown, TabbedContent
 
-from tui.export import code_blocks, conversation_markdown, slug
+from tui.export import code_blocks, conversation_markdown, export_path
 from tui.keymap import bindings
 from tui.messages import ConversationsChanged, Forked, OpenConversation
 from tui.screens.dialogs import ChoiceDialog, ConfirmDialog, TextDialog
@@ -99,13 +99,13 @@ class ChatScreen(Screen[None]):
     })
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Hide actions that need an open conversation when there is none; esc only while work runs."""
+        """Hide actions that need an open conversation when there is none; esc only while work runs.
+
+        Regenerate and continue stay on with nothing to act on, so their keys say so in a notice."""
         if action == "stop":
             pane = self.active_pane
             return pane is not None and bool(pane.busy)
         pane = self.active_pane
-        if action in ("regenerate", "continue_reply"):
-            return pane is not None and pane.can(action)
         if action in self.PANE_ACTIONS:
             return pane is not None
         if action in ("next_tab", "prev_tab"):
@@ -129,9 +129,19 @@ class ChatScreen(Screen[None]):
         self._update_empty()
         self.refresh_bindings()
         if activate:
-            pane.call_after_refresh(pane.prompt.focus)
+            self.call_after_refresh(self.focus_active_prompt)
         self.save_tabs()
         return pane
+
+    def focus_active_prompt(self, now: bool = False) -> None:
+        """Put the focus in the prompt of the tab that shows. Never a hidden tab's widget: focusing
+        one makes its tab the active one again (what used to happen when tabs opened at start)."""
+        if not now:  # which tab shows is looked up when the focus moves, not now
+            self.call_later(self.focus_active_prompt, True)
+            return
+        pane = self.active_pane
+        if pane is not None and pane.is_mounted:
+            self.set_focus(pane.prompt)
 
     def _pane_id(self) -> str:
         self._next_pane += 1
@@ -165,8 +175,7 @@ class ChatScreen(Screen[None]):
         self._update_empty()
         self.refresh_bindings()
         self.save_tabs()
-        if self.active_pane is not None:
-            self.active_pane.prompt.focus()
+        self.focus_active_prompt()
 
     async def restore_tabs(self) -> None:
         """Reopen the tabs that were open when the app last quit."""
@@ -208,6 +217,14 @@ class ChatScreen(Screen[None]):
         if pane is not None:
             pane.refresh_status()
             self.sidebar.show_current(pane.conversation_id)
+            if not self._focus_is_deliberate(pane):
+                self.focus_active_prompt()
+
+    def _focus_is_deliberate(self, pane: ChatPane) -> bool:
+        """Whether the focus is somewhere the user put it for the tab that shows now (the sidebar, a
+        message of this tab), rather than nowhere, on the tab bar, or in a hidden tab."""
+        focused = self.focused
+        return focused is not None and (focused in pane.walk_children() or focused in self.sidebar.walk_children())
 
     def on_conversations_changed(self, message: ConversationsChanged) -> None:
         self.sidebar.reload()
@@ -428,14 +445,14 @@ class ChatScreen(Screen[None]):
         if not pane.view.views:
             self.app.notify("There is nothing to export yet.", severity="warning")
             return
-        default = Path.cwd() / f"{slug(pane.tab_title)}.md"
+        default = export_path(pane.tab_title)
 
         def chosen(path_text: str | None) -> None:
-            if not path_text:
+            if not path_text or not path_text.strip():
                 return
             from runtime.atomic import atomic_write_bytes
 
-            path = Path(path_text).expanduser()
+            path = default.parent / Path(path_text.strip()).expanduser()  # a bare name: in the proposed folder
             text = conversation_markdown(pane.tab_title, pane.mode, model_name(pane.model_path or pane.model_ref),
                                          [v.shown for v in pane.view.views])
             try:
@@ -443,7 +460,7 @@ class ChatScreen(Screen[None]):
             except OSError as e:
                 self.app.notify(describe_error(e), title="Cannot export", severity="error")
                 return
-            self.app.notify(f"Saved {path}", title="Exported", timeout=5)
+            self.app.notify(f"Saved to {path.resolve()}", title="Exported", timeout=10)
 
         self.app.push_screen(TextDialog("Export the conversation to a Markdown file", str(default)), chosen)
 

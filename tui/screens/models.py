@@ -66,6 +66,8 @@ class ModelsScreen(Screen[None]):
 
     def refresh_models(self) -> None:
         """Re-read the registry and the files on disk (after a job, a delete, an added file)."""
+        from runtime.registry.recommend import ram_bytes
+
         table = self.query_one(DataTable)
         try:
             statuses = self.app_.statuses()
@@ -78,6 +80,7 @@ class ModelsScreen(Screen[None]):
         self._free = None
         defaults = self.app_.defaults()
         current = table.cursor_row
+        selected = self._selected()  # the cursor follows its model: a model that is got moves up the list
         table.clear()
         self._statuses = {}
         for status in statuses:
@@ -89,15 +92,22 @@ class ModelsScreen(Screen[None]):
                 name.append(" ★", style="bold")
             shape = f"{entry.n_layer} × {entry.n_embd}" if entry.n_layer else "?"
             formats = ", ".join(sorted(t.name for t in status.converted)) or "—"
-            use = rec.choice.name if rec is not None else "—"
-            ram = _size(rec.fit(rec.choice).ram_bytes) if rec is not None else "—"
+            # a model on disk shows the type it runs in; one still to get the recommended type
+            use_type = status.best_type()  # (a DType, F32 is 0: compare with None)
+            if use_type is None and rec is not None:
+                use_type = rec.choice
+            use = use_type.name if use_type is not None else "—"
+            ram = _size(ram_bytes(entry, use_type)) if use_type is not None else "—"
             state = Text(status.state, style=STATE_STYLE.get(status.state, ""))
             if not entry.runnable:
                 state = Text(f"RWKV-{entry.arch}: later", style="dim")
             title = Text(entry.name, overflow="ellipsis", no_wrap=True)
-            table.add_row(name, title, entry.family, shape, state, formats, _size(status.disk_bytes), use, ram,
+            table.add_row(name, title, entry.family, shape, state, formats, _size(status.bytes_on_disk), use, ram,
                           key=entry.id)
         if statuses:
+            ids = [st.entry.id for st in statuses]
+            if selected is not None and selected.entry.id in ids:
+                current = ids.index(selected.entry.id)
             table.move_cursor(row=min(max(current, 0), len(statuses) - 1))
         self._show_details()
 

@@ -26,6 +26,8 @@ from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from tui.keymap import bindings
+from tui.widgets.sidebar import model_label
+from tui.widgets.tab_focus import keep_focus_in_active_tab
 
 
 class StreamBuffer:
@@ -73,10 +75,13 @@ class Shown:
     seq: int | None = None
     complete: bool = True
     n_tokens: int = 0
+    model: str = ""  # the model that wrote a reply ("" for yours, and for replies saved before it was recorded)
+    file_type: str = ""
 
     @classmethod
     def of(cls, record: Any) -> Shown:
-        return cls(record.role, record.content, record.seq, bool(record.complete), int(record.n_tokens or 0))
+        return cls(record.role, record.content, record.seq, bool(record.complete), int(record.n_tokens or 0),
+                   model_label(record.model_ref) if record.model_ref else "", record.file_type or "")
 
 
 def _parser() -> MarkdownIt:
@@ -105,6 +110,8 @@ class MessageView(Vertical):
     def _header(self) -> str:
         s = self.shown
         parts = [self.speaker]
+        if s.role == "assistant" and s.file_type:
+            parts.append(s.file_type)
         if s.role == "assistant" and s.n_tokens:
             parts.append(f"{s.n_tokens} tokens")
         if s.role == "assistant" and not s.complete and s.seq is not None:
@@ -214,14 +221,18 @@ class ConversationView(VerticalScroll, can_focus=True):
         if self.is_mounted:
             self._update_hint()
         for view in self.views:
-            view.speaker = self.speaker(view.shown.role)
+            view.speaker = self.speaker(view.shown)
             view.refresh_header()
 
-    def speaker(self, role: str) -> str:
-        if role == "user":
+    def speaker(self, shown: Shown) -> str:
+        """Who wrote a message: you, or the model that wrote that reply (each reply records its own, so
+        replies written before a switch of model keep their writer's name)."""
+        if shown.role == "user":
             return "You"
-        if role == "assistant":
-            return self.model_name if self.mode == "chat" else f"{self.model_name} continues"
+        if shown.role == "assistant":
+            if self.mode == "chat":
+                return shown.model or "Assistant"
+            return f"{shown.model or 'The model'} continues"
         return "Your text"
 
     @property
@@ -237,7 +248,7 @@ class ConversationView(VerticalScroll, can_focus=True):
         return self.mode == "novel"
 
     async def add(self, shown: Shown) -> MessageView:
-        view = MessageView(shown, self.speaker(shown.role), self.plain)
+        view = MessageView(shown, self.speaker(shown), self.plain)
         await self.mount(view)
         self._update_hint()
         return view
@@ -252,7 +263,8 @@ class ConversationView(VerticalScroll, can_focus=True):
                     or views[keep].plain != self.plain:
                 break
             if have.content != want.content or have.seq is None or have.complete != want.complete \
-                    or have.n_tokens != want.n_tokens:
+                    or have.n_tokens != want.n_tokens or (have.model, have.file_type) != (want.model, want.file_type):
+                views[keep].speaker = self.speaker(want)
                 await views[keep].finish(Shown(**vars(want)))
             keep += 1
         if views[keep:]:
@@ -260,7 +272,7 @@ class ConversationView(VerticalScroll, can_focus=True):
                 self._selected_view = None
             await self.remove_children(views[keep:])
         if messages[keep:]:
-            await self.mount_all([MessageView(Shown(**vars(m)), self.speaker(m.role), self.plain)
+            await self.mount_all([MessageView(Shown(**vars(m)), self.speaker(m), self.plain)
                                   for m in messages[keep:]])
         self._update_hint()
 
@@ -303,6 +315,10 @@ class ConversationView(VerticalScroll, can_focus=True):
 
     def on_blur(self) -> None:
         self.select(None)
+
+    def _on_hide(self, event: events.Hide) -> None:
+        """Hidden with its tab: the focus goes to the prompt of the tab that shows (see tab_focus)."""
+        keep_focus_in_active_tab(self, event)
 
     def on_key(self, event: events.Key) -> None:
         """Typing a character that is not one of this list's keys goes to the prompt."""

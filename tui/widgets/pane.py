@@ -33,6 +33,7 @@ from tui.messages import (
 )
 from tui.widgets.conversation import ConversationView, MessageView, Shown, StreamBuffer
 from tui.widgets.prompt import PromptArea
+from tui.widgets.sidebar import model_label
 from tui.widgets.status import PaneStatus, StatusLine
 
 FLUSH_HZ = 15
@@ -94,6 +95,7 @@ class ChatPane(TabPane):
         self.last_finish = ""
         self.problem = ""  # why there is no model, shown in the status line
         self._streaming: MessageView | None = None
+        self._doing = ""  # what the reply in flight answers: "sending", "editing", …
         self._tab_closed = False
         self._jobs_running = 0
         self._run_lock = threading.Lock()
@@ -262,8 +264,8 @@ class ChatPane(TabPane):
 
     def _loaded_status(self) -> None:
         self.refresh_status()
-        if self.app.focused is None or self.app.focused is self.prompt:
-            self.prompt.focus()
+        if self.app.focused is None:
+            self.screen.focus_active_prompt()  # type: ignore[attr-defined]
 
     def on_pane_failed(self, message: PaneFailed) -> None:
         message.stop()
@@ -364,16 +366,23 @@ class ChatPane(TabPane):
     # --- replies -----------------------------------------------------------------------------
 
     def can(self, action: str) -> bool:
-        """Whether regenerate / continue_reply applies now (the footer hides them otherwise)."""
-        if self.conversation is None or self.model is None or not self.is_mounted:
+        """Whether regenerate / continue_reply has something to act on now (else their keys give a notice)."""
+        if self.conversation is None or not self.is_mounted:
             return False
         views = self.view.views
         last = views[-1].shown if views else None
-        if action == "regenerate":
-            return last is not None and last.role == "assistant"
+        if action == "regenerate":  # a reply, or a message whose reply was never saved (the app was stopped)
+            return last is not None and last.role in ("assistant", "user", "text")
         if action == "continue_reply":
-            return self.mode == "novel" or (last is not None and last.role == "assistant" and not last.complete)
+            return self.mode == "novel" or (last is not None and (last.role == "user" or (
+                last.role == "assistant" and not last.complete)))
         return True
+
+    def _busy_notice(self) -> bool:
+        """True (and a notice) while a reply is being written."""
+        if self.busy:
+            self.app.notify("A reply is being written: press esc to stop it first.", severity="warning")
+        return bool(self.busy)
 
     def _can_generate(self) -> bool:
         if self.model is None:
@@ -384,6 +393,7 @@ class ChatPane(TabPane):
 
     def _start_reply(self, streaming: MessageView, call: Callable[[Any, Callable[[str], None], CancelToken], Any],
                      doing: str) -> bool:
+        self._doing = doing
         self.stream.reset()
         self._streaming = streaming
         self.view.follow()
@@ -407,6 +417,11 @@ class ChatPane(TabPane):
             self._streaming = None
         return started
 
+    def _new_reply(self) -> Shown:
+        """The reply about to stream, labelled with the model that writes it."""
+        name = model_label(self.model_ref) if self.model_ref else model_name(self.model_path)
+        return Shown("assistant", "", complete=False, model=name, file_type=file_type(self.model))
+
     async def send(self, text: str) -> None:
         if not self._can_generate() or self.busy:
             if self.busy:
@@ -414,21 +429,26 @@ class ChatPane(TabPane):
             return
         role = "user" if self.mode == "chat" else "text"
         await self.view.add(Shown(role, text, complete=True))
-        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        streaming = await self.view.add(self._new_reply())
         if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel),
                              "sending"):
             self.prompt.clear()
 
     async def regenerate(self) -> None:
         views = self.view.views
-        if self.conversation is None or not views or views[-1].shown.role != "assistant":
-            self.app.notify("There is no reply to regenerate.", severity="warning")
+        if self.conversation is None or not self.can("regenerate"):
+            self.app.notify("There is no reply to regenerate: send a message first.", severity="warning")
             return
-        if not self._can_generate() or self.busy:
+        if not self._can_generate() or self._busy_notice():
             return
         last = views[-1]
-        await last.set_content("")
-        last.shown.seq = None
+        if last.shown.role == "assistant":
+            await last.set_content("")
+            last.shown = self._new_reply()
+            last.speaker = self.view.speaker(last.shown)
+            last.refresh_header()
+        else:  # the reply to the last message was never saved: write it now
+            last = await self.view.add(self._new_reply())
         self._start_reply(last, lambda conv, on_text, cancel: conv.regenerate(on_text=on_text, cancel=cancel),
                           "regenerating")
 
@@ -441,24 +461,28 @@ class ChatPane(TabPane):
             return
         await self.view.truncate(index + 1)
         await views[index].set_content(text)
-        streaming = await self.view.add(Shown("assistant", "", complete=False))
+        streaming = await self.view.add(self._new_reply())
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(seq, text, on_text=on_text,
                                                                             cancel=cancel), "editing")
 
     async def continue_reply(self) -> None:
-        if self.conversation is None or not self._can_generate() or self.busy:
-            if self.conversation is None:
-                self.app.notify("Write something first.", severity="warning")
+        if self.conversation is None:
+            self.app.notify("There is nothing to continue yet: write something first.", severity="warning")
+            return
+        if not self._can_generate() or self._busy_notice():
             return
         views = self.view.views
         if self.mode == "chat":
-            if not views or views[-1].shown.role != "assistant" or views[-1].shown.complete:
+            if not self.can("continue_reply"):
                 self.app.notify("Continue works on a reply that was stopped or cut; send a message or "
                                 "regenerate instead.", severity="warning")
                 return
-            streaming = views[-1]
+            if views[-1].shown.role == "assistant":
+                streaming = views[-1]
+            else:  # the reply to the last message was never saved: write it now
+                streaming = await self.view.add(self._new_reply())
         else:
-            streaming = await self.view.add(Shown("assistant", "", complete=False))
+            streaming = await self.view.add(self._new_reply())
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.continue_reply(on_text=on_text,
                                                                                       cancel=cancel), "continuing")
 
@@ -496,7 +520,12 @@ class ChatPane(TabPane):
     async def on_reply_failed(self, message: ReplyFailed) -> None:
         if not await self._end_reply(message):
             return
-        self.app.notify(describe_error(message.error), title="The reply failed", severity="error", timeout=12)
+        from runtime.chat.conversation import InputNotReadError
+
+        if isinstance(message.error, InputNotReadError):
+            self._give_back(message.error.text)
+        else:
+            self.app.notify(describe_error(message.error), title="The reply failed", severity="error", timeout=12)
         if self.conversation is not None:
             await self.view.set_messages([Shown.of(m) for m in self.conversation.messages])
         else:
@@ -504,6 +533,17 @@ class ChatPane(TabPane):
             if views and views[-1].shown.seq is None and views[-1].shown.role == "assistant":
                 await self.view.truncate(len(views) - 1)
         self.refresh_status()
+
+    def _give_back(self, text: str) -> None:
+        """Stopped before the model had read the message: nothing was saved, so it goes back into the
+        prompt (before anything typed meanwhile), and a notice says so."""
+        typed = self.prompt.text
+        self.prompt.text = text + ("\n\n" + typed if typed.strip() else "")
+        self.prompt.move_cursor((len(text.split("\n")) - 1, len(text.split("\n")[-1])))
+        what = "your edited message" if self._doing == "editing" else "your message"
+        self.app.notify(f"Stopped before the model had read {what}, so nothing was saved: it is back in the "
+                        "input box.", title="Stopped", timeout=10)
+        self.last_finish = "cancelled"
 
     async def on_conversation_changed(self, message: ConversationChanged) -> None:
         message.stop()

@@ -17,6 +17,7 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from tui.keymap import bindings, effective_keys
+from tui.widgets.tab_focus import keep_focus_in_active_tab
 
 
 def _text_area_bindings() -> list[Binding]:
@@ -75,6 +76,11 @@ class PromptArea(TextArea, inherit_bindings=False):
             self.action_send()
             return
         await super()._on_key(event)
+
+    async def _on_hide(self, event: events.Hide) -> None:
+        """Hidden with its tab: the focus goes to the prompt of the tab that shows (see tab_focus)."""
+        if keep_focus_in_active_tab(self, event):
+            await super()._on_hide(event)  # TextArea's own (ends a mouse selection); Textual's blur is skipped
 
     def action_send(self) -> None:
         text = self.text

@@ -39,15 +39,15 @@ by `decay`, then adds `weight` to the new token's count (appending it to `touche
 from __future__ import annotations
 
 import ctypes
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from llvmlite import ir
 
-from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.engine import CompiledModule
 from runtime.jit.irkit import F32, F32P, I1, I8, I32, I32P, I64, I64P, VOID, counted_loop, f32, i64, intrinsic
 from runtime.jit.kernels.irhelpers import V8F, V8I32, Var, load_vec, shuffle, splat, splat_const, store_vec
+from runtime.jit.shared import shared_function, shared_module
 
 SAMPLE_FN = "rwkv_sample"
 RECORD_FN = "rwkv_penalty_record"
@@ -546,16 +546,8 @@ class SampleKernels:
     record: ctypes._CFuncPtr
 
 
-_kernels: SampleKernels | None = None
-_lock = threading.Lock()
-
-
 def sample_kernels() -> SampleKernels:
     """Compile (or load from the object cache) the sampling kernels, once per process."""
-    global _kernels
-    with _lock:
-        if _kernels is None:
-            compiled = compile_module(build_module())
-            _kernels = SampleKernels(compiled, SAMPLE_CTYPE(compiled.address(SAMPLE_FN)),
-                                     RECORD_CTYPE(compiled.address(RECORD_FN)))
-        return _kernels
+    return SampleKernels(shared_module("sample", build_module),
+                         shared_function("sample", build_module, SAMPLE_FN, SAMPLE_CTYPE),
+                         shared_function("sample", build_module, RECORD_FN, RECORD_CTYPE))

@@ -13,14 +13,13 @@ issue's figures were measured with) reads markedly less on some machines (Zen 5:
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import numpy as np
 from llvmlite import ir
 
-from runtime.jit.engine import CompiledModule, compile_module
 from runtime.jit.irkit import F32, F32P, I64, counted_loop
 from runtime.jit.kernels.irhelpers import V8F, Var, byte_ptr, fadd, hsum, load_vec, prefetch, tree_sum
+from runtime.jit.shared import shared_function
 
 STEP = 64  # floats per loop step (256 bytes)
 PREFETCH_BYTES = 16384  # as runtime/jit/kernels/matvec.py
@@ -42,14 +41,11 @@ def build_module() -> ir.Module:
     return module
 
 
-@functools.cache
-def _compiled() -> tuple[CompiledModule, ctypes._CFuncPtr]:
-    lib = compile_module(build_module())
-    return lib, ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)(lib.address(NAME))
+CTYPE = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)
 
 
 def stream_sum(part: np.ndarray) -> float:
     """The compiled read over a float32 array of whole STEPs (releases the GIL: ctypes)."""
     if part.dtype != np.float32 or len(part) % STEP or not part.flags.c_contiguous:
         raise ValueError(f"the stream read takes contiguous float32 arrays of a multiple of {STEP} values")
-    return _compiled()[1](part.ctypes.data, len(part))
+    return shared_function(NAME, build_module, NAME, CTYPE)(part.ctypes.data, len(part))

@@ -29,8 +29,9 @@ from collections.abc import Iterable
 import numpy as np
 from llvmlite import ir
 
-from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.engine import CompiledModule
 from runtime.jit.irkit import I8P, I32, I32P, I64, I64P, get_or_define, i64, load_at, store_at
+from runtime.jit.shared import shared_function, shared_module
 
 TRIE_FN = "trie_longest_match"
 TRIE_HASH_MULT = 0x9E3779B1  # odd; 2**32 / golden ratio (Knuth's multiplicative hashing)
@@ -134,10 +135,13 @@ def emit_trie_longest_match(module: ir.Module) -> ir.Function:
 
 def compile_trie_kernel() -> tuple[CompiledModule, ctypes._CFuncPtr]:
     """Compile (or load from the object cache) the kernel; keep the module alive while calling."""
+    return shared_module("trie", _trie_module), shared_function("trie", _trie_module, TRIE_FN, TRIE_CTYPE)
+
+
+def _trie_module() -> ir.Module:
     module = ir.Module(name="trie")
     emit_trie_longest_match(module)
-    compiled = compile_module(module)
-    return compiled, TRIE_CTYPE(compiled.address(TRIE_FN))
+    return module
 
 
 class TrieMatcher:
