@@ -22,6 +22,11 @@ reply starts; the reply's streamed text, without a state, at its first text and 
 `DRAFT_INTERVAL_S` (a killed reply is found as a cut-short one, its state rebuilt by reading it); the
 finished reply with its state. `regenerate` and `continue_reply` also work when the last message is
 the user's (its reply was never saved).
+
+A saved state that fails any check when it is loaded (its type, size, checksum, compression, the
+model's fingerprint, shape, finite values in range) is set aside for good (`set_aside_state`) and
+rebuilt by reading the transcript from the nearest sound state, as for a missing one; `take_notices`
+gives the UI a line saying so, with the number of tokens read again.
 """
 
 from __future__ import annotations
@@ -36,10 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.chat.store import ConversationStore, MessageRecord
+from runtime.chat.store import ConversationStore, MessageRecord, StateCorruptError
 from runtime.errors import CancelledError, RwkvError
 from runtime.model.model import Model
-from runtime.model.state import State
+from runtime.model.state import State, StateError
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.settings import load_settings
 from runtime.text.sampling import Sampler, SamplingSettings, penalty_weights
@@ -104,6 +109,7 @@ class Conversation:
         self._lock = threading.Lock()
         self._messages: list[MessageRecord] = []
         self._state: State = model.new_state()
+        self._notices: list[str] = []  # for the user: damaged states set aside and rebuilt
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -318,14 +324,21 @@ class Conversation:
         prev_complete = prev is None or prev.role != "assistant" or prev.complete
         return self.family.fed_text(m.role, m.content, m.complete, prev_complete)
 
+    def take_notices(self) -> list[str]:
+        """What the user should be told since the last call (damaged saved states that were rebuilt)."""
+        notices, self._notices = self._notices, []
+        return notices
+
     def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None) -> None:
-        """Make the current state the one after message `index`: load it, or read from the nearest saved one."""
+        """Make the current state the one after message `index`: load it, or read from the nearest saved one.
+        A saved state that fails its checks is set aside and read again like a missing one."""
         key = self._key()
         start, state = -1, self.model.new_state()
+        damaged: list[str] = []
         for i in range(index, -1, -1):
-            blob = self.store.load_state(self._messages[i].id, key)
-            if blob is not None:
-                start, state = i, self.model.state_from_bytes(blob, f"saved state of conversation {self.id}")
+            loaded = self._load_saved_state(i, key, damaged)
+            if loaded is not None:
+                start, state = i, loaded
                 break
         if start == index:
             self._state = state
@@ -338,6 +351,25 @@ class Conversation:
             done += n
             self.store.save_state(self._messages[i].id, key, state.to_bytes())
         self._state = state
+        if damaged:
+            origin = f"the state after message {self._messages[start].seq}" if start >= 0 else "the start"
+            self._notices.append(
+                f"{'; '.join(damaged)}. Set aside; rebuilt by reading the conversation again from {origin} "
+                f"({total} tokens re-read)."
+            )
+
+    def _load_saved_state(self, index: int, key: str, damaged: list[str]) -> State | None:
+        """The saved state after message `index`, or None if there is none or it failed a check (then it
+        is set aside and the reason added to `damaged`)."""
+        message = self._messages[index]
+        source = f"saved state after message {message.seq} of conversation {self.id}"
+        try:
+            blob = self.store.load_state(message.id, key)
+            return None if blob is None else self.model.state_from_bytes(blob, source)
+        except (StateCorruptError, StateError) as e:
+            self.store.set_aside_state(message.id, key)
+            damaged.append(f"The saved state after message {message.seq} was damaged ({e})")
+            return None
 
     def _keep_within_state_budget(self) -> None:
         budget = self.state_budget

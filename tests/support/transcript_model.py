@@ -39,6 +39,10 @@ class TranscriptModel:
         state = State.from_bytes(blob, source)
         if state.fingerprint != self.fingerprint:
             raise StateError("state made by another model")
+        if state.data.shape != (ROWS, COLS):  # as Model.check_state
+            raise StateError(f"state has shape {state.data.shape}, the model needs {(ROWS, COLS)}")
+        if state.logits is not None and state.logits.shape != (self.n_vocab,):
+            raise StateError(f"state carries {state.logits.size} logits, the model has {self.n_vocab}")
         return state
 
     def tokens(self, state: State) -> list[int]:
