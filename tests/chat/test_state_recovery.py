@@ -197,3 +197,32 @@ def test_a_state_damaged_in_the_middle_is_recovered_when_regenerating(tmp_path):
         assert conv.regenerate().text == " Other."  # from the state after message 3: damaged, rebuilt
         assert "The saved state after message 3 was damaged" in conv.take_notices()[0]
         assert model.text(conv.state) == transcript[: -len(" Sure.\n\n")] + " Other.\n\n"
+
+
+def test_chat_cli_resumes_a_conversation_whose_state_is_damaged_and_says_so(tmp_path, monkeypatch, capsys):
+    import io
+
+    from runtime.chat.store import default_path
+    from runtime.quant.types import DType
+    from tests.support.gguf_model import write_model_gguf
+    from tests.support.synthetic import v4_state_dict
+    from tui.cli import main as cli
+
+    sd = v4_state_dict(n_layer=2, n_embd=32, n_vocab=50277, seed=11)  # as tests/chat/test_chat_cli.py
+    path = write_model_gguf(tmp_path / "raven-tiny.gguf", sd, DType.F32)
+
+    def chat(*args: str, lines: str) -> tuple[int, str]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+        rc = cli(["chat", str(path), "--seed", "1", "--max-tokens", "4", *args])
+        return rc, "".join(capsys.readouterr().err.split())  # without rich's line breaks
+
+    assert chat(lines="Hello there\n")[0] == 0
+    with ConversationStore.open() as store:
+        cid = store.last_conversation_id()
+        last = store.messages(cid)[-1].seq
+    _set_blob(default_path(), cid, last, 12345)  # an INTEGER where the blob was
+    rc, err = chat("--resume", "last", lines="/history\n")
+    assert rc == 0 and "Traceback" not in err
+    assert f"Thesavedstateaftermessage{last}wasdamaged" in err
+    assert f"rebuiltbyreadingtheconversationagainfromthestateaftermessage{last - 1}(" in err
+    assert "tokensre-read)." in err
