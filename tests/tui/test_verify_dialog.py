@@ -9,7 +9,7 @@ import struct
 import time
 
 from runtime.formats.checkpoint import open_checkpoint
-from tests.tui.conftest import screen_text, wait_for
+from tests.tui.conftest import notes, screen_text, wait_for
 from tui.app import RwkvApp
 from tui.screens.verify import VerifyDialog
 
@@ -93,3 +93,28 @@ def test_closing_while_it_reads_cancels(models, monkeypatch):
     while seen != ["started", "cancelled"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert seen == ["started", "cancelled"]
+
+
+def test_the_models_screen_verifies_the_selected_models_file(models):
+    from tests.tui.test_models_jobs import add_entry, select_model
+
+    add_entry("elsewhere", "https://example.invalid/RWKV-elsewhere.pth", None)  # nothing on disk
+
+    async def body():
+        app = RwkvApp(show_welcome=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_model(pilot, app, "tiny-b")
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, VerifyDialog), what="the verify dialog")
+            dialog = app.screen
+            assert dialog.path == models["tiny-b"]
+            await wait_for(pilot, lambda: dialog.verdict is not None, what="the verdict")
+            assert dialog.verdict == "ok"
+            await pilot.press("escape")
+            screen = await select_model(pilot, app, "elsewhere")
+            await pilot.press("v")
+            await pilot.pause()
+            assert app.screen is screen
+            assert "No file of Served elsewhere is on disk to verify." in " ".join(notes(app))
+
+    asyncio.run(body())
