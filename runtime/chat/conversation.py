@@ -110,6 +110,8 @@ class Conversation:
         self._messages: list[MessageRecord] = []
         self._state: State = model.new_state()
         self._notices: list[str] = []  # for the user: damaged states set aside and rebuilt
+        self._loaded: tuple[int, State] | None = None  # (message index, state) last loaded from the store
+        self._replaced: tuple[State, State] | None = None  # (damaged state set aside, its rebuilt one)
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -295,7 +297,19 @@ class Conversation:
         return _Release()
 
     def _feed(self, ids: Sequence[int], state: State, want_logits: bool) -> tuple[np.ndarray | None, State]:
-        logits, state = self.model.forward(ids, state, want_logits=want_logits)
+        if self._replaced is not None and state is self._replaced[0]:
+            state = self._replaced[1]  # a state set aside below, still held by a caller (a rewind's history)
+        try:
+            logits, state = self.model.forward(ids, state, want_logits=want_logits)
+        except StateError as e:  # a loaded state passed its checks but makes the model's values non-finite
+            if self._loaded is None or self._loaded[1] is not state:
+                raise
+            index, self._loaded = self._loaded[0], None
+            self.store.set_aside_state(self._messages[index].id, self._key())
+            reason = f"The saved state after message {self._messages[index].seq} was damaged ({e})"
+            self._restore_or_rebuild(index, no_progress, None, [reason])
+            self._replaced = (state, self._state)
+            logits, state = self.model.forward(ids, self._state, want_logits=want_logits)
         self.tokens_read += len(ids)
         return logits, state
 
@@ -329,12 +343,14 @@ class Conversation:
         notices, self._notices = self._notices, []
         return notices
 
-    def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None) -> None:
+    def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None,
+                            damaged: list[str] | None = None) -> None:
         """Make the current state the one after message `index`: load it, or read from the nearest saved one.
-        A saved state that fails its checks is set aside and read again like a missing one."""
+        A saved state that fails its checks is set aside and read again like a missing one (`damaged`:
+        reasons for states already set aside, for the notice)."""
         key = self._key()
         start, state = -1, self.model.new_state()
-        damaged: list[str] = []
+        damaged = list(damaged or [])
         for i in range(index, -1, -1):
             loaded = self._load_saved_state(i, key, damaged)
             if loaded is not None:
@@ -342,6 +358,7 @@ class Conversation:
                 break
         if start == index:
             self._state = state
+            self._loaded = (index, state)  # used as saved: `_feed` sets it aside if a step from it fails
             return
         texts = [self._fed(i) for i in range(start + 1, index + 1)]
         total = sum(len(self.tokenizer.encode(t)) for t in texts if t)

@@ -226,3 +226,39 @@ def test_chat_cli_resumes_a_conversation_whose_state_is_damaged_and_says_so(tmp_
     assert f"Thesavedstateaftermessage{last}wasdamaged" in err
     assert f"rebuiltbyreadingtheconversationagainfromthestateaftermessage{last - 1}(" in err
     assert "tokensre-read)." in err
+
+
+def test_a_state_that_passes_its_checks_but_makes_the_model_fail_is_rebuilt_when_used(tmp_path):
+    """A saved state of -2.6e36 in an ffn_xx row is finite and within bounds, so it loads; the next step
+    from it is not finite. The model blames the state (a fresh state gives finite values), and the
+    conversation sets it aside, rebuilds it and goes on."""
+    import runtime
+    from runtime.quant.types import DType
+    from tests.support.gguf_model import write_model_gguf
+    from tests.support.synthetic import v4_state_dict
+
+    sd = v4_state_dict(n_layer=2, n_embd=32, n_vocab=50277, seed=11)  # as tests/chat/test_chat_cli.py
+    path = write_model_gguf(tmp_path / "raven-tiny.gguf", sd, DType.F32)
+    db = tmp_path / "c.sqlite3"
+    with runtime.load_model(path, threads=1) as model, ConversationStore.open(db) as store:
+        conv = Conversation.start(store, model, family="raven", seed=3)
+        conv.set_sampling(conv.sampling.replace(max_tokens=4))
+        conv.send("Hi")
+        cid, last, sound = conv.id, conv.messages[-1].seq, conv.state
+    data = sound.data.copy()
+    data[4, 7] = -2.6e36  # layer 0's ffn_xx: relu(k)^2 overflows
+    with runtime.load_model(path, threads=1) as model:
+        _put_state(db, cid, last, _with(sound, data=data, fingerprint=sound.fingerprint))
+        with ConversationStore.open(db) as store:
+            conv = Conversation.resume(store, cid, model)
+            assert conv.tokens_read == 0 and conv.take_notices() == []  # it passed the checks
+            assert np.array_equal(conv.state.data, data)
+            reply = conv.send("More")
+            assert reply.n_tokens > 0
+            (notice,) = conv.take_notices()
+            assert notice.startswith(f"The saved state after message {last} was damaged (the state given made "
+                                     "raven-tiny.gguf produce")
+            assert f"from the state after message {last - 1} (" in notice
+            assert np.isfinite(conv.state.data).all()
+        # the rebuilt state was stored in its place (read in sequence mode: equal up to rounding)
+        np.testing.assert_allclose(_saved_state(db, cid, last).data, sound.data, rtol=1e-4, atol=1e-5)
