@@ -79,7 +79,8 @@ def last_reply(store_path: Path):
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"[A-Za-z]{4,}", text)
+    """Runs of letters and digits, which Markdown shows as they are (whatever a random model writes)."""
+    return re.findall(r"[A-Za-z0-9]{2,}", text)
 
 
 def squash(screen: str) -> str:
@@ -114,7 +115,7 @@ def test_chat_in_a_real_terminal_then_find_it_after_a_restart(models, tui_home, 
         record, messages = found
         assert messages[-2].content == "Hello from the editor"
         reply_words = words(messages[-1].content)
-        assert reply_words, messages[-1].content  # greedy: these words every time
+        assert reply_words, messages[-1].content  # greedy: the same reply every run
         screen = term.wait(lambda s: "tok/s" in s, "the reply to end")
         shown = [w for w in reply_words if w in squash(screen)]  # the reply, as the model wrote it, is shown
         assert len(shown) >= len(reply_words) / 2, (reply_words, screen)
