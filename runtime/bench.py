@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from runtime.jit.kernels.stream_read import STEP, stream_sum
-from runtime.model.layout import MAT_TENSOR_NAMES, Mat
 from runtime.model.model import Model, load_model
 from runtime.pagecache import drop_cached_pages
 from runtime.threadcount import check_threads, default_threads
@@ -57,7 +56,8 @@ class BenchResult:
 def bytes_per_decoded_token(model: Model) -> int:
     """Weight bytes one decode step reads: every layer matrix, the head, and one embedding row."""
     t = model.tensors
-    total = sum(t[f"blocks.{i}.{MAT_TENSOR_NAMES[m]}"].nbytes for i in range(model.n_layer) for m in Mat)
+    names = (f"blocks.{i}.{suffix}" for i in range(model.n_layer) for suffix in model.arch.LAYER_MATRICES)
+    total = sum(t[name].nbytes for name in names if name in t)
     return total + t["head.weight"].nbytes + t["emb.weight"].row_bytes
 
 

@@ -7,7 +7,7 @@ V7_LORA_TRANSPOSED), r_k flattened to (C,), ffn.x_k as (1, 1, C), ln0 kept (llam
 token_embd_norm; nothing is folded), w0 raw, and in layer 0 dummy v0/v1/v2 that copy a0/a1/a2 (llama.cpp's loader
 requires them; the model never reads them). The big matrices (att receptance/key/value/output,
 ffn key/value) take the requested type, the embedding and head follow convert's policy, and
-everything else (LoRA, vectors, r_k, lerps) stays F32, as rwkv.cpp keeps LoRA unquantized.
+everything else (vectors, r_k, lerps) stays F32, LoRA factors F16 (F32 in an F32 file), as rwkv.cpp keeps them.
 
 Metadata: llama.cpp's `rwkv7.*` keys (context length, widths, epsilon, head size, the four LoRA
 ranks, head_count 0), the vocabulary as llama.cpp stores it (runtime/text/gguf_vocab.py), and the
@@ -49,6 +49,11 @@ def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
     C = a.n_embd
     t = ckpt.tensors
     transposed = V7_LORA_TRANSPOSED in ckpt.transforms
+    # LoRA factors: F32 in an F32 file, else F16 as rwkv.cpp's FP16 files hold them. Their rows are
+    # short (the rank), so decoding F16 costs half the bytes of F32 and less per byte than a block
+    # type: 0.4B shape, WKV-7 + LoRA + norms 15.3 % of a decode step with F32 factors, 8.7 % with F16
+    # (bench/rwkv7_profile.py).
+    lora_type = DType.F32 if types["matrix"] == DType.F32 else DType.F16
     layout = Layout([])
 
     def stored(dtype: DType, shape: tuple[int, ...]) -> DType:
@@ -60,8 +65,9 @@ def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
         layout.plan.append(TensorPlan(name, shape, stored(types[role], shape)))
         layout.sources[name] = src
 
-    def build(name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray], srcs: list[str]) -> None:
-        layout.plan.append(TensorPlan(name, shape, DType.F32))
+    def build(name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray], srcs: list[str],
+              dtype: DType = DType.F32) -> None:
+        layout.plan.append(TensorPlan(name, shape, dtype))
         layout.built[name] = (lambda: make().reshape(shape), sum(t[s].nbytes for s in srcs))
 
     def vector(src: str, name: str | None = None, shape: tuple[int, ...] = (C,)) -> None:
@@ -72,7 +78,8 @@ def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
         shape = tuple(int(d) for d in t[src].shape)
         if not transposed:
             shape = shape[::-1]
-        build(name, shape, lambda: t[src].numpy() if transposed else np.ascontiguousarray(t[src].numpy().T), [src])
+        build(name, shape, lambda: t[src].numpy() if transposed else np.ascontiguousarray(t[src].numpy().T), [src],
+              lora_type)
 
     stream("emb.weight", "emb")
     vector("blocks.0.ln0.weight")

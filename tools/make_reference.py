@@ -1,4 +1,4 @@
-"""Record reference outputs of BlinkDL's official RWKV implementation for random RWKV-4 models.
+"""Record reference outputs of BlinkDL's official RWKV implementation for random RWKV-4 and RWKV-7 models.
 
 Run by hand, with torch and the `rwkv` package (0.8.32) installed; the test suite never imports this:
 
@@ -7,6 +7,12 @@ Run by hand, with torch and the `rwkv` package (0.8.32) installed; the test suit
     cd /work/main && /work/refvenv/bin/python tools/make_reference.py --shape 169m --steps 256 \
         --out bench/out/reference
         -> bench/out/reference/rwkv4-169m-random.{pth,npz}   (not committed; also 430m, 1b5)
+    cd /work/main && /work/venv-ref/bin/python tools/make_reference.py --arch 7
+        -> tests/fixtures/reference/rwkv7-{a,b}.{pth,npz}   (committed)
+
+RWKV-7 needs `RWKV_V7_ON=1` before `rwkv.model` is imported, after which the package can no longer
+load RWKV-4 in that process: one architecture per run. Its models come from `v7_state_dict`, are saved
+as float32 and loaded with `RWKV_x070(path without '.pth', 'cpu fp32')`.
 
 Each model is built with tests/support/synthetic.py `v4_state_dict` (BlinkDL's tensor names and
 shapes), saved with `torch.save` as a `.pth`, loaded with `rwkv.model.RWKV(path, 'cpu fp32')`, and run
@@ -36,12 +42,18 @@ for _var in ("RWKV_RESCALE_LAYER", "RWKV_V7_ON", "RWKV_DML_ON"):
 import numpy as np  # noqa: E402
 
 from tests.support import numpy_rwkv  # noqa: E402
-from tests.support.synthetic import v4_state_dict  # noqa: E402
+from tests.support.synthetic import v4_state_dict, v7_state_dict  # noqa: E402
 
 FIXTURES = {
     # name: (n_layer, n_embd, n_vocab, model seed, storage dtype)
     "tiny": (2, 64, 320, 1, "float32"),
     "small": (3, 128, 512, 2, "bfloat16"),
+}
+V7_FIXTURES = {
+    # name: (n_layer, n_embd, n_vocab, LoRA ranks (Dw, Da, Dv, Dg), model seed, layer-0 v0/v1/v2)
+    # ranks unlike any released model's; rwkv7-a's are whole 32-value blocks, rwkv7-b's are not
+    "rwkv7-a": (2, 64, 256, (32, 64, 32, 96), 3, False),
+    "rwkv7-b": (2, 128, 320, (24, 40, 16, 48), 4, True),
 }
 SHAPES = {
     "169m": (12, 768),
@@ -102,6 +114,71 @@ def record(pth: Path, tokens: list[int]) -> dict[str, np.ndarray]:
         "state_seq": state_array(state),
         "emb_ln0": emb_ln0,
     }
+
+
+def record_v7(pth: Path, tokens: list[int]) -> dict[str, np.ndarray]:
+    """The official RWKV-7 on `tokens`: decode and sequence mode, states in rwkv-tui's layout."""
+    import torch
+    from rwkv.model import RWKV  # RWKV_x070, with RWKV_V7_ON=1 set before the import
+
+    torch.set_grad_enabled(False)
+    model = RWKV(model=str(pth.with_suffix("")), strategy=STRATEGY)
+    assert type(model).__name__ == "RWKV_x070", type(model)
+
+    def state_array(state: list) -> np.ndarray:
+        """Per layer: att x_prev, ffn x_prev, then the (H, N, N) matrix as N rows of C."""
+        rows = []
+        for i in range(len(state) // 3):
+            att, wkv, ffn = (s.detach().float().cpu().numpy() for s in state[3 * i : 3 * i + 3])
+            rows += [att.reshape(1, -1), ffn.reshape(1, -1), wkv.reshape(-1, att.size)]
+        return np.concatenate(rows).astype(np.float32)
+
+    t0 = time.perf_counter()
+    state = None
+    out_rows = []
+    for tok in tokens:
+        logits, state = model.forward([tok], state)
+        out_rows.append(logits.detach().float().numpy().copy())
+    state_decode = state_array(state)
+    t_decode = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    logits_all, state = model.forward(list(tokens), None, full_output=True)
+    t_seq = time.perf_counter() - t0
+    print(f"  official: decode {t_decode / len(tokens) * 1e3:.2f} ms/token, sequence call {t_seq:.2f} s")
+    all_np = logits_all.detach().float().numpy().copy().astype(np.float32)
+    return {
+        "logits_decode": np.stack(out_rows).astype(np.float32),
+        "state_decode": state_decode,
+        "logits_seq_all": all_np,
+        "logits_seq": all_np[-1].copy(),
+        "state_seq": state_array(state),
+    }
+
+
+def make_v7(name: str, steps: int, out_dir: Path) -> None:
+    n_layer, n_embd, n_vocab, ranks, seed, layer0_v = V7_FIXTURES[name]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pth = out_dir / f"{name}.pth"
+    print(f"{name}: n_layer={n_layer} n_embd={n_embd} n_vocab={n_vocab} ranks={ranks} seed={seed}")
+    sd = v7_state_dict(n_layer=n_layer, n_embd=n_embd, n_vocab=n_vocab, ranks=ranks, seed=seed, layer0_v=layer0_v)
+    save_pth(sd, pth, "float32")
+    token_seed = seed + 100
+    tokens = [int(t) for t in np.random.default_rng(token_seed).integers(0, n_vocab, steps)]
+    out = record_v7(pth, tokens)
+    ld, ls = out["logits_decode"], out["logits_seq_all"]
+    print(f"  decode vs sequence, all positions: logits rel {rel_max(ld, ls, ls):.3g}, "
+          f"state rel {rel_max(out['state_decode'], out['state_seq'], out['state_seq']):.3g}")
+    meta = {
+        "tokens": np.array(tokens, dtype=np.int32), "n_layer": np.array(n_layer), "n_embd": np.array(n_embd),
+        "n_vocab": np.array(n_vocab), "head_size": np.array(64), "ranks": np.array(ranks, dtype=np.int32),
+        "layer0_v": np.array(layer0_v), "seed": np.array(seed), "token_seed": np.array(token_seed),
+        "storage_dtype": np.array("float32"), **versions(),
+    }
+    npz = out_dir / f"{name}.npz"
+    tmp = out_dir / f"{name}.part.npz"
+    np.savez_compressed(tmp, **out, **meta)
+    tmp.replace(npz)
+    print(f"  wrote {pth} ({pth.stat().st_size:,} bytes), {npz} ({npz.stat().st_size:,} bytes)")
 
 
 def rel_max(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> float:
@@ -201,7 +278,9 @@ def make(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="output folder")
-    ap.add_argument("--only", choices=sorted(FIXTURES), action="append", help="fixture(s) to make")
+    ap.add_argument("--arch", choices=["4", "7"], default="4", help="architecture of the fixtures (one per run)")
+    ap.add_argument("--only", choices=sorted(FIXTURES) + sorted(V7_FIXTURES), action="append",
+                    help="fixture(s) to make")
     ap.add_argument("--shape", choices=sorted(SHAPES), help="a real-shape model (vocab 50277) instead")
     ap.add_argument("--steps", type=int, default=None, help="token count (64 for fixtures, 256 for --shape)")
     ap.add_argument("--storage", choices=["float32", "bfloat16", "float16"], default="bfloat16",
@@ -211,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ["RWKV_JIT_ON"] = args.jit
+    wrong = [n for n in args.only or () if n not in (V7_FIXTURES if args.arch == "7" else FIXTURES)]
+    if wrong:
+        ap.error(f"{', '.join(wrong)} is not an RWKV-{args.arch} fixture (--arch)")
+    if args.arch == "7":
+        os.environ["RWKV_V7_ON"] = "1"  # before rwkv.model is imported (record_v7 imports it)
+        out_dir = args.out or ROOT / "tests" / "fixtures" / "reference"
+        for name in args.only or list(V7_FIXTURES):
+            make_v7(name, steps=args.steps or 64, out_dir=out_dir)
+        return 0
     if args.shape:
         n_layer, n_embd = SHAPES[args.shape]
         out_dir = args.out or ROOT / "bench" / "out" / "reference"

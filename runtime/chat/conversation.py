@@ -182,12 +182,14 @@ class Conversation:
 
     # --- actions -----------------------------------------------------------------------------
 
-    def send(self, text: str, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None) -> Reply:
-        """Add a user message (chat) or a piece of text (novel), then generate the reply to it."""
+    def send(self, text: str, *, on_text: TextCallback | None = None, cancel: CancelToken | None = None,
+             progress: ProgressCallback = no_progress) -> Reply:
+        """Add a user message (chat) or a piece of text (novel), then generate the reply to it.
+        `progress` follows the reading of the message (in tokens)."""
         with self._busy():
             if not text.strip() and self.mode == "chat":
                 raise ConversationError("the message is empty")
-            self._add_input(text, cancel)
+            self._add_input(text, cancel, progress)
             if len(self.messages) == 1 and self.record.title == "New conversation":
                 self.store.rename(self.id, _title_from(text))
             return self._reply(on_text, cancel)
@@ -204,7 +206,7 @@ class Conversation:
             return self._reply(on_text, cancel)
 
     def edit(self, seq: int, text: str, *, on_text: TextCallback | None = None,
-             cancel: CancelToken | None = None) -> Reply:
+             cancel: CancelToken | None = None, progress: ProgressCallback = no_progress) -> Reply:
         """Replace message `seq` (a user message or novel text), drop what followed, and reply again."""
         with self._busy():
             if not 0 < seq < len(self._messages) or self._messages[seq].role not in ("user", "text"):
@@ -212,7 +214,7 @@ class Conversation:
             current = self._state
             self._restore_or_rebuild(seq - 1, no_progress, None)  # read from the state before message seq
             try:
-                self._add_input(text, cancel, replacing_from=seq)
+                self._add_input(text, cancel, progress, replacing_from=seq)
             except InputNotReadError:
                 self._state = current
                 raise
@@ -319,6 +321,8 @@ class Conversation:
         """Feed `text` in sequence-mode chunks; returns (state, logits of the last token, token count)."""
         ids = self.tokenizer.encode(text) if text else []
         logits = None
+        if len(ids) > INGEST_CHUNK:  # a long read: its size before its first chunk
+            progress(Progress("reading the conversation", done, total or len(ids), "tok"))
         for start in range(0, len(ids), INGEST_CHUNK):
             if cancel is not None:
                 cancel.raise_if_cancelled()
@@ -398,17 +402,19 @@ class Conversation:
         self._messages = self._messages[: seq + 1]
         self._restore_or_rebuild(seq, no_progress, None)
 
-    def _add_input(self, text: str, cancel: CancelToken | None, replacing_from: int | None = None) -> None:
+    def _add_input(self, text: str, cancel: CancelToken | None, progress: ProgressCallback = no_progress,
+                   replacing_from: int | None = None) -> None:
         """Read the user's message (after the current state) and save it with the state after it.
         `replacing_from`: the seq it replaces (edit); that message and the later ones are dropped only
         once it has been read. Cancelled while reading: InputNotReadError, and nothing has changed."""
+        self.reply_tokens = 0  # a new reply comes after this input (UIs must not show the last one's count)
         role = "user" if self.mode == "chat" else "text"
         keep = len(self._messages) if replacing_from is None else replacing_from
         prev = self._messages[keep - 1]
         prev_complete = prev.role != "assistant" or prev.complete
         fed = self.family.fed_text(role, text, True, prev_complete)
         try:
-            state, _, n = self._ingest(fed, self._state, cancel=cancel)
+            state, _, n = self._ingest(fed, self._state, progress, cancel)
         except CancelledError:
             raise InputNotReadError(text) from None
         stored = text.strip() if role == "user" else text

@@ -21,7 +21,7 @@ from runtime.errors import ModelFileError, UnsupportedModelError
 LN_EPS = 1e-5
 TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
 
-RUNNABLE_VERSIONS = ("4",)
+RUNNABLE_VERSIONS = ("4", "7")
 READABLE_VERSIONS = ("4", "7")
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")

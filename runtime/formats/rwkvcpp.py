@@ -13,6 +13,11 @@ file's transforms: every `.time_` tensor is squeezed ((1, 1, C) → (C,)) and `t
 graph applies it after the embedding lookup), so it is not folded. The quantizer leaves the embedding,
 the head and all 1-D tensors in float.
 
+RWKV-7 files (told by `blocks.0.att.r_k`) carry other transforms: the six token-shift lerps of a layer
+fused into one `att.x_rwkvag` (6, 1, C) tensor, order r, w, k, v, a, g — handed out here as six
+`att.x_*` tensors viewing its bytes — and the LoRA factors w1/w2/a1/a2/v1/v2/g1/g2 stored transposed
+(`V7_LORA_TRANSPOSED`). Nothing else is changed (w0 raw, r_k (H, N), ln0 separate).
+
 Scanning reads only the small record headers; each tensor's data is skipped by its byte size and
 handed out as a `LazyTensor` on one shared `FileHandle`.
 """
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ModelFileError
-from runtime.formats.checkpoint import TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED
+from runtime.formats.checkpoint import TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, V7_LORA_TRANSPOSED
 from runtime.formats.tensors import FileHandle, LazyTensor
 from runtime.quant.types import DType
 
@@ -45,6 +50,9 @@ RWKVCPP_TYPES: dict[int, DType] = {
 }
 _REMOVED_TYPES = {4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3"}
 TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED})
+V7_TRANSFORMS = frozenset({V7_LORA_TRANSPOSED})
+V7_FUSED_LERP = "att.x_rwkvag"
+V7_LERP_ORDER = ("r", "w", "k", "v", "a", "g")
 
 MAX_DIMS = 4
 MAX_KEY = 1024
@@ -89,7 +97,28 @@ def _scan(fh: FileHandle) -> RwkvCppFile:
         out.tensors[tensor.name] = tensor
         pos = tensor.offset + tensor.nbytes
     _check_against_header(out)
+    if "blocks.0.att.r_k" in out.tensors:
+        _split_v7_lerps(out)
+        out.transforms = V7_TRANSFORMS
     return out
+
+
+def _split_v7_lerps(f: RwkvCppFile) -> None:
+    """Replace each layer's fused `att.x_rwkvag` (6, 1, C) by six (1, 1, C) views `att.x_r` … `att.x_g`."""
+    for name in [n for n in f.tensors if n.endswith("." + V7_FUSED_LERP)]:
+        fused = f.tensors.pop(name)
+        if fused.dtype.is_quantized or fused.shape != (len(V7_LERP_ORDER), 1, f.n_embd):
+            raise ModelFileError(
+                f.path, f"tensor '{name}' has shape {fused.shape} and type {fused.dtype.name}, expected "
+                f"{(len(V7_LERP_ORDER), 1, f.n_embd)} floats"
+            )
+        prefix = name[: -len(V7_FUSED_LERP)]
+        step = fused.dtype.nbytes((1, 1, f.n_embd))
+        for i, m in enumerate(V7_LERP_ORDER):
+            part = f"{prefix}att.x_{m}"
+            if part in f.tensors:
+                raise ModelFileError(f.path, f"tensor '{part}' appears both alone and in '{name}'")
+            f.tensors[part] = LazyTensor(part, (1, 1, f.n_embd), fused.dtype, fused.file, fused.offset + i * step)
 
 
 def _type(path: Path, code: int, what: str) -> DType:

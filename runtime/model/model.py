@@ -1,4 +1,4 @@
-"""`Model`: a loaded RWKV-4 model whose forward pass is one native call per step.
+"""`Model`: a loaded RWKV model whose forward pass is one native call per step.
 
     model = load_model("raven-7b-q5_1.gguf")
     state = model.new_state()
@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import DamagedModelError
-from runtime.formats.detect import TOKENIZER_BY_VOCAB
 from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_module
 from runtime.jit.release import release_compiler_pages
 from runtime.jit.threads import ThreadPool, new_barrier
-from runtime.model.forward_ir import FORWARD_NAME, build_forward_module
-from runtime.model.layout import N_ARGS, PP_INITIAL, Arg, StateRow
+from runtime.model.arch.base import FORWARD_NAME
+from runtime.model.layout import N_ARGS, Arg
 from runtime.model.loader import LoadedWeights, load_weights
 from runtime.model.state import State, StateError
 from runtime.pagecache import huge_mapped_fraction
@@ -49,6 +48,8 @@ class Model:
     def __init__(self, weights: LoadedWeights, threads: int | None = None) -> None:
         self._weights = weights
         self.spec = weights.spec
+        self.arch = weights.arch  # the architecture's module in runtime/model/arch/
+        self.arch_name: str = self.arch.NAME
         self.path: Path = weights.path
         self.version = weights.checkpoint.arch.version
         self.n_layer = self.spec.n_layer
@@ -57,7 +58,7 @@ class Model:
         self.fingerprint = weights.fingerprint
         self.metadata = weights.metadata
         t0 = time.perf_counter()
-        self._compiled: CompiledModule = compile_module(build_forward_module(self.spec))
+        self._compiled: CompiledModule = compile_module(self.arch.build_forward_module(self.spec))
         self.compile_seconds = time.perf_counter() - t0
         self.compiled_from_cache = self._compiled.stats.cached
         self._forward_address = self._compiled.address(FORWARD_NAME)
@@ -82,33 +83,36 @@ class Model:
 
     @property
     def tokenizer_name(self) -> str:
-        """'gpt-neox-20b', 'rwkv-world' or 'none'."""
-        name = self.metadata.get("tokenizer.ggml.model")
-        return name if isinstance(name, str) else TOKENIZER_BY_VOCAB.get(self.n_vocab, "none")
+        """'gpt-neox-20b', 'rwkv-world', 'rwkv-gguf' (the file's own rwkv token list) or 'none'."""
+        from runtime.text.gguf_vocab import tokenizer_name_for_metadata
+
+        return tokenizer_name_for_metadata(self.metadata, self.n_vocab)
 
     @property
     def tokenizer(self) -> Any:
-        """This model's `runtime.text.tokenizers.Tokenizer` (loaded once per process)."""
+        """This model's `runtime.text.tokenizers.Tokenizer` (loaded once per process): the one its
+        metadata names or holds (runtime/text/gguf_vocab.py), else the one its vocabulary size tells."""
         from runtime.errors import UnsupportedModelError
-        from runtime.text.tokenizers import TOKENIZER_NAMES, TokenizerError, canonical_name, load_tokenizer
+        from runtime.text.gguf_vocab import tokenizer_for_metadata
+        from runtime.text.tokenizers import TOKENIZER_NAMES, TokenizerError
 
-        name = self.tokenizer_name
         try:
-            name = canonical_name(name)
+            return tokenizer_for_metadata(self.metadata, self.n_vocab)
         except TokenizerError:
             raise UnsupportedModelError(
-                self.path, f"no known tokenizer for this model (tokenizer '{name}', vocabulary of {self.n_vocab}); "
-                f"known: {', '.join(TOKENIZER_NAMES)}"
+                self.path, f"no known tokenizer for this model (tokenizer '{self.tokenizer_name}', vocabulary of "
+                f"{self.n_vocab}); known: {', '.join(TOKENIZER_NAMES)}"
             ) from None
-        return load_tokenizer(name)
 
     def new_state(self) -> State:
-        data = np.zeros(self.spec.state_shape, dtype=np.float32)
-        data.reshape(self.n_layer, -1, self.n_embd)[:, StateRow.PP, :] = PP_INITIAL
-        return State(data, self.fingerprint)
+        return State(self.arch.new_state_data(self.spec), self.fingerprint, None, self.arch_name)
 
     def check_state(self, state: State) -> None:
         """Raise StateError unless `state` was made by this model."""
+        if state.arch != self.arch_name:
+            raise StateError(
+                f"this state belongs to an {state.arch} model; the loaded model {self.path.name} is {self.arch_name}"
+            )
         if state.fingerprint != self.fingerprint:
             raise StateError(
                 f"this state was made by a different model (fingerprint {state.fingerprint[:12]}…, "
@@ -136,7 +140,7 @@ class Model:
         logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
         new = self._run(ids, state, logits, None)
         self._check_finite(ids, state, logits, new)
-        return logits, State(new, self.fingerprint, logits)
+        return logits, State(new, self.fingerprint, logits, self.arch_name)
 
     def forward_all(self, tokens: Sequence[int] | np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
         """Like `forward`, in sequence mode, but returns the logits after every token: (len(tokens), V).
@@ -148,7 +152,7 @@ class Model:
         all_logits = np.empty((ids.size, self.n_vocab), dtype=np.float32)
         new = self._run(ids, state, None, all_logits)
         self._check_finite(ids, state, all_logits, new)
-        return all_logits, State(new, self.fingerprint, all_logits[-1].copy())
+        return all_logits, State(new, self.fingerprint, all_logits[-1].copy(), self.arch_name)
 
     def _check_finite(self, ids: np.ndarray, state: State | None, logits: np.ndarray | None,
                       new: np.ndarray) -> None:

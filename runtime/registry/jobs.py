@@ -448,8 +448,8 @@ class JobRunner:
         if "convert" in job.steps and not entry.runnable:
             raise _Step(
                 FAILED,
-                f"{entry.name} is an RWKV-{entry.arch} model; this version converts and runs RWKV-4 only "
-                "(download it alone with --no-convert)",
+                f"{entry.name} is an RWKV-{entry.arch} model; this version converts and runs RWKV-4 and RWKV-7 "
+                "only (download it alone with --no-convert)",
             )
         source, sha = None, None
         result: Path | None = None

@@ -3,7 +3,7 @@
 File size per format follows the converter's rule (`runtime.convert.tensor_types`): layer matrices
 in the chosen type, the head in its default type for that target, the embedding F16, 1-D tensors
 F32. RAM to run it = the memory-mapped file + the float32 vector block + the scratch buffer
-(`runtime.model.layout.ModelSpec`) + two states and the logits + a fixed overhead for the process
+(`runtime.model.arch.rwkv4.ModelSpec`) + two states and the logits + a fixed overhead for the process
 (Python, llvmlite, compiled kernels, tokenizer, UI). A `ram = { q5_1 = … }` table in the registry
 overrides the estimate. For architectures this runtime cannot run yet the figures are estimates from
 the parameter count (the bf16 checkpoint's size / 2 when known).
@@ -23,7 +23,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.model.layout import STATE_ROWS, GlobalVec, ModelSpec, Vec
+from runtime.model.arch.rwkv4 import STATE_ROWS, ModelSpec, Vec
+from runtime.model.layout import GlobalVec
 from runtime.quant.types import DType
 from runtime.registry.catalog import ModelEntry
 

@@ -264,3 +264,26 @@ def test_stopping_while_a_long_message_is_read_keeps_the_conversation_as_it_was(
     conv.model = models[0]
     conv.send(long)
     assert [m.content for m in store.messages(conv.id)][1:4] == ["Hi", before_messages[2][2], long.strip()]
+
+
+def test_a_long_message_is_read_with_progress_and_the_reply_count_starts_from_zero(store, models):
+    from runtime.chat.conversation import INGEST_CHUNK
+
+    conv = Conversation.start(store, models[0], family="raven", seed=5)
+    _small(conv, 6)
+    conv.send("Hi")
+    assert conv.reply_tokens > 0
+    events, counts = [], []
+    text = "word " * (2 * INGEST_CHUNK + 10)
+
+    def progress(event) -> None:
+        events.append(event)
+        counts.append(conv.reply_tokens)  # read by UIs while the message is read: not the last reply's
+
+    conv.send(text, progress=progress)
+    n = conv.messages[-2].n_tokens
+    assert [(e.done, e.total) for e in events] == [(0, n), (INGEST_CHUNK, n), (2 * INGEST_CHUNK, n), (n, n)]
+    assert counts == [0] * len(events)
+    events.clear()
+    conv.edit(conv.messages[-2].seq, text, progress=events.append)
+    assert events[-1].done == events[-1].total == n

@@ -113,12 +113,9 @@ def test_other_gguf_architectures_are_refused_by_name(tmp_path):
         open_checkpoint(tmp_path / "q.gguf")
 
 
-RWKVCPP_V7 = Path("/work/shared/data/rwkvcpp-tiny/tiny-rwkv-7v0-834K-FP32.bin")
+RWKVCPP_V7 = Path(__file__).parents[1] / "fixtures" / "rwkvcpp" / "tiny7" / "tiny-rwkv-7v0-834K-FP32.bin"
 
 
-@pytest.mark.skipif(not RWKVCPP_V7.is_file(), reason="the shared rwkv.cpp fixtures are not on this machine")
-@pytest.mark.xfail(strict=True, reason="needs the rwkv.cpp v7 reader (x_rwkvag split) of branch h5-rwkv7: "
-                   "remove this mark when it is merged")
 def test_rwkvcpp_v7_bin():
     ckpt = open_checkpoint(RWKVCPP_V7)
     assert ckpt.arch.version == "7" and V7_LORA_TRANSPOSED in ckpt.transforms

@@ -272,3 +272,35 @@ def test_torch_made_fixture_matches_its_source_checkpoint():
         assert t.shape == want.shape, name
         rtol = 1e-6 if name.endswith(".time_decay") else 0  # torch's exp vs numpy's: an ulp apart
         np.testing.assert_allclose(t.numpy(), want, rtol=rtol, atol=0, err_msg=name)
+
+
+# --- RWKV-7 files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data_type", [DType.F32, DType.F16, DType.Q5_1])
+def test_v7_lerps_are_split_into_views_and_lora_recorded_transposed(tmp_path, data_type):
+    from runtime.formats.checkpoint import V7_LORA_TRANSPOSED
+    from tests.support.rwkvcpp_writer import blinkdl_v7_to_rwkvcpp, write_v7_model
+    from tests.support.synthetic import v7_state_dict
+
+    sd7 = v7_state_dict(n_layer=2, n_embd=128, n_vocab=V, seed=5)
+    ck = open_checkpoint(write_v7_model(tmp_path / "v7.bin", sd7, data_type))
+    assert ck.transforms == {V7_LORA_TRANSPOSED}
+    assert (ck.arch.version, ck.arch.n_layer, ck.arch.n_embd, ck.arch.n_ffn) == ("7", 2, 128, 512)
+    assert not any(n.endswith("x_rwkvag") for n in ck.tensors)
+    for i in range(2):
+        for m in "rwkvag":
+            t = ck.tensors[f"blocks.{i}.att.x_{m}"]
+            assert t.shape == (1, 1, 128)
+            np.testing.assert_array_equal(t.numpy(), sd7[f"blocks.{i}.att.x_{m}"])
+    stored = blinkdl_v7_to_rwkvcpp(sd7, data_type)
+    w1 = ck.tensors["blocks.1.att.w1"]
+    assert w1.shape == (24, 128)  # (Dw, C): transposed
+    np.testing.assert_array_equal(w1.numpy(), decode(*stored["blocks.1.att.w1"]))
+
+
+def test_v7_fused_lerp_of_the_wrong_shape_is_refused(tmp_path):
+    head = header_bytes(4, 32, 1, 0)
+    records = _good_records() + record_bytes("blocks.0.att.r_k", (1, 32), 0, encode(np.ones((1, 32)), DType.F32))
+    records += record_bytes("blocks.0.att.x_rwkvag", (5, 1, 32), 0, encode(np.ones((5, 1, 32)), DType.F32))
+    assert "x_rwkvag" in _error(tmp_path, head + records)

@@ -1,6 +1,8 @@
 """The 4-, 5- and 8-bit matvec kernels on longer rows (whole gathers of scales, and leftovers), hard
-activations, and the kernels other CPUs use (plain x86-64: float; AVX2 and AVX2 + AVX-VNNI: the int16
-kernel without AVX-512), each compiled in a fresh process. Where x is quantized to int16, the error
+activations, and the kernels other CPUs use, each compiled in a fresh process for that CPU: plain x86-64
+(float kernels, halves converted by integer code), AVX2 and AVX2 + AVX-VNNI (the int16 kernel without
+AVX-512, float rows in 256-bit vectors), AVX-512 with and without VNNI, VBMI and GFNI, and the CPU models
+the runtime knows by name (Zen 4); the float types F32/F16 too. Where x is quantized to int16, the error
 may exceed the float tolerance by the bound derived in test_kernels.int16_bound."""
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.jit.test_kernels import matvec_bound
 
 REPO = Path(__file__).resolve().parents[2]
 TYPES = [DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, DType.Q8_0]
+FLOAT_TYPES = [DType.F32, DType.F16]
 COLS = [544, 1024]  # 17 blocks (whole gathers + leftovers), 32 blocks (whole gathers only)
 ROWS = 13  # row groups of 4 and single leftover rows
 RTOL = 1e-5  # as in test_kernels.py, for normal activations
@@ -59,11 +62,11 @@ def activations(cols: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-def max_errors(lib: KernelLibrary) -> dict[str, float]:
+def max_errors(lib: KernelLibrary, types: list[DType] = TYPES) -> dict[str, float]:
     """For every type × cols × x × accumulate: max error of a kernel call over a sub-range of rows
     relative to max|want| (or inf if rows outside the range were touched)."""
     out = {}
-    for t in TYPES:
+    for t in types:
         for cols in COLS:
             raw, wd = weights(t, ROWS, cols, cols)
             for n, x in enumerate(activations(cols, 3)):
@@ -98,16 +101,20 @@ def _too_large(errors: dict[str, float]) -> dict[str, float]:
 
 _SCRIPT = """
 import json
+from runtime.quant.types import DType
 from runtime.jit.kernels.library import make_test_library
+from runtime.jit.kernels.matvec import wide_float_rows
 from runtime.jit.kernels.matvec_int16 import int16_variant
-from tests.jit.test_matvec_nibbles import COLS, TYPES, max_errors
-lib = make_test_library([(t, c) for t in TYPES for c in COLS], kinds=("matvec",), use_cache=False)
+from tests.jit.test_matvec_nibbles import COLS, FLOAT_TYPES, TYPES, max_errors
+lib = make_test_library([(t, c) for t in TYPES + FLOAT_TYPES for c in COLS], kinds=("matvec",), use_cache=False)
 variants = {str(int16_variant(t)) for t in TYPES}
-print(json.dumps({"variants": sorted(variants), "errors": max_errors(lib)}))
+print(json.dumps({"variants": sorted(variants), "wide_floats": wide_float_rows(DType.F16),
+                  "errors": max_errors(lib, TYPES + FLOAT_TYPES)}))
 """
 
 _HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt"
-_AVX512 = _HASWELL + ",+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni"
+_SKX = _HASWELL + ",+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd"
+_AVX512 = _SKX + ",+avx512vnni"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
@@ -115,13 +122,16 @@ _AVX512 = _HASWELL + ",+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512v
     ("x86-64", "", "None"),
     ("haswell", _HASWELL, "Variant(vnni=False, masks=False, wide=False, gfni=False)"),
     ("alderlake", _HASWELL + ",+avxvnni", "Variant(vnni=True, masks=False, wide=False, gfni=False)"),
+    ("skylake-avx512", _SKX, "Variant(vnni=False, masks=True, wide=False, gfni=False)"),
     ("cascadelake", _AVX512, "Variant(vnni=True, masks=True, wide=False, gfni=False)"),
     ("icelake-server", _AVX512 + ",+avx512vbmi", "Variant(vnni=True, masks=True, wide=True, gfni=False)"),
     ("icelake-server", _AVX512 + ",+avx512vbmi,+gfni", "Variant(vnni=True, masks=True, wide=True, gfni=True)"),
-], ids=["baseline", "avx2", "avxvnni", "avx512-256bit", "avx512-wide", "avx512-wide-gfni"])
+    ("znver4", _AVX512 + ",+avx512vbmi,+gfni,+avx512bf16", "Variant(vnni=True, masks=True, wide=True, gfni=True)"),
+], ids=["baseline", "avx2", "avxvnni", "avx512-bw", "avx512-256bit", "avx512-wide", "avx512-wide-gfni", "znver4"])
 def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     """Compiled for another x86-64 CPU in a fresh process (run here, so the host must have what it
-    uses): float kernels without AVX2, the int16 kernel's AVX2 paths otherwise; the same accuracy."""
+    uses): float kernels without AVX2, the int16 kernel's variant for the features otherwise, F32/F16
+    rows in 256- or 512-bit vectors; the same accuracy."""
     import llvmlite.binding as llvm
 
     host = llvm.get_host_cpu_features()
@@ -134,7 +144,8 @@ def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["variants"] == [variant]
-    assert len(result["errors"]) == len(TYPES) * len(COLS) * N_ACTIVATIONS * 2
+    assert result["wide_floats"] == ("avx512f" in features)  # F32/F16 rows in 512-bit vectors
+    assert len(result["errors"]) == len(TYPES + FLOAT_TYPES) * len(COLS) * N_ACTIVATIONS * 2
     assert not _too_large(result["errors"]), _too_large(result["errors"])
 
 

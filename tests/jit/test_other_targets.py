@@ -28,20 +28,25 @@ from runtime.jit.kernels.dequant import SUPPORTED
 from runtime.jit.sync import futex_syscall_number
 from runtime.jit.target import host_target
 from runtime.jit.threads import pool_module
-from runtime.model.forward_ir import build_forward_module
-from runtime.model.layout import Mat, ModelSpec
+from runtime.model.arch import rwkv7
+from runtime.model.arch.rwkv4 import Mat, ModelSpec, build_forward_module
 from runtime.quant.types import DType
 
 spec = ModelSpec(n_layer=len(SUPPORTED), n_embd=64, n_vocab=96, n_ffn=256,
                  layer_types=tuple((t,) * len(Mat) for t in SUPPORTED), emb_type=DType.F16,
                  head_type=DType.Q8_0, ln0_folded=True, chunk=16)
+spec7 = rwkv7.ModelSpec(n_layer=3, n_embd=128, n_vocab=96, n_ffn=512, head_size=64, ranks=(32, 24, 64, 40),
+                        layer_types=((DType.F16,) * 14, (DType.Q8_0,) * 4 + (DType.F16,) * 8 + (DType.Q5_1,) * 2,
+                                     (DType.F32,) * 14),
+                        emb_type=DType.F16, head_type=DType.Q5_1, ln0_folded=False, chunk=16)
 quant = ir.Module("quantizers")
 for src in (DType.F32, DType.F16, DType.BF16):
     for dst in (DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, DType.F16):
         emit_quantize(quant, src, dst)
 trie = ir.Module("trie")
 emit_trie_longest_match(trie)
-modules = {"forward": build_forward_module(spec), "pool": pool_module(), "sample": sample.build_module(),
+modules = {"forward": build_forward_module(spec), "forward7": rwkv7.build_forward_module(spec7),
+           "pool": pool_module(), "sample": sample.build_module(),
            "trie": trie, "quantize": quant, "stream_read": stream_read.build_module()}
 heads = {}
 for name, module in modules.items():
@@ -92,6 +97,6 @@ def test_every_module_compiles_for(
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["triple"] == triple
     assert result["futex"] == futex  # the pool sleeps on futexes only on Linux
-    assert set(result["heads"]) == {"forward", "pool", "sample", "trie", "quantize", "stream_read"}
+    assert set(result["heads"]) == {"forward", "forward7", "pool", "sample", "trie", "quantize", "stream_read"}
     for name, head in result["heads"].items():
         assert object_kind(bytes.fromhex(head)) == kind, (name, head)

@@ -80,7 +80,7 @@ def test_shipped_entries_are_complete_and_consistent():
         assert e.tokenizer == ("world" if e.family == "world" else "20b")
         if e.arch == "4" and e.size:  # bf16 checkpoint: two bytes per parameter, plus a small zip header
             assert 0 <= e.size - 2 * n_params(e) < 1_000_000, e.id
-        assert e.runnable == (e.arch == "4")
+        assert e.runnable == (e.arch in ("4", "7"))
 
 
 def test_the_top_level_models_toml_is_the_shipped_file():

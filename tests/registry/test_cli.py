@@ -41,7 +41,7 @@ def test_get_a_url_registers_downloads_and_converts(tiny_pth, capsys):
     listing = capsys.readouterr().out
     row = next(line for line in listing.splitlines() if line.startswith("tiny-raven"))
     assert "ready (q8_0)" in row
-    assert "world7-0.1b" not in listing and "raven-7b" in listing
+    assert "world6-1.6b" not in listing and "world7-0.1b" in listing and "raven-7b" in listing
 
 
 def test_get_with_a_wrong_sha256_fails_and_says_both_hashes(tiny_pth, capsys):
@@ -58,8 +58,8 @@ def test_get_unknown_id_and_bad_options(capsys):
     assert "did you mean raven-7b" in capsys.readouterr().err
     assert cli(["get", "raven-7b", "--sha256", "xyz"]) == 2
     assert "64 hexadecimal digits" in capsys.readouterr().err
-    assert cli(["get", "world7-0.1b"]) == 2
-    assert "RWKV-7 model" in capsys.readouterr().err and JobQueue().list() == []
+    assert cli(["get", "world6-1.6b"]) == 2
+    assert "RWKV-6 model" in capsys.readouterr().err and JobQueue().list() == []
 
 
 def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
@@ -70,7 +70,7 @@ def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
     assert "models.toml line 1: model 'x'" in captured.err
     rows = {line.split()[0]: line for line in captured.out.splitlines() if line.strip()}
     assert "not downloaded" in rows["pile-169m"] and "q8_0" in rows["pile-169m"]
-    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world7-0.1b"]
+    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world6-1.6b"] and "not yet" not in rows["world7-0.1b"]
 
 
 def test_add_a_local_checkpoint_then_convert_it_with_get(tmp_path, tiny_pth, capsys):

@@ -167,3 +167,43 @@ def read_pth_arrays(path: str | Path) -> dict[str, np.ndarray]:
             )
             out[name] = np.array(arr, dtype=np.float32)
     return out
+
+
+@dataclass(frozen=True)
+class ReferenceV7:
+    """An RWKV-7 fixture (tools/make_reference.py --arch 7); states in rwkv-tui's layout: per layer
+    att x_prev, ffn x_prev, then the (H, N, N) WKV matrix as N rows of C."""
+
+    name: str
+    pth_path: Path
+    tokens: np.ndarray  # (T,) int32
+    logits_decode: np.ndarray  # (T, V): after each of T single-token calls from a fresh state
+    state_decode: np.ndarray  # (L·(2+N), C): after the last of them
+    logits_seq_all: np.ndarray  # (T, V): every position of one T-token call (full_output=True)
+    logits_seq: np.ndarray  # (V,): its last row
+    state_seq: np.ndarray  # (L·(2+N), C): after that call
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    head_size: int
+    ranks: tuple[int, ...]
+
+
+def load_reference_v7(name: str, directory: Path | None = None) -> ReferenceV7:
+    d = directory or FIXTURE_DIR
+    npz = d / f"{name}.npz"
+    with np.load(npz, allow_pickle=False) as z:
+        f = {k: z[k] for k in z.files}
+    L, C, V, N = (int(f[k]) for k in ("n_layer", "n_embd", "n_vocab", "head_size"))
+    ref = ReferenceV7(
+        name, d / f"{name}.pth", f["tokens"].astype(np.int32), f["logits_decode"], f["state_decode"],
+        f["logits_seq_all"], f["logits_seq"], f["state_seq"], L, C, V, N, tuple(int(r) for r in f["ranks"]),
+    )
+    T = len(ref.tokens)
+    expect = {"logits_decode": (T, V), "state_decode": (L * (2 + N), C), "logits_seq_all": (T, V),
+              "logits_seq": (V,), "state_seq": (L * (2 + N), C)}
+    for key, shape in expect.items():
+        got = getattr(ref, key)
+        if got.shape != shape or got.dtype != np.float32:
+            raise ValueError(f"{npz}: {key} is {got.dtype}{got.shape}, expected float32{shape}")
+    return ref

@@ -116,3 +116,50 @@ def write_v4_model(path: str | Path, sd: dict[str, np.ndarray], data_type: DType
         path, blinkdl_to_rwkvcpp(sd, data_type), n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer,
         data_type=data_type, version=version,
     )
+
+
+V7_LORA = (".w1", ".w2", ".a1", ".a2", ".v1", ".v2", ".g1", ".g2")
+V7_FLOAT_KEEP = (".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0")  # FP32 in FP16 files
+V7_LERPS = ("r", "w", "k", "v", "a", "g")
+
+
+def blinkdl_v7_to_rwkvcpp(sd: dict[str, np.ndarray], data_type: DType) -> dict[str, tuple[np.ndarray, DType]]:
+    """What rwkv.cpp's converter (and quantizer) stores for a BlinkDL RWKV-7 state dict.
+
+    The six `att.x_*` lerps of a layer fused into `att.x_rwkvag` (6, 1, C), order r, w, k, v, a, g, at
+    the place of `att.x_r`; LoRA factors transposed; nothing else changed. FP16 files keep 1-D tensors
+    and the small per-channel ones (V7_FLOAT_KEEP) in F32; the quantizer leaves emb, head, the LoRA
+    factors and r_k in float.
+    """
+    float_type = DType.F32 if data_type is DType.F32 else DType.F16
+    out: dict[str, tuple[np.ndarray, DType]] = {}
+    for name, value in sd.items():
+        a = np.asarray(value, dtype=np.float32)
+        stem, _, last = name.rpartition(".att.x_")
+        if last in V7_LERPS and "." not in last:
+            if last != "r":
+                continue
+            fused = np.concatenate([np.asarray(sd[f"{stem}.att.x_{m}"], np.float32).reshape(1, 1, -1)
+                                    for m in V7_LERPS])
+            out[f"{stem}.att.x_rwkvag"] = (fused, DType.F32)
+            continue
+        lora = name.endswith(V7_LORA)
+        if lora:
+            a = np.ascontiguousarray(a.T)
+        keep = a.ndim == 1 or name.endswith(V7_FLOAT_KEEP) or a.size == a.shape[-1]
+        dtype = DType.F32 if keep else float_type
+        if (data_type.is_quantized and a.ndim == 2 and not lora and not name.endswith(".r_k")
+                and name not in ("emb.weight", "head.weight")):
+            dtype = data_type
+        out[name] = (a, dtype)
+    return out
+
+
+def write_v7_model(path: str | Path, sd: dict[str, np.ndarray], data_type: DType) -> Path:
+    """A whole RWKV-7 state dict converted the way rwkv.cpp does it."""
+    n_vocab, n_embd = sd["emb.weight"].shape
+    n_layer = 1 + max(int(n.split(".")[1]) for n in sd if n.startswith("blocks."))
+    return write_rwkvcpp(
+        path, blinkdl_v7_to_rwkvcpp(sd, data_type), n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer,
+        data_type=data_type,
+    )

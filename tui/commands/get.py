@@ -65,7 +65,7 @@ def _get(args: argparse.Namespace, entry, sha: str | None) -> int:
     convert = not args.no_convert
     if convert and not entry.runnable:
         raise RegistryError(f"{entry.name} is an RWKV-{entry.arch} model; this version converts and runs RWKV-4 "
-                            f"only (`rwkv-tui get {args.model} --no-convert` downloads it for later)")
+                            f"and RWKV-7 only (`rwkv-tui get {args.model} --no-convert` downloads it for later)")
     dtype = None
     if convert:
         status = model_status(entry)

@@ -148,7 +148,7 @@ class ModelsScreen(Screen[None]):
             else ""
         lines = [f"{entry.name} [{entry.id}] · {entry.origin}{default}"]
         if not entry.runnable:
-            lines.append(f"RWKV-{entry.arch}: this version runs RWKV-4 only; g downloads the file for later.")
+            lines.append(f"RWKV-{entry.arch}: this version runs RWKV-4 and RWKV-7; g downloads the file for later.")
         if entry.description:
             lines.append(entry.description)
         src = entry.path or entry.url

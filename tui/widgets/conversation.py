@@ -2,14 +2,19 @@
 
 Reply text arrives on a worker thread through `StreamBuffer.push` (a lock and a list: never a UI
 call per token); the pane drains the buffer on a timer and appends the text to the streaming
-message's `MarkdownStream`. The view stays anchored to the bottom while a reply streams; scrolling up
-releases it and scrolling back to the end re-attaches (Textual's `anchor`).
+message. While a reply streams, its unfinished last paragraph is plain text in a `StreamingText`
+(a repaint per update, a layout only when it takes another line); each finished paragraph moves into
+the Markdown view (a layout of the screen each time). A layout per update made the UI thread take
+a sixth of a core on a 2-core machine, which slowed the model's threads (bench/app_streaming.py).
+The view stays anchored to the bottom while a reply streams; scrolling up releases it and scrolling
+back to the end re-attaches (Textual's `anchor`).
 
 With the view focused, a message is selected (up/down) and can be edited, copied or forked from.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -25,25 +30,33 @@ from textual.message import Message
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from runtime.progress import Progress
 from tui.keymap import bindings
 from tui.widgets.sidebar import model_label
 from tui.widgets.tab_focus import keep_focus_in_active_tab
 
 
 class StreamBuffer:
-    """Text pushed from a worker thread, drained by the UI thread."""
+    """Text pushed from a worker thread, drained by the UI thread; and how far the reading of the
+    prompt before the reply has got, so the status line can show it and time the writing alone."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._parts: list[str] = []
         self.pieces = 0
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # when the writing started (the reading of the prompt ended)
+        self.read_started = self.started
+        self.read_done = self.read_total = 0
+        self.reading = False  # the prompt is being read; the writing has not started
 
-    def reset(self) -> None:
+    def reset(self, reading: bool = False) -> None:
+        """A new reply; `reading`: a prompt is read first (its progress comes through `read`)."""
         with self._lock:
             self._parts.clear()
             self.pieces = 0
-            self.started = time.monotonic()
+            self.started = self.read_started = time.monotonic()
+            self.read_done = self.read_total = 0
+            self.reading = reading
 
     def push(self, text: str) -> None:
         if not text:
@@ -51,6 +64,20 @@ class StreamBuffer:
         with self._lock:
             self._parts.append(text)
             self.pieces += 1
+            self.reading = False
+
+    def read(self, event: Progress) -> None:
+        """A progress callback for reading the prompt: the writing starts when the reading ends."""
+        with self._lock:
+            self.read_done, self.read_total = event.done, event.total
+            if event.done >= event.total:
+                self.started = time.monotonic()
+                self.reading = False
+
+    def read_rate(self) -> float:
+        """Tokens per second of reading the prompt so far."""
+        elapsed = time.monotonic() - self.read_started
+        return self.read_done / elapsed if elapsed > 0.2 else 0.0
 
     def drain(self) -> str:
         with self._lock:
@@ -59,7 +86,7 @@ class StreamBuffer:
         return text
 
     def rate(self, tokens: int | None = None) -> float:
-        """Tokens per second since the reply started: `tokens` generated so far when the caller knows
+        """Tokens per second since the writing started: `tokens` generated so far when the caller knows
         them, else the pieces of text pushed (about one per token)."""
         elapsed = time.monotonic() - self.started
         count = self.pieces if tokens is None else tokens
@@ -84,6 +111,40 @@ class Shown:
                    model_label(record.model_ref) if record.model_ref else "", record.file_type or "")
 
 
+class StreamingText(Static):
+    """The unfinished end of a streaming message as plain text. Updating it repaints it; the screen is
+    laid out again only when its height changes."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__("", markup=False, **kw)
+        self.text = ""
+
+    def set_text(self, text: str) -> None:
+        self.text = text
+        self.update(text, layout=False)
+        self.clear_cached_dimensions()
+        region = self.content_region
+        if not region.width or self.get_content_height(region.size, region.size, region.width) != region.height:
+            self.refresh(layout=True)
+
+
+_FENCE = re.compile(r"^ {0,3}(```|~~~)", re.MULTILINE)
+
+
+def finished_blocks(text: str, fenced: bool, plain: bool) -> int:
+    """How much of `text` (the unfinished end of a streaming message) is finished blocks: up to its
+    last paragraph break outside a code fence (plain text: its last line break). `fenced`: the text
+    starts inside a code fence."""
+    if plain:
+        return text.rfind("\n") + 1
+    end = 0
+    for match in re.finditer(r"\n\n", text):
+        fenced_here = fenced ^ (len(_FENCE.findall(text, 0, match.start())) % 2 == 1)
+        if not fenced_here:
+            end = match.end()
+    return end
+
+
 def _parser() -> MarkdownIt:
     # Models write single newlines as line breaks; keep them.
     return MarkdownIt("gfm-like", {"breaks": True})
@@ -99,6 +160,9 @@ class MessageView(Vertical):
         self.speaker = speaker
         self.plain = plain
         self._stream: MarkdownStream | None = None
+        self._tail: StreamingText | None = None  # while streaming: the text not yet in `body`
+        self._fenced = False  # the text in `body` ends inside a code fence
+        self._body_text = ""  # while streaming: the text `body` shows
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="message-header", markup=False)
@@ -133,19 +197,56 @@ class MessageView(Vertical):
             body.update(content)
 
     async def append(self, text: str) -> None:
+        """Streamed text: onto the plain tail; its finished blocks move into the body."""
+        if self._tail is None:
+            self._body_text = self.shown.content
+            self._tail = StreamingText(classes="message-tail")
+            await self.mount(self._tail)
+            self._space_tail()
         self.shown.content += text
+        tail = self._tail.text + text
+        done = finished_blocks(tail, self._fenced, self.plain)
+        if done:
+            await self._to_body(tail[:done])
+            tail = tail[done:]
+        self._tail.set_text(tail)
+
+    def _space_tail(self) -> None:
+        """A blank line between the Markdown above and the tail when the tail starts a new paragraph,
+        as Markdown shows it; an empty body takes no line."""
+        gap = 1 if self._body_text.strip() and self._body_text.endswith("\n\n") and not self.plain else 0
+        if self._tail is not None and self._tail.styles.margin.top != gap:
+            self._tail.styles.margin = (gap, 0, 0, 0)
+        body = self.body
+        if body.display != bool(self._body_text):
+            body.display = bool(self._body_text)
+
+    async def _to_body(self, text: str, last: bool = False) -> None:
+        self._body_text += text
         body = self.body
         if not isinstance(body, Markdown):
-            body.update(self.shown.content)
+            # the tail goes on below: the body ends at the line break before it
+            body.update(self._body_text if last else self._body_text.removesuffix("\n"))
+            self._space_tail()
             return
+        self._fenced ^= len(_FENCE.findall(text)) % 2 == 1
         if self._stream is None:
             self._stream = Markdown.get_stream(body)
         await self._stream.write(text)
+        self._space_tail()
 
     async def _stop_stream(self) -> None:
+        if self._tail is not None:
+            tail, rest = self._tail, self._tail.text
+            self._tail = None
+            if rest or self.plain:
+                await self._to_body(rest, last=True)
+            self.body.display = True
+            await tail.remove()
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
+        self._fenced = False
 
     async def finish(self, shown: Shown) -> None:
         """The message is saved: show its final text and details."""

@@ -1,9 +1,11 @@
 """One conversation tab: its messages, a prompt and a status line, with its own model, mode and sampling.
 
 Everything that touches the model runs in a thread worker (`_spawn`); the worker reports back with
-the messages in `tui.messages`. Reply text streams through a `StreamBuffer` that a timer drains 15
-times a second into the Markdown view, so the UI thread never waits for the model and never gets a
-call per token. Only one blocking action runs per pane at a time (the runtime's `Conversation`
+the messages in `tui.messages`. Reply text streams through a `StreamBuffer` that a timer drains 10
+times a second into the message view, so the UI thread never waits for the model and never gets a
+call per token: each screen update costs the UI thread a few ms whatever changed (Textual renders
+every widget overlapping the update), and on a 2-core machine that time is taken from the model's
+threads. Only one blocking action runs per pane at a time (the runtime's `Conversation`
 refuses concurrent actions too); Esc cancels it and keeps what was written.
 """
 
@@ -36,7 +38,8 @@ from tui.widgets.prompt import PromptArea
 from tui.widgets.sidebar import model_label
 from tui.widgets.status import PaneStatus, StatusLine
 
-FLUSH_HZ = 15
+FLUSH_HZ = 10  # ~2-3 tokens an update at 25 tokens/s
+STATUS_HZ = 4
 PLACEHOLDER = {
     "chat": "Message · enter sends · ctrl+j new line · ctrl+o $EDITOR",
     "novel": "Your text · enter sends, the model continues it · ctrl+g writes more",
@@ -96,6 +99,7 @@ class ChatPane(TabPane):
         self.problem = ""  # why there is no model, shown in the status line
         self._streaming: MessageView | None = None
         self._doing = ""  # what the reply in flight answers: "sending", "editing", …
+        self._status_shown = 0.0  # when the status line was last refreshed by the flush timer
         self._tab_closed = False
         self._jobs_running = 0
         self._run_lock = threading.Lock()
@@ -335,11 +339,14 @@ class ChatPane(TabPane):
             self.view.scroll_end(animate=False)
 
     async def _flush(self) -> None:
-        """Move streamed text into the view (timer, FLUSH_HZ times a second)."""
+        """Move streamed text into the view (timer, FLUSH_HZ times a second); the status's live rate
+        STATUS_HZ times a second."""
         text = self.stream.drain()
         if text and self._streaming is not None:
             await self._streaming.append(text)
-        if self.busy == "generating":
+        now = time.monotonic()
+        if self.busy == "generating" and now - self._status_shown >= 1 / STATUS_HZ:
+            self._status_shown = now
             self.refresh_status()
 
     def refresh_status(self, activity: str | None = None) -> None:
@@ -352,7 +359,11 @@ class ChatPane(TabPane):
             family=self.family_name,
             mode=self.mode,
         )
-        if self.busy == "generating":
+        if self.busy == "generating" and self.stream.reading:
+            status.activity, status.live = "reading…", True
+            status.read_done, status.read_total = self.stream.read_done, self.stream.read_total
+            status.rate = self.stream.read_rate()
+        elif self.busy == "generating":
             tokens = conv.reply_tokens if conv is not None else None
             status.activity, status.rate, status.live = "writing", self.stream.rate(tokens), True
         elif self.busy:
@@ -401,7 +412,7 @@ class ChatPane(TabPane):
     def _start_reply(self, streaming: MessageView, call: Callable[[Any, Callable[[str], None], CancelToken], Any],
                      doing: str) -> bool:
         self._doing = doing
-        self.stream.reset()
+        self.stream.reset(reading=doing in ("sending", "editing"))  # these read the user's text first
         self._streaming = streaming
         self.view.follow()
         family = self.family_name
@@ -437,7 +448,8 @@ class ChatPane(TabPane):
         role = "user" if self.mode == "chat" else "text"
         await self.view.add(Shown(role, text, complete=True))
         streaming = await self.view.add(self._new_reply())
-        if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel),
+        if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel,
+                                                                         progress=self.stream.read),
                              "sending"):
             self.prompt.clear()
 
@@ -469,8 +481,8 @@ class ChatPane(TabPane):
         await self.view.truncate(index + 1)
         await views[index].set_content(text)
         streaming = await self.view.add(self._new_reply())
-        self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(seq, text, on_text=on_text,
-                                                                            cancel=cancel), "editing")
+        self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(
+            seq, text, on_text=on_text, cancel=cancel, progress=self.stream.read), "editing")
 
     async def continue_reply(self) -> None:
         if self.conversation is None:

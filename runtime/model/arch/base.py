@@ -1,0 +1,255 @@
+"""The skeleton every architecture's forward pass shares, in IR, and the helpers its layers use.
+
+`void rwkv_forward(i8* args, i64 tid, i64 n_threads)` reads its argument block (layout.Arg), then
+for each chunk of up to `spec.chunk` tokens: embeds the tokens (and applies ln0 unless the file
+folded it into the embedding), calls one layer function per layer (the architecture's), and, with
+an ALL_LOGITS buffer, the head over every token of the chunk. After the last chunk it computes the
+head on the last token only (LN_out on thread 0 | barrier | logits, rows split).
+
+An architecture subclasses `ForwardBuilder` and supplies `_layer_function(key, index)` (layers
+with the same `_layer_key`, by default their matrix types, share one function); its spec
+(`ArchSpec`) says the sizes the skeleton needs: per-layer floats of parameters and state, weight
+slots per layer, and scratch regions named X (the residual stream, chunk × C), XA (chunk × C),
+PRIVATE (a row per thread) and LNOUT (C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Protocol
+
+from llvmlite import ir
+
+from runtime.jit.irkit import (
+    F32,
+    F32P,
+    I8P,
+    I16,
+    I32P,
+    I64,
+    I64P,
+    VOID,
+    counted_loop,
+    i64,
+    load_at,
+    split_range,
+    store_at,
+)
+from runtime.jit.kernels.irhelpers import half_to_float
+from runtime.jit.kernels.matmul import emit_matmul
+from runtime.jit.kernels.matvec import emit_matvec
+from runtime.jit.kernels.norm import emit_layernorm
+from runtime.jit.threads import emit_barrier
+from runtime.model.layout import Arg, GlobalVec
+from runtime.quant.types import DType
+
+FORWARD_NAME = "rwkv_forward"
+I8PP = I8P.as_pointer()
+
+
+class ArchSpec(Protocol):
+    """What the shared skeleton needs from an architecture's spec."""
+
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    emb_type: DType
+    head_type: DType
+    ln0_folded: bool
+    chunk: int
+    layer_types: tuple[tuple[DType, ...], ...]
+
+    @property
+    def layer_param_floats(self) -> int: ...
+    @property
+    def layer_state_floats(self) -> int: ...
+    @property
+    def layer_weight_slots(self) -> int: ...
+    @property
+    def emb_slot(self) -> int: ...
+    @property
+    def head_slot(self) -> int: ...
+    def region_offset(self, region) -> int: ...
+
+
+class ForwardBuilder:
+    """Builds `rwkv_forward` for `spec`; subclasses define `Region` and `_layer_function`."""
+
+    Region: type  # the architecture's scratch regions (an IntEnum with X, XA, LNOUT, PRIVATE)
+    module_prefix = "rwkv"
+
+    def __init__(self, spec: ArchSpec) -> None:
+        if spec.emb_type not in (DType.F32, DType.F16):
+            raise ValueError(f"embedding type {spec.emb_type.name} is not supported (F32 or F16)")
+        self.spec = spec
+        self.module = ir.Module(name=f"{self.module_prefix}_L{spec.n_layer}_C{spec.n_embd}_V{spec.n_vocab}")
+        self.barrier = emit_barrier(self.module)
+        self.ln_c = emit_layernorm(self.module, spec.n_embd)
+        self._declare()
+        self.layer_fns: dict[Hashable, ir.Function] = {}
+        for layer, types in enumerate(spec.layer_types):
+            key = self._layer_key(layer, types)
+            if key not in self.layer_fns:
+                self.layer_fns[key] = self._layer_function(key, len(self.layer_fns))
+        self._forward_function()
+
+    def _declare(self) -> None:
+        """Declare the kernels the layers call (before any layer function is built)."""
+
+    def _layer_key(self, layer: int, types: tuple[DType, ...]) -> Hashable:
+        """What makes layers' compiled code differ: by default their matrix types (layers that agree
+        share one function)."""
+        return types
+
+    def _layer_function(self, key: Hashable, index: int) -> ir.Function:
+        raise NotImplementedError
+
+    def _new_layer_function(self, index: int) -> tuple[ir.Function, ir.IRBuilder]:
+        """`void rwkv_layer_k(float* scratch, float* state, float* params, i8** weights, i64 T, i64 tid,
+        i64 n, i8* barrier)`, its entry block's builder."""
+        fnty = ir.FunctionType(VOID, [F32P, F32P, F32P, I8PP, I64, I64, I64, I8P])
+        fn = ir.Function(self.module, fnty, f"rwkv_layer_{index}")
+        fn.linkage = "internal"
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _region(self, b: ir.IRBuilder, scratch: ir.Value, region) -> ir.Value:
+        return b.gep(scratch, [i64(self.spec.region_offset(region))], inbounds=True)
+
+    def _row(self, b: ir.IRBuilder, base: ir.Value, t: ir.Value, width: int) -> ir.Value:
+        return b.gep(base, [b.mul(t, i64(width))], inbounds=True)
+
+    def _vec(self, b: ir.IRBuilder, params: ir.Value, index: int) -> ir.Value:
+        return b.gep(params, [i64(index * self.spec.n_embd)], inbounds=True)
+
+    def _sync(self, b: ir.IRBuilder, barrier: ir.Value, n: ir.Value) -> None:
+        b.call(self.barrier, [barrier, n])
+
+    def _token_loop(self, b: ir.IRBuilder, n_tok: ir.Value, tid: ir.Value, n: ir.Value, name: str = "t"):
+        return counted_loop(b, tid, n_tok, n, name=name)
+
+    def _copy(self, b: ir.IRBuilder, src: ir.Value, dst: ir.Value, begin: ir.Value, end: ir.Value) -> None:
+        with counted_loop(b, begin, end, name="cp") as c:
+            store_at(b, load_at(b, src, c), dst, c)
+
+    def _product(
+        self, b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
+        ldx: int, y: ir.Value, ldy: int, n_tok: ir.Value, r0: ir.Value, r1: ir.Value,
+    ) -> None:
+        """Y[t, r0:r1] (+)= W[r0:r1] · X[t] for every token: matrix × vector for one token."""
+        matvec = emit_matvec(self.module, dtype, n_cols, accumulate=accumulate)
+        matmul = emit_matmul(self.module, dtype, n_cols, accumulate=accumulate)
+        with b.if_else(b.icmp_signed("==", n_tok, i64(1))) as (one, many):
+            with one:
+                b.call(matvec, [w, x, y, r0, r1])
+            with many:
+                b.call(matmul, [w, x, i64(ldx), y, i64(ldy), n_tok, r0, r1])
+
+    def _ln_pointers(self, b: ir.IRBuilder, scratch: ir.Value, prm: ir.Value, tid: ir.Value, ln_w: int,
+                     ln_b: int) -> tuple[ir.Value, ...]:
+        """What `_normed_rows` reads: X, XA, this thread's private row, the layer norm's weight and bias
+        (computed once, before a token loop)."""
+        R, C = self.Region, self.spec.n_embd
+        x, xa = self._region(b, scratch, R.X), self._region(b, scratch, R.XA)
+        private = self._row(b, self._region(b, scratch, R.PRIVATE), tid, C)
+        return x, xa, private, self._vec(b, prm, ln_w), self._vec(b, prm, ln_b)
+
+    def _normed_rows(self, b: ir.IRBuilder, pointers: tuple[ir.Value, ...], saved: ir.Value,
+                     t: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """For token t: XA[t] = LN(X[t]); (XA[t], the previous token's LN output) — `saved` for t = 0,
+        else LN(X[t-1]) recomputed into this thread's private row, so one barrier per mix suffices."""
+        C = self.spec.n_embd
+        x, xa, private, w, bias = pointers
+        cur = self._row(b, xa, t, C)
+        b.call(self.ln_c, [self._row(b, x, t, C), w, bias, cur])
+        has_prev = b.icmp_signed(">", t, i64(0))
+        with b.if_then(has_prev):
+            b.call(self.ln_c, [self._row(b, x, b.sub(t, i64(1)), C), w, bias, private])
+        return cur, b.select(has_prev, private, saved)
+
+    # -- the whole pass ------------------------------------------------------------------------
+
+    def _forward_function(self) -> None:
+        spec, R = self.spec, self.Region
+        C, L = spec.n_embd, spec.n_layer
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [I8P, I64, I64]), FORWARD_NAME)
+        args_raw, tid, n = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        args = b.bitcast(args_raw, I64P)
+
+        def arg(slot: Arg, ty: ir.Type) -> ir.Value:
+            v = load_at(b, args, i64(int(slot)))
+            return v if ty is I64 else b.inttoptr(v, ty)
+
+        tokens, n_total = arg(Arg.TOKENS, I32P), arg(Arg.N_TOKENS, I64)
+        state, logits = arg(Arg.STATE, F32P), arg(Arg.LOGITS, F32P)
+        scratch, barrier = arg(Arg.SCRATCH, F32P), arg(Arg.BARRIER, I8P)
+        weights, params = arg(Arg.WEIGHTS, I8PP), arg(Arg.PARAMS, F32P)
+        all_logits = arg(Arg.ALL_LOGITS, F32P)
+        glob = b.gep(params, [i64(spec.layer_param_floats * L)], inbounds=True)
+        x = self._region(b, scratch, R.X)
+
+        with counted_loop(b, i64(0), n_total, i64(spec.chunk), name="chunk") as start:
+            remaining = b.sub(n_total, start)
+            n_tok = b.select(b.icmp_signed("<", remaining, i64(spec.chunk)), remaining, i64(spec.chunk))
+            # embed
+            emb = b.load(b.gep(weights, [i64(spec.emb_slot)], inbounds=True))
+            with self._token_loop(b, n_tok, tid, n) as t:
+                token = b.zext(load_at(b, tokens, b.add(start, t)), I64)
+                row = self._row(b, x, t, C)
+                self._embed_row(b, emb, token, row)
+                if not spec.ln0_folded:
+                    b.call(self.ln_c, [row, self._vec(b, glob, GlobalVec.LN0_W),
+                                       self._vec(b, glob, GlobalVec.LN0_B), row])
+            self._sync(b, barrier, n)
+            for layer, types in enumerate(spec.layer_types):
+                b.call(self.layer_fns[self._layer_key(layer, types)], [
+                    scratch,
+                    b.gep(state, [i64(layer * spec.layer_state_floats)], inbounds=True),
+                    b.gep(params, [i64(layer * spec.layer_param_floats)], inbounds=True),
+                    b.gep(weights, [i64(layer * spec.layer_weight_slots)], inbounds=True),
+                    n_tok, tid, n, barrier,
+                ])
+            with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(all_logits, I64), i64(0))):
+                self._chunk_head(b, x, self._region(b, scratch, R.XA), glob, weights,
+                                 b.gep(all_logits, [b.mul(start, i64(spec.n_vocab))], inbounds=True),
+                                 n_tok, tid, n, barrier)
+
+        # head, for the last token of the call
+        has_logits = b.icmp_unsigned("!=", b.ptrtoint(logits, I64), i64(0))
+        has_tokens = b.icmp_signed(">", n_total, i64(0))
+        with b.if_then(b.and_(has_logits, has_tokens)):
+            last = b.urem(b.sub(n_total, i64(1)), i64(spec.chunk))
+            lnout = self._region(b, scratch, R.LNOUT)
+            with b.if_then(b.icmp_signed("==", tid, i64(0))):
+                b.call(self.ln_c, [self._row(b, x, last, C), self._vec(b, glob, GlobalVec.LNOUT_W),
+                                   self._vec(b, glob, GlobalVec.LNOUT_B), lnout])
+            self._sync(b, barrier, n)
+            head = b.load(b.gep(weights, [i64(spec.head_slot)], inbounds=True))
+            v0, v1 = split_range(b, spec.n_vocab, tid, n)
+            b.call(emit_matvec(self.module, spec.head_type, C), [head, lnout, logits, v0, v1])
+        b.ret_void()
+
+    def _chunk_head(self, b: ir.IRBuilder, x: ir.Value, normed: ir.Value, glob: ir.Value, weights: ir.Value,
+                    out: ir.Value, n_tok: ir.Value, tid: ir.Value, n: ir.Value, barrier: ir.Value) -> None:
+        """out[t] = head · LN_out(x[t]) for every token of the chunk (out: n_tok × V floats)."""
+        spec = self.spec
+        C = spec.n_embd
+        with self._token_loop(b, n_tok, tid, n) as t:
+            b.call(self.ln_c, [self._row(b, x, t, C), self._vec(b, glob, GlobalVec.LNOUT_W),
+                               self._vec(b, glob, GlobalVec.LNOUT_B), self._row(b, normed, t, C)])
+        self._sync(b, barrier, n)
+        head = b.load(b.gep(weights, [i64(spec.head_slot)], inbounds=True))
+        v0, v1 = split_range(b, spec.n_vocab, tid, n)
+        self._product(b, spec.head_type, C, False, head, normed, C, out, spec.n_vocab, n_tok, v0, v1)
+        self._sync(b, barrier, n)
+
+    def _embed_row(self, b: ir.IRBuilder, emb: ir.Value, token: ir.Value, out: ir.Value) -> None:
+        C = self.spec.n_embd
+        half = self.spec.emb_type is DType.F16
+        elem = I16 if half else F32  # halves are read as bits: not every host converts them natively
+        base = b.gep(b.bitcast(emb, elem.as_pointer()), [b.mul(token, i64(C))], inbounds=True)
+        with counted_loop(b, i64(0), i64(C), name="e") as c:
+            v = b.load(b.gep(base, [c], inbounds=True), align=2 if half else 4)
+            store_at(b, half_to_float(b, v) if half else v, out, c)

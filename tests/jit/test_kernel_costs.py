@@ -1,0 +1,90 @@
+"""bench/kernel_costs.py: the loops it cuts out of the kernels' assembly, and (where an llvm-mca that knows
+Zen 4 is installed) the costs and picks it prints for a CPU we do not have."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench import kernel_costs
+from runtime.quant.types import DType
+
+
+# the scale loop of the AVX2 variant (8 iterations of gathers) is unrolled whole into the row loop
+@pytest.mark.parametrize("dtype, variant, dot_loop, scale_loop", [
+    (DType.F16, "float", "blk", False),
+    (DType.Q5_1, "wide+gfni", "pair", True),
+    (DType.Q5_1, "avx2", "blk", False),
+    (DType.Q4_1, "bw", "blk", True),
+])
+def test_the_row_loops_inner_loops_are_found_with_one_unit_per_row(dtype: DType, variant: str, dot_loop: str,
+                                                                    scale_loop: bool) -> None:
+    """Compiled for Ice Lake (LLVM does not unroll the dot loops there): the dot-product loop holds one
+    prefetch per row and unit, the scale loop (the rows' scales converted 8 at a time) one conversion
+    per row, and the row loop's own code (what LLVM unrolled whole) is kept apart."""
+    code = ("import json; from bench.kernel_costs import _assembly, inner_loops, _units; "
+            "from runtime.quant.types import DType; "
+            f"asm, rows = _assembly(DType.{dtype.name}, 2048, {variant!r}); loops = inner_loops(asm); "
+            "print(json.dumps({'rows': rows, 'units': {k: _units(k, v) for k, v in loops.items() if k != 'row'}, "
+            "'row': len(loops.get('row', []))}))")
+    env = {"RWKV_TUI_CPU": "icelake-server", "RWKV_TUI_FEATURES": kernel_costs._ICX}
+    out = _run(code, env)
+    assert out["row"] > 0
+    assert out["units"][dot_loop] == out["rows"]
+    if scale_loop:
+        assert out["units"]["scales"] == out["rows"]
+    else:
+        assert set(out["units"]) == {dot_loop}
+
+
+def test_a_switch_set_before_building_changes_the_kernel() -> None:
+    """--set PREFETCH_BYTES=0 builds the float kernel without its software prefetches (whose blocks
+    per iteration then cannot be counted), as a re-measurement of that switch needs."""
+    code = ("import json; from bench.kernel_costs import _assembly, apply_switches, inner_loops, _units; "
+            "from runtime.quant.types import DType; "
+            "counts = []\n"
+            "for switches in ({}, {'PREFETCH_BYTES': 0}):\n"
+            "    apply_switches(switches)\n"
+            "    asm, rows = _assembly(DType.F16, 1024, 'float')\n"
+            "    counts.append(_units('blk', inner_loops(asm)['blk']) // rows)\n"
+            "print(json.dumps(counts))")
+    before, after = _run(code, {"RWKV_TUI_CPU": "haswell", "RWKV_TUI_FEATURES": kernel_costs._HASWELL})
+    assert before >= 1
+    assert after == 0
+
+
+def _run(code: str, env: dict[str, str]) -> object:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=kernel_costs.REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(kernel_costs.REPO), **env), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _mca_with_zen4() -> str | None:
+    try:
+        mca = kernel_costs.find_mca()
+    except SystemExit:
+        return None
+    proc = subprocess.run([mca, "-mtriple=x86_64", "-mcpu=help"], capture_output=True, text=True)
+    return mca if "znver4" in proc.stdout + proc.stderr else None
+
+
+@pytest.mark.skipif(shutil.which("llvm-mca-19") is None and _mca_with_zen4() is None,
+                    reason="no llvm-mca that knows Zen 4 (Debian: apt-get install llvm-19)")
+def test_zen4_costs_and_picks() -> None:
+    """Every variant Zen 4's features allow is costed, each at a positive finite number of cycles per
+    block, and the pick is the one Zen 4's features give (AVX-512 VNNI, VBMI, GFNI: two blocks per 512-bit
+    register), which the models and the measurements here favour (docs/ARCHITECTURE.md, Kernels)."""
+    cpu = next(c for c in kernel_costs.CPUS if c.name == "znver4")
+    results = kernel_costs.run_cpu(cpu, 1024, ["Q5_1", "Q4_0"], _mca_with_zen4())
+    picks = {r["type"]: r["variant"] for r in results if r["picked"]}
+    assert picks == {"Q5_1": "wide+gfni", "Q4_0": "wide+gfni"}
+    assert {r["variant"] for r in results if r["type"] == "Q5_1"} == set(kernel_costs.VARIANT_ORDER) - {"float512"}
+    for r in results:
+        assert math.isfinite(r["cycles_per_block"]) and 0 < r["cycles_per_block"] < 100, r
