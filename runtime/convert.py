@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic import atomic_output, check_free_space
+from runtime.convert_rwkv6 import gguf_arch, rwkv56_layout, rwkv56_metadata, rwkv56_transforms
 from runtime.convert_rwkv7 import Layout, rwkv7_layout, rwkv7_metadata
 from runtime.errors import ModelFileError
 from runtime.formats.checkpoint import (
@@ -286,7 +287,13 @@ def convert(
     head = DType.parse(head_dtype) if isinstance(head_dtype, str) else head_dtype
     ckpt = open_checkpoint(src)
     v7 = ckpt.arch.version == "7"
-    layout = rwkv7_layout(ckpt, tensor_types(target, head)) if v7 else Layout(output_plan(ckpt, target, head))
+    v56 = ckpt.arch.version in ("5.2", "6")
+    if v7:
+        layout = rwkv7_layout(ckpt, tensor_types(target, head))
+    elif v56:
+        layout = rwkv56_layout(ckpt, tensor_types(target, head))
+    else:
+        layout = Layout(output_plan(ckpt, target, head))
     plan = layout.plan
     out_bytes = sum(t.nbytes for t in plan) + (1 << 20)
     dst_dir = dst.parent if str(dst.parent) else Path(".")
@@ -421,6 +428,9 @@ def convert(
     if v7:
         metadata += rwkv7_metadata(ckpt) + gguf_tokenizer_metadata(a.n_vocab, ckpt.metadata)
         transforms = [V7_LORA_TRANSPOSED]
+    elif v56:
+        metadata += rwkv56_metadata(ckpt) + gguf_tokenizer_metadata(a.n_vocab, ckpt.metadata)
+        transforms = rwkv56_transforms(ckpt)
     else:
         metadata += [
             ("rwkv4.block_count", a.n_layer),
@@ -444,7 +454,7 @@ def convert(
     ]
     try:
         with atomic_output(dst, drop_cache=True) as f:
-            header_end = write_gguf(f, "rwkv7" if v7 else "rwkv4", metadata, plan, chunks)
+            header_end = write_gguf(f, "rwkv7" if v7 else gguf_arch(ckpt) if v56 else "rwkv4", metadata, plan, chunks)
             if hasher is not None:  # the digest was computed alongside: fill its slot in the header
                 if pacer is not None:
                     pacer.release()

@@ -1,4 +1,4 @@
-"""Record reference outputs of BlinkDL's official RWKV implementation for random RWKV-4 and RWKV-7 models.
+"""Record reference outputs of BlinkDL's official RWKV implementation for random RWKV-4/5.2/6/7 models.
 
 Run by hand, with torch and the `rwkv` package (0.8.32) installed; the test suite never imports this:
 
@@ -9,10 +9,14 @@ Run by hand, with torch and the `rwkv` package (0.8.32) installed; the test suit
         -> bench/out/reference/rwkv4-169m-random.{pth,npz}   (not committed; also 430m, 1b5)
     cd /work/main && /work/venv-ref/bin/python tools/make_reference.py --arch 7
         -> tests/fixtures/reference/rwkv7-{a,b}.{pth,npz}   (committed)
+    cd /work/main && /work/venv-ref/bin/python tools/make_reference.py --arch 6   (and --arch 5)
+        -> tests/fixtures/reference/rwkv6-{a,b}.{pth,npz}, rwkv5-{a,b}.{pth,npz}   (committed)
 
 RWKV-7 needs `RWKV_V7_ON=1` before `rwkv.model` is imported, after which the package can no longer
 load RWKV-4 in that process: one architecture per run. Its models come from `v7_state_dict`, are saved
-as float32 and loaded with `RWKV_x070(path without '.pth', 'cpu fp32')`.
+as float32 and loaded with `RWKV_x070(path without '.pth', 'cpu fp32')`. RWKV-5.2 and RWKV-6 models
+come from `v56_state_dict` and run in the package's main class (RWKV_V7_ON unset), `cpu fp32` (so no
+fp16 rescaling); their states are stored in rwkv-tui's layout as RWKV-7's are.
 
 Each model is built with tests/support/synthetic.py `v4_state_dict` (BlinkDL's tensor names and
 shapes), saved with `torch.save` as a `.pth`, loaded with `rwkv.model.RWKV(path, 'cpu fp32')`, and run
@@ -42,7 +46,7 @@ for _var in ("RWKV_RESCALE_LAYER", "RWKV_V7_ON", "RWKV_DML_ON"):
 import numpy as np  # noqa: E402
 
 from tests.support import numpy_rwkv  # noqa: E402
-from tests.support.synthetic import v4_state_dict, v7_state_dict  # noqa: E402
+from tests.support.synthetic import v4_state_dict, v7_state_dict, v56_state_dict  # noqa: E402
 
 FIXTURES = {
     # name: (n_layer, n_embd, n_vocab, model seed, storage dtype)
@@ -54,6 +58,14 @@ V7_FIXTURES = {
     # ranks unlike any released model's; rwkv7-a's are whole 32-value blocks, rwkv7-b's are not
     "rwkv7-a": (2, 64, 256, (32, 64, 32, 96), 3, False),
     "rwkv7-b": (2, 128, 320, (24, 40, 16, 48), 4, True),
+}
+V56_FIXTURES = {
+    # name: (version, n_layer, n_embd, head size, n_vocab, RWKV-6 LoRA ranks (D_mix, D_decay), model seed)
+    # ranks unlike the released 32/64; the -a ranks are whole 32-value blocks, the -b ones are not
+    "rwkv6-a": ("6", 2, 128, 64, 256, (64, 32), 5),
+    "rwkv6-b": ("6", 3, 96, 32, 320, (24, 40), 6),
+    "rwkv5-a": ("5.2", 2, 128, 64, 256, (0, 0), 7),
+    "rwkv5-b": ("5.2", 3, 96, 32, 320, (0, 0), 8),
 }
 SHAPES = {
     "169m": (12, 768),
@@ -116,6 +128,16 @@ def record(pth: Path, tokens: list[int]) -> dict[str, np.ndarray]:
     }
 
 
+def three_part_state(state: list) -> np.ndarray:
+    """The package's v5/v6/v7 state (per layer att x_prev, the (H, N, N) matrix, ffn x_prev) in rwkv-tui's
+    layout: per layer att x_prev, ffn x_prev, then the matrix as N rows of C."""
+    rows = []
+    for i in range(len(state) // 3):
+        att, wkv, ffn = (s.detach().float().cpu().numpy() for s in state[3 * i : 3 * i + 3])
+        rows += [att.reshape(1, -1), ffn.reshape(1, -1), wkv.reshape(-1, att.size)]
+    return np.concatenate(rows).astype(np.float32)
+
+
 def record_v7(pth: Path, tokens: list[int]) -> dict[str, np.ndarray]:
     """The official RWKV-7 on `tokens`: decode and sequence mode, states in rwkv-tui's layout."""
     import torch
@@ -124,22 +146,18 @@ def record_v7(pth: Path, tokens: list[int]) -> dict[str, np.ndarray]:
     torch.set_grad_enabled(False)
     model = RWKV(model=str(pth.with_suffix("")), strategy=STRATEGY)
     assert type(model).__name__ == "RWKV_x070", type(model)
+    return record_three_part(model, tokens)
 
-    def state_array(state: list) -> np.ndarray:
-        """Per layer: att x_prev, ffn x_prev, then the (H, N, N) matrix as N rows of C."""
-        rows = []
-        for i in range(len(state) // 3):
-            att, wkv, ffn = (s.detach().float().cpu().numpy() for s in state[3 * i : 3 * i + 3])
-            rows += [att.reshape(1, -1), ffn.reshape(1, -1), wkv.reshape(-1, att.size)]
-        return np.concatenate(rows).astype(np.float32)
 
+def record_three_part(model, tokens: list[int]) -> dict[str, np.ndarray]:
+    """Decode and sequence mode (every position) of a loaded v5/v6/v7 model, states in rwkv-tui's layout."""
     t0 = time.perf_counter()
     state = None
     out_rows = []
     for tok in tokens:
         logits, state = model.forward([tok], state)
         out_rows.append(logits.detach().float().numpy().copy())
-    state_decode = state_array(state)
+    state_decode = three_part_state(state)
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
     logits_all, state = model.forward(list(tokens), None, full_output=True)
@@ -151,7 +169,7 @@ def record_v7(pth: Path, tokens: list[int]) -> dict[str, np.ndarray]:
         "state_decode": state_decode,
         "logits_seq_all": all_np,
         "logits_seq": all_np[-1].copy(),
-        "state_seq": state_array(state),
+        "state_seq": three_part_state(state),
     }
 
 
@@ -172,6 +190,39 @@ def make_v7(name: str, steps: int, out_dir: Path) -> None:
         "tokens": np.array(tokens, dtype=np.int32), "n_layer": np.array(n_layer), "n_embd": np.array(n_embd),
         "n_vocab": np.array(n_vocab), "head_size": np.array(64), "ranks": np.array(ranks, dtype=np.int32),
         "layer0_v": np.array(layer0_v), "seed": np.array(seed), "token_seed": np.array(token_seed),
+        "storage_dtype": np.array("float32"), **versions(),
+    }
+    npz = out_dir / f"{name}.npz"
+    tmp = out_dir / f"{name}.part.npz"
+    np.savez_compressed(tmp, **out, **meta)
+    tmp.replace(npz)
+    print(f"  wrote {pth} ({pth.stat().st_size:,} bytes), {npz} ({npz.stat().st_size:,} bytes)")
+
+
+def make_v56(name: str, steps: int, out_dir: Path) -> None:
+    version, n_layer, n_embd, head_size, n_vocab, ranks, seed = V56_FIXTURES[name]
+    import torch
+    from rwkv.model import RWKV
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pth = out_dir / f"{name}.pth"
+    print(f"{name}: RWKV-{version} n_layer={n_layer} n_embd={n_embd} head_size={head_size} ranks={ranks} seed={seed}")
+    sd = v56_state_dict(version, n_layer=n_layer, n_embd=n_embd, head_size=head_size, n_vocab=n_vocab,
+                        ranks=ranks, seed=seed)
+    save_pth(sd, pth, "float32")
+    torch.set_grad_enabled(False)
+    model = RWKV(model=str(pth), strategy=STRATEGY, verbose=False)
+    assert model.version == float(version), model.version
+    token_seed = seed + 100
+    tokens = [int(t) for t in np.random.default_rng(token_seed).integers(0, n_vocab, steps)]
+    out = record_three_part(model, tokens)
+    ld, ls = out["logits_decode"], out["logits_seq_all"]
+    print(f"  decode vs sequence, all positions: logits rel {rel_max(ld, ls, ls):.3g}, "
+          f"state rel {rel_max(out['state_decode'], out['state_seq'], out['state_seq']):.3g}")
+    meta = {
+        "tokens": np.array(tokens, dtype=np.int32), "version": np.array(version), "n_layer": np.array(n_layer),
+        "n_embd": np.array(n_embd), "n_vocab": np.array(n_vocab), "head_size": np.array(head_size),
+        "ranks": np.array(ranks, dtype=np.int32), "seed": np.array(seed), "token_seed": np.array(token_seed),
         "storage_dtype": np.array("float32"), **versions(),
     }
     npz = out_dir / f"{name}.npz"
@@ -278,8 +329,9 @@ def make(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="output folder")
-    ap.add_argument("--arch", choices=["4", "7"], default="4", help="architecture of the fixtures (one per run)")
-    ap.add_argument("--only", choices=sorted(FIXTURES) + sorted(V7_FIXTURES), action="append",
+    ap.add_argument("--arch", choices=["4", "5", "6", "7"], default="4",
+                    help="architecture of the fixtures (one per run)")
+    ap.add_argument("--only", choices=sorted(FIXTURES) + sorted(V7_FIXTURES) + sorted(V56_FIXTURES), action="append",
                     help="fixture(s) to make")
     ap.add_argument("--shape", choices=sorted(SHAPES), help="a real-shape model (vocab 50277) instead")
     ap.add_argument("--steps", type=int, default=None, help="token count (64 for fixtures, 256 for --shape)")
@@ -290,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ["RWKV_JIT_ON"] = args.jit
-    wrong = [n for n in args.only or () if n not in (V7_FIXTURES if args.arch == "7" else FIXTURES)]
+    fixtures_of = {"4": FIXTURES, "7": V7_FIXTURES,
+                   "6": {k: v for k, v in V56_FIXTURES.items() if v[0] == "6"},
+                   "5": {k: v for k, v in V56_FIXTURES.items() if v[0] == "5.2"}}[args.arch]
+    wrong = [n for n in args.only or () if n not in fixtures_of]
     if wrong:
         ap.error(f"{', '.join(wrong)} is not an RWKV-{args.arch} fixture (--arch)")
     if args.arch == "7":
@@ -298,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.out or ROOT / "tests" / "fixtures" / "reference"
         for name in args.only or list(V7_FIXTURES):
             make_v7(name, steps=args.steps or 64, out_dir=out_dir)
+        return 0
+    if args.arch in ("5", "6"):
+        out_dir = args.out or ROOT / "tests" / "fixtures" / "reference"
+        for name in args.only or list(fixtures_of):
+            make_v56(name, steps=args.steps or 64, out_dir=out_dir)
         return 0
     if args.shape:
         n_layer, n_embd = SHAPES[args.shape]

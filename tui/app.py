@@ -36,7 +36,7 @@ from tui.model_pool import ModelPool
 from tui.screens.chat import ChatScreen
 from tui.screens.dialogs import ChoiceDialog, TextDialog
 from tui.screens.help import HelpScreen
-from tui.screens.welcome import WelcomeScreen
+from tui.screens.welcome import WelcomeScreen, starter_text
 from tui.widgets.pane import describe_error
 
 DEFAULTS_KEY = "default_models"  # {family: registry id}, set on the models screen
@@ -80,7 +80,7 @@ class RwkvApp(App[int]):
         await self.chat.restore_tabs()
         await self._open_start_requests()
         if self.show_welcome and not self.chat.panes and not self.has_ready_model():
-            self.push_screen(WelcomeScreen(), self._after_welcome)
+            self.push_screen(WelcomeScreen(starter_text()), self._after_welcome)
 
     def _load_families(self) -> None:
         from runtime.text.templates import read_families
@@ -413,11 +413,16 @@ class RwkvApp(App[int]):
                     ("pane.fork", "Fork", "Copy this conversation into a new tab"),
                     ("pane.switch_model", "Switch model", "Continue this conversation on another model"),
                     ("pane.sampling", "Sampling settings", "Temperature, top-p, penalties, max tokens"),
+                    ("pane.think", "Thinking on/off",
+                     "G1 models: reason first (slower), or answer at once (the empty think block)"),
                     ("pane.export", "Export to Markdown", "Save this conversation as a .md file"),
                     ("pane.copy_reply", "Copy last reply", "Copy the last reply to the clipboard"),
                     ("pane.close", "Close tab", "Close this tab (the conversation stays saved)"),
                 ):
                     yield keyed(binding_id, title, help, chat)
+                if chat.active_pane.system_prompt_blocked() is None:
+                    yield SystemCommand("System prompt…", "Instructions read before the first message (G1)",
+                                        partial(self.run_action, "system_prompt", chat))
                 yield SystemCommand("Undo", "Remove your last message and its reply",
                                     partial(self.run_action, "undo", chat))
                 yield SystemCommand("Clear conversation", "Remove every message of this conversation",

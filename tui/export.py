@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runtime.text.templates import split_reply
+
 
 def code_blocks(text: str) -> list[str]:
     """The contents of the fenced code blocks in `text`, in order (an unclosed last fence counts)."""
@@ -40,7 +42,7 @@ def speaker(role: str, mode: str, model_name: str) -> str:
 def conversation_markdown(title: str, mode: str, model_name: str, messages: Iterable[Any],
                           when: float | None = None) -> str:
     """A conversation as Markdown: a title, then each message under its speaker (chat) or as one
-    continuous text (novel)."""
+    continuous text (novel). A reply's reasoning (thinking models) goes in a folded <details> block."""
     stamp = datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M") if when else ""
     lines = [f"# {title}", "", f"*{mode} with {model_name}{', ' + stamp if stamp else ''}*", ""]
     if mode == "novel":
@@ -52,7 +54,11 @@ def conversation_markdown(title: str, mode: str, model_name: str, messages: Iter
             continue
         lines.append(f"**{speaker(m.role, mode, getattr(m, 'model', '') or model_name)}:**")
         lines.append("")
-        lines.append(m.content.strip())
+        think = getattr(m, "think", None) if m.role == "assistant" else None
+        thinking, answer = split_reply(m.content, think)
+        if thinking is not None and thinking.strip():  # a thinking model's reasoning, folded
+            lines += ["<details><summary>Thinking</summary>", "", thinking.strip(), "", "</details>", ""]
+        lines.append(answer.strip())
         lines.append("")
     return "\n".join(lines)
 

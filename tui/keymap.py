@@ -56,6 +56,8 @@ _TABLE: tuple[Key, ...] = (
     Key("pane.edit_last", "ctrl+l", "edit_last", "Edit last", "chat", show=False, long="Edit your last message"),
     Key("pane.switch_model", "f4", "switch_model", "Model", "chat", long="Switch the model of this tab"),
     Key("pane.sampling", "f5", "sampling", "Sampling", "chat", long="Sampling settings"),
+    Key("pane.think", "f6", "think", "Think", "chat", show=False, priority=True,  # before the prompt's own f6
+        long="Thinking on/off (G1 models)"),
     Key("pane.fork", "f8", "fork", "Fork", "chat", show=False, long="Fork the conversation into a new tab"),
     Key("pane.export", "ctrl+s", "export", "Export", "chat", show=False, long="Export to Markdown"),
     Key("pane.copy_reply", "alt+c", "copy_reply", "Copy reply", "chat", show=False),

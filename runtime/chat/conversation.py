@@ -27,6 +27,11 @@ A saved state that fails any check when it is loaded (its type, size, checksum, 
 model's fingerprint, shape, finite values in range) is set aside for good (`set_aside_state`) and
 rebuilt by reading the transcript from the nearest sound state, as for a missing one; `take_notices`
 gives the UI a line saying so, with the number of tokens read again.
+
+Thinking families (G1): the conversation's switch (`think`, saved with it) picks how each user turn's
+prompt ends, and the choice is saved with that turn and its reply, so re-reading feeds the same text.
+Inside the think block nothing but max_tokens or a cancel ends a reply: no stop string, and
+end-of-text is not sampled there.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from runtime.model.model import Model
 from runtime.model.state import State, StateError
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.settings import load_settings
+from runtime.text.reply_parts import ReplyStream
 from runtime.text.sampling import Sampler, SamplingSettings, penalty_weights
 from runtime.text.templates import Family, get_family
 from runtime.text.utf8_stream import text_to_utf8
@@ -112,22 +118,27 @@ class Conversation:
         self._notices: list[str] = []  # for the user: damaged states set aside and rebuilt
         self._loaded: tuple[int, State] | None = None  # (message index, state) last loaded from the store
         self._replaced: tuple[State, State] | None = None  # (damaged state set aside, its rebuilt one)
+        self.think = False  # thinking switch for the next user turns (thinking families)
+        self.system = ""  # system prompt, fed after the family's init
 
     # --- opening -----------------------------------------------------------------------------
 
     @classmethod
     def start(cls, store: ConversationStore, model: Model, *, family: str, title: str | None = None,
               model_ref: str | None = None, sampling: SamplingSettings | None = None, seed: int | None = None,
-              progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> Conversation:
-        """A new conversation: the family's init prompt is read once and its state saved."""
+              progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, think: bool = False,
+              system: str = "") -> Conversation:
+        """A new conversation: the family's init prompt (and system turn) is read once and its state saved."""
         fam = get_family(family)
         settings = sampling or fam.sampling
         conv = cls(store, 0, model, fam, settings, seed)
-        state, _, n = conv._ingest(fam.init, model.new_state(), progress, cancel)
+        conv.think, conv.system = think, system.strip()
+        init = fam.init_text(conv.system)
+        state, _, n = conv._ingest(init, model.new_state(), progress, cancel)
         record = store.create_conversation(
             title=title or "New conversation", mode=fam.mode, family=fam.name,
-            model_ref=model_ref or str(model.path), sampling=settings.to_dict(), init_text=fam.init,
-            init_tokens=n, init_state=(state_key(model, fam), state.to_bytes()),
+            model_ref=model_ref or str(model.path), sampling=settings.to_dict(), init_text=init,
+            init_tokens=n, init_state=(state_key(model, fam), state.to_bytes()), think=think, system=conv.system,
         )
         conv.id = record.id
         conv._messages = store.messages(record.id)
@@ -143,6 +154,7 @@ class Conversation:
         fam = get_family(family or record.family)
         settings = SamplingSettings.from_dict(record.sampling) if record.sampling else fam.sampling
         conv = cls(store, record.id, model, fam, settings, seed)
+        conv.think, conv.system = record.think, record.system
         conv._messages = store.messages(record.id)
         conv._restore_or_rebuild(len(conv._messages) - 1, progress, cancel)
         if (model_ref is not None and model_ref != record.model_ref) or (family and family != record.family):
@@ -254,6 +266,7 @@ class Conversation:
                 raise ConversationError(f"no message {through_seq} to fork at")
             record = self.store.fork(self.id, through_seq=last, title=title)  # default: "… (fork)", "… (fork 2)", …
             new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
+            new.think, new.system = self.think, self.system
             new._messages = self.store.messages(record.id)
             new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)
             return new
@@ -274,6 +287,21 @@ class Conversation:
             self.sampling = sampling
             self.store.update_conversation(self.id, model_ref=model_ref, family=fam.name, mode=fam.mode,
                                            sampling=sampling.to_dict())
+
+    def set_think(self, on: bool) -> None:
+        """Thinking on or off for the next messages (saved with the conversation). Messages already
+        sent keep the setting they were read with."""
+        self.think = bool(on)
+        self.store.update_conversation(self.id, think=self.think)
+
+    def reply_parts(self, message: MessageRecord) -> tuple[str | None, str]:
+        """(thinking, answer) of a reply (thinking None when it had no think block)."""
+        return self.family.split_reply(message.content, message.think)
+
+    def reply_stream(self) -> ReplyStream:
+        """A splitter of the reply being written into thinking and answer; make it from the reply's
+        first `on_text` call (the turn it answers is saved by then)."""
+        return ReplyStream(self.family, *self._open_turn())
 
     def set_sampling(self, settings: SamplingSettings) -> None:
         self.sampling = settings
@@ -337,10 +365,10 @@ class Conversation:
     def _fed(self, index: int) -> str:
         m = self._messages[index]
         if m.role == "init":
-            return self.family.init  # the current family's (a conversation may move to another family)
+            return self.family.init_text(self.system)  # the current family's (a conversation may move)
         prev = self._messages[index - 1] if index > 0 else None
         prev_complete = prev is None or prev.role != "assistant" or prev.complete
-        return self.family.fed_text(m.role, m.content, m.complete, prev_complete)
+        return self.family.fed_text(m.role, m.content, m.complete, prev_complete, m.think)
 
     def take_notices(self) -> list[str]:
         """What the user should be told since the last call (damaged saved states that were rebuilt)."""
@@ -412,7 +440,8 @@ class Conversation:
         keep = len(self._messages) if replacing_from is None else replacing_from
         prev = self._messages[keep - 1]
         prev_complete = prev.role != "assistant" or prev.complete
-        fed = self.family.fed_text(role, text, True, prev_complete)
+        think = self.think if role == "user" and self.family.thinks else None
+        fed = self.family.fed_text(role, text, True, prev_complete, think)
         try:
             state, _, n = self._ingest(fed, self._state, progress, cancel)
         except CancelledError:
@@ -422,7 +451,7 @@ class Conversation:
             self.store.truncate(self.id, replacing_from - 1)
             self._messages = self._messages[:replacing_from]
         msg = self.store.add_message(self.id, role=role, content=stored, n_tokens=n, complete=True,
-                                     state=(self._key(), state.to_bytes()))
+                                     state=(self._key(), state.to_bytes()), think=think)
         self._messages.append(msg)
         self._state = state
 
@@ -437,7 +466,9 @@ class Conversation:
         """Generate, stream and save one reply. `allow_immediate_end=False` ("write more") bans
         end-of-text as the first token, so asking for more after the model ended still writes.
         A reply stopped by an exception (Ctrl-C, an error) keeps what was shown, cut short."""
-        draft = _Draft(self.store, self.id, self.record.model_ref, self.model.file_type)
+        think, prior = self._open_turn()
+        draft = _Draft(self.store, self.id, self.record.model_ref, self.model.file_type,
+                       self._reply_think(think, prior))
         try:
             return self._generate(on_text, cancel, allow_immediate_end, draft)
         except BaseException:
@@ -451,11 +482,14 @@ class Conversation:
         logits = self._current_logits()
         settings = self.sampling
         stops = tuple(s for s in (*self.family.stop, *settings.stop) if s)
-        sampler = Sampler(settings, self.model.n_vocab, penalty_weights(self.tokenizer),
-                          seed=self._rng.getrandbits(63))
+        known = self.tokenizer.n_vocab  # ids past it are padding rows of the model (RWKV-7 Pile: 50304 > 50277)
+        weights = _weights_for(penalty_weights(self.tokenizer), self.model.n_vocab)
+        sampler = Sampler(settings, self.model.n_vocab, weights, seed=self._rng.getrandbits(63))
         decoder = self.tokenizer.stream_decoder()
         eot = self.tokenizer.eot_id
         state = self._state
+        think, prior = self._open_turn()
+        answer_at = self._answer_start(prior, "", think)  # where the answer begins; None: think block open
         text = ""
         emitted = 0
         n_generated = 0
@@ -469,9 +503,12 @@ class Conversation:
             if cancel is not None and cancel.cancelled:
                 finish = "cancelled"
                 break
-            if n_generated == 0 and not allow_immediate_end:
+            ban_end = answer_at is None or (n_generated == 0 and not allow_immediate_end)
+            if ban_end or len(logits) > known:
                 logits = logits.copy()
-                logits[eot] = -np.inf
+                logits[known:] = -np.inf  # padding rows are no text
+                if ban_end:
+                    logits[eot] = -np.inf
             token = sampler.sample(logits)
             if token == eot:
                 finish = "eot"
@@ -484,11 +521,15 @@ class Conversation:
             text += piece
             token_bytes += len(self.tokenizer.token_bytes(token))
             text_bytes += len(text_to_utf8(piece))
-            stop_at = _find_stop(text, stops, max(0, emitted - max((len(s) for s in stops), default=0)))
+            answer_at = self._answer_start(prior, text, think)
+            searched = max(0, emitted - max((len(s) for s in stops), default=0))
+            stop_at = -1 if answer_at is None else _find_stop(text, stops, max(searched, answer_at))
             if stop_at >= 0:
                 finish = "stop"
                 break
-            safe = len(text) - _held_back(text, stops)
+            held = (_held_back(text, (self.family.think_close,)) if answer_at is None
+                    else min(len(text) - answer_at, _held_back(text, stops)))
+            safe = len(text) - held
             if safe > emitted:
                 draft.streamed(text, safe, n_generated)
                 if on_text is not None:
@@ -513,6 +554,28 @@ class Conversation:
         seconds = time.perf_counter() - t0
         return Reply(text=text, n_tokens=n_generated, seconds=seconds,
                      tokens_per_second=n_generated / seconds if seconds > 0 else 0.0, finish=finish, message=message)
+
+    def _open_turn(self) -> tuple[bool | None, str]:
+        """The think setting of the turn being answered and the reply text already saved for it (a
+        cut reply being continued)."""
+        prior: list[str] = []
+        for m in reversed(self._messages):
+            if m.role != "assistant":
+                return (m.think if m.role == "user" else None), "".join(reversed(prior))
+            prior.append(m.content)
+        return None, "".join(reversed(prior))
+
+    def _answer_start(self, prior: str, text: str, think: bool | None) -> int | None:
+        """`Family.answer_start` of the whole reply (prior parts + `text`), as an index into `text`."""
+        at = self.family.answer_start(prior + text, think)
+        return None if at is None else max(0, at - len(prior))
+
+    def _reply_think(self, think: bool | None, prior: str) -> bool | None:
+        """What a reply records: its turn's setting, unless it continues a reply whose answer had begun
+        (then it is plain answer text)."""
+        if think is None or not prior or self.family.answer_start(prior, think) is None:
+            return think
+        return None
 
     def _keep_draft(self, draft: _Draft) -> None:
         """Keep a reply an exception stopped as a cut-short reply, its state rebuilt by reading its text;
@@ -550,10 +613,11 @@ class _Draft:
     `DRAFT_INTERVAL_S`), so a kill leaves it as a cut-short reply; `save` gives it its final form."""
 
     def __init__(self, store: ConversationStore, conversation_id: int, model_ref: str | None,
-                 file_type: str | None) -> None:
+                 file_type: str | None, think: bool | None = None) -> None:
         self.store = store
         self.conversation_id = conversation_id
         self.model_ref, self.file_type = model_ref, file_type  # the model writing it
+        self.think = think  # the think setting the reply records (see Conversation._reply_think)
         self.record: MessageRecord | None = None
         self.saved_at = 0.0
         self.text = ""
@@ -571,11 +635,19 @@ class _Draft:
         if self.record is None:
             self.record = self.store.add_message(self.conversation_id, role="assistant", content=content,
                                                  n_tokens=n_tokens, complete=complete, state=state,
-                                                 model_ref=self.model_ref, file_type=self.file_type)
+                                                 model_ref=self.model_ref, file_type=self.file_type,
+                                                 think=self.think)
         else:
             self.record = self.store.update_message(self.record.id, content=content, n_tokens=n_tokens,
                                                     complete=complete, state=state)
         return self.record
+
+
+def _weights_for(weights: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Penalty weights over the model's rows: the tokenizer's, then 0 for padding rows past it."""
+    if len(weights) >= n_vocab:
+        return weights
+    return np.concatenate([weights, np.zeros(n_vocab - len(weights), dtype=weights.dtype)])
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int:

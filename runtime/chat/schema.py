@@ -24,6 +24,11 @@ Version 2 adds to `messages` the model that wrote a reply: `model_ref` (what the
 its model then: a registry id or a file path) and `file_type` (Q5_1, F16, …). Both are NULL for
 your own messages and for replies saved before version 2 (their writer was not recorded).
 
+Version 3 (thinking) adds `conversations.think` (the conversation's thinking switch, 0/1),
+`conversations.system` (its system prompt, '' for none) and `messages.think`: for a user turn of a
+thinking family, whether its prompt ended with thinking on (1) or off (0); for a reply, the same value
+as its prompt; NULL for messages written without the think markup (other families, older rows).
+
 Timestamps are UTC epoch seconds (REAL).
 """
 
@@ -119,10 +124,16 @@ _V2: tuple[str, ...] = (
     "ALTER TABLE messages ADD COLUMN file_type TEXT",
 )
 
+_THINK: tuple[str, ...] = (  # version 3
+    "ALTER TABLE conversations ADD COLUMN think INTEGER NOT NULL DEFAULT 0 CHECK (think IN (0, 1))",
+    "ALTER TABLE conversations ADD COLUMN system TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE messages ADD COLUMN think INTEGER CHECK (think IN (0, 1))",
+)
+
 # MIGRATIONS[i] takes the schema from version i to i + 1: SQL statements, or functions given the
 # connection for steps that move data. Append only; never edit a released entry.
 Step = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Sequence[Step], ...] = (_V1, _V2)
+MIGRATIONS: tuple[Sequence[Step], ...] = (_V1, _V2, _THINK)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -98,6 +98,8 @@ class ConversationRecord:
     sampling: dict[str, Any] = field(hash=False)
     message_count: int
     last_snippet: str = ""
+    think: bool = False  # the thinking switch (thinking families)
+    system: str = ""  # the system prompt ("" for none)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class MessageRecord:
     created_at: float
     model_ref: str | None = None  # the model that wrote a reply (None: yours, or saved before it was recorded)
     file_type: str | None = None  # that model file's type (Q5_1, F16, …)
+    think: bool | None = None  # thinking on/off when its prompt was fed; None: written without the markup
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,9 @@ def default_path() -> Path:
 _CONV_COLUMNS = """c.id, c.title, c.mode, c.family, c.model_ref, c.created_at, c.updated_at, c.archived, c.sampling,
     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > 0),
     (SELECT substr(m.content, 1, 400) FROM messages m WHERE m.conversation_id = c.id AND m.seq > 0
-     ORDER BY m.seq DESC LIMIT 1)"""
-_MSG_COLUMNS = "id, conversation_id, seq, role, content, n_tokens, complete, created_at, model_ref, file_type"
+     ORDER BY m.seq DESC LIMIT 1), c.think, c.system"""
+_MSG_COLUMNS = ("id, conversation_id, seq, role, content, n_tokens, complete, created_at, model_ref, file_type, "
+                "think")
 
 
 class ConversationStore:
@@ -205,22 +209,27 @@ class ConversationStore:
     def create_conversation(
         self, *, title: str, mode: str, family: str, model_ref: str, sampling: dict[str, Any],
         init_text: str = "", init_tokens: int = 0, init_state: tuple[str, bytes] | None = None,
+        think: bool = False, system: str = "",
     ) -> ConversationRecord:
-        """Create a conversation with its seq-0 'init' message (and, if given, the state after it)."""
+        """Create a conversation with its seq-0 'init' message (and, if given, the state after it).
+
+        `init_text` is what was fed first (the family's init and the system turn); `system` the system
+        prompt itself, kept so the init can be fed again for another family."""
         _check_text("title", title)
         _check_mode(mode)
         _check_text("family", family)
         _check_text("model_ref", model_ref)
         sampling_json = _dump_json("sampling settings", sampling, want_dict=True)
         _check_text("init text", init_text)
+        _check_text("system prompt", system)
         _check_count("init_tokens", init_tokens)
         prepared = self._prepare_state(init_state) if init_state is not None else None
         now = time.time()
         with self._write("create a conversation") as c:
             cid = c.execute(
-                "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (title, mode, family, model_ref, now, now, sampling_json),
+                "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling, think, "
+                "system) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (title, mode, family, model_ref, now, now, sampling_json, 1 if think else 0, system),
             ).lastrowid
             mid = c.execute(
                 "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at) "
@@ -268,9 +277,9 @@ class ConversationStore:
 
     def update_conversation(
         self, conversation_id: int, *, model_ref: str | None = None, family: str | None = None,
-        mode: str | None = None, sampling: dict[str, Any] | None = None,
+        mode: str | None = None, sampling: dict[str, Any] | None = None, think: bool | None = None,
     ) -> None:
-        """Change the model, family, mode or sampling settings (only the ones given)."""
+        """Change the model, family, mode, sampling settings or thinking switch (only the ones given)."""
         sets: list[str] = []
         args: list[Any] = []
         if model_ref is not None:
@@ -288,6 +297,9 @@ class ConversationStore:
         if sampling is not None:
             sets.append("sampling = ?")
             args.append(_dump_json("sampling settings", sampling, want_dict=True))
+        if think is not None:
+            sets.append("think = ?")
+            args.append(1 if think else 0)
         sets.append("updated_at = ?")
         args.append(time.time())
         with self._write("update a conversation") as c:
@@ -320,14 +332,16 @@ class ConversationStore:
             if through > last:
                 raise MessageNotFoundError(f"conversation {conversation_id} has no message {through} to fork at")
             new_id = c.execute(
-                "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling) "
-                "SELECT ?, mode, family, model_ref, ?, ?, sampling FROM conversations WHERE id = ?",
+                "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling, think, "
+                "system) SELECT ?, mode, family, model_ref, ?, ?, sampling, think, system FROM conversations "
+                "WHERE id = ?",
                 (title if title is not None else self._fork_title(c, src.title), now, now, conversation_id),
             ).lastrowid
             c.execute(
                 "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at, "
-                "model_ref, file_type) "
-                "SELECT ?, seq, role, content, n_tokens, complete, created_at, model_ref, file_type FROM messages "
+                "model_ref, file_type, think) "
+                "SELECT ?, seq, role, content, n_tokens, complete, created_at, model_ref, file_type, think "
+                "FROM messages "
                 "WHERE conversation_id = ? AND seq <= ? ORDER BY seq",
                 (new_id, conversation_id, through),
             )
@@ -362,11 +376,13 @@ class ConversationStore:
     def add_message(
         self, conversation_id: int, *, role: str, content: str, n_tokens: int, complete: bool = True,
         state: tuple[str, bytes] | None = None, model_ref: str | None = None, file_type: str | None = None,
+        think: bool | None = None,
     ) -> MessageRecord:
         """Append a message (seq = last + 1) and, if given, the state after it, in one transaction.
 
         `state` is (model fingerprint, `State.to_bytes()`). When this returns the turn is durable.
         `model_ref` and `file_type` name the model that wrote a reply (left out for your own messages).
+        `think`: the thinking setting its prompt was fed with (None: no think markup).
         """
         if role not in TURN_ROLES:
             raise StoreArgumentError(f"a message's role must be one of {', '.join(TURN_ROLES)}, not {role!r}")
@@ -382,14 +398,15 @@ class ConversationStore:
             seq = self._last_seq(c, conversation_id) + 1
             mid = c.execute(
                 "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at, "
-                "model_ref, file_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, seq, role, content, n_tokens, 1 if complete else 0, now, model_ref, file_type),
+                "model_ref, file_type, think) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, seq, role, content, n_tokens, 1 if complete else 0, now, model_ref, file_type,
+                 _flag(think)),
             ).lastrowid
             if prepared is not None:
                 self._put_state(c, mid, prepared, now)
             c.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
         return MessageRecord(mid, conversation_id, seq, role, content, n_tokens, bool(complete), now, model_ref,
-                             file_type)
+                             file_type, None if think is None else bool(think))
 
     def update_message(
         self, message_id: int, *, content: str, n_tokens: int, complete: bool,
@@ -778,17 +795,22 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def _conversation_record(row: tuple[Any, ...]) -> ConversationRecord:
-    cid, title, mode, family, model_ref, created, updated, archived, sampling, count, last = row
+    cid, title, mode, family, model_ref, created, updated, archived, sampling, count, last, think, system = row
     return ConversationRecord(
         id=cid, title=title, mode=mode, family=family, model_ref=model_ref, created_at=created, updated_at=updated,
         archived=bool(archived), sampling=_load_sampling(sampling), message_count=count,
-        last_snippet=_one_line(last or "", 80),
+        last_snippet=_one_line(last or "", 80), think=bool(think), system=system,
     )
 
 
 def _message_record(row: tuple[Any, ...]) -> MessageRecord:
-    mid, cid, seq, role, content, n_tokens, complete, created, model_ref, file_type = row
-    return MessageRecord(mid, cid, seq, role, content, n_tokens, bool(complete), created, model_ref, file_type)
+    mid, cid, seq, role, content, n_tokens, complete, created, model_ref, file_type, think = row
+    return MessageRecord(mid, cid, seq, role, content, n_tokens, bool(complete), created, model_ref, file_type,
+                         None if think is None else bool(think))
+
+
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else 1 if value else 0
 
 
 _TERM = re.compile(r'"([^"]*)"|(\S+)')

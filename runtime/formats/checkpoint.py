@@ -2,8 +2,9 @@
 
 Sources: BlinkDL `.pth`, Hugging Face transformers and flash-linear-attention layouts
 (`pytorch_model.bin`, `.safetensors`, a folder or an index file of shards), rwkv.cpp `.bin`, our
-RWKV-4 GGUF and llama.cpp's rwkv7 GGUF (which our converter writes for RWKV-7). The kind is told by the file's
-magic bytes, not its name. Each source says which load-time transforms its data already carries
+RWKV-4 GGUF, llama.cpp's rwkv7 and rwkv6 GGUF (which our converter writes for RWKV-7 and RWKV-6) and
+our rwkv5 GGUF (gguf_rwkv6.py). The kind is told by the file's magic bytes, not its name. Each
+source says which load-time transforms its data already carries
 (`transforms`), so conversion applies each exactly once.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ModelFileError, UnsupportedModelError
-from runtime.formats import gguf_rwkv7
+from runtime.formats import gguf_rwkv6, gguf_rwkv7
 from runtime.formats.detect import Architecture, detect_architecture
 from runtime.formats.tensors import LazyTensor
 
@@ -26,7 +27,12 @@ TIME_MIX_SQUEEZED = "time_mix_squeezed"
 LN0_FOLDED = "ln0_folded_into_emb"
 # RWKV-7: w1/w2/a1/a2/v1/v2/g1/g2 stored transposed relative to the .pth (rwkv.cpp, llama.cpp, fla)
 V7_LORA_TRANSPOSED = "v7_lora_transposed"
-KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED, V7_LORA_TRANSPOSED})
+# RWKV-6: time_maa_w1, time_decay_w1/_w2 transposed, time_maa_w2 as (5, C, D) (rwkv.cpp, llama.cpp)
+V6_LORA_TRANSPOSED = "v6_lora_transposed"
+# RWKV-5.2: time_decay stored as the decay itself, exp(-exp(time_decay)) (rwkv.cpp)
+V5_DECAY_EXP = "time_decay=exp(-exp(time_decay))"
+KNOWN_TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, LN0_FOLDED, V7_LORA_TRANSPOSED,
+                              V6_LORA_TRANSPOSED, V5_DECAY_EXP})
 
 ZIP_MAGIC = b"PK\x03\x04"
 RWKVCPP_MAGIC = (0x67676D66).to_bytes(4, "little")
@@ -95,9 +101,14 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
             transforms |= {V7_LORA_TRANSPOSED}
             head_size = metadata.get(f"{gguf_rwkv7.ARCH}.wkv.head_size")
             head_size = head_size if isinstance(head_size, int) else None
+        elif arch_name in gguf_rwkv6.ARCHES:
+            tensors = gguf_rwkv6.gguf_to_blinkdl(tensors, arch_name)
+            if arch_name == gguf_rwkv6.ARCH6:
+                transforms |= {V6_LORA_TRANSPOSED}
         elif arch_name != "rwkv4":
             raise UnsupportedModelError(
-                path, f"GGUF architecture '{arch_name}' is not supported; this version reads rwkv4 and rwkv7"
+                path, f"GGUF architecture '{arch_name}' is not supported; this version reads rwkv4, rwkv5, "
+                "rwkv6 and rwkv7"
             )
         source_format = "gguf"
     elif kind == "rwkvcpp":
@@ -115,7 +126,7 @@ def open_checkpoint(path: str | os.PathLike[str], mapping: mmap.mmap | None = No
     shapes = {n: t.shape for n, t in tensors.items()}
     arch = detect_architecture(
         path, shapes, allow_ln0_missing=LN0_FOLDED in transforms,
-        lora_transposed=V7_LORA_TRANSPOSED in transforms, head_size=head_size,
+        lora_transposed=bool(transforms & {V7_LORA_TRANSPOSED, V6_LORA_TRANSPOSED}), head_size=head_size,
     )
     return Checkpoint(path, source_format, tensors, arch, transforms, metadata)
 

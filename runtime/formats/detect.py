@@ -1,10 +1,12 @@
 """Tell an RWKV checkpoint's architecture and shape from its tensor names and shapes.
 
-RWKV-4 and RWKV-7 are read and every tensor's shape is checked. An RWKV-7 file's head size comes
-from `att.r_k` (H, N) (or, where r_k is flat, from the file's metadata), and its four LoRA ranks from
-the shapes of w1/w2, a1/a2, v1/v2 (layer 1 on: layer 0's are unused or dummies) and g1/g2, never
-from a table of released models. RWKV-5.x and 6 are recognised and reported by name as not
-readable yet; RWKV-4a/4b variants and unknown layouts are refused with a message saying what was found.
+RWKV-4, RWKV-5.2, RWKV-6 and RWKV-7 are read and every tensor's shape is checked. An RWKV-7 file's
+head size comes from `att.r_k` (H, N) (or, where r_k is flat, from the file's metadata), and its four
+LoRA ranks from the shapes of w1/w2, a1/a2, v1/v2 (layer 1 on: layer 0's are unused or dummies) and
+g1/g2, never from a table of released models. RWKV-5.2 and 6 take their head size from
+`att.time_faaaa` (H, N), RWKV-6 its two LoRA ranks (token-shift mix, decay) from `time_maa_w1` and
+`time_decay_w1`. RWKV-5.0/5.1 (told by a decay of one value per head) are refused by name;
+RWKV-4a/4b variants and unknown layouts are refused with a message saying what was found.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from runtime.errors import ModelFileError, UnsupportedModelError
 LN_EPS = 1e-5
 TOKENIZER_BY_VOCAB = {50277: "gpt-neox-20b", 65536: "rwkv-world"}
 
-RUNNABLE_VERSIONS = ("4", "7")
-READABLE_VERSIONS = ("4", "7")
+RUNNABLE_VERSIONS = ("4", "5.2", "6", "7")
+READABLE_VERSIONS = ("4", "5.2", "6", "7")
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -39,7 +41,8 @@ class LoraRanks(NamedTuple):
 @dataclass(frozen=True)
 class Architecture:
     """What a checkpoint holds: `version` is "4", "5", "5.1", "5.2", "6" or "7".
-    `head_size` and `lora` are RWKV-7's (0 and None for RWKV-4)."""
+    `head_size` is RWKV-5.2/6/7's (0 for RWKV-4), `lora` RWKV-7's LoRA ranks, `mix_ranks` RWKV-6's
+    (D_mix of time_maa_w1/w2, D_decay of time_decay_w1/w2); None where the architecture has none."""
 
     version: str
     n_layer: int
@@ -48,6 +51,7 @@ class Architecture:
     n_ffn: int
     head_size: int = 0
     lora: LoraRanks | None = None
+    mix_ranks: tuple[int, int] | None = None
 
     @property
     def n_head(self) -> int:
@@ -135,21 +139,16 @@ def detect_architecture(
         )
     if has(".att.r_k") or has(".att.w0") or has(".att.a0"):
         return _detect_v7(path, shapes, n_layer, n_embd, n_vocab, lora_transposed, head_size)
-    version = None
     if has(".att.time_maa_x") or has(".att.time_decay_w1"):
-        version = "6"
-    elif has(".att.ln_x"):
-        first = shapes.get("blocks.0.att.time_faaaa")
-        if first is not None and len(_squeeze(first)) == 2:
-            version = "5.2"
-        elif has(".att.gate"):
-            version = "5.1"
-        else:
-            version = "5"
-    if version is not None:
+        return _detect_v56(path, shapes, "6", n_layer, n_embd, n_vocab, lora_transposed)
+    if has(".att.ln_x"):
+        decay = _strip_trailing_ones(shapes.get("blocks.0.att.time_decay", ()))
+        if has(".att.gate.weight") and len(decay) == 2 and decay[1] > 1:  # (H, N): 5.2; 5.1 has (H,)
+            return _detect_v56(path, shapes, "5.2", n_layer, n_embd, n_vocab, lora_transposed)
+        version = "5.1" if has(".att.gate.weight") else "5.0"
         raise UnsupportedModelError(
-            path, f"RWKV-{version} checkpoints are recognised but not runnable yet; this version reads "
-            "RWKV-4 and RWKV-7"
+            path, f"this is an RWKV-{version} checkpoint (one decay per head), an early RWKV-5 release that "
+            "is not supported; RWKV-5.2 (World v2) and later files are"
         )
     ffn = shapes.get("blocks.0.ffn.key.weight")
     n_ffn = int(ffn[0]) if ffn is not None and len(ffn) == 2 else 4 * n_embd
@@ -302,3 +301,116 @@ def _detect_v7(
         if not ok:
             raise ModelFileError(path, f"tensor '{name}' has shape {got}, expected {want} for n_embd {n_embd}")
     return Architecture("7", n_layer, n_embd, n_vocab, n_ffn, head_size, lora)
+
+
+def _strip_trailing_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """rwkv.cpp stores RWKV-5/6's per-head tensors as (H, N, 1) or (H, 1, 1)."""
+    dims = tuple(int(d) for d in shape)
+    while len(dims) > 1 and dims[-1] == 1:
+        dims = dims[:-1]
+    return dims
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+V6_MIXES = ("w", "k", "v", "r", "g")  # the order of time_maa_w2's five factors
+
+
+def v56_tensor_shapes(
+    version: str, n_layer: int, n_embd: int, n_vocab: int, n_ffn: int, head_size: int,
+    mix_ranks: tuple[int, int] | None = None, *, lora_transposed: bool = False,
+) -> dict[str, tuple]:
+    """Every tensor of a BlinkDL RWKV-5.2 ("5.2") or RWKV-6 ("6") checkpoint and its shape (per-channel
+    vectors as (C,), time_faaaa as (H, N)); with `lora_transposed` RWKV-6's LoRA factors are given as
+    rwkv.cpp and llama.cpp store them (time_maa_w1 (5·D, C), time_maa_w2 (5, C, D), time_decay_w1
+    (Dd, C), time_decay_w2 (C, Dd))."""
+    C, F, N = n_embd, n_ffn, head_size
+    shapes: dict[str, tuple] = {"emb.weight": (n_vocab, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    mix = "time_maa" if version == "6" else "time_mix"
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            shapes[p + ln + ".weight"] = (C,)
+            shapes[p + ln + ".bias"] = (C,)
+        if version == "6":
+            assert mix_ranks is not None
+            dm, dd = mix_ranks
+            for m in ("x", *V6_MIXES):
+                shapes[p + f"att.time_maa_{m}"] = (C,)
+            t = lora_transposed
+            shapes[p + "att.time_maa_w1"] = (5 * dm, C) if t else (C, 5 * dm)
+            shapes[p + "att.time_maa_w2"] = (5, C, dm) if t else (5, dm, C)
+            shapes[p + "att.time_decay_w1"] = (dd, C) if t else (C, dd)
+            shapes[p + "att.time_decay_w2"] = (C, dd) if t else (dd, C)
+        else:
+            for m in ("k", "v", "r", "g"):
+                shapes[p + f"att.time_mix_{m}"] = (C,)
+        shapes[p + "att.time_decay"] = (C,)
+        shapes[p + "att.time_faaaa"] = (C // N, N)
+        for m in ("receptance", "key", "value", "gate", "output"):
+            shapes[p + f"att.{m}.weight"] = (C, C)
+        shapes[p + "att.ln_x.weight"] = (C,)
+        shapes[p + "att.ln_x.bias"] = (C,)
+        shapes[p + f"ffn.{mix}_k"] = (C,)
+        shapes[p + f"ffn.{mix}_r"] = (C,)
+        shapes[p + "ffn.key.weight"] = (F, C)
+        shapes[p + "ffn.receptance.weight"] = (C, C)
+        shapes[p + "ffn.value.weight"] = (C, F)
+    shapes["ln_out.weight"] = (C,)
+    shapes["ln_out.bias"] = (C,)
+    shapes["head.weight"] = (n_vocab, C)
+    return shapes
+
+
+def _detect_v56(
+    path, shapes: Mapping[str, tuple[int, ...]], version: str, n_layer: int, n_embd: int, n_vocab: int,
+    transposed: bool,
+) -> Architecture:
+    names = set(shapes)
+    name = f"RWKV-{version}"
+    first = shapes.get("blocks.0.att.time_faaaa")
+    if first is None:
+        raise ModelFileError(path, f"not a complete {name} checkpoint: missing blocks.0.att.time_faaaa")
+    dims = _strip_trailing_ones(first)
+    if len(dims) != 2 or dims[0] * dims[1] != n_embd:
+        raise ModelFileError(path, f"tensor 'blocks.0.att.time_faaaa' has shape {tuple(first)}, expected (H, N) "
+                             f"with H·N = n_embd {n_embd}")
+    head_size = dims[1]
+    mix_ranks = None
+    if version == "6":
+        ranks = []
+        for tensor, parts in (("att.time_maa_w1", 5), ("att.time_decay_w1", 1)):
+            got = shapes.get(f"blocks.0.{tensor}")
+            if got is None:
+                raise ModelFileError(path, f"not a complete {name} checkpoint: missing blocks.0.{tensor}")
+            got = tuple(int(d) for d in got)
+            if len(got) != 2 or got[1 if transposed else 0] != n_embd or got[0 if transposed else 1] % parts:
+                raise ModelFileError(path, f"tensor 'blocks.0.{tensor}' has shape {got}, not a LoRA factor "
+                                     f"of n_embd {n_embd}")
+            ranks.append(got[0 if transposed else 1] // parts)
+        mix_ranks = (ranks[0], ranks[1])
+    ffn = shapes.get("blocks.0.ffn.key.weight")
+    n_ffn = int(ffn[0]) if ffn is not None and len(ffn) == 2 else int(3.5 * n_embd) // 32 * 32
+    expected = v56_tensor_shapes(version, n_layer, n_embd, n_vocab, n_ffn, head_size, mix_ranks,
+                                 lora_transposed=transposed)
+    missing = sorted(set(expected) - names)
+    if missing:
+        raise ModelFileError(path, f"not a complete {name} checkpoint: missing {', '.join(missing[:4])}"
+                             + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+    extra = sorted(names - set(expected))
+    if extra:
+        raise ModelFileError(path, f"unexpected tensors for {name}: {', '.join(extra[:4])}")
+    for tname, want in expected.items():
+        got = tuple(int(d) for d in shapes[tname])
+        if len(want) == 1 or tname.endswith(".time_faaaa"):
+            ok = _numel(got) == _numel(want) and (len(want) == 1 or _squeeze(got) == _squeeze(want))
+        else:
+            ok = got == want
+        if not ok:
+            raise ModelFileError(path, f"tensor '{tname}' has shape {got}, expected {want} for n_embd {n_embd}")
+    return Architecture(version, n_layer, n_embd, n_vocab, n_ffn, head_size, None, mix_ranks)

@@ -78,20 +78,21 @@ def fused_lerp_name(layer: int) -> str:
     return f"blk.{layer}.{FUSED_LERP}.weight"
 
 
-def split_fused_lerp(fused: LazyTensor, layer: int) -> dict[str, LazyTensor]:
-    """The six `blocks.N.att.x_*` (shape (C,)) as views into a fused lerp tensor of 6·C values."""
+def split_fused_lerp(fused: LazyTensor, layer: int, order: tuple[str, ...] = LERP_ORDER,
+                     leaf: str = "att.x_{}") -> dict[str, LazyTensor]:
+    """The vectors `blocks.N.<leaf>` (shape (C,)), one per letter of `order` (RWKV-7: the six
+    `att.x_*`), as views into a fused lerp tensor of len(order)·C values."""
     numel = fused.n_rows * fused.n_cols
-    if numel % len(LERP_ORDER):
-        raise ModelFileError(fused.file.path, f"tensor '{fused.name}' of shape {fused.shape} is not six vectors")
-    n = numel // len(LERP_ORDER)
+    if numel % len(order):
+        raise ModelFileError(fused.file.path, f"tensor '{fused.name}' of shape {fused.shape} is not "
+                             f"{len(order)} vectors")
+    n = numel // len(order)
     if fused.dtype.is_quantized and n % fused.dtype.block_size:
         raise ModelFileError(fused.file.path, f"tensor '{fused.name}' of type {fused.dtype.name} cannot be split")
     part_bytes = fused.dtype.row_bytes(n)
-    return {
-        f"blocks.{layer}.att.x_{m}": LazyTensor(f"blocks.{layer}.att.x_{m}", (n,), fused.dtype, fused.file,
-                                                fused.offset + i * part_bytes)
-        for i, m in enumerate(LERP_ORDER)
-    }
+    names = [f"blocks.{layer}.{leaf.format(m)}" for m in order]
+    return {name: LazyTensor(name, (n,), fused.dtype, fused.file, fused.offset + i * part_bytes)
+            for i, name in enumerate(names)}
 
 
 def gguf_to_blinkdl(tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:

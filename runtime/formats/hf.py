@@ -14,8 +14,9 @@ carries no transforms:
     rwkv.ln_out.{weight,bias}                       ln_out.{weight,bias}
     head.weight                                     head.weight
 
-Tensor names of later RWKV versions in the same layout (ln_x, gate, time_faaaa, time_maa_*) are
-renamed too, so that architecture detection can report the version by name; RWKV-7 files in this
+RWKV-5.2 and RWKV-6 (`Rwkv5ForCausalLM`, `Rwkv6ForCausalLM`) use the same layout with their own
+leaves (ln_x, gate, time_mix_gate → time_mix_g, time_faaaa, time_maa_*), BlinkDL's shapes and values
+(LoRA factors untransposed, time_decay raw), so they map by name alone too; RWKV-7 files in this
 layout keep BlinkDL's leaves (`rwkv.blocks.N.attention.x_r`, `.w1`, `.r_k`, …) and orientation.
 
 RWKV-7 in flash-linear-attention's layout (`Rwkv7ForCausalLM` of fla-hub) has other names, and its

@@ -18,6 +18,10 @@ fused into one `att.x_rwkvag` (6, 1, C) tensor, order r, w, k, v, a, g — hande
 `att.x_*` tensors viewing its bytes — and the LoRA factors w1/w2/a1/a2/v1/v2/g1/g2 stored transposed
 (`V7_LORA_TRANSPOSED`). Nothing else is changed (w0 raw, r_k (H, N), ln0 separate).
 
+RWKV-6 files (told by `att.time_maa_x`): time_maa_w1 and time_decay_w1/_w2 transposed, time_maa_w2 as
+(5, C, D) (`V6_LORA_TRANSPOSED`), time_faaaa and the raw time_decay as (H, N, 1). RWKV-5.x files (told
+by `att.ln_x`): time_decay stored as exp(-exp(time_decay)) (`V5_DECAY_EXP`), time_faaaa as (H, N, 1).
+
 Scanning reads only the small record headers; each tensor's data is skipped by its byte size and
 handed out as a `LazyTensor` on one shared `FileHandle`.
 """
@@ -31,7 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ModelFileError
-from runtime.formats.checkpoint import TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, V7_LORA_TRANSPOSED
+from runtime.formats.checkpoint import (
+    TIME_DECAY_NEG_EXP,
+    TIME_MIX_SQUEEZED,
+    V5_DECAY_EXP,
+    V6_LORA_TRANSPOSED,
+    V7_LORA_TRANSPOSED,
+)
 from runtime.formats.tensors import FileHandle, LazyTensor
 from runtime.quant.types import DType
 
@@ -51,6 +61,8 @@ RWKVCPP_TYPES: dict[int, DType] = {
 _REMOVED_TYPES = {4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3"}
 TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED})
 V7_TRANSFORMS = frozenset({V7_LORA_TRANSPOSED})
+V6_TRANSFORMS = frozenset({V6_LORA_TRANSPOSED, TIME_MIX_SQUEEZED})
+V5_TRANSFORMS = frozenset({V5_DECAY_EXP, TIME_MIX_SQUEEZED})
 V7_FUSED_LERP = "att.x_rwkvag"
 V7_LERP_ORDER = ("r", "w", "k", "v", "a", "g")
 
@@ -100,6 +112,10 @@ def _scan(fh: FileHandle) -> RwkvCppFile:
     if "blocks.0.att.r_k" in out.tensors:
         _split_v7_lerps(out)
         out.transforms = V7_TRANSFORMS
+    elif "blocks.0.att.time_maa_x" in out.tensors:
+        out.transforms = V6_TRANSFORMS
+    elif "blocks.0.att.ln_x.weight" in out.tensors:
+        out.transforms = V5_TRANSFORMS
     return out
 
 

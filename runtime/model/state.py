@@ -25,11 +25,11 @@ from runtime.errors import RwkvError
 MAGIC = b"RWKVST01"
 _HEADER_V1 = struct.Struct("<8sIII64s32s")  # magic, version, rows, cols, fingerprint, sha256(data)
 _HEADER_V2 = struct.Struct("<8sIIII64s32s")  # magic, version, rows, cols, n_logits, fingerprint, sha256(data+logits)
-_HEADER = struct.Struct("<8sIIII64s32s8s")  # as version 2, then the architecture ("rwkv4", "rwkv7"; NUL-padded)
+_HEADER = struct.Struct("<8sIIII64s32s8s")  # as version 2, then the architecture ("rwkv4" … "rwkv7"; NUL-padded)
 FORMAT_VERSION = 3
 # Rows per layer where the architecture fixes them (RWKV-7's depend on the head size).
 _ROWS_PER_LAYER = {"rwkv4": 5}
-ARCHITECTURES = ("rwkv4", "rwkv7")
+ARCHITECTURES = ("rwkv4", "rwkv5", "rwkv6", "rwkv7")
 MAX_LOGITS = 1 << 20
 MAX_FLOATS = 1 << 28
 # No step makes a state value or logit near this (pp starts at -1e30, the rest stays far smaller); a

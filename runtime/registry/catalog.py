@@ -30,7 +30,7 @@ from runtime.formats.detect import RUNNABLE_VERSIONS
 from runtime.quant.types import DType
 
 SHIPPED_PATH = Path(__file__).with_name("models.toml")
-ARCHES = ("4", "5", "6", "7")
+ARCHES = ("4", "5", "5.2", "6", "7")  # "5": an RWKV-5 whose minor version the entry does not say
 VOCAB_BY_TOKENIZER = {"20b": 50277, "world": 65536}
 TOKENIZER_BY_VOCAB = {v: k for k, v in VOCAB_BY_TOKENIZER.items()}
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

@@ -15,11 +15,16 @@ default; models under 1B parameters default to Q8_0: small models lose the most 
 (their rows are short, so the per-block error is a larger share of the signal), and at that size
 Q8_0 costs a few hundred MB. If the default does not fit the free RAM, the best format that does is
 chosen (quality order Q8_0 > Q5_1 > Q5_0 > Q4_1 > Q4_0; float formats are offered, never chosen).
+RWKV-7 entries follow the same rule until a quality table of RWKV-7 formats exists.
+
+The model suggested first (`starter_model`: the welcome screen, `rwkv-tui models`, the models screen)
+is the largest runnable G1 whose default format fits in three quarters of the free memory.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,3 +201,26 @@ def _why_default(entry: ModelEntry, dtype: DType) -> str:
     if dtype is SMALL_MODEL_FORMAT:
         return "small models lose the most to 4- and 5-bit formats, and 8 bits cost little at this size"
     return "close to Q8_0 quality at two thirds of its size; 4-bit formats lose 4-5x more"
+
+
+STARTER_FAMILY = "g1"  # the chat models recommended first (RWKV-7 G1: the newest, and they reason)
+STARTER_SHARE = 0.75  # of the free memory a suggested model may take; the rest stays for everything else
+
+
+def starter_model(entries: Iterable[ModelEntry], *, free_ram: int) -> Recommendation | None:
+    """The model to suggest first on this machine: the largest runnable G1 model whose default
+    format fits in three quarters of the free memory (so the machine does not start swapping when
+    something else needs memory; disk not considered: a download can go elsewhere); None when none
+    fits or the runtime cannot run G1."""
+    best: Recommendation | None = None
+    room = int(free_ram * STARTER_SHARE)
+    for entry in entries:
+        if entry.family != STARTER_FAMILY or not entry.runnable:
+            continue
+        rec = recommend(entry, free_ram=free_ram, free_disk=1 << 62)
+        need = rec.fit(rec.default).ram_bytes
+        if need is None or need > room:
+            continue
+        if best is None or (n_params(entry) or 0) > (n_params(best.entry) or 0):
+            best = rec
+    return best

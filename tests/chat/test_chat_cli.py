@@ -309,3 +309,62 @@ def test_a_reply_killed_midway_is_kept_cut_short_and_can_be_regenerated(model_pa
         messages = store.messages(conv_id)
     assert [m.role for m in messages] == ["init", "user", "assistant"]
     assert messages[2].id != partial.id and err.count("tokens/s") == 1  # the cut reply, written again
+
+
+def test_think_and_system_options_and_the_think_command(model_path, monkeypatch, capsys):
+    rc, out, err = _chat(monkeypatch, capsys, [str(model_path), "--family", "g1", "--think", "--system",
+                                               "Be brief.", "--seed", "1", "--max-tokens", "4"], [
+        "Hi",
+        "/think",
+        "/think off",
+        "Again",
+        "/think maybe",
+        "/history",
+    ])
+    assert rc == 0, err
+    assert "thinking is on" in out and "thinking is off" in out
+    assert "usage: /think on|off" in err
+    assert re.search(r"\[2\] model \(incomplete\) \(thought \d+ words\)", out)  # a 4-token reply, all reasoning
+    with ConversationStore.open() as store:
+        conv_id = store.last_conversation_id()
+        record = store.get_conversation(conv_id)
+        assert (record.think, record.system, record.family) == (False, "Be brief.", "g1")
+        turns = [(m.role, m.think) for m in store.messages(conv_id) if m.role != "init"]
+    assert turns == [("user", True), ("assistant", True), ("user", False), ("assistant", False)]
+    # resuming keeps the switch unless --think says otherwise
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last", "--think", "--max-tokens", "2"], ["/think"])
+    assert rc == 0 and "thinking is on" in out
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last", "--no-think"], ["/think"])
+    assert rc == 0 and "thinking is off" in out
+    rc, out, err = _chat(monkeypatch, capsys, ["--resume", "last"], ["/think"])
+    assert rc == 0 and "thinking is off" in out  # kept
+
+
+def test_think_and_system_need_a_family_that_has_them(model_path, monkeypatch, capsys):
+    for args, complaint in ((["--think"], "--think: the raven family does not think"),
+                            (["--system", "Be brief."], "--system: the raven family has no System turn")):
+        rc, _out, err = _chat(monkeypatch, capsys, [str(model_path), "--family", "raven", *args], ["Hi"])
+        assert rc == 2 and complaint in err, err
+    rc, _out, err = _chat(monkeypatch, capsys, [str(model_path), "--family", "raven"], ["/think on"])
+    assert rc == 0 and "raven family does not think" in err
+
+
+def test_line_mode_prints_the_reasoning_dimmed_and_the_answer_plainly(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    from runtime.chat.conversation import Conversation
+    from tests.support.transcript_model import TranscriptModel
+    from tui.commands import chat as chat_command
+
+    model = TranscriptModel(" <think>\nStep one.\n\nStep two.</think>\nFour.\n\n", cue="Assistant:",
+                            tokenizer="world")
+    with ConversationStore.open(tmp_path / "c.sqlite3") as store:
+        conv = Conversation.start(store, model, family="g1", seed=1, think=True)
+        monkeypatch.setattr(chat_command, "console", Console(force_terminal=True, color_system="standard",
+                                                             highlight=False))
+        chat_command.LineChat(conv, interactive=False).handle("2+2?")
+    out = capsys.readouterr().out
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert plain == "Assistant: Step one.\n\nStep two.\nFour.\n"
+    dimmed = re.findall(r"\x1b\[2m(.*?)\x1b\[0m", out, re.S)  # each streamed piece, each line on its own
+    assert "".join(dimmed) == "Step one.Step two."

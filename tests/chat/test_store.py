@@ -781,3 +781,39 @@ def test_forks_of_one_conversation_get_distinct_titles(store):
     assert [first.title, second.title, of_fork.title, named.title] == [
         "story (fork)", "story (fork 2)", "story (fork 3)", "story (fork)"]
     assert store.fork(conv.id).title == "story (fork 4)"
+
+
+def _schema_before_thinking(conn: sqlite3.Connection) -> None:
+    """A database as the version before thinking wrote it (the migrations up to it)."""
+    before = schema.MIGRATIONS.index(schema._THINK)
+    for step in schema.MIGRATIONS[:before]:
+        for statement in step:
+            statement(conn) if callable(statement) else conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {before}")
+
+
+def test_thinking_columns_migrate_older_rows_to_no_markup_and_are_kept_by_forks(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    _schema_before_thinking(conn)
+    conn.execute("INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at) "
+                 "VALUES ('old', 'chat', 'world', 'm', 0, 0)")
+    for seq, role, content in ((0, "init", ""), (1, "user", "hi")):
+        conn.execute("INSERT INTO messages (conversation_id, seq, role, content, created_at) VALUES (1, ?, ?, ?, 0)",
+                     (seq, role, content))
+    conn.close()
+    with ConversationStore.open(path) as s:
+        old = s.get_conversation(1)
+        assert (old.think, old.system) == (False, "")
+        assert [m.think for m in s.messages(1)] == [None, None]  # written without the think markup
+        s.update_conversation(1, think=True)
+        s.add_message(1, role="user", content="think", n_tokens=3, think=True)
+        s.add_message(1, role="assistant", content=">…</think> ok", n_tokens=5, think=True)
+        s.add_message(1, role="user", content="fast", n_tokens=3, think=False)
+        fork = s.fork(1)
+        assert s.get_conversation(fork.id).think is True
+        assert [m.think for m in s.messages(fork.id)] == [None, None, True, True, False]
+        new = s.create_conversation(title="t", mode="chat", family="g1", model_ref="m", sampling={},
+                                    system="Be brief.")
+        assert s.fork(new.id).system == "Be brief."

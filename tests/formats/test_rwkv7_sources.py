@@ -103,13 +103,13 @@ def test_llamacpp_gguf(tmp_path, matrix_type):
 def test_other_gguf_architectures_are_refused_by_name(tmp_path):
     import gguf
 
-    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "rwkv6")
+    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "mamba")
     w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(UnsupportedModelError, match=r"q\.gguf: GGUF architecture 'rwkv6' is not supported"):
+    with pytest.raises(UnsupportedModelError, match=r"q\.gguf: GGUF architecture 'mamba' is not supported"):
         open_checkpoint(tmp_path / "q.gguf")
 
 

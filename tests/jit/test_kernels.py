@@ -43,6 +43,22 @@ def _weights(t: DType, rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.
     return raw, to_float32(raw, t).reshape(rows, cols).astype(np.float64)
 
 
+def code_and_bias(raw: np.ndarray, t: DType, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The weights of `raw` split as the kernels use them: the code part d·q (rows, n_blocks, 32) and
+    each block's bias (rows, n_blocks): the min m (Q4_1/Q5_1), offset·d (Q4_0/Q5_0), 0 (Q8_0)."""
+    blocks = raw.view(np.uint8).reshape(-1, n_blocks, t.block_bytes)
+    values = to_float32(raw, t).reshape(blocks.shape[0], n_blocks, 32).astype(np.float64)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
+    lay = NIBBLE_LAYOUTS.get(t)
+    if lay is None:
+        bias = np.zeros_like(d)
+    elif lay.has_min:
+        bias = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+    else:
+        bias = lay.offset * d
+    return values - bias[..., None], bias
+
+
 def int16_bound(raw: np.ndarray, t: DType, x: np.ndarray) -> np.ndarray:
     """Per row, the most a matvec with x quantized to int16 per block may differ from the exact W·x.
 
@@ -51,18 +67,8 @@ def int16_bound(raw: np.ndarray, t: DType, x: np.ndarray) -> np.ndarray:
     bias part m or offset·d meets float Σx), so the error of a block is ≤ 0.5·sx_k·Σ_j |d·q_j|.
     Blocks with max|x| < TINY count as zero: their error is ≤ max|x_k|·Σ_j |d·q_j|.
     """
-    cols = x.size
-    n_blocks = cols // 32
-    blocks = raw.view(np.uint8).reshape(-1, n_blocks, t.block_bytes)
-    values = to_float32(raw, t).reshape(blocks.shape[0], n_blocks, 32).astype(np.float64)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
-    lay = NIBBLE_LAYOUTS.get(t)
-    if lay is None:
-        qd = values
-    elif lay.has_min:
-        qd = values - blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)[..., None]
-    else:
-        qd = values - lay.offset * d[..., None]
+    n_blocks = x.size // 32
+    qd, _ = code_and_bias(raw, t, n_blocks)
     big = np.abs(x.astype(np.float64).reshape(n_blocks, 32)).max(axis=1)
     per_unit = np.where(big >= TINY, (0.5 + 2.0**-10) * big / XMAX, big)
     return (np.abs(qd).sum(axis=2) * per_unit).sum(axis=1)

@@ -20,17 +20,21 @@ import pytest
 from runtime.jit.kernels.library import KernelLibrary, make_test_library
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
-from tests.jit.test_kernels import matvec_bound
+from tests.jit.test_kernels import code_and_bias, matvec_bound
 
 REPO = Path(__file__).resolve().parents[2]
 TYPES = [DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, DType.Q8_0]
 FLOAT_TYPES = [DType.F32, DType.F16]
 COLS = [544, 1024]  # 17 blocks (whole gathers + leftovers), 32 blocks (whole gathers only)
 ROWS = 13  # row groups of 4 and single leftover rows
-RTOL = 1e-5  # as in test_kernels.py, for normal activations
-# Activations with a large block sum or a wide range: the factored sum d·Σq·x + m·Σx cancels (the kernels
-# before this layout reached 3.5e-5 on these cases).
-RTOL_HARD = 5e-5
+RTOL = 1e-5  # as in test_kernels.py, for normal activations: max error relative to max|W·x|
+# Activations with a large block sum or a wide range make the factored sum d·Σq·x + m·Σx cancel, so the
+# error relative to max|W·x| says more about the data than the kernel (arm64's float kernel: 5.4e-5 on
+# Q4_1 with wide activations, x86-64's: 7.7e-6, same IR). There the float rounding is measured in units
+# of eps·(Σ|d·q·x| + Σ|m|·|x|), the size of the terms the kernels add up: at most 2.6 on x86-64 and
+# arm64 (Cortex-A57 … Neoverse V1); a decoding mistake costs orders of magnitude more.
+EPS = 2.0**-24
+HARD_ULPS = 8.0
 
 
 def weights(t: DType, rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,22 +66,39 @@ def activations(cols: int, seed: int) -> list[np.ndarray]:
     return out
 
 
+def rounding_scale(raw: np.ndarray, t: DType, x: np.ndarray) -> np.ndarray:
+    """Per row, Σ over blocks of Σ_j |d·q_j·x_j| + |m|·Σ_j |x_j|: what the kernels add up (see HARD_ULPS);
+    Σ_j |w_j·x_j| for float rows."""
+    if t in FLOAT_TYPES:
+        return np.abs(to_float32(raw, t).reshape(-1, x.size).astype(np.float64)) @ np.abs(x.astype(np.float64))
+    code, bias = code_and_bias(raw, t, x.size // 32)
+    ax = np.abs(x.astype(np.float64)).reshape(-1, 32)
+    return (np.abs(code) * ax).sum(axis=(1, 2)) + (np.abs(bias) * ax.sum(axis=1)).sum(axis=1)
+
+
 def max_errors(lib: KernelLibrary, types: list[DType] = TYPES) -> dict[str, float]:
     """For every type × cols × x × accumulate: max error of a kernel call over a sub-range of rows
-    relative to max|want| (or inf if rows outside the range were touched)."""
+    beyond the int16 bound, relative to max|want| for normal activations, in units of eps·rounding_scale
+    for the hard ones (or inf if rows outside the range were touched)."""
     out = {}
     for t in types:
         for cols in COLS:
             raw, wd = weights(t, ROWS, cols, cols)
             for n, x in enumerate(activations(cols, 3)):
                 bound = matvec_bound(raw, t, x)
+                unit = rounding_scale(raw, t, x) * EPS
                 for acc in (False, True):
                     y0 = np.random.default_rng(n).normal(size=ROWS).astype(np.float32)
                     y = y0.copy()
                     lo, hi = 1, ROWS
                     lib.matvec(t, cols, acc)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, lo, hi)
                     want = wd[lo:hi] @ x.astype(np.float64) + (y0[lo:hi] if acc else 0)
-                    err = float((np.abs(y[lo:hi] - want) - bound[lo:hi]).max() / np.abs(want).max())
+                    gap = np.abs(y[lo:hi] - want) - bound[lo:hi]
+                    if n == 0:
+                        err = float(gap.max() / np.abs(want).max())
+                    else:  # accumulating adds y0 once, rounded once more
+                        units = unit[lo:hi] + (EPS * np.abs(y0[lo:hi]) if acc else 0)
+                        err = float(np.max(gap / np.where(units > 0, units, np.finfo(np.float64).tiny)))
                     if y[0] != y0[0]:
                         err = float("inf")
                     out[f"{t.name} c{cols} x{n} {'acc' if acc else 'set'}"] = err
@@ -96,7 +117,7 @@ def test_long_rows_and_hard_activations(lib: KernelLibrary) -> None:
 
 
 def _too_large(errors: dict[str, float]) -> dict[str, float]:
-    return {k: e for k, e in errors.items() if not e <= (RTOL if " x0 " in k else RTOL_HARD)}
+    return {k: e for k, e in errors.items() if not e <= (RTOL if " x0 " in k else HARD_ULPS)}
 
 
 _SCRIPT = """

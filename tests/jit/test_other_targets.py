@@ -2,8 +2,9 @@
 arm64 Linux, arm64 macOS and x86-64 macOS (and a plain x86-64 Linux CPU without AVX). Each build runs
 in a fresh process with RWKV_TUI_TRIPLE/CPU/FEATURES set, so the kernels take the paths those
 machines take (no x86 intrinsics on arm64, no futex outside Linux) and LLVM must accept the IR and
-emit an object file of the right kind. The code is not run here (no such machine); the kernels'
-generic paths are run on this host by the other tests (`test_matvec_nibbles.test_other_cpus`)."""
+emit an object file of the right kind. The code is not run here; the kernels' generic paths are run on
+this host by the other tests (`test_matvec_nibbles.test_other_cpus`), and the arm64 Linux code under
+qemu by tools/arm64_check.py (CI runs its core)."""
 
 from __future__ import annotations
 

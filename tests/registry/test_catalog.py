@@ -69,7 +69,25 @@ def test_shipped_registry_loads_without_warnings_and_lists_the_known_models():
                  "world4-0.1b", "world4-7b", "world5-7b", "world6-7b", "world7-0.1b"]:
         assert want in ids
     assert {cat.models[i].family for i in ids} <= set(cat.families)
-    assert {"raven", "world", "novel", "pile"} <= set(cat.families)
+    assert {"raven", "world", "novel", "pile", "g1", "world7"} <= set(cat.families)
+
+
+def test_rwkv7_entries_cover_every_g1_size_world_and_pile_with_their_sources():
+    models = load_catalog().models
+    g1 = {e.n_layer * 10_000 + e.n_embd: e for e in models.values() if e.family == "g1"}
+    assert sorted((e.n_layer, e.n_embd) for e in g1.values()) == [
+        (12, 768), (24, 1024), (24, 2048), (32, 2560), (32, 4096), (61, 4096)]
+    for e in g1.values():  # every G1 file is the newest with a public size and sha256
+        assert e.arch == "7" and e.tokenizer == "world" and e.size and e.sha256, e.id
+        assert e.file.startswith(("rwkv7-g1d-", "rwkv7-g1e-")) and "RWKV-Runner" in e.verified, e.id
+    world7 = [e for e in models.values() if e.family == "world7"]
+    assert {e.id for e in world7} >= {"world7-0.1b", "world7-0.4b", "world7-1.5b", "world7-2.9b"}
+    assert all(e.size and e.sha256 and e.arch == "7" for e in world7)
+    pile7 = {e.id: e for e in models.values() if e.family == "pile" and e.arch == "7"}
+    assert set(pile7) == {"pile7-168m", "pile7-421m", "pile7-1.47b"}
+    assert all(e.vocab == 50304 and e.tokenizer == "20b" for e in pile7.values())
+    assert pile7["pile7-168m"].sha256 is None and "unknown" in pile7["pile7-168m"].verified
+    assert pile7["pile7-421m"].sha256 and pile7["pile7-1.47b"].sha256
 
 
 def test_shipped_entries_are_complete_and_consistent():
@@ -77,10 +95,10 @@ def test_shipped_entries_are_complete_and_consistent():
         assert e.has_shape and e.verified, e.id
         assert e.url.startswith("https://huggingface.co/BlinkDL/") and "/resolve/main/" in e.url
         assert "%" not in e.url.replace("%25", ""), e.url
-        assert e.tokenizer == ("world" if e.family == "world" else "20b")
+        assert e.tokenizer == ("world" if e.family in ("world", "world7", "g1") else "20b")
         if e.arch == "4" and e.size:  # bf16 checkpoint: two bytes per parameter, plus a small zip header
             assert 0 <= e.size - 2 * n_params(e) < 1_000_000, e.id
-        assert e.runnable == (e.arch in ("4", "7"))
+        assert e.runnable == (e.arch in ("4", "5.2", "6", "7"))
 
 
 def test_the_top_level_models_toml_is_the_shipped_file():

@@ -41,7 +41,7 @@ def test_get_a_url_registers_downloads_and_converts(tiny_pth, capsys):
     listing = capsys.readouterr().out
     row = next(line for line in listing.splitlines() if line.startswith("tiny-raven"))
     assert "ready (q8_0)" in row
-    assert "world6-1.6b" not in listing and "world7-0.1b" in listing and "raven-7b" in listing
+    assert "world5-0.1b" not in listing and "world7-0.1b" in listing and "raven-7b" in listing
 
 
 def test_get_with_a_wrong_sha256_fails_and_says_both_hashes(tiny_pth, capsys):
@@ -58,8 +58,8 @@ def test_get_unknown_id_and_bad_options(capsys):
     assert "did you mean raven-7b" in capsys.readouterr().err
     assert cli(["get", "raven-7b", "--sha256", "xyz"]) == 2
     assert "64 hexadecimal digits" in capsys.readouterr().err
-    assert cli(["get", "world6-1.6b"]) == 2
-    assert "RWKV-6 model" in capsys.readouterr().err and JobQueue().list() == []
+    assert cli(["get", "world5-0.1b"]) == 2
+    assert "RWKV-5 model" in capsys.readouterr().err and JobQueue().list() == []
 
 
 def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
@@ -70,7 +70,7 @@ def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
     assert "models.toml line 1: model 'x'" in captured.err
     rows = {line.split()[0]: line for line in captured.out.splitlines() if line.strip()}
     assert "not downloaded" in rows["pile-169m"] and "q8_0" in rows["pile-169m"]
-    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world6-1.6b"] and "not yet" not in rows["world7-0.1b"]
+    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world5-0.1b"] and "not yet" not in rows["world7-0.1b"]
 
 
 def test_add_a_local_checkpoint_then_convert_it_with_get(tmp_path, tiny_pth, capsys):
@@ -132,11 +132,11 @@ def test_a_failed_get_of_a_url_keeps_only_the_resumable_part(tiny_pth, capsys):
 
 def test_a_get_of_a_url_that_cannot_convert_leaves_no_registration(capsys):
     with serve({}) as srv:
-        url = srv.url("/RWKV-x060-World-1B6.pth")
+        url = srv.url("/RWKV-5-World-0.4B.pth")
         assert cli(["get", url]) == 2
     err = capsys.readouterr().err
     assert f"rwkv-tui get {url} --no-convert" in err
-    assert "rwkv-x060-world-1b6" not in load_catalog().models
+    assert "rwkv-5-world-0.4b" not in load_catalog().models
 
 
 def test_add_and_chat_guess_the_same_family_for_a_plain_rwkv4_file(tmp_path, tiny_pth, capsys):
@@ -182,6 +182,7 @@ def test_models_lists_own_files_first_with_their_size_and_type(own_q5_1, capsys)
     capsys.readouterr()
     assert cli(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()  # not a terminal: plain columns, a line per model
+    lines = [line for line in lines if not line.startswith("Recommended here:")]  # once RWKV-7 runs
     header, first = lines[0], lines[1]
 
     def cell(row: str, column: str) -> str:
@@ -205,6 +206,7 @@ def test_models_in_an_80_column_terminal_fits_a_line_per_model(own_q5_1, capsys,
     assert cli(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert all(len(line) <= 80 for line in lines)
+    lines = lines[next(i for i, line in enumerate(lines) if line.split()[:1] == ["id"]):]  # a recommendation first
     ids = list(load_catalog().models)
     rows = []
     for line in lines[1:]:
@@ -212,3 +214,49 @@ def test_models_in_an_80_column_terminal_fits_a_line_per_model(own_q5_1, capsys,
         rows += [i for i in ids if first == i or (first.endswith("…") and i.startswith(first[:-1]))]
     assert sorted(rows) == sorted(ids)  # every model on exactly one line
     assert lines[1].split()[0] == "mine-fast"
+
+
+def test_models_recommends_the_largest_g1_that_fits_first(private_dirs, capsys, monkeypatch):
+    from runtime.registry import catalog as catalog_module
+    from runtime.registry import recommend
+
+    monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4", "7"))
+    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (3 << 30, 500 << 30))
+    starter = recommend.starter_model(load_catalog().models.values(), free_ram=3 << 30)
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"Recommended here: {starter.entry.id} ({starter.entry.name}) in "
+                               f"{starter.choice.name.lower()}") and f"rwkv-tui get {starter.entry.id}" in lines[0]
+    assert lines[2].split()[0] == starter.entry.id  # the first row (nothing is on this machine yet)
+    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (64 << 20, 500 << 30))
+    assert cli(["models"]) == 0
+    assert not capsys.readouterr().out.startswith("Recommended")  # nothing fits: no suggestion
+
+
+def test_get_a_g1_model_then_chat_with_it_thinking(private_dirs, tmp_path, capsys, monkeypatch):
+    """A G1 registry entry (RWKV-7, World vocabulary) is downloaded, verified, converted in its default
+    format and chatted with, thinking on, by id."""
+    import io
+
+    from runtime.chat.store import ConversationStore
+    from tests.support.synthetic import v7_state_dict
+    from tests.support.torch_writer import write_pth
+
+    sd = v7_state_dict(n_layer=2, n_embd=64, head_size=32, n_vocab=65536, ranks=(8, 8, 8, 16), seed=5)
+    pth = write_pth(tmp_path / "rwkv7-g1x-tiny.pth", sd, dtype="bfloat16").read_bytes()
+    path = "/BlinkDL/rwkv7-g1/resolve/main/rwkv7-g1x-tiny.pth"
+    with serve({path: pth}) as srv:
+        save_user_entry({"id": "g1-tiny", "name": "G1 tiny", "family": "g1", "arch": "7", "n_layer": 2,
+                         "n_embd": 64, "file": "rwkv7-g1x-tiny.pth", "url": srv.url(path),
+                         "sha256": hashlib.sha256(pth).hexdigest()})
+        assert cli(["get", "g1-tiny"]) == 0, capsys.readouterr().err
+    entry = load_catalog().get("g1-tiny")
+    assert model_status(entry).state == READY and set(model_status(entry).converted) == {DType.Q8_0}
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n/think\n"))
+    assert cli(["chat", "g1-tiny", "--think", "--max-tokens", "5", "--lines"]) == 0, capsys.readouterr().err
+    assert "thinking is on" in capsys.readouterr().out
+    with ConversationStore.open() as store:
+        record = store.get_conversation(store.last_conversation_id())
+        turns = [(m.role, m.think) for m in store.messages(record.id) if m.role != "init"]
+    assert record.family == "g1" and record.think and turns == [("user", True), ("assistant", True)]

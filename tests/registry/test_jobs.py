@@ -185,8 +185,8 @@ def test_failures_keep_their_message(tiny_pth):
         r = runner()
         failed = r.run(r.submit("tiny", "q8_0").id)
     assert failed.state == FAILED and "HTTP 404" in failed.message
-    v7 = r.run(r.submit("world6-1.6b", "q8_0").id)
-    assert v7.state == FAILED and "RWKV-6 model" in v7.message and "--no-convert" in v7.message
+    v7 = r.run(r.submit("world5-0.1b", "q8_0").id)
+    assert v7.state == FAILED and "RWKV-5 model" in v7.message and "--no-convert" in v7.message
     gone = r.run(r.submit("no-such-model", "q8_0").id)
     assert gone.state == FAILED and "no longer in the registry" in gone.message
     assert {j.id: j.message for j in JobQueue().list()} == {failed.id: failed.message, v7.id: v7.message,

@@ -91,7 +91,7 @@ def test_register_url_guesses_from_the_name():
     url = "https://example.org/files/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth"
     e = register_url(url, sha256="ab" * 32)
     assert (e.id, e.arch, e.family, e.file, e.sha256) == (
-        "rwkv-x070-world-0.1b-v2.8-20241210-ctx4096", "7", "world", url.rsplit("/", 1)[1], "ab" * 32)
+        "rwkv-x070-world-0.1b-v2.8-20241210-ctx4096", "7", "world7", url.rsplit("/", 1)[1], "ab" * 32)
     assert register_url(url).id == e.id  # known address: same entry
     assert register_url(load_catalog().get("raven-7b").url).id == "raven-7b"
 

@@ -217,7 +217,9 @@ def _mutate_bytes(seed: Seed, rng: random.Random) -> tuple[str, bytes]:
     return "; ".join(steps), bytes(b)
 
 
-_STATE_HEADER = struct.Struct("<8sIIII64s32s")  # runtime/model/state.py, format version 2
+# runtime/model/state.py: magic, version, rows, cols, n_logits, fingerprint, then the sha256 of the data
+# (version 3 adds the architecture after it); the data fills the rest.
+_DIGEST_AT = struct.calcsize("<8sIIII64s")
 
 
 def _resealed_state(seed: Seed, rng: random.Random) -> tuple[str, bytes]:
@@ -226,12 +228,13 @@ def _resealed_state(seed: Seed, rng: random.Random) -> tuple[str, bytes]:
     from runtime.chat.state_codec import decode, encode
 
     raw = decode(seed.data)
-    digest_at = _STATE_HEADER.size - 32
-    inner = Seed("state-raw", raw, [(0, digest_at)], [(_STATE_HEADER.size, len(raw))])
+    _, _, rows, cols, n_logits = struct.unpack_from("<8sIIII", raw)
+    data_at = len(raw) - 4 * (rows * cols + n_logits)
+    inner = Seed("state-raw", raw, [(0, _DIGEST_AT), (_DIGEST_AT + 32, data_at)], [(data_at, len(raw))])
     what, damaged = _mutate_bytes(inner, rng)
     b = bytearray(damaged)
-    if len(b) >= _STATE_HEADER.size:
-        b[digest_at : _STATE_HEADER.size] = hashlib.sha256(b[_STATE_HEADER.size :]).digest()
+    if len(b) >= data_at:
+        b[_DIGEST_AT : _DIGEST_AT + 32] = hashlib.sha256(b[data_at:]).digest()
     return f"resealed state: {what}", encode(bytes(b))
 
 

@@ -1,4 +1,4 @@
-"""Write RWKV-7 GGUF files the way llama.cpp's converter lays them out, for tests.
+"""Write RWKV-7 and RWKV-6 GGUF files the way llama.cpp's converter lays them out, for tests.
 
 Independent of our converter: written with the `gguf` package's GGUFWriter from a BlinkDL state
 dict, following the layout facts (shared RWKV5-7.md §3.2–3.5): every tensor but the fused lerp
@@ -86,6 +86,68 @@ def write_llamacpp_rwkv7(path: str | Path, sd: dict[str, np.ndarray], n_layer: i
             w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+_LEAF6 = {
+    "ln1.weight": "attn_norm.weight", "ln1.bias": "attn_norm.bias",
+    "ln2.weight": "attn_norm_2.weight", "ln2.bias": "attn_norm_2.bias",
+    "att.time_maa_x": "time_mix_lerp_x.weight", "att.time_decay": "time_mix_decay.weight",
+    "att.time_faaaa": "time_mix_first.weight",
+    **{f"att.{m}.weight": f"time_mix_{m}.weight" for m in ("receptance", "key", "value", "gate", "output")},
+    "att.ln_x.weight": "time_mix_ln.weight", "att.ln_x.bias": "time_mix_ln.bias",
+    "ffn.time_maa_k": "channel_mix_lerp_k.weight", "ffn.time_maa_r": "channel_mix_lerp_r.weight",
+    **{f"ffn.{m}.weight": f"channel_mix_{m}.weight" for m in ("key", "receptance", "value")},
+}
+
+
+def llamacpp_rwkv6_tensors(sd: dict[str, np.ndarray], n_layer: int, rescale_every: int = 0) -> dict[str, np.ndarray]:
+    """The tensors llama.cpp's rwkv6 converter makes of a BlinkDL RWKV-6 state dict (numpy order): lerps
+    and time_decay squeezed, the five lerps fused (order w,k,v,r,g), time_maa_w1 / time_decay_w1/_w2
+    transposed, time_maa_w2 as (5, C, D); with `rescale_every` n > 0, att.output and ffn.value of layer
+    i divided by 2^(i // n)."""
+    out = {gg: sd[b].squeeze() for b, gg in _TOP.items()}
+    for i in range(n_layer):
+        p, q = f"blocks.{i}.", f"blk.{i}."
+        scale = 2.0 ** (i // rescale_every) if rescale_every else 1.0
+        for leaf, gg in _LEAF6.items():
+            data = sd[p + leaf]
+            data = data if leaf == "att.time_faaaa" else data.squeeze()
+            if leaf in ("att.output.weight", "ffn.value.weight"):
+                data = data / scale
+            out[q + gg] = data
+        out[q + "time_mix_lerp_fused.weight"] = np.stack(
+            [sd[p + f"att.time_maa_{m}"].reshape(-1) for m in "wkvrg"]).reshape(5, 1, 1, -1)
+        out[q + "time_mix_w1.weight"] = sd[p + "att.time_maa_w1"].T
+        out[q + "time_mix_w2.weight"] = sd[p + "att.time_maa_w2"].transpose(0, 2, 1)
+        out[q + "time_mix_decay_w1.weight"] = sd[p + "att.time_decay_w1"].T
+        out[q + "time_mix_decay_w2.weight"] = sd[p + "att.time_decay_w2"].T
+    return out
+
+
+def write_llamacpp_rwkv6(path: str | Path, sd: dict[str, np.ndarray], n_layer: int, head_size: int,
+                         rescale_every: int = 0, rescale_key: int | None = None) -> Path:
+    """A float32 GGUF file as llama.cpp's rwkv6 converter writes it, with the weights rescaled for
+    `rescale_every` and `rwkv6.rescale_every_n_layers` = `rescale_key` (by default `rescale_every`)."""
+    path = Path(path)
+    C = sd["emb.weight"].shape[1]
+    w = gguf.GGUFWriter(str(path), "rwkv6")
+    w.add_context_length(1048576)
+    w.add_embedding_length(C)
+    w.add_block_count(n_layer)
+    w.add_layer_norm_eps(1e-5)
+    w.add_rescale_every_n_layers(rescale_every if rescale_key is None else rescale_key)
+    w.add_wkv_head_size(head_size)
+    w.add_time_mix_extra_dim(sd["blocks.0.att.time_maa_w1"].shape[1] // 5)
+    w.add_time_decay_extra_dim(sd["blocks.0.att.time_decay_w1"].shape[1])
+    w.add_feed_forward_length(sd["blocks.0.ffn.key.weight"].shape[0])
+    w.add_head_count(0)
+    for name, data in llamacpp_rwkv6_tensors(sd, n_layer, rescale_every).items():
+        w.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -171,8 +171,8 @@ def read_pth_arrays(path: str | Path) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class ReferenceV7:
-    """An RWKV-7 fixture (tools/make_reference.py --arch 7); states in rwkv-tui's layout: per layer
-    att x_prev, ffn x_prev, then the (H, N, N) WKV matrix as N rows of C."""
+    """An RWKV-7, RWKV-6 or RWKV-5.2 fixture (tools/make_reference.py --arch 7, 6 or 5); states in
+    rwkv-tui's layout: per layer att x_prev, ffn x_prev, then the (H, N, N) WKV matrix as N rows of C."""
 
     name: str
     pth_path: Path

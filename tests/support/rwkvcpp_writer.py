@@ -163,3 +163,47 @@ def write_v7_model(path: str | Path, sd: dict[str, np.ndarray], data_type: DType
         path, blinkdl_v7_to_rwkvcpp(sd, data_type), n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer,
         data_type=data_type,
     )
+
+
+V6_LORA_T = (".time_maa_w1", ".time_decay_w1", ".time_decay_w2")
+
+
+def blinkdl_v56_to_rwkvcpp(sd: dict[str, np.ndarray], data_type: DType) -> dict[str, tuple[np.ndarray, DType]]:
+    """What rwkv.cpp's converter (and quantizer) stores for a BlinkDL RWKV-6 or RWKV-5.2 state dict.
+
+    `.time_` tensors squeezed, then: time_faaaa as (H, N, 1); RWKV-6: time_maa_w1, time_decay_w1/_w2
+    transposed, time_maa_w2 as (5, C, D), time_decay raw as (H, N, 1); RWKV-5.2: time_decay as
+    exp(−exp(time_decay)), (H, N, 1). FP16 files keep 1-D and `.time_` tensors in F32; the quantizer
+    turns every 2-D tensor except emb and head into `data_type` (the RWKV-6 LoRA factors too).
+    """
+    float_type = DType.F32 if data_type is DType.F32 else DType.F16
+    v6 = any(".time_maa_x" in n for n in sd)
+    out: dict[str, tuple[np.ndarray, DType]] = {}
+    for name, value in sd.items():
+        a = np.asarray(value, dtype=np.float32)
+        if ".time_" in name:
+            a = a.squeeze()
+        if name.endswith(".time_faaaa"):
+            a = a.reshape(*a.shape, 1) if a.ndim == 2 else a.reshape(1, -1, 1)
+        elif name.endswith(".time_decay"):
+            h, n = sd[name.replace("time_decay", "time_faaaa")].shape[-2:]
+            a = (a if v6 else np.exp(-np.exp(a.astype(np.float64))).astype(np.float32)).reshape(h, n, 1)
+        elif name.endswith(V6_LORA_T):
+            a = np.ascontiguousarray(a.T)
+        elif name.endswith(".time_maa_w2"):
+            a = np.ascontiguousarray(a.transpose(0, 2, 1))
+        dtype = float_type if a.ndim > 1 and ".time_" not in name else DType.F32
+        if data_type.is_quantized and a.ndim == 2 and name not in ("emb.weight", "head.weight"):
+            dtype = data_type
+        out[name] = (a, dtype)
+    return out
+
+
+def write_v56_model(path: str | Path, sd: dict[str, np.ndarray], data_type: DType) -> Path:
+    """A whole RWKV-6 or RWKV-5.2 state dict converted the way rwkv.cpp does it."""
+    n_vocab, n_embd = sd["emb.weight"].shape
+    n_layer = 1 + max(int(n.split(".")[1]) for n in sd if n.startswith("blocks."))
+    return write_rwkvcpp(
+        path, blinkdl_v56_to_rwkvcpp(sd, data_type), n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer,
+        data_type=data_type,
+    )

@@ -21,8 +21,9 @@ ROWS, COLS = 5, 1024  # room for 5119 tokens
 
 
 class TranscriptModel:
-    def __init__(self, reply: str, cue: str = "Alice:", fingerprint: str = "f" * 64, path: str = "transcript.gguf"):
-        self.tokenizer = load_tokenizer("20b")
+    def __init__(self, reply: str, cue: str = "Alice:", fingerprint: str = "f" * 64, path: str = "transcript.gguf",
+                 tokenizer: str = "20b"):
+        self.tokenizer = load_tokenizer(tokenizer)
         self.tokenizer_name = self.tokenizer.name
         self.n_vocab = self.tokenizer.n_vocab
         self.fingerprint = fingerprint

@@ -45,7 +45,10 @@ async def conversation_ready(pilot) -> None:
     await pilot.pause(0.3)
 
 
-def test_welcome_screen(snap_compare, tui_home):
+def test_welcome_screen(snap_compare, tui_home, monkeypatch):
+    from runtime.registry import recommend
+
+    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (6 << 30, 500 << 30))  # any machine
     assert snap_compare(RwkvApp(), terminal_size=SIZE)
 
 

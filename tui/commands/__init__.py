@@ -11,6 +11,7 @@ COMMANDS: tuple[str, ...] = (
     "get",
     "models",
     "add",
+    "add_state",
     "chat",
     "eval",
 )

@@ -6,6 +6,7 @@ Lines starting with "/" are commands (/help lists them). Errors go to stderr, ne
 speaker's name. Ctrl-C stops a reply (what was written stays, saved as cut short); at the prompt a
 second Ctrl-C quits. Piped stdin is one message (`--lines`: one message or command per line).
 Conversations are saved after every turn in the same database the app uses, unless `--no-save`.
+A thinking model's reasoning (G1 with /think on or --think) is printed dimmed before its answer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ HELP = """\
 /reset                 start this conversation over (the init prompt only)
 /history               show the conversation with message numbers
 /set KEY VALUE         change a sampling setting (e.g. /set temperature 0.8); /set alone shows them
+/think on|off          G1 models: reason before answering (shown dimmed), or answer at once; /think shows it
 /save NAME             name this conversation (it is always saved)
 /load NAME|ID          switch to a saved conversation
 /list                  list saved conversations
@@ -73,11 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a model file (GGUF or rwkv.cpp .bin) or a registry id (`rwkv-tui models` lists them); "
                         "with --resume, the conversation's own model by default")
     c.add_argument("--family", default=None,
-                   help="raven, world, novel or pile (default: the registry's, else from the file name)")
+                   help="g1, world7, raven, world, novel or pile (default: the registry's, else from the file name)")
     c.add_argument("--seed", type=SEED, default=None, help="seed for reproducible replies")
     c.add_argument("--resume", default=None, metavar="ID", help="continue a saved conversation (id or 'last')")
     c.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
     c.add_argument("--max-tokens", type=reply_tokens, default=None, help="longest reply in tokens")
+    thinking = c.add_mutually_exclusive_group()
+    thinking.add_argument("--think", dest="think", action="store_const", const="on", default=None,
+                          help="G1 models: think before answering (the reasoning is printed dimmed); a resumed "
+                               "conversation keeps its own setting unless --think or --no-think is given")
+    thinking.add_argument("--no-think", dest="think", action="store_const", const="off",
+                          help="G1 models: answer at once (the default of a new conversation)")
+    c.add_argument("--system", default=None, metavar="TEXT",
+                   help="a system prompt for a new conversation (families with a System turn, e.g. G1)")
     c.add_argument("--no-save", action="store_true", help="save nothing (the conversation is gone when you leave)")
     c.add_argument("--lines", action="store_true",
                    help="piped stdin: every line is a message or a /command (default: all of it is one message)")
@@ -125,6 +135,8 @@ class LineChat:
         cancel = CancelToken()
         started = [False]
         speaker = "" if self.conv.mode == "novel" else "Assistant: "
+        parts = []  # chat: the reply split into its thinking (printed dimmed) and its answer
+        last_kind = [""]
 
         def begin() -> None:
             if not started[0]:
@@ -132,14 +144,25 @@ class LineChat:
                 if speaker:
                     console.print(speaker, end="", style="bold", markup=False)
 
-        def on_text(chunk: str) -> None:
-            if not started[0] and self.conv.mode == "chat":
-                chunk = chunk.lstrip()
-                if not chunk:
-                    return
+        def write(kind: str, text: str) -> None:
             begin()
-            sys.stdout.write(chunk)
+            if kind == "thinking":
+                console.print(text, end="", style="dim", markup=False, highlight=False)
+            else:
+                if last_kind[0] == "thinking":
+                    sys.stdout.write("\n")
+                sys.stdout.write(text)
+            last_kind[0] = kind
             sys.stdout.flush()
+
+        def on_text(chunk: str) -> None:
+            if self.conv.mode != "chat":
+                write("answer", chunk)
+                return
+            if not parts:
+                parts.append(self.conv.reply_stream())
+            for kind, piece in parts[0].feed(chunk):
+                write(kind, piece)
 
         try:
             with _ctrl_c_cancels(cancel):
@@ -209,7 +232,12 @@ class LineChat:
             for m in conv.messages:
                 who = {"user": "you", "assistant": "model", "text": "text"}.get(m.role, m.role)
                 mark = "" if m.complete else " (incomplete)"
-                self.say(f"[{m.seq}] {who}{mark}: {m.content.strip()}")
+                thinking, answer = conv.reply_parts(m) if m.role == "assistant" else (None, m.content)
+                if thinking is not None:
+                    mark += f" (thought {len(thinking.split())} words)"
+                self.say(f"[{m.seq}] {who}{mark}: {answer.strip()}")
+        elif name == "think":
+            self._think(rest)
         elif name == "set":
             self._set(rest)
         elif name == "save":
@@ -235,6 +263,17 @@ class LineChat:
         if not mine or not rest:
             raise ValueError("usage: /edit [N] TEXT (N from /history)")
         return mine[-1].seq, rest
+
+    def _think(self, rest: str) -> None:
+        conv = self.conv
+        if not conv.family.thinks:
+            raise ValueError(f"the {conv.family.name} family does not think; thinking is for G1 models")
+        if rest not in ("", "on", "off"):
+            raise ValueError("usage: /think on|off")
+        if rest:
+            conv.set_think(rest == "on")
+        self.say("thinking is on: the model reasons before it answers" if conv.think else
+                 "thinking is off: the model answers at once")
 
     def _set(self, rest: str) -> None:
         if not rest:
@@ -328,14 +367,24 @@ def _prompt_loop(chat: LineChat) -> None:
             return
 
 
+def _check_thinking(family, args: argparse.Namespace) -> None:
+    """--think and --system need a family that has them."""
+    if args.think is not None and not family.thinks:
+        raise ChatUsageError(f"--think: the {family.name} family does not think; thinking is for G1 models")
+    if args.system and not family.system:
+        raise ChatUsageError(f"--system: the {family.name} family has no System turn (G1 has one)")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     import runtime
     from runtime.chat.conversation import Conversation
-    from runtime.text.templates import guess_family
+    from runtime.text.templates import get_family, guess_family
 
     interactive = sys.stdin.isatty()
     if args.no_save and args.resume:
         raise ChatUsageError("--no-save and --resume do not go together: a resumed conversation is saved")
+    if args.system is not None and args.resume:
+        raise ChatUsageError("--system starts a new conversation; a resumed one keeps its own system prompt")
     with contextlib.ExitStack() as stack:
         store = _open_store(args.no_save, stack)
         resume_id = _find_conversation(store, args.resume) if args.resume else None
@@ -347,12 +396,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
             moved = args.model is not None
             conv = Conversation.resume(store, resume_id, model, model_ref=model_ref if moved else None,
                                        family=args.family, seed=args.seed)
+            _check_thinking(conv.family, args)
+            if args.think is not None:
+                conv.set_think(args.think == "on")
             err_console.print(f"[dim]resumed conversation {conv.id}: {conv.title} "
                               f"({len(conv.messages)} messages, {conv.tokens_read} tokens re-read)[/dim]")
             print_notices(conv)
         else:
             family = args.family or family or guess_family(model.path.name, model.tokenizer_name)
-            conv = Conversation.start(store, model, family=family, model_ref=model_ref, seed=args.seed)
+            _check_thinking(get_family(family), args)
+            conv = Conversation.start(store, model, family=family, model_ref=model_ref, seed=args.seed,
+                                      think=args.think == "on", system=args.system or "")
         if args.max_tokens:
             conv.set_sampling(conv.sampling.replace(max_tokens=args.max_tokens))
         chat = LineChat(conv, interactive, saving=not args.no_save)

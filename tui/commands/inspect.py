@@ -95,10 +95,15 @@ def _short(value: object, items: int = 6) -> str:
 
 
 def _rwkv7_rows(a: Architecture) -> list[tuple[str, str]]:
-    if not a.head_size or a.lora is None:
+    """Heads and LoRA ranks of RWKV-5.2/6/7."""
+    if not a.head_size:
         return []
-    ranks = ", ".join(f"{k} {v}" for k, v in a.lora._asdict().items())
-    return [("heads", f"{a.n_head} × head size {a.head_size}"), ("LoRA ranks", ranks)]
+    rows = [("heads", f"{a.n_head} × head size {a.head_size}")]
+    if a.lora is not None:
+        rows.append(("LoRA ranks", ", ".join(f"{k} {v}" for k, v in a.lora._asdict().items())))
+    if a.mix_ranks is not None:
+        rows.append(("LoRA ranks", f"token shift {a.mix_ranks[0]}, decay {a.mix_ranks[1]}"))
+    return rows
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -19,7 +19,7 @@ def print_warnings(warnings: list[str]) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from runtime.registry.catalog import load_catalog
     from runtime.registry.jobs import JobQueue
-    from runtime.registry.recommend import machine_resources, n_params, ram_bytes, recommend
+    from runtime.registry.recommend import machine_resources, n_params, ram_bytes, recommend, starter_model
     from runtime.registry.status import all_statuses, delete_source, models_dir
 
     catalog = load_catalog()
@@ -31,8 +31,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     jobs = JobQueue().list(include_finished=False)
     free_ram, free_disk = machine_resources(models_dir())
+    starter = starter_model(catalog.models.values(), free_ram=free_ram)
+    statuses = all_statuses(catalog, jobs)
+    if starter is not None:  # first among the models still to get
+        statuses.sort(key=lambda s: (not s.here, s.entry.id != starter.entry.id))
     rows = []
-    for status in all_statuses(catalog, jobs):
+    for status in statuses:
         entry = status.entry
         if args.runnable and not entry.runnable:
             continue
@@ -56,6 +60,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             "RAM": human_bytes(ram) if ram else "?",
             "fits": fits,
         }))
+    if starter is not None:
+        console.print(starter_line(starter, free_ram), soft_wrap=not console.is_terminal, markup=False)
     if console.is_terminal:
         console.print(_fitted_table(rows, console.width))
     else:
@@ -63,6 +69,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     console.print(f"[dim]free memory {human_bytes(free_ram)}, free disk {human_bytes(free_disk)} in {models_dir()}; "
                   f"registry: {catalog.shipped_path} and {catalog.user_path}[/dim]", soft_wrap=not console.is_terminal)
     return 0
+
+
+def starter_line(rec, free_ram: int) -> str:
+    """The model to start with on this machine, in one line (the welcome screen says the same)."""
+    from runtime.registry.recommend import ram_bytes
+
+    need = ram_bytes(rec.entry, rec.choice)
+    return (f"Recommended here: {rec.entry.id} ({rec.entry.name}) in {rec.choice.name.lower()}, "
+            f"{human_bytes(need)} of memory of {human_bytes(free_ram)} free: rwkv-tui get {rec.entry.id}")
 
 
 # columns, most important first; a narrow terminal drops them from the end of this list
@@ -127,6 +142,6 @@ def _fit_text(fit) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("models", help="list the known models with their status, size and recommended format")
-    m.add_argument("--runnable", action="store_true", help="only models this version can run (RWKV-4)")
+    m.add_argument("--runnable", action="store_true", help="only models this version can run (RWKV-4 and RWKV-7)")
     m.add_argument("--delete-source", metavar="ID", help="delete a model's downloaded .pth once it is converted")
     m.set_defaults(func=cmd_models)

@@ -50,7 +50,7 @@ class ChatScreen(Screen[None]):
     BINDINGS: ClassVar[list[Binding]] = bindings(
         "pane.stop", "pane.new_chat", "pane.new_novel", "pane.regenerate", "pane.continue", "pane.edit_last",
         "pane.switch_model", "pane.sampling", "pane.fork", "pane.export", "pane.copy_reply", "pane.messages",
-        "pane.close", "pane.next_tab", "pane.prev_tab", "pane.sidebar", "pane.search",
+        "pane.close", "pane.next_tab", "pane.prev_tab", "pane.sidebar", "pane.search", "pane.think",
     )
 
     def __init__(self) -> None:
@@ -270,9 +270,9 @@ class ChatScreen(Screen[None]):
             pane.prompt.focus()
             pane.prompt.insert(shown.content)
         elif message.what == "copy":
-            self._copy(shown.content, "Message copied")
+            self._copy(shown.parts()[1], "Message copied")  # a reply's answer, not its reasoning
         elif message.what == "copy_code":
-            self._copy_code(shown.content)
+            self._copy_code(shown.parts()[1])
         elif message.what == "fork":
             if shown.seq is None:
                 self.app.notify("Wait until the message is saved.", severity="warning")
@@ -419,6 +419,24 @@ class ChatScreen(Screen[None]):
             exclude=(pane.model_path, pane.family_name) if pane.model is not None else None,
         )
 
+    def action_think(self) -> None:
+        self._require_pane().toggle_think()
+
+    def action_system_prompt(self) -> None:
+        pane = self._require_pane()
+        reason = pane.system_prompt_blocked()
+        if reason is not None:
+            self.app.notify(reason, severity="warning")
+            return
+
+        def chosen(text: str | None) -> None:
+            if text is not None and pane.set_system_prompt(text):
+                self.app.notify("The system prompt is read before your first message.", title="System prompt")
+
+        self.app.push_screen(TextDialog("System prompt (read before the first message of this chat)",
+                                        pane.system_prompt, multiline=True, ok="Save",
+                                        help="ctrl+s saves · esc cancels"), chosen)
+
     def action_sampling(self) -> None:
         pane = self._require_pane()
         settings = pane.sampling()
@@ -470,7 +488,7 @@ class ChatScreen(Screen[None]):
         if not replies:
             self.app.notify("There is no reply to copy yet.", severity="warning")
             return
-        self._copy(replies[-1].content, "Reply copied")
+        self._copy(replies[-1].parts()[1], "Reply copied")  # the answer, not the reasoning
 
     def action_focus_messages(self) -> None:
         pane = self._require_pane()

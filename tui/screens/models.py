@@ -78,6 +78,7 @@ class ModelsScreen(Screen[None]):
         for w in catalog_warnings[:3]:
             self.app.notify(w, title="models.toml", severity="warning", timeout=8)
         self._free = None
+        statuses = self._starter_first(statuses)
         defaults = self.app_.defaults()
         current = table.cursor_row
         selected = self._selected()  # the cursor follows its model: a model that is got moves up the list
@@ -110,6 +111,19 @@ class ModelsScreen(Screen[None]):
                 current = ids.index(selected.entry.id)
             table.move_cursor(row=min(max(current, 0), len(statuses) - 1))
         self._show_details()
+
+    def _starter_first(self, statuses: list[Any]) -> list[Any]:
+        """The G1 model to start with on this machine (as `rwkv-tui models` says) first among the
+        models still to get, and named in the title."""
+        from runtime.registry.recommend import starter_model
+
+        title = "Models: g gets one (download + convert), enter chats with a ready one"
+        starter = starter_model((st.entry for st in statuses), free_ram=self._resources()[0])
+        if starter is not None:
+            title += f" · recommended here: {starter.entry.id} ({starter.choice.name})"
+            statuses = sorted(statuses, key=lambda st: (not st.here, st.entry.id != starter.entry.id))
+        self.query_one("#models-title", Label).update(title)
+        return statuses
 
     def _recommendation(self, status: Any) -> Any | None:
         from runtime.registry.recommend import recommend

@@ -1,4 +1,7 @@
-"""First run: what rwkv-tui is, and how to get a model (nothing here needs one)."""
+"""First run: what rwkv-tui is, and how to get a model (nothing here needs one).
+
+When the runtime runs RWKV-7, it names the G1 model to start with: the largest whose recommended
+format fits the free memory (`runtime.registry.recommend.starter_model`, as `rwkv-tui models` says)."""
 
 from __future__ import annotations
 
@@ -17,10 +20,9 @@ WELCOME = """\
 rwkv-tui chats with RWKV language models on your own CPU: no GPU, no account, nothing leaves
 this machine. **No model is ready yet**, so here is how to get one:
 
-1. **Choose a model** from the registry (F2). Raven is the chat model; start with Raven 1.5B or 3B
-   if you have under 8 GB of RAM, 7B if you have 16 GB. rwkv-tui downloads it, converts it to a
-   compact 5-bit file and tells you when it is ready; the download runs in the background (F3 shows
-   its progress) and resumes if it is interrupted.
+1. **Choose a model** from the registry (F2). {choose} rwkv-tui downloads it, converts it to a
+   compact 5- or 8-bit file and tells you when it is ready; the download runs in the background (F3
+   shows its progress) and resumes if it is interrupted.
 2. **Use a file you already have**: a BlinkDL `.pth` checkpoint, an rwkv.cpp `.bin`, or a `.gguf`
    made by `rwkv-tui convert`.
 
@@ -29,8 +31,37 @@ every key, **ctrl+p** finds any action by name.
 """
 
 
+CHOOSE_RAVEN = ("Raven is the chat model; start with Raven 1.5B or 3B if you have under 8 GB of RAM, 7B if you "
+                "have 16 GB.")
+CHOOSE_G1 = ("On this machine, start with **{name}** (`{id}`, {format}, about {ram} of memory): RWKV-7 G1 models "
+             "chat, and think before they answer when you ask them to (F6).")
+
+
+def starter_text() -> str | None:
+    """The sentence naming the G1 model to start with on this machine; None if none fits or runs here."""
+    from runtime.registry.catalog import load_catalog
+    from runtime.registry.recommend import machine_resources, ram_bytes, starter_model
+    from runtime.registry.status import models_dir
+    from tui.units import human_bytes
+
+    try:
+        free_ram, _ = machine_resources(models_dir())
+        rec = starter_model(load_catalog().models.values(), free_ram=free_ram)
+    except (OSError, ValueError):
+        return None
+    if rec is None:
+        return None
+    return CHOOSE_G1.format(name=rec.entry.name, id=rec.entry.id, format=rec.choice.name,
+                            ram=human_bytes(ram_bytes(rec.entry, rec.choice)))
+
+
 class WelcomeScreen(ModalScreen[str | None]):
     """Dismisses with "models", "add" or None (continue without a model)."""
+
+    def __init__(self, starter: str | None = None) -> None:
+        """`starter`: the sentence naming the model to start with (`starter_text`), else Raven's advice."""
+        super().__init__()
+        self.starter = starter
 
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("escape", "dismiss_welcome", "Continue", id="welcome.close"),
@@ -39,7 +70,7 @@ class WelcomeScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="welcome-box"):
-            yield Markdown(WELCOME, id="welcome-text")
+            yield Markdown(WELCOME.format(choose=self.starter or CHOOSE_RAVEN), id="welcome-text")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Choose a model (F2)", variant="primary", id="models")
                 yield Button("Use a file I have", id="add")

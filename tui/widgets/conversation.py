@@ -10,10 +10,15 @@ The view stays anchored to the bottom while a reply streams; scrolling up releas
 back to the end re-attaches (Textual's `anchor`).
 
 With the view focused, a message is selected (up/down) and can be edited, copied or forked from.
+
+A reply of a thinking model (G1) shows its reasoning in a dimmed, collapsible block above the answer:
+streamed live while the model thinks, collapsed when the answer starts (a click on its title opens
+it again). The split follows the setting the reply's prompt was given (`Shown.think`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -27,10 +32,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Markdown, Static
+from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from runtime.progress import Progress
+from runtime.text.reply_parts import THINKING, ReplyStream
+from runtime.text.templates import split_reply
 from tui.keymap import bindings
 from tui.widgets.sidebar import model_label
 from tui.widgets.tab_focus import keep_focus_in_active_tab
@@ -104,11 +111,20 @@ class Shown:
     n_tokens: int = 0
     model: str = ""  # the model that wrote a reply ("" for yours, and for replies saved before it was recorded)
     file_type: str = ""
+    think: bool | None = None  # thinking on/off when its prompt was fed; None: no think markup
 
     @classmethod
     def of(cls, record: Any) -> Shown:
         return cls(record.role, record.content, record.seq, bool(record.complete), int(record.n_tokens or 0),
-                   model_label(record.model_ref) if record.model_ref else "", record.file_type or "")
+                   model_label(record.model_ref) if record.model_ref else "", record.file_type or "",
+                   getattr(record, "think", None))
+
+    def parts(self) -> tuple[str | None, str]:
+        """(thinking, answer) as shown: a reply's think block apart, blank starts dropped."""
+        if self.role != "assistant" or self.think is None:
+            return None, self.content
+        thinking, answer = split_reply(self.content, self.think)
+        return (None if thinking is None else thinking.strip()), answer.lstrip()
 
 
 class StreamingText(Static):
@@ -160,16 +176,46 @@ class MessageView(Vertical):
         self.speaker = speaker
         self.plain = plain
         self._stream: MarkdownStream | None = None
+        self._parts: ReplyStream | None = None  # splits a streaming reply with a think block
+        self._thinking = ""
+        self._folded = False  # the thinking block was folded when this reply's answer started
         self._tail: StreamingText | None = None  # while streaming: the text not yet in `body`
         self._fenced = False  # the text in `body` ends inside a code fence
         self._body_text = ""  # while streaming: the text `body` shows
+        # append (the flush timer) and finish/set_content (the reply's end) await mounts and Markdown
+        # writes: one at a time, or the end of a reply could take the tail away under an append
+        self._changing = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="message-header", markup=False)
         if self.plain:
             yield Static(self.shown.content, classes="message-body -plain", markup=False)
-        else:
-            yield Markdown(self.shown.content, parser_factory=_parser, classes="message-body")
+            return
+        thinking, answer = self.shown.parts()
+        self._thinking = thinking or ""
+        if thinking is not None:
+            yield self._thinking_block(thinking, collapsed=bool(answer))
+        yield Markdown(answer, parser_factory=_parser, classes="message-body")
+
+    @staticmethod
+    def _thinking_block(text: str, collapsed: bool) -> Collapsible:
+        return Collapsible(Static(text, classes="thinking-body", markup=False), title="Thinking",
+                           collapsed=collapsed, classes="thinking")
+
+    @property
+    def thinking(self) -> Collapsible | None:
+        found = self.query(".thinking")
+        return found.first(Collapsible) if found else None
+
+    def _show_thinking(self, text: str, collapsed: bool | None = None) -> None:
+        block = self.thinking
+        if block is None:
+            return
+        self._thinking = text
+        block.query_one(".thinking-body", Static).update(text)
+        block.display = bool(text) or not collapsed
+        if collapsed is not None:
+            block.collapsed = collapsed
 
     def _header(self) -> str:
         s = self.shown
@@ -191,19 +237,48 @@ class MessageView(Vertical):
 
     async def _show(self, content: str) -> None:
         body = self.body
-        if isinstance(body, Markdown):
-            await body.update(content)
-        else:
+        if not isinstance(body, Markdown):
             body.update(content)
+            return
+        thinking, answer = self.shown.parts()
+        if thinking is not None and self.thinking is None:
+            await self.mount(self._thinking_block("", collapsed=True), before=body)
+        self._show_thinking(thinking or "", collapsed=bool(answer))
+        await body.update(answer)
 
     async def append(self, text: str) -> None:
-        """Streamed text: onto the plain tail; its finished blocks move into the body."""
+        """Streamed text: a reply's reasoning into its thinking block (folded when the answer starts);
+        the rest onto the plain tail, whose finished blocks move into the body."""
+        async with self._changing:
+            await self._append(text)
+
+    async def _append(self, text: str) -> None:
         if self._tail is None:
-            self._body_text = self.shown.content
+            self._body_text = self.shown.parts()[1]  # what the body shows (a continued reply's answer)
             self._tail = StreamingText(classes="message-tail")
             await self.mount(self._tail)
             self._space_tail()
         self.shown.content += text
+        if self.shown.think is None or self.shown.role != "assistant" or self.plain:
+            await self._append_answer(text)
+            return
+        if self.shown.think and self.thinking is None:
+            await self.mount(self._thinking_block("", collapsed=False), before=self.body)
+        if self._parts is None:  # from what is shown already (a continued reply)
+            self._parts = ReplyStream(None, self.shown.think, self.shown.content[:-len(text)] if text else "")
+            if not self._parts.answering:
+                self._show_thinking(self._thinking, collapsed=False)  # the reasoning streams in view
+        for kind, piece in self._parts.feed(text):
+            if kind == THINKING:
+                self._show_thinking(self._thinking + piece)
+                continue
+            block = self.thinking
+            if block is not None and not block.collapsed and not self._folded:
+                self._folded = True
+                self._show_thinking(self._thinking, collapsed=True)  # the answer starts: fold the reasoning
+            await self._append_answer(piece)
+
+    async def _append_answer(self, text: str) -> None:
         tail = self._tail.text + text
         done = finished_blocks(tail, self._fenced, self.plain)
         if done:
@@ -250,17 +325,24 @@ class MessageView(Vertical):
 
     async def finish(self, shown: Shown) -> None:
         """The message is saved: show its final text and details."""
+        async with self._changing:
+            await self._finish(shown)
+
+    async def _finish(self, shown: Shown) -> None:
         await self._stop_stream()
-        changed = shown.content != self.shown.content
+        self._parts, self._folded = None, False
+        changed = shown.content != self.shown.content or shown.think != self.shown.think
         self.shown = shown
         if changed:
             await self._show(shown.content)
         self.refresh_header()
 
     async def set_content(self, content: str) -> None:
-        await self._stop_stream()
-        self.shown.content = content
-        await self._show(content)
+        async with self._changing:
+            await self._stop_stream()
+            self._parts, self._folded = None, False
+            self.shown.content = content
+            await self._show(content)
 
     def on_click(self, event: events.Click) -> None:
         view = next((a for a in self.ancestors if isinstance(a, ConversationView)), None)

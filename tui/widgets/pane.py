@@ -89,6 +89,8 @@ class ChatPane(TabPane):
         self.family_name = family
         self.mode = mode
         self.pending_sampling: Any | None = None  # sampling chosen before the first message
+        self.think = False  # thinking switch (thinking families), saved with the conversation
+        self.pending_system = ""  # system prompt chosen before the first message
         self._busy = ""  # "", "loading", "generating", "working", …
         self.cancel: CancelToken | None = None
         self.stream = StreamBuffer()
@@ -309,6 +311,7 @@ class ChatPane(TabPane):
         self.mode = record.mode
         self.family_name = record.family
         self.model_ref = record.model_ref
+        self.think = record.think
         self.view.set_mode(record.mode, model_name(record.model_ref))
         self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
         await self.view.set_messages([Shown.of(m) for m in messages if m.role != "init"])
@@ -318,6 +321,7 @@ class ChatPane(TabPane):
         conv = self.conversation
         self.mode = conv.mode
         self.family_name = conv.family.name
+        self.think = conv.think
         self.view.set_mode(conv.mode, model_name(conv.model.path))
         self.prompt.placeholder = PLACEHOLDER.get(self.mode, "")
         await self.view.set_messages([Shown.of(m) for m in conv.messages])
@@ -358,6 +362,7 @@ class ChatPane(TabPane):
             file_type=file_type(self.model) if self.model is not None else "",
             family=self.family_name,
             mode=self.mode,
+            think=self.turn_think if self.model is not None or self.conversation is not None else None,
         )
         if self.busy == "generating" and self.stream.reading:
             status.activity, status.live = "reading…", True
@@ -380,6 +385,59 @@ class ChatPane(TabPane):
             status.tokens = conv.tokens_in_state
             status.state_bytes = conv.state_nbytes
         self.query_one(StatusLine).show(status)
+
+    # --- thinking ----------------------------------------------------------------------------
+
+    @property
+    def thinks(self) -> bool:
+        """Whether this tab's family is a thinking one (G1)."""
+        family = self.app.families.get(self.family_name)  # type: ignore[attr-defined]
+        return family is not None and family.thinks
+
+    @property
+    def turn_think(self) -> bool | None:
+        """How the next user turn's prompt ends: thinking on/off, or None (no think markup)."""
+        return self.think if self.thinks and self.mode == "chat" else None
+
+    @property
+    def has_system_turn(self) -> bool:
+        family = self.app.families.get(self.family_name)  # type: ignore[attr-defined]
+        return family is not None and bool(family.system) and self.mode == "chat"
+
+    @property
+    def system_prompt(self) -> str:
+        return self.conversation.system if self.conversation is not None else self.pending_system
+
+    def system_prompt_blocked(self) -> str | None:
+        """Why this tab cannot take a system prompt now (None: it can)."""
+        if not self.has_system_turn:
+            return f"The {self.family_name} family has no System turn (G1 has one)."
+        if self.conversation is not None:
+            return "A system prompt is read before the first message: open a new chat (ctrl+n) to set one."
+        return None
+
+    def set_system_prompt(self, text: str) -> bool:
+        """The system prompt of a chat not started yet (read before the first message); False, with a
+        notice, when the tab cannot take one."""
+        reason = self.system_prompt_blocked()
+        if reason is not None:
+            self.app.notify(reason, severity="warning")
+            return False
+        self.pending_system = text.strip()
+        return True
+
+    def toggle_think(self) -> None:
+        """Thinking on/off for the next messages of this tab (saved with the conversation)."""
+        if not self.thinks:
+            self.app.notify(f"The {self.family_name} family does not think; thinking is for G1 models.",
+                            severity="warning")
+            return
+        self.think = not self.think
+        if self.conversation is not None:
+            self.conversation.set_think(self.think)
+        self.app.notify("Thinking on: the model reasons before it answers (slower)." if self.think else
+                        "Thinking off: the model answers at once.", title="Thinking")
+        self.refresh_status()
 
     # --- replies -----------------------------------------------------------------------------
 
@@ -418,6 +476,8 @@ class ChatPane(TabPane):
         family = self.family_name
         model_ref = self.model_ref
         sampling = self.pending_sampling
+        think = self.think
+        system = self.pending_system
 
         def job(cancel: CancelToken) -> None:
             from runtime.chat.conversation import Conversation
@@ -425,7 +485,7 @@ class ChatPane(TabPane):
             conv = self.conversation
             if conv is None:
                 conv = Conversation.start(self.store, self.model, family=family, model_ref=model_ref,
-                                          sampling=sampling)
+                                          sampling=sampling, think=think, system=system)
                 self.post_message(ConversationChanged(conv, "started"))
             reply = call(conv, self.stream.push, cancel)
             self.post_message(ReplyFinished(reply, conv))
@@ -435,10 +495,15 @@ class ChatPane(TabPane):
             self._streaming = None
         return started
 
-    def _new_reply(self) -> Shown:
-        """The reply about to stream, labelled with the model that writes it."""
+    def _new_reply(self, think: bool | None = None) -> Shown:
+        """The reply about to stream, labelled with the model that writes it; `think`: how the prompt
+        of the turn it answers ended (its reasoning is shown apart)."""
         name = model_label(self.model_ref) if self.model_ref else model_name(self.model_path)
-        return Shown("assistant", "", complete=False, model=name, file_type=file_type(self.model))
+        return Shown("assistant", "", complete=False, model=name, file_type=file_type(self.model), think=think)
+
+    def _answered_think(self) -> bool | None:
+        """The think setting of the last message of yours (the turn a regenerated reply answers)."""
+        return next((v.shown.think for v in reversed(self.view.views) if v.shown.role == "user"), None)
 
     async def send(self, text: str) -> None:
         if not self._can_generate() or self.busy:
@@ -446,8 +511,9 @@ class ChatPane(TabPane):
                 self.app.notify("A reply is being written: press esc to stop it first.", severity="warning")
             return
         role = "user" if self.mode == "chat" else "text"
-        await self.view.add(Shown(role, text, complete=True))
-        streaming = await self.view.add(self._new_reply())
+        think = self.turn_think
+        await self.view.add(Shown(role, text, complete=True, think=think))
+        streaming = await self.view.add(self._new_reply(think))
         if self._start_reply(streaming, lambda conv, on_text, cancel: conv.send(text, on_text=on_text, cancel=cancel,
                                                                          progress=self.stream.read),
                              "sending"):
@@ -463,11 +529,11 @@ class ChatPane(TabPane):
         last = views[-1]
         if last.shown.role == "assistant":
             await last.set_content("")
-            last.shown = self._new_reply()
+            last.shown = self._new_reply(self._answered_think())
             last.speaker = self.view.speaker(last.shown)
             last.refresh_header()
         else:  # the reply to the last message was never saved: write it now
-            last = await self.view.add(self._new_reply())
+            last = await self.view.add(self._new_reply(self._answered_think()))
         self._start_reply(last, lambda conv, on_text, cancel: conv.regenerate(on_text=on_text, cancel=cancel),
                           "regenerating")
 
@@ -480,7 +546,8 @@ class ChatPane(TabPane):
             return
         await self.view.truncate(index + 1)
         await views[index].set_content(text)
-        streaming = await self.view.add(self._new_reply())
+        views[index].shown.think = self.turn_think
+        streaming = await self.view.add(self._new_reply(self.turn_think))
         self._start_reply(streaming, lambda conv, on_text, cancel: conv.edit(
             seq, text, on_text=on_text, cancel=cancel, progress=self.stream.read), "editing")
 

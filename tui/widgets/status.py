@@ -32,6 +32,7 @@ class PaneStatus:
     state_bytes: int = 0
     read_done: int = 0  # while the prompt is read: tokens read so far of read_total
     read_total: int = 0
+    think: bool | None = None  # thinking on/off (thinking families); None: the family does not think
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def _parts(s: PaneStatus) -> list[_Part]:
     else:
         parts.append(_Part("no model", 9, "", "italic"))
     parts.append(_Part(s.family or s.mode, 4))
+    if s.think is not None:
+        parts.append(_Part("thinking" if s.think else "fast (F6: think)", 3))
     if s.read_total:
         parts.append(_Part(f"reading {s.read_done:,}/{s.read_total:,} tokens", 8, style="bold"))
     elif s.activity:

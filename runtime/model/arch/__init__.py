@@ -1,6 +1,6 @@
 """One module per RWKV architecture, and the registry from a file's architecture to its module.
 
-Each module (rwkv4.py, rwkv7.py) says, over the shared kernels and the skeleton in base.py:
+Each module (rwkv4.py, rwkv5.py, rwkv6.py, rwkv7.py) says, over the shared kernels and the skeleton in base.py:
 - `NAME` ("rwkv4") and `VERSION` (detect.Architecture.version, "4"), `LAYER_MATRICES` (tensor
   suffixes of the matrices a decode step reads, for `bench`);
 - `spec_for(path, ckpt, emb_type, head_type, chunk)`: its spec (dimensions, each matrix's type), a
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from runtime.model.arch import rwkv4, rwkv7
+from runtime.model.arch import rwkv4, rwkv5, rwkv6, rwkv7
 
-ARCHITECTURES: dict[str, ModuleType] = {m.VERSION: m for m in (rwkv4, rwkv7)}
+ARCHITECTURES: dict[str, ModuleType] = {m.VERSION: m for m in (rwkv4, rwkv5, rwkv6, rwkv7)}
 
 
 def arch_module(version: str) -> ModuleType | None:

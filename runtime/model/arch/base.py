@@ -35,10 +35,13 @@ from runtime.jit.irkit import (
     split_range,
     store_at,
 )
+from runtime.jit.kernels.dequant import BLOCK
 from runtime.jit.kernels.irhelpers import half_to_float
+from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
 from runtime.jit.kernels.norm import emit_layernorm
+from runtime.jit.kernels.smallmat import emit_smallmat
 from runtime.jit.threads import emit_barrier
 from runtime.model.layout import Arg, GlobalVec
 from runtime.quant.types import DType
@@ -145,6 +148,21 @@ class ForwardBuilder:
                 b.call(matvec, [w, x, y, r0, r1])
             with many:
                 b.call(matmul, [w, x, i64(ldx), y, i64(ldy), n_tok, r0, r1])
+
+    def _matrix(self, b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
+                ldx: int, y: ir.Value, ldy: int, n_tok: ir.Value, r0: ir.Value, r1: ir.Value) -> None:
+        """Y[t, r0:r1] (+)= W[r0:r1]·X[t]: the block kernels, or smallmat.py for odd row lengths (the
+        LoRA factors of ranks that are not whole 32-value blocks)."""
+        if n_cols % BLOCK == 0:
+            self._product(b, dtype, n_cols, accumulate, w, x, ldx, y, ldy, n_tok, r0, r1)
+        else:
+            assert not accumulate
+            b.call(emit_smallmat(self.module, dtype, n_cols), [w, x, i64(ldx), y, i64(ldy), n_tok, r0, r1])
+
+    def _tanh(self, b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+        """tanh(x) = 2σ(2x) − 1 (vectorisable; absolute error ~1e-7)."""
+        s = b.call(emit_sigmoid(self.module), [b.fmul(x, ir.Constant(F32, 2.0))])
+        return b.fsub(b.fmul(s, ir.Constant(F32, 2.0)), ir.Constant(F32, 1.0))
 
     def _ln_pointers(self, b: ir.IRBuilder, scratch: ir.Value, prm: ir.Value, tid: ir.Value, ln_w: int,
                      ln_b: int) -> tuple[ir.Value, ...]:

@@ -51,7 +51,7 @@ from runtime.formats.checkpoint import LN0_FOLDED, V7_LORA_TRANSPOSED, Checkpoin
 from runtime.jit.irkit import counted_loop, f32, i64, load_at, split_range, store_at
 from runtime.jit.kernels.dequant import BLOCK
 from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
-from runtime.jit.kernels.smallmat import SMALLMAT_TYPES, emit_smallmat
+from runtime.jit.kernels.smallmat import SMALLMAT_TYPES
 from runtime.jit.kernels.wkv7 import emit_head_output, emit_l2_normalize, emit_wkv7
 from runtime.model.arch.base import ForwardBuilder
 from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
@@ -355,20 +355,6 @@ class _Rwkv7Builder(ForwardBuilder):
 
     def _layer_key(self, layer: int, types: tuple[DType, ...]) -> tuple[bool, tuple[DType, ...]]:
         return layer == 0, types
-
-    def _matrix(self, b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-                ldx: int, y: ir.Value, ldy: int, n_tok: ir.Value, r0: ir.Value, r1: ir.Value) -> None:
-        """Y[t, r0:r1] (+)= W[r0:r1]·X[t]: the block kernels, or smallmat.py for odd row lengths."""
-        if n_cols % BLOCK == 0:
-            self._product(b, dtype, n_cols, accumulate, w, x, ldx, y, ldy, n_tok, r0, r1)
-        else:
-            assert not accumulate
-            b.call(emit_smallmat(self.module, dtype, n_cols), [w, x, i64(ldx), y, i64(ldy), n_tok, r0, r1])
-
-    def _tanh(self, b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-        """tanh(x) = 2σ(2x) − 1 (vectorisable; absolute error ~1e-7)."""
-        s = b.call(self.sigmoid, [b.fmul(x, f32(2.0))])
-        return b.fsub(b.fmul(s, f32(2.0)), f32(1.0))
 
     def _layer_function(self, key: tuple[bool, tuple[DType, ...]], index: int) -> ir.Function:
         first, types = key

@@ -1,0 +1,90 @@
+"""The user's registered starting states: state-tuning files (runtime/model/state_file.py) per model.
+
+Kept in `states.json` in the config folder, written atomically: a list of entries, each naming the
+state, its file, the model it is for (a registry id, or a model file's absolute path, as the user
+named it), the shape it was checked against and the file's sha256 (so a file changed since it was
+added can be told). A state is checked against its model's shape before it is registered; nothing is
+written when the check fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from runtime.atomic import atomic_write_bytes
+from runtime.errors import RwkvError
+from runtime.formats.detect import Architecture
+from runtime.model.state_file import check_fits, read_time_states
+from runtime.paths import config_dir
+
+STATES_FILE = "states.json"
+
+
+class StateRegistryError(RwkvError):
+    """The registry of starting states cannot be read or the entry cannot be added."""
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    name: str
+    path: str
+    model: str
+    arch: str
+    n_layer: int
+    n_embd: int
+    head_size: int
+    sha256: str
+
+
+def states_path() -> Path:
+    return config_dir() / STATES_FILE
+
+
+def load_states() -> list[StateEntry]:
+    """Every registered state (none if the file does not exist yet)."""
+    path = states_path()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise StateRegistryError(f"{path}: cannot be read as a list of states ({e})") from None
+    try:
+        return [StateEntry(**item) for item in raw["states"]]
+    except (KeyError, TypeError) as e:
+        raise StateRegistryError(f"{path}: not a list of states ({e})") from None
+
+
+def states_for(model: str) -> list[StateEntry]:
+    """The states registered for `model` (as it was named when they were added)."""
+    return [e for e in load_states() if e.model == model]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def add_state(file: str | os.PathLike[str], model: str, arch: Architecture, model_name: str,
+              name: str | None = None) -> StateEntry:
+    """Register the state-tuning `file` for `model` (architecture `arch`, called `model_name` in
+    messages) after checking that it fits; `name` defaults to the file's stem."""
+    file = Path(file).expanduser().resolve()
+    states = read_time_states(file)
+    check_fits(file, states, arch, model_name)
+    name = name or file.stem
+    existing = load_states()
+    if any(e.model == model and e.name == name for e in existing):
+        raise StateRegistryError(f"{model_name} already has a state called '{name}'; choose another with --name")
+    entry = StateEntry(name, str(file), model, arch.version, arch.n_layer, arch.n_embd, arch.head_size,
+                       _sha256(file))
+    data = {"states": [asdict(e) for e in [*existing, entry]]}
+    atomic_write_bytes(states_path(), (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+    return entry
