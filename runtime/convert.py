@@ -81,7 +81,8 @@ def tensor_types(target: DType, head: DType | None = None) -> dict[str, DType]:
     if target is DType.BF16:
         raise ValueError("bf16 is a source type only; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
     emb = DType.F32 if target is DType.F32 else DType.F16
-    return {"matrix": target, "head": head or DEFAULT_HEAD_TYPE[target], "emb": emb, "vector": DType.F32}
+    head = DEFAULT_HEAD_TYPE[target] if head is None else head  # not `head or …`: DType.F32 is 0
+    return {"matrix": target, "head": head, "emb": emb, "vector": DType.F32}
 
 
 def _role(name: str, shape: tuple[int, ...]) -> str:
@@ -215,6 +216,43 @@ def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int) -> No
         raise _nonfinite(path, name, int(np.argwhere(~np.isfinite(rows))[0][0]) + first_row)
 
 
+_F16_MAX = 65504.0
+_TWO_SCALES = frozenset({DType.Q4_1, DType.Q5_1})  # blocks that store a float16 minimum after the scale
+
+
+def _first_overflow(encoded: bytes | np.ndarray, dtype: DType, n_cols: int) -> tuple[int, int] | None:
+    """(row, first column of the block) of the first float16 value or block scale in encoded rows
+    that is not finite: a finite source value too large for the target type; None if all fit."""
+    if dtype is DType.F32:
+        return None
+    raw = np.frombuffer(encoded, np.uint8) if isinstance(encoded, bytes) else encoded.reshape(-1).view(np.uint8)
+    if dtype is DType.F16:
+        bad = ~np.isfinite(raw.view("<f2"))
+    else:
+        fields = 4 if dtype in _TWO_SCALES else 2
+        scales = np.ascontiguousarray(raw.reshape(-1, dtype.block_bytes)[:, :fields]).view("<f2")
+        bad = ~np.isfinite(scales).all(axis=1)
+    if not bad.any():
+        return None
+    row, block = divmod(int(np.argmax(bad)), n_cols // dtype.block_size)
+    return row, block * dtype.block_size
+
+
+def _overflow_error(path: Path, out: TensorPlan, row: int, values: np.ndarray) -> ModelFileError:
+    """The error for a row of `out` whose `values` (a block, or one value) overflow its type."""
+    value = float(values[int(np.argmax(np.abs(values)))])
+    if out.dtype is DType.F16:
+        limit = f"float16's largest value is {_F16_MAX:g}"
+    else:
+        limit = f"a {out.dtype.name} block stores its scale as a float16 (largest {_F16_MAX:g})"
+    option = "--head-type f32" if out.name == "head.weight" else "--type f32"
+    return ModelFileError(
+        path,
+        f"tensor '{out.name}' row {row} holds {value:.6g}, which does not fit {out.dtype.name}: {limit}. "
+        f"Convert with {option} to keep such values (or check the source with rwkv-tui inspect --verify)",
+    )
+
+
 def _native(tensor: LazyTensor, out: TensorPlan, transform: _Transformer) -> bool:
     """Whether a matrix goes straight from its stored bytes to the output type in native code."""
     return (
@@ -318,11 +356,19 @@ def convert(
         if pacer is not None:
             pacer.advance(tensor.offset + stop * tensor.row_bytes)
         if native:
-            return encode_native(tensor, out, start, stop)
-        rows = tensor.read_rows(start, stop)
-        rows = transform(out.name, rows)
-        _check_finite(ckpt.path, out.name, rows, start)
-        return quantize(rows.reshape(stop - start, out.shape[-1]), out.dtype).tobytes()
+            data = encode_native(tensor, out, start, stop)
+        else:
+            rows = transform(out.name, tensor.read_rows(start, stop))
+            _check_finite(ckpt.path, out.name, rows, start)
+            with np.errstate(over="ignore"):  # reported by the overflow check that follows
+                data = quantize(rows.reshape(stop - start, out.shape[-1]), out.dtype).tobytes()
+        n_cols = out.shape[-1]
+        overflow = _first_overflow(data, out.dtype, n_cols)
+        if overflow is not None:
+            row, col = overflow
+            source = transform(out.name, tensor.read_rows(start + row, start + row + 1)).reshape(-1)
+            raise _overflow_error(ckpt.path, out, start + row, source[col : col + out.dtype.block_size])
+        return data
 
     pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convert")
 

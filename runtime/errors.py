@@ -37,6 +37,20 @@ class UnsafePickleError(ModelFileError):
         )
 
 
+class DamagedModelError(ModelFileError):
+    """A model file whose weights make the forward pass produce NaN or infinite values."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str) -> None:
+        self.what = what
+        verb = "is" if what == "a state" else "are"
+        super().__init__(
+            path,
+            f"the model produced {what} that {verb} not finite (NaN or infinity): the file is probably "
+            f"damaged. Find the damaged tensor with: rwkv-tui inspect --verify '{os.fspath(path)}' "
+            "(then download or convert the model again)",
+        )
+
+
 class UnsupportedModelError(ModelFileError):
     """The file is well formed but holds an architecture or type this version cannot run."""
 

@@ -215,7 +215,7 @@ def test_mismatched_and_unusable_inputs_are_refused(files, tmp_path):
 
 
 def test_text_is_tokenized_for_the_reference(tmp_path):
-    tokenizers = pytest.importorskip("runtime.text.tokenizers")
+    from runtime.text import tokenizers
     sd = v4_state_dict(n_layer=1, n_embd=32, n_vocab=50277, seed=2)
     ref = write_model_gguf(tmp_path / "neox-f32.gguf", sd, DType.F32)
     text = "The quick brown fox jumps over the lazy dog.\n\nIt barked."

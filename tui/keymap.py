@@ -94,6 +94,8 @@ _TABLE: tuple[Key, ...] = (
     Key("models.delete", "d,delete", "delete_file", "Delete file", "models"),
     Key("models.default", "s", "set_default", "Set default", "models"),
     Key("models.add", "o", "add_file", "Add a file", "models"),
+    Key("models.verify", "v", "verify", "Verify", "models",
+        long="Read every tensor of a file and name the first damaged value"),
     Key("models.back", "escape", "back", "Back", "models", display="esc"),
     # the jobs screen
     Key("jobs.cancel", "x,delete", "cancel_job", "Cancel job", "jobs"),

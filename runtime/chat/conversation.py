@@ -23,6 +23,11 @@ reply starts; the reply's streamed text, without a state, at its first text and 
 finished reply with its state. `regenerate` and `continue_reply` also work when the last message is
 the user's (its reply was never saved).
 
+A saved state that fails any check when it is loaded (its type, size, checksum, compression, the
+model's fingerprint, shape, finite values in range) is set aside for good (`set_aside_state`) and
+rebuilt by reading the transcript from the nearest sound state, as for a missing one; `take_notices`
+gives the UI a line saying so, with the number of tokens read again.
+
 Thinking families (G1): the conversation's switch (`think`, saved with it) picks how each user turn's
 prompt ends, and the choice is saved with that turn and its reply, so re-reading feeds the same text.
 Inside the think block nothing but max_tokens or a cancel ends a reply: no stop string, and
@@ -41,10 +46,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.chat.store import ConversationStore, MessageRecord
+from runtime.chat.store import ConversationStore, MessageRecord, StateCorruptError
 from runtime.errors import CancelledError, RwkvError
 from runtime.model.model import Model
-from runtime.model.state import State
+from runtime.model.state import State, StateError
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.settings import load_settings
 from runtime.text.reply_parts import ReplyStream
@@ -110,6 +115,9 @@ class Conversation:
         self._lock = threading.Lock()
         self._messages: list[MessageRecord] = []
         self._state: State = model.new_state()
+        self._notices: list[str] = []  # for the user: damaged states set aside and rebuilt
+        self._loaded: tuple[int, State] | None = None  # (message index, state) last loaded from the store
+        self._replaced: tuple[State, State] | None = None  # (damaged state set aside, its rebuilt one)
         self.think = False  # thinking switch for the next user turns (thinking families)
         self.system = ""  # system prompt, fed after the family's init
 
@@ -319,7 +327,19 @@ class Conversation:
         return _Release()
 
     def _feed(self, ids: Sequence[int], state: State, want_logits: bool) -> tuple[np.ndarray | None, State]:
-        logits, state = self.model.forward(ids, state, want_logits=want_logits)
+        if self._replaced is not None and state is self._replaced[0]:
+            state = self._replaced[1]  # a state set aside below, still held by a caller (a rewind's history)
+        try:
+            logits, state = self.model.forward(ids, state, want_logits=want_logits)
+        except StateError as e:  # a loaded state passed its checks but makes the model's values non-finite
+            if self._loaded is None or self._loaded[1] is not state:
+                raise
+            index, self._loaded = self._loaded[0], None
+            self.store.set_aside_state(self._messages[index].id, self._key())
+            reason = f"The saved state after message {self._messages[index].seq} was damaged ({e})"
+            self._restore_or_rebuild(index, no_progress, None, [reason])
+            self._replaced = (state, self._state)
+            logits, state = self.model.forward(ids, self._state, want_logits=want_logits)
         self.tokens_read += len(ids)
         return logits, state
 
@@ -350,17 +370,27 @@ class Conversation:
         prev_complete = prev is None or prev.role != "assistant" or prev.complete
         return self.family.fed_text(m.role, m.content, m.complete, prev_complete, m.think)
 
-    def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None) -> None:
-        """Make the current state the one after message `index`: load it, or read from the nearest saved one."""
+    def take_notices(self) -> list[str]:
+        """What the user should be told since the last call (damaged saved states that were rebuilt)."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    def _restore_or_rebuild(self, index: int, progress: ProgressCallback, cancel: CancelToken | None,
+                            damaged: list[str] | None = None) -> None:
+        """Make the current state the one after message `index`: load it, or read from the nearest saved one.
+        A saved state that fails its checks is set aside and read again like a missing one (`damaged`:
+        reasons for states already set aside, for the notice)."""
         key = self._key()
         start, state = -1, self.model.new_state()
+        damaged = list(damaged or [])
         for i in range(index, -1, -1):
-            blob = self.store.load_state(self._messages[i].id, key)
-            if blob is not None:
-                start, state = i, self.model.state_from_bytes(blob, f"saved state of conversation {self.id}")
+            loaded = self._load_saved_state(i, key, damaged)
+            if loaded is not None:
+                start, state = i, loaded
                 break
         if start == index:
             self._state = state
+            self._loaded = (index, state)  # used as saved: `_feed` sets it aside if a step from it fails
             return
         texts = [self._fed(i) for i in range(start + 1, index + 1)]
         total = sum(len(self.tokenizer.encode(t)) for t in texts if t)
@@ -370,6 +400,25 @@ class Conversation:
             done += n
             self.store.save_state(self._messages[i].id, key, state.to_bytes())
         self._state = state
+        if damaged:
+            origin = f"the state after message {self._messages[start].seq}" if start >= 0 else "the start"
+            self._notices.append(
+                f"{'; '.join(damaged)}. Set aside; rebuilt by reading the conversation again from {origin} "
+                f"({total} tokens re-read)."
+            )
+
+    def _load_saved_state(self, index: int, key: str, damaged: list[str]) -> State | None:
+        """The saved state after message `index`, or None if there is none or it failed a check (then it
+        is set aside and the reason added to `damaged`)."""
+        message = self._messages[index]
+        source = f"saved state after message {message.seq} of conversation {self.id}"
+        try:
+            blob = self.store.load_state(message.id, key)
+            return None if blob is None else self.model.state_from_bytes(blob, source)
+        except (StateCorruptError, StateError) as e:
+            self.store.set_aside_state(message.id, key)
+            damaged.append(f"The saved state after message {message.seq} was damaged ({e})")
+            return None
 
     def _keep_within_state_budget(self) -> None:
         budget = self.state_budget

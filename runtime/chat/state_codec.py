@@ -116,6 +116,8 @@ def decode(blob: bytes, source: str = "state blob") -> bytes:
 
 
 def _parse_header(blob: bytes, source: str) -> tuple[int, int]:
+    if not isinstance(blob, bytes | bytearray | memoryview):  # a damaged database row can hold any type
+        raise StateCodecError(f"{source}: stored as {type(blob).__name__}, not as bytes")
     if len(blob) < _HEADER.size:
         raise StateCodecError(f"{source}: too short to be a compressed state ({len(blob)} bytes)")
     magic, codec_id, _, _, raw_size = _HEADER.unpack_from(blob)

@@ -451,6 +451,18 @@ class ConversationStore:
         blob, digest, cid, seq = row
         return None if blob is None else self._decode_state(blob, digest, cid, seq)
 
+    def set_aside_state(self, message_id: int, fingerprint: str) -> int:
+        """Never use the state after `message_id` for `fingerprint` again (it failed its checks): every
+        turn's link to those stored bytes goes (they share them), and with the last link the bytes, so
+        a rebuilt state of the same content is stored afresh. Returns the number of links removed."""
+        with self._write("set aside a damaged state") as c:
+            row = c.execute(
+                "SELECT state_hash FROM turn_states WHERE message_id = ? AND fingerprint = ?", (message_id, fingerprint)
+            ).fetchone()
+            if row is None:
+                return 0
+            return c.execute("DELETE FROM turn_states WHERE state_hash = ?", (row[0],)).rowcount
+
     def latest_state(self, conversation_id: int, fingerprint: str) -> tuple[int, bytes] | None:
         """(seq, state bytes) of the last message with a state for that model, or None."""
         with self._read("load a state") as c:

@@ -29,6 +29,10 @@ MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
 MAX_STRING = 1 << 24
 MAX_DIMS = 4
+# Elements of all metadata arrays together: each becomes a Python object (an int of 1 stored byte
+# takes 36), so this bounds the header's memory (a 256k vocabulary with scores, types and merges
+# has about 1.3M)
+MAX_ARRAY_ELEMENTS = 1 << 21
 
 # GGUF metadata value types
 _U8, _I8, _U16, _I16, _U32, _I32, _F32, _BOOL, _STR, _ARR, _U64, _I64, _F64 = range(13)
@@ -56,6 +60,7 @@ class _Cursor:
 
     def __init__(self, path: Path, buf: mmap.mmap | bytes) -> None:
         self.path, self.buf, self.pos = path, buf, 0
+        self.elements = 0  # array elements read so far
 
     def fail(self, problem: str) -> ModelFileError:
         return ModelFileError(self.path, f"malformed GGUF header at byte {self.pos}: {problem}")
@@ -98,6 +103,9 @@ class _Cursor:
                 raise self.fail(f"unknown array element type {etype}")
             if count * smallest > len(self.buf) - self.pos:
                 raise self.fail(f"array of {count} elements does not fit in the file")
+            self.elements += count
+            if self.elements > MAX_ARRAY_ELEMENTS:
+                raise self.fail(f"metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements in all")
             if etype in _SCALARS and etype != _BOOL:
                 fmt = _SCALARS[etype]
                 size = struct.calcsize(fmt)

@@ -84,8 +84,17 @@ def _read_directory(path: Path) -> _Archive:
         raise ModelFileError(path, f"damaged or truncated zip archive ({e})") from None
     except (OSError, EOFError, ValueError, struct.error, NotImplementedError) as e:
         raise ModelFileError(path, f"damaged or truncated zip archive ({type(e).__name__}: {e})") from None
+    size = path.stat().st_size
     members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
+        # zipfile shifts every offset by where it found the directory against where the end record
+        # says it is, so a damaged end record can put a member before the start of the file
+        if not 0 <= info.header_offset < size:
+            raise ModelFileError(
+                path,
+                f"damaged zip directory: member '{info.filename}' starts at byte {info.header_offset}, "
+                f"outside the file's {size} bytes",
+            )
         if info.filename in members:
             raise ModelFileError(path, f"zip member '{info.filename}' appears twice")
         members[info.filename] = info

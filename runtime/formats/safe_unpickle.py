@@ -16,6 +16,11 @@ What `torch.save` (checked with torch 2.13) writes for `{name: tensor}`, pickle 
     torch._utils._rebuild_parameter(tensor, requires_grad, OrderedDict())  # nn.Parameter values
 
 The result must be a dict of str → tensor; its checks against the zip's members live in `pth.py`.
+
+Before the unpickler runs, a scan of the opcodes (`pickletools.genops`, which builds nothing) bounds
+what the pickle can make it allocate by the pickle's own content: every opcode is charged the size of
+an object it may create plus its string's length, and memo indices may only count up (a `LONG_BINPUT`
+of 2^28 made the standard unpickler grow its memo to 4 GB). A pickle over the budget is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +36,10 @@ from runtime.errors import ModelFileError, UnsafePickleError
 
 MAX_PICKLE_BYTES = 64 << 20  # a 14B model's data.pkl is about 100 KB
 MAX_TENSORS = 100_000  # the largest RWKV-4 has about 600
+# What unpickling may allocate, as charged by `_check_allocation` (a 14B model's data.pkl: ~2 MB).
+MAX_UNPICKLE_BYTES = 128 << 20
+_OPCODE_COST = 64  # bytes charged per opcode: a small tuple, list or dict it may create, a stack slot
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 
 # torch's typed storage classes and the element type each holds.
 STORAGE_DTYPES: dict[str, str] = {
@@ -253,6 +263,7 @@ def unpickle_state_dict(
             path,
             f"data.pkl is {len(data)} bytes, more than the {MAX_PICKLE_BYTES} a state dict of tensors needs",
         )
+    _check_allocation(data, path)
     try:
         obj = SafeUnpickler(data, path).load()
     except ModelFileError:
@@ -262,6 +273,41 @@ def unpickle_state_dict(
     except Exception as e:  # any failure inside the pickle machine is a malformed file
         raise ModelFileError(path, f"data.pkl is malformed: {type(e).__name__}: {e}") from None
     return _check_state_dict(obj, path, limit)
+
+
+def _check_allocation(data: bytes, path: str | os.PathLike[str]) -> None:
+    """ModelFileError unless unpickling `data` stays within MAX_UNPICKLE_BYTES and its memo indices
+    only count up; reads the opcodes without building anything."""
+    budget = MAX_UNPICKLE_BYTES
+    charged = puts = 0
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            charged += _OPCODE_COST
+            if isinstance(arg, str):
+                charged += 4 * len(arg)  # a str takes up to 4 bytes per character
+            elif isinstance(arg, bytes | bytearray):
+                charged += len(arg)
+            elif isinstance(arg, int) and op.name.startswith("LONG") and op.name not in ("LONG_BINPUT", "LONG_BINGET"):
+                charged += arg.bit_length() // 8
+            if op.name in _MEMO_PUTS:
+                index = puts if op.name == "MEMOIZE" else int(arg)
+                if not 0 <= index <= puts:
+                    raise ModelFileError(
+                        path,
+                        f"data.pkl is malformed: memo index {index} at byte {pos} skips ahead of the "
+                        f"{puts} entries stored so far",
+                    )
+                puts += 1
+            if charged > budget:
+                raise ModelFileError(
+                    path,
+                    f"data.pkl would make the reader allocate more than {budget >> 20} MB (at byte {pos}); "
+                    "a state dict of tensors needs far less, so the file is refused",
+                )
+    except ModelFileError:
+        raise
+    except Exception as e:  # an unknown opcode, a cut-off argument, a number too long to parse
+        raise ModelFileError(path, f"data.pkl is malformed: {type(e).__name__}: {e}") from None
 
 
 def _check_state_dict(obj: Any, path: str | os.PathLike[str], limit: int) -> dict[str, TensorRecord]:

@@ -19,7 +19,10 @@ from runtime.errors import ModelFileError
 from runtime.formats.tensors import FileHandle, LazyTensor
 from runtime.quant.types import DType
 
-MAX_HEADER = 100 << 20
+# The JSON header is parsed whole, and JSON can take 20 times its size as Python objects ("[]," is
+# a 56-byte list); a header lists a few hundred tensors in well under 1 MB, so 8 MB bounds the parse
+# at about 170 MB (safetensors itself allows 100 MB, which could take 2 GB).
+MAX_HEADER = 8 << 20
 METADATA_KEY = "__metadata__"
 SAFETENSORS_TYPES: dict[str, DType] = {"BF16": DType.BF16, "F16": DType.F16, "F32": DType.F32}
 

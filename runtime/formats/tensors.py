@@ -38,11 +38,18 @@ class FileHandle:
         self.mapping = mapping if mapping is not None and len(mapping) == self.size else None
         self._lock = threading.Lock()
 
+    def check_span(self, offset: int, nbytes: int) -> None:
+        """ModelFileError unless bytes [offset, offset + nbytes) lie inside the file (a damaged header
+        can give a negative offset or length, which the OS would refuse with a bare OSError)."""
+        if offset < 0 or nbytes < 0:
+            raise ModelFileError(self.path, f"damaged file: a read of {nbytes} bytes at offset {offset}")
+        if offset + nbytes > self.size:
+            raise ModelFileError(self.path, f"file is truncated: wanted {nbytes} bytes at offset {offset}")
+
     def pread(self, offset: int, nbytes: int) -> bytes:
         """Exactly `nbytes` from `offset`, or ModelFileError if the file is shorter."""
+        self.check_span(offset, nbytes)
         if self.mapping is not None:
-            if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
-                raise ModelFileError(self.path, f"file is truncated: wanted {nbytes} bytes at offset {offset}")
             return self.mapping[offset : offset + nbytes]
         chunks = []
         got = 0
@@ -61,6 +68,7 @@ class FileHandle:
         cache, and no fresh memory has to be faulted in.
         """
         got, nbytes = 0, len(buf)
+        self.check_span(offset, nbytes)
         while got < nbytes:
             n = os.preadv(self.fd, [buf[got:]], offset + got)
             if not n:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import DamagedModelError
 from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_module
 from runtime.jit.release import release_compiler_pages
@@ -138,6 +139,7 @@ class Model:
         ids = self._check_tokens(tokens)
         logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
         new = self._run(ids, state, logits, None)
+        self._check_finite(ids, state, logits, new)
         return logits, State(new, self.fingerprint, logits, self.arch_name)
 
     def forward_all(self, tokens: Sequence[int] | np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
@@ -149,7 +151,27 @@ class Model:
         ids = self._check_tokens(tokens)
         all_logits = np.empty((ids.size, self.n_vocab), dtype=np.float32)
         new = self._run(ids, state, None, all_logits)
+        self._check_finite(ids, state, all_logits, new)
         return all_logits, State(new, self.fingerprint, all_logits[-1].copy(), self.arch_name)
+
+    def _check_finite(self, ids: np.ndarray, state: State | None, logits: np.ndarray | None,
+                      new: np.ndarray) -> None:
+        """Raise if a step gave NaN or infinite logits or state: StateError when the same tokens from a
+        fresh state give finite values (the state given was damaged, e.g. a huge value that passed its
+        checks), else DamagedModelError (the file's weights). The check is a pass over arrays already in
+        hand, microseconds against the step's milliseconds; the second step runs only on failure."""
+        what = _non_finite(logits=logits, a_state=new)
+        if what is None:
+            return
+        if state is not None:
+            fresh_logits = None if logits is None else np.empty(self.n_vocab, dtype=np.float32)
+            if _non_finite(logits=fresh_logits, a_state=self._run(ids, None, fresh_logits, None)) is None:
+                verb = "is" if what == "a state" else "are"
+                raise StateError(
+                    f"the state given made {self.path.name} produce {what} that {verb} not finite, which the "
+                    "same tokens from a fresh state do not: the state is damaged"
+                )
+        raise DamagedModelError(self.path, what)
 
     def _check_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
@@ -198,6 +220,14 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _non_finite(**arrays: np.ndarray | None) -> str | None:
+    """The name of the first array holding a NaN or infinity ("logits", "a state"), or None."""
+    for name, values in arrays.items():
+        if values is not None and not np.isfinite(values).all():
+            return name.replace("_", " ")
+    return None
 
 
 def load_model(path: str | os.PathLike[str], threads: int | None = None) -> Model:

@@ -32,6 +32,9 @@ _ROWS_PER_LAYER = {"rwkv4": 5}
 ARCHITECTURES = ("rwkv4", "rwkv5", "rwkv6", "rwkv7")
 MAX_LOGITS = 1 << 20
 MAX_FLOATS = 1 << 28
+# No step makes a state value or logit near this (pp starts at -1e30, the rest stays far smaller); a
+# saved state beyond it is damage that would turn into NaN logits on the next step.
+MAX_ABS = 1e37
 
 
 class StateError(RwkvError, ValueError):
@@ -108,6 +111,8 @@ class State:
         values = np.frombuffer(data, dtype="<f4").astype(np.float32)
         if not np.isfinite(values).all():
             raise StateError(f"{source}: contains NaN or infinite values")
+        if values.size and float(np.abs(values).max()) > MAX_ABS:
+            raise StateError(f"{source}: holds values beyond ±{MAX_ABS:g}, which no model step makes (corrupt)")
         arr = values[: rows * cols].reshape(rows, cols)
         logits = values[rows * cols :] if n_logits else None
         return cls(arr, fingerprint, logits, arch)

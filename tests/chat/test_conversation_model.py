@@ -113,8 +113,8 @@ def test_regenerate_and_fork_read_nothing_again(store, models):
     conv.send("Hi")
     before = model.fed
     reply = conv.regenerate()
-    separator = len(models[0].tokenizer.encode(conv.family.separator)) if reply.finish in ("stop", "eot") else 0
-    assert model.fed - before <= reply.n_tokens + separator + 8  # generated tokens (+ a rewind tail) only
+    assert reply.finish == "length"  # seeded: cut at max_tokens, so nothing is fed after it
+    assert model.fed - before == reply.n_tokens == conv.messages[-1].n_tokens  # the generated tokens, once
     before = model.fed
     forked = conv.fork()
     assert model.fed == before
@@ -153,7 +153,8 @@ def test_a_state_budget_prunes_old_turns_but_resume_and_regenerate_stay_free(sto
     assert kept == [0, last - 1, last]
     before = model.fed
     reply = conv.regenerate()
-    assert model.fed - before <= reply.n_tokens + 8
+    assert reply.finish == "length"  # seeded: cut at max_tokens, so nothing is fed after it
+    assert model.fed - before == reply.n_tokens  # the generated tokens, once
     again = Counting(models[0])
     Conversation.resume(store, conv.id, again)
     assert again.fed == 0

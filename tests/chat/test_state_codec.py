@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -101,6 +102,47 @@ def test_damaged_blobs_are_refused(model_states, damage, message):
     with pytest.raises(StateCodecError, match=message) as e:
         decode(damage(_blob(model_states)), source="chat 3, turn 9")
     assert "chat 3, turn 9" in str(e.value)
+
+
+@pytest.mark.parametrize("value", [12345, "RWZ1 text", None, 1.5])
+def test_blob_of_another_type_is_refused(value):
+    """A state column holding an INTEGER (a damaged database) gave a TypeError out of _parse_header."""
+    for read in (decode, state_codec.codec_of, state_codec.raw_size_of):
+        with pytest.raises(StateCodecError, match=f"chat 3: stored as {type(value).__name__}, not as bytes"):
+            read(value, source="chat 3")
+
+
+def _shuffle_blob(raw_size: int, planes: list[tuple[int, bytes]]) -> bytes:
+    """A shuffle4-rle blob from (method, payload) per plane, with no tail (raw_size a multiple of 4)."""
+    header = struct.pack("<4sBBHQ", b"RWZ1", 2, 0, 0, raw_size)
+    table = b"".join(struct.pack("<BI", method, len(payload)) for method, payload in planes)
+    return header + table + b"".join(payload for _, payload in planes)
+
+
+def test_stored_plane_of_the_wrong_length_is_refused():
+    raw = os.urandom(4000)
+    planes = [(0, raw[i::4]) for i in range(4)]
+    assert decode(_shuffle_blob(4000, planes)) == raw
+    # the same total length, shifted between two planes
+    shifted = [(0, planes[0][1] + b"abcd"), (0, planes[1][1][:-4]), planes[2], planes[3]]
+    with pytest.raises(StateCodecError, match="stored plane 0 has 1004 bytes, expected 1000"):
+        decode(_shuffle_blob(4000, shifted))
+
+
+def test_inflating_stops_at_the_recorded_size():
+    """A plane that inflates to 64 MB where the header promises 1000 bytes is refused without
+    inflating it all."""
+    z = zlib.compressobj(9)
+    bomb = b"".join(z.compress(bytes(1 << 20)) for _ in range(64)) + z.flush()
+    planes = [(1, bomb)] + [(0, bytes(1000))] * 3
+    tracemalloc.start()
+    try:
+        with pytest.raises(StateCodecError, match=r"plane 0\): compressed data does not match its recorded size 1000"):
+            decode(_shuffle_blob(4000, planes))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"decoding allocated {peak} bytes"
 
 
 def test_zlib_blob_with_wrong_size_or_garbage_is_refused():

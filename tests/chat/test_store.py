@@ -448,24 +448,27 @@ def test_search_phrases_short_terms_and_cjk(searchable):
     assert hit.conversation_id == b.id and "«北京»" in hit.snippet
 
 
-@pytest.mark.parametrize(
-    "query",
-    ['"', '""', '"unbalanced', "AND", "OR NOT", "NEAR(", "near: x", "*", "egg*", "-minus", "(parens)", "c++",
-     "100%", "%_", "\\", "^start", "col:umn", "'single", "a\x00b", "🐉🐉🐉", '"quotes" AND', "   ", ""],
-)
-def test_search_never_raises_on_special_characters(searchable, query):
-    store, _, b = searchable
-    hits = store.search(query)
-    assert all(h.conversation_id in (b.id, b.id - 1) for h in hits)
+# Every query matched literally (each space-separated term a case-insensitive substring, "quotes" keep a
+# phrase), with the messages it must find: a1 "How long do I boil an egg?", a2 "Boil the EGG for seven
+# minutes.\nThen cool it.", b1 "我想去北京看看天安门", b2 'Use "quotes" AND (parens) * near: -minus c++ 100%_done'.
+SPECIAL_QUERIES = {
+    '"': [], '""': [], "   ": [], "": [],  # no term at all
+    '"unbalanced': [],  # an unclosed quote: the rest is the term
+    "AND": ["b2"], "OR NOT": [],  # FTS operators are words ("or" is in "for", "not" nowhere)
+    "NEAR(": [], "near: x": [], "*": ["b2"], "egg*": [], "-minus": ["b2"], "(parens)": ["b2"], "c++": ["b2"],
+    "100%": ["b2"], "%_": ["b2"], "%": ["b2"], "_": ["b2"],  # LIKE's wildcards, escaped
+    "0%d": [], "e_g": [],  # as wildcards they would match "100%_done" and "egg"
+    "x%y": [], "\\": [], "^start": [], "col:umn": [], "'single": [], "🐉🐉🐉": [],
+    "a\x00b": ["a1"],  # NUL separates terms: "a" and "b" are both only in a1 ("an", "boil")
+    '"quotes" AND': ["b2"], "it.": ["a2"],
+}
 
 
-def test_search_matches_special_characters_literally(searchable):
-    store, _, b = searchable
-    for query in ('"quotes"', "AND", "(parens)", "c++", "100%_done", "near:", "-minus"):
-        assert [h.conversation_id for h in store.search(query)] == [b.id], query
-    assert store.search("%") == [] or all("%" in h.snippet for h in store.search("%"))
-    assert store.search("x%y") == []
-    assert store.search("0%d") == []
+@pytest.mark.parametrize("query", SPECIAL_QUERIES)
+def test_search_matches_special_characters_literally(searchable, query):
+    store, a, b = searchable
+    names = {a.id: "a", b.id: "b"}
+    assert sorted(f"{names[h.conversation_id]}{h.seq}" for h in store.search(query)) == SPECIAL_QUERIES[query]
 
 
 def test_search_respects_archive_and_limit(store):

@@ -189,6 +189,13 @@ def test_bad_index(tmp_path, content, words):
         find_hf_shards(tmp_path)
 
 
+def test_an_index_that_would_parse_into_gigabytes_is_refused_unparsed(tmp_path):
+    """9 MB of "[]," would become 170 MB of Python lists (64 MB of it, 1.3 GB)."""
+    (tmp_path / "model.safetensors.index.json").write_bytes(b'{"weight_map": {}, "x": [' + b"[]," * (3 << 20) + b"[]]}")
+    with pytest.raises(ModelFileError, match="shard index is larger than 8 MB"):
+        find_hf_shards(tmp_path)
+
+
 def test_folder_without_weights(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelFileError, match="no model weights"):

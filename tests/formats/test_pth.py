@@ -112,7 +112,6 @@ def test_unsupported_element_types_are_refused_by_name(name, pattern):
 
 
 def test_open_checkpoint_on_real_torch_file():
-    pytest.importorskip("runtime.formats.hf")
     from runtime.formats.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(FIXTURES / "tiny_bf16.pth")
@@ -192,6 +191,21 @@ def test_truncated_file(tmp_path, keep):
     with pytest.raises(ModelFileError, match="damaged or truncated zip") as err:
         read_pth(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("shift", [64, 4000])
+def test_zip64_end_record_pointing_past_the_directory(tmp_path, shift):
+    """zipfile shifts every member offset by the distance between where it found the directory and
+    where the ZIP64 end record says it is: a record a few KB too far gave negative member offsets
+    and a bare OSError (EINVAL) from pread."""
+    path = write_pth(tmp_path / "m.pth", small_state_dict(), zip64=True)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x06\x06")
+    (cd_offset,) = struct.unpack_from("<Q", data, at + 48)
+    struct.pack_into("<Q", data, at + 48, cd_offset + shift)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=rf"damaged zip directory: member 'm/data.pkl' starts at byte -{shift},"):
+        read_pth(path)
 
 
 def test_not_a_zip(tmp_path):
@@ -300,6 +314,35 @@ def test_absurd_tensor_size_is_refused(tmp_path):
         read_pth(pickle_zip(tmp_path / "m.pth", pkl))
 
 
+@pytest.mark.parametrize(("entry", "pattern"), [
+    ({"offset": -1}, r"storage offset must be a non-negative integer, got -1"),
+    ({"size": (-4,)}, r"tensor size must be a non-negative integer, got -4"),
+    ({"size": (2, -2)}, r"tensor size must be a non-negative integer, got -2"),
+    ({"stride": (-1,)}, r"tensor stride must be a non-negative integer, got -1"),
+    ({"numel": -4}, r"storage id .* has an invalid location or length"),
+])
+def test_negative_offsets_sizes_and_lengths_are_refused(tmp_path, entry, pattern):
+    with pytest.raises(ModelFileError, match=pattern):
+        read_pth(one_tensor_zip(tmp_path / "m.pth", bytes(16), **entry))
+
+
+@pytest.mark.parametrize("rebuild", ["_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter"])
+def test_backward_hooks_are_refused(rebuild):
+    storage = safe_unpickle.StorageRef("FloatStorage", "0", "cpu", 4)
+    fn = safe_unpickle.SafeUnpickler(b"", "x").find_class("torch._utils", rebuild)
+    tensor = safe_unpickle._rebuild_tensor_v2(storage, 0, (4,), (1,), False, {})
+    args = {
+        "_rebuild_tensor_v2": (storage, 0, (4,), (1,), False),
+        "_rebuild_tensor_v3": (storage, 0, (4,), (1,), False),
+        "_rebuild_parameter": (tensor, False),
+    }[rebuild]
+    extra = (safe_unpickle.TorchDType("float32"),) if rebuild == "_rebuild_tensor_v3" else ()
+    assert isinstance(fn(*args, {}, *extra), safe_unpickle.TensorRecord)  # no hooks: an empty dict
+    assert isinstance(fn(*args, None, *extra), safe_unpickle.TensorRecord)
+    with pytest.raises(pickle.UnpicklingError, match="backward hooks"):
+        fn(*args, {"hook": 1}, *extra)
+
+
 def test_storage_id_must_name_a_storage_class(tmp_path):
     pkl = tensor_pickle([("w", "FloatStorage", "0", 4, 0, (4,), (1,))])
     pkl = pkl.replace(b"ctorch\nFloatStorage\n", b"X\x0c\x00\x00\x00FloatStorage")
@@ -332,6 +375,48 @@ def test_pickle_size_limit(tmp_path, monkeypatch):
     path = write_pth(tmp_path / "m.pth", small_state_dict())
     with pytest.raises(ModelFileError, match=r"data.pkl' is .* bytes, more than the limit of 100"):
         read_pth(path)
+
+
+# --- pickles that would make the reader allocate without bound ------------------------------------
+
+
+@pytest.mark.parametrize("opcode", [b"r\x00\x00\x00\x10", b"q\x05", b"p268435456\n"])
+def test_memo_index_skipping_ahead_is_refused_before_anything_is_built(tmp_path, opcode):
+    """A LONG_BINPUT of 2^28 made the unpickler grow its memo to 4.2 GB before `inspect` succeeded."""
+    path = pickle_zip(tmp_path / "m.pth", b"\x80\x02}" + opcode + b".")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=r"data.pkl is malformed: memo index \d+ at byte 3 skips ahead"):
+            read_pth(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_memo_indices_counting_up_are_read():
+    """What Python's pickler writes (each new entry at the next index, reused by GET) stays readable."""
+    pkl = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02\x940h\x03u."
+    with pytest.raises(ModelFileError, match="entry 'a' is \\[\\], not a tensor"):
+        safe_unpickle.unpickle_state_dict(pkl, "m.pth")
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    (b"]" * 3000, "lists"),
+    (b"X" + struct.pack("<I", 60_000) + b"x" * 60_000, "a long string"),
+    (b"C\xff" + b"\0" * 255 + b"2" * 3000, "duplicated references"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_allocation_budget_is_charged_before_unpickling(tmp_path, monkeypatch, body, what):
+    monkeypatch.setattr(safe_unpickle, "MAX_UNPICKLE_BYTES", 128 << 10)
+    path = pickle_zip(tmp_path / "m.pth", b"\x80\x02" + body + b".")
+    with pytest.raises(ModelFileError, match=r"data.pkl would make the reader allocate more than 0 MB"):
+        read_pth(path)
+
+
+@pytest.mark.parametrize("data_pkl", [b"\x80\x02L" + b"9" * 5000 + b"L\n.", b"\x80\x02X\xff\xff\xff\x7fab."])
+def test_malformed_opcode_arguments(tmp_path, data_pkl):
+    with pytest.raises(ModelFileError, match=r"data\.pkl is malformed"):
+        read_pth(pickle_zip(tmp_path / "m.pth", data_pkl))
 
 
 # --- hostile pickles: refused by name, nothing executed ------------------------------------------

@@ -108,6 +108,14 @@ def test_header_length_over_the_limit(tmp_path):
     assert "limit" in _error(tmp_path, struct.pack("<Q", 1 << 40) + b"{}")
 
 
+def test_a_header_that_would_parse_into_gigabytes_is_refused_unparsed(tmp_path):
+    """9 MB of "[]," would be 170 MB of Python lists; the header length alone refuses it."""
+    raw = b"[" + b"[]," * (3 << 20) + b"[]]"
+    assert len(raw) > 9 << 20
+    problem = _error(tmp_path, struct.pack("<Q", len(raw)) + raw)
+    assert problem == f"safetensors header length {len(raw)} is over the 8 MB limit"
+
+
 @pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe{}", b'{"a": 1, "a": 2}', b"[" * 100_000])
 def test_header_not_valid_json(tmp_path, raw):
     assert "not valid JSON" in _error(tmp_path, pack(raw, b""))

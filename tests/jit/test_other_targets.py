@@ -52,21 +52,44 @@ modules = {"forward": build_forward_module(spec), "forward7": rwkv7.build_forwar
 heads = {}
 for name, module in modules.items():
     prepare_module(module)
-    heads[name] = compile_ir(str(module))[:8].hex()
+    heads[name] = compile_ir(str(module))[:20].hex()
 print(json.dumps({"triple": host_target().triple, "futex": futex_syscall_number(), "heads": heads}))
 """
 
-ELF_AARCH64 = "7f454c46" + "02" + "01"  # ELF, 64-bit, little-endian (e_machine checked below)
-MACHO_64 = "cffaedfe"  # MH_MAGIC_64, little-endian
+ELF_64 = bytes.fromhex("7f454c46" + "02" + "01")  # ELF, 64-bit, little-endian
+MACHO_64 = bytes.fromhex("cffaedfe")  # MH_MAGIC_64, little-endian
+EM_X86_64, EM_AARCH64 = 62, 183  # ELF e_machine, a uint16 at byte 18
+CPU_TYPE_X86_64, CPU_TYPE_ARM64 = 0x01000007, 0x0100000C  # Mach-O cputype, a uint32 at byte 4
 
 
-@pytest.mark.parametrize("triple, cpu, features, magic, futex", [
-    ("aarch64-unknown-linux-gnu", "neoverse-n1", "+neon,+fp-armv8,+crc,+lse", ELF_AARCH64, 98),
-    ("arm64-apple-macosx13.0.0", "apple-m1", "+neon,+fp-armv8", MACHO_64, None),
-    ("x86_64-apple-macosx13.0.0", "x86-64", "", MACHO_64, None),
-    ("x86_64-unknown-linux-gnu", "x86-64", "", "7f454c46", 202),
+def object_kind(head: bytes) -> tuple[str, int]:
+    """('elf', e_machine) or ('macho', cputype) of an object file's first 20 bytes."""
+    if head.startswith(ELF_64):
+        return "elf", int.from_bytes(head[18:20], "little")
+    if head.startswith(MACHO_64):
+        return "macho", int.from_bytes(head[4:8], "little")
+    return "unknown", -1
+
+
+def test_object_kind_reads_the_machine_field():
+    elf = bytearray(ELF_64 + bytes(14))
+    elf[18:20] = EM_AARCH64.to_bytes(2, "little")
+    assert object_kind(bytes(elf)) == ("elf", EM_AARCH64)
+    elf[18:20] = EM_X86_64.to_bytes(2, "little")
+    assert object_kind(bytes(elf)) == ("elf", EM_X86_64)  # same first 8 bytes, another machine
+    assert object_kind(MACHO_64 + CPU_TYPE_ARM64.to_bytes(4, "little") + bytes(12)) == ("macho", CPU_TYPE_ARM64)
+    assert object_kind(b"\0" * 20) == ("unknown", -1)
+
+
+@pytest.mark.parametrize("triple, cpu, features, kind, futex", [
+    ("aarch64-unknown-linux-gnu", "neoverse-n1", "+neon,+fp-armv8,+crc,+lse", ("elf", EM_AARCH64), 98),
+    ("arm64-apple-macosx13.0.0", "apple-m1", "+neon,+fp-armv8", ("macho", CPU_TYPE_ARM64), None),
+    ("x86_64-apple-macosx13.0.0", "x86-64", "", ("macho", CPU_TYPE_X86_64), None),
+    ("x86_64-unknown-linux-gnu", "x86-64", "", ("elf", EM_X86_64), 202),
 ], ids=["linux-arm64", "macos-arm64", "macos-x86-64", "linux-x86-64-baseline"])
-def test_every_module_compiles_for(triple: str, cpu: str, features: str, magic: str, futex: int | None) -> None:
+def test_every_module_compiles_for(
+    triple: str, cpu: str, features: str, kind: tuple[str, int], futex: int | None
+) -> None:
     env = dict(os.environ, RWKV_TUI_TRIPLE=triple, RWKV_TUI_CPU=cpu, RWKV_TUI_FEATURES=features,
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
@@ -77,4 +100,4 @@ def test_every_module_compiles_for(triple: str, cpu: str, features: str, magic: 
     assert result["futex"] == futex  # the pool sleeps on futexes only on Linux
     assert set(result["heads"]) == {"forward", "forward7", "pool", "sample", "trie", "quantize", "stream_read"}
     for name, head in result["heads"].items():
-        assert head.startswith(magic), (name, head)
+        assert object_kind(bytes.fromhex(head)) == kind, (name, head)

@@ -55,6 +55,17 @@ def test_nan_state_is_refused_even_with_a_valid_checksum():
         State.from_bytes(s.to_bytes())
 
 
+@pytest.mark.parametrize(("where", "value"), [("data", 3e38), ("data", -3e38), ("data", 2e37), ("logits", -3e38)])
+def test_huge_finite_values_are_refused_even_with_a_valid_checksum(where, value):
+    """A state of ±3e38 with valid checksums gave an empty reply: the next step's logits were NaN."""
+    s = State(_state().data, FP, np.zeros(6, np.float32))
+    getattr(s, where)[2] = value
+    with pytest.raises(StateError, match=r"chat 1: holds values beyond ±1e\+37, which no model step makes"):
+        State.from_bytes(s.to_bytes(), source="chat 1")
+    getattr(s, where)[2] = 9e36 if value > 0 else -9e36  # the bound itself is not damage
+    State.from_bytes(s.to_bytes())
+
+
 def test_logits_travel_with_the_state():
     s = _state()
     logits = np.random.default_rng(1).normal(size=50).astype(np.float32)

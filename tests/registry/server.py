@@ -25,6 +25,7 @@ class Behaviour:
     corrupt: bool = False  # flip bytes of the body (same length)
     ignore_range: bool = False
     redirect: dict[str, str] = field(default_factory=dict)  # path -> location
+    range_shift: int = 0  # resume this many bytes away from the requested start (and say so)
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _handler(state: LocalServer) -> type[BaseHTTPRequestHandler]:
             start = 0
             m = _RANGE.match(self.headers.get("Range", ""))
             if m and not b.ignore_range:
-                start = int(m.group(1))
+                start = max(0, int(m.group(1)) + b.range_shift)
                 if start >= len(data):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")

@@ -67,6 +67,29 @@ def test_part_already_complete_gets_416_and_is_finished(tmp_path):
     assert result.sha256 == SHA and dst.read_bytes() == DATA
 
 
+@pytest.mark.parametrize("extra", [1, 5000])
+def test_part_longer_than_the_file_gets_416_and_starts_again(tmp_path, extra):
+    dst = tmp_path / "model.pth"
+    part_path(dst).write_bytes(DATA + b"x" * extra)  # no sha256 given: only the sizes can tell
+    with serve({"/m.pth": DATA}) as srv:
+        result = fetch(srv.url("/m.pth"), dst)
+        assert srv.requests == [("/m.pth", f"bytes={len(DATA) + extra}-"), ("/m.pth", None)]
+    assert dst.read_bytes() == DATA
+    assert (result.size, result.sha256) == (len(DATA), SHA)
+
+
+@pytest.mark.parametrize("shift", [-1000, -1, 1, 4096])
+def test_resume_at_another_place_than_asked_is_refused(tmp_path, shift):
+    dst = tmp_path / "model.pth"
+    part_path(dst).write_bytes(DATA[:100_000])
+    with serve({"/m.pth": DATA}, Behaviour(range_shift=shift)) as srv, pytest.raises(DownloadError) as err:
+        fetch(srv.url("/m.pth"), dst)
+    start = 100_000 + shift
+    assert f"resumed at the wrong place (Content-Range: 'bytes {start}-{len(DATA) - 1}/{len(DATA)}')" in str(err.value)
+    assert part_path(dst).read_bytes() == DATA[:100_000]  # nothing appended
+    assert not dst.exists()
+
+
 def test_server_ignoring_range_restarts_from_zero(tmp_path):
     dst = tmp_path / "model.pth"
     part_path(dst).write_bytes(b"x" * 5000)  # stale bytes that must not survive

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from runtime.convert import convert
+from runtime.formats.gguf_file import ALIGNMENT, read_gguf
 from runtime.quant.types import DType
 from runtime.registry.catalog import ModelEntry, load_catalog
 from runtime.registry.recommend import (
@@ -35,7 +36,10 @@ def test_file_size_formula_matches_the_converter(tmp_path, tiny_pth, dtype):
     src.write_bytes(tiny_pth)
     out = convert(src, tmp_path / "t.gguf", dtype)
     predicted = file_bytes(tiny_entry(), dtype) - GGUF_HEADER_BYTES
-    assert 0 < out.nbytes - predicted < 64 << 10  # the difference is the GGUF header and padding
+    g = read_gguf(out.path)
+    assert predicted == sum(t.nbytes for t in g.tensors.values())  # every tensor's bytes, exactly
+    padding = out.nbytes - g.data_offset - predicted
+    assert 0 <= padding < ALIGNMENT * len(g.tensors)  # the rest is the header and alignment
 
 
 def test_parameter_count_of_known_models():

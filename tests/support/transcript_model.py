@@ -40,6 +40,10 @@ class TranscriptModel:
         state = State.from_bytes(blob, source)
         if state.fingerprint != self.fingerprint:
             raise StateError("state made by another model")
+        if state.data.shape != (ROWS, COLS):  # as Model.check_state
+            raise StateError(f"state has shape {state.data.shape}, the model needs {(ROWS, COLS)}")
+        if state.logits is not None and state.logits.shape != (self.n_vocab,):
+            raise StateError(f"state carries {state.logits.size} logits, the model has {self.n_vocab}")
         return state
 
     def tokens(self, state: State) -> list[int]:
@@ -62,15 +66,29 @@ class TranscriptModel:
         return logits, State(data, self.fingerprint, logits)
 
     def _next_logits(self, state: State) -> np.ndarray:
-        text = self.text(state)
-        at = text.rfind(self.cue)
-        written = text[at + len(self.cue) :] if at >= 0 else None
+        # in bytes, so a reply can go on after a token that ends in the middle of a character
+        read = b"".join(self.tokenizer.token_bytes(t) for t in self.tokens(state))
+        cue, reply = self.cue.encode(), self.reply.encode()
+        at = read.rfind(cue)
+        written = read[at + len(cue) :] if at >= 0 else None
         target = self.tokenizer.eot_id
-        if written is not None and self.reply.startswith(written) and len(written) < len(self.reply):
-            target = self.tokenizer.encode(self.reply[len(written) :])[0]
+        if written is not None and reply.startswith(written) and len(written) < len(reply):
+            target = self._continuation(written)
         logits = np.full(self.n_vocab, -1e9, dtype=np.float32)
         logits[target] = 0.0
         return logits
+
+    def _continuation(self, written: bytes) -> int:
+        """The next token of the reply after `written`: the reply's own tokenization where `written`
+        ends on one of its token boundaries, else the tokenization of the rest."""
+        pos = 0
+        for token in self.tokenizer.encode(self.reply):
+            if pos == len(written):
+                return token
+            pos += len(self.tokenizer.token_bytes(token))
+        rest = self.reply.encode()[len(written) :].decode("utf-8", errors="ignore")
+        ids = self.tokenizer.encode(rest)
+        return ids[0] if ids else self.tokenizer.eot_id
 
     def close(self) -> None:
         pass

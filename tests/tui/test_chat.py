@@ -12,6 +12,7 @@ from tests.tui.conftest import notes, screen_text, type_text, wait_for
 from tui.app import RwkvApp
 from tui.widgets.conversation import ConversationView, MessageView
 from tui.widgets.pane import ChatPane
+from tui.widgets.sidebar import ConversationList
 
 SIZE = (110, 36)
 
@@ -72,8 +73,15 @@ def test_send_streams_a_reply_that_is_saved_and_shown(models):
             assert pane.tab_title == "Hello there"
             status = screen_text(app)
             assert "tok/s" in status and "state: " in status
-            # the sidebar lists the new conversation
-            assert "Hello there" in screen_text(app).split("▎")[0] or "Hello there" in status
+            # the sidebar lists the new conversation, by its title (it re-reads the store on a message)
+            listing = app.chat.query_one(ConversationList)
+
+            def listed() -> list[tuple[str | None, str]]:
+                options = [listing.get_option_at_index(i) for i in range(listing.option_count)]
+                return [(o.id, str(o.prompt).split("\n")[0]) for o in options]
+
+            await wait_for(pilot, lambda: listed() == [(f"c{conv.id}", "Hello there")], timeout=10,
+                           what="the sidebar to list the conversation by its title")
             assert not [n for n in notes(app) if "rror" in n]
 
     asyncio.run(body())

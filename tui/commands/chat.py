@@ -111,6 +111,12 @@ def print_error(message: object) -> None:
     err_console.print(f"error: {message}", style="red", markup=False, highlight=False)
 
 
+def print_notices(conversation) -> None:
+    """What the conversation has to tell (a damaged saved state rebuilt by reading it again)."""
+    for notice in conversation.take_notices():
+        err_console.print(notice, style="yellow", markup=False, highlight=False)
+
+
 class LineChat:
     """The command loop, separated from argument parsing so tests can drive it."""
 
@@ -197,6 +203,8 @@ class LineChat:
             print_error(e)
         else:
             return result is not False
+        finally:
+            print_notices(self.conv)
         return True
 
     def command(self, text: str) -> bool:
@@ -393,6 +401,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 conv.set_think(args.think == "on")
             err_console.print(f"[dim]resumed conversation {conv.id}: {conv.title} "
                               f"({len(conv.messages)} messages, {conv.tokens_read} tokens re-read)[/dim]")
+            print_notices(conv)
         else:
             family = args.family or family or guess_family(model.path.name, model.tokenizer_name)
             _check_thinking(get_family(family), args)

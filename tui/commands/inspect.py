@@ -1,4 +1,5 @@
-"""`rwkv-tui inspect FILE`: architecture, metadata and tensors of a model file."""
+"""`rwkv-tui inspect FILE [--verify]`: architecture, metadata and tensors of a model file; with
+--verify, every tensor is scanned for values that are not finite or out of range."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from tui.commands.output import console
+from runtime.errors import ModelFileError
+from tui.commands.output import console, err_console
 from tui.units import human_bytes
 
 if TYPE_CHECKING:
@@ -63,7 +65,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         note = "repeat block 0's shapes and types" if same else "differ from block 0 in types"
         console.print(f"[dim]blocks.1 … blocks.{a.n_layer - 1} {note} (--all lists every tensor)[/dim]")
+    if args.verify:
+        _verify(ckpt)
     return 0
+
+
+def _verify(ckpt) -> None:
+    from runtime.verify import MAX_PLAUSIBLE, verify_tensors
+    from tui.progress_view import rich_progress
+
+    with rich_progress(err_console) as progress:
+        finding = verify_tensors(ckpt, progress)
+    if finding is not None:
+        raise ModelFileError(
+            ckpt.path, f"damaged: {finding.describe()}. Download or convert the model again"
+        )
+    console.print(
+        f"verified: all {len(ckpt.tensors)} tensors ({human_bytes(ckpt.tensor_bytes)}) are finite and "
+        f"within ±{MAX_PLAUSIBLE:g}"
+    )
 
 
 def _short(value: object, items: int = 6) -> str:
@@ -97,4 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("inspect", help="show a model file's architecture, metadata and tensors")
     i.add_argument("file", type=Path)
     i.add_argument("--all", action="store_true", help="list the tensors of every layer")
+    i.add_argument(
+        "--verify", action="store_true", help="read every tensor and name the first value that is not finite "
+        "or out of range (a damaged file)"
+    )
     i.set_defaults(func=cmd_inspect)

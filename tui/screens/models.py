@@ -29,7 +29,7 @@ def _size(n: int | None) -> str:
 class ModelsScreen(Screen[None]):
     BINDINGS: ClassVar[list[Binding]] = bindings(
         "models.new_chat", "models.download", "models.convert", "models.delete", "models.default",
-        "models.add", "models.back",
+        "models.add", "models.verify", "models.back",
     )
 
     def __init__(self) -> None:
@@ -324,6 +324,29 @@ class ModelsScreen(Screen[None]):
             return
         self.app.notify(f"{entry.name} is now the default {entry.family} model.", timeout=4)
         self.refresh_models()
+
+    def action_verify(self) -> None:
+        """Read every tensor of one of the model's files and name the first damaged value."""
+        status = self._require()
+        if status is None:
+            return
+        from tui.screens.verify import VerifyDialog
+
+        files = list(dict.fromkeys([*status.converted.values(), status.source, status.entry.path]))
+        files = [p for p in files if p is not None and Path(p).is_file()]
+        if not files:
+            self.app.notify(f"No file of {status.entry.name} is on disk to verify.", severity="warning")
+            return
+        if len(files) == 1:
+            self.app.push_screen(VerifyDialog(files[0]))
+            return
+        choices = [(f"{Path(p).name} ({_size(Path(p).stat().st_size)})", Path(p)) for p in files]
+
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.app.push_screen(VerifyDialog(path))
+
+        self.app.push_screen(ChoiceDialog(f"Verify which file of {status.entry.name}?", choices), chosen)
 
     def action_add_file(self) -> None:
         self.app_.add_model_file()

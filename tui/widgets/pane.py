@@ -327,6 +327,13 @@ class ChatPane(TabPane):
         await self.view.set_messages([Shown.of(m) for m in conv.messages])
         self.set_title(conv.title)
         self._after_show()
+        self._tell_notices()
+
+    def _tell_notices(self) -> None:
+        """Show what the conversation has to tell (a damaged saved state rebuilt by reading it again)."""
+        if self.conversation is not None:
+            for notice in self.conversation.take_notices():
+                self.app.notify(notice, title="A saved state was damaged", severity="warning", timeout=15)
 
     def _after_show(self) -> None:
         if self.select_seq is not None:
@@ -590,6 +597,7 @@ class ChatPane(TabPane):
         reply = message.reply
         self.last_rate = reply.tokens_per_second
         self.last_finish = reply.finish
+        self._tell_notices()
         await self.view.set_messages([Shown.of(m) for m in self.conversation.messages])
         self.set_title(self.conversation.title)
         self.refresh_status()

@@ -1,0 +1,83 @@
+"""Stop strings at their edges, with the tokens fed counted exactly: a reply that begins with a stop
+string, a stop string that starts on a token boundary (rewinding one token too far re-reads it
+without changing the context, so only the count shows it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.chat.conversation import Conversation
+from runtime.chat.store import ConversationStore
+from runtime.text.templates import get_family
+from tests.support.transcript_model import TranscriptModel
+
+RAVEN = get_family("raven")
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ConversationStore.open(tmp_path / "c.sqlite3") as s:
+        yield s
+
+
+def _start(store, model) -> Conversation:
+    return Conversation.start(store, model, family="raven", seed=1)
+
+
+def _n(model: TranscriptModel, text: str) -> int:
+    return len(model.tokenizer.encode(text))
+
+
+def test_a_reply_that_begins_with_the_stop_string_is_empty_and_leaves_it_out(store):
+    model = TranscriptModel("\n\nBob: what next?")
+    conv = _start(store, model)
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", "")
+    expected = RAVEN.init + "Bob: Hi\n\nAlice:" + RAVEN.separator
+    assert model.text(conv.state) == expected
+    # the prompt, the stop string's tokens as generated, then the separator from the state before them
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)
+    assert conv.messages[-1].content == "" and conv.messages[-1].complete
+
+
+def test_a_stop_string_on_a_token_boundary_rewinds_to_that_boundary_exactly(store):
+    model = TranscriptModel(" Hello there.\n\nBob: and you?")
+    ids = model.tokenizer.encode(" Hello there.\n\nBob: and you?")
+    pieces = [model.tokenizer.decode([i]) for i in ids]
+    assert "".join(pieces[:3]) == " Hello there." and pieces[3].startswith("\n")  # the stop starts a token
+    conv = _start(store, model)
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert reply.text == " Hello there."
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice: Hello there." + RAVEN.separator
+    # nothing before the stop string is read twice: only the separator after the generated tokens
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)
+    assert conv.messages[-1].n_tokens == 3 + _n(model, RAVEN.separator)
+
+
+def test_a_stop_string_that_starts_inside_a_split_character_rewinds_to_a_whole_character(store):
+    """' ō' is two tokens, b' \\xc5' and b'\\x8d': the boundary between them is inside the character.
+    A stop string beginning at 'ō' must rewind to before b' \\xc5' and read ' ' again, never keep half
+    of the character in the context."""
+    model = TranscriptModel(" ōx and more")
+    assert [model.tokenizer.token_bytes(t) for t in model.tokenizer.encode(" ōx")][:2] == [b" \xc5", b"\x8d"]
+    conv = _start(store, model)
+    conv.set_sampling(conv.sampling.replace(stop=("ōx",)))
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", " ")
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice: " + RAVEN.separator
+    # back to before b' \xc5': ' ' and the separator read again after the generated tokens
+    reread = _n(model, " " + RAVEN.separator)
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + reread
+
+
+def test_a_stop_string_right_after_a_split_character_keeps_the_whole_character(store):
+    model = TranscriptModel(" ō\n\nBob: more")
+    conv = _start(store, model)
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", " ō")
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice: ō" + RAVEN.separator
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)
