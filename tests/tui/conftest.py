@@ -100,8 +100,18 @@ async def wait_for(pilot, condition: Callable[[], object], timeout: float = 60.0
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
+            raise AssertionError(f"timed out waiting for {what or condition}\n{app_state(pilot.app)}")
         await pilot.pause(0.02)
+
+
+def app_state(app) -> str:
+    """What the app shows (its screen and its notifications), for a failure message."""
+    try:
+        screen = screen_text(app)
+    except Exception as exc:  # a failure message must not fail itself
+        screen = f"(screen not readable: {exc!r})"
+    shown_notes = "\n".join(notes(app)) or "(none)"
+    return f"--- screen ---\n{screen}\n--- notifications ---\n{shown_notes}"
 
 
 def screen_text(app) -> str:

@@ -314,3 +314,24 @@ def test_the_first_start_with_a_file_of_ones_own_opens_a_tab_that_takes_the_typi
             await typed_lands_in_prompt(pilot, app.chat.active_pane)
 
     asyncio.run(body())
+
+
+def test_typing_sent_the_moment_a_tab_is_ready_lands_in_its_prompt(models):
+    """A tab whose model is ready at once (kernels compiled earlier in the process, or the file
+    already loaded by another tab) takes keys sent the moment it is ready: the focus is in its prompt
+    from the moment it opens, not a refresh later (the sidebar's search used to take them)."""
+    async def body():
+        app = RwkvApp(model="tiny-a")
+        app.pool.acquire(models["tiny-a"])  # already loaded: the tab's load takes no time
+        async with app.run_test(size=SIZE) as pilot:
+            def ready() -> bool:
+                panes = app.chat.panes if app.chat is not None else []
+                return bool(panes) and panes[0].model is not None and not panes[0].busy
+
+            await wait_for(pilot, ready, what="the tab to be ready")
+            pane = app.chat.panes[0]
+            assert app.focused is pane.prompt, f"focus is on {app.focused!r}, not the prompt"
+            await burst(pilot, "Hello")
+            assert pane.prompt.text == "Hello"
+
+    asyncio.run(body())

@@ -129,6 +129,10 @@ class ChatScreen(Screen[None]):
         self._update_empty()
         self.refresh_bindings()
         if activate:
+            # now, so keys that arrive before the next refresh (a paste, or typing as the tab opens on a
+            # model that loads at once) go to the prompt, not the sidebar's search that the screen
+            # focused first; and again after the refresh, for the tab that shows then
+            self.focus_active_prompt(now=True)
             self.call_after_refresh(self.focus_active_prompt)
         self.save_tabs()
         return pane
