@@ -15,8 +15,9 @@ PRIVATE (a row per thread) and LNOUT (C).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Hashable
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from llvmlite import ir
 
@@ -73,6 +74,67 @@ class ArchSpec(Protocol):
     @property
     def head_slot(self) -> int: ...
     def region_offset(self, region) -> int: ...
+
+
+class SpecSizes:
+    """The sizes of a spec that follow from its architecture's enums, shared by every architecture.
+
+    A spec class sets `VEC` (its per-layer parameter rows), `MAT` (its per-layer weight slots) and
+    `REGION` (its scratch regions, LNOUT last), and supplies `state_rows_per_layer` and
+    `_region_offsets()` (offset of each region in floats)."""
+
+    VEC: ClassVar[type[enum.IntEnum]]
+    MAT: ClassVar[type[enum.IntEnum]]
+    REGION: ClassVar[Any]
+    n_layer: int
+    n_embd: int
+
+    @property
+    def state_rows_per_layer(self) -> int:
+        raise NotImplementedError
+
+    def _region_offsets(self) -> dict[Any, int]:
+        raise NotImplementedError
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        return (self.state_rows_per_layer * self.n_layer, self.n_embd)
+
+    @property
+    def layer_state_floats(self) -> int:
+        return self.state_rows_per_layer * self.n_embd
+
+    @property
+    def layer_param_floats(self) -> int:
+        return len(self.VEC) * self.n_embd
+
+    @property
+    def params_floats(self) -> int:
+        return (len(self.VEC) * self.n_layer + len(GlobalVec)) * self.n_embd
+
+    def region_offset(self, region: Any) -> int:
+        """Offset of `region` in the scratch buffer, in floats."""
+        return self._region_offsets()[region]
+
+    @property
+    def scratch_floats(self) -> int:
+        return self._region_offsets()[self.REGION.LNOUT] + self.n_embd
+
+    @property
+    def layer_weight_slots(self) -> int:
+        return len(self.MAT)
+
+    @property
+    def weight_slots(self) -> int:
+        return len(self.MAT) * self.n_layer + 2
+
+    @property
+    def emb_slot(self) -> int:
+        return len(self.MAT) * self.n_layer
+
+    @property
+    def head_slot(self) -> int:
+        return len(self.MAT) * self.n_layer + 1
 
 
 class ForwardBuilder:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from llvmlite import ir
@@ -32,7 +33,7 @@ from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, Checkpoin
 from runtime.jit.irkit import counted_loop, f32, i64, load_at, split_range, store_at
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.wkv import emit_wkv
-from runtime.model.arch.base import ForwardBuilder
+from runtime.model.arch.base import ForwardBuilder, SpecSizes
 from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
 from runtime.model.tensor_read import matrix_type, vector
 from runtime.quant.types import DType
@@ -130,8 +131,12 @@ class Region(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(SpecSizes):
     """What the compiled code depends on: dimensions and each matrix's type."""
+
+    VEC: ClassVar = Vec
+    MAT: ClassVar = Mat
+    REGION: ClassVar = Region
 
     n_layer: int
     n_embd: int
@@ -146,44 +151,11 @@ class ModelSpec:
     arch = NAME
 
     @property
-    def state_shape(self) -> tuple[int, int]:
-        return (STATE_ROWS * self.n_layer, self.n_embd)
+    def state_rows_per_layer(self) -> int:
+        return STATE_ROWS
 
-    @property
-    def layer_state_floats(self) -> int:
-        return STATE_ROWS * self.n_embd
-
-    @property
-    def layer_param_floats(self) -> int:
-        return len(Vec) * self.n_embd
-
-    @property
-    def params_floats(self) -> int:
-        return (len(Vec) * self.n_layer + len(GlobalVec)) * self.n_embd
-
-    def region_offset(self, region: Region) -> int:
-        """Offset of `region` in the scratch buffer, in floats."""
-        return _region_offsets(self)[region]
-
-    @property
-    def scratch_floats(self) -> int:
-        return _region_offsets(self)[Region.LNOUT] + self.n_embd
-
-    @property
-    def layer_weight_slots(self) -> int:
-        return len(Mat)
-
-    @property
-    def weight_slots(self) -> int:
-        return len(Mat) * self.n_layer + 2
-
-    @property
-    def emb_slot(self) -> int:
-        return len(Mat) * self.n_layer
-
-    @property
-    def head_slot(self) -> int:
-        return len(Mat) * self.n_layer + 1
+    def _region_offsets(self) -> dict[Region, int]:
+        return _region_offsets(self)
 
 
 def _region_offsets(spec: ModelSpec) -> dict[Region, int]:

@@ -42,6 +42,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from llvmlite import ir
@@ -53,7 +54,7 @@ from runtime.jit.kernels.dequant import BLOCK
 from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
 from runtime.jit.kernels.smallmat import SMALLMAT_TYPES
 from runtime.jit.kernels.wkv7 import emit_head_output, emit_l2_normalize, emit_wkv7
-from runtime.model.arch.base import ForwardBuilder
+from runtime.model.arch.base import ForwardBuilder, SpecSizes
 from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
 from runtime.model.tensor_read import matrix_type, vector
 from runtime.quant.types import DType
@@ -169,8 +170,12 @@ _MIXES = ((Vec.X_R, Region.XR), (Vec.X_W, Region.XW), (Vec.X_K, Region.XK), (Vec
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(SpecSizes):
     """What the compiled code depends on: dimensions, LoRA ranks and each matrix's type."""
+
+    VEC: ClassVar = Vec
+    MAT: ClassVar = Mat
+    REGION: ClassVar = Region
 
     n_layer: int
     n_embd: int
@@ -197,44 +202,8 @@ class ModelSpec:
     def state_rows_per_layer(self) -> int:
         return 2 + self.head_size
 
-    @property
-    def state_shape(self) -> tuple[int, int]:
-        return (self.state_rows_per_layer * self.n_layer, self.n_embd)
-
-    @property
-    def layer_state_floats(self) -> int:
-        return self.state_rows_per_layer * self.n_embd
-
-    @property
-    def layer_param_floats(self) -> int:
-        return len(Vec) * self.n_embd
-
-    @property
-    def params_floats(self) -> int:
-        return (len(Vec) * self.n_layer + len(GlobalVec)) * self.n_embd
-
-    def region_offset(self, region: Region) -> int:
-        return _region_offsets(self)[region]
-
-    @property
-    def scratch_floats(self) -> int:
-        return _region_offsets(self)[Region.LNOUT] + self.n_embd
-
-    @property
-    def layer_weight_slots(self) -> int:
-        return len(Mat)
-
-    @property
-    def weight_slots(self) -> int:
-        return len(Mat) * self.n_layer + 2
-
-    @property
-    def emb_slot(self) -> int:
-        return len(Mat) * self.n_layer
-
-    @property
-    def head_slot(self) -> int:
-        return len(Mat) * self.n_layer + 1
+    def _region_offsets(self) -> dict[Region, int]:
+        return _region_offsets(self)
 
     def mat_cols(self, m: Mat) -> int:
         """Values per stored row of matrix `m` (LoRA factors transposed)."""
