@@ -1,4 +1,5 @@
-"""Checks and reads every architecture's loader shares: a matrix's type, a vector's values."""
+"""Checks and reads every architecture's loader shares: a matrix's type, a vector's values, the
+global vectors (ln_out, ln0) after the layers' parameter rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from runtime.errors import ModelFileError, UnsupportedModelError
 from runtime.formats.checkpoint import Checkpoint
 from runtime.formats.tensors import LazyTensor
+from runtime.model.layout import GlobalVec
 from runtime.quant.types import DType
 
 _MATRIX_ORDER = (DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0)
@@ -37,3 +39,14 @@ def vector(ckpt: Checkpoint, name: str, n: int) -> np.ndarray:
     if not np.isfinite(v).all():
         raise ModelFileError(ckpt.path, f"tensor '{name}' contains NaN or infinite values")
     return v
+
+
+def read_global_vectors(ckpt: Checkpoint, rows: np.ndarray, n_layer_rows: int, ln0_folded: bool) -> None:
+    """ln_out, and ln0 unless the file folded it into the embedding, into the parameter rows that
+    follow the layers' (`n_layer_rows` of them), in `GlobalVec` order."""
+    C = rows.shape[1]
+    rows[n_layer_rows + GlobalVec.LNOUT_W] = vector(ckpt, "ln_out.weight", C)
+    rows[n_layer_rows + GlobalVec.LNOUT_B] = vector(ckpt, "ln_out.bias", C)
+    if not ln0_folded:
+        rows[n_layer_rows + GlobalVec.LN0_W] = vector(ckpt, "blocks.0.ln0.weight", C)
+        rows[n_layer_rows + GlobalVec.LN0_B] = vector(ckpt, "blocks.0.ln0.bias", C)

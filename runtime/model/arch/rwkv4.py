@@ -34,8 +34,8 @@ from runtime.jit.irkit import counted_loop, f32, i64, load_at, split_range, stor
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.wkv import emit_wkv
 from runtime.model.arch.base import ForwardBuilder, SpecSizes
-from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
-from runtime.model.tensor_read import matrix_type, vector
+from runtime.model.layout import MAX_THREADS, aligned_offsets
+from runtime.model.tensor_read import matrix_type, read_global_vectors, vector
 from runtime.quant.types import DType
 
 NAME = "rwkv4"
@@ -197,12 +197,7 @@ def params(ckpt: Checkpoint, spec: ModelSpec) -> np.ndarray:
             if vec is Vec.ATT_DECAY and TIME_DECAY_NEG_EXP not in ckpt.transforms:
                 v = -np.exp(v)
             rows[i * len(Vec) + vec] = v
-    glob = len(Vec) * spec.n_layer
-    rows[glob + GlobalVec.LNOUT_W] = vector(ckpt, "ln_out.weight", C)
-    rows[glob + GlobalVec.LNOUT_B] = vector(ckpt, "ln_out.bias", C)
-    if not spec.ln0_folded:
-        rows[glob + GlobalVec.LN0_W] = vector(ckpt, "blocks.0.ln0.weight", C)
-        rows[glob + GlobalVec.LN0_B] = vector(ckpt, "blocks.0.ln0.bias", C)
+    read_global_vectors(ckpt, rows, len(Vec) * spec.n_layer, spec.ln0_folded)
     return out
 
 

@@ -58,8 +58,8 @@ from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
 from runtime.jit.kernels.smallmat import SMALLMAT_TYPES
 from runtime.jit.kernels.wkv6 import emit_group_norm_gate, emit_wkv6
 from runtime.model.arch.base import ForwardBuilder, SpecSizes
-from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
-from runtime.model.tensor_read import matrix_type, vector
+from runtime.model.layout import MAX_THREADS, aligned_offsets
+from runtime.model.tensor_read import matrix_type, read_global_vectors, vector
 from runtime.quant.types import DType
 
 NAME = "rwkv6"
@@ -297,12 +297,7 @@ def params(ckpt: Checkpoint, spec: ModelSpec) -> np.ndarray:
             if vec is Vec.DECAY and not spec.ddlerp and V5_DECAY_EXP not in ckpt.transforms:
                 v = np.exp(-np.exp(v.astype(np.float64))).astype(np.float32)
             rows[i * len(Vec) + vec] = v
-    glob = len(Vec) * spec.n_layer
-    rows[glob + GlobalVec.LNOUT_W] = vector(ckpt, "ln_out.weight", C)
-    rows[glob + GlobalVec.LNOUT_B] = vector(ckpt, "ln_out.bias", C)
-    if not spec.ln0_folded:
-        rows[glob + GlobalVec.LN0_W] = vector(ckpt, "blocks.0.ln0.weight", C)
-        rows[glob + GlobalVec.LN0_B] = vector(ckpt, "blocks.0.ln0.bias", C)
+    read_global_vectors(ckpt, rows, len(Vec) * spec.n_layer, spec.ln0_folded)
     return out
 
 

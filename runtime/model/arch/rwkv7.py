@@ -55,8 +55,8 @@ from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
 from runtime.jit.kernels.smallmat import SMALLMAT_TYPES
 from runtime.jit.kernels.wkv7 import emit_head_output, emit_l2_normalize, emit_wkv7
 from runtime.model.arch.base import ForwardBuilder, SpecSizes
-from runtime.model.layout import MAX_THREADS, GlobalVec, aligned_offsets
-from runtime.model.tensor_read import matrix_type, vector
+from runtime.model.layout import MAX_THREADS, aligned_offsets
+from runtime.model.tensor_read import matrix_type, read_global_vectors, vector
 from runtime.quant.types import DType
 
 NAME = "rwkv7"
@@ -288,12 +288,7 @@ def params(ckpt: Checkpoint, spec: ModelSpec) -> np.ndarray:
             if i == 0 and vec is Vec.V0:
                 continue  # layer 0's v0/v1/v2 are unused (absent or dummies)
             rows[i * len(Vec) + vec] = vector(ckpt, f"blocks.{i}.{suffix}", C)
-    glob = len(Vec) * spec.n_layer
-    rows[glob + GlobalVec.LNOUT_W] = vector(ckpt, "ln_out.weight", C)
-    rows[glob + GlobalVec.LNOUT_B] = vector(ckpt, "ln_out.bias", C)
-    if not spec.ln0_folded:
-        rows[glob + GlobalVec.LN0_W] = vector(ckpt, "blocks.0.ln0.weight", C)
-        rows[glob + GlobalVec.LN0_B] = vector(ckpt, "blocks.0.ln0.bias", C)
+    read_global_vectors(ckpt, rows, len(Vec) * spec.n_layer, spec.ln0_folded)
     return out
 
 
