@@ -120,6 +120,7 @@ class Conversation:
         self._replaced: tuple[State, State] | None = None  # (damaged state set aside, its rebuilt one)
         self.think = False  # thinking switch for the next user turns (thinking families)
         self.system = ""  # system prompt, fed after the family's init
+        self.start_state: tuple[str, str] | None = None  # (name, file) of the state-tuned state it started from
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -127,18 +128,21 @@ class Conversation:
     def start(cls, store: ConversationStore, model: Model, *, family: str, title: str | None = None,
               model_ref: str | None = None, sampling: SamplingSettings | None = None, seed: int | None = None,
               progress: ProgressCallback = no_progress, cancel: CancelToken | None = None, think: bool = False,
-              system: str = "") -> Conversation:
-        """A new conversation: the family's init prompt (and system turn) is read once and its state saved."""
+              system: str = "", start_state: tuple[str, str] | None = None) -> Conversation:
+        """A new conversation: the family's init prompt (and system turn) is read once and its state saved.
+        `start_state`: (name, file) of a state-tuning file to start from instead of the zero state; it is
+        recorded, and re-reading the transcript (another model, a damaged state) starts from it again."""
         fam = get_family(family)
         settings = sampling or fam.sampling
         conv = cls(store, 0, model, fam, settings, seed)
-        conv.think, conv.system = think, system.strip()
+        conv.think, conv.system, conv.start_state = think, system.strip(), start_state
         init = fam.init_text(conv.system)
-        state, _, n = conv._ingest(init, model.new_state(), progress, cancel)
+        state, _, n = conv._ingest(init, conv._first_state(), progress, cancel)
         record = store.create_conversation(
             title=title or "New conversation", mode=fam.mode, family=fam.name,
             model_ref=model_ref or str(model.path), sampling=settings.to_dict(), init_text=init,
             init_tokens=n, init_state=(state_key(model, fam), state.to_bytes()), think=think, system=conv.system,
+            start_state=start_state,
         )
         conv.id = record.id
         conv._messages = store.messages(record.id)
@@ -155,6 +159,7 @@ class Conversation:
         settings = SamplingSettings.from_dict(record.sampling) if record.sampling else fam.sampling
         conv = cls(store, record.id, model, fam, settings, seed)
         conv.think, conv.system = record.think, record.system
+        conv.start_state = (record.start_state_name, record.start_state_path) if record.start_state_path else None
         conv._messages = store.messages(record.id)
         conv._restore_or_rebuild(len(conv._messages) - 1, progress, cancel)
         if (model_ref is not None and model_ref != record.model_ref) or (family and family != record.family):
@@ -266,7 +271,7 @@ class Conversation:
                 raise ConversationError(f"no message {through_seq} to fork at")
             record = self.store.fork(self.id, through_seq=last, title=title)  # default: "… (fork)", "… (fork 2)", …
             new = Conversation(self.store, record.id, self.model, self.family, self.sampling, self._rng.getrandbits(63))
-            new.think, new.system = self.think, self.system
+            new.think, new.system, new.start_state = self.think, self.system, self.start_state
             new._messages = self.store.messages(record.id)
             new._restore_or_rebuild(len(new._messages) - 1, no_progress, None)
             return new
@@ -381,13 +386,15 @@ class Conversation:
         A saved state that fails its checks is set aside and read again like a missing one (`damaged`:
         reasons for states already set aside, for the notice)."""
         key = self._key()
-        start, state = -1, self.model.new_state()
+        start, state = -1, None
         damaged = list(damaged or [])
         for i in range(index, -1, -1):
             loaded = self._load_saved_state(i, key, damaged)
             if loaded is not None:
                 start, state = i, loaded
                 break
+        if state is None:
+            state = self._first_state()
         if start == index:
             self._state = state
             self._loaded = (index, state)  # used as saved: `_feed` sets it aside if a step from it fails
@@ -406,6 +413,25 @@ class Conversation:
                 f"{'; '.join(damaged)}. Set aside; rebuilt by reading the conversation again from {origin} "
                 f"({total} tokens re-read)."
             )
+
+    def _first_state(self) -> State:
+        """The state the transcript is read from: zeros, or the state-tuned state the conversation started
+        from (ConversationError if its file is gone or does not fit the current model)."""
+        if self.start_state is None:
+            return self.model.new_state()
+        from pathlib import Path
+
+        from runtime.model.state_file import starting_state
+
+        name, path = self.start_state
+        if not Path(path).is_file():
+            raise ConversationError(f"this conversation started from the state '{name}', whose file {path} is gone; "
+                                    "it cannot be read again without it (put the file back)")
+        try:
+            return starting_state(path, self.model)
+        except RwkvError as e:
+            raise ConversationError(f"this conversation started from the state '{name}', which does not fit "
+                                    f"{self.model.path.name}: {e}") from None
 
     def _load_saved_state(self, index: int, key: str, damaged: list[str]) -> State | None:
         """The saved state after message `index`, or None if there is none or it failed a check (then it

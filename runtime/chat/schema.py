@@ -130,10 +130,15 @@ _THINK: tuple[str, ...] = (  # version 3
     "ALTER TABLE messages ADD COLUMN think INTEGER CHECK (think IN (0, 1))",
 )
 
+_START_STATE: tuple[str, ...] = (  # version 4: the state-tuned state a conversation started from ('' for zeros)
+    "ALTER TABLE conversations ADD COLUMN start_state_name TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE conversations ADD COLUMN start_state_path TEXT NOT NULL DEFAULT ''",
+)
+
 # MIGRATIONS[i] takes the schema from version i to i + 1: SQL statements, or functions given the
 # connection for steps that move data. Append only; never edit a released entry.
 Step = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Sequence[Step], ...] = (_V1, _V2, _THINK)
+MIGRATIONS: tuple[Sequence[Step], ...] = (_V1, _V2, _THINK, _START_STATE)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -100,6 +100,8 @@ class ConversationRecord:
     last_snippet: str = ""
     think: bool = False  # the thinking switch (thinking families)
     system: str = ""  # the system prompt ("" for none)
+    start_state_name: str = ""  # the registered state-tuned state it started from ("" for the zero state)
+    start_state_path: str = ""  # that state's file
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def default_path() -> Path:
 _CONV_COLUMNS = """c.id, c.title, c.mode, c.family, c.model_ref, c.created_at, c.updated_at, c.archived, c.sampling,
     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > 0),
     (SELECT substr(m.content, 1, 400) FROM messages m WHERE m.conversation_id = c.id AND m.seq > 0
-     ORDER BY m.seq DESC LIMIT 1), c.think, c.system"""
+     ORDER BY m.seq DESC LIMIT 1), c.think, c.system, c.start_state_name, c.start_state_path"""
 _MSG_COLUMNS = ("id, conversation_id, seq, role, content, n_tokens, complete, created_at, model_ref, file_type, "
                 "think")
 
@@ -209,12 +211,13 @@ class ConversationStore:
     def create_conversation(
         self, *, title: str, mode: str, family: str, model_ref: str, sampling: dict[str, Any],
         init_text: str = "", init_tokens: int = 0, init_state: tuple[str, bytes] | None = None,
-        think: bool = False, system: str = "",
+        think: bool = False, system: str = "", start_state: tuple[str, str] | None = None,
     ) -> ConversationRecord:
         """Create a conversation with its seq-0 'init' message (and, if given, the state after it).
 
         `init_text` is what was fed first (the family's init and the system turn); `system` the system
-        prompt itself, kept so the init can be fed again for another family."""
+        prompt itself, kept so the init can be fed again for another family; `start_state` the (name, file)
+        of the state-tuned state it started from, None for the zero state."""
         _check_text("title", title)
         _check_mode(mode)
         _check_text("family", family)
@@ -223,13 +226,17 @@ class ConversationStore:
         _check_text("init text", init_text)
         _check_text("system prompt", system)
         _check_count("init_tokens", init_tokens)
+        state_name, state_path = start_state or ("", "")
+        _check_text("start state name", state_name)
+        _check_text("start state file", state_path)
         prepared = self._prepare_state(init_state) if init_state is not None else None
         now = time.time()
         with self._write("create a conversation") as c:
             cid = c.execute(
                 "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling, think, "
-                "system) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (title, mode, family, model_ref, now, now, sampling_json, 1 if think else 0, system),
+                "system, start_state_name, start_state_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (title, mode, family, model_ref, now, now, sampling_json, 1 if think else 0, system, state_name,
+                 state_path),
             ).lastrowid
             mid = c.execute(
                 "INSERT INTO messages (conversation_id, seq, role, content, n_tokens, complete, created_at) "
@@ -333,7 +340,8 @@ class ConversationStore:
                 raise MessageNotFoundError(f"conversation {conversation_id} has no message {through} to fork at")
             new_id = c.execute(
                 "INSERT INTO conversations (title, mode, family, model_ref, created_at, updated_at, sampling, think, "
-                "system) SELECT ?, mode, family, model_ref, ?, ?, sampling, think, system FROM conversations "
+                "system, start_state_name, start_state_path) SELECT ?, mode, family, model_ref, ?, ?, sampling, think, "
+                "system, start_state_name, start_state_path FROM conversations "
                 "WHERE id = ?",
                 (title if title is not None else self._fork_title(c, src.title), now, now, conversation_id),
             ).lastrowid
@@ -795,11 +803,13 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def _conversation_record(row: tuple[Any, ...]) -> ConversationRecord:
-    cid, title, mode, family, model_ref, created, updated, archived, sampling, count, last, think, system = row
+    (cid, title, mode, family, model_ref, created, updated, archived, sampling, count, last, think, system,
+     state_name, state_path) = row
     return ConversationRecord(
         id=cid, title=title, mode=mode, family=family, model_ref=model_ref, created_at=created, updated_at=updated,
         archived=bool(archived), sampling=_load_sampling(sampling), message_count=count,
         last_snippet=_one_line(last or "", 80), think=bool(think), system=system,
+        start_state_name=state_name, start_state_path=state_path,
     )
 
 

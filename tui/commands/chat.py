@@ -78,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="g1, world7, raven, world, novel or pile (default: the registry's, else from the file name)")
     c.add_argument("--seed", type=SEED, default=None, help="seed for reproducible replies")
     c.add_argument("--resume", default=None, metavar="ID", help="continue a saved conversation (id or 'last')")
+    c.add_argument("--state", default=None, metavar="NAME",
+                   help="start a new conversation from a state registered for MODEL with `rwkv-tui add-state`")
     c.add_argument("--threads", type=thread_count, default=None, help="threads (default: all cores)")
     c.add_argument("--max-tokens", type=reply_tokens, default=None, help="longest reply in tokens")
     thinking = c.add_mutually_exclusive_group()
@@ -375,6 +377,24 @@ def _check_thinking(family, args: argparse.Namespace) -> None:
         raise ChatUsageError(f"--system: the {family.name} family has no System turn (G1 has one)")
 
 
+def _registered_state(name: str, model_ref: str, model_name: str) -> tuple[str, str]:
+    """(name, file) of the state called `name` registered for the model recorded as `model_ref`."""
+    from runtime.registry.states import load_states
+
+    entries = load_states()
+    for e in entries:
+        if e.model == model_ref and e.name == name:
+            return e.name, e.path
+    others = sorted({e.model for e in entries if e.name == name})
+    if others:
+        raise ChatUsageError(f"--state {name}: that state is registered for {', '.join(others)}, not for "
+                             f"{model_name}; states only fit the model they were tuned for")
+    mine = sorted(e.name for e in entries if e.model == model_ref)
+    listed = f" (its states: {', '.join(mine)})" if mine else ""
+    raise ChatUsageError(f"--state {name}: no state of that name for {model_name}{listed}; "
+                         f"register one with: rwkv-tui add-state FILE --model {model_ref} --name {name}")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     import runtime
     from runtime.chat.conversation import Conversation
@@ -385,10 +405,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise ChatUsageError("--no-save and --resume do not go together: a resumed conversation is saved")
     if args.system is not None and args.resume:
         raise ChatUsageError("--system starts a new conversation; a resumed one keeps its own system prompt")
+    if args.state is not None and args.resume:
+        raise ChatUsageError("--state starts a new conversation; a resumed one keeps the state it started from")
     with contextlib.ExitStack() as stack:
         store = _open_store(args.no_save, stack)
         resume_id = _find_conversation(store, args.resume) if args.resume else None
         path, model_ref, family = _model_to_open(args, store, resume_id)
+        start_state = _registered_state(args.state, model_ref, path.name) if args.state is not None else None
         with err_console.status("loading the model"):
             model = runtime.load_model(path, threads=args.threads)
         stack.callback(model.close)
@@ -406,7 +429,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             family = args.family or family or guess_family(model.path.name, model.tokenizer_name)
             _check_thinking(get_family(family), args)
             conv = Conversation.start(store, model, family=family, model_ref=model_ref, seed=args.seed,
-                                      think=args.think == "on", system=args.system or "")
+                                      think=args.think == "on", system=args.system or "", start_state=start_state)
         if args.max_tokens:
             conv.set_sampling(conv.sampling.replace(max_tokens=args.max_tokens))
         chat = LineChat(conv, interactive, saving=not args.no_save)
