@@ -12,16 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import RwkvError
 from runtime.formats.detect import Architecture
-from runtime.model.state_file import check_fits, read_time_states
-from runtime.paths import config_dir
+from runtime.model.state import State
+from runtime.model.state_file import STATE_VERSIONS, check_fits, model_architecture, read_time_states, time_states_of
+from runtime.paths import config_dir, data_dir
 
 STATES_FILE = "states.json"
+EXPORT_FOLDER = "states"  # in the data folder: states exported from conversations
+STATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class StateRegistryError(RwkvError):
@@ -88,3 +93,25 @@ def add_state(file: str | os.PathLike[str], model: str, arch: Architecture, mode
     data = {"states": [asdict(e) for e in [*existing, entry]]}
     atomic_write_bytes(states_path(), (json.dumps(data, indent=1) + "\n").encode("utf-8"))
     return entry
+
+
+def export_state(state: State, model: Any, model_ref: str, name: str) -> StateEntry:
+    """Save `state` (of the loaded `model`, recorded as `model_ref`) as a state-tuning `.pth` in the data
+    folder and register it for that model as `name`. Such files hold only the WKV matrices: a
+    conversation started from it has zero token-shift rows."""
+    if not STATE_NAME.match(name):
+        raise StateRegistryError(f"'{name}' cannot name a state: use letters, digits, '.', '_' or '-' "
+                                 "(up to 64, starting with a letter or digit)")
+    if any(e.model == model_ref and e.name == name for e in load_states()):
+        raise StateRegistryError(f"{model.path.name} already has a state called '{name}'; choose another name")
+    from runtime.formats.pth_writer import write_pth
+
+    arch = model_architecture(model)
+    if arch.version not in STATE_VERSIONS:
+        raise StateRegistryError(f"{model.path.name} is an {arch.name} model, which has no state-tuned starting "
+                                 "states (RWKV-5.2, 6 and 7 have)")
+    folder = data_dir() / EXPORT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(model_ref.encode()).hexdigest()[:12]}-{name}.pth"
+    write_pth(path, time_states_of(state, arch))
+    return add_state(path, model_ref, arch, model.path.name, name=name)

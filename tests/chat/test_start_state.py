@@ -16,7 +16,9 @@ from runtime.chat import schema
 from runtime.chat.conversation import Conversation, ConversationError, state_key
 from runtime.chat.store import ConversationStore
 from runtime.convert import convert
+from runtime.model.state import State
 from runtime.model.state_file import model_architecture, time_states_of
+from runtime.registry.states import load_states
 from tests.support.synthetic import v7_state_dict
 from tests.support.torch_writer import write_pth
 from tui.cli import main as cli
@@ -137,3 +139,30 @@ def test_a_version_3_database_opens_with_conversations_started_from_zeros(tmp_pa
         record = s.get_conversation(1)
         assert (record.title, record.start_state_name, record.start_state_path) == ("old", "", "")
         assert s._conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+
+
+def test_save_state_exports_a_state_file_that_starts_a_conversation_from_that_state_exactly(
+        files, model, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/save-state harbour\n/save-state bad/name\n"))
+    assert cli(["chat", str(files[0]), "--lines", "--max-tokens", "3", "--seed", "2"]) == 0
+    out = capsys.readouterr()
+    assert "saved the conversation's state as 'harbour'" in out.out
+    assert "'bad/name' cannot name a state" in " ".join(out.err.split())
+    with ConversationStore.open() as s:
+        first = Conversation.resume(s, s.last_conversation_id(), model)
+        exported = first.state.data.copy()
+    exported.reshape(model.n_layer, -1, model.n_embd)[:, :2] = 0  # state files hold the WKV matrices only
+    entry = next(e for e in load_states() if e.name == "harbour")
+    assert entry.model == str(files[0].resolve())
+    # the file reads back through add-state's checks, and --state starts from exactly that state
+    assert cli(["add-state", entry.path, "--model", str(files[0]), "--name", "harbour-again"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cli(["chat", str(files[0]), "--state", "harbour"]) == 0
+    with ConversationStore.open() as s:
+        second = Conversation.resume(s, s.last_conversation_id(), model)
+    assert second.start_state[0] == "harbour" and second.tokens_read == 0
+    assert np.array_equal(second.state.data, exported)
+    ids = model.tokenizer.encode("Ahoy")
+    want, _ = model.forward(ids, State(exported.copy(), model.fingerprint, arch=model.arch_name))
+    got, _ = model.forward(ids, second.state)
+    assert np.array_equal(got, want)

@@ -34,6 +34,7 @@ HELP = """\
 /think on|off          G1 models: reason before answering (shown dimmed), or answer at once; /think shows it
 /save NAME             name this conversation (it is always saved)
 /load NAME|ID          switch to a saved conversation
+/save-state NAME       export the current state as a starting state for this model (chat --state NAME)
 /list                  list saved conversations
 /help                  this list
 /quit                  leave (Ctrl-D too)
@@ -249,6 +250,8 @@ class LineChat:
                 raise ValueError("usage: /save NAME")
             conv.rename(rest)
             self.say(f"saved as {rest!r} (id {conv.id})")
+        elif name == "save-state":
+            self._save_state(rest)
         elif name == "load":
             self._load(rest)
         elif name == "list":
@@ -285,6 +288,16 @@ class LineChat:
         key, _, value = rest.partition(" ")
         self.conv.set_sampling(self.conv.sampling.set(key, value.strip()))
         self.say(f"{key} = {self.conv.sampling.to_dict()[key]}")
+
+    def _save_state(self, rest: str) -> None:
+        from runtime.registry.states import export_state
+
+        if not rest:
+            raise ValueError("usage: /save-state NAME")
+        conv = self.conv
+        entry = export_state(conv.state, conv.model, conv.record.model_ref, rest)
+        self.say(f"saved the conversation's state as '{entry.name}' ({entry.path}); start from it with: "
+                 f"rwkv-tui chat {conv.record.model_ref} --state {entry.name}")
 
     def _load(self, rest: str) -> None:
         from runtime.chat.conversation import Conversation
