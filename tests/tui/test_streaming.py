@@ -212,6 +212,12 @@ def test_render_status_drops_the_least_useful_parts_first():
     assert "reading 256/6,000 tokens · 430.0 tok/s" in render_status(reading).plain
 
 
+def test_the_status_line_names_the_state_a_conversation_started_from():
+    s = PaneStatus(model="rwkv7-g1", family="g1", start_state="pirate", tokens=12)
+    assert render_status(s).plain == "rwkv7-g1 · g1 · from state pirate · state: 12 tokens"
+    assert "from state" not in render_status(PaneStatus(model="rwkv7-g1", family="g1")).plain
+
+
 def test_the_writing_rate_counts_from_the_end_of_the_reading():
     stream = StreamBuffer()
     stream.reset(reading=True)

@@ -384,6 +384,7 @@ class ChatPane(TabPane):
         if conv is not None:
             status.tokens = conv.tokens_in_state
             status.state_bytes = conv.state_nbytes
+            status.start_state = conv.start_state[0] if conv.start_state else ""
         self.query_one(StatusLine).show(status)
 
     # --- thinking ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class PaneStatus:
     read_done: int = 0  # while the prompt is read: tokens read so far of read_total
     read_total: int = 0
     think: bool | None = None  # thinking on/off (thinking families); None: the family does not think
+    start_state: str = ""  # the registered state-tuned state the conversation started from ("" for none)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ def _parts(s: PaneStatus) -> list[_Part]:
     else:
         parts.append(_Part("no model", 9, "", "italic"))
     parts.append(_Part(s.family or s.mode, 4))
+    if s.start_state:
+        parts.append(_Part(f"from state {s.start_state}", 4))
     if s.think is not None:
         parts.append(_Part("thinking" if s.think else "fast (F6: think)", 3))
     if s.read_total:
