@@ -8,7 +8,6 @@ within float rounding, across chunk boundaries too."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from runtime.convert import convert
@@ -16,20 +15,20 @@ from runtime.model.loader import load_weights
 from runtime.model.model import Model
 from runtime.quant.types import DType
 from tests.support.reference import load_reference_v7, read_pth_arrays
+from tests.support.reference_checks import (
+    check_decode,
+    check_one_sequence_call,
+    check_sequence_equals_steps,
+)
+from tests.support.reference_checks import (
+    rel as _rel,
+)
+from tests.support.reference_checks import (
+    state_rel as _state_rel,
+)
 from tests.support.rwkvcpp_writer import write_v7_model
 
 REFS = ["rwkv7-a", "rwkv7-b"]
-BOUND = {DType.F32: 1e-4, DType.F16: 1e-2}
-
-
-def _rel(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
-def _state_rel(got: np.ndarray, want: np.ndarray, n_layer: int) -> float:
-    """Worst relative gap over the three kinds of state (att shift, ffn shift, WKV matrix)."""
-    g, w = got.reshape(n_layer, -1, got.shape[1]), want.reshape(n_layer, -1, want.shape[1])
-    return max(_rel(g[:, 0], w[:, 0]), _rel(g[:, 1], w[:, 1]), _rel(g[:, 2:], w[:, 2:]))
 
 
 @pytest.fixture(scope="module", params=[(r, t, c) for r in REFS for t in (DType.F32, DType.F16)
@@ -57,38 +56,16 @@ def test_shape_and_ranks_read_from_the_file(ref_model):
 
 
 def test_decode_matches_official_implementation(ref_model):
-    ref, dtype, model = ref_model
-    state = model.new_state()
-    worst = 0.0
-    for step, tok in enumerate(ref.tokens):
-        logits, state = model.forward([int(tok)], state)
-        worst = max(worst, _rel(logits, ref.logits_decode[step]))
-    assert worst <= BOUND[dtype]
-    assert _state_rel(state.data, ref.state_decode, ref.n_layer) <= BOUND[dtype]
+    check_decode(*ref_model)
 
 
 def test_one_sequence_call_matches_official_implementation(ref_model):
-    ref, dtype, model = ref_model
-    logits, state = model.forward(ref.tokens)
-    assert _rel(logits, ref.logits_seq) <= BOUND[dtype]
-    assert _state_rel(state.data, ref.state_seq, ref.n_layer) <= BOUND[dtype]
-    every, state_all = model.forward_all(ref.tokens)
-    assert max(_rel(every[i], ref.logits_seq_all[i]) for i in range(len(ref.tokens))) <= BOUND[dtype]
-    assert np.array_equal(state_all.data, state.data)
+    check_one_sequence_call(*ref_model)
 
 
 def test_sequence_mode_equals_one_token_at_a_time(ref_model):
     ref, _, model = ref_model
-    tokens = ref.tokens[:40]
-    every, seq_state = model.forward_all(tokens)
-    state = model.new_state()
-    for i, tok in enumerate(tokens):
-        logits, state = model.forward([int(tok)], state)
-        assert _rel(every[i], logits) <= 1e-5
-    assert _state_rel(seq_state.data, state.data, ref.n_layer) <= 1e-5
-    _, mid = model.forward(tokens[:17])  # carrying the state between calls
-    rest, end = model.forward(tokens[17:], mid)
-    assert _rel(rest, every[-1]) <= 1e-5 and _state_rel(end.data, seq_state.data, ref.n_layer) <= 1e-5
+    check_sequence_equals_steps(ref, model)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
