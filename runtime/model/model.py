@@ -159,7 +159,8 @@ class Model:
         """Raise if a step gave NaN or infinite logits or state: StateError when the same tokens from a
         fresh state give finite values (the state given was damaged, e.g. a huge value that passed its
         checks), else DamagedModelError (the file's weights). The check is a pass over arrays already in
-        hand, microseconds against the step's milliseconds; the second step runs only on failure."""
+        hand; the second step runs only on failure. Its cost is the state's size: ~7 µs for 65536
+        logits, ~0.7 ms for a 1.5B RWKV-7 state (13 MB; Sapphire Rapids), about 1-2 % of that step."""
         what = _non_finite(logits=logits, a_state=new)
         if what is None:
             return
