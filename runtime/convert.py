@@ -78,8 +78,9 @@ class ConvertResult:
 
 def tensor_types(target: DType, head: DType | None = None) -> dict[str, DType]:
     """Stored type per role: 'matrix' (layer weights), 'head', 'emb', 'vector' (all 1-D tensors)."""
-    if target is DType.BF16:
-        raise ValueError("bf16 is a source type only; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
+    if target not in DEFAULT_HEAD_TYPE:
+        what = "a source type only" if target is DType.BF16 else "not a conversion target yet"
+        raise ValueError(f"{target.name.lower()} is {what}; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
     emb = DType.F32 if target is DType.F32 else DType.F16
     head = DEFAULT_HEAD_TYPE[target] if head is None else head  # not `head or …`: DType.F32 is 0
     return {"matrix": target, "head": head, "emb": emb, "vector": DType.F32}

@@ -157,8 +157,8 @@ def test_cli_bad_files_exit_2_with_the_file_named(tmp_path, capsys, content, mes
 
 
 def test_cli_unknown_type_exits_2(tmp_path, capsys):
-    assert cli(["convert", str(TINY.pth_path), str(tmp_path / "o.gguf"), "--type", "q3_k"]) == 2
-    assert "unknown type 'q3_k'" in capsys.readouterr().err
+    assert cli(["convert", str(TINY.pth_path), str(tmp_path / "o.gguf"), "--type", "q3_z"]) == 2
+    assert "unknown type 'q3_z'" in capsys.readouterr().err
 
 
 def test_inspect_names_unrunnable_versions(tmp_path, capsys):

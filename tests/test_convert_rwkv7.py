@@ -197,12 +197,12 @@ def _bad_sources(tmp_path):
     good = tmp_path / "good.gguf"
     convert(write_pth(tmp_path / "good.pth", sd_of(), dtype="float32"), good, "q8_0")
     header = good.read_bytes()
-    # a K-quant tensor: the type code of one big matrix changed to Q4_K (12); its bytes do not matter
+    # a tensor in a type we do not decode: one big matrix's type code changed to IQ2_XXS (16)
     name = b"blk.1.time_mix_key.weight"
     at = header.index(len(name).to_bytes(8, "little") + name) + 8 + len(name)
     kquant = bytearray(header)
     assert kquant[at + 4 + 16 : at + 4 + 20] == (8).to_bytes(4, "little")  # 2 dims, then the type: Q8_0
-    kquant[at + 4 + 16 : at + 4 + 20] = (12).to_bytes(4, "little")
+    kquant[at + 4 + 16 : at + 4 + 20] = (16).to_bytes(4, "little")
     (tmp_path / "kquant.gguf").write_bytes(bytes(kquant))
     (tmp_path / "truncated.gguf").write_bytes(header[: len(header) - 1000])
     return [
@@ -211,7 +211,7 @@ def _bad_sources(tmp_path):
          "mismatched ranks"),
         (pth("width.pth", lambda sd: sd.update({f"blocks.{i}.att.r_k": np.zeros((2, 48), np.float32)
                                                 for i in range(3)})), "not a multiple of the head size 48"),
-        (tmp_path / "kquant.gguf", "'blk.1.time_mix_key.weight' has type Q4_K"),
+        (tmp_path / "kquant.gguf", "'blk.1.time_mix_key.weight' has type IQ2_XXS"),
         (tmp_path / "truncated.gguf", "truncated"),
     ]
 

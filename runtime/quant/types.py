@@ -19,11 +19,16 @@ class DType(enum.IntEnum):
     Q5_0 = 6
     Q5_1 = 7
     Q8_0 = 8
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
     BF16 = 30
 
     @property
     def block_size(self) -> int:
-        """Values per block: 32 for the quantized types, 1 for floats."""
+        """Values per block: 32 for the legacy quantized types, 256 for K-quant super-blocks, 1 for floats."""
         return _LAYOUT[self][0]
 
     @property
@@ -68,7 +73,14 @@ _LAYOUT: dict[DType, tuple[int, int]] = {
     DType.Q5_0: (32, 22),
     DType.Q5_1: (32, 24),
     DType.Q8_0: (32, 34),
+    # K-quants: super-blocks of 256 values (ggml's QK_K)
+    DType.Q2_K: (256, 84),
+    DType.Q3_K: (256, 110),
+    DType.Q4_K: (256, 144),
+    DType.Q5_K: (256, 176),
+    DType.Q6_K: (256, 210),
 }
 
 QUANTIZED_TYPES: tuple[DType, ...] = (DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0)
+K_QUANT_TYPES: tuple[DType, ...] = (DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K, DType.Q6_K)
 FLOAT_TYPES: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16)

@@ -178,10 +178,10 @@ def test_tensor_past_end_of_file(tmp_path, sample):
 
 def test_unknown_tensor_type(tmp_path):
     name = b"w"
-    info = struct.pack("<Q", len(name)) + name + struct.pack("<IQ", 1, 32) + struct.pack("<IQ", 12, 0)
+    info = struct.pack("<Q", len(name)) + name + struct.pack("<IQ", 1, 32) + struct.pack("<IQ", 16, 0)
     p = tmp_path / "k.gguf"
     p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + info + b"\0" * 256)
-    with pytest.raises(ModelFileError, match=r"tensor 'w' has type Q4_K \(ggml type 12\), which this version cannot"):
+    with pytest.raises(ModelFileError, match=r"tensor 'w' has type IQ2_XXS \(ggml type 16\), which this version"):
         read_gguf(p)
 
 
