@@ -43,6 +43,7 @@ from runtime.formats.tensors import LazyTensor
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.codec import quantize
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
+from runtime.quant.scales import first_bad_scale
 from runtime.quant.types import DType
 from runtime.text.gguf_vocab import gguf_tokenizer_metadata
 from runtime.threadcount import check_threads, default_threads
@@ -208,13 +209,17 @@ class _Transformer:
         return np.ascontiguousarray(rows, dtype=np.float32)
 
 
-def _nonfinite(path: Path, name: str, row: int) -> ModelFileError:
-    return ModelFileError(path, f"tensor '{name}' contains NaN or Inf values (first in row {row})")
+def _nonfinite(path: Path, name: str, row: int, source: LazyTensor | None = None) -> ModelFileError:
+    """The error for a row of NaN/Inf; when a quantized `source` row has a damaged block scale, it is named."""
+    cause = first_bad_scale(source.read_raw_rows(row, row + 1), source.dtype) if source is not None else None
+    return ModelFileError(
+        path, f"tensor '{name}' contains NaN or Inf values (first in row {row}{': ' + cause if cause else ''})"
+    )
 
 
-def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int) -> None:
+def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int, source: LazyTensor | None = None) -> None:
     if not np.isfinite(rows).all():
-        raise _nonfinite(path, name, int(np.argwhere(~np.isfinite(rows))[0][0]) + first_row)
+        raise _nonfinite(path, name, int(np.argwhere(~np.isfinite(rows))[0][0]) + first_row, source)
 
 
 _F16_MAX = 65504.0
@@ -360,7 +365,7 @@ def convert(
             data = encode_native(tensor, out, start, stop)
         else:
             rows = transform(out.name, tensor.read_rows(start, stop))
-            _check_finite(ckpt.path, out.name, rows, start)
+            _check_finite(ckpt.path, out.name, rows, start, tensor)
             with np.errstate(over="ignore"):  # reported by the overflow check that follows
                 data = quantize(rows.reshape(stop - start, out.shape[-1]), out.dtype).tobytes()
         n_cols = out.shape[-1]

@@ -3,7 +3,8 @@
 `rwkv-tui inspect --verify FILE` and the app's model screen run it when a model produced NaN
 (`DamagedModelError`) or a download is in doubt. Each tensor is read a block of rows at a time,
 decoded to float32 (quantized blocks through their scales, so a damaged scale shows), and the first
-value that is NaN, infinite or beyond `MAX_PLAUSIBLE` is reported with its tensor, row and column.
+value that is NaN, infinite or beyond `MAX_PLAUSIBLE` is reported with its tensor, row and column,
+and the block scale that caused it when one is NaN or infinite.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from runtime.formats.checkpoint import Checkpoint
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
+from runtime.quant.scales import first_bad_scale
 
 # No trained RWKV weight comes near this (the largest are -exp(time_decay), a few 10^4); a flipped
 # exponent bit in a float lands far above it, and such a value overflows the forward pass's sums.
@@ -29,6 +31,7 @@ class Finding:
     row: int
     column: int
     value: float
+    cause: str | None = None  # e.g. "its Q4_K super-block 2's scale dmin is NaN"
 
     @property
     def problem(self) -> str:
@@ -39,7 +42,8 @@ class Finding:
         return f"beyond ±{MAX_PLAUSIBLE:g}, far outside any trained weight"
 
     def describe(self) -> str:
-        return f"tensor '{self.tensor}' row {self.row}, column {self.column} holds {self.value:.6g}: {self.problem}"
+        text = f"tensor '{self.tensor}' row {self.row}, column {self.column} holds {self.value:.6g}: {self.problem}"
+        return f"{text} ({self.cause})" if self.cause else text
 
 
 def verify_tensors(
@@ -58,7 +62,8 @@ def verify_tensors(
                 bad = ~(np.abs(rows) <= MAX_PLAUSIBLE)  # NaN compares false
             if bad.any():
                 r, c = (int(i) for i in np.argwhere(bad)[0])
-                return Finding(name, start + r, c, float(rows[r, c]))
+                cause = first_bad_scale(tensor.read_raw_rows(start + r, start + r + 1), tensor.dtype)
+                return Finding(name, start + r, c, float(rows[r, c]), cause)
             done += (stop - start) * tensor.row_bytes
             progress(Progress("verifying", done, total))
             if cancel is not None:

@@ -174,7 +174,10 @@ def read_gguf(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) ->
         if offset % alignment:
             raise ModelFileError(path, f"tensor '{name}' is not aligned to {alignment} bytes")
         if shape[-1] % dtype.block_size:
-            problem = f"tensor '{name}' has {shape[-1]} columns, not a multiple of {dtype.name}'s block"
+            problem = (
+                f"tensor '{name}' has rows of {shape[-1]} values, which is not a multiple of "
+                f"{dtype.block_size}: {dtype.name} stores {dtype.blocks_phrase}"
+            )
             raise ModelFileError(path, problem)
         tensors[name] = LazyTensor(name, shape, dtype, fh, data_offset + offset)
     return GgufFile(path, version, metadata, tensors, data_offset, alignment, fh)

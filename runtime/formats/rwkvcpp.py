@@ -3,9 +3,9 @@
 Layout (rwkv.cpp's docs/FILE_FORMAT.md): six little-endian uint32 (magic, version, n_vocab, n_embed,
 n_layer, data_type), then tensor records to the end of the file: int32 dim_count, int32 key_length,
 int32 data_type, the dims (innermost first), the key (UTF-8), the raw data; no padding anywhere.
-rwkv.cpp numbers types its own way (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0; 4-6 were
-formats it removed); the blocks are ggml's, so they map onto our `DType`s. Version 100 quantized files
-use an older block layout and are refused, as rwkv.cpp itself refuses them.
+rwkv.cpp numbers types its own way (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0, 11-15
+Q2_K-Q6_K; 4-6 were formats it removed); the blocks are ggml's, so they map onto our `DType`s.
+Version 100 quantized files use an older block layout and are refused, as rwkv.cpp itself refuses them.
 
 What rwkv.cpp's converter (python/convert_pytorch_to_ggml.py) does to RWKV-4 data, recorded as the
 file's transforms: every `.time_` tensor is squeezed ((1, 1, C) → (C,)) and `time_decay` is stored as
@@ -48,7 +48,9 @@ from runtime.quant.types import DType
 MAGIC = 0x67676D66
 VERSION_OLD_QUANT = 100
 VERSIONS = (100, 101)
-# rwkv.cpp's type codes (its own numbering, not ggml's) → our types.
+# rwkv.cpp's type codes (its own numbering, not ggml's) → our types: `enum rwkv_type` in rwkv.cpp's
+# rwkv_file_format.inc (FP32, FP16, Q4_0, Q4_1, Q4_1_O, Q4_2, Q4_3, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K,
+# Q4_K, Q5_K, Q6_K, Q8_K = 0…16; its quantizer offers Q4_K and Q5_K among the K-quants).
 RWKVCPP_TYPES: dict[int, DType] = {
     0: DType.F32,
     1: DType.F16,
@@ -57,6 +59,11 @@ RWKVCPP_TYPES: dict[int, DType] = {
     7: DType.Q5_0,
     8: DType.Q5_1,
     9: DType.Q8_0,
+    11: DType.Q2_K,
+    12: DType.Q3_K,
+    13: DType.Q4_K,
+    14: DType.Q5_K,
+    15: DType.Q6_K,
 }
 _REMOVED_TYPES = {4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3"}
 TRANSFORMS = frozenset({TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED})
@@ -214,7 +221,11 @@ def _check_tensor(path: Path, name: str, shape: tuple[int, ...], code: int, vers
     if version == VERSION_OLD_QUANT and dtype.is_quantized:
         _refuse_old_quant(path, dtype, what)
     if shape[-1] % dtype.block_size:
-        raise ModelFileError(path, f"{what} has rows of {shape[-1]} values, not whole {dtype.name} blocks")
+        raise ModelFileError(
+            path,
+            f"{what} has rows of {shape[-1]} values, which is not a multiple of {dtype.block_size}: "
+            f"{dtype.name} stores {dtype.blocks_phrase}",
+        )
     return dtype
 
 

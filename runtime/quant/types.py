@@ -40,6 +40,12 @@ class DType(enum.IntEnum):
     def is_quantized(self) -> bool:
         return self.block_size > 1
 
+    @property
+    def blocks_phrase(self) -> str:
+        """What a row of this type is made of, for messages: 'K-quant super-blocks of 256 values'."""
+        kind = "K-quant super-blocks" if self.block_size == 256 else f"{self.name} blocks"
+        return f"{kind} of {self.block_size} values"
+
     def row_bytes(self, n_values: int) -> int:
         """Bytes taken by `n_values` consecutive values (a multiple of the block size)."""
         if n_values % self.block_size:

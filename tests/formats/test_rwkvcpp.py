@@ -11,7 +11,7 @@ from runtime.errors import ModelFileError
 from runtime.formats import tensors as tensors_module
 from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, TIME_MIX_SQUEEZED, open_checkpoint
 from runtime.formats.rwkvcpp import read_rwkvcpp
-from runtime.quant.types import QUANTIZED_TYPES, DType
+from runtime.quant.types import K_QUANT_TYPES, QUANTIZED_TYPES, DType
 from tests.support.reference import read_pth_arrays
 from tests.support.rwkvcpp_writer import (
     CODES,
@@ -66,18 +66,19 @@ def test_converter_semantics_are_visible_in_the_data(tmp_path, sd):
     assert f.tensors["blocks.0.ffn.key.weight"].shape == (4 * C, C)
 
 
-@pytest.mark.parametrize("dtype", QUANTIZED_TYPES)
+@pytest.mark.parametrize("dtype", QUANTIZED_TYPES + K_QUANT_TYPES, ids=lambda t: t.name)
 def test_each_block_type_code_maps_to_the_right_layout(tmp_path, dtype):
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((3, 64)).astype(np.float32)
-    emb = rng.standard_normal((5, 64)).astype(np.float32)
+    cols = 2 * dtype.block_size
+    w = rng.standard_normal((3, cols)).astype(np.float32)
+    emb = rng.standard_normal((5, cols)).astype(np.float32)
     tensors = {"emb.weight": (emb, DType.F16), "blocks.0.att.key.weight": (w, dtype)}
-    path = write_rwkvcpp(tmp_path / "q.bin", tensors, n_vocab=5, n_embd=64, n_layer=1, data_type=dtype)
+    path = write_rwkvcpp(tmp_path / "q.bin", tensors, n_vocab=5, n_embd=cols, n_layer=1, data_type=dtype)
     t = read_rwkvcpp(path).tensors["blocks.0.att.key.weight"]
     assert t.dtype is dtype
     assert t.nbytes == 3 * 2 * dtype.block_bytes
     np.testing.assert_array_equal(t.numpy(), decode(w, dtype))  # decoded by gguf, independently
-    np.testing.assert_allclose(t.numpy(), w, atol=0.25)
+    np.testing.assert_allclose(t.numpy(), w, atol=1.0 if dtype is DType.Q2_K else 0.5)
 
 
 def test_reading_is_lazy_and_tensors_share_one_file_handle(tmp_path, sd, monkeypatch):
@@ -180,7 +181,7 @@ def test_unknown_or_removed_type_code(tmp_path, code, words):
 
 
 def test_unknown_header_type_code(tmp_path):
-    assert "type code 12" in _error(tmp_path, header_bytes(4, 32, 1, 12) + _good_records())
+    assert "type code 17" in _error(tmp_path, header_bytes(4, 32, 1, 17) + _good_records())
 
 
 def _q4_record() -> bytes:
@@ -239,6 +240,13 @@ def test_quantized_rows_must_be_whole_blocks(tmp_path):
     bad = record_bytes("blocks.0.att.key.weight", (2, 48), CODES[DType.Q8_0], b"\0" * 200)
     problem = _error(tmp_path, header_bytes(4, 32, 1, 0) + _good_records() + bad)
     assert "'blocks.0.att.key.weight'" in problem and "Q8_0 blocks" in problem
+
+
+def test_k_quant_rows_must_be_whole_super_blocks(tmp_path):
+    bad = record_bytes("blocks.0.att.key.weight", (2, 384), CODES[DType.Q4_K], b"\0" * 2000)
+    problem = _error(tmp_path, header_bytes(4, 32, 1, 0) + _good_records() + bad)
+    assert "'blocks.0.att.key.weight'" in problem and "rows of 384 values" in problem
+    assert "K-quant super-blocks of 256 values" in problem
 
 
 def test_empty_file_after_header(tmp_path):

@@ -13,6 +13,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from runtime.quant.kquants import quantize_k
+from runtime.quant.types import DType
+
 BIG = tuple(f"{m}.weight" for m in ("time_mix_receptance", "time_mix_key", "time_mix_value", "time_mix_output",
                                      "channel_mix_key", "channel_mix_value"))
 LORA = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
@@ -48,19 +51,31 @@ def llamacpp_tensors(sd: dict[str, np.ndarray], n_layer: int) -> dict[str, np.nd
     return out
 
 
+def encoded(data: np.ndarray, type_name: str) -> np.ndarray:
+    """`data` encoded as ggml type `type_name` by the gguf package, or, for the K-quants it cannot
+    encode, by runtime.quant.kquants (whose bytes its own tests hold to ggml's reference)."""
+    qtype = gguf.GGMLQuantizationType[type_name]
+    if type_name.endswith("_K"):
+        return quantize_k(np.ascontiguousarray(data, np.float32), DType[type_name])
+    return gguf.quants.quantize(data, qtype)
+
+
 def stored(data: np.ndarray, type_name: str) -> np.ndarray:
-    """What a reader decodes for `data` written as `type_name` (ggml's reference arithmetic)."""
+    """What a reader decodes for `data` written as `type_name` (decoded by the gguf package)."""
     if type_name == "F32":
         return data
     qtype = gguf.GGMLQuantizationType[type_name]
-    return gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype).reshape(data.shape)
+    return gguf.quants.dequantize(encoded(data, type_name), qtype).reshape(data.shape)
 
 
 def write_llamacpp_rwkv7(path: str | Path, sd: dict[str, np.ndarray], n_layer: int, head_size: int,
                          ranks: tuple[int, int, int, int], tokens: list[str] | None = None,
-                         matrix_type: str = "F32") -> Path:
+                         matrix_type: str | tuple[str, ...] = "F32") -> Path:
     """A GGUF file as llama.cpp's rwkv7 converter writes it, big matrices in `matrix_type`
-    (F32, F16, BF16 or a ggml block type such as Q8_0), everything else F32."""
+    (F32, F16, BF16 or a ggml block type such as Q8_0 or Q4_K; a tuple of types is used in turn, big
+    matrix after big matrix, as llama.cpp's mixed K-quant files do), everything else F32."""
+    types = (matrix_type,) if isinstance(matrix_type, str) else matrix_type
+    n_big = 0
     path = Path(path)
     C = sd["emb.weight"].shape[1]
     w = gguf.GGUFWriter(str(path), "rwkv7")
@@ -81,9 +96,10 @@ def write_llamacpp_rwkv7(path: str | Path, sd: dict[str, np.ndarray], n_layer: i
         w.add_token_types([3] + [1] * (len(tokens) - 1))
     for name, data in llamacpp_tensors(sd, n_layer).items():
         data = np.ascontiguousarray(data, dtype=np.float32)
-        if name.endswith(BIG) and matrix_type != "F32":
-            qtype = gguf.GGMLQuantizationType[matrix_type]
-            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        type_name = types[n_big % len(types)] if name.endswith(BIG) else "F32"
+        n_big += name.endswith(BIG)
+        if type_name != "F32":
+            w.add_tensor(name, encoded(data, type_name), raw_dtype=gguf.GGMLQuantizationType[type_name])
         else:
             w.add_tensor(name, data)
     w.write_header_to_file()

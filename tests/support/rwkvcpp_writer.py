@@ -1,7 +1,9 @@
 """Write rwkv.cpp `.bin` files for tests, following rwkv.cpp's converter and quantizer semantics.
 
 Independent of the reader under test: rwkv.cpp's type codes are spelled out here again, and quantized
-blocks come from the `gguf` package (ggml's reference arithmetic), not from our codec.
+blocks come from the `gguf` package (ggml's reference arithmetic), not from our codec — except the
+K-quants, which `gguf` cannot encode: those are encoded by `runtime.quant.kquants` (held to ggml's bytes
+by its own tests) and still decoded by `gguf` in `decode`.
 `header_bytes` / `record_bytes` let tests build damaged files piece by piece.
 """
 
@@ -13,12 +15,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from runtime.quant.types import DType
+from runtime.quant.kquants import quantize_k
+from runtime.quant.types import K_QUANT_TYPES, DType
 
 MAGIC = 0x67676D66
 # rwkv.cpp's own numbering (docs/FILE_FORMAT.md), deliberately not imported from the reader.
 CODES = {
     DType.F32: 0, DType.F16: 1, DType.Q4_0: 2, DType.Q4_1: 3, DType.Q5_0: 7, DType.Q5_1: 8, DType.Q8_0: 9,
+    DType.Q2_K: 11, DType.Q3_K: 12, DType.Q4_K: 13, DType.Q5_K: 14, DType.Q6_K: 15,
 }
 _GGML = {
     DType.Q4_0: gguf.GGMLQuantizationType.Q4_0,
@@ -26,6 +30,7 @@ _GGML = {
     DType.Q5_0: gguf.GGMLQuantizationType.Q5_0,
     DType.Q5_1: gguf.GGMLQuantizationType.Q5_1,
     DType.Q8_0: gguf.GGMLQuantizationType.Q8_0,
+    **{t: gguf.GGMLQuantizationType(int(t)) for t in K_QUANT_TYPES},
 }
 
 
@@ -53,6 +58,8 @@ def encode(array: np.ndarray, dtype: DType) -> bytes:
     if dtype is DType.F16:
         return a.astype("<f2").tobytes()
     rows = a.reshape(-1, a.shape[-1])
+    if dtype in K_QUANT_TYPES:
+        return quantize_k(rows, dtype).tobytes()
     return gguf.quants.quantize(rows, _GGML[dtype]).tobytes()
 
 
@@ -64,7 +71,7 @@ def decode(array: np.ndarray, dtype: DType) -> np.ndarray:
     if dtype is DType.F16:
         return a.astype(np.float16).astype(np.float32)
     rows = a.reshape(-1, a.shape[-1])
-    q = gguf.quants.quantize(rows, _GGML[dtype])
+    q = np.frombuffer(encode(rows, dtype), np.uint8).reshape(rows.shape[0], -1)
     return gguf.quants.dequantize(q, _GGML[dtype]).reshape(a.shape).astype(np.float32)
 
 
