@@ -48,6 +48,8 @@ def test_a_nan_block_scale_in_a_quantized_head(tmp_path):
     finding = verify_tensors(open_checkpoint(path))
     assert (finding.tensor, finding.row, finding.column) == ("head.weight", 41, 32)
     assert np.isnan(finding.value) and finding.problem == "not a number"
+    assert finding.cause == "its Q8_0 block 1's scale d is NaN"
+    assert finding.describe().endswith("holds nan: not a number (its Q8_0 block 1's scale d is NaN)")
 
 
 def test_a_flipped_exponent_in_an_rwkvcpp_embedding_row(tmp_path):
