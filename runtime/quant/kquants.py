@@ -52,7 +52,8 @@ __all__ = [
 
 QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml: below this a group's largest magnitude counts as zero
-_GROUP = 256  # super-blocks quantized at a time (measured best of 64, 256, 1024)
+_GROUP = 256  # super-blocks quantized at a time (of 32…512 measured, the best or near it for all types)
+_GROUP_Q3_K = 1024  # make_q3_quants loops per value over all columns: larger groups pay
 _DECODE_GROUP = 4096
 
 _F32 = np.float32
@@ -118,45 +119,88 @@ def make_qkx2_quants(
     for i in range(1, x.shape[0]):
         np.copyto(mn, x[i], where=x[i] < mn)
         np.copyto(mx, x[i], where=x[i] > mx)
+    lowest = mn.copy()
     sum_w = _seq_sum(weights)
     sum_x = _seq_sum(weights * x)
     mn[mn > 0] = 0
-    flat = mx == mn
-    iscale = _F32(nmax) / (mx - mn)
-    scale = _F32(1) / iscale
-    codes = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-    best_error = _error(scale, codes.astype(_F32), mn, x, weights, use_mad)
-    for step in range(nstep + 1):
-        a = (_F32(rmin) + _F32(rdelta) * _F32(step)) + _F32(nmax)
+    flat = mx == mn  # ggml returns at once for these: codes 0, scale 0, the min as found
+    rounder = _CodeRounder(x, nmax)
+
+    def iscale_for(a: np.float32) -> np.ndarray:
         iscale = a / (mx - mn)
-        laux = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)  # x < min once min moved
-        lf = laux.astype(_F32)
-        wl = weights * lf
+        iscale[flat] = 0  # their results are discarded; 0 keeps their codes 0 and out of the way
+        return iscale
+
+    iscale = iscale_for(_F32(nmax))
+    scale = _F32(1) / iscale
+    codes = rounder.codes(iscale, mn, lowest, mx).copy()
+    best_error = _error(scale, codes, mn, x, weights, use_mad, rounder.tmp)
+    wl = rounder.wl
+    tmp = rounder.tmp
+    for step in range(nstep + 1):
+        iscale = iscale_for((_F32(rmin) + _F32(rdelta) * _F32(step)) + _F32(nmax))
+        lf = rounder.codes(iscale, mn, lowest, mx)
+        np.multiply(weights, lf, out=wl)
         sum_l = _seq_sum(wl)
-        sum_l2 = _seq_sum(wl * lf)
-        sum_xl = _seq_sum(wl * x)
+        sum_l2 = _seq_sum(np.multiply(wl, lf, out=tmp))
+        sum_xl = _seq_sum(np.multiply(wl, x, out=tmp))
         d = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / d
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d
         pos = this_min > 0
         this_min[pos] = 0
         this_scale[pos] = (sum_xl / sum_l2)[pos]
-        cur_error = _error(this_scale, lf, this_min, x, weights, use_mad)
+        cur_error = _error(this_scale, lf, this_min, x, weights, use_mad, tmp)
         better = (d > 0) & (cur_error < best_error)
         if better.any():
-            np.copyto(codes, laux, where=better)
+            np.copyto(codes, lf, where=better)
             np.copyto(best_error, cur_error, where=better)
             np.copyto(scale, this_scale, where=better)
             np.copyto(mn, this_min, where=better)
-    if flat.any():  # ggml returns at once: codes 0, scale 0, the min as found
-        codes[:, flat] = 0
-        scale[flat] = 0
-    return scale, -mn, codes
+            rounder.min_moved()
+    codes[:, flat] = 0
+    scale[flat] = 0
+    return scale, -mn, codes.astype(np.int32)
 
 
-def _error(scale, lf, mn, x, weights, use_mad: bool) -> np.ndarray:
+class _CodeRounder:
+    """clamp(nearest_int(iscale·(x − min)), 0, nmax) as float32, with reused buffers.
+
+    When every |iscale·(x − min)| of the call is below 2**22 (known from per-column bounds), nearest_int
+    is (v + 1.5·2**23) − 1.5·2**23 in float32, the same value in fewer steps; otherwise ggml's bit trick."""
+
+    _SAFE = _F32(4e6)
+
+    def __init__(self, x: np.ndarray, nmax: int) -> None:
+        self.x = x
+        self.nmax = nmax
+        self.xm = np.empty_like(x)
+        self.t = np.empty_like(x)
+        self.out = np.empty_like(x)
+        self.wl = np.empty_like(x)
+        self.tmp = np.empty_like(x)
+        self.stale = True
+
+    def min_moved(self) -> None:
+        self.stale = True
+
+    def codes(self, iscale: np.ndarray, mn: np.ndarray, lowest: np.ndarray, mx: np.ndarray) -> np.ndarray:
+        if self.stale:
+            np.subtract(self.x, mn, out=self.xm)  # x[i] - min, as ggml computes it each time
+            self.stale = False
+        t = np.multiply(iscale, self.xm, out=self.t)
+        span = np.maximum(np.abs(mx - mn), np.abs(lowest - mn))
+        if (np.abs(iscale) * span < self._SAFE).all():  # also false for inf/NaN
+            t += _MAGIC
+            t -= _MAGIC
+            return np.clip(t, 0, self.nmax, out=self.out)
+        np.clip(nearest_int(t), 0, self.nmax, out=self.out, casting="unsafe")
+        return self.out
+
+
+def _error(scale, lf, mn, x, weights, use_mad: bool, tmp: np.ndarray) -> np.ndarray:
     """Σ w·|scale·L + min − x| (or its square) per column, in ggml's order."""
-    diff = scale * lf
+    diff = np.multiply(scale, lf, out=tmp)
     diff += mn
     diff -= x
     if use_mad:
@@ -468,13 +512,14 @@ def quantize_k(rows: np.ndarray, dtype: DType) -> np.ndarray:
     lead = x.shape[:-1]
     flat = x.reshape(-1, QK_K)
     out = np.empty((flat.shape[0], dtype.block_bytes), np.uint8)
-    for start in range(0, flat.shape[0], _GROUP):
-        g = flat[start : start + _GROUP]
+    group = _GROUP_Q3_K if dtype is DType.Q3_K else _GROUP
+    for start in range(0, flat.shape[0], group):
+        g = flat[start : start + group]
         if not np.isfinite(g).all():
             block = start + int(np.argwhere(~np.isfinite(g))[0][0])
             row = block * QK_K // max(n_cols, 1)
             raise ValueError(f"cannot quantize to {dtype.name}: row {row} holds NaN or infinite values")
-        out[start : start + _GROUP] = quantize_k_blocks(g, dtype)
+        out[start : start + group] = quantize_k_blocks(g, dtype)
     return out.reshape(*lead, dtype.row_bytes(n_cols))
 
 
