@@ -24,9 +24,11 @@ Work is vectorised over all the sub-blocks of a group of super-blocks: the array
 (value index, sub-block) so that ggml's sequential sums become one vector addition per value index,
 and the trial scales of a search are an extra leading axis.
 
-The building blocks (`nearest_int`, `make_qkx2_quants`, `make_q3_quants`, `make_qx_quants`, the
-`finish_*` super-block steps and the packers) are public so that weighted (importance-matrix)
-variants can reuse them.
+The building blocks are public so that weighted (importance-matrix) variants, ggml's
+`quantize_row_qN_K_impl`, can sit beside this one: `nearest_int`, the sub-block searches
+(`make_qkx2_quants` takes any weights; `make_q3_quants`, `make_qx_quants` are the unweighted forms),
+the reference super-block steps `finish_*`, and `pack_*`, which take stored super-block scales and do
+ggml's last rounding of every value and the packing (the same in the weighted quantizers).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ __all__ = [
     "make_qkx2_quants",
     "make_qx_quants",
     "nearest_int",
+    "pack_q2_k",
+    "pack_q3_k",
+    "pack_q6_k",
+    "pack_q45_k",
     "quantize_k",
     "quantize_k_blocks",
 ]
@@ -336,9 +342,8 @@ def _last_rounding(x: np.ndarray, d: np.ndarray, codes: np.ndarray, lo: int, hi:
 
 
 def finish_q2_k(x: np.ndarray, scales: np.ndarray, mins: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Q2_K blocks (nb, 84) from x (nb, 256), sub-block scales and mins (nb, 16), codes (nb, 256)."""
-    nb = x.shape[0]
-    out = np.empty((nb, 84), np.uint8)
+    """Q2_K blocks (nb, 84) from x (nb, 256), sub-block scales and mins (nb, 16), codes (nb, 256):
+    ggml's reference 4-bit super-block scales, then `pack_q2_k`."""
     max_scale = _strict_max(scales)
     max_min = _strict_max(mins)
     has_s, has_m = max_scale > 0, max_min > 0
@@ -348,6 +353,15 @@ def finish_q2_k(x: np.ndarray, scales: np.ndarray, mins: np.ndarray, codes: np.n
     sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
     d = _f16(np.where(has_s, max_scale / q4, _F32(0)))
     dmin = _f16(np.where(has_m, max_min / q4, _F32(0)))
+    return pack_q2_k(x, d, dmin, sc, codes)
+
+
+def pack_q2_k(x: np.ndarray, d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Q2_K blocks (nb, 84): ggml's last rounding of x (nb, 256) against the stored scales — d, dmin
+    (nb,) float32 values of float16s, sc (nb, 16) bytes (scale low nibble, min high) — keeping `codes`
+    (nb, 256, updated in place) where a sub-block's d·scale is 0, then the packing."""
+    nb = x.shape[0]
+    out = np.empty((nb, 84), np.uint8)
     dl = d[:, None] * (sc & 0xF).astype(_F32)
     ml = dmin[:, None] * (sc >> 4).astype(_F32)
     c = codes.reshape(nb, 16, 16)
@@ -360,19 +374,26 @@ def finish_q2_k(x: np.ndarray, scales: np.ndarray, mins: np.ndarray, codes: np.n
 
 
 def finish_q3_k(x: np.ndarray, scales: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Q3_K blocks (nb, 110) from x (nb, 256), sub-block scales (nb, 16) and codes 0..7 (nb, 256)."""
-    nb = x.shape[0]
-    out = np.empty((nb, 110), np.uint8)
+    """Q3_K blocks (nb, 110) from x (nb, 256), sub-block scales (nb, 16) and codes 0..7 (nb, 256):
+    ggml's reference 6-bit super-block scales, then `pack_q3_k`."""
     max_scale = _first_abs_max(scales.T)
     has = max_scale != 0
     iscale = _F32(-32) / max_scale
     l8 = ((nearest_int(iscale[:, None] * scales) + 128) & 0xFF) - 128  # stored in an int8 first
     ls = np.where(has[:, None], np.clip(l8, -32, 31) + 32, 0).astype(np.uint8)  # (nb, 16) 6-bit
+    d = _f16(np.where(has, _F32(1) / iscale, _F32(0)))
+    return pack_q3_k(x, d, ls, codes)
+
+
+def pack_q3_k(x: np.ndarray, d: np.ndarray, ls: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Q3_K blocks (nb, 110): ggml's last rounding of x against d (nb,) (a float16's value) times the
+    6-bit scales ls (nb, 16, stored + 32), keeping `codes` (0..7, updated in place) where that is 0."""
+    nb = x.shape[0]
+    out = np.empty((nb, 110), np.uint8)
     packed = np.zeros((nb, 12), np.uint8)
     packed[:, :8] = (ls[:, :8] & 0xF) | ((ls[:, 8:] & 0xF) << 4)
     hi = (ls >> 4).reshape(nb, 4, 4)  # [j // 4, j % 4]
     packed[:, 8:] = hi[:, 0] | (hi[:, 1] << 2) | (hi[:, 2] << 4) | (hi[:, 3] << 6)
-    d = _f16(np.where(has, _F32(1) / iscale, _F32(0)))
     dl = d[:, None] * (ls.astype(_F32) - _F32(32))
     c = codes.reshape(nb, 16, 16)
     _last_rounding(x.reshape(nb, 16, 16), dl, c, -4, 3)
@@ -389,8 +410,8 @@ def finish_q45_k(
     x: np.ndarray, scales: np.ndarray, mins: np.ndarray, codes: np.ndarray, nmax: int
 ) -> np.ndarray:
     """Q4_K (nmax 15, 144 bytes) or Q5_K (nmax 31, 176 bytes) blocks from x (nb, 256), sub-block
-    scales and mins (nb, 8) and codes (nb, 256)."""
-    nb = x.shape[0]
+    scales and mins (nb, 8) and codes (nb, 256): ggml's reference 6-bit super-block scales, then
+    `pack_q45_k`."""
     max_scale = _strict_max(scales)
     max_min = _strict_max(mins)
     top = _F32(63)
@@ -398,12 +419,19 @@ def finish_q45_k(
     inv_min = np.where(max_min > 0, top / max_min, _F32(0)).astype(_F32)
     ls = np.minimum(nearest_int(inv_scale[:, None] * scales) & 0xFF, 63).astype(np.uint8)
     lm = np.minimum(nearest_int(inv_min[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+    return pack_q45_k(x, _f16(max_scale / top), _f16(max_min / top), ls, lm, codes, nmax)
+
+
+def pack_q45_k(
+    x: np.ndarray, d: np.ndarray, dmin: np.ndarray, ls: np.ndarray, lm: np.ndarray, codes: np.ndarray, nmax: int
+) -> np.ndarray:
+    """Q4_K / Q5_K blocks: ggml's last rounding of x against d·ls − dmin·lm (d, dmin (nb,) values of
+    float16s; ls, lm (nb, 8) 6-bit), keeping `codes` (updated in place) where d·ls is 0; packing."""
+    nb = x.shape[0]
     packed = np.empty((nb, 12), np.uint8)
     packed[:, :4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
     packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
     packed[:, 8:] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
-    d = _f16(max_scale / top)
-    dmin = _f16(max_min / top)
     dl = d[:, None] * ls.astype(_F32)
     ml = dmin[:, None] * lm.astype(_F32)
     c = codes.reshape(nb, 8, 32)
@@ -422,14 +450,23 @@ def finish_q45_k(
 
 
 def finish_q6_k(x: np.ndarray, scales: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Q6_K blocks (nb, 210) from x (nb, 256), sub-block scales (nb, 16) and codes 0..63 (nb, 256)."""
-    nb = x.shape[0]
-    out = np.empty((nb, 210), np.uint8)
+    """Q6_K blocks (nb, 210) from x (nb, 256), sub-block scales (nb, 16) and codes 0..63 (nb, 256):
+    ggml's reference 8-bit super-block scales, then `pack_q6_k`; blocks whose scales are all below
+    GROUP_MAX_EPS are all zero bytes, as in ggml."""
     max_scale = _first_abs_max(scales.T)
     zero = ~(np.abs(max_scale) >= GROUP_MAX_EPS)
     iscale = _F32(-128) / max_scale
     sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
-    d = _f16(_F32(1) / iscale)
+    out = pack_q6_k(x, _f16(_F32(1) / iscale), sc, codes)
+    out[zero] = 0
+    return out
+
+
+def pack_q6_k(x: np.ndarray, d: np.ndarray, sc: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Q6_K blocks (nb, 210): ggml's last rounding of x against d (nb,) (a float16's value) times the
+    int8 scales sc (nb, 16), keeping `codes` (0..63, updated in place) where that is 0; packing."""
+    nb = x.shape[0]
+    out = np.empty((nb, 210), np.uint8)
     dl = d[:, None] * sc.astype(_F32)
     c = codes.reshape(nb, 16, 16)
     _last_rounding(x.reshape(nb, 16, 16), dl, c, -32, 31)
@@ -445,7 +482,6 @@ def finish_q6_k(x: np.ndarray, scales: np.ndarray, codes: np.ndarray) -> np.ndar
     out[:, 128:192] = qh.reshape(nb, 64)
     out[:, 192:208] = sc.view(np.uint8)
     out[:, 208:210] = _f16_bytes(d)
-    out[zero] = 0
     return out
 
 
