@@ -60,7 +60,7 @@ QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml: below this a group's largest magnitude counts as zero
 _GROUP = 256  # super-blocks quantized at a time (of 32…512 measured, the best or near it for all types)
 _GROUP_Q3_K = 1024  # make_q3_quants loops per value over all columns: larger groups pay
-_DECODE_GROUP = 4096
+_DECODE_GROUP = 1024  # 1 MiB of float32 out at a time
 
 _F32 = np.float32
 _MAGIC = _F32(12582912.0)  # 1.5 * 2**23
@@ -594,46 +594,52 @@ def _scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, m
 
 
-def _decode_group(b: np.ndarray, dtype: DType) -> np.ndarray:
+def _decode_group(b: np.ndarray, dtype: DType, out: np.ndarray) -> None:
+    """Decode blocks b (nb, block_bytes) into out (nb, 256): codes copied in as float32, then the
+    sub-block's d·scale multiplied (and d_min·min subtracted), as ggml's `dl * q - ml`."""
     nb = b.shape[0]
     if dtype is DType.Q2_K:
         sc = b[:, :16]
-        d, dmin = _f16_at(b, 80), _f16_at(b, 82)
-        dl = (d * (sc & 0xF).astype(_F32))[:, :, None]
-        ml = (dmin * (sc >> 4).astype(_F32))[:, :, None]
-        q = _unpack_2bit(b[:, 16:80]).astype(_F32).reshape(nb, 16, 16)
-        return dl * q - ml
-    if dtype is DType.Q3_K:
+        o = out.reshape(nb, 16, 16)
+        np.copyto(o, _unpack_2bit(b[:, 16:80]).reshape(nb, 16, 16))
+        o *= (_f16_at(b, 80) * (sc & 0xF).astype(_F32))[:, :, None]
+        o -= (_f16_at(b, 82) * (sc >> 4).astype(_F32))[:, :, None]
+    elif dtype is DType.Q3_K:
         s = b[:, 96:108]
         lo = np.concatenate([s[:, :8] & 0xF, s[:, :8] >> 4], axis=1)
         hi = (s[:, 8:].reshape(nb, 1, 4) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)) & 3
         sc = (lo | (hi.reshape(nb, 16) << 4)).astype(_F32) - _F32(32)
-        dl = (_f16_at(b, 108) * sc)[:, :, None]
-        q = _unpack_2bit(b[:, 32:96]).astype(np.int8) - 4 * (1 - _unpack_high(b[:, :32])).astype(np.int8)
-        return dl * q.astype(_F32).reshape(nb, 16, 16)
-    if dtype in (DType.Q4_K, DType.Q5_K):
+        q = _unpack_2bit(b[:, 32:96]) | (_unpack_high(b[:, :32]) << 2)  # 0..7: value + 4
+        o = out.reshape(nb, 16, 16)
+        np.copyto(o, q.view(np.int8).reshape(nb, 16, 16))
+        o -= _F32(4)
+        o *= (_f16_at(b, 108) * sc)[:, :, None]
+    elif dtype in (DType.Q4_K, DType.Q5_K):
         sc, m = _scale_min_k4(b[:, 4:16])
-        dl = (_f16_at(b, 0) * sc.astype(_F32))[:, :, None]
-        ml = (_f16_at(b, 2) * m.astype(_F32))[:, :, None]
         if dtype is DType.Q4_K:
             q = _unpack_nibbles(b[:, 16:144])
         else:
             q = _unpack_nibbles(b[:, 48:176]) | (_unpack_high(b[:, 16:48]) << 4)
-        return dl * q.astype(_F32).reshape(nb, 8, 32) - ml
-    if dtype is DType.Q6_K:
+        o = out.reshape(nb, 8, 32)
+        np.copyto(o, q.reshape(nb, 8, 32))
+        o *= (_f16_at(b, 0) * sc.astype(_F32))[:, :, None]
+        o -= (_f16_at(b, 2) * m.astype(_F32))[:, :, None]
+    elif dtype is DType.Q6_K:
         ql = b[:, :128].reshape(nb, 2, 2, 32)
         lo = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
         hi = (b[:, 128:192].reshape(nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3
-        q = (lo | (hi << 4)).astype(np.int8) - np.int8(32)
-        dl = (_f16_at(b, 208) * b[:, 192:208].view(np.int8).astype(_F32))[:, :, None]
-        return dl * q.astype(_F32).reshape(nb, 16, 16)
-    raise ValueError(f"{dtype.name} is not a K-quant type")
+        o = out.reshape(nb, 16, 16)
+        np.copyto(o, (lo | (hi << 4)).reshape(nb, 16, 16))
+        o -= _F32(32)
+        o *= (_f16_at(b, 208) * b[:, 192:208].view(np.int8).astype(_F32))[:, :, None]
+    else:
+        raise ValueError(f"{dtype.name} is not a K-quant type")
 
 
 def dequantize_k(raw: np.ndarray, dtype: DType) -> np.ndarray:
     """Decode K-quant rows: uint8 (…, row_bytes) → float32 (…, row_bytes / block_bytes · 256).
 
-    Same float32 operations as ggml's `dequantize_row_qN_K`; NaN/inf scales decode to NaN/inf."""
+    Same float32 values as ggml's `dequantize_row_qN_K`; NaN/inf scales decode to NaN/inf."""
     dtype = DType(dtype)
     raw = np.ascontiguousarray(raw).view(np.uint8)
     if raw.ndim == 0:
@@ -650,5 +656,5 @@ def dequantize_k(raw: np.ndarray, dtype: DType) -> np.ndarray:
     with np.errstate(all="ignore"):
         for start in range(0, blocks.shape[0], _DECODE_GROUP):
             g = blocks[start : start + _DECODE_GROUP]
-            out[start : start + g.shape[0]] = _decode_group(g, dtype).reshape(-1, QK_K)
+            _decode_group(g, dtype, out[start : start + g.shape[0]])
     return out.reshape(*lead, row_bytes // dtype.block_bytes * QK_K)
