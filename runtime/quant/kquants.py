@@ -20,14 +20,18 @@ in byte v mod 32 of its 32-byte run, at the shift given by v div 32; nibble arra
 scale search by `make_qkx2_quants` for Q2/Q4/Q5, `make_q3_quants` for Q3 and `make_qx_quants` for Q6,
 then the 6/4/8-bit super-block scales and a last rounding of every value against the stored scales)
 with the same float32 operations in the same order, so the bytes are identical for finite input
-(checked against ggml's C, built without FMA contraction, on random, real and edge-case rows; NaN
-and infinite input is refused). Work is vectorised over all the sub-blocks of a group of
-super-blocks: the arrays are transposed to (value index, sub-block) so that ggml's sequential sums
-are numpy reductions over the first axis (row after row, the same order); make_qkx2_quants' trials
-run one after another (each starts from the min the best so far chose), make_qx_quants' are
-independent and run as an extra leading axis. Speed (CPU time, one core, Sapphire Rapids): 9-20 M
-values/s to encode (Q4_K 9, Q2_K 11, Q5_K 12, Q6_K 14, Q3_K 20; the legacy Q5_1 300), 300-500 M/s
-to decode.
+(checked against ggml's C built without FMA contraction, on random, real and edge-case rows; NaN
+and infinite input is refused). A ggml built for a host with FMA (-march=native) lets the compiler
+fuse a·b + c, rounding once: its reference quantizer then differs from this in about one super-block
+in ten, so files from such a llama-quantize need not match byte for byte.
+
+Work is vectorised over all the sub-blocks of a group of super-blocks: the arrays are transposed to
+(value index, sub-block) so that ggml's sequential sums are numpy reductions over the first axis
+(row after row, the same order); make_qkx2_quants' trials run one after another (each starts from
+the min the best so far chose), make_qx_quants' are independent and run as an extra leading axis.
+
+Speed (CPU time, one core, Sapphire Rapids): 9-20 M values/s to encode (Q4_K 9, Q2_K 11, Q5_K 12,
+Q6_K 14, Q3_K 20; the legacy Q5_1 300), 300-500 M/s to decode.
 
 The building blocks are public so that weighted (importance-matrix) variants, ggml's
 `quantize_row_qN_K_impl`, can sit beside this one: `nearest_int`, the sub-block searches
