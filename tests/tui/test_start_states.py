@@ -295,3 +295,12 @@ def test_the_command_palette_offers_save_state_and_add_state_for_the_tab_model(v
             await wait_for(pilot, lambda: [e.name for e in load_states()] == ["pirate"], what="the entry")
 
     asyncio.run(body())
+
+
+def test_the_picker_lists_states_registered_by_the_model_file_path_as_well_as_by_its_id(v7):
+    from runtime.registry.states import states_for_file
+
+    add_state_for_model(v7["pirate"], str(v7["model"]), v7["model"], name="by-path")  # add-state --model FILE
+    add_state_for_model(v7["pirate"], "tiny-v7", v7["model"], name="by-id")
+    add_state_for_model(v7["pirate"], "other-model", v7["model"], name="elsewhere")
+    assert [e.name for e in states_for_file("tiny-v7", v7["model"])] == ["by-path", "by-id"]
