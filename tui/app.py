@@ -37,9 +37,10 @@ from tui.screens.chat import ChatScreen
 from tui.screens.dialogs import ChoiceDialog, TextDialog
 from tui.screens.help import HelpScreen
 from tui.screens.welcome import WelcomeScreen, starter_text
-from tui.widgets.pane import describe_error
+from tui.widgets.pane import describe_error, model_name
 
 DEFAULTS_KEY = "default_models"  # {family: registry id}, set on the models screen
+NO_STATE = "none"  # the state picker's first choice: start from the zero state
 
 
 class RwkvApp(App[int]):
@@ -344,11 +345,110 @@ class RwkvApp(App[int]):
                                     placeholder="/path/to/model.gguf"), entered)
 
     async def open_choice(self, choice: ModelChoice) -> None:
-        """A new tab on `choice` (a model file with its family and mode)."""
+        """A new tab on `choice` (a model file with its family and mode). When starting states are
+        registered for the model, first ask which one the conversation starts from (none by default)."""
+        if self.chat is None:
+            return
+        try:
+            from runtime.registry.states import states_for_file
+
+            states = states_for_file(choice.ref, choice.path)
+        except Exception as e:
+            self.notify(f"{describe_error(e)}\nThis chat starts from no state.", title="Starting states",
+                        severity="warning", timeout=12)
+            states = []
+        if not states:
+            await self._open_tab(choice, None)
+            return
+
+        async def chosen(entry: Any) -> None:
+            if entry is not None:  # esc: no new tab
+                await self._open_tab(choice, None if entry == NO_STATE else (entry.name, entry.path))
+
+        options: list[tuple[str, Any]] = [("No state: start from zero (the model as it is)", NO_STATE)]
+        options += [(f"{e.name}  ·  {Path(e.path).name}" + ("" if Path(e.path).is_file() else "  (file missing)"), e)
+                    for e in states]
+        self.push_screen(ChoiceDialog(f"Start the new {choice.mode} on {model_name(choice.path)} from which state?",
+                                      options, help="A state-tuned state sets the model's starting point (a "
+                                      "persona, a task) instead of a prompt. esc: no new tab."), chosen)
+
+    async def _open_tab(self, choice: ModelChoice, start_state: tuple[str, str] | None) -> None:
         if self.chat is not None:
-            await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family, mode=choice.mode)
+            await self.chat.open_new(path=choice.path, model_ref=choice.ref, family=choice.family, mode=choice.mode,
+                                     start_state=start_state)
             if choice.note:
                 self.notify(choice.note, title="Novel tab", timeout=12)
+
+    def add_state_file(self, model_ref: str | None = None) -> None:
+        """Ask for a state-tuning file and register it as a starting state for the model `model_ref` (a
+        registry id or a file), or for a ready model chosen from a list; a notice says what was written,
+        or why the file does not fit."""
+        if model_ref is None:
+            from runtime.model.state_file import STATE_VERSIONS
+
+            try:
+                catalog = self.catalog()
+                refs = list(dict.fromkeys(c.ref for c in self.model_choices(None)
+                                          if catalog.models[c.ref].arch in STATE_VERSIONS))
+            except Exception as e:
+                self.notify(describe_error(e), title="Models", severity="error")
+                return
+            if not refs:
+                self.notify("No model that takes starting states (RWKV-5.2, 6 or 7) is ready: get one on the "
+                            "models screen (F2).", severity="warning")
+                return
+
+            def picked(ref: str | None) -> None:
+                if ref is not None:
+                    self.add_state_file(ref)
+
+            self.push_screen(ChoiceDialog("Add a starting state for which model?",
+                                          [(f"{catalog.models[r].name}  ·  {r}", r) for r in refs]), picked)
+            return
+        try:
+            path = self.resolve_model_ref(model_ref)
+        except Exception as e:
+            self.notify(describe_error(e), title="Cannot add a state", severity="error", timeout=12)
+            return
+
+        def register(file: str, name: str | None) -> None:
+            from runtime.registry.states import add_state_for_model, states_path
+
+            try:
+                entry = add_state_for_model(Path(file).expanduser(), model_ref, path, name=name)
+            except Exception as e:
+                self.notify(describe_error(e), title="Cannot add the state", severity="error", timeout=15)
+                return
+            self.notify(f"Registered {entry.path} as the state '{entry.name}' for {model_name(path)} (written to "
+                        f"{states_path()}). New chats on it can start from it (ctrl+n).", title="State added",
+                        timeout=15)
+
+        def entered(text: str | None) -> None:
+            if not text or not text.strip():
+                return
+            file = text.strip()
+            from runtime.registry.states import states_for_file
+
+            stem = Path(file).stem
+            try:
+                taken = {e.name for e in states_for_file(model_ref, path)}
+            except Exception:
+                taken = set()
+            if stem not in taken:
+                register(file, None)
+                return
+
+            def named(name: str | None) -> None:
+                if name and name.strip():
+                    register(file, name.strip())
+
+            self.push_screen(TextDialog(f"{model_name(path)} already has a state called '{stem}': name this one",
+                                        f"{stem}-2"), named)
+
+        self.push_screen(TextDialog(f"Add a starting state for {model_name(path)}: a state-tuning file (.pth)",
+                                    placeholder="/path/to/state.pth",
+                                    help="BlinkDL state-tuning files (blocks.N.att.time_state) for RWKV-5.2, 6 "
+                                         "and 7; the file must fit the model's shape."), entered)
 
     def show_chat_on(self, choice: ModelChoice) -> None:
         """Back to the main screen from the models screen, where a new tab on `choice` opens."""
@@ -398,6 +498,12 @@ class RwkvApp(App[int]):
         yield keyed("app.jobs", "Jobs", "Downloads and conversions with progress", self)
         yield SystemCommand("Use a model file…", "Register a .gguf/.bin/.pth you already have",
                             self.add_model_file)
+        pane = chat.active_pane if chat is not None else None
+        yield SystemCommand("Add a state file…", "Register a state-tuning .pth as a starting state for "
+                            + ("this tab's model" if pane is not None and pane.model_ref else "a model")
+                            + f" · {key_label(self.keymap.get('models.add_state', KEYS['models.add_state'].keys))}"
+                            " on the models screen",
+                            partial(self.add_state_file, pane.model_ref if pane is not None else None))
         if chat is not None:
             yield keyed("pane.new_chat", "New chat", "A new conversation tab in chat mode", chat)
             yield keyed("pane.new_novel", "New novel", "A new tab where the model continues your text", chat)
@@ -416,6 +522,8 @@ class RwkvApp(App[int]):
                     ("pane.think", "Thinking on/off",
                      "G1 models: reason first (slower), or answer at once (the empty think block)"),
                     ("pane.export", "Export to Markdown", "Save this conversation as a .md file"),
+                    ("pane.save_state", "Save state…",
+                     "Save the conversation's state as a starting state for its model (a state-tuning .pth)"),
                     ("pane.copy_reply", "Copy last reply", "Copy the last reply to the clipboard"),
                     ("pane.close", "Close tab", "Close this tab (the conversation stays saved)"),
                 ):

@@ -59,6 +59,8 @@ _TABLE: tuple[Key, ...] = (
     Key("pane.think", "f6", "think", "Think", "chat", show=False, priority=True,  # before the prompt's own f6
         long="Thinking on/off (G1 models)"),
     Key("pane.fork", "f8", "fork", "Fork", "chat", show=False, long="Fork the conversation into a new tab"),
+    Key("pane.save_state", "f7", "save_state", "Save state", "chat", show=False, priority=True,  # the prompt's f7
+        long="Save the conversation's state as a starting state for its model (a state-tuning .pth)"),
     Key("pane.export", "ctrl+s", "export", "Export", "chat", show=False, long="Export to Markdown"),
     Key("pane.copy_reply", "alt+c", "copy_reply", "Copy reply", "chat", show=False),
     Key("pane.messages", "alt+up", "focus_messages", "Messages", "chat", show=False,
@@ -94,6 +96,8 @@ _TABLE: tuple[Key, ...] = (
     Key("models.delete", "d,delete", "delete_file", "Delete file", "models"),
     Key("models.default", "s", "set_default", "Set default", "models"),
     Key("models.add", "o", "add_file", "Add a file", "models"),
+    Key("models.add_state", "a", "add_state", "Add state", "models",
+        long="Register a state-tuning file (.pth) as a starting state for the selected model"),
     Key("models.verify", "v", "verify", "Verify", "models",
         long="Read every tensor of a file and name the first damaged value"),
     Key("models.back", "escape", "back", "Back", "models", display="esc"),

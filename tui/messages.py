@@ -15,12 +15,14 @@ from runtime.progress import Progress
 
 
 class PaneLoaded(Message):
-    """A pane's model is loaded and, for a saved conversation, the conversation resumed."""
+    """A pane's model is loaded and, for a saved conversation, the conversation resumed; `notice`: why
+    the state chosen for a new chat cannot be used ("" when it can or none was chosen)."""
 
-    def __init__(self, model: Any, conversation: Any | None) -> None:
+    def __init__(self, model: Any, conversation: Any | None, notice: str = "") -> None:
         super().__init__()
         self.model = model
         self.conversation = conversation
+        self.notice = notice
 
 
 class PaneFailed(Message):
@@ -70,6 +72,16 @@ class Forked(Message):
     def __init__(self, conversation: Any) -> None:
         super().__init__()
         self.conversation = conversation
+
+
+class PaneDone(Message):
+    """Pane work that leaves the conversation as it was (saving its state) ended; `note` says how."""
+
+    def __init__(self, note: str, title: str = "", severity: str = "information") -> None:
+        super().__init__()
+        self.note = note
+        self.title = title
+        self.severity = severity
 
 
 class ConversationsChanged(Message):

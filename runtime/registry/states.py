@@ -95,6 +95,28 @@ def add_state(file: str | os.PathLike[str], model: str, arch: Architecture, mode
     return entry
 
 
+def add_state_for_model(file: str | os.PathLike[str], model_ref: str, model_path: str | os.PathLike[str],
+                        name: str | None = None) -> StateEntry:
+    """Register `file` for the model recorded as `model_ref` whose file is `model_path` (its architecture
+    read from the file's header): what `rwkv-tui add-state` and the app's "Add a state file" do."""
+    from runtime.formats.checkpoint import open_checkpoint
+
+    model_path = Path(model_path)
+    return add_state(file, model_ref, open_checkpoint(model_path).arch, model_path.name, name=name)
+
+
+def states_for_file(model_ref: str, model_path: str | os.PathLike[str]) -> list[StateEntry]:
+    """The states a new conversation on `model_path` (recorded as `model_ref`) can start from: those
+    registered for the registry id or for the file's path (add-state takes either), one per name,
+    of an architecture that has such states."""
+    names = {model_ref, str(Path(model_path).expanduser().resolve())}
+    out: dict[str, StateEntry] = {}
+    for e in load_states():
+        if e.model in names and e.arch in STATE_VERSIONS:
+            out.setdefault(e.name, e)
+    return list(out.values())
+
+
 def export_state(state: State, model: Any, model_ref: str, name: str) -> StateEntry:
     """Save `state` (of the loaded `model`, recorded as `model_ref`) as a state-tuning `.pth` in the data
     folder and register it for that model as `name`. Such files hold only the WKV matrices: a

@@ -9,17 +9,15 @@ from tui.commands.output import console
 
 
 def cmd_add_state(args: argparse.Namespace) -> int:
-    from runtime.formats.checkpoint import open_checkpoint
     from runtime.registry.catalog import load_catalog
-    from runtime.registry.states import add_state
+    from runtime.registry.states import add_state_for_model
     from tui.model_choice import resolve_model_ref
 
     catalog = load_catalog()
     path = resolve_model_ref(catalog, args.model, hint="name a model file or a registry id that is on this machine")
     model = args.model if args.model in catalog.models else str(path.expanduser().resolve())
-    arch = open_checkpoint(path).arch
-    entry = add_state(args.file, model, arch, path.name, name=args.name)
-    console.print(f"added state [bold]{entry.name}[/bold] for {path.name} ({arch.name}, {entry.n_layer} layers, "
+    entry = add_state_for_model(args.file, model, path, name=args.name)
+    console.print(f"added state [bold]{entry.name}[/bold] for {path.name} (RWKV-{entry.arch}, {entry.n_layer} layers, "
                   f"heads of {entry.head_size})")
     return 0
 

@@ -51,6 +51,7 @@ class ChatScreen(Screen[None]):
         "pane.stop", "pane.new_chat", "pane.new_novel", "pane.regenerate", "pane.continue", "pane.edit_last",
         "pane.switch_model", "pane.sampling", "pane.fork", "pane.export", "pane.copy_reply", "pane.messages",
         "pane.close", "pane.next_tab", "pane.prev_tab", "pane.sidebar", "pane.search", "pane.think",
+        "pane.save_state",
     )
 
     def __init__(self) -> None:
@@ -95,7 +96,7 @@ class ChatScreen(Screen[None]):
 
     PANE_ACTIONS = frozenset({
         "regenerate", "continue_reply", "edit_last", "switch_model", "sampling", "fork", "export", "copy_reply",
-        "focus_messages", "close_tab", "undo", "reset",
+        "focus_messages", "close_tab", "undo", "reset", "save_state",
     })
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -151,9 +152,12 @@ class ChatScreen(Screen[None]):
         self._next_pane += 1
         return f"pane-{self._next_pane}"
 
-    async def open_new(self, *, path: Path, model_ref: str, family: str, mode: str) -> ChatPane:
+    async def open_new(self, *, path: Path, model_ref: str, family: str, mode: str,
+                       start_state: tuple[str, str] | None = None) -> ChatPane:
+        """A tab for a new conversation; `start_state`: (name, file) of the registered state it starts from."""
         title = "New chat" if mode == "chat" else "New novel"
-        pane = ChatPane(self._pane_id(), title=title, family=family, mode=mode, model_path=path, model_ref=model_ref)
+        pane = ChatPane(self._pane_id(), title=title, family=family, mode=mode, model_path=path, model_ref=model_ref,
+                        start_state=start_state)
         return await self.add_pane(pane)
 
     async def open_saved(self, conversation_id: int, seq: int | None = None, activate: bool = True) -> ChatPane | None:
@@ -485,6 +489,22 @@ class ChatScreen(Screen[None]):
             self.app.notify(f"Saved to {path.resolve()}", title="Exported", timeout=10)
 
         self.app.push_screen(TextDialog("Export the conversation to a Markdown file", str(default)), chosen)
+
+    def action_save_state(self) -> None:
+        pane = self._require_pane()
+        if pane.conversation is None:
+            pane.save_state("")  # says why there is nothing to save
+            return
+
+        def chosen(name: str | None) -> None:
+            if name and name.strip():
+                pane.save_state(name.strip())
+
+        model = model_name(pane.model_path or pane.model_ref)
+        self.app.push_screen(TextDialog(f"Save this conversation's state as a starting state for {model}",
+                                        placeholder="a name, e.g. pirate-persona",
+                                        help="New chats on this model can then start from it (ctrl+n); the "
+                                             "file is written to the data folder's states/."), chosen)
 
     def action_copy_reply(self) -> None:
         pane = self._require_pane()

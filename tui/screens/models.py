@@ -29,7 +29,7 @@ def _size(n: int | None) -> str:
 class ModelsScreen(Screen[None]):
     BINDINGS: ClassVar[list[Binding]] = bindings(
         "models.new_chat", "models.download", "models.convert", "models.delete", "models.default",
-        "models.add", "models.verify", "models.back",
+        "models.add", "models.add_state", "models.verify", "models.back",
     )
 
     def __init__(self) -> None:
@@ -350,6 +350,11 @@ class ModelsScreen(Screen[None]):
 
     def action_add_file(self) -> None:
         self.app_.add_model_file()
+
+    def action_add_state(self) -> None:
+        status = self._require()
+        if status is not None:
+            self.app_.add_state_file(status.entry.id)
 
     def action_back(self) -> None:
         self.dismiss(None)

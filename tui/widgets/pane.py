@@ -27,6 +27,7 @@ from tui.messages import (
     ConversationChanged,
     ConversationsChanged,
     Forked,
+    PaneDone,
     PaneFailed,
     PaneLoaded,
     ReplyFailed,
@@ -78,7 +79,7 @@ class ChatPane(TabPane):
     def __init__(self, pane_id: str, *, title: str, family: str, mode: str,
                  conversation_id: int | None = None, model_path: str | Path | None = None,
                  model_ref: str | None = None, conversation: Any | None = None, model: Any | None = None,
-                 select_seq: int | None = None) -> None:
+                 select_seq: int | None = None, start_state: tuple[str, str] | None = None) -> None:
         super().__init__(_tab_label(title), id=pane_id)
         self.tab_title = title
         self.conversation_id = conversation_id
@@ -91,6 +92,7 @@ class ChatPane(TabPane):
         self.pending_sampling: Any | None = None  # sampling chosen before the first message
         self.think = False  # thinking switch (thinking families), saved with the conversation
         self.pending_system = ""  # system prompt chosen before the first message
+        self.pending_start_state = start_state  # (name, file) of the registered state a new chat starts from
         self._busy = ""  # "", "loading", "generating", "working", …
         self.cancel: CancelToken | None = None
         self.stream = StreamBuffer()
@@ -226,9 +228,25 @@ class ChatPane(TabPane):
 
         def job(cancel: CancelToken) -> None:
             model = self._acquire(path)
-            self.post_message(PaneLoaded(model, None))
+            self.post_message(PaneLoaded(model, None, self._check_start_state(model)))
 
         self._spawn("loading", job, lambda e: PaneFailed(e, f"loading {model_name(path)}"))
+
+    def _check_start_state(self, model: Any) -> str:
+        """Whether the state this new chat is to start from fits `model` (in the loading worker): "" if it
+        does or there is none, else why not; the chat then starts from no state."""
+        chosen = self.pending_start_state
+        if chosen is None:
+            return ""
+        from runtime.model.state_file import starting_state
+
+        name, path = chosen
+        try:
+            starting_state(path, model)
+        except Exception as e:
+            self.pending_start_state = None
+            return f"The state '{name}' cannot be used with {model_name(model.path)}: {describe_error(e)}"
+        return ""
 
     def _resume(self) -> None:
         conversation_id = self.conversation_id
@@ -266,6 +284,9 @@ class ChatPane(TabPane):
             await self._show_conversation()
         else:
             self.view.set_mode(self.mode, model_name(self.model_path))
+        if message.notice:
+            self.app.notify(f"{message.notice}. This chat starts from no state.", title="Starting state",
+                            severity="error", timeout=15)
         self._loaded_status()
 
     def _loaded_status(self) -> None:
@@ -385,6 +406,8 @@ class ChatPane(TabPane):
             status.tokens = conv.tokens_in_state
             status.state_bytes = conv.state_nbytes
             status.start_state = conv.start_state[0] if conv.start_state else ""
+        elif self.pending_start_state is not None:
+            status.start_state = self.pending_start_state[0]
         self.query_one(StatusLine).show(status)
 
     # --- thinking ----------------------------------------------------------------------------
@@ -479,6 +502,7 @@ class ChatPane(TabPane):
         sampling = self.pending_sampling
         think = self.think
         system = self.pending_system
+        start_state = self.pending_start_state
 
         def job(cancel: CancelToken) -> None:
             from runtime.chat.conversation import Conversation
@@ -486,7 +510,7 @@ class ChatPane(TabPane):
             conv = self.conversation
             if conv is None:
                 conv = Conversation.start(self.store, self.model, family=family, model_ref=model_ref,
-                                          sampling=sampling, think=think, system=system)
+                                          sampling=sampling, think=think, system=system, start_state=start_state)
                 self.post_message(ConversationChanged(conv, "started"))
             reply = call(conv, self.stream.push, cancel)
             self.post_message(ReplyFinished(reply, conv))
@@ -687,6 +711,32 @@ class ChatPane(TabPane):
             self.post_message(Forked(new))
 
         self._spawn("forking", job, lambda e: PaneFailed(e, "forking"))
+
+    def save_state(self, name: str) -> None:
+        """Export the conversation's current state as a state-tuning `.pth` and register it for its model
+        as `name` (what /save-state does in line mode); a notice names the file written."""
+        conv = self.conversation
+        if conv is None:
+            self.app.notify("There is no state to save yet: send a message first (a system prompt is read "
+                            "with it).", severity="warning")
+            return
+
+        def job(cancel: CancelToken) -> None:
+            from runtime.registry.states import export_state
+
+            model_ref = conv.record.model_ref
+            entry = export_state(conv.state, conv.model, model_ref, name)
+            self.post_message(PaneDone(f"Saved this conversation's state as '{entry.name}' to {entry.path}. New "
+                                       f"chats on {model_label(model_ref)} can start from it.", "State saved"))
+
+        self._spawn("saving the state", job,
+                    lambda e: PaneDone(describe_error(e), "Cannot save the state", severity="error"))
+
+    def on_pane_done(self, message: PaneDone) -> None:
+        message.stop()
+        self.busy = ""
+        self.app.notify(message.note, title=message.title, severity=message.severity, timeout=15)
+        self.refresh_status()
 
     def on_forked(self, message: Forked) -> None:
         self.busy = ""
