@@ -216,6 +216,11 @@ def test_the_status_line_names_the_state_a_conversation_started_from():
     s = PaneStatus(model="rwkv7-g1", family="g1", start_state="pirate", tokens=12)
     assert render_status(s).plain == "rwkv7-g1 · g1 · from state pirate · state: 12 tokens"
     assert "from state" not in render_status(PaneStatus(model="rwkv7-g1", family="g1")).plain
+    busy = PaneStatus(model="rwkv7-g1e-1.5b-20250707-ctx8192", file_type="Q5_1", family="g1", think=False,
+                      start_state="pirate", activity="done", rate=12.5, tokens=1234, state_bytes=13_000_000)
+    full = render_status(busy).plain
+    narrow = render_status(busy, len(full) - 45).plain  # sizes, file type, thinking and family go first
+    assert "from state pirate" in narrow and "g1 ·" not in narrow and "12.5 tok/s" in narrow
 
 
 def test_the_writing_rate_counts_from_the_end_of_the_reading():

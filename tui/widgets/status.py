@@ -55,7 +55,7 @@ def _parts(s: PaneStatus) -> list[_Part]:
         parts.append(_Part("no model", 9, "", "italic"))
     parts.append(_Part(s.family or s.mode, 4))
     if s.start_state:
-        parts.append(_Part(f"from state {s.start_state}", 4))
+        parts.append(_Part(f"from state {s.start_state}", 6))  # what the model knows: kept past the family
     if s.think is not None:
         parts.append(_Part("thinking" if s.think else "fast (F6: think)", 3))
     if s.read_total:
