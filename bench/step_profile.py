@@ -1,5 +1,8 @@
 """What the per-architecture profiles share (bench/rwkv6_profile.py, bench/rwkv7_profile.py): decode and
 prompt timing, the speed report against the compiled memory read, and a decode step's parts in CPU time.
+Run as a script, it compares files' decoding side by side against the compiled read, interleaved:
+
+    python bench/step_profile.py rwkv6-1.5b-q5_1.gguf rwkv7-1.5b-q5_1.gguf --rounds 5
 
 A part's cost comes from compiling the same model without it (the spec's bench-only `omit` set): the
 variants are timed on one thread in CPU time (so other processes matter less), interleaved over
@@ -8,6 +11,7 @@ rounds, the least time of each kept.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -81,3 +85,41 @@ def part_times(path: Path, omits: Sequence[Iterable[str]], steps: int, rounds: i
     for m in variants:
         m.close()
     return parts
+
+
+def compare(paths: Sequence[Path], threads: int | None, steps: int, rounds: int) -> None:
+    """Decode ms/token of each file (wall, `threads`) and on one thread in CPU time, with the compiled read,
+    interleaved over `rounds` (file A, file B, …, read; again): the best of each, as GB/s and % of the read."""
+    models = [Model(load_weights(p), threads) for p in paths]
+    singles = [Model(load_weights(p), 1) for p in paths]
+    step_bytes = [bytes_per_decoded_token(m) for m in models]
+    stream_sum(np.ones(STEP, np.float32))
+    wall = [float("inf")] * len(paths)
+    cpu = [float("inf")] * len(paths)
+    read = 0.0
+    for _ in range(rounds):
+        for i, (m, s) in enumerate(zip(models, singles, strict=True)):
+            wall[i] = min(wall[i], decode_ms(m, steps))
+            cpu[i] = min(cpu[i], decode_ms(s, steps, time.process_time))
+        read = max(read, stream_read_gbs(threads=models[0].threads))
+    print(f"compiled read, {models[0].threads} threads: {read:.1f} GB/s (best of {rounds})")
+    for p, b, w, c in zip(paths, step_bytes, wall, cpu, strict=True):
+        print(f"{p.name}: {b / 1e6:.0f} MB/step; {models[0].threads} threads {w:.2f} ms/token = {b / w / 1e6:.1f} GB/s "
+              f"= {100 * b / w / 1e6 / read:.0f} % of the read; 1 thread {c:.2f} ms CPU = {b / c / 1e6:.1f} GB/s")
+    for m in models + singles:
+        m.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", type=Path, nargs="+")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    compare(args.models, args.threads, args.steps, args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
