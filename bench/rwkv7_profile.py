@@ -19,7 +19,6 @@ Figures are noisy on a shared machine: run it when nothing else does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.bench import bytes_per_decoded_token, stream_read_gbs
-from runtime.jit.kernels.stream_read import STEP, stream_sum
-from runtime.model.loader import load_weights
-from runtime.model.model import Model
+from bench.step_profile import part_times, speed_report
 from runtime.quant.codec import quantize
 from runtime.quant.types import DType
 from tests.support.rwkvcpp_writer import CODES, header_bytes, record_bytes
@@ -100,28 +96,6 @@ def write_model(path: Path, shape: str, mat_type: DType, lora_type: DType) -> No
     tmp.replace(path)
 
 
-def decode_ms(model: Model, steps: int, clock=time.perf_counter) -> float:
-    rng = np.random.default_rng(0)
-    _, state = model.forward(rng.integers(0, model.n_vocab, 4))
-    times = []
-    for tok in rng.integers(0, model.n_vocab, steps + 3):
-        t0 = clock()
-        _, state = model.forward([int(tok)], state)
-        times.append(clock() - t0)
-    return float(np.median(times[3:]) * 1e3)
-
-
-def prompt_tok_s(model: Model, n: int) -> float:
-    tokens = np.random.default_rng(1).integers(0, model.n_vocab, n)
-    model.forward(tokens[:8])
-    best = float("inf")
-    for _ in range(2):
-        t0 = time.perf_counter()
-        model.forward(tokens, want_logits=False)
-        best = min(best, time.perf_counter() - t0)
-    return n / best
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.4b")
@@ -144,33 +118,9 @@ def main() -> int:
         t0 = time.perf_counter()
         write_model(path, args.shape, mat_type, lora_type)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
-    weights = load_weights(path)
-    model = Model(weights, args.threads)
-    threads = model.threads
-    step_bytes = bytes_per_decoded_token(model)
-    lora_bytes = sum(t.nbytes for n, t in model.tensors.items() if n.split(".")[-1] in ("w1", "w2", "a1", "a2",
-                                                                                          "v1", "v2", "g1", "g2"))
-    stream_sum(np.ones(STEP, np.float32))  # compiled once here: stream_read's cache is not safe across threads
-    read = stream_read_gbs(threads=threads)
-    ms = decode_ms(model, args.steps)
-    gbs = step_bytes / ms / 1e6
-    print(f"{path.name}: {threads} threads; a decode step reads {step_bytes / 1e6:.0f} MB "
-          f"(LoRA factors {lora_bytes / 1e6:.1f} MB)")
-    print(f"decode {ms:.2f} ms/token = {gbs:.1f} GB/s = {100 * gbs / read:.0f} % of the compiled read "
-          f"({read:.1f} GB/s)")
-    tps = prompt_tok_s(model, args.prompt)
-    print(f"prompt {tps:.0f} tokens/s ({args.prompt} tokens in one call) = {tps * ms / 1e3:.1f}x the decode rate")
-    model.close()
-    variants = []
-    for omit in ((), ("matrices",), ("matrices", "lora"), ("matrices", "lora", "heads")):
-        w = load_weights(path)
-        w.spec = dataclasses.replace(w.spec, omit=frozenset(omit))
-        variants.append(Model(w, 1))  # one thread, CPU time: what each part costs, whatever else runs
-    parts = [float("inf")] * len(variants)
-    for _ in range(args.rounds):  # interleaved, the least of each: a busy moment does not land on one variant
-        parts = [min(t, decode_ms(m, args.steps, time.process_time)) for t, m in zip(parts, variants, strict=True)]
-    for m in variants:
-        m.close()
+    speed_report(path, args.threads, args.steps, args.prompt, ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"))
+    omits = ((), ("matrices",), ("matrices", "lora"), ("matrices", "lora", "heads"))
+    parts = part_times(path, omits, args.steps, args.rounds)
     ms, rest, no_lora, base = parts
     print(f"profile of a decode step, 1 thread, CPU time ({ms:.2f} ms): big matrices {ms - rest:.2f} ms, LoRA factors "
           f"{rest - no_lora:.2f}, per-head work (decay, kk, WKV-7, GroupNorm, gate) {no_lora - base:.2f}, "

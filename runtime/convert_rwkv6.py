@@ -6,7 +6,9 @@ RWKV-6: the five lerps time_maa_w/k/v/r/g fused into one (5, 1, 1, C) tensor in 
 time_maa_x and the FFN lerps as (1, 1, C), the LoRA factors transposed from BlinkDL's orientation
 (time_maa_w1 (5·D, C), time_maa_w2 (5, C, D), time_decay_w1 (Dd, C), time_decay_w2 (C, Dd); the file
 carries V6_LORA_TRANSPOSED), time_decay raw as (C,), time_faaaa as (H, N), ln0 kept. The weights are
-not rescaled: `rwkv6.rescale_every_n_layers` is written as 0. RWKV-5.2: the four fixed mixes and the
+written as the source holds them, so `rwkv6.rescale_every_n_layers` is the source's: n > 0 for a llama.cpp
+GGUF whose output and FFN-value weights were divided by 2^(layer // n) (they stay divided), 0 for every
+other source (we never divide). RWKV-5.2: the four fixed mixes and the
 FFN's as (1, 1, C), time_decay as the source holds it (raw from a .pth; exp(−exp()) from an rwkv.cpp
 file, which the file's rwkv_tui.transforms then record) and time_faaaa as (H, N).
 
@@ -26,6 +28,7 @@ from runtime.formats.checkpoint import V5_DECAY_EXP, V6_LORA_TRANSPOSED, Checkpo
 from runtime.formats.detect import LN_EPS
 from runtime.formats.gguf_file import TensorPlan
 from runtime.formats.gguf_rwkv6 import ARCH5, ARCH6, LERP_ORDER, RESCALE_KEY, fused_lerp_name, gguf_name
+from runtime.model.arch.rwkv6 import rescale_every
 from runtime.quant.types import DType
 
 BIG_MATRICES = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight",
@@ -129,5 +132,6 @@ def rwkv56_metadata(ckpt: Checkpoint) -> list[tuple[str, Any]]:
     ]
     if arch == ARCH6:
         dm, dd = a.mix_ranks or (0, 0)
-        keys += [(RESCALE_KEY, 0), (f"{arch}.time_mix_extra_dim", dm), (f"{arch}.time_decay_extra_dim", dd)]
+        keys += [(RESCALE_KEY, rescale_every(ckpt.path, ckpt)), (f"{arch}.time_mix_extra_dim", dm),
+                 (f"{arch}.time_decay_extra_dim", dd)]
     return keys

@@ -12,8 +12,8 @@ from runtime.convert import convert
 from runtime.formats.checkpoint import open_checkpoint
 from runtime.model.model import load_model
 from runtime.quant.types import DType
-from tests.support.rwkvcpp_writer import write_v4_model, write_v7_model
-from tests.support.synthetic import v4_state_dict, v7_state_dict
+from tests.support.rwkvcpp_writer import write_v4_model, write_v7_model, write_v56_model
+from tests.support.synthetic import v4_state_dict, v7_state_dict, v56_state_dict
 from tests.support.torch_writer import write_pth
 from tui.cli import main as cli
 from tui.units import human_bytes
@@ -68,6 +68,41 @@ def test_cli_bench_runs_an_rwkv7_file(v7_files, capsys):
     out = capsys.readouterr().out
     want = _all_but_the_embeddings_other_rows(v7_files[1])
     assert f"weights read per decoded token  {human_bytes(want)}" in out
+    row = next(line for line in out.splitlines() if re.match(r"\s*1\s+│", line))
+    assert float(row.split("│")[1]) > 0
+
+
+@pytest.fixture(scope="module")
+def v56_files(tmp_path_factory):
+    """A small RWKV-6 as an rwkv.cpp Q5_1 file (LoRA factors quantized too, as rwkv.cpp's quantizer leaves
+    them) and as our Q8_0 GGUF (LoRA factors F16), and a small RWKV-5.2 as our Q5_1 GGUF."""
+    d = tmp_path_factory.mktemp("bench56")
+    sd6 = v56_state_dict("6", n_layer=2, n_embd=128, n_vocab=320, ranks=(32, 64), seed=5)
+    pth6 = write_pth(d / "v6.pth", sd6, "bfloat16")
+    gguf6 = d / "v6-q8_0.gguf"
+    convert(pth6, gguf6, DType.Q8_0)
+    gguf5 = d / "v5-q5_1.gguf"
+    convert(write_pth(d / "v5.pth", v56_state_dict("5.2", n_layer=2, n_embd=128, n_vocab=320, seed=6), "bfloat16"),
+            gguf5, DType.Q5_1)
+    return write_v56_model(d / "v6-q5_1.bin", sd6, DType.Q5_1), gguf6, gguf5
+
+
+def test_rwkv56_bytes_per_token_count_the_lora_factors_and_vectors(v56_files):
+    bin6, gguf6, _ = v56_files
+    lora = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
+    assert {open_checkpoint(gguf6).tensors[f"blocks.1.att.{n}"].dtype for n in lora} == {DType.F16}
+    assert open_checkpoint(bin6).tensors["blocks.1.att.time_maa_w1"].dtype is DType.Q5_1
+    for path in v56_files:
+        with load_model(path, threads=1) as model:
+            assert bytes_per_decoded_token(model) == _all_but_the_embeddings_other_rows(path)
+
+
+@pytest.mark.parametrize("which", [1, 2], ids=["rwkv6", "rwkv5"])
+def test_cli_bench_runs_an_rwkv56_file(v56_files, which, capsys):
+    path = v56_files[which]
+    assert cli(["bench", str(path), "--threads", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"weights read per decoded token  {human_bytes(_all_but_the_embeddings_other_rows(path))}" in out
     row = next(line for line in out.splitlines() if re.match(r"\s*1\s+│", line))
     assert float(row.split("│")[1]) > 0
 

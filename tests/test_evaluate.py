@@ -40,8 +40,8 @@ from runtime.quant.types import DType
 from tests.support import numpy_rwkv
 from tests.support.gguf_model import write_model_gguf
 from tests.support.reference import load_reference, load_reference_v7, read_pth_arrays
-from tests.support.rwkvcpp_writer import write_v7_model
-from tests.support.synthetic import v4_state_dict, v7_state_dict
+from tests.support.rwkvcpp_writer import write_v7_model, write_v56_model
+from tests.support.synthetic import v4_state_dict, v7_state_dict, v56_state_dict
 from tui.cli import main
 
 N_VOCAB = 320  # the "tiny" fixture's shape, so the compiled forward functions are shared
@@ -350,3 +350,59 @@ def test_a_reference_of_another_architecture_or_ranks_is_refused(tmp_path):
         evaluate([other], v7, tokens)
     with pytest.raises(EvalError, match=r"not the same model.*RWKV-7.*RWKV-4"):
         evaluate_formats(v7, ["q8_0"], tokens, reference=v4)
+
+
+# RWKV-6 and RWKV-5.2: the official fixtures' checkpoints as references, rwkv.cpp files and our GGUF as models.
+
+
+@pytest.mark.parametrize("name", ["rwkv6-b", "rwkv5-a"])
+def test_rwkv56_reference_from_a_checkpoint_matches_the_official_logits(name, tmp_path):
+    """A v6 / v5.2 .pth is converted to a temporary F32 file (llama.cpp's rwkv6 layout, our rwkv5 one) as
+    the reference; its perplexity agrees with the official package's logits, and the types column names
+    the big matrices' type (RWKV-6's LoRA factors, F16 in every quantized file, are not counted)."""
+    ref = load_reference_v7(name)
+    tokens = ref.tokens.astype(np.int64)
+    report = evaluate_formats(ref.pth_path, ["q5_1", "f16"], tokens.tolist(), threads=2, work_dir=tmp_path)
+    official = ref.logits_decode[: len(tokens) - 1].astype(np.float64)
+    assert report.reference.perplexity == pytest.approx(_expected(official, official, tokens)["perplexity"], rel=1e-3)
+    q5, f16 = report.results
+    assert (q5.matrices, q5.head, f16.matrices, f16.head) == ("Q5_1", "Q8_0", "F16", "F16")
+    assert q5.kl_mean > f16.kl_mean > 0.0 and q5.positions == len(tokens) - 1
+
+
+@pytest.mark.parametrize("name", ["rwkv6-a", "rwkv5-b"])  # -a's LoRA ranks are whole blocks, as rwkv.cpp's
+def test_rwkv56_figures_match_a_direct_computation(name, tmp_path):
+    """rwkv.cpp .bin files (reference F32, model Q8_0: its LoRA factors quantized too) and our GGUF (Q5_1)
+    of one v6 / v5.2 checkpoint."""
+    ref = load_reference_v7(name)
+    tokens = ref.tokens.astype(np.int64)
+    sd = read_pth_arrays(ref.pth_path)
+    ref_bin = write_v56_model(tmp_path / "ref-f32.bin", sd, DType.F32)
+    q8_bin = write_v56_model(tmp_path / "m-q8_0.bin", sd, DType.Q8_0)
+    q5_gguf = tmp_path / "m-q5_1.gguf"
+    convert(ref.pth_path, q5_gguf, DType.Q5_1)
+    paths = (q8_bin, q5_gguf)
+    report = evaluate(list(paths), ref_bin, tokens.tolist(), threads=2, save=False)
+    ref_logits = _decode_all(ref_bin, tokens)
+    for result, path in zip(report.results, paths, strict=True):
+        assert result.positions == len(tokens) - 1
+        _check(result, _expected(_decode_all(path, tokens), ref_logits, tokens))
+    q8, q5 = report.results
+    assert (q8.matrices, q8.head, q5.matrices, q5.head) == ("Q8_0", "F16", "Q5_1", "Q8_0")
+    assert q5.kl_mean > q8.kl_mean > 0.0
+
+
+def test_an_rwkv6_reference_of_other_ranks_or_version_is_refused(tmp_path):
+    """RWKV-6s that differ only in their LoRA ranks, or an RWKV-5.2 of the same size, are other models."""
+    sd = v56_state_dict("6", n_layer=2, n_embd=128, n_vocab=N_VOCAB, ranks=(24, 40), seed=1)
+    v6 = write_v56_model(tmp_path / "v6-f32.bin", sd, DType.F32)
+    other = write_v56_model(tmp_path / "v6-other-f32.bin",
+                            v56_state_dict("6", n_layer=2, n_embd=128, n_vocab=N_VOCAB, ranks=(32, 64), seed=1),
+                            DType.F32)
+    v5 = write_v56_model(tmp_path / "v5-f32.bin", v56_state_dict("5.2", n_layer=2, n_embd=128, n_vocab=N_VOCAB),
+                         DType.F32)
+    tokens = np.random.default_rng(2).integers(0, N_VOCAB, 12).tolist()
+    with pytest.raises(EvalError, match=r"LoRA ranks 32/64, the reference .* LoRA ranks 24/40"):
+        evaluate([other], v6, tokens)
+    with pytest.raises(EvalError, match=r"not the same model.*RWKV-5.2.*RWKV-6"):
+        evaluate([v5], v6, tokens)

@@ -36,7 +36,7 @@ from runtime.eval.metrics import Scores
 from runtime.eval.result import EvalError, EvalReport, EvalResult
 from runtime.eval.store import save_evaluation
 from runtime.formats.checkpoint import Checkpoint, open_checkpoint
-from runtime.formats.detect import Architecture, LoraRanks
+from runtime.formats.detect import Architecture
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.types import DType
 
@@ -78,19 +78,23 @@ def _types(ckpt: Checkpoint) -> tuple[str, str]:
     return matrices, head
 
 
-ModelShape = tuple[str, int, int, int, int, LoraRanks | None]  # what quantized copies of one model share
+ModelShape = tuple[str, int, int, int, int, tuple[int, ...] | None]  # what quantized copies of one model share
 
 
 def _model_shape(arch: Architecture) -> ModelShape:
-    """Architecture, layers, width, vocabulary, and RWKV-7's head size and LoRA ranks."""
-    return arch.name, arch.n_layer, arch.n_embd, arch.n_vocab, arch.head_size, arch.lora
+    """Architecture, layers, width, vocabulary, head size, and the LoRA ranks (RWKV-7's four, RWKV-6's
+    D_mix and D_decay)."""
+    ranks = arch.lora if arch.lora is not None else arch.mix_ranks
+    return arch.name, arch.n_layer, arch.n_embd, arch.n_vocab, arch.head_size, None if ranks is None else tuple(ranks)
 
 
 def _shape_text(shape: ModelShape) -> str:
-    name, n_layer, n_embd, n_vocab, head_size, lora = shape
+    name, n_layer, n_embd, n_vocab, head_size, ranks = shape
     text = f"{name}, {n_layer} layers × {n_embd}, vocabulary {n_vocab}"
-    if lora is not None:
-        text += f", head size {head_size}, LoRA ranks {'/'.join(str(r) for r in lora)}"
+    if head_size:
+        text += f", head size {head_size}"
+    if ranks is not None:
+        text += f", LoRA ranks {'/'.join(str(r) for r in ranks)}"
     return text
 
 

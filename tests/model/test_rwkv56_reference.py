@@ -117,3 +117,18 @@ def test_the_rescale_key_is_what_makes_the_difference(tmp_path):
     with Model(load_weights(plain), threads=2) as model:
         logits, _ = model.forward(ref.tokens)
     assert _rel(logits, ref.logits_seq) <= 1e-4
+
+
+def test_converting_a_rescaled_llamacpp_gguf_keeps_its_logits(tmp_path):
+    """Re-quantizing (or re-writing) a llama.cpp rwkv6 GGUF whose weights were divided for
+    `rescale_every_n_layers` 2 gives a file whose logits are still the .pth's: the written file says
+    how its weights were divided, as the source did."""
+    ref = load_reference_v7("rwkv6-b")
+    sd = read_pth_arrays(ref.pth_path)
+    src = write_llamacpp_rwkv6(tmp_path / "r.gguf", sd, ref.n_layer, ref.head_size, rescale_every=2)
+    out = tmp_path / "r-f32.gguf"
+    convert(src, out, DType.F32)
+    with Model(load_weights(out, chunk=16), threads=2) as model:
+        assert model.spec.rescale_every == 2
+        logits, _ = model.forward_all(ref.tokens)
+    assert max(_rel(logits[i], ref.logits_seq_all[i]) for i in range(len(ref.tokens))) <= 1e-4

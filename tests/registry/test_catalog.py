@@ -72,6 +72,31 @@ def test_shipped_registry_loads_without_warnings_and_lists_the_known_models():
     assert {"raven", "world", "novel", "pile", "g1", "world7"} <= set(cat.families)
 
 
+def test_rwkv56_world_entries_cover_every_size_with_their_manifest_values():
+    """Every RWKV-5 and RWKV-6 World file of RWKV-Runner's manifest, with its shape, size and sha256."""
+    models = load_catalog().models
+    v56 = {e.file: e for e in models.values() if e.arch in ("5", "5.2", "6")}
+    want = {  # file: (arch, n_layer, n_embd, size, sha256 prefix), as josStorer/RWKV-Runner's manifest.json has them
+        "RWKV-5-World-0.1B-v1-20230803-ctx4096.pth": ("5", 12, 768, 385598386, "c844a3ee"),
+        "RWKV-5-World-0.4B-v2-20231113-ctx4096.pth": ("5.2", 24, 1024, 923523954, "5a288c54"),
+        "RWKV-5-World-1B5-v2-20231025-ctx4096.pth": ("5.2", 24, 2048, 3155590194, "5a89f56b"),
+        "RWKV-5-World-3B-v2-20231113-ctx4096.pth": ("5.2", 32, 2560, 6126106674, "a4bd4303"),
+        "RWKV-5-World-7B-v2-20240128-ctx4096.pth": ("5.2", 32, 4096, 15036197526, "a88c7274"),
+        "RWKV-x060-World-1B6-v2.1-20240328-ctx4096.pth": ("6", 24, 2048, 3199845663, "cda1f0eb"),
+        "RWKV-x060-World-3B-v2.1-20240417-ctx4096.pth": ("6", 32, 2560, 6199859158, "c7c4e68e"),
+        "RWKV-x060-World-7B-v2.1-20240507-ctx4096.pth": ("6", 32, 4096, 15271627549, "81863a63"),
+        "RWKV-x060-World-7B-v3-20241112-ctx4096.pth": ("6", 32, 4096, 15271627549, "ad2809d8"),
+        "RWKV-x060-World-14B-v2.1-20240719-ctx4096.pth": ("6", 61, 4096, 28138429796, "b65ad980"),
+    }
+    assert set(v56) == set(want)
+    for file, (arch, n_layer, n_embd, size, sha) in want.items():
+        e = v56[file]
+        assert (e.arch, e.n_layer, e.n_embd, e.size, e.family) == (arch, n_layer, n_embd, size, "world"), file
+        assert len(e.sha256) == 64 and e.sha256.startswith(sha) and "RWKV-Runner" in e.verified, file
+        repo = "rwkv-6-world" if arch == "6" else "rwkv-5-world"
+        assert e.url == f"https://huggingface.co/BlinkDL/{repo}/resolve/main/{file}", file
+
+
 def test_rwkv7_entries_cover_every_g1_size_world_and_pile_with_their_sources():
     models = load_catalog().models
     g1 = {e.n_layer * 10_000 + e.n_embd: e for e in models.values() if e.family == "g1"}

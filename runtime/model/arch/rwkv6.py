@@ -189,6 +189,11 @@ class ModelSpec(SpecSizes):
     ln0_folded: bool
     chunk: int = 128
     rescale_every: int = 0  # halve the residual after every n-th layer (llama.cpp's rescaled files)
+    # Parts left out of the compiled code, for bench/rwkv6_profile.py only (the results are wrong):
+    # "matrices" (r, k, v, g, output, FFN products), "lora" (the four LoRA products), "ddlerp" (the whole
+    # data-dependent token shift and decay: LoRA products, tanh, mixes, exp(−exp)), "heads" (silu(g),
+    # WKV, GroupNorm·gate).
+    omit: frozenset[str] = frozenset()
 
     @property
     def arch(self) -> str:
@@ -339,6 +344,9 @@ class _Rwkv6Builder(ForwardBuilder):
         dm, dd = spec.ranks
         fn, b = self._new_layer_function(index)
         scratch, st, prm, wts, n_tok, tid, n, barrier = fn.args
+        big, heads = "matrices" not in spec.omit, "heads" not in spec.omit
+        ddlerp = spec.ddlerp and "ddlerp" not in spec.omit
+        lora = "lora" not in spec.omit
 
         def reg(r: Region) -> ir.Value:
             return self._region(b, scratch, r)
@@ -354,6 +362,8 @@ class _Rwkv6Builder(ForwardBuilder):
 
         def matrix(m: Mat, src: ir.Value, ldx: int, dst: Region, r0: ir.Value, r1: ir.Value,
                    accumulate: bool = False, w: ir.Value | None = None) -> None:
+            if not (lora if m in _LORA else big):
+                return
             shape = spec.mat_shape(m)
             rows, cols = shape[-2], shape[-1]
             self._matrix(b, types[m], cols, accumulate, weight(m) if w is None else w, src, ldx, reg(dst), rows,
@@ -386,7 +396,7 @@ class _Rwkv6Builder(ForwardBuilder):
                         store_at(b, b.fadd(b.fmul(x, m), b.fmul(p, b.fsub(f32(1.0), m))), out, c)
         self._sync(b, barrier, n)
 
-        if spec.ddlerp:
+        if ddlerp:
             # tanh(W1·xxx), rows of 5·D_mix split
             h0, h1 = split_range(b, N_MIX * dm, tid, n)
             matrix(Mat.MAA_W1, reg(Region.XXX), C, Region.HM, h0, h1)
@@ -414,7 +424,7 @@ class _Rwkv6Builder(ForwardBuilder):
         for m, src, dst in ((Mat.RECEPTANCE, Region.XR, Region.R), (Mat.KEY, Region.XK, Region.K),
                             (Mat.VALUE, Region.XV, Region.V), (Mat.GATE, Region.XG, Region.G)):
             matrix(m, reg(src), C, dst, c0, c1)
-        if spec.ddlerp:
+        if ddlerp:
             d0, d1 = split_range(b, dd, tid, n)
             matrix(Mat.DECAY_W1, reg(Region.XW), C, Region.HD, d0, d1)
             with counted_loop(b, i64(0), n_tok, name="t") as t:
@@ -427,23 +437,24 @@ class _Rwkv6Builder(ForwardBuilder):
         # per head: decay (v6), silu(g), WKV, GroupNorm·gate
         h0, h1 = split_range(b, spec.n_head, tid, n)
         hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
-        if spec.ddlerp:
+        if ddlerp:
             matrix(Mat.DECAY_W2, reg(Region.HD), dd, Region.W, hc0, hc1)
-        with counted_loop(b, i64(0), n_tok, name="t") as t:
+        with counted_loop(b, i64(0), n_tok if ddlerp or heads else i64(0), name="t") as t:
             row = b.mul(t, i64(C))
             with counted_loop(b, hc0, hc1, name="c") as c:
                 tc = b.add(row, c)
-                if spec.ddlerp:
+                if ddlerp:
                     z = b.fadd(load_at(b, vec(Vec.DECAY), c), load_at(b, reg(Region.W), tc))
                     w = b.call(self.exp, [b.fneg(b.call(self.exp, [z]))])
                     store_at(b, w, reg(Region.W), tc)
-                g = load_at(b, reg(Region.G), tc)
-                store_at(b, b.fmul(g, b.call(self.sigmoid, [g])), reg(Region.G), tc)
+                if heads:
+                    g = load_at(b, reg(Region.G), tc)
+                    store_at(b, b.fmul(g, b.call(self.sigmoid, [g])), reg(Region.G), tc)
 
         def at(r: Region, c: ir.Value) -> ir.Value:
             return b.gep(reg(r), [c], inbounds=True)
 
-        with counted_loop(b, h0, h1, name="h") as h:
+        with counted_loop(b, h0, h1 if heads else h0, name="h") as h:
             hc = b.mul(h, i64(N))
             decay, ldw = (at(Region.W, hc), C) if spec.ddlerp else (b.gep(vec(Vec.DECAY), [hc], inbounds=True), 0)
             b.call(self.wkv, [
@@ -451,7 +462,7 @@ class _Rwkv6Builder(ForwardBuilder):
                 at(Region.V, hc), b.gep(vec(Vec.FIRST), [hc], inbounds=True), at(Region.OUT, hc), i64(C), i64(ldw),
                 n_tok,
             ])
-        with counted_loop(b, i64(0), n_tok, name="t") as t:
+        with counted_loop(b, i64(0), n_tok if heads else i64(0), name="t") as t:
             row = b.mul(t, i64(C))
             with counted_loop(b, hc0, hc1, N, name="h") as hc:
                 tc = b.add(row, hc)
