@@ -146,7 +146,7 @@ def test_bad_entries_are_skipped_with_their_line_numbers(tmp_path):
         entry(id="wrong-file", file="x.pth"),
         entry(id="no-source", url=None),
         entry(id="bad-ram", ram={"q5_1": "lots"}),
-        entry(id="bad-format", recommended="q3_k"),
+        entry(id="bad-format", recommended="q7_z"),
     ]
     text = FAMILIES + "\n" + "\n".join([*bad, GOOD])
     shipped = write(tmp_path / "models.toml", text)
