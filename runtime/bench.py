@@ -115,7 +115,11 @@ rng = np.random.default_rng(0)
 _, state = model.forward(rng.integers(0, model.n_vocab, 256))
 for tok in rng.integers(0, model.n_vocab, 16):
     _, state = model.forward([int(tok)], state)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+try:  # this process's own peak: ru_maxrss would also hold the parent's, inherited through vfork + exec
+    with open("/proc/self/status") as status:
+        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)
+except (OSError, StopIteration):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024))
 """
 
 

@@ -128,6 +128,17 @@ def test_the_read_figures_are_measured_beside_each_decoding(small_bin, monkeypat
     assert r.bandwidth_gbs == {1: 7.0, 2: 9.0} and r.stream_gbs == {1: 6.0, 2: 8.0}
 
 
+def test_the_session_peak_is_the_sessions_own(small_bin, tmp_path):
+    """The probe runs in a child process; Linux hands a vforked child the parent's peak RSS in
+    ru_maxrss, so a parent holding a large buffer (as bench does) must not show in the figure."""
+    from runtime.bench import peak_rss_of_a_session
+
+    held = np.ones(600 << 18, dtype=np.float32)  # 600 MB, touched
+    peak = peak_rss_of_a_session(small_bin, 1, str(tmp_path))
+    assert held.sum() > 0
+    assert 0 < peak < 400
+
+
 def test_cli_bench_prints_the_table(small_bin, capsys):
     assert cli(["bench", str(small_bin), "--threads", "1", "--steps", "2"]) == 0
     out = capsys.readouterr().out
