@@ -117,14 +117,15 @@ for tok in rng.integers(0, model.n_vocab, 16):
     _, state = model.forward([int(tok)], state)
 try:  # this process's own peak: ru_maxrss would also hold the parent's, inherited through vfork + exec
     with open("/proc/self/status") as status:
-        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)
+        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024 / 1e6)
 except (OSError, StopIteration):
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e6)
 """
 
 
 def peak_rss_of_a_session(path: Path, threads: int, cache_dir: str) -> float:
-    """Peak RSS (MB) of a fresh process that loads the model (warm cache), reads 256 tokens, decodes 16."""
+    """Peak RSS (MB of 10^6 bytes, as the file sizes beside it) of a fresh process that loads the model
+    (warm cache), reads 256 tokens, decodes 16."""
     env = dict(os.environ, RWKV_TUI_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path), str(threads)], env=env,
                          capture_output=True, text=True, check=True)
