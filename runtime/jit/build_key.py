@@ -29,10 +29,14 @@ SCANNED_PACKAGES = ("runtime.jit", "runtime.model", "runtime.quant")  # where th
 
 
 @functools.lru_cache(maxsize=1)
-def source_digest() -> bytes:
-    """sha256 over the path and text of every .py file under runtime/ (in a stable order)."""
+def source_digest() -> bytes | None:
+    """sha256 over the path and text of every .py file under runtime/ (in a stable order); None where
+    the sources cannot be read (a frozen build), and then no key stands for the IR."""
     h = hashlib.sha256()
-    for path in sorted(_RUNTIME.rglob("*.py")):
+    paths = sorted(_RUNTIME.rglob("*.py"))
+    if Path(__file__).resolve() not in paths:
+        return None
+    for path in paths:
         h.update(path.relative_to(_RUNTIME).as_posix().encode())
         h.update(b"\0")
         h.update(path.read_bytes())
@@ -63,11 +67,15 @@ def switch_values() -> str:
     return "\n".join(lines)
 
 
-def build_key(description: str) -> str:
-    """The cache key of the module `description` names (see the module docstring)."""
+def build_key(description: str) -> str | None:
+    """The cache key of the module `description` names (see the module docstring), or None where the
+    source cannot be read."""
+    digest = source_digest()
+    if digest is None:
+        return None
     h = hashlib.sha256(b"built\0")
     for part in (description, host_target().cache_identity, str(l2_cache_bytes()), switch_values()):
         h.update(part.encode())
         h.update(b"\0")
-    h.update(source_digest())
+    h.update(digest)
     return h.hexdigest()

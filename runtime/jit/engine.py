@@ -94,14 +94,14 @@ def compile_built(
     on besides the source and the module constants (for a model: its architecture and spec)."""
     store = cache if cache is not None else ObjectCache()
     t0 = time.perf_counter()
-    key = build_key(description)
-    obj = store.load(key) if use_cache else None
+    key = build_key(description) if use_cache else None
+    obj = store.load(key) if key is not None else None
     cached = obj is not None
     module = build() if obj is None else None  # pure Python: outside the lock
     with _LOCK:
         if module is not None:
             obj, cached = _object_for(module, store, use_cache)
-            if use_cache:
+            if key is not None:
                 store.store(key, obj)
         engine = _engine_for(obj)
     return CompiledModule(engine, CompileStats(cached, time.perf_counter() - t0, len(obj)))

@@ -70,3 +70,11 @@ def test_the_key_follows_the_description_and_the_source(monkeypatch):
     assert build_key("rwkv7 spec B") != first
     monkeypatch.setattr(build_key_module, "source_digest", lambda: b"edited source")
     assert build_key("rwkv7 spec A") != first
+
+
+def test_without_readable_source_the_ir_is_built_every_time(v7_file, builds, monkeypatch):
+    monkeypatch.setattr(build_key_module, "source_digest", lambda: None)
+    for _ in range(2):
+        model, _ = _load(v7_file)
+        model.close()
+    assert len(builds) == 2
