@@ -4,7 +4,9 @@ Figures, not pass/fail: the machine is noisy, so everything compared is measured
 The memory read bandwidth is measured here too, two ways, over a buffer much larger than the caches:
 a plain numpy sum (how the issue's reference figures were measured) and a compiled read that
 prefetches ahead as the decode kernels do (runtime/jit/kernels/stream_read.py; on some machines it
-reads far more), so the decode rate can be read as a fraction of what the memory can deliver.
+reads far more), so the decode rate can be read as a fraction of what the memory can deliver. Both are
+measured right before and right after each thread count's decoding (the better of the two kept), so a
+busy moment on a shared machine weighs on the rate and the figure it is compared with alike.
 """
 
 from __future__ import annotations
@@ -113,12 +115,17 @@ rng = np.random.default_rng(0)
 _, state = model.forward(rng.integers(0, model.n_vocab, 256))
 for tok in rng.integers(0, model.n_vocab, 16):
     _, state = model.forward([int(tok)], state)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+try:  # this process's own peak: ru_maxrss would also hold the parent's, inherited through vfork + exec
+    with open("/proc/self/status") as status:
+        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024 / 1e6)
+except (OSError, StopIteration):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e6)
 """
 
 
 def peak_rss_of_a_session(path: Path, threads: int, cache_dir: str) -> float:
-    """Peak RSS (MB) of a fresh process that loads the model (warm cache), reads 256 tokens, decodes 16."""
+    """Peak RSS (MB of 10^6 bytes, as the file sizes beside it) of a fresh process that loads the model
+    (warm cache), reads 256 tokens, decodes 16."""
     env = dict(os.environ, RWKV_TUI_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path), str(threads)], env=env,
                          capture_output=True, text=True, check=True)
@@ -137,6 +144,11 @@ def _timed_load(path: Path, cache_dir: str, threads: int) -> tuple[Model, float]
             os.environ.pop("RWKV_TUI_CACHE_DIR", None)
         else:
             os.environ["RWKV_TUI_CACHE_DIR"] = old
+
+
+def _read_rates(threads: int, buffer: np.ndarray) -> tuple[float, float]:
+    """(numpy sum, compiled read) GB/s over `buffer` on `threads` threads."""
+    return memory_read_bandwidth(threads=threads, buffer=buffer), stream_read_gbs(threads=threads, buffer=buffer)
 
 
 def _decode_ms(model: Model, steps: int) -> float:
@@ -187,20 +199,25 @@ def run_bench(
         model.close()
         runs = []
         huge = None
+        buffer = np.ones((1 << 30) // 4, dtype=np.float32)  # one 1 GiB buffer for every read
+        bandwidth: dict[int, float] = {}
+        stream: dict[int, float] = {}
         for n in counts:
-            report(f"{n} thread(s): decoding")
             model, _ = _timed_load(path, cache, n)
+            # the reads right before and after decoding, so a busy machine weighs on both alike
+            report(f"{n} thread(s): measuring memory bandwidth")
+            before = _read_rates(n, buffer)
+            report(f"{n} thread(s): decoding")
             run = ThreadResult(n, _decode_ms(model, steps))
+            after = _read_rates(n, buffer)
+            bandwidth[n], stream[n] = max(before[0], after[0]), max(before[1], after[1])
             huge = model.huge_page_share()
             for chunk in PROMPT_CHUNKS:
                 report(f"{n} thread(s): prompt of {chunk} tokens")
                 run.prompt_tok_s[chunk] = _prompt_tok_s(model, chunk, repeats=3 if chunk < 256 else 2)
             model.close()
             runs.append(run)
+        del buffer
         report("peak memory of a fresh session")
         peak = peak_rss_of_a_session(path, counts[-1], cache)
-    report("measuring memory bandwidth")
-    buffer = np.ones((1 << 30) // 4, dtype=np.float32)  # one 1 GiB buffer for both reads
-    bandwidth = {n: memory_read_bandwidth(threads=n, buffer=buffer) for n in counts}
-    stream = {n: stream_read_gbs(threads=n, buffer=buffer) for n in counts}
     return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream)

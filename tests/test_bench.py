@@ -144,6 +144,36 @@ def test_run_bench_measures_each_thread_count(small_bin):
     assert any("decoding" in m for m in seen) and any("bandwidth" in m for m in seen)
 
 
+def test_the_read_figures_are_measured_beside_each_decoding(small_bin, monkeypatch):
+    """On a shared machine the decode rate means something only against a read measured at the same
+    time: each thread count's reads come right before and right after its decoding, the better kept."""
+    import runtime.bench as bench
+
+    events: list[str] = []
+    rates = iter([5.0, 4.0, 7.0, 6.0, 3.0, 2.0, 9.0, 8.0])  # sum, stream: before and after, 1 then 2 threads
+    monkeypatch.setattr(bench, "memory_read_bandwidth", lambda threads, buffer: events.append(f"sum{threads}")
+                        or next(rates))
+    monkeypatch.setattr(bench, "stream_read_gbs", lambda threads, buffer: events.append(f"read{threads}")
+                        or next(rates))
+    real_decode = bench._decode_ms
+    monkeypatch.setattr(bench, "_decode_ms", lambda model, steps: events.append(f"decode{model.threads}")
+                        or real_decode(model, steps))
+    r = run_bench(small_bin, threads=[1, 2], steps=2)
+    assert events == ["sum1", "read1", "decode1", "sum1", "read1", "sum2", "read2", "decode2", "sum2", "read2"]
+    assert r.bandwidth_gbs == {1: 7.0, 2: 9.0} and r.stream_gbs == {1: 6.0, 2: 8.0}
+
+
+def test_the_session_peak_is_the_sessions_own(small_bin, tmp_path):
+    """The probe runs in a child process; Linux hands a vforked child the parent's peak RSS in
+    ru_maxrss, so a parent holding a large buffer (as bench does) must not show in the figure."""
+    from runtime.bench import peak_rss_of_a_session
+
+    held = np.ones(600 << 18, dtype=np.float32)  # 600 MB, touched
+    peak = peak_rss_of_a_session(small_bin, 1, str(tmp_path))
+    assert held.sum() > 0
+    assert 0 < peak < 400
+
+
 def test_cli_bench_prints_the_table(small_bin, capsys):
     assert cli(["bench", str(small_bin), "--threads", "1", "--steps", "2"]) == 0
     out = capsys.readouterr().out

@@ -28,6 +28,7 @@ ALIGNMENT = 64  # what we write: a cache line, enough for any SIMD load
 MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
 MAX_STRING = 1 << 24
+_U64_AT = struct.Struct("<Q").unpack_from
 MAX_DIMS = 4
 # Elements of all metadata arrays together: each becomes a Python object (an int of 1 stored byte
 # takes 36), so this bounds the header's memory (a 256k vocabulary with scores, types and merges
@@ -111,8 +112,32 @@ class _Cursor:
                 size = struct.calcsize(fmt)
                 raw = self.take(count * size)
                 return list(struct.unpack(f"<{count}{fmt[1]}", raw))
+            if etype == _STR:
+                return self.strings(count)
             return [self.value(etype, depth + 1) for _ in range(count)]
         raise self.fail(f"unknown metadata value type {vtype}")
+
+    def strings(self, count: int) -> list[str]:
+        """`count` strings in a row (a vocabulary: 65536 of them in a World model's file), read in one
+        tight loop; the first one that is too long, runs past the end or is not UTF-8 is read again by
+        `string`, which raises the error naming it."""
+        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
+        length_at = _U64_AT
+        for _ in range(count):
+            if pos + 8 > end:
+                break
+            (n,) = length_at(buf, pos)
+            if n > MAX_STRING or pos + 8 + n > end:
+                break
+            try:
+                out.append(str(buf[pos + 8 : pos + 8 + n], "utf-8"))
+            except UnicodeDecodeError:
+                break
+            pos += 8 + n
+        self.pos = pos
+        while len(out) < count:
+            out.append(self.string())
+        return out
 
 
 def read_gguf(path: str | os.PathLike[str], mapping: mmap.mmap | None = None) -> GgufFile:

@@ -1,7 +1,8 @@
 """On-disk cache of compiled object code, so a warm start compiles nothing.
 
 An entry is keyed by the sha256 of the IR text together with the host target's identity (triple,
-CPU, features, llvmlite version). The file holds a magic, the sha256 of the object bytes and the
+CPU, features, llvmlite version); a model's forward module is stored under a second key that is known
+before its IR is built (build_key.py). The file holds a magic, the sha256 of the object bytes and the
 bytes; an entry that fails that check (truncated, corrupt, foreign) is deleted and rebuilt.
 Entries are written atomically, so two processes compiling the same kernel at once are harmless.
 """

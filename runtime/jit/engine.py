@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from runtime.jit.build_key import build_key
 from runtime.jit.cache import ObjectCache, cache_key
 from runtime.jit.target import host_target, new_target_machine, target_machine
 
@@ -79,18 +81,45 @@ def compile_module(
     store = cache if cache is not None else ObjectCache()
     t0 = time.perf_counter()
     with _LOCK:  # the shared target machine too is made and used under the lock
-        if isinstance(module, ir.Module) and not module.triple:
-            prepare_module(module)
-        ir_text = str(module)
-        key = cache_key(ir_text, host_target().cache_identity)
-        obj = store.load(key) if use_cache else None
-        cached = obj is not None
-        if obj is None:
-            obj = compile_ir(ir_text)
-            if use_cache:
+        obj, cached = _object_for(module, store, use_cache)
+        engine = _engine_for(obj)
+    return CompiledModule(engine, CompileStats(cached, time.perf_counter() - t0, len(obj)))
+
+
+def compile_built(
+    description: str, build: Callable[[], ir.Module], cache: ObjectCache | None = None, use_cache: bool = True
+) -> CompiledModule:
+    """Native code for the module `build()` returns, looked up first by `description` (build_key.py),
+    so a warm start does not build the IR at all. `description` must name everything `build` depends
+    on besides the source and the module constants (for a model: its architecture and spec)."""
+    store = cache if cache is not None else ObjectCache()
+    t0 = time.perf_counter()
+    key = build_key(description) if use_cache else None
+    obj = store.load(key) if key is not None else None
+    cached = obj is not None
+    module = build() if obj is None else None  # pure Python: outside the lock
+    with _LOCK:
+        if module is not None:
+            obj, cached = _object_for(module, store, use_cache)
+            if key is not None:
                 store.store(key, obj)
         engine = _engine_for(obj)
     return CompiledModule(engine, CompileStats(cached, time.perf_counter() - t0, len(obj)))
+
+
+def _object_for(module: ir.Module | str, store: ObjectCache, use_cache: bool) -> tuple[bytes, bool]:
+    """(object code of `module`, whether it came from the cache under its IR key); call under _LOCK."""
+    if isinstance(module, ir.Module) and not module.triple:
+        prepare_module(module)
+    ir_text = str(module)
+    key = cache_key(ir_text, host_target().cache_identity)
+    obj = store.load(key) if use_cache else None
+    if obj is not None:
+        return obj, True
+    obj = compile_ir(ir_text)
+    if use_cache:
+        store.store(key, obj)
+    return obj, False
 
 
 def _engine_for(obj: bytes) -> llvm.ExecutionEngine:

@@ -24,7 +24,7 @@ import numpy as np
 
 from runtime.errors import DamagedModelError
 from runtime.formats.tensors import LazyTensor
-from runtime.jit.engine import CompiledModule, compile_module
+from runtime.jit.engine import CompiledModule, compile_built
 from runtime.jit.release import release_compiler_pages
 from runtime.jit.threads import ThreadPool, new_barrier
 from runtime.model.arch.base import FORWARD_NAME
@@ -58,7 +58,9 @@ class Model:
         self.fingerprint = weights.fingerprint
         self.metadata = weights.metadata
         t0 = time.perf_counter()
-        self._compiled: CompiledModule = compile_module(self.arch.build_forward_module(self.spec))
+        self._compiled: CompiledModule = compile_built(
+            f"{self.arch.NAME} {self.spec!r}", lambda: self.arch.build_forward_module(self.spec)
+        )
         self.compile_seconds = time.perf_counter() - t0
         self.compiled_from_cache = self._compiled.stats.cached
         self._forward_address = self._compiled.address(FORWARD_NAME)

@@ -1,0 +1,106 @@
+"""Decoding speed of several variants side by side: files, kernel switches, parts left out, interleaved.
+
+    python bench/decode_ab.py --threads 2 --rounds 12 q8_0=FILE_Q8 q5_1=FILE_Q51
+    python bench/decode_ab.py --threads 2 --model FILE base= \
+        'rows3=runtime.jit.kernels.matvec_int16.PREFETCH_TARGET=6528' \
+        'groups2=runtime.jit.kernels.matvec_int16.PREFETCH_GROUPS=2'
+    python bench/decode_ab.py --threads 1 --model FILE full= nomat=omit:matrices nolora=omit:matrices+lora
+
+Each variant is LABEL=SETTINGS, SETTINGS a comma-separated list of `file:PATH`, `omit:PART+PART` (the
+spec's bench-only parts: matrices, lora, heads; results are then wrong, only the time means something)
+and `module.NAME=VALUE` (a module constant set while that variant is built, e.g. a kernel switch; the
+compiled-code cache keys on such constants, so each variant gets its own code). Every round measures
+the compiled memory read (as `rwkv-tui bench` prints it) and then decodes --steps tokens with each
+variant in turn, so a busy moment on a shared machine lands on all of them alike. Printed: median and
+lower quartile ms/token per variant, the GB/s of weights read at the lower quartile and its share of
+the median compiled read. One thread is timed in CPU time (what a part costs, whatever else runs),
+more threads in wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.bench import bytes_per_decoded_token, stream_read_gbs
+from runtime.jit.kernels.stream_read import STEP, stream_sum
+from runtime.model.loader import load_weights
+from runtime.model.model import Model
+
+
+def build_variant(settings: str, default_file: Path | None, threads: int) -> Model:
+    """The model SETTINGS describe (see the module docstring), its constants set only while it is built."""
+    path, omit, changed = default_file, frozenset(), []
+    try:
+        for item in filter(None, settings.split(",")):
+            if item.startswith("file:"):
+                path = Path(item[5:])
+            elif item.startswith("omit:"):
+                omit = frozenset(item[5:].split("+"))
+            else:
+                name, value = item.split("=", 1)
+                module_name, attr = name.rsplit(".", 1)
+                module = importlib.import_module(module_name)
+                if not hasattr(module, attr):
+                    raise SystemExit(f"{module_name} has no constant {attr}")
+                changed.append((module, attr, getattr(module, attr)))
+                setattr(module, attr, ast.literal_eval(value))
+        if path is None:
+            raise SystemExit(f"no model file for variant '{settings}': give --model or file:PATH")
+        weights = load_weights(path)
+        weights.spec = dataclasses.replace(weights.spec, omit=omit)
+        return Model(weights, threads)
+    finally:
+        for module, attr, old in reversed(changed):
+            setattr(module, attr, old)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+", help="LABEL=SETTINGS")
+    ap.add_argument("--model", type=Path, help="the file of variants that name none")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=4, help="decode steps per variant and round")
+    args = ap.parse_args()
+    models: dict[str, Model] = {}
+    for text in args.variants:
+        label, _, settings = text.partition("=")
+        models[label] = build_variant(settings, args.model, args.threads)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    stream_sum(np.ones(STEP, np.float32))  # compiled once here, before any timing
+    rng = np.random.default_rng(0)
+    states = {label: m.forward(rng.integers(0, m.n_vocab, 4))[1] for label, m in models.items()}
+    times: dict[str, list[float]] = {label: [] for label in models}
+    reads = []
+    for _ in range(args.rounds):
+        reads.append(stream_read_gbs(threads=args.threads))
+        for label, m in models.items():
+            for tok in rng.integers(0, m.n_vocab, args.steps):
+                t0 = clock()
+                _, states[label] = m.forward([int(tok)], states[label])
+                times[label].append(clock() - t0)
+    read = float(np.median(reads))
+    print(f"{args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, "
+          f"{'CPU' if args.threads == 1 else 'wall'} time; compiled read median {read:.1f} GB/s")
+    for label, m in models.items():
+        step_bytes = bytes_per_decoded_token(m)
+        med, lq = (float(np.percentile(times[label], p)) * 1e3 for p in (50, 25))
+        gbs = step_bytes / lq / 1e6
+        print(f"  {label:14s} {m.path.name:28s} median {med:8.2f} ms  lower quartile {lq:8.2f} ms  "
+              f"{gbs:5.1f} GB/s ({100 * gbs / read:.0f} % of the read)")
+        m.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
