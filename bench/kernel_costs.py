@@ -327,7 +327,7 @@ def mca_cycles(mca: str, triple: str, cpu: str, insns: list[str]) -> tuple[float
 # variant is built anyway)
 SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS": "matvec",
             "PREFETCH_GROUPS": "matvec_int16", "PREFETCH_TARGET": "matvec_int16", "LONG_ROW": "matvec_int16",
-            "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16"}
+            "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16", "Q8_BYTES": "matvec_int16"}
 
 
 def apply_switches(switches: dict[str, int]) -> None:

@@ -19,7 +19,7 @@ from runtime.jit.kernels.irhelpers import half_to_float, native_half
 from runtime.jit.kernels.library import KernelLibrary, make_test_library
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
-from runtime.jit.kernels.matvec_int16 import TINY, XMAX, int16_variant
+from runtime.jit.kernels.matvec_int16 import Q8_OFFSET, TINY, XMAX, int16_variant, unsigned_q8
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
 
@@ -45,13 +45,14 @@ def _weights(t: DType, rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.
 
 def code_and_bias(raw: np.ndarray, t: DType, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights of `raw` split as the kernels use them: the code part d·q (rows, n_blocks, 32) and
-    each block's bias (rows, n_blocks): the min m (Q4_1/Q5_1), offset·d (Q4_0/Q5_0), 0 (Q8_0)."""
+    each block's bias (rows, n_blocks): the min m (Q4_1/Q5_1), offset·d (Q4_0/Q5_0), 0 (Q8_0), or for
+    Q8_0 where the kernel makes its codes unsigned (matvec_int16.unsigned_q8), -128·d."""
     blocks = raw.view(np.uint8).reshape(-1, n_blocks, t.block_bytes)
     values = to_float32(raw, t).reshape(blocks.shape[0], n_blocks, 32).astype(np.float64)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
     lay = NIBBLE_LAYOUTS.get(t)
     if lay is None:
-        bias = np.zeros_like(d)
+        bias = Q8_OFFSET * d if unsigned_q8() else np.zeros_like(d)
     elif lay.has_min:
         bias = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
     else:
