@@ -30,8 +30,9 @@ a row's end is touched), one permutation placing the nibble bytes, one vgf2p8aff
 and a mask splitting the nibbles, one masked add for the 64 fifth bits of both, two vpdpbusd, and one
 conversion and FMA by the two blocks' scales: about 10 vector instructions per two blocks and row
 instead of 9 per block. There the scales are not gathered (vpgatherdd cost more than the block loop on
-Zen 5) but picked from the rows loaded whole by two word permutations per 8 blocks; Q8_0 blocks go one
-per 512-bit register there (one vpmovsxbw, one vpdpwssd, see WIDE_Q8). Zen 5, Q5_1 rows
+Zen 5) but picked from the rows loaded whole by two word permutations per 8 blocks; Q8_0 blocks go two
+per 512-bit register there as unsigned bytes q + 128 against Xh and Xl (see Q8_BYTES; before, one per
+register by vpmovsxbw and vpdpwssd, WIDE_Q8). Zen 5, Q5_1 rows
 of 2048 in L2, GB/s per thread side by side: 18.1 before, 26.4 with both, 27.3 with GFNI too; whole
 models in the ARCHITECTURE notes.
 
