@@ -9,7 +9,9 @@
 Each variant is LABEL=SETTINGS, SETTINGS a comma-separated list of `file:PATH`, `omit:PART+PART` (the
 spec's bench-only parts: matrices, lora, heads; results are then wrong, only the time means something)
 and `module.NAME=VALUE` (a module constant set while that variant is built, e.g. a kernel switch; the
-compiled-code cache keys on such constants, so each variant gets its own code). Every round measures
+compiled-code cache keys on such constants, so each variant gets its own code) or `NAME=VALUE` for the
+kernel switches bench/kernel_costs.py knows (SWITCHES: F16_BY_SHIFTS, Q8_BYTES, FLOAT_ROWS, …), e.g. on
+Zen 4: `--model M-f16.bin now= cvt=F16_BY_SHIFTS=0` or `--model M-q8_0.bin now= words=Q8_BYTES=0`. Every round measures
 the compiled memory read (as `rwkv-tui bench` prints it) and then decodes --steps tokens with each
 variant in turn, so a busy moment on a shared machine lands on all of them alike. Printed: median and
 lower quartile ms/token per variant, the GB/s of weights read at the lower quartile and its share of
@@ -23,6 +25,8 @@ import argparse
 import ast
 import dataclasses
 import importlib
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -31,10 +35,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.kernel_costs import SWITCHES
 from runtime.bench import bytes_per_decoded_token, stream_read_gbs
 from runtime.jit.kernels.stream_read import STEP, stream_sum
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def build_variant(settings: str, default_file: Path | None, threads: int) -> Model:
@@ -48,6 +63,8 @@ def build_variant(settings: str, default_file: Path | None, threads: int) -> Mod
                 omit = frozenset(item[5:].split("+"))
             else:
                 name, value = item.split("=", 1)
+                if "." not in name and name in SWITCHES:
+                    name = f"runtime.jit.kernels.{SWITCHES[name]}.{name}"
                 module_name, attr = name.rsplit(".", 1)
                 module = importlib.import_module(module_name)
                 if not hasattr(module, attr):
@@ -57,21 +74,22 @@ def build_variant(settings: str, default_file: Path | None, threads: int) -> Mod
         if path is None:
             raise SystemExit(f"no model file for variant '{settings}': give --model or file:PATH")
         weights = load_weights(path)
-        weights.spec = dataclasses.replace(weights.spec, omit=omit)
+        if omit:  # only the specs with bench-only parts (RWKV-6/7) have the field
+            weights.spec = dataclasses.replace(weights.spec, omit=omit)
         return Model(weights, threads)
     finally:
         for module, attr, old in reversed(changed):
             setattr(module, attr, old)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="LABEL=SETTINGS")
     ap.add_argument("--model", type=Path, help="the file of variants that name none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=4, help="decode steps per variant and round")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     models: dict[str, Model] = {}
     for text in args.variants:
         label, _, settings = text.partition("=")
@@ -90,6 +108,7 @@ def main() -> int:
                 _, states[label] = m.forward([int(tok)], states[label])
                 times[label].append(clock() - t0)
     read = float(np.median(reads))
+    print(f"{platform.processor() or platform.machine()} ({_cpu_name()}), load {os.getloadavg()[0]:.1f}")
     print(f"{args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, "
           f"{'CPU' if args.threads == 1 else 'wall'} time; compiled read median {read:.1f} GB/s")
     for label, m in models.items():

@@ -325,8 +325,9 @@ def mca_cycles(mca: str, triple: str, cpu: str, insns: list[str]) -> tuple[float
 # Kernel switches `--set` may change (name: module): what was measured elsewhere can be re-measured on
 # the machine at hand, e.g. the prefetch distance on Zen 4 (the variant switches need none: every
 # variant is built anyway)
-SWITCHES = {"PREFETCH_BYTES": "matvec", "PREFETCH_GROUPS": "matvec_int16", "PREFETCH_TARGET": "matvec_int16",
-            "LONG_ROW": "matvec_int16", "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16"}
+SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS": "matvec",
+            "PREFETCH_GROUPS": "matvec_int16", "PREFETCH_TARGET": "matvec_int16", "LONG_ROW": "matvec_int16",
+            "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16", "Q8_BYTES": "matvec_int16"}
 
 
 def apply_switches(switches: dict[str, int]) -> None:
@@ -336,7 +337,7 @@ def apply_switches(switches: dict[str, int]) -> None:
     for name, value in switches.items():
         module = importlib.import_module(f"runtime.jit.kernels.{SWITCHES[name]}")
         old = getattr(module, name)
-        setattr(module, name, type(old)(value))
+        setattr(module, name, value if old is None else type(old)(value))  # None: chosen per CPU unless set
 
 
 def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool = False,

@@ -59,6 +59,24 @@ def test_a_switch_set_before_building_changes_the_kernel() -> None:
     assert after == 0
 
 
+def test_zen4_f16_rows_alternate_conversions_unless_switched_off() -> None:
+    """Built for Zen 4, the F16 row loop widens halves both ways (vcvtph2ps and shifts, matvec._HalfPairs);
+    --set F16_BY_SHIFTS=0 builds the conversions alone, as on other CPUs."""
+    code = ("import json; from bench.kernel_costs import _assembly, apply_switches, inner_loops; "
+            "from runtime.quant.types import DType; "
+            "found = []\n"
+            "for switches in ({}, {'F16_BY_SHIFTS': 0}):\n"
+            "    apply_switches(switches)\n"
+            "    ops = {i.split()[0] for i in inner_loops(_assembly(DType.F16, 1024, 'float512')[0])['blk']}\n"
+            "    found.append(['vcvtph2ps' in ops, 'vpsrad' in ops])\n"
+            "print(json.dumps(found))")
+    cpu = next(c for c in kernel_costs.CPUS if c.name == "znver4")
+    default, switched_off = _run(code, {"RWKV_TUI_TRIPLE": cpu.triple, "RWKV_TUI_CPU": cpu.cpu,
+                                        "RWKV_TUI_FEATURES": cpu.features})
+    assert default == [True, True]
+    assert switched_off == [True, False]
+
+
 def _run(code: str, env: dict[str, str]) -> object:
     proc = subprocess.run([sys.executable, "-c", code], cwd=kernel_costs.REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(kernel_costs.REPO), **env), timeout=300)

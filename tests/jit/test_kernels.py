@@ -19,7 +19,7 @@ from runtime.jit.kernels.irhelpers import half_to_float, native_half
 from runtime.jit.kernels.library import KernelLibrary, make_test_library
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
-from runtime.jit.kernels.matvec_int16 import TINY, XMAX, int16_variant
+from runtime.jit.kernels.matvec_int16 import Q8_OFFSET, TINY, XMAX, int16_variant, unsigned_q8
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
 
@@ -45,13 +45,14 @@ def _weights(t: DType, rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.
 
 def code_and_bias(raw: np.ndarray, t: DType, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights of `raw` split as the kernels use them: the code part d·q (rows, n_blocks, 32) and
-    each block's bias (rows, n_blocks): the min m (Q4_1/Q5_1), offset·d (Q4_0/Q5_0), 0 (Q8_0)."""
+    each block's bias (rows, n_blocks): the min m (Q4_1/Q5_1), offset·d (Q4_0/Q5_0), 0 (Q8_0), or for
+    Q8_0 where the kernel makes its codes unsigned (matvec_int16.unsigned_q8), -128·d."""
     blocks = raw.view(np.uint8).reshape(-1, n_blocks, t.block_bytes)
     values = to_float32(raw, t).reshape(blocks.shape[0], n_blocks, 32).astype(np.float64)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
     lay = NIBBLE_LAYOUTS.get(t)
     if lay is None:
-        bias = np.zeros_like(d)
+        bias = Q8_OFFSET * d if unsigned_q8() else np.zeros_like(d)
     elif lay.has_min:
         bias = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
     else:
@@ -195,3 +196,33 @@ def test_half_to_float_exact(native: bool) -> None:
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(out), nan)
     assert np.array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+
+
+@pytest.mark.parametrize("mode", [1, 2], ids=["all-rows", "every-other-row"])
+def test_f16_rows_widened_by_shifts(monkeypatch: pytest.MonkeyPatch, mode: int) -> None:
+    """F16 halves widened by integer shifts (matvec._HalfPairs, chosen for Zen 4) give the float result
+    for every kind of half: zeros of both signs, subnormals, the largest, and random values; x tiny,
+    large and mixed. Built here in 512-bit vectors, whatever this CPU's own choice is."""
+    from runtime.jit.kernels import matvec
+
+    if not matvec.wide_float_rows(DType.F16):
+        pytest.skip("F16 rows in 512-bit vectors need AVX-512F")
+    monkeypatch.setattr(matvec, "F16_BY_SHIFTS", mode)
+    lib = make_test_library([(DType.F16, c) for c in (96, 256)], use_cache=False)
+    rng = np.random.default_rng(7)
+    special = np.array([0.0, -0.0, 2.0**-24, -(2.0**-24), 2.0**-14 - 2.0**-24, 2.0**-14, 65504.0, -65504.0,
+                        1.0, -1.0, 0.333, -2.5e-5])
+    for cols in (96, 256):
+        w = rng.normal(size=(ROWS, cols)).astype(np.float16)
+        w[0, :special.size] = special
+        w[1] = np.resize(special, cols) * rng.choice([1.0, -1.0], cols)
+        w[2] = (rng.normal(size=cols) * 2.0**-20).astype(np.float16)  # all subnormal
+        wd = w.astype(np.float64)
+        for x in (rng.normal(size=cols), rng.normal(size=cols) * 1e-6, rng.normal(size=cols) * 1e6,
+                  rng.normal(size=cols) * 10.0 ** rng.uniform(-6, 4, cols)):
+            x = x.astype(np.float32)
+            y = np.zeros(ROWS, np.float32)
+            lib.matvec(DType.F16, cols, False)(w.ctypes.data, x.ctypes.data, y.ctypes.data, 0, ROWS)
+            want = wd @ x
+            scale = np.abs(wd) @ np.abs(x.astype(np.float64))  # the size of the terms summed, per row
+            assert np.all(np.abs(y - want) <= 1e-6 * scale + 1e-30), np.abs(y - want).max()

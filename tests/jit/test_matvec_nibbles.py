@@ -124,12 +124,13 @@ _SCRIPT = """
 import json
 from runtime.quant.types import DType
 from runtime.jit.kernels.library import make_test_library
-from runtime.jit.kernels.matvec import wide_float_rows
+from runtime.jit.kernels.matvec import shifted_row, wide_float_rows
 from runtime.jit.kernels.matvec_int16 import int16_variant
 from tests.jit.test_matvec_nibbles import COLS, FLOAT_TYPES, TYPES, max_errors
 lib = make_test_library([(t, c) for t in TYPES + FLOAT_TYPES for c in COLS], kinds=("matvec",), use_cache=False)
 variants = {str(int16_variant(t)) for t in TYPES}
 print(json.dumps({"variants": sorted(variants), "wide_floats": wide_float_rows(DType.F16),
+                  "shifted_f16": [shifted_row(DType.F16, i) for i in range(4)],
                   "errors": max_errors(lib, TYPES + FLOAT_TYPES)}))
 """
 
@@ -166,6 +167,8 @@ def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["variants"] == [variant]
     assert result["wide_floats"] == ("avx512f" in features)  # F32/F16 rows in 512-bit vectors
+    # Zen 4 widens every other F16 row by integer shifts (matvec._HalfPairs), the others convert
+    assert result["shifted_f16"] == ([False, True] * 2 if cpu == "znver4" else [False] * 4)
     assert len(result["errors"]) == len(TYPES + FLOAT_TYPES) * len(COLS) * N_ACTIVATIONS * 2
     assert not _too_large(result["errors"]), _too_large(result["errors"])
 

@@ -41,7 +41,9 @@ from runtime.jit.kernels.irhelpers import (
     load_vec,
     prefetch,
     row_at,
+    shuffle,
     splat,
+    splat_const,
     stack_floats,
     store_results,
     tree_sum,
@@ -52,6 +54,16 @@ from runtime.quant.types import DType
 
 PREFETCH_BYTES = 16384  # software prefetch distance ahead of each block read (0: none); measured
 WIDE_FLOAT_ROWS = True  # F32/F16 rows in 512-bit vectors on AVX-512F hosts (see _WideFloatRow)
+FLOAT_ROWS = 4  # F32/F16 rows walked side by side
+# Wide F16 rows widened by integer shifts (_HalfPairs): 0 none, 1 all, 2 every other row (the others by
+# vcvtph2ps, so both kinds of vector pipe work); None: per CPU family, SHIFTED_F16_CPUS. llvm-mca, cycles
+# per block and row (bench/kernel_costs.py, 2048 columns): Zen 4 4.06 / 3.56 / 2.81, Sapphire Rapids 4.05
+# / 5.05 / 4.55, where rows in L2 measured 60.6 / 51 / 55 GB/s per thread: the model's ranking holds.
+F16_BY_SHIFTS: int | None = None
+SHIFTED_F16_CPUS = {"znver4": 2}  # LLVM's host CPU name → mode; others 0
+HALF_SCALE = 56  # x is prepared as x·2^56 for _HalfPairs (weights come as w·2^-112): sums ×2^(112-56)
+I32 = ir.IntType(32)
+V16I32 = ir.VectorType(I32, 16)
 V16F = ir.VectorType(F32, 16)
 MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 
@@ -61,7 +73,7 @@ def rows_per_step(dtype: DType, n_cols: int) -> int:
     for the other quantized ones (their decoding needs more registers); measured."""
     if int16_variant(dtype) is not None:
         return matvec_int16.rows_for(dtype, n_cols)
-    return 4 if dtype in (DType.F32, DType.F16) else 2
+    return FLOAT_ROWS if dtype in (DType.F32, DType.F16) else 2
 
 
 def kernel_name(kind: str, dtype: DType, n_cols: int, accumulate: bool) -> str:
@@ -124,18 +136,25 @@ class _RowDot:
 class _WideFloatRow:
     """A float row in 512-bit vectors (AVX-512F hosts): 16 weights per conversion and FMA instead of 8.
     On the 2-vCPU Zen 5 machine here the two threads share one core's execution units, so halving the
-    instructions per byte shows in F16 decoding (see WIDE_FLOAT_ROWS)."""
+    instructions per byte shows in F16 decoding (see WIDE_FLOAT_ROWS). With `shifts`, F16 halves are
+    widened by integer shifts (_HalfPairs) and meet the prepared x instead of x."""
 
-    def __init__(self, b: ir.IRBuilder, dtype: DType, row: ir.Value) -> None:
-        self.b, self.dtype, self.row = b, dtype, row
-        self.accs = [Var(b, ir.Constant(V16F, None), "acc") for _ in range(2)]
+    def __init__(self, b: ir.IRBuilder, dtype: DType, row: ir.Value, n_accs: int = 2, shifts: bool = False) -> None:
+        self.b, self.dtype, self.row, self.shifts = b, dtype, row, shifts
+        self.accs = [Var(b, ir.Constant(V16F, None), "acc") for _ in range(n_accs)]
 
-    def add_block(self, k: ir.Value, xs: list[ir.Value]) -> None:
+    def add_block(self, k: ir.Value, xs: _WideX, slot: int = 0) -> None:
+        """Accumulate block k into accumulators 2·slot and 2·slot + 1."""
         b = self.b
         ptr = block_at(b, self.row, self.dtype, k)
         if PREFETCH_BYTES:
             prefetch(b, byte_ptr(b, ptr, PREFETCH_BYTES))
-        for j, (acc, xv) in enumerate(zip(self.accs, xs, strict=True)):
+        accs = self.accs[2 * slot:2 * slot + 2]
+        if self.shifts:
+            for acc, wv, xv in zip(accs, _HalfPairs.widen(b, load_as(b, ptr, 0, V16I32)), xs.halves(), strict=True):
+                acc.set(fma(b, wv, xv, acc.get()))
+            return
+        for j, (acc, xv) in enumerate(zip(accs, xs.plain(), strict=True)):
             if self.dtype is DType.F16:
                 wv = half_to_float(b, load_as(b, ptr, 32 * j, ir.VectorType(I16, 16)))
             else:
@@ -143,7 +162,76 @@ class _WideFloatRow:
             acc.set(fma(b, wv, xv, acc.get()))
 
     def result(self) -> ir.Value:
-        return hsum(self.b, fadd(self.b, self.accs[0].get(), self.accs[1].get()))
+        s = hsum(self.b, tree_sum(self.b, [a.get() for a in self.accs]))
+        return self.b.fmul(s, ir.Constant(F32, 2.0 ** (112 - HALF_SCALE))) if self.shifts else s
+
+
+class _WideX:
+    """Block k of x as two <16 x float>, plain or (for rows widened by shifts) prepared by
+    _HalfPairs.prepare, each loaded once where first asked for."""
+
+    def __init__(self, b: ir.IRBuilder, x: ir.Value, xh: ir.Value | None, k: ir.Value) -> None:
+        self.b, self.x, self.xh, self.base = b, x, xh, b.mul(k, i64c(BLOCK))
+        self._plain: list[ir.Value] | None = None
+        self._halves: list[ir.Value] | None = None
+
+    def _load(self, src: ir.Value) -> list[ir.Value]:
+        return [load_vec(self.b, src, self.b.add(self.base, i64c(16 * j)), ty=V16F) for j in range(2)]
+
+    def plain(self) -> list[ir.Value]:
+        if self._plain is None:
+            self._plain = self._load(self.x)
+        return self._plain
+
+    def halves(self) -> list[ir.Value]:
+        if self._halves is None:
+            self._halves = self._load(self.xh)
+        return self._halves
+
+
+class _HalfPairs:
+    """F16 weights widened without vcvtph2ps (Zen 4 runs a 512-bit vcvtph2ps in 2 cycles on both of
+    its FP2/FP3 pipes, llvm-mca's model; the FMAs' FP0/FP1 sat half idle). A block's 32 halves are
+    loaded as 16 dwords; the odd half of each is already in bits 16-31: an arithmetic shift right by 3
+    puts its exponent and mantissa at bits 13-27 (a float's, 112 below in exponent) and copies of its
+    sign in 28-31, and an AND with 0x8FFFE000 keeps the sign at 31. The even half is first shifted up by
+    16. Each result is exactly h·2^-112 as a float, subnormal halves and zeros included (infinities
+    and NaN are not kept: weights have none, `inspect --verify`). Against x·2^56, prepared once per call
+    in the same even/odd order, each product is w·x·2^-56, and the row's sum is scaled by 2^56: exact
+    unless |x| exceeds 4·10^21 or a product is below 10^-21 (then it is lost in the subnormal range,
+    far under the float rounding of any sum it is part of)."""
+
+    MASK = 0x8FFFE000 - (1 << 32)  # as a signed i32
+
+    @staticmethod
+    def widen(b: ir.IRBuilder, v: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """(even, odd) halves of the 16 dwords `v` as floats ×2^-112."""
+        mask, three = splat_const(V16I32, _HalfPairs.MASK), splat_const(V16I32, 3)
+        even = b.and_(b.ashr(b.shl(v, splat_const(V16I32, 16)), three), mask)
+        odd = b.and_(b.ashr(v, three), mask)
+        return b.bitcast(even, V16F), b.bitcast(odd, V16F)
+
+    @staticmethod
+    def prepare(b: ir.IRBuilder, x: ir.Value, n_cols: int) -> ir.Value:
+        """float* to x·2^56 on the stack, each block of 32 as its 16 even values, then its 16 odd ones."""
+        xp = stack_floats(b, n_cols, align=64, name="xhalf")
+        scale = splat_const(V16F, 2.0**HALF_SCALE)
+        with counted_loop(b, 0, n_cols // BLOCK, name="xh") as k:
+            base = b.mul(k, i64c(BLOCK))
+            lo, hi = (load_vec(b, x, b.add(base, i64c(16 * j)), ty=V16F) for j in range(2))
+            for j in range(2):
+                part = shuffle(b, lo, hi, [2 * i + j for i in range(16)])
+                at = b.gep(xp, [b.add(base, i64c(16 * j))], inbounds=True)
+                b.store(b.fmul(part, scale), b.bitcast(at, V16F.as_pointer()), align=64)
+        return xp
+
+
+def shifted_row(dtype: DType, i: int) -> bool:
+    """Whether row i of a group of wide `dtype` rows widens its halves by shifts (F16_BY_SHIFTS)."""
+    if dtype is not DType.F16 or not wide_float_rows(dtype):
+        return False
+    mode = F16_BY_SHIFTS if F16_BY_SHIFTS is not None else SHIFTED_F16_CPUS.get(host_target().cpu, 0)
+    return mode == 1 or (mode == 2 and i % 2 == 1)
 
 
 def wide_float_rows(dtype: DType) -> bool:
@@ -152,21 +240,42 @@ def wide_float_rows(dtype: DType) -> bool:
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-               y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None) -> None:
-    """y[first + i] (+)= W[first + i]·x for i < count."""
+               xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count (`xh`: x prepared by _HalfPairs, where used)."""
     row_bytes = dtype.row_bytes(n_cols)
-    wide = wide_float_rows(dtype)
-    rows = [(_WideFloatRow if wide else _RowDot)(b, dtype, row_at(b, w, first, i, row_bytes)) for i in range(count)]
+    if wide_float_rows(dtype):
+        _emit_wide_rows(b, dtype, n_cols, accumulate, w, x, xh, y, first, count)
+        return
+    rows = [_RowDot(b, dtype, row_at(b, w, first, i, row_bytes)) for i in range(count)]
     with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
         base = b.mul(k, i64c(BLOCK))
-        if wide:
-            xs = [load_vec(b, x, b.add(base, i64c(16 * j)), ty=V16F) for j in range(2)]
-            for rd in rows:
-                rd.add_block(k, xs)
-        else:
-            xs = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
-            for rd in rows:
-                rd.add_block(k, xs, xsum)
+        xs = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
+        for rd in rows:
+            rd.add_block(k, xs, xsum)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+
+
+def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
+                    xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count F32/F16 rows in 512-bit vectors. Fewer than 4 rows
+    go two blocks per iteration into four accumulators per row (FMA latency would bound fewer)."""
+    row_bytes = dtype.row_bytes(n_cols)
+    n_blocks = n_cols // BLOCK
+    per_row = 2 if count >= 4 else 4
+    rows = [_WideFloatRow(b, dtype, row_at(b, w, first, i, row_bytes), per_row, shifted_row(dtype, i))
+            for i in range(count)]
+    step = per_row // 2
+    whole = n_blocks // step * step
+    with counted_loop(b, 0, whole, step, name="blk") as k:
+        ks = [b.add(k, i64c(j)) for j in range(step)]
+        xss = [_WideX(b, x, xh, kj) for kj in ks]
+        for rd in rows:
+            for slot, (kj, xs) in enumerate(zip(ks, xss, strict=True)):
+                rd.add_block(kj, xs, slot)
+    if whole < n_blocks:
+        xs = _WideX(b, x, xh, i64c(whole))
+        for rd in rows:
+            rd.add_block(i64c(whole), xs, 0)
     store_results(b, y, first, [rd.result() for rd in rows], accumulate)
 
 
@@ -188,9 +297,12 @@ def emit_matvec(
             emit = int16_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
         else:
             xsum = block_sums(b, x, n_cols) if has_bias(dtype) else None
+            step = rows_per_step(dtype, n_cols)
+            uses_shifts = any(shifted_row(dtype, i) for i in range(step))
+            xh = _HalfPairs.prepare(b, x, n_cols) if uses_shifts else None
 
             def emit(r: ir.Value, count: int) -> None:
-                _emit_rows(b, dtype, n_cols, accumulate, w, x, y, r, count, xsum)
+                _emit_rows(b, dtype, n_cols, accumulate, w, x, xh, y, r, count, xsum)
         n = b.sub(r1, r0)
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
         step = rows_per_step(dtype, n_cols)

@@ -1,0 +1,46 @@
+"""bench/decode_ab.py: variants built from their settings (files, module constants, the kernel switches by
+their short names), constants restored after each build, every variant timed (not the speed itself)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import decode_ab
+from runtime.jit.kernels import matvec, matvec_int16
+from runtime.quant.types import DType
+from tests.support.rwkvcpp_writer import write_v4_model
+from tests.support.synthetic import v4_state_dict
+
+
+@pytest.fixture
+def small_f16(tmp_path):
+    return write_v4_model(tmp_path / "small-f16.bin", v4_state_dict(n_layer=2, n_embd=64, n_vocab=300, seed=3),
+                          DType.F16)
+
+
+def test_switches_by_short_name_are_set_only_while_a_variant_is_built(small_f16, monkeypatch) -> None:
+    seen = []
+    real = decode_ab.load_weights
+
+    def spy(path):
+        seen.append((matvec.F16_BY_SHIFTS, matvec_int16.Q8_BYTES))
+        return real(path)
+
+    monkeypatch.setattr(decode_ab, "load_weights", spy)
+    before = matvec.F16_BY_SHIFTS, matvec_int16.Q8_BYTES
+    model = decode_ab.build_variant("F16_BY_SHIFTS=1,runtime.jit.kernels.matvec_int16.Q8_BYTES=0", small_f16, 1)
+    model.close()
+    assert seen == [(1, 0)]
+    assert (matvec.F16_BY_SHIFTS, matvec_int16.Q8_BYTES) == before
+    with pytest.raises(SystemExit, match="no constant"):
+        decode_ab.build_variant("runtime.jit.kernels.matvec.NOT_A_SWITCH=1", small_f16, 1)
+    with pytest.raises(SystemExit, match="no model file"):
+        decode_ab.build_variant("F16_BY_SHIFTS=0", None, 1)
+
+
+def test_every_variant_is_timed_against_the_read(small_f16, capsys) -> None:
+    assert decode_ab.main(["--model", str(small_f16), "--threads", "1", "--rounds", "2", "--steps", "2",
+                           "now=", "shifts=F16_BY_SHIFTS=1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 thread(s), 2 rounds x 2 steps" in out and "load " in out
+    assert out.count("small-f16.bin") == 2 and out.count("% of the read") == 2
