@@ -31,7 +31,7 @@ def test_switches_by_short_name_are_set_only_while_a_variant_is_built(small_f16,
     model = decode_ab.build_variant("F16_BY_SHIFTS=1,runtime.jit.kernels.matvec_int16.Q8_BYTES=0", small_f16, 1)
     model.close()
     assert seen == [(1, 0)]
-    assert (matvec.F16_BY_SHIFTS, matvec_int16.Q8_BYTES) == before
+    assert before == (matvec.F16_BY_SHIFTS, matvec_int16.Q8_BYTES)
     with pytest.raises(SystemExit, match="no constant"):
         decode_ab.build_variant("runtime.jit.kernels.matvec.NOT_A_SWITCH=1", small_f16, 1)
     with pytest.raises(SystemExit, match="no model file"):
