@@ -6,6 +6,7 @@ so the CPU name and feature string are also part of every cache key.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ class HostTarget:
     @property
     def is_x86(self) -> bool:
         return self.triple.startswith(("x86_64", "i386", "i686"))
+
+    @property
+    def is_arm64(self) -> bool:
+        return self.triple.startswith(("aarch64", "arm64"))
 
     @property
     def f32_lanes(self) -> int:
@@ -70,11 +75,38 @@ def host_target() -> HostTarget:
     features = os.environ.get("RWKV_TUI_FEATURES")
     if features is None:
         features = "" if foreign else llvm.get_host_cpu_features().flatten()
+        if not foreign and triple.startswith("aarch64") and "linux" in triple:
+            features = with_hwcap_features(features, _linux_hwcap())
     enabled = _enabled(features)
     # 256-bit vectors even with AVX-512 (kernels that gain from 512-bit ones ask for them): wider ones
     # downclock some CPUs and buy nothing when the work is bound by memory reads.
     bits = 256 if "avx2" in enabled or "avx" in enabled else 128
     return HostTarget(triple, cpu, features, bits)
+
+
+# Linux's arm64 hardware capability bits (AT_HWCAP) for the extensions the kernels use, by LLVM's
+# feature name. LLVM reads the host's features on Linux from /proc/cpuinfo but maps only some of them
+# (crc, aes, sha2, lse, sve, …; not asimddp), so the dot-product extension is taken from the kernel.
+AT_HWCAP = 16
+HWCAP_FEATURES = {"dotprod": 1 << 20}  # HWCAP_ASIMDDP
+
+
+def _linux_hwcap() -> int:
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return 0
+    getauxval.restype = ctypes.c_ulong
+    getauxval.argtypes = [ctypes.c_ulong]
+    return int(getauxval(AT_HWCAP))
+
+
+def with_hwcap_features(features: str, hwcap: int) -> str:
+    """`features` (LLVM's, of an arm64 Linux host) plus "+name" for each HWCAP_FEATURES bit set in
+    `hwcap` that it does not already mention."""
+    named = {f[1:] for f in features.split(",") if f[:1] in "+-"}
+    extra = [f"+{name}" for name, bit in HWCAP_FEATURES.items() if hwcap & bit and name not in named]
+    return ",".join(f for f in [features, *extra] if f)
 
 
 @functools.cache

@@ -101,3 +101,64 @@ def test_every_module_compiles_for(
     assert set(result["heads"]) == {"forward", "forward7", "pool", "sample", "trie", "quantize", "stream_read"}
     for name, head in result["heads"].items():
         assert object_kind(bytes.fromhex(head)) == kind, (name, head)
+
+
+_DOT_SCRIPT = """
+import json
+import llvmlite.binding as llvm
+from llvmlite import ir
+from runtime.jit.engine import prepare_module
+from runtime.jit.kernels import matvec
+from runtime.jit.kernels.matvec_int16 import INT16_TYPES, int16_variant
+from runtime.jit.target import new_target_machine
+out = {}
+for t in INT16_TYPES:
+    module = ir.Module("dot")
+    prepare_module(module)
+    matvec.emit_matvec(module, t, 544, linkage="external")
+    mod = llvm.parse_assembly(str(module))
+    mod.verify()
+    asm = new_target_machine().emit_assembly(mod)
+    # mnemonics without their arrangement suffix (macOS assembly writes "sdot.4s")
+    ops = {line.split()[0].split(".")[0] for line in asm.splitlines() if line.startswith((" ", "\\t")) and line.split()}
+    out[t.name] = {"variant": str(int16_variant(t)), "sdot": "sdot" in ops, "fmla": "fmla" in ops}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("triple, cpu, features, dot", [
+    ("aarch64-unknown-linux-gnu", "cortex-a57", "+neon,+fp-armv8,+crc", False),
+    ("aarch64-unknown-linux-gnu", "neoverse-n1", "+neon,+fp-armv8,+crc,+lse,+dotprod", True),
+    ("aarch64-unknown-linux-gnu", "neoverse-v1", "+neon,+fp-armv8,+dotprod,+i8mm,+bf16,+sve", True),
+    ("arm64-apple-macosx13.0.0", "apple-m1", "", True),  # features unread on macOS: the name says it
+    ("arm64-apple-macosx13.0.0", "apple-m2", "+neon,+fp-armv8,+dotprod,+i8mm", True),
+], ids=["cortex-a57", "neoverse-n1", "neoverse-v1", "apple-m1-by-name", "apple-m2"])
+def test_arm64_decoding_kernel_follows_the_dot_product_extension(triple: str, cpu: str, features: str,
+                                                                 dot: bool) -> None:
+    """The 4-, 5- and 8-bit matvec kernels for arm64: sdot on x quantized to int16 (matvec_dot.py) where
+    the CPU has the dot-product extension (by feature, or by an Apple M name), the float kernels (fmla,
+    no sdot) on plain NEON. Compiled to assembly here; run under qemu by tools/arm64_check.py."""
+    env = dict(os.environ, RWKV_TUI_TRIPLE=triple, RWKV_TUI_CPU=cpu, RWKV_TUI_FEATURES=features,
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", _DOT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+    for name, kernel in result.items():
+        assert kernel["variant"] == ("DotVariant(sdot)" if dot else "None"), name
+        assert kernel["sdot"] == dot, name
+        assert kernel["fmla"], name  # the block sums are scaled in float either way
+
+
+def test_the_dot_product_extension_is_read_from_the_hardware_capabilities() -> None:
+    """LLVM's feature list of an arm64 Linux host lacks the dot-product extension (it does not map
+    /proc/cpuinfo's asimddp); the kernel's AT_HWCAP bit adds it, once, and an explicit -dotprod stays."""
+    from runtime.jit.target import HWCAP_FEATURES, with_hwcap_features
+
+    bit = HWCAP_FEATURES["dotprod"]
+    assert with_hwcap_features("+neon,+fp-armv8,+lse", bit) == "+neon,+fp-armv8,+lse,+dotprod"
+    assert with_hwcap_features("+neon,+fp-armv8,+lse", 0) == "+neon,+fp-armv8,+lse"
+    assert with_hwcap_features("+neon,+dotprod", bit) == "+neon,+dotprod"
+    assert with_hwcap_features("+neon,-dotprod", bit) == "+neon,-dotprod"
+    assert with_hwcap_features("", bit) == "+dotprod"

@@ -1,0 +1,203 @@
+"""Matrix × vector for 4-, 5- and 8-bit rows with byte dot products on arm64 (NEON + the dot-product
+extension: sdot; Armv8.2+ cores such as Neoverse N1/V1/V2, Cortex-A76 and later, every Apple M chip).
+
+Called by matvec.py (same signature, same row split) where the host has the dot-product extension; plain
+NEON hosts (Cortex-A53/A57/A72) keep the float kernels. x is quantized once per call exactly as on x86
+(matvec_int16.quantize_x: X = round(x / sx_k) per block of 32, sx_k = max|x_k| / 32639, the bias terms
+from float Σx), so the error bound is the x86 one (tests/jit/test_kernels.int16_bound) and quality stays
+at float level. X is stored as its two signed bytes, X = 256·Xh + Xl (|Xh|, |Xl| ≤ 127, as in the
+x86 byte path), and every code of a block — Q8_0's signed bytes, or Q4/Q5's unsigned 0-31, which are
+also valid signed bytes — meets both halves through sdot:
+
+    h = sdot(sdot(0, q[0:16], Xh[0:16]), q[16:32], Xh[16:32])
+    Σ q·X = sdot(sdot(h << 8, q[0:16], Xl[0:16]), q[16:32], Xl[16:32])
+
+(4 lanes of int32; |Σ| ≤ 32 · 31 · 32639 (Q8_0: 128 · 32639) < 2^31), converted to float once and
+multiplied by d_k·sx_k. Per block and row: one 16-byte load of the nibbles (Q8_0: two of codes), an and
+and a shift (Q5: the fifth bits expanded by a byte shuffle, cmtst and an or), 4 sdot, a shift, scvtf, the
+scale (one f16 load and conversion, a multiply) and one fmla; the bias terms add one scalar fma.
+
+i8mm (smmla, 2×8 by 8×2 byte matrices) would do the 4 sdot of two rows in 4 smmla, but needs the two
+rows' codes interleaved by 8 bytes (4 zips per block and row pair) and the scales of both rows in one
+vector: by the cost model (bench/kernel_costs.py, docs/ARCHITECTURE.md) no gain on the cores that have
+it, so it is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from runtime.jit.irkit import F32, I8, I32, counted_loop, intrinsic
+from runtime.jit.kernels.dequant import NIBBLE_LAYOUTS, block_at, block_stride
+from runtime.jit.kernels.irhelpers import (
+    BLOCK,
+    Var,
+    byte_ptr,
+    const_vec,
+    fadd,
+    fma,
+    half_to_float,
+    hsum,
+    i64c,
+    load_as,
+    prefetch,
+    row_at,
+    shuffle,
+    splat,
+    splat_const,
+    stack_array,
+    stack_floats,
+    store_results,
+)
+from runtime.jit.kernels.matvec_int16 import PREFETCH_GROUPS, quantize_x, split_bytes
+from runtime.jit.target import host_target
+from runtime.quant.types import DType
+
+V16I8 = ir.VectorType(I8, 16)
+V4I32 = ir.VectorType(I32, 4)
+V4F = ir.VectorType(F32, 4)
+# arm64 CPUs LLVM names whose dot-product extension the runtime may assume even where the host's feature
+# list is empty (macOS: LLVM may not read the features there): every Apple M chip has it.
+DOTPROD_BY_NAME = ("apple-m", "apple-a14", "apple-a15", "apple-a16", "apple-a17")
+
+
+@dataclass(frozen=True)
+class DotVariant:
+    """The arm64 kernel: sdot (the only variant; see the module docstring on i8mm)."""
+
+    def __str__(self) -> str:
+        return "DotVariant(sdot)"
+
+
+def host_dot_variant() -> DotVariant | None:
+    """DotVariant on arm64 hosts with the dot-product extension (by feature, or by CPU name), else None."""
+    host = host_target()
+    if not host.is_arm64:
+        return None
+    if "dotprod" in host.enabled or host.cpu.startswith(DOTPROD_BY_NAME):
+        return DotVariant()
+    return None
+
+
+def _sdot(b: ir.IRBuilder, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
+    fn = intrinsic(b.module, "llvm.aarch64.neon.sdot.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
+    return b.call(fn, [acc, a, c])
+
+
+class _Prepared:
+    """Per-call arrays derived from x (stack, shared by every row): `xh`, `xl` the two signed bytes of X,
+    `sx` the per-block scales, `coef` the per-block bias factor (absent for Q8_0)."""
+
+    def __init__(self, b: ir.IRBuilder, dtype: DType, x: ir.Value, n_cols: int) -> None:
+        n_blocks = n_cols // BLOCK
+        lay = NIBBLE_LAYOUTS.get(dtype)
+        self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
+        self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
+        self.sx = stack_floats(b, n_blocks, align=64, name="sx")
+        self.coef = stack_floats(b, n_blocks, align=64, name="coef") if lay is not None else None
+
+        def store(at: ir.Value, q: ir.Value) -> None:
+            hi, lo = split_bytes(b, q)
+            for arr, v in ((self.xl, lo), (self.xh, hi)):
+                b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v.type.as_pointer()), align=8)
+
+        quantize_x(b, x, n_blocks, self.sx, self.coef, lay, store)
+
+    def halves(self, b: ir.IRBuilder, k: ir.Value) -> tuple[list[ir.Value], list[ir.Value]]:
+        """Block k's Xh and Xl, each as two <16 x i8> (values 0-15, 16-31)."""
+        out = []
+        for arr in (self.xh, self.xl):
+            p = b.bitcast(b.gep(arr, [b.mul(k, i64c(BLOCK))], inbounds=True), V16I8.as_pointer())
+            out.append([b.load(p, align=16), b.load(b.gep(p, [i64c(1)], inbounds=True), align=16)])
+        return out[0], out[1]
+
+    def scale(self, b: ir.IRBuilder, k: ir.Value) -> ir.Value:
+        return b.load(b.gep(self.sx, [k], inbounds=True))
+
+    def bias_factor(self, b: ir.IRBuilder, k: ir.Value) -> ir.Value:
+        return b.load(b.gep(self.coef, [k], inbounds=True))
+
+
+class _RowDot:
+    """One row against the prepared x, block by block."""
+
+    def __init__(self, b: ir.IRBuilder, dtype: DType, prep: _Prepared, row: ir.Value, ahead: int) -> None:
+        self.b, self.dtype, self.prep, self.row, self.ahead = b, dtype, prep, row, ahead
+        self.lay = NIBBLE_LAYOUTS.get(dtype)
+        self.acc = Var(b, ir.Constant(V4F, None), "acc")
+        self.bias = Var(b, ir.Constant(F32, 0.0), "bias") if self.lay is not None else None
+
+    def _codes(self, ptr: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """The block's codes as two <16 x i8> (values 0-15, 16-31)."""
+        b, lay = self.b, self.lay
+        if lay is None:  # Q8_0: d, then 32 int8 codes
+            return load_as(b, ptr, 2, V16I8), load_as(b, ptr, 18, V16I8)
+        q = load_as(b, ptr, lay.qs, V16I8)
+        halves = [b.and_(q, splat_const(V16I8, 15)), b.lshr(q, splat_const(V16I8, 4))]
+        if lay.qh is None:
+            return halves[0], halves[1]
+        # bit j of qh is the fifth bit of value j: byte j//8 of qh in lane j, tested against 1 << j%8
+        qh = b.bitcast(load_as(b, ptr, lay.qh, I32), ir.VectorType(I8, 4))
+        lane_bit = const_vec(V16I8, [1 << (j % 8) if j % 8 < 7 else -128 for j in range(16)])
+        out = []
+        for i, h in enumerate(halves):
+            spread = shuffle(b, qh, qh, [2 * i] * 8 + [2 * i + 1] * 8)
+            hit = b.icmp_unsigned("!=", b.and_(spread, lane_bit), ir.Constant(V16I8, None))
+            out.append(b.or_(h, b.and_(b.sext(hit, V16I8), splat_const(V16I8, 16))))
+        return out[0], out[1]
+
+    def _scales(self, ptr: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+        """The block's d and m (or None) as floats."""
+        b = self.b
+        if self.lay is not None and self.lay.has_min:
+            dm = half_to_float(b, load_as(b, ptr, 0, ir.VectorType(ir.IntType(16), 2), align=2))
+            return b.extract_element(dm, ir.Constant(I32, 0)), b.extract_element(dm, ir.Constant(I32, 1))
+        return half_to_float(b, load_as(b, ptr, 0, ir.IntType(16), align=2)), None
+
+    def add_block(self, k: ir.Value, xh: list[ir.Value], xl: list[ir.Value]) -> None:
+        b = self.b
+        ptr = block_at(b, self.row, self.dtype, k)
+        if self.ahead:
+            prefetch(b, byte_ptr(b, ptr, self.ahead))
+        lo, hi = self._codes(ptr)
+        high = _sdot(b, _sdot(b, ir.Constant(V4I32, None), lo, xh[0]), hi, xh[1])
+        dot = _sdot(b, _sdot(b, b.shl(high, splat_const(V4I32, 8)), lo, xl[0]), hi, xl[1])
+        d, m = self._scales(ptr)
+        scale = b.fmul(d, self.prep.scale(b, k))
+        self.acc.set(fma(b, b.sitofp(dot, V4F), splat(b, scale, 4), self.acc.get()))
+        if self.bias is not None:
+            self.bias.set(fma(b, m if m is not None else d, self.prep.bias_factor(b, k), self.bias.get()))
+
+    def result(self) -> ir.Value:
+        s = hsum(self.b, self.acc.get())
+        return fadd(self.b, s, self.bias.get()) if self.bias is not None else s
+
+
+def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, prep: _Prepared,
+               y: ir.Value, first: ir.Value, count: int) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count."""
+    row_bytes = dtype.row_bytes(n_cols)
+    ahead = int(PREFETCH_GROUPS * count * row_bytes)
+    rows = [_RowDot(b, dtype, prep, row_at(b, w, first, i, row_bytes), ahead) for i in range(count)]
+    with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
+        xh, xl = prep.halves(b, k)
+        for rd in rows:
+            rd.add_block(k, xh, xl)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+
+
+def dot_emitter(b: ir.IRBuilder, dtype: DType, variant: DotVariant, n_cols: int, accumulate: bool, w: ir.Value,
+                x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
+    """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
+    y[first + i] (+)= W[first + i]·x for i < count."""
+    del variant  # one variant so far
+    assert block_stride(dtype) == dtype.block_bytes  # 32-value blocks only (the INT16_TYPES)
+    prep = _Prepared(b, dtype, x, n_cols)
+
+    def emit(first: ir.Value, count: int) -> None:
+        _emit_rows(b, dtype, n_cols, accumulate, w, prep, y, first, count)
+
+    return emit
