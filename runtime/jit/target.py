@@ -6,7 +6,6 @@ so the CPU name and feature string are also part of every cache key.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 from dataclasses import dataclass
@@ -76,7 +75,7 @@ def host_target() -> HostTarget:
     if features is None:
         features = "" if foreign else llvm.get_host_cpu_features().flatten()
         if not foreign and triple.startswith("aarch64") and "linux" in triple:
-            features = with_hwcap_features(features, _linux_hwcap())
+            features = with_cpuinfo_features(features, _cpuinfo_features())
     enabled = _enabled(features)
     # 256-bit vectors even with AVX-512 (kernels that gain from 512-bit ones ask for them): wider ones
     # downclock some CPUs and buy nothing when the work is bound by memory reads.
@@ -84,28 +83,30 @@ def host_target() -> HostTarget:
     return HostTarget(triple, cpu, features, bits)
 
 
-# Linux's arm64 hardware capability bits (AT_HWCAP) for the extensions the kernels use, by LLVM's
-# feature name. LLVM reads the host's features on Linux from /proc/cpuinfo but maps only some of them
-# (crc, aes, sha2, lse, sve, …; not asimddp), so the dot-product extension is taken from the kernel.
-AT_HWCAP = 16
-HWCAP_FEATURES = {"dotprod": 1 << 20}  # HWCAP_ASIMDDP
+# The arm64 extensions the kernels use: LLVM's feature name → the name Linux's /proc/cpuinfo gives it.
+# LLVM reads a Linux host's features from /proc/cpuinfo but maps only some of them (crc, aes, sha2, lse,
+# sve, …; not asimddp or i8mm), so these are read from the same line here.
+CPUINFO_FEATURES = {"dotprod": "asimddp", "i8mm": "i8mm"}
 
 
-def _linux_hwcap() -> int:
+def _cpuinfo_features(path: str = "/proc/cpuinfo") -> set[str]:
+    """The names on the first `Features` line of /proc/cpuinfo (empty if there is none)."""
     try:
-        getauxval = ctypes.CDLL(None).getauxval
-    except (OSError, AttributeError):
-        return 0
-    getauxval.restype = ctypes.c_ulong
-    getauxval.argtypes = [ctypes.c_ulong]
-    return int(getauxval(AT_HWCAP))
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "Features":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
 
 
-def with_hwcap_features(features: str, hwcap: int) -> str:
-    """`features` (LLVM's, of an arm64 Linux host) plus "+name" for each HWCAP_FEATURES bit set in
-    `hwcap` that it does not already mention."""
+def with_cpuinfo_features(features: str, cpuinfo: set[str]) -> str:
+    """`features` (LLVM's, of an arm64 Linux host) plus "+name" for each CPUINFO_FEATURES extension that
+    /proc/cpuinfo lists (`cpuinfo`) and `features` does not already mention."""
     named = {f[1:] for f in features.split(",") if f[:1] in "+-"}
-    extra = [f"+{name}" for name, bit in HWCAP_FEATURES.items() if hwcap & bit and name not in named]
+    extra = [f"+{name}" for name, shown in CPUINFO_FEATURES.items() if shown in cpuinfo and name not in named]
     return ",".join(f for f in [features, *extra] if f)
 
 

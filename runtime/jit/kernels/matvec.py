@@ -23,7 +23,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from runtime.jit.irkit import F32, F32P, I8P, I16, I64, VOID, counted_loop, get_or_define
-from runtime.jit.kernels import matvec_int16
+from runtime.jit.kernels import matvec_dot, matvec_int16
 from runtime.jit.kernels.dequant import NIBBLE_LAYOUTS, block_at, check_supported, decode_block
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
@@ -61,7 +61,10 @@ MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 def rows_per_step(dtype: DType, n_cols: int) -> int:
     """Rows walked side by side: 4 for float rows, matvec_int16.rows_for where that kernel is used, 2
     for the other quantized ones (their decoding needs more registers); measured."""
-    if int16_variant(dtype) is not None:
+    variant = int16_variant(dtype)
+    if isinstance(variant, DotVariant):
+        return matvec_dot.rows_for(dtype, n_cols, variant)
+    if variant is not None:
         return matvec_int16.rows_for(dtype, n_cols)
     return 4 if dtype in (DType.F32, DType.F16) else 2
 

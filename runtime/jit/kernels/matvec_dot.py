@@ -53,33 +53,55 @@ from runtime.jit.kernels.irhelpers import (
     store_results,
 )
 from runtime.jit.kernels.matvec_int16 import PREFETCH_GROUPS, quantize_x, split_bytes
+from runtime.jit.kernels.matvec_int16 import rows_for as x86_rows_for
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
 
 V16I8 = ir.VectorType(I8, 16)
 V4I32 = ir.VectorType(I32, 4)
 V4F = ir.VectorType(F32, 4)
-# arm64 CPUs LLVM names whose dot-product extension the runtime may assume even where the host's feature
-# list is empty (macOS: LLVM may not read the features there): every Apple M chip has it.
+# arm64 CPUs LLVM names whose extensions the runtime may assume even where the host's feature list lacks
+# them (macOS, where LLVM may not read the features): every Apple M chip has the dot product, M2 and
+# later (A15 and later) i8mm too.
 DOTPROD_BY_NAME = ("apple-m", "apple-a14", "apple-a15", "apple-a16", "apple-a17")
+I8MM_BY_NAME = ("apple-m2", "apple-m3", "apple-m4", "apple-a15", "apple-a16", "apple-a17")
+
+
+# Whether hosts with i8mm walk rows in pairs with smmla (see the module docstring); a switch for A/B runs.
+USE_I8MM = True
 
 
 @dataclass(frozen=True)
 class DotVariant:
-    """The arm64 kernel: sdot (the only variant; see the module docstring on i8mm)."""
+    """The arm64 kernel: sdot per row, or with `i8mm` two rows at a time through smmla."""
+
+    i8mm: bool = False
 
     def __str__(self) -> str:
-        return "DotVariant(sdot)"
+        return "DotVariant(sdot+i8mm)" if self.i8mm else "DotVariant(sdot)"
 
 
 def host_dot_variant() -> DotVariant | None:
-    """DotVariant on arm64 hosts with the dot-product extension (by feature, or by CPU name), else None."""
+    """DotVariant on arm64 hosts with the dot-product extension (by feature, or by CPU name), with i8mm
+    where the host has that too; None elsewhere."""
     host = host_target()
     if not host.is_arm64:
         return None
-    if "dotprod" in host.enabled or host.cpu.startswith(DOTPROD_BY_NAME):
-        return DotVariant()
-    return None
+    listed = set(host.features.split(","))
+
+    def has(feature: str, by_name: tuple[str, ...]) -> bool:
+        return f"+{feature}" in listed or (f"-{feature}" not in listed and host.cpu.startswith(by_name))
+
+    if not has("dotprod", DOTPROD_BY_NAME):
+        return None
+    return DotVariant(i8mm=USE_I8MM and has("i8mm", I8MM_BY_NAME))
+
+
+def rows_for(dtype: DType, n_cols: int, variant: DotVariant) -> int:
+    """Rows walked side by side: as on x86 (matvec_int16.rows_for, which sets the prefetch distance),
+    an even number with i8mm."""
+    rows = x86_rows_for(dtype, n_cols)
+    return rows + rows % 2 if variant.i8mm else rows
 
 
 def _sdot(b: ir.IRBuilder, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
@@ -87,22 +109,66 @@ def _sdot(b: ir.IRBuilder, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
     return b.call(fn, [acc, a, c])
 
 
-class _Prepared:
-    """Per-call arrays derived from x (stack, shared by every row): `xh`, `xl` the two signed bytes of X,
-    `sx` the per-block scales, `coef` the per-block bias factor (absent for Q8_0)."""
+def _smmla(b: ir.IRBuilder, acc: ir.Value, a: ir.Value, c: ir.Value) -> ir.Value:
+    """acc + A·Bᵀ for A, B 2×8 signed byte matrices (rows: bytes 0-7, 8-15), as [c00, c01, c10, c11]."""
+    fn = intrinsic(b.module, "llvm.aarch64.neon.smmla.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
+    return b.call(fn, [acc, a, c])
 
-    def __init__(self, b: ir.IRBuilder, dtype: DType, x: ir.Value, n_cols: int) -> None:
+
+def _codes(b: ir.IRBuilder, dtype: DType, ptr: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """The codes of the block at i8* `ptr` as two <16 x i8> (values 0-15, 16-31)."""
+    lay = NIBBLE_LAYOUTS.get(dtype)
+    if lay is None:  # Q8_0: d, then 32 int8 codes
+        return load_as(b, ptr, 2, V16I8), load_as(b, ptr, 18, V16I8)
+    q = load_as(b, ptr, lay.qs, V16I8)
+    halves = [b.and_(q, splat_const(V16I8, 15)), b.lshr(q, splat_const(V16I8, 4))]
+    if lay.qh is None:
+        return halves[0], halves[1]
+    # bit j of qh is the fifth bit of value j: byte j//8 of qh in lane j, tested against 1 << j%8
+    qh = b.bitcast(load_as(b, ptr, lay.qh, I32), ir.VectorType(I8, 4))
+    lane_bit = const_vec(V16I8, [1 << (j % 8) if j % 8 < 7 else -128 for j in range(16)])
+    out = []
+    for i, h in enumerate(halves):
+        spread = shuffle(b, qh, qh, [2 * i] * 8 + [2 * i + 1] * 8)
+        hit = b.icmp_unsigned("!=", b.and_(spread, lane_bit), ir.Constant(V16I8, None))
+        out.append(b.or_(h, b.and_(b.sext(hit, V16I8), splat_const(V16I8, 16))))
+    return out[0], out[1]
+
+
+def _scales(b: ir.IRBuilder, dtype: DType, ptr: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+    """The block's d and m (or None) as floats."""
+    lay = NIBBLE_LAYOUTS.get(dtype)
+    if lay is not None and lay.has_min:
+        dm = half_to_float(b, load_as(b, ptr, 0, ir.VectorType(ir.IntType(16), 2), align=2))
+        return b.extract_element(dm, ir.Constant(I32, 0)), b.extract_element(dm, ir.Constant(I32, 1))
+    return half_to_float(b, load_as(b, ptr, 0, ir.IntType(16), align=2)), None
+
+
+class _Prepared:
+    """Per-call arrays derived from x (stack, shared by every row): the two signed bytes of X — for sdot
+    `xh` and `xl`, for smmla `xb`, each 8 values' Xh then Xl (the 2×8 matrix B of smmla) — `sx` the
+    per-block scales, `coef` the per-block bias factor (absent for Q8_0)."""
+
+    def __init__(self, b: ir.IRBuilder, dtype: DType, variant: DotVariant, x: ir.Value, n_cols: int) -> None:
         n_blocks = n_cols // BLOCK
         lay = NIBBLE_LAYOUTS.get(dtype)
-        self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
-        self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
+        if variant.i8mm:
+            self.xb = stack_array(b, I8, 2 * n_cols, align=64, name="xb")
+        else:
+            self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
+            self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
         self.sx = stack_floats(b, n_blocks, align=64, name="sx")
         self.coef = stack_floats(b, n_blocks, align=64, name="coef") if lay is not None else None
 
         def store(at: ir.Value, q: ir.Value) -> None:
             hi, lo = split_bytes(b, q)
-            for arr, v in ((self.xl, lo), (self.xh, hi)):
-                b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v.type.as_pointer()), align=8)
+            if variant.i8mm:
+                base = b.add(at, at)
+                places = ((self.xb, hi, base), (self.xb, lo, b.add(base, i64c(8))))
+            else:
+                places = ((self.xh, hi, at), (self.xl, lo, at))
+            for arr, v, i in places:
+                b.store(v, b.bitcast(b.gep(arr, [i], inbounds=True), v.type.as_pointer()), align=8)
 
         quantize_x(b, x, n_blocks, self.sx, self.coef, lay, store)
 
@@ -113,6 +179,11 @@ class _Prepared:
             p = b.bitcast(b.gep(arr, [b.mul(k, i64c(BLOCK))], inbounds=True), V16I8.as_pointer())
             out.append([b.load(p, align=16), b.load(b.gep(p, [i64c(1)], inbounds=True), align=16)])
         return out[0], out[1]
+
+    def matrices(self, b: ir.IRBuilder, k: ir.Value) -> list[ir.Value]:
+        """Block k's four B matrices for smmla (<16 x i8>: Xh then Xl of values 8c..8c+7, c = 0-3)."""
+        p = b.bitcast(b.gep(self.xb, [b.mul(k, i64c(2 * BLOCK))], inbounds=True), V16I8.as_pointer())
+        return [b.load(b.gep(p, [i64c(c)], inbounds=True), align=16) for c in range(4)]
 
     def scale(self, b: ir.IRBuilder, k: ir.Value) -> ir.Value:
         return b.load(b.gep(self.sx, [k], inbounds=True))
@@ -130,42 +201,17 @@ class _RowDot:
         self.acc = Var(b, ir.Constant(V4F, None), "acc")
         self.bias = Var(b, ir.Constant(F32, 0.0), "bias") if self.lay is not None else None
 
-    def _codes(self, ptr: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """The block's codes as two <16 x i8> (values 0-15, 16-31)."""
-        b, lay = self.b, self.lay
-        if lay is None:  # Q8_0: d, then 32 int8 codes
-            return load_as(b, ptr, 2, V16I8), load_as(b, ptr, 18, V16I8)
-        q = load_as(b, ptr, lay.qs, V16I8)
-        halves = [b.and_(q, splat_const(V16I8, 15)), b.lshr(q, splat_const(V16I8, 4))]
-        if lay.qh is None:
-            return halves[0], halves[1]
-        # bit j of qh is the fifth bit of value j: byte j//8 of qh in lane j, tested against 1 << j%8
-        qh = b.bitcast(load_as(b, ptr, lay.qh, I32), ir.VectorType(I8, 4))
-        lane_bit = const_vec(V16I8, [1 << (j % 8) if j % 8 < 7 else -128 for j in range(16)])
-        out = []
-        for i, h in enumerate(halves):
-            spread = shuffle(b, qh, qh, [2 * i] * 8 + [2 * i + 1] * 8)
-            hit = b.icmp_unsigned("!=", b.and_(spread, lane_bit), ir.Constant(V16I8, None))
-            out.append(b.or_(h, b.and_(b.sext(hit, V16I8), splat_const(V16I8, 16))))
-        return out[0], out[1]
-
-    def _scales(self, ptr: ir.Value) -> tuple[ir.Value, ir.Value | None]:
-        """The block's d and m (or None) as floats."""
-        b = self.b
-        if self.lay is not None and self.lay.has_min:
-            dm = half_to_float(b, load_as(b, ptr, 0, ir.VectorType(ir.IntType(16), 2), align=2))
-            return b.extract_element(dm, ir.Constant(I32, 0)), b.extract_element(dm, ir.Constant(I32, 1))
-        return half_to_float(b, load_as(b, ptr, 0, ir.IntType(16), align=2)), None
-
     def add_block(self, k: ir.Value, xh: list[ir.Value], xl: list[ir.Value]) -> None:
         b = self.b
         ptr = block_at(b, self.row, self.dtype, k)
         if self.ahead:
             prefetch(b, byte_ptr(b, ptr, self.ahead))
-        lo, hi = self._codes(ptr)
+        lo, hi = _codes(b, self.dtype, ptr)
+        # one chain: Xh's sums shifted into the accumulator of Xl's (two independent chains joined by an
+        # add cost a vector instruction more: modelled 4-25 % slower, Neoverse N1 / V1 / V2, Apple M)
         high = _sdot(b, _sdot(b, ir.Constant(V4I32, None), lo, xh[0]), hi, xh[1])
         dot = _sdot(b, _sdot(b, b.shl(high, splat_const(V4I32, 8)), lo, xl[0]), hi, xl[1])
-        d, m = self._scales(ptr)
+        d, m = _scales(b, self.dtype, ptr)
         scale = b.fmul(d, self.prep.scale(b, k))
         self.acc.set(fma(b, b.sitofp(dot, V4F), splat(b, scale, 4), self.acc.get()))
         if self.bias is not None:
@@ -174,6 +220,68 @@ class _RowDot:
     def result(self) -> ir.Value:
         s = hsum(self.b, self.acc.get())
         return fadd(self.b, s, self.bias.get()) if self.bias is not None else s
+
+
+class _PairDot:
+    """Two rows against the prepared x through smmla (i8mm): per block, the rows' codes interleaved by 8
+    bytes into four 2×8 matrices A (one zip each), four smmla against the block's B matrices giving
+    [r0·Xh, r0·Xl, r1·Xh, r1·Xl], converted once and scaled by [256·s0, s0, 256·s1, s1] (s = d·sx).
+    A single row is paired with itself (the rows after the last whole group)."""
+
+    def __init__(self, b: ir.IRBuilder, dtype: DType, prep: _Prepared, rows: list[ir.Value], ahead: int) -> None:
+        self.b, self.dtype, self.prep, self.rows, self.ahead = b, dtype, prep, rows, ahead
+        self.lay = NIBBLE_LAYOUTS.get(dtype)
+        self.acc = Var(b, ir.Constant(V4F, None), "acc")
+        self.bias = [Var(b, ir.Constant(F32, 0.0), "bias") for _ in rows] if self.lay is not None else None
+
+    def add_block(self, k: ir.Value, bs: list[ir.Value]) -> None:
+        b = self.b
+        ptrs = [block_at(b, row, self.dtype, k) for row in self.rows]
+        if self.ahead:
+            for ptr in ptrs:
+                prefetch(b, byte_ptr(b, ptr, self.ahead))
+        codes = [_codes(b, self.dtype, ptr) for ptr in ptrs]
+        (lo0, hi0), (lo1, hi1) = codes if len(codes) == 2 else codes * 2
+        first, second = list(range(8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
+        mats = [shuffle(b, lo0, lo1, first), shuffle(b, lo0, lo1, second),
+                shuffle(b, hi0, hi1, first), shuffle(b, hi0, hi1, second)]
+        dot = ir.Constant(V4I32, None)
+        for a, m in zip(mats, bs, strict=True):
+            dot = _smmla(b, dot, a, m)
+        scales = [_scales(b, self.dtype, ptr) for ptr in ptrs]
+        sx = self.prep.scale(b, k)
+        pair = ir.Constant(ir.VectorType(F32, 2), None)
+        for i, (d, _) in enumerate(scales * (2 // len(scales))):
+            pair = b.insert_element(pair, b.fmul(d, sx), ir.Constant(I32, i))
+        weights = b.fmul(shuffle(b, pair, pair, [0, 0, 1, 1]), const_vec(V4F, [256.0, 1.0, 256.0, 1.0]))
+        self.acc.set(fma(b, b.sitofp(dot, V4F), weights, self.acc.get()))
+        if self.bias is not None:
+            coef = self.prep.bias_factor(b, k)
+            for acc, (d, m) in zip(self.bias, scales, strict=True):
+                acc.set(fma(b, m if m is not None else d, coef, acc.get()))
+
+    def results(self) -> list[ir.Value]:
+        b, v = self.b, self.acc.get()
+        out = []
+        for i in range(len(self.rows)):
+            high, low = (b.extract_element(v, ir.Constant(I32, 2 * i + j)) for j in range(2))
+            s = fadd(b, high, low)
+            out.append(fadd(b, s, self.bias[i].get()) if self.bias is not None else s)
+        return out
+
+
+def _emit_pairs(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, prep: _Prepared,
+                y: ir.Value, first: ir.Value, count: int) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count, two rows per smmla (i8mm)."""
+    row_bytes = dtype.row_bytes(n_cols)
+    ahead = int(PREFETCH_GROUPS * count * row_bytes)
+    rows = [row_at(b, w, first, i, row_bytes) for i in range(count)]
+    pairs = [_PairDot(b, dtype, prep, rows[i:i + 2], ahead) for i in range(0, count, 2)]
+    with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
+        bs = prep.matrices(b, k)
+        for pd in pairs:
+            pd.add_block(k, bs)
+    store_results(b, y, first, [r for pd in pairs for r in pd.results()], accumulate)
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, prep: _Prepared,
@@ -193,11 +301,11 @@ def dot_emitter(b: ir.IRBuilder, dtype: DType, variant: DotVariant, n_cols: int,
                 x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
     """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
     y[first + i] (+)= W[first + i]·x for i < count."""
-    del variant  # one variant so far
     assert block_stride(dtype) == dtype.block_bytes  # 32-value blocks only (the INT16_TYPES)
-    prep = _Prepared(b, dtype, x, n_cols)
+    prep = _Prepared(b, dtype, variant, x, n_cols)
+    emit_rows = _emit_pairs if variant.i8mm else _emit_rows
 
     def emit(first: ir.Value, count: int) -> None:
-        _emit_rows(b, dtype, n_cols, accumulate, w, prep, y, first, count)
+        emit_rows(b, dtype, n_cols, accumulate, w, prep, y, first, count)
 
     return emit
