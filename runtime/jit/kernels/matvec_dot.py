@@ -14,13 +14,18 @@ also valid signed bytes — meets both halves through sdot:
 
 (4 lanes of int32; |Σ| ≤ 32 · 31 · 32639 (Q8_0: 128 · 32639) < 2^31), converted to float once and
 multiplied by d_k·sx_k. Per block and row: one 16-byte load of the nibbles (Q8_0: two of codes), an and
-and a shift (Q5: the fifth bits expanded by a byte shuffle, cmtst and an or), 4 sdot, a shift, scvtf, the
-scale (one f16 load and conversion, a multiply) and one fmla; the bias terms add one scalar fma.
+and a shift (Q5: per 16 codes the fifth bits spread by a tbl, moved onto bit 4 by one ushl, an and and
+an or), 4 sdot, a shift, scvtf, the scale (one f16 load and conversion, a multiply) and one fmla; the
+bias terms add one scalar fma. Modelled, cycles per block and row, float kernel → this (Neoverse N1,
+rows of 2048): Q8_0 14.6 → 4.0, Q5_1 22.3 → 7.1, Q4_0 17.1 → 5.1.
 
-i8mm (smmla, 2×8 by 8×2 byte matrices) would do the 4 sdot of two rows in 4 smmla, but needs the two
-rows' codes interleaved by 8 bytes (4 zips per block and row pair) and the scales of both rows in one
-vector: by the cost model (bench/kernel_costs.py, docs/ARCHITECTURE.md) no gain on the cores that have
-it, so it is not used.
+With i8mm (DotVariant.i8mm: Neoverse N2/V1/V2, Apple M2 and later) rows go in pairs through smmla, which
+multiplies a 2×8 byte matrix by the transpose of another and adds the 2×2 int32 result: A holds 8 codes
+of each row (the two rows' codes interleaved by 8 bytes, one zip each), B 8 values' Xh and Xl (x is
+stored in that order for it), so 4 smmla per block give [r0·Xh, r0·Xl, r1·Xh, r1·Xl] for both rows,
+converted once and scaled by [256·s0, s0, 256·s1, s1]. The cost models (bench/kernel_costs.py; the
+table and the choice in docs/ARCHITECTURE.md) put it 4-20 % below sdot on Apple M2 and, simulated, on
+Neoverse N2/V1/V2, where the ports bound is level; so it is used wherever the host has i8mm.
 """
 
 from __future__ import annotations
