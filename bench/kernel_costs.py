@@ -35,7 +35,7 @@ Zen 4. The newest llvm-mca on PATH is used.
 
 Variants (runtime/jit/kernels/matvec_int16.Variant for Q4/Q5/Q8_0, matvec.py for the rest):
   float      the generic float kernel in 256-bit vectors (F32/F16 everywhere without AVX-512F; every type
-             on arm64 and on x86 without AVX2)
+             on x86 without AVX2 and on arm64 without the dot-product extension)
   float512   F32/F16 rows in 512-bit vectors (matvec._WideFloatRow)
   avx2       int16 words, vpmaddwd, scales gathered
   vnni       vpdpwssd (AVX-VNNI or AVX512-VNNI), scales gathered
@@ -43,6 +43,8 @@ Variants (runtime/jit/kernels/matvec_int16.Variant for Q4/Q5/Q8_0, matvec.py for
   bw+vnni    both (Q5 codes as bytes, vpdpbusd)
   wide       bw+vnni and two 4-/5-bit blocks per 512-bit register, Q8_0 one block per 512-bit vpdpwssd
   wide+gfni  + nibbles split by vgf2p8affineqb
+  dot        arm64 with the dot-product extension: x as int16 in two signed bytes, sdot (matvec_dot.py)
+  dot+i8mm   the same, two rows at a time through smmla (i8mm)
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ CPUS = [
     CpuModel("apple-m2", ARM64, "apple-m2", _NEON + ",+dotprod,+i8mm", "apple-a15"),
     CpuModel("apple-m3", ARM64, "apple-m3", _NEON + ",+dotprod,+i8mm", "apple-a16"),
     CpuModel("neoverse-n1", ARM64, "neoverse-n1", _NEON + ",+dotprod", "neoverse-n1"),
+    CpuModel("neoverse-n2", ARM64, "neoverse-n2", _NEON + ",+dotprod,+i8mm", "neoverse-n2"),
     CpuModel("neoverse-v1", ARM64, "neoverse-v1", _NEON + ",+dotprod,+i8mm", "neoverse-v1"),
     CpuModel("neoverse-v2", ARM64, "neoverse-v2", _NEON + ",+dotprod,+i8mm", "neoverse-v2"),
 ]
@@ -114,7 +117,9 @@ INT16_VARIANTS = {
     "wide": (True, True, True, False),
     "wide+gfni": (True, True, True, True),
 }
-VARIANT_ORDER = ["float", "float512", *INT16_VARIANTS]
+# the arm64 kernel's variants (runtime/jit/kernels/matvec_dot.py)
+ARM_VARIANTS = ("dot", "dot+i8mm")
+VARIANT_ORDER = ["float", "float512", *INT16_VARIANTS, *ARM_VARIANTS]
 LOOP_KINDS = ("scales", "pair", "blk")  # counted_loop names inside the row loop
 BLOCKS_PER_UNIT = {"scales": 8, "pair": 2, "blk": 1}
 
@@ -125,6 +130,8 @@ BLOCKS_PER_UNIT = {"scales": 8, "pair": 2, "blk": 1}
 def _variant_name(v: object | None) -> str:
     if v is None:
         return "float"
+    if type(v).__name__ == "DotVariant":
+        return "dot+i8mm" if v.i8mm else "dot"
     flags = (v.vnni, v.masks, v.wide, v.gfni)
     return next(name for name, f in INT16_VARIANTS.items() if f == flags)
 
@@ -138,6 +145,10 @@ def _allowed(dtype: object) -> list[str]:
     feats = host_target().enabled
     if dtype in (DType.F32, DType.F16):
         return ["float", "float512"] if "avx512f" in feats else ["float"]
+    if not host_target().is_x86:
+        if matvec_int16.int16_variant(dtype) is None:
+            return ["float"]
+        return ["float", "dot", "dot+i8mm"] if "i8mm" in feats else ["float", "dot"]
     pick = matvec_int16.host_variant()
     if pick is None:
         return ["float"]
@@ -162,9 +173,14 @@ def _runtime_pick(dtype: object) -> str:
 def _forced(variant: str) -> Iterator[None]:
     """emit_matvec builds `variant` inside the block (its two decisions, module globals looked up per
     call, replaced for the time being)."""
-    from runtime.jit.kernels import matvec, matvec_int16
+    from runtime.jit.kernels import matvec, matvec_dot, matvec_int16
 
-    forced = None if variant in ("float", "float512") else matvec_int16.Variant(*INT16_VARIANTS[variant])
+    if variant in ("float", "float512"):
+        forced = None
+    elif variant in ARM_VARIANTS:
+        forced = matvec_dot.DotVariant(i8mm=variant == "dot+i8mm")
+    else:
+        forced = matvec_int16.Variant(*INT16_VARIANTS[variant])
     saved = matvec.int16_variant, matvec.wide_float_rows
     matvec.int16_variant = lambda t: forced if t in matvec_int16.INT16_TYPES else None
     matvec.wide_float_rows = lambda t: variant == "float512"
@@ -327,7 +343,8 @@ def mca_cycles(mca: str, triple: str, cpu: str, insns: list[str]) -> tuple[float
 # variant is built anyway)
 SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS": "matvec",
             "PREFETCH_GROUPS": "matvec_int16", "PREFETCH_TARGET": "matvec_int16", "LONG_ROW": "matvec_int16",
-            "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16", "Q8_BYTES": "matvec_int16"}
+            "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16", "Q8_BYTES": "matvec_int16",
+            "USE_I8MM": "matvec_dot"}
 
 
 def apply_switches(switches: dict[str, int]) -> None:

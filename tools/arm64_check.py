@@ -21,11 +21,12 @@ What it does, on an x86-64 Debian/Ubuntu host (root, network to Debian's mirrors
    hardware (runtime/jit/target.py), and the run checks that LLVM named the expected CPU.
 
 The CPU models cover the arm64 code paths the runtime can take: plain NEON (Cortex-A57, no dot
-product), NEON with the dot-product extension (Neoverse N1), and dot product + i8mm + BF16 + SVE
-(Neoverse V1, on qemu's `max` CPU, which implements all of them); in the full run also Apple M1
-(dot product, no i8mm) and M2 (i8mm, BF16) by name. Speed means nothing under emulation: the cost
-models of bench/ are for that. A test that starts a fresh Python process gets the emulated Python
-too (`sys.executable` is a small wrapper script around qemu).
+product: the float kernels), NEON with the dot-product extension (Neoverse N1: the sdot kernels of
+runtime/jit/kernels/matvec_dot.py), and dot product + i8mm + BF16 + SVE (Neoverse V1, on qemu's `max`
+CPU, which implements all of them: the smmla kernels, and sdot in a test that asks for it); in the
+full run also Apple M1 (dot product, no i8mm) and M2 (i8mm, BF16) by name. Speed means nothing
+under emulation: the cost models of bench/ are for that. A test that starts a fresh Python process
+gets the emulated Python too (`sys.executable` is a small wrapper script around qemu).
 
 Exit status 0 when every run passed; the failing CPU models are named otherwise.
 """
@@ -116,7 +117,9 @@ ONCE_TESTS = (
     "tests/test_pagecache.py",
     "tests/test_macos_paths.py",
 )
-CORE_TESTS = ("tests/model/test_weight_types.py",)
+# the forward pass per weight type, and the dot-product kernels (sdot, smmla) against numpy where the CPU
+# has them (Neoverse V1 runs both: its own pick, and sdot alone)
+CORE_TESTS = ("tests/model/test_weight_types.py", "tests/jit/test_matvec_nibbles.py::test_arm64_dot_product_variants")
 
 
 def log(message: str) -> None:
@@ -243,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--core", action="store_true",
-                        help="only the forward pass per weight type, on Cortex-A57 and Neoverse V1 (CI)")
+                        help="only the forward pass per weight type and the dot-product kernels, on Cortex-A57 "
+                             "and Neoverse V1 (CI)")
     parser.add_argument("--root", type=Path,
                         help="keep the arm64 root here and reuse it (default: a temporary folder, removed)")
     parser.add_argument("--cpu", action="append", choices=[c.name for c in CPUS], help="only these CPU models")

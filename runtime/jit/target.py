@@ -38,6 +38,10 @@ class HostTarget:
         return self.triple.startswith(("x86_64", "i386", "i686"))
 
     @property
+    def is_arm64(self) -> bool:
+        return self.triple.startswith(("aarch64", "arm64"))
+
+    @property
     def f32_lanes(self) -> int:
         """float32 lanes per SIMD register (8 with AVX2, 4 with SSE/NEON)."""
         return self.vector_bits // 32
@@ -70,11 +74,40 @@ def host_target() -> HostTarget:
     features = os.environ.get("RWKV_TUI_FEATURES")
     if features is None:
         features = "" if foreign else llvm.get_host_cpu_features().flatten()
+        if not foreign and triple.startswith("aarch64") and "linux" in triple:
+            features = with_cpuinfo_features(features, _cpuinfo_features())
     enabled = _enabled(features)
     # 256-bit vectors even with AVX-512 (kernels that gain from 512-bit ones ask for them): wider ones
     # downclock some CPUs and buy nothing when the work is bound by memory reads.
     bits = 256 if "avx2" in enabled or "avx" in enabled else 128
     return HostTarget(triple, cpu, features, bits)
+
+
+# The arm64 extensions the kernels use: LLVM's feature name → the name Linux's /proc/cpuinfo gives it.
+# LLVM reads a Linux host's features from /proc/cpuinfo but maps only some of them (crc, aes, sha2, lse,
+# sve, …; not asimddp or i8mm), so these are read from the same line here.
+CPUINFO_FEATURES = {"dotprod": "asimddp", "i8mm": "i8mm"}
+
+
+def _cpuinfo_features(path: str = "/proc/cpuinfo") -> set[str]:
+    """The names on the first `Features` line of /proc/cpuinfo (empty if there is none)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "Features":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def with_cpuinfo_features(features: str, cpuinfo: set[str]) -> str:
+    """`features` (LLVM's, of an arm64 Linux host) plus "+name" for each CPUINFO_FEATURES extension that
+    /proc/cpuinfo lists (`cpuinfo`) and `features` does not already mention."""
+    named = {f[1:] for f in features.split(",") if f[:1] in "+-"}
+    extra = [f"+{name}" for name, shown in CPUINFO_FEATURES.items() if shown in cpuinfo and name not in named]
+    return ",".join(f for f in [features, *extra] if f)
 
 
 @functools.cache

@@ -103,6 +103,21 @@ def test_zen4_costs_and_picks() -> None:
     results = kernel_costs.run_cpu(cpu, 1024, ["Q5_1", "Q4_0"], _mca_with_zen4())
     picks = {r["type"]: r["variant"] for r in results if r["picked"]}
     assert picks == {"Q5_1": "wide+gfni", "Q4_0": "wide+gfni"}
-    assert {r["variant"] for r in results if r["type"] == "Q5_1"} == set(kernel_costs.VARIANT_ORDER) - {"float512"}
+    assert {r["variant"] for r in results if r["type"] == "Q5_1"} == (set(kernel_costs.VARIANT_ORDER)
+                                                                       - {"float512", *kernel_costs.ARM_VARIANTS})
     for r in results:
         assert math.isfinite(r["cycles_per_block"]) and 0 < r["cycles_per_block"] < 100, r
+
+
+@pytest.mark.skipif(shutil.which("llvm-mca-19") is None, reason="no llvm-mca-19 (Debian: apt-get install llvm-19)")
+def test_arm64_costs_and_picks() -> None:
+    """Neoverse N1 (dot product): the quantized types are costed as the float kernel and as `dot`, the
+    runtime picks `dot`, and the model prices it below the float kernel (docs/ARCHITECTURE.md, Kernels);
+    the float types have the float kernel only."""
+    cpu = next(c for c in kernel_costs.CPUS if c.name == "neoverse-n1")
+    results = kernel_costs.run_cpu(cpu, 1024, ["Q8_0", "Q5_0", "F16"], "llvm-mca-19")
+    cost = {(r["type"], r["variant"]): r["cycles_per_block"] for r in results}
+    assert set(cost) == {("Q8_0", "float"), ("Q8_0", "dot"), ("Q5_0", "float"), ("Q5_0", "dot"), ("F16", "float")}
+    assert {r["type"]: r["variant"] for r in results if r["picked"]} == {"Q8_0": "dot", "Q5_0": "dot", "F16": "float"}
+    for t in ("Q8_0", "Q5_0"):
+        assert 0 < cost[t, "dot"] < cost[t, "float"], cost

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 TYPES = [DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, DType.Q8_0]
 FLOAT_TYPES = [DType.F32, DType.F16]
 COLS = [544, 1024]  # 17 blocks (whole gathers + leftovers), 32 blocks (whole gathers only)
-ROWS = 13  # row groups of 4 and single leftover rows
+ROWS = 14  # rows 1-13 are computed: whole groups of 2, 3 or 4 rows and one single leftover row
 RTOL = 1e-5  # as in test_kernels.py, for normal activations: max error relative to max|W·x|
 # Activations with a large block sum or a wide range make the factored sum d·Σq·x + m·Σx cancel, so the
 # error relative to max|W·x| says more about the data than the kernel (arm64's float kernel: 5.4e-5 on
@@ -189,3 +189,37 @@ def test_partial_scale_group_ignores_the_bytes_around_it(t: DType) -> None:
     lib.matvec(t, cols)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, 0, rows)
     assert np.all(np.isfinite(y)), y
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
+
+
+_ARM_SCRIPT = """
+import json
+from runtime.jit.kernels import matvec_dot
+matvec_dot.USE_I8MM = {i8mm}
+from runtime.jit.kernels.library import make_test_library
+from runtime.jit.kernels.matvec_int16 import int16_variant
+from tests.jit.test_matvec_nibbles import COLS, TYPES, max_errors
+lib = make_test_library([(t, c) for t in TYPES for c in COLS], kinds=("matvec",), use_cache=False)
+print(json.dumps({{"variants": sorted({{str(int16_variant(t)) for t in TYPES}}), "errors": max_errors(lib)}}))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("aarch64", "arm64"), reason="arm64 only (tools/arm64_check.py)")
+@pytest.mark.parametrize("i8mm", [False, True], ids=["sdot", "sdot+i8mm"])
+def test_arm64_dot_product_variants(i8mm: bool) -> None:
+    """The arm64 kernels of matvec_dot.py, each run where the host has what it uses (under qemu: Neoverse N1
+    for sdot, `max` for both), in a fresh process with the i8mm switch set: the same accuracy as every
+    other kernel, within the int16 bound."""
+    from runtime.jit.target import host_target
+
+    host = host_target()
+    missing = {"dotprod", "i8mm"} - host.enabled if i8mm else {"dotprod"} - host.enabled
+    if missing and not (host.cpu.startswith("apple-m") and not i8mm):
+        pytest.skip(f"the host lacks {sorted(missing)}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", _ARM_SCRIPT.format(i8mm=i8mm)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["variants"] == ["DotVariant(sdot+i8mm)" if i8mm else "DotVariant(sdot)"]
+    assert len(result["errors"]) == len(TYPES) * len(COLS) * N_ACTIVATIONS * 2
+    assert not _too_large(result["errors"]), _too_large(result["errors"])

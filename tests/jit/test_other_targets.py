@@ -101,3 +101,80 @@ def test_every_module_compiles_for(
     assert set(result["heads"]) == {"forward", "forward7", "pool", "sample", "trie", "quantize", "stream_read"}
     for name, head in result["heads"].items():
         assert object_kind(bytes.fromhex(head)) == kind, (name, head)
+
+
+_DOT_SCRIPT = """
+import json
+import llvmlite.binding as llvm
+from llvmlite import ir
+from runtime.jit.engine import prepare_module
+from runtime.jit.kernels import matvec
+from runtime.jit.kernels.matvec_int16 import INT16_TYPES, int16_variant
+from runtime.jit.target import new_target_machine
+out = {}
+for t in INT16_TYPES:
+    module = ir.Module("dot")
+    prepare_module(module)
+    matvec.emit_matvec(module, t, 544, linkage="external")
+    mod = llvm.parse_assembly(str(module))
+    mod.verify()
+    asm = new_target_machine().emit_assembly(mod)
+    # mnemonics without their arrangement suffix (macOS assembly writes "sdot.4s")
+    ops = {line.split()[0].split(".")[0] for line in asm.splitlines() if line.startswith((" ", "\\t")) and line.split()}
+    out[t.name] = {"variant": str(int16_variant(t)), "sdot": "sdot" in ops, "smmla": "smmla" in ops,
+                   "fmla": "fmla" in ops}
+print(json.dumps(out))
+"""
+
+
+_LINUX_ARM, _MACOS_ARM = "aarch64-unknown-linux-gnu", "arm64-apple-macosx13.0.0"
+
+
+@pytest.mark.parametrize("triple, cpu, features, variant", [
+    (_LINUX_ARM, "cortex-a57", "+neon,+fp-armv8,+crc", None),
+    (_LINUX_ARM, "neoverse-n1", "+neon,+fp-armv8,+crc,+lse,+dotprod", "sdot"),
+    (_LINUX_ARM, "neoverse-v1", "+neon,+fp-armv8,+dotprod,+i8mm,+bf16,+sve", "sdot+i8mm"),
+    (_LINUX_ARM, "neoverse-v1", "+neon,+fp-armv8,+dotprod,-i8mm", "sdot"),
+    (_MACOS_ARM, "apple-m1", "", "sdot"),  # features unread on macOS: the name says it
+    (_MACOS_ARM, "apple-m2", "", "sdot+i8mm"),
+    (_MACOS_ARM, "apple-m2", "-dotprod", None),
+], ids=["cortex-a57", "neoverse-n1", "neoverse-v1", "neoverse-v1-no-i8mm", "apple-m1-by-name", "apple-m2-by-name",
+        "apple-m2-no-dotprod"])
+def test_arm64_decoding_kernel_follows_the_dot_product_extension(triple: str, cpu: str, features: str,
+                                                                 variant: str | None) -> None:
+    """The 4-, 5- and 8-bit matvec kernels for arm64: sdot on x quantized to int16 (matvec_dot.py) where
+    the CPU has the dot-product extension (by feature, or by an Apple M name), smmla for two rows at a
+    time where it has i8mm too, the float kernels (fmla, neither) on plain NEON. Compiled to assembly
+    here; run under qemu by tools/arm64_check.py."""
+    env = dict(os.environ, RWKV_TUI_TRIPLE=triple, RWKV_TUI_CPU=cpu, RWKV_TUI_FEATURES=features,
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", _DOT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+    for name, kernel in result.items():
+        assert kernel["variant"] == (f"DotVariant({variant})" if variant else "None"), name
+        assert kernel["sdot"] == (variant == "sdot"), name
+        assert kernel["smmla"] == (variant == "sdot+i8mm"), name
+        assert kernel["fmla"], name  # the block sums are scaled in float either way
+
+
+def test_arm64_extensions_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    """LLVM's feature list of an arm64 Linux host lacks the dot-product and i8mm extensions (it does not map
+    /proc/cpuinfo's asimddp and i8mm); they are added from the same Features line, once, and an explicit
+    -dotprod stays."""
+    from runtime.jit.target import _cpuinfo_features, with_cpuinfo_features
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd crc32 atomics asimddp\n"
+                    "CPU part\t: 0xd0c\n\nprocessor\t: 1\nFeatures\t: fp asimd\n")
+    seen = _cpuinfo_features(str(info))
+    assert seen == {"fp", "asimd", "crc32", "atomics", "asimddp"}
+    assert _cpuinfo_features(str(tmp_path / "missing")) == set()
+    assert with_cpuinfo_features("+neon,+fp-armv8,+lse", seen) == "+neon,+fp-armv8,+lse,+dotprod"
+    assert with_cpuinfo_features("+neon,+lse", seen | {"i8mm"}) == "+neon,+lse,+dotprod,+i8mm"
+    assert with_cpuinfo_features("+neon,+fp-armv8,+lse", {"asimd"}) == "+neon,+fp-armv8,+lse"
+    assert with_cpuinfo_features("+neon,+dotprod", seen) == "+neon,+dotprod"
+    assert with_cpuinfo_features("+neon,-dotprod", seen) == "+neon,-dotprod"
+    assert with_cpuinfo_features("", seen) == "+dotprod"

@@ -13,8 +13,9 @@ F32 and F16 rows are walked in 512-bit vectors on AVX-512F hosts (`_WideFloatRow
 Zen 5, 2 threads, side by side: 82.6 → 69.4 ms/token at the lower quartile of 10 rounds).
 
 On x86 hosts with AVX2, the 4-, 5- and 8-bit types use matvec_int16.py instead (x quantized to int16
-per block, integer dot products; see its docstring for the design and figures). The generic kernel
-below serves the float types everywhere and every type on other hosts.
+per block, integer dot products; see its docstring for the design and figures), and on arm64 hosts with
+the dot-product extension matvec_dot.py (the same int16 x, as two bytes, through sdot). The generic
+kernel below serves the float types everywhere and every type on other hosts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from runtime.jit.irkit import F32, F32P, I8P, I16, I64, VOID, counted_loop, get_or_define
-from runtime.jit.kernels import matvec_int16
+from runtime.jit.kernels import matvec_dot, matvec_int16
 from runtime.jit.kernels.dequant import NIBBLE_LAYOUTS, block_at, check_supported, decode_block
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
@@ -48,6 +49,7 @@ from runtime.jit.kernels.irhelpers import (
     store_results,
     tree_sum,
 )
+from runtime.jit.kernels.matvec_dot import DotVariant, dot_emitter
 from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
@@ -71,7 +73,10 @@ MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 def rows_per_step(dtype: DType, n_cols: int) -> int:
     """Rows walked side by side: 4 for float rows, matvec_int16.rows_for where that kernel is used, 2
     for the other quantized ones (their decoding needs more registers); measured."""
-    if int16_variant(dtype) is not None:
+    variant = int16_variant(dtype)
+    if isinstance(variant, DotVariant):
+        return matvec_dot.rows_for(dtype, n_cols, variant)
+    if variant is not None:
         return matvec_int16.rows_for(dtype, n_cols)
     return FLOAT_ROWS if dtype in (DType.F32, DType.F16) else 2
 
@@ -293,7 +298,9 @@ def emit_matvec(
             p.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         variant = int16_variant(dtype)
-        if variant is not None:
+        if isinstance(variant, DotVariant):
+            emit = dot_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
+        elif variant is not None:
             emit = int16_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
         else:
             xsum = block_sums(b, x, n_cols) if has_bias(dtype) else None

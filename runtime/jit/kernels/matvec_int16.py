@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
@@ -80,6 +81,9 @@ from runtime.jit.kernels.irhelpers import (
 )
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
+
+if TYPE_CHECKING:
+    from runtime.jit.kernels.matvec_dot import DotVariant
 
 # Rows walked side by side. Each row prefetches its counterpart in the next group of rows, so the
 # count also sets the prefetch distance, and what was measured (bench/kernels.py and whole models,
@@ -157,9 +161,16 @@ def host_variant() -> Variant | None:
     return Variant(vnni=vnni, masks=masks, wide=wide, gfni=wide and "gfni" in feats)
 
 
-def int16_variant(dtype: DType) -> Variant | None:
-    """The variant `dtype` rows use on this host, or None (float kernels)."""
-    return host_variant() if dtype in INT16_TYPES else None
+def int16_variant(dtype: DType) -> Variant | DotVariant | None:
+    """The kernel `dtype` rows use on this host where x is quantized to int16: a Variant of this one (x86),
+    matvec_dot's DotVariant (arm64 with the dot-product extension), or None (float kernels)."""
+    if dtype not in INT16_TYPES:
+        return None
+    if not host_target().is_x86:
+        from runtime.jit.kernels.matvec_dot import host_dot_variant  # it builds on this module
+
+        return host_dot_variant()
+    return host_variant()
 
 
 def unsigned_q8() -> bool:
@@ -253,6 +264,50 @@ def _gather8(b: ir.IRBuilder, base: ir.Value, stride: int, count: int) -> ir.Val
                        ir.Constant(I8, 1)])
 
 
+
+def nearest_i32(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """<8 x float> → <8 x i32> rounded to nearest (even): vcvtps2dq on x86 (NaN → 0x80000000), frintn and
+    fcvtzs (or fcvtns) elsewhere."""
+    if host_target().is_x86:
+        cvt = intrinsic(b.module, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])
+        return b.call(cvt, [v])
+    return b.fptosi(b.call(intrinsic(b.module, "llvm.roundeven.v8f32", V8F, [V8F]), [v]), V8I32)
+
+
+def split_bytes(b: ir.IRBuilder, q: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """<8 x i16> X (|X| ≤ XMAX) as two <8 x i8> (Xh, Xl), both signed, with X = 256·Xh + Xl exactly."""
+    v8i8 = ir.VectorType(I8, VL)
+    lo = b.trunc(q, v8i8)  # the low byte, read as signed
+    hi = b.trunc(b.ashr(b.sub(q, b.sext(lo, q.type)), splat_const(q.type, 8)), v8i8)
+    return hi, lo
+
+
+def quantize_x(b: ir.IRBuilder, x: ir.Value, n_blocks: int, sx: ir.Value, coef: ir.Value | None,
+               offset: float | None, store: Callable[[ir.Value, ir.Value], None]) -> None:
+    """Emit the per-call quantization of x (see the module docstring): sx[k] = max|x_k| / XMAX, each 8
+    values' X handed to `store(index of the first, <8 x i16>)`, and with `coef` the block's bias factor
+    (Σx, times `offset` — the code offset — for types without a min)."""
+    mod = b.module
+    fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
+    vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
+    rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
+    with counted_loop(b, 0, n_blocks, name="xq") as k:
+        base = b.mul(k, i64c(BLOCK))
+        parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
+        big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in parts], lambda p, q: b.call(vmax, [p, q]))])
+        b.store(b.fmul(big, ir.Constant(F32, 1.0 / XMAX)), b.gep(sx, [k], inbounds=True))
+        inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
+                       b.fdiv(ir.Constant(F32, XMAX), big), ir.Constant(F32, 0.0))
+        inv_v = splat(b, inv)
+        for j, p in enumerate(parts):
+            store(b.add(base, i64c(VL * j)), b.trunc(nearest_i32(b, b.fmul(p, inv_v)), ir.VectorType(I16, VL)))
+        if coef is not None:
+            s = hsum(b, tree_sum(b, parts))
+            if offset is not None:
+                s = b.fmul(s, ir.Constant(F32, offset))
+            b.store(s, b.gep(coef, [k], inbounds=True))
+
+
 class _Prepared:
     """Per-call arrays derived from x (stack, shared by every row): `xq` the int16 codes of x (on the
     byte path `xh`, `xl`, its two signed bytes, instead), `sx` the per-block scales, `coef` the
@@ -285,35 +340,15 @@ class _Prepared:
             for arr in (self.sx, self.coef):
                 if arr is not None:
                     b.store(ir.Constant(F32, 0.0), b.gep(arr, [i64c(i)], inbounds=True))
-        mod = b.module
-        fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
-        vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
-        rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
-        cvt = intrinsic(mod, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even); NaN → 0x80000000
-        with counted_loop(b, 0, n_blocks, name="xq") as k:
-            base = b.mul(k, i64c(BLOCK))
-            parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
-            big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in parts], lambda p, q: b.call(vmax, [p, q]))])
-            b.store(b.fmul(big, ir.Constant(F32, 1.0 / XMAX)), b.gep(self.sx, [k], inbounds=True))
-            inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
-                           b.fdiv(ir.Constant(F32, XMAX), big), ir.Constant(F32, 0.0))
-            inv_v = splat(b, inv)
-            for j, p in enumerate(parts):
-                q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
-                at = b.add(base, i64c(VL * j))
-                if not self.split:
-                    b.store(q, b.bitcast(b.gep(self.xq, [at], inbounds=True), q.type.as_pointer()), align=16)
-                else:
-                    v8i8 = ir.VectorType(I8, VL)
-                    lo = b.trunc(q, v8i8)  # the low byte, read as signed
-                    hi = b.trunc(b.ashr(b.sub(q, b.sext(lo, q.type)), splat_const(q.type, 8)), v8i8)
-                    for arr, v in ((self.xl, lo), (self.xh, hi)):
-                        b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
-            if self.coef is not None:
-                s = hsum(b, tree_sum(b, parts))
-                if self.offset is not None:
-                    s = b.fmul(s, ir.Constant(F32, self.offset))
-                b.store(s, b.gep(self.coef, [k], inbounds=True))
+        if self.split:
+            def store(at: ir.Value, q: ir.Value) -> None:
+                hi, lo = split_bytes(b, q)
+                for arr, v in ((self.xl, lo), (self.xh, hi)):
+                    b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v.type.as_pointer()), align=8)
+        else:
+            def store(at: ir.Value, q: ir.Value) -> None:
+                b.store(q, b.bitcast(b.gep(self.xq, [at], inbounds=True), q.type.as_pointer()), align=16)
+        quantize_x(b, x, n_blocks, self.sx, self.coef, self.offset, store)
 
     @staticmethod
     def _at(b: ir.IRBuilder, arr: ir.Value, k: ir.Value, ty: ir.VectorType, align: int) -> ir.Value:
