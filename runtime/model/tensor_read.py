@@ -13,7 +13,8 @@ from runtime.formats.tensors import LazyTensor
 from runtime.model.layout import GlobalVec
 from runtime.quant.types import DType
 
-_MATRIX_ORDER = (DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0)
+_MATRIX_ORDER = (DType.F32, DType.F16, DType.Q8_0, DType.Q6_K, DType.Q5_K, DType.Q5_1, DType.Q5_0, DType.Q4_K,
+                 DType.Q4_1, DType.Q4_0, DType.Q3_K, DType.Q2_K)
 MATRIX_TYPES = frozenset(_MATRIX_ORDER)
 EMB_TYPES = frozenset({DType.F32, DType.F16})
 
@@ -25,6 +26,12 @@ def matrix_type(path: Path, tensor: LazyTensor, allowed: frozenset[DType] = MATR
         raise UnsupportedModelError(
             path, f"tensor '{tensor.name}' has type {tensor.dtype.name}, which the runtime cannot use; "
             f"convert the file to one of {names}"
+        )
+    n_cols = tensor.shape[-1] if tensor.shape else 1
+    if tensor.dtype.block_size > 1 and n_cols % tensor.dtype.block_size:
+        raise UnsupportedModelError(
+            path, f"tensor '{tensor.name}' has rows of {n_cols} values, which {tensor.dtype.name} cannot hold "
+            f"(it needs multiples of {tensor.dtype.block_size}); convert the file to another type"
         )
     return tensor.dtype
 
