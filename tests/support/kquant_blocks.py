@@ -7,9 +7,12 @@ the reference decoder.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 
+from runtime.formats.gguf_file import TensorPlan, read_gguf, write_gguf
 from runtime.quant.types import DType
 
 # byte offsets of the f16 super-block scales (d, dmin) and of the code bytes (the quants, without scales)
@@ -49,3 +52,42 @@ def code_part(raw: np.ndarray, dtype: DType) -> np.ndarray:
     lo, hi = CODE_BYTES[dtype]
     zeroed.reshape(-1, dtype.block_bytes)[:, lo:hi] = 0
     return k_values(raw, dtype).astype(np.float64) - k_values(zeroed, dtype)
+
+
+def is_big_matrix(name: str, shape: tuple[int, ...]) -> bool:
+    """The matrices a K-quant file stores as K blocks here: 2-D, both sides at least 256 and rows of
+    whole super-blocks, not the embedding (LoRA factors, with one side a small rank, stay as they are)."""
+    return (len(shape) == 2 and min(shape) >= 256 and shape[-1] % 256 == 0
+            and not name.startswith(("emb.", "token_embd.")))
+
+
+def k_quant_pair(src: Path, k_path: Path, f32_path: Path, dtype: DType, seed: int = 0) -> list[str]:
+    """From the GGUF `src`, write `k_path`, whose big matrices (`is_big_matrix`) are random valid
+    `dtype` blocks with the spread of the originals, and `f32_path`, the same model with those
+    matrices as F32 holding exactly the values gguf's decoder gives for the blocks (the oracle).
+    Everything else is copied byte for byte. Returns the replaced tensors' names."""
+    g = read_gguf(src)
+    arch = g.metadata["general.architecture"]
+    metadata = [(k, v) for k, v in g.metadata.items() if k not in ("general.architecture", "general.alignment")]
+    rng = np.random.default_rng(seed)
+    replaced: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, t in g.tensors.items():
+        if is_big_matrix(name, t.shape):
+            rows = int(np.prod(t.shape[:-1]))
+            raw = random_k_rows(dtype, rows, t.shape[-1], rng, float(np.std(t.numpy())), zero_first=False)
+            replaced[name] = (raw, k_values(raw, dtype))
+    for path, as_k in ((k_path, True), (f32_path, False)):
+        plan = [TensorPlan(n, t.shape, (dtype if as_k else DType.F32) if n in replaced else t.dtype)
+                for n, t in g.tensors.items()]
+
+        def chunks(p: TensorPlan, as_k: bool = as_k):
+            if p.name in replaced:
+                yield replaced[p.name][0 if as_k else 1].tobytes()
+            else:
+                t = g.tensors[p.name]
+                yield t.file.pread(t.offset, t.nbytes)
+
+        with open(path, "wb") as f:
+            write_gguf(f, arch, metadata, plan, chunks)
+    g.file.close()
+    return sorted(replaced)
