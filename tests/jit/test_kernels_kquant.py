@@ -140,17 +140,19 @@ _AVX512 = _SKX + ",+avx512vnni"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
-@pytest.mark.parametrize("cpu, features", [
-    ("x86-64", ""),
-    ("haswell", _HASWELL),
-    ("alderlake", _HASWELL + ",+avxvnni"),
-    ("skylake-avx512", _SKX),
-    ("cascadelake", _AVX512),
-    ("icelake-server", _AVX512 + ",+avx512vbmi,+gfni"),
-], ids=["baseline", "avx2", "avxvnni", "avx512-bw", "avx512-vnni", "avx512-wide"])
-def test_other_cpus(cpu: str, features: str) -> None:
+@pytest.mark.parametrize("cpu, features, variant", [
+    ("x86-64", "", "None"),
+    ("haswell", _HASWELL, "Variant(vnni=False, masks=False, wide=False, gfni=False)"),
+    ("alderlake", _HASWELL + ",+avxvnni", "Variant(vnni=True, masks=False, wide=False, gfni=False)"),
+    ("skylake-avx512", _SKX, "Variant(vnni=False, masks=True, wide=False, gfni=False)"),
+    ("cascadelake", _AVX512, "Variant(vnni=True, masks=True, wide=False, gfni=False)"),
+    ("icelake-server", _AVX512 + ",+avx512vbmi", "Variant(vnni=True, masks=True, wide=True, gfni=False)"),
+    ("icelake-server", _AVX512 + ",+avx512vbmi,+gfni", "Variant(vnni=True, masks=True, wide=True, gfni=True)"),
+], ids=["baseline", "avx2", "avxvnni", "avx512-bw", "avx512-vnni", "avx512-wide", "avx512-wide-gfni"])
+def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     """Compiled for another x86-64 CPU in a fresh process (run here, so the host must have what it
-    uses): the same accuracy for every K type, matvec and matmul."""
+    uses): the float kernel without AVX2, the integer kernel's variant for the features otherwise; the
+    same accuracy for every K type, matvec and matmul."""
     import llvmlite.binding as llvm
 
     host = llvm.get_host_cpu_features()
@@ -162,6 +164,7 @@ def test_other_cpus(cpu: str, features: str) -> None:
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["variants"] == [variant]
     assert sorted(result["errors"]) == sorted(t.name for t in TYPES)
     bad = {k: v for k, v in result["errors"].items() if max(v) > RTOL}
     assert not bad, (result["variants"], bad)

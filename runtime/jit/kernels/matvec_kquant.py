@@ -1,6 +1,7 @@
-"""Matrix × vector for K-quant rows (Q2_K … Q6_K), the generic kernel: activations in float32.
+"""Matrix × vector for K-quant rows (Q2_K … Q6_K): the generic kernel, activations in float32.
 
-Called by matvec.py (same signature, same row split). Each super-block's 16 sub-block scales and biases
+Called by matvec.py (same signature, same row split). On x86 hosts with AVX2 the integer kernel of
+matvec_kquant_int.py is used instead (see `int_variant`). Each super-block's 16 sub-block scales and biases
 are decoded at once (dequant_k.sub_scales); the codes of each sub-block of 16 are dotted with x in
 float and the sum scaled once, and the biases meet Σx per sub-block (summed once per call), so
 Σ value·x = Σ_s scale_s·Σ q·x + Σ_s bias_s·Σx_s. Rows are walked ROWS side by side, sharing the loads
@@ -34,8 +35,9 @@ from runtime.jit.kernels.irhelpers import (
     store_results,
     tree_sum,
 )
-from runtime.jit.kernels.matvec_int16 import Variant
-from runtime.quant.types import DType
+from runtime.jit.kernels.matvec_int16 import Variant, host_variant
+from runtime.jit.kernels.matvec_kquant_int import int_emitter
+from runtime.quant.types import K_QUANT_TYPES, DType
 
 ROWS = 2  # rows walked side by side
 PREFETCH_BYTES = 4096  # software prefetch distance ahead of each super-block read
@@ -91,6 +93,9 @@ def kquant_emitter(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool,
                    y: ir.Value) -> Callable[[ir.Value, int], None]:
     """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
     y[first + i] (+)= W[first + i]·x for i < count."""
+    variant = int_variant(dtype)
+    if variant is not None:
+        return int_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
     xsum = sub_sums(b, x, n_cols)
     row_bytes = dtype.row_bytes(n_cols)
 
@@ -105,8 +110,9 @@ def kquant_emitter(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool,
 
 
 def int_variant(dtype: DType) -> Variant | None:
-    """The integer kernel's variant for `dtype` rows on this host, or None (the float kernel above)."""
-    return None
+    """The integer kernel's variant for `dtype` rows on this host (matvec_kquant_int.py), or None (the
+    float kernel above: hosts without AVX2, not x86)."""
+    return host_variant() if dtype in K_QUANT_TYPES else None
 
 
 def kquant_rows(dtype: DType, n_cols: int) -> int:
