@@ -61,10 +61,10 @@ def is_big_matrix(name: str, shape: tuple[int, ...]) -> bool:
             and not name.startswith(("emb.", "token_embd.")))
 
 
-def k_quant_pair(src: Path, k_path: Path, f32_path: Path, dtype: DType, seed: int = 0) -> list[str]:
+def k_quant_pair(src: Path, k_path: Path, f32_path: Path | None, dtype: DType, seed: int = 0) -> list[str]:
     """From the GGUF `src`, write `k_path`, whose big matrices (`is_big_matrix`) are random valid
-    `dtype` blocks with the spread of the originals, and `f32_path`, the same model with those
-    matrices as F32 holding exactly the values gguf's decoder gives for the blocks (the oracle).
+    `dtype` blocks with the spread of the originals, and (unless None) `f32_path`, the same model with
+    those matrices as F32 holding exactly the values gguf's decoder gives for the blocks (the oracle).
     Everything else is copied byte for byte. Returns the replaced tensors' names."""
     g = read_gguf(src)
     arch = g.metadata["general.architecture"]
@@ -75,8 +75,10 @@ def k_quant_pair(src: Path, k_path: Path, f32_path: Path, dtype: DType, seed: in
         if is_big_matrix(name, t.shape):
             rows = int(np.prod(t.shape[:-1]))
             raw = random_k_rows(dtype, rows, t.shape[-1], rng, float(np.std(t.numpy())), zero_first=False)
-            replaced[name] = (raw, k_values(raw, dtype))
+            replaced[name] = (raw, k_values(raw, dtype) if f32_path is not None else raw)
     for path, as_k in ((k_path, True), (f32_path, False)):
+        if path is None:
+            continue
         plan = [TensorPlan(n, t.shape, (dtype if as_k else DType.F32) if n in replaced else t.dtype)
                 for n, t in g.tensors.items()]
 

@@ -5,7 +5,8 @@ are two equal halves):
 
     value[i] = scale[i // 16] · q[i] + bias[i // 16]      q an unsigned integer code (exact in float32)
 
-`sub_scales` gives `scale` and `bias` as two <16 x float> for the whole super-block, and `code_fields`
+`sub_scales` gives `scale` and `bias` for the whole super-block (per 16 values, or per 32 for
+Q4_K/Q5_K; `per_sixteen` widens those), and `code_fields`
 says where the bits of q lie: each group of 32 consecutive values takes its codes from one or two runs
 of 32 bytes (byte j of a run holds value j's bits `shift … shift+width-1`, placed at bit `place` of the
 code). Codes are at most 6 bits, so they fit the unsigned bytes of vpdpbusd (matvec_kquant.py).
@@ -36,7 +37,6 @@ from runtime.jit.kernels.irhelpers import (
     V8I32,
     VL,
     byte_ptr,
-    const_vec,
     fma,
     half_to_float,
     load_as,
@@ -90,45 +90,74 @@ def _half_at(b: ir.IRBuilder, block: ir.Value, offset: int) -> ir.Value:
     return half_to_float(b, load_as(b, block, offset, I16))
 
 
-def _lanes(b: ir.IRBuilder, raw: ir.Value, index: list[int], shifts: list[int], masks: list[int]) -> ir.Value:
-    """<16 x i32>: lane i = raw[index[i]] >> shifts[i] & masks[i] (raw: bytes zero-extended to i32)."""
-    picked = shuffle(b, raw, raw, index)
-    return b.and_(b.lshr(picked, const_vec(V16I32, shifts)), const_vec(V16I32, masks))
-
-
 def _bytes_as_i32(b: ir.IRBuilder, block: ir.Value, offset: int, count: int) -> ir.Value:
     return b.zext(load_as(b, block, offset, ir.VectorType(I8, count)), ir.VectorType(I32, count))
 
 
-def _k4_scales(b: ir.IRBuilder, block: ir.Value) -> tuple[ir.Value, ir.Value]:
-    """Q4_K/Q5_K: the 6-bit scale and min of each 32-value sub-block j, in lanes 2j and 2j+1, from the
-    12 bytes q at 4: j < 4: q[j] & 63, q[j+4] & 63; j ≥ 4: q[j+4] & 15 | (q[j-4] >> 6) << 4,
-    q[j+4] >> 4 | (q[j] >> 6) << 4."""
-    q = _bytes_as_i32(b, block, 4, 12)
-    js = [i // 2 for i in range(16)]
+def _words(b: ir.IRBuilder, block: ir.Value, offset: int) -> list[ir.Value]:
+    """The three little-endian u32 words of a 12-byte scale field."""
+    return [load_as(b, block, offset + 4 * i, I32) for i in range(3)]
 
-    def six_bits(low_idx: list[int], low_shift: list[int], high_idx: list[int]) -> ir.Value:
-        low = _lanes(b, q, low_idx, low_shift, [63 if j < 4 else 15 for j in js])
-        high = _lanes(b, q, high_idx, [6] * 16, [0 if j < 4 else 3 for j in js])
-        return b.or_(low, b.shl(high, splat_const(V16I32, 4)))
 
-    sc = six_bits([j if j < 4 else j + 4 for j in js], [0] * 16, [0 if j < 4 else j - 4 for j in js])
-    m = six_bits([j + 4 for j in js], [0 if j < 4 else 4 for j in js], [0 if j < 4 else j for j in js])
-    return sc, m
+def _bytes_of_words(b: ir.IRBuilder, words: list[ir.Value]) -> ir.Value:
+    """Four u32 words as 16 bytes, zero-extended to <16 x i32> (byte 4i + j of the words in lane 4i + j)."""
+    vec = ir.Constant(ir.VectorType(I32, 4), None)
+    for i, w in enumerate(words):
+        vec = b.insert_element(vec, w, ir.Constant(I32, i))
+    return b.zext(b.bitcast(vec, ir.VectorType(I8, 16)), V16I32)
+
+
+def _c(v: int) -> ir.Constant:
+    return ir.Constant(I32, v)
+
+
+def _k4_scales(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
+    """Q4_K/Q5_K: the 8 six-bit scales then the 8 mins of the 32-value sub-blocks, in 16 lanes, from the
+    12 bytes q at 4 (j < 4: q[j] & 63, q[j+4] & 63; j ≥ 4: q[j+4] & 15 | (q[j-4] >> 6) << 4,
+    q[j+4] >> 4 | (q[j] >> 6) << 4), unpacked four at a time in 32-bit words (scalar registers)."""
+    u0, u1, u2 = _words(b, block, 4)
+    six, four, two = _c(0x3F3F3F3F), _c(0x0F0F0F0F), _c(0x03030303)
+
+    def high(u: ir.Value) -> ir.Value:  # each byte's top two bits, moved to bits 4-5
+        return b.shl(b.and_(b.lshr(u, _c(6)), two), _c(4))
+
+    sc_hi = b.or_(b.and_(u2, four), high(u0))
+    m_hi = b.or_(b.and_(b.lshr(u2, _c(4)), four), high(u1))
+    return _bytes_of_words(b, [b.and_(u0, six), sc_hi, b.and_(u1, six), m_hi])
 
 
 def _q3_scales(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
-    """Q3_K: the 16 6-bit scales s (before − 32) from the 12 bytes q at 96: the low 4 bits are
-    q[s] & 15 (s < 8) or q[s-8] >> 4, the high 2 bits q[8 + s % 4] >> 2(s // 4) & 3."""
-    q = _bytes_as_i32(b, block, 96, 12)
-    low = _lanes(b, q, [s % 8 for s in range(16)], [0 if s < 8 else 4 for s in range(16)], [15] * 16)
-    high = _lanes(b, q, [8 + s % 4 for s in range(16)], [2 * (s // 4) for s in range(16)], [3] * 16)
-    return b.or_(low, b.shl(high, splat_const(V16I32, 4)))
+    """Q3_K: the 16 six-bit scales s (before − 32) from the 12 bytes q at 96: the low 4 bits are
+    q[s] & 15 (s < 8) or q[s-8] >> 4, the high 2 bits q[8 + s % 4] >> 2(s // 4) & 3; four at a time
+    in 32-bit words."""
+    a0, a1, t = _words(b, block, 96)
+    four, two = _c(0x0F0F0F0F), _c(0x03030303)
+
+    def word(low: ir.Value, low_shift: int, high_shift: int) -> ir.Value:
+        lo = b.and_(b.lshr(low, _c(low_shift)) if low_shift else low, four)
+        hi = b.and_(b.lshr(t, _c(high_shift)) if high_shift else t, two)
+        return b.or_(lo, b.shl(hi, _c(4)))
+
+    return _bytes_of_words(b, [word(a0, 0, 0), word(a1, 0, 2), word(a0, 4, 4), word(a1, 4, 6)])
 
 
-def sub_scales(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> tuple[ir.Value, ir.Value]:
-    """(scale, bias) of the 16 sub-blocks of 16 values of the super-block at i8* `block`, as
-    <16 x float> (value = scale·q + bias)."""
+def sub_size(dtype: DType) -> int:
+    """Values per scale: 32 for Q4_K/Q5_K, 16 for the others."""
+    return 2 * SUB if dtype in (DType.Q4_K, DType.Q5_K) else SUB
+
+
+@dataclass
+class SubScales:
+    """A super-block's factors: value = scale[i // size] · q[i] + bias[i // size], as <256/size x float>."""
+
+    scale: ir.Value
+    bias: ir.Value
+    size: int
+
+
+def sub_scales(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> SubScales:
+    """The scales and biases of the super-block at i8* `block`: per 32 values for Q4_K/Q5_K, per 16
+    for the others."""
 
     def times(v: ir.Value, s: ir.Value) -> ir.Value:
         return b.fmul(b.sitofp(v, V16F), splat(b, s, 16))
@@ -137,10 +166,12 @@ def sub_scales(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> tuple[ir.Value
         raw = _bytes_as_i32(b, block, 0, 16)
         sc = b.and_(raw, splat_const(V16I32, 15))
         m = b.lshr(raw, splat_const(V16I32, 4))
-        return times(sc, _half_at(b, block, 80)), times(m, b.fneg(_half_at(b, block, 82)))
+        return SubScales(times(sc, _half_at(b, block, 80)), times(m, b.fneg(_half_at(b, block, 82))), SUB)
     if dtype in (DType.Q4_K, DType.Q5_K):
-        sc, m = _k4_scales(b, block)
-        return times(sc, _half_at(b, block, 0)), times(m, b.fneg(_half_at(b, block, 2)))
+        dm = half_to_float(b, load_as(b, block, 0, ir.VectorType(I16, 2)))
+        both = b.fmul(b.sitofp(_k4_scales(b, block), V16F), shuffle(b, dm, dm, [0] * 8 + [1] * 8))
+        return SubScales(shuffle(b, both, both, list(range(8))),
+                         b.fneg(shuffle(b, both, both, list(range(8, 16)))), sub_size(dtype))
     if dtype is DType.Q3_K:
         s = b.sub(_q3_scales(b, block), splat_const(V16I32, 32))
         scale = times(s, _half_at(b, block, 108))
@@ -149,7 +180,15 @@ def sub_scales(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> tuple[ir.Value
         scale = times(s, _half_at(b, block, 208))
     else:
         raise ValueError(f"{dtype.name} is not a K-quant type")
-    return scale, b.fmul(scale, splat_const(V16F, -float(code_bias(dtype))))
+    return SubScales(scale, b.fmul(scale, splat_const(V16F, -float(code_bias(dtype)))), SUB)
+
+
+def per_sixteen(b: ir.IRBuilder, sub: SubScales) -> tuple[ir.Value, ir.Value]:
+    """(scale, bias) per 16 values, <16 x float> (sub-blocks of 32 repeated)."""
+    if sub.size == SUB:
+        return sub.scale, sub.bias
+    lanes = [i * SUB // sub.size for i in range(SUPER // SUB)]
+    return shuffle(b, sub.scale, sub.scale, lanes), shuffle(b, sub.bias, sub.bias, lanes)
 
 
 def code_piece(b: ir.IRBuilder, dtype: DType, block: ir.Value, piece: int) -> ir.Value:
@@ -167,7 +206,7 @@ def code_piece(b: ir.IRBuilder, dtype: DType, block: ir.Value, piece: int) -> ir
 
 def dequantize_superblock(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> list[ir.Value]:
     """The 256 weights of the super-block at i8* `block` as 32 <8 x float> pieces."""
-    scale, bias = sub_scales(b, dtype, block)
+    scale, bias = per_sixteen(b, sub_scales(b, dtype, block))
     out = []
     for p in range(PIECES_PER_SUPER):
         sub = ir.Constant(I32, p * VL // SUB)

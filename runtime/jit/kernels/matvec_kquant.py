@@ -15,7 +15,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import I32, counted_loop
-from runtime.jit.kernels.dequant_k import SUB, SUPER, V16F, code_piece, sub_scales, superblock_at
+from runtime.jit.kernels.dequant_k import SUB, SUPER, V16F, code_piece, per_sixteen, sub_scales, superblock_at
 from runtime.jit.kernels.irhelpers import (
     V8F,
     VL,
@@ -67,7 +67,7 @@ class _RowDot:
         ptr = superblock_at(b, self.row, self.dtype, k)
         if PREFETCH_BYTES:
             prefetch(b, byte_ptr(b, ptr, PREFETCH_BYTES))
-        scale, bias = sub_scales(b, self.dtype, ptr)
+        scale, bias = per_sixteen(b, sub_scales(b, self.dtype, ptr))
         sums = load_vec(b, xsum, b.mul(k, i64c(SUPER // SUB)), ty=V16F)
         self.bias.set(fma(b, bias, sums, self.bias.get()))
         base = b.mul(k, i64c(SUPER))

@@ -2,11 +2,11 @@
 
 Called by matvec_kquant.py on hosts where matvec_int16.host_variant() is not None. As there, x is
 quantized once per call to int16 per block of 32 (X = round(x / sx_k), sx_k = max|x_k| / XMAX) and kept
-as its two signed bytes (X = 256·Xh + Xl); Σx per sub-block of 16 stays float for the biases. Per
+as its two signed bytes (X = 256·Xh + Xl); Σx per sub-block stays float for the biases. Per
 super-block and row:
 
-* the 16 sub-block scales and biases are decoded at once (dequant_k.sub_scales, 16-lane vectors),
-  the scales multiplied by sx (per 16 values) and the biases dotted with Σx into a float accumulator;
+* the sub-block scales and biases are decoded at once (dequant_k.sub_scales: 8 or 16 lanes), the
+  scales multiplied by sx and the biases dotted with Σx (per sub-block) into a float accumulator;
 * the codes are built as unsigned bytes, a chunk of `width` values at a time (64 in a 512-bit register
   on hosts with AVX-512 VNNI and BW, two 32-value groups; else 32): each field of dequant_k.code_fields
   is one 32- or 64-byte load (two groups reading the same bytes share one broadcast load), one shift of
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import F32, I8, I16, I32, counted_loop, intrinsic
-from runtime.jit.kernels.dequant_k import GROUP, SUB, SUPER, V16F, code_fields, sub_scales, superblock_at
+from runtime.jit.kernels.dequant_k import GROUP, SUPER, code_fields, sub_scales, sub_size, superblock_at
 from runtime.jit.kernels.irhelpers import (
     PIECES,
     V8F,
@@ -35,7 +35,6 @@ from runtime.jit.kernels.irhelpers import (
     Var,
     byte_ptr,
     const_vec,
-    fadd,
     fma,
     hsum,
     i64c,
@@ -67,14 +66,15 @@ def chunk_width(variant: Variant) -> int:
 
 
 class _PreparedX:
-    """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X, `sx16` sx per 16
-    values (each block's sx twice), `xsum16` Σx per 16 values."""
+    """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx[size]` sx per
+    `size` values (16: each block's sx twice) and `xsum[size]` Σx per `size` values, for sizes 16, 32."""
 
-    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int) -> None:
+    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int) -> None:
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
         self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
-        self.sx16 = stack_floats(b, n_cols // SUB, align=64, name="sx16")
-        self.xsum16 = stack_floats(b, n_cols // SUB, align=64, name="xsum16")
+        self.size = size
+        self.sx = stack_floats(b, n_cols // size, align=64, name="sx")
+        self.xsum = stack_floats(b, n_cols // size, align=64, name="xsum")
         mod = b.module
         fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
         vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
@@ -88,10 +88,12 @@ class _PreparedX:
             sx = b.fmul(big, ir.Constant(F32, 1.0 / XMAX))
             inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
                            b.fdiv(ir.Constant(F32, XMAX), big), ir.Constant(F32, 0.0))
-            for half in range(2):
-                at = b.add(b.mul(k, i64c(2)), i64c(half))
-                b.store(sx, b.gep(self.sx16, [at], inbounds=True))
-                b.store(hsum(b, fadd(b, parts[2 * half], parts[2 * half + 1])), b.gep(self.xsum16, [at], inbounds=True))
+            per = GROUP // size
+            for i in range(per):
+                at = b.add(b.mul(k, i64c(per)), i64c(i))
+                b.store(sx, b.gep(self.sx, [at], inbounds=True))
+                mine = parts[i * PIECES // per:(i + 1) * PIECES // per]
+                b.store(hsum(b, tree_sum(b, mine)), b.gep(self.xsum, [at], inbounds=True))
             inv_v = splat(b, inv)
             for j, p in enumerate(parts):
                 q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
@@ -168,7 +170,8 @@ class _RowDot:
         self.b, self.dtype, self.variant, self.prep, self.row, self.ahead = b, dtype, variant, prep, row, ahead
         self.width = chunk_width(variant)
         self.acc = Var(b, ir.Constant(ir.VectorType(F32, self.width // 4), None), "acc")
-        self.bias = Var(b, ir.Constant(V16F, None), "bias")
+        self.subs_ty = ir.VectorType(F32, SUPER // prep.size)
+        self.bias = Var(b, ir.Constant(self.subs_ty, None), "bias")
 
     def add_superblock(self, k: ir.Value, xs: list[tuple[ir.Value, ir.Value]]) -> None:
         """Accumulate super-block k; `xs` are each chunk's (Xh, Xl)."""
@@ -177,20 +180,21 @@ class _RowDot:
         if self.ahead:
             for line in range(0, self.dtype.block_bytes, 64):
                 prefetch(b, byte_ptr(b, ptr, self.ahead + line))
-        scale, bias = sub_scales(b, self.dtype, ptr)
-        first = b.mul(k, i64c(SUPER // SUB))
-        self.bias.set(fma(b, bias, load_vec(b, prep.xsum16, first, align=64, ty=V16F), self.bias.get()))
-        ds = b.fmul(scale, load_vec(b, prep.sx16, first, align=64, ty=V16F))
-        per_chunk = width // SUB
+        sub = sub_scales(b, self.dtype, ptr)
+        n_subs = SUPER // sub.size
+        first = b.mul(k, i64c(n_subs))
+        self.bias.set(fma(b, sub.bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty),
+                          self.bias.get()))
+        ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
         for c, (xh, xl) in enumerate(xs):
             dot = _dot_bytes(b, self.variant, chunk_codes(b, self.dtype, ptr, c, width), xh, xl)
-            lane_scale = shuffle(b, ds, ds, [c * per_chunk + i // 4 for i in range(width // 4)])
+            lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
     def result(self) -> ir.Value:
         b = self.b
         bias = self.bias.get()
-        parts = [shuffle(b, bias, bias, list(range(VL))), shuffle(b, bias, bias, list(range(VL, 2 * VL)))]
+        parts = [shuffle(b, bias, bias, list(range(lo, lo + VL))) for lo in range(0, bias.type.count, VL)]
         acc = self.acc.get()
         parts += [shuffle(b, acc, acc, list(range(lo, lo + VL))) for lo in range(0, acc.type.count, VL)]
         return hsum(b, tree_sum(b, parts))
@@ -200,7 +204,7 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
                 x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
     """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
     y[first + i] (+)= W[first + i]·x for i < count."""
-    prep = _PreparedX(b, x, n_cols)
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype))
     row_bytes = dtype.row_bytes(n_cols)
     width = chunk_width(variant)
 
