@@ -27,12 +27,6 @@ def matrix_type(path: Path, tensor: LazyTensor, allowed: frozenset[DType] = MATR
             path, f"tensor '{tensor.name}' has type {tensor.dtype.name}, which the runtime cannot use; "
             f"convert the file to one of {names}"
         )
-    n_cols = tensor.shape[-1] if tensor.shape else 1
-    if tensor.dtype.block_size > 1 and n_cols % tensor.dtype.block_size:
-        raise UnsupportedModelError(
-            path, f"tensor '{tensor.name}' has rows of {n_cols} values, which {tensor.dtype.name} cannot hold "
-            f"(it needs multiples of {tensor.dtype.block_size}); convert the file to another type"
-        )
     return tensor.dtype
 
 

@@ -10,7 +10,8 @@ super-block and row:
 * the codes are built as unsigned bytes, a chunk of `width` values at a time (64 in a 512-bit register
   on hosts with AVX-512 VNNI and BW, two 32-value groups; else 32): each field of dequant_k.code_fields
   is one 32- or 64-byte load (two groups reading the same bytes share one broadcast load), one shift of
-  words by the per-group amount (vpsrlvw where the two groups differ) and one mask, OR-ed together;
+  words by the per-group amount (vpsrlvw where the two groups differ) and one mask (with GFNI both in
+  one vgf2p8affineqb), OR-ed together;
 * Σ q·X = 256·Σ q·Xh + Σ q·Xl by two vpdpbusd (AVX2 without VNNI: vpmaddubsw then vpmaddwd, which
   cannot saturate: q ≤ 63, |Xh|, |Xl| ≤ 128), each dword lane holding 4 values of one sub-block;
 * one conversion to float and one FMA by the lanes' d·scale·sx, picked from the 16 per super-block by
@@ -56,6 +57,7 @@ from runtime.quant.types import DType
 
 ROWS = 2  # rows walked side by side
 PREFETCH_GROUPS = 1  # prefetch the same place this many row groups ahead (0: none)
+USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
 V16I32 = ir.VectorType(I32, 16)
 
 
@@ -109,9 +111,18 @@ class _PreparedX:
         return b.load(b.bitcast(b.gep(arr, [start], inbounds=True), ty.as_pointer()), align=width)
 
 
-def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, width: int) -> ir.Value:
+def _affine_matrix(shift: int, width: int, place: int) -> int:
+    """The GF(2) matrix (a qword) for vgf2p8affineqb that moves bits shift … shift+width-1 of each byte
+    to bits place … place+width-1 and clears the others (output bit i is the parity of the input and
+    the matrix's byte 7 - i)."""
+    return sum((1 << (shift + t)) << (8 * (7 - place - t)) for t in range(width))
+
+
+def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, width: int,
+                gfni: bool = False) -> ir.Value:
     """The codes of values width·chunk … width·chunk+width-1 of the super-block at i8* `block`, as
-    <width x i8> unsigned bytes (see the module docstring)."""
+    <width x i8> unsigned bytes (see the module docstring). With `gfni` (64-value chunks) a field's
+    shift and mask are one vgf2p8affineqb."""
     n_groups = width // GROUP
     groups = [chunk * n_groups + i for i in range(n_groups)]
     v32 = ir.VectorType(I8, 32)
@@ -131,6 +142,13 @@ def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, widt
             parts = [load_as(b, block, o, v32) for o in offs]
             raw = shuffle(b, parts[0], parts[1], list(range(64)))
         amounts = [f.shift - f.place for f in fields]  # > 0: right, < 0: left (whole words; see below)
+        if gfni and any(amounts):
+            fn = intrinsic(b.module, f"llvm.x86.vgf2p8affineqb.{8 * width}", bytes_ty, [bytes_ty, bytes_ty, I8])
+            mats = [_affine_matrix(f.shift, f.width, f.place) for f in fields]
+            mat = [(mats[j // GROUP] >> (8 * (j % 8))) & 0xFF for j in range(width)]
+            codes = b.call(fn, [raw, const_vec(bytes_ty, mat), ir.Constant(I8, 0)])
+            out = codes if out is None else b.or_(out, codes)
+            continue
         words = b.bitcast(raw, words_ty)
         # a shift of 16-bit words moves bits across the two bytes of a word, but only into bit
         # positions that the mask below clears (a field's bits stay within their own byte)
@@ -187,7 +205,8 @@ class _RowDot:
                           self.bias.get()))
         ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
         for c, (xh, xl) in enumerate(xs):
-            dot = _dot_bytes(b, self.variant, chunk_codes(b, self.dtype, ptr, c, width), xh, xl)
+            codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
+            dot = _dot_bytes(b, self.variant, codes, xh, xl)
             lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
