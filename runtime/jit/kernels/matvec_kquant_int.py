@@ -57,6 +57,7 @@ from runtime.quant.types import DType
 
 ROWS = 2  # rows walked side by side
 PREFETCH_GROUPS = 1  # prefetch the same place this many row groups ahead (0: none)
+SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
 V16I32 = ir.VectorType(I32, 16)
 
@@ -71,7 +72,8 @@ class _PreparedX:
     """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx[size]` sx per
     `size` values (16: each block's sx twice) and `xsum[size]` Σx per `size` values, for sizes 16, 32."""
 
-    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int) -> None:
+    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None) -> None:
+        self.pattern = pattern
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
         self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
         self.size = size
@@ -162,7 +164,25 @@ def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, widt
     return out
 
 
-def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value, xl: ir.Value) -> ir.Value:
+def shift_pattern(b: ir.IRBuilder, width: int) -> ir.Value:
+    """The vpshufb indices that move each dword's bytes up by one (zero in), as <width x i8> passed
+    through an empty asm statement: LLVM would otherwise turn the shuffle back into a shift."""
+    bty = ir.VectorType(I8, width)
+    pattern = const_vec(bty, [-128 if j % 4 == 0 else (j % 16) - 1 for j in range(width)])
+    return b.asm(ir.FunctionType(bty, [bty]), "", "=v,0", [pattern], side_effect=False)
+
+
+def _times256(b: ir.IRBuilder, v: ir.Value, pattern: ir.Value) -> ir.Value:
+    """v << 8 in every dword lane as a byte shuffle (vpshufb, which runs on port 5 where the shift would
+    compete with vpdpbusd, the conversion and the FMA for port 0); exact since |v| < 2^23."""
+    n = v.type.count * 4
+    bty = ir.VectorType(I8, n)
+    fn = intrinsic(b.module, f"llvm.x86.{'avx512.pshuf.b.512' if n == 64 else 'avx2.pshuf.b'}", bty, [bty, bty])
+    return b.bitcast(b.call(fn, [b.bitcast(v, bty), pattern]), v.type)
+
+
+def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value, xl: ir.Value,
+               pattern: ir.Value | None) -> ir.Value:
     """Σ q·X per dword lane (4 values each) = 256·Σ q·Xh + Σ q·Xl, as <width/4 x i32>."""
     lanes = codes.type.count // 4
     ity = ir.VectorType(I32, lanes)
@@ -170,7 +190,8 @@ def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value,
     if variant.vnni:
         fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", ity, [ity, ity, ity])
         high = b.call(fn, [ir.Constant(ity, None), q, xh])
-        return b.call(fn, [b.shl(high, splat_const(ity, 8)), q, xl])
+        return b.call(fn, [_times256(b, high, pattern) if pattern is not None else b.shl(high, splat_const(ity, 8)),
+                           q, xl])
     v32i8, v16i16 = ir.VectorType(I8, 32), ir.VectorType(I16, 16)
     ubsw = intrinsic(b.module, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
     wd = intrinsic(b.module, "llvm.x86.avx2.pmadd.wd", V8I32, [v16i16, v16i16])
@@ -206,7 +227,7 @@ class _RowDot:
         ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
         for c, (xh, xl) in enumerate(xs):
             codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
-            dot = _dot_bytes(b, self.variant, codes, xh, xl)
+            dot = _dot_bytes(b, self.variant, codes, xh, xl, prep.pattern)
             lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
@@ -223,9 +244,10 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
                 x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
     """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
     y[first + i] (+)= W[first + i]·x for i < count."""
-    prep = _PreparedX(b, x, n_cols, sub_size(dtype))
-    row_bytes = dtype.row_bytes(n_cols)
     width = chunk_width(variant)
+    pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern)
+    row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
         ahead = PREFETCH_GROUPS * count * row_bytes
