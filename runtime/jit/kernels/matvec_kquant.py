@@ -15,6 +15,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import I32, counted_loop
+from runtime.jit.kernels import matvec_kquant_int
 from runtime.jit.kernels.dequant_k import SUB, SUPER, V16F, code_piece, per_sixteen, sub_scales, superblock_at
 from runtime.jit.kernels.irhelpers import (
     V8F,
@@ -117,4 +118,4 @@ def int_variant(dtype: DType) -> Variant | None:
 
 def kquant_rows(dtype: DType, n_cols: int) -> int:
     """Rows walked side by side."""
-    return ROWS
+    return matvec_kquant_int.ROWS if int_variant(dtype) is not None else ROWS

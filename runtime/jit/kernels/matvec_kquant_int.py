@@ -52,11 +52,13 @@ from runtime.jit.kernels.irhelpers import (
     tree_reduce,
     tree_sum,
 )
-from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant
+from runtime.jit.kernels.matvec_int16 import PREFETCH_TARGET, TINY, XMAX, Variant
 from runtime.quant.types import DType
 
 ROWS = 2  # rows walked side by side
-PREFETCH_GROUPS = 1  # prefetch the same place this many row groups ahead (0: none)
+# Each row prefetches the same place in the row group that many groups ahead that the distance is
+# about PREFETCH_TARGET (matvec_int16's measured best distance); at least one group (0: no prefetch).
+PREFETCH_GROUPS = 1
 SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
 V16I32 = ir.VectorType(I32, 16)
@@ -250,7 +252,8 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
-        ahead = PREFETCH_GROUPS * count * row_bytes
+        group = count * row_bytes
+        ahead = max(PREFETCH_GROUPS, round(PREFETCH_TARGET / group)) * group if PREFETCH_GROUPS else 0
         rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead) for i in range(count)]
         with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
             base = b.mul(k, i64c(SUPER))
