@@ -166,7 +166,9 @@ def sub_scales(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> SubScales:
         raw = _bytes_as_i32(b, block, 0, 16)
         sc = b.and_(raw, splat_const(V16I32, 15))
         m = b.lshr(raw, splat_const(V16I32, 4))
-        return SubScales(times(sc, _half_at(b, block, 80)), times(m, b.fneg(_half_at(b, block, 82))), SUB)
+        dm = half_to_float(b, load_as(b, block, 80, ir.VectorType(I16, 2)))  # d and dmin in one conversion
+        d, dmin = (b.extract_element(dm, ir.Constant(I32, i)) for i in range(2))
+        return SubScales(times(sc, d), times(m, b.fneg(dmin)), SUB)
     if dtype in (DType.Q4_K, DType.Q5_K):
         dm = half_to_float(b, load_as(b, block, 0, ir.VectorType(I16, 2)))
         both = b.fmul(b.sitofp(_k4_scales(b, block), V16F), shuffle(b, dm, dm, [0] * 8 + [1] * 8))
