@@ -1,8 +1,9 @@
 """Whole models whose big matrices are K-quant blocks (Q2_K … Q6_K), for every architecture.
 
 Each model is a random checkpoint converted to F32 (runtime.convert), then rewritten twice
-(tests/support/kquant_blocks.k_quant_pair): once with its big matrices (layers and head; the
-embedding too in some cases, as llama.cpp's K-quant files store it) as random valid K blocks, once
+(tests/support/kquant_blocks.k_quant_pair): once with its big matrices (layers and head; in some
+cases the embedding too, as llama.cpp's K-quant files store it, or every matrix whose rows hold whole
+super-blocks, LoRA factors included) as random valid K blocks, once
 with those matrices as F32 holding exactly the values gguf's reference decoder gives for the blocks.
 The F32 kernels are checked against the official implementations elsewhere, so the K-quant model must
 give the oracle's logits and state: decoding token by token (the matvec kernels) and as one sequence
@@ -47,8 +48,9 @@ def f32_source(request, tmp_path_factory):
 @pytest.mark.parametrize("dtype", K_QUANT_TYPES, ids=lambda t: t.name)
 def test_k_quant_model_matches_its_f32_oracle(f32_source, dtype: DType, tmp_path) -> None:
     embedding = dtype in (DType.Q4_K, DType.Q6_K, DType.Q2_K)
+    min_rows = 1 if dtype in (DType.Q5_K, DType.Q3_K) else 256  # LoRA factors too where their rows allow
     replaced = k_quant_pair(f32_source, tmp_path / "k.gguf", tmp_path / "oracle.gguf", dtype, seed=int(dtype),
-                            embedding=embedding)
+                            embedding=embedding, min_rows=min_rows)
     assert len(replaced) >= 2 * 4 + 1 + embedding  # at least four matrices per layer, the head (and embedding)
     decode_bound = INT16_TOLERANCE if int_variant(dtype) is not None else FLOAT_TOLERANCE
     with load_model(tmp_path / "k.gguf", threads=2) as model, load_model(tmp_path / "oracle.gguf", threads=2) as oracle:

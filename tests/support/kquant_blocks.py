@@ -54,16 +54,16 @@ def code_part(raw: np.ndarray, dtype: DType) -> np.ndarray:
     return k_values(raw, dtype).astype(np.float64) - k_values(zeroed, dtype)
 
 
-def is_big_matrix(name: str, shape: tuple[int, ...], embedding: bool = False) -> bool:
-    """The matrices a K-quant file stores as K blocks here: 2-D, both sides at least 256 and rows of
-    whole super-blocks, the embedding only with `embedding` (LoRA factors, with one side a small rank,
-    stay as they are)."""
-    return (len(shape) == 2 and min(shape) >= 256 and shape[-1] % 256 == 0
+def is_big_matrix(name: str, shape: tuple[int, ...], embedding: bool = False, min_rows: int = 256) -> bool:
+    """The matrices a K-quant file stores as K blocks here: 2-D with rows of whole super-blocks and at
+    least `min_rows` rows (256 leaves LoRA factors, whose rows are a small rank, as they are; 1 takes
+    those whose rows hold whole super-blocks too), the embedding only with `embedding`."""
+    return (len(shape) == 2 and shape[0] >= min_rows and shape[-1] % 256 == 0
             and (embedding or not name.startswith(("emb.", "token_embd."))))
 
 
 def k_quant_pair(src: Path, k_path: Path, f32_path: Path | None, dtype: DType, seed: int = 0,
-                 embedding: bool = False) -> list[str]:
+                 embedding: bool = False, min_rows: int = 256) -> list[str]:
     """From the GGUF `src`, write `k_path`, whose big matrices (`is_big_matrix`) are random valid
     `dtype` blocks with the spread of the originals, and (unless None) `f32_path`, the same model with
     those matrices as F32 holding exactly the values gguf's decoder gives for the blocks (the oracle).
@@ -74,7 +74,7 @@ def k_quant_pair(src: Path, k_path: Path, f32_path: Path | None, dtype: DType, s
     rng = np.random.default_rng(seed)
     replaced: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, t in g.tensors.items():
-        if is_big_matrix(name, t.shape, embedding):
+        if is_big_matrix(name, t.shape, embedding, min_rows):
             rows = int(np.prod(t.shape[:-1]))
             raw = random_k_rows(dtype, rows, t.shape[-1], rng, float(np.std(t.numpy())), zero_first=False)
             replaced[name] = (raw, k_values(raw, dtype) if f32_path is not None else raw)
