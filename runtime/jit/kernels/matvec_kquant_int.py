@@ -14,8 +14,13 @@ super-block and row:
   one vgf2p8affineqb), OR-ed together;
 * Σ q·X = 256·Σ q·Xh + Σ q·Xl by two vpdpbusd (AVX2 without VNNI: vpmaddubsw then vpmaddwd, which
   cannot saturate: q ≤ 63, |Xh|, |Xl| ≤ 128), each dword lane holding 4 values of one sub-block;
-* one conversion to float and one FMA by the lanes' d·scale·sx, picked from the 16 per super-block by
-  one permutation.
+  (with VNNI the ·256 is a byte shuffle, vpshufb, off the port the other three use);
+* one conversion to float and one FMA by the lanes' d·scale·sx, picked from the 8 or 16 per
+  super-block by one permutation.
+
+L2 GB/s per thread (bench/kernels.py, rows of 1024 and 4096, Sapphire Rapids, loaded machine; Q5_1
+and Q4_0 in the same runs about 19-21 and 18-20): Q4_K 19.4-21.9, Q5_K 21.6-23.2, Q6_K 28.4-32,
+Q3_K 12.8-14, Q2_K 12-13.5. Per value the five types cost about the same; Q2_K/Q3_K have fewer bytes.
 
 The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row.
 """
@@ -56,12 +61,11 @@ from runtime.jit.kernels.matvec_int16 import PREFETCH_TARGET, TINY, XMAX, Varian
 from runtime.quant.types import DType
 
 ROWS = 2  # rows walked side by side
-# Each row prefetches the same place in the row group that many groups ahead that the distance is
-# about PREFETCH_TARGET (matvec_int16's measured best distance); at least one group (0: no prefetch).
+# Each row prefetches the same place in a later row group: as many groups ahead as make about
+# PREFETCH_TARGET bytes (matvec_int16's measured best distance), at least PREFETCH_GROUPS (0: none).
 PREFETCH_GROUPS = 1
 SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
-V16I32 = ir.VectorType(I32, 16)
 
 
 def chunk_width(variant: Variant) -> int:
@@ -71,8 +75,8 @@ def chunk_width(variant: Variant) -> int:
 
 
 class _PreparedX:
-    """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx[size]` sx per
-    `size` values (16: each block's sx twice) and `xsum[size]` Σx per `size` values, for sizes 16, 32."""
+    """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx` sx and `xsum` Σx
+    per sub-block of `size` values (16: each block's sx twice; 32: once)."""
 
     def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None) -> None:
         self.pattern = pattern
