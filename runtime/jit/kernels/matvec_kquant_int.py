@@ -60,7 +60,6 @@ from runtime.jit.kernels.irhelpers import (
 from runtime.jit.kernels.matvec_int16 import PREFETCH_TARGET, TINY, XMAX, Variant
 from runtime.quant.types import DType
 
-ROWS = 2  # rows walked side by side
 # Each row prefetches the same place in a later row group: as many groups ahead as make about
 # PREFETCH_TARGET bytes (matvec_int16's measured best distance), at least PREFETCH_GROUPS (0: none).
 PREFETCH_GROUPS = 1
