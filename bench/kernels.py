@@ -26,14 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.jit.kernels.library import make_test_library
 from runtime.quant.codec import quantize
-from runtime.quant.types import DType
+from runtime.quant.types import K_QUANT_TYPES, DType
+from tests.support.kquant_blocks import random_k_rows
 
 GIB = 1 << 30
-ALL_TYPES = [DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0]
+ALL_TYPES = [DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, *K_QUANT_TYPES]
 MATVEC_SHAPES = [(768, 768), (3072, 768), (768, 3072), (4096, 4096)]
 HEAD = (50277, 768)
-MATMUL_TYPES = [DType.Q5_1, DType.Q8_0, DType.F16]
+MATMUL_TYPES = [DType.Q5_1, DType.Q8_0, DType.F16, *K_QUANT_TYPES]
 MATMUL_SHAPES = [(768, 768), (4096, 4096)]
+K_SHAPES = [(1024, 1024), (4096, 1024), (1024, 4096), (2048, 2048)]  # 430M and 1.5B shapes (rows of 256s)
 
 
 def _best(fn: Callable[[], None], min_time: float) -> float:
@@ -66,6 +68,9 @@ def memory_bandwidth(min_time: float) -> tuple[float, float]:
 def weight_bytes(dtype: DType, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     """(rows, row_bytes) uint8 of valid `dtype` data (a quantized random pattern repeated)."""
     pattern_rows = min(rows, 64)
+    if dtype in K_QUANT_TYPES:  # random valid super-blocks (no quantizer needed)
+        raw = random_k_rows(dtype, pattern_rows, cols, rng)
+        return np.ascontiguousarray(np.tile(raw, (-(-rows // pattern_rows), 1))[:rows])
     w = rng.normal(size=(pattern_rows, cols)).astype(np.float32)
     raw = quantize(w, dtype)
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(pattern_rows, -1)
@@ -176,7 +181,7 @@ def main() -> None:
     print(f"memory read bandwidth (numpy sum over 1 GiB): {one:.2f} GB/s 1 thread, {two:.2f} GB/s 2 threads")
     if not args.no_matvec:
         shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes
-                  else [*MATVEC_SHAPES, HEAD])
+                  else [*MATVEC_SHAPES, HEAD] if not set(types) & set(K_QUANT_TYPES) else K_SHAPES)
         bench_matvec(types, shapes, arena, min_time, (one, two))
     if not args.no_matmul:
         bench_matmul([t for t in MATMUL_TYPES if t in types] or MATMUL_TYPES, MATMUL_SHAPES, [16, 64, 256],

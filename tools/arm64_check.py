@@ -102,6 +102,7 @@ PER_CPU_TESTS = (
     "tests/model/test_weight_types.py",
     "tests/model/test_forward.py",
     "tests/jit/test_kernels.py",
+    "tests/jit/test_kernels_kquant.py",
     "tests/jit/test_elementwise.py",
     "tests/jit/test_matvec_nibbles.py",
     "tests/quant/test_native_quantize.py",

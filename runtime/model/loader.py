@@ -80,7 +80,8 @@ def _load_mapped(path: Path, mapping: mmap.mmap, chunk: int) -> LoadedWeights:
     emb, head = t["emb.weight"], t["head.weight"]
     advise_small_pages(mapping, emb.offset, emb.nbytes)
     if emb.dtype not in EMB_TYPES:
-        raise UnsupportedModelError(path, f"embedding of type {emb.dtype.name} is not supported (F32 or F16)")
+        raise UnsupportedModelError(
+            path, f"embedding of type {emb.dtype.name} is not supported (F32, F16 or a K-quant)")
     spec = arch.spec_for(path, ckpt, emb.dtype, matrix_type(path, head), chunk)
     params = arch.params(ckpt, spec)
     view = np.frombuffer(mapping, dtype=np.uint8)

@@ -11,11 +11,12 @@ from runtime.errors import ModelFileError, UnsupportedModelError
 from runtime.formats.checkpoint import Checkpoint
 from runtime.formats.tensors import LazyTensor
 from runtime.model.layout import GlobalVec
-from runtime.quant.types import DType
+from runtime.quant.types import K_QUANT_TYPES, DType
 
-_MATRIX_ORDER = (DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0)
+_MATRIX_ORDER = (DType.F32, DType.F16, DType.Q8_0, DType.Q6_K, DType.Q5_K, DType.Q5_1, DType.Q5_0, DType.Q4_K,
+                 DType.Q4_1, DType.Q4_0, DType.Q3_K, DType.Q2_K)
 MATRIX_TYPES = frozenset(_MATRIX_ORDER)
-EMB_TYPES = frozenset({DType.F32, DType.F16})
+EMB_TYPES = frozenset({DType.F32, DType.F16, *K_QUANT_TYPES})
 
 
 def matrix_type(path: Path, tensor: LazyTensor, allowed: frozenset[DType] = MATRIX_TYPES) -> DType:

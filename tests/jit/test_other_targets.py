@@ -31,7 +31,7 @@ from runtime.jit.target import host_target
 from runtime.jit.threads import pool_module
 from runtime.model.arch import rwkv7
 from runtime.model.arch.rwkv4 import Mat, ModelSpec, build_forward_module
-from runtime.quant.types import DType
+from runtime.quant.types import K_QUANT_TYPES, DType
 
 spec = ModelSpec(n_layer=len(SUPPORTED), n_embd=64, n_vocab=96, n_ffn=256,
                  layer_types=tuple((t,) * len(Mat) for t in SUPPORTED), emb_type=DType.F16,
@@ -40,13 +40,17 @@ spec7 = rwkv7.ModelSpec(n_layer=3, n_embd=128, n_vocab=96, n_ffn=512, head_size=
                         layer_types=((DType.F16,) * 14, (DType.Q8_0,) * 4 + (DType.F16,) * 8 + (DType.Q5_1,) * 2,
                                      (DType.F32,) * 14),
                         emb_type=DType.F16, head_type=DType.Q5_1, ln0_folded=False, chunk=16)
+spec_k = ModelSpec(n_layer=len(K_QUANT_TYPES), n_embd=256, n_vocab=96, n_ffn=1024,
+                   layer_types=tuple((t,) * len(Mat) for t in K_QUANT_TYPES), emb_type=DType.F16,
+                   head_type=DType.Q6_K, ln0_folded=True, chunk=16)
 quant = ir.Module("quantizers")
 for src in (DType.F32, DType.F16, DType.BF16):
     for dst in (DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0, DType.F16):
         emit_quantize(quant, src, dst)
 trie = ir.Module("trie")
 emit_trie_longest_match(trie)
-modules = {"forward": build_forward_module(spec), "forward7": rwkv7.build_forward_module(spec7),
+modules = {"forward": build_forward_module(spec), "forward_kquant": build_forward_module(spec_k),
+           "forward7": rwkv7.build_forward_module(spec7),
            "pool": pool_module(), "sample": sample.build_module(),
            "trie": trie, "quantize": quant, "stream_read": stream_read.build_module()}
 heads = {}
@@ -98,6 +102,7 @@ def test_every_module_compiles_for(
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["triple"] == triple
     assert result["futex"] == futex  # the pool sleeps on futexes only on Linux
-    assert set(result["heads"]) == {"forward", "forward7", "pool", "sample", "trie", "quantize", "stream_read"}
+    assert set(result["heads"]) == {"forward", "forward_kquant", "forward7", "pool", "sample", "trie", "quantize",
+                                    "stream_read"}
     for name, head in result["heads"].items():
         assert object_kind(bytes.fromhex(head)) == kind, (name, head)

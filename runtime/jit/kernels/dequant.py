@@ -38,7 +38,7 @@ from runtime.jit.kernels.irhelpers import (
     splat,
     splat_const,
 )
-from runtime.quant.types import DType
+from runtime.quant.types import K_QUANT_TYPES, DType
 
 SUPPORTED: tuple[DType, ...] = (DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0)
 V16I8 = ir.VectorType(I8, 16)
@@ -55,11 +55,12 @@ class Block:
 
 
 def check_supported(dtype: DType, n_cols: int) -> None:
-    """ValueError unless the kernels handle rows of `n_cols` values of `dtype`."""
-    if dtype not in SUPPORTED:
+    """ValueError unless the kernels handle rows of `n_cols` values of `dtype` (K-quants: dequant_k.py)."""
+    if dtype not in SUPPORTED and dtype not in K_QUANT_TYPES:
         raise ValueError(f"no weight kernel for type {dtype.name}")
-    if n_cols <= 0 or n_cols % BLOCK:
-        raise ValueError(f"rows of {n_cols} values are not supported: need a positive multiple of {BLOCK}")
+    unit = max(BLOCK, dtype.block_size)
+    if n_cols <= 0 or n_cols % unit:
+        raise ValueError(f"rows of {n_cols} values are not supported: need a positive multiple of {unit}")
 
 
 def block_stride(dtype: DType) -> int:

@@ -18,6 +18,7 @@ from llvmlite import ir
 
 from runtime.jit.irkit import F32, F32P, I8P, I64, VOID, counted_loop, get_or_define
 from runtime.jit.kernels.dequant import block_at, check_supported, dequantize_block
+from runtime.jit.kernels.dequant_k import SUPER, dequantize_superblock, is_k_quant, superblock_at
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
     VL,
@@ -95,9 +96,13 @@ def _dequantize_tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, ro
     with counted_loop(b, 0, count, name="dqrow") as i:
         src = row_at(b, w, row0, i, row_bytes)
         dst = _row_ptr(b, dtype, n_cols, w, row0, i, buf)
-        with counted_loop(b, 0, n_cols // BLOCK, name="dq") as k:
-            pieces = dequantize_block(b, dtype, block_at(b, src, dtype, k))
-            base = b.mul(k, i64c(BLOCK))
+        if is_k_quant(dtype):
+            unit, decode = SUPER, lambda k: dequantize_superblock(b, dtype, superblock_at(b, src, dtype, k))
+        else:
+            unit, decode = BLOCK, lambda k: dequantize_block(b, dtype, block_at(b, src, dtype, k))
+        with counted_loop(b, 0, n_cols // unit, name="dq") as k:
+            pieces = decode(k)
+            base = b.mul(k, i64c(unit))
             for j, p in enumerate(pieces):
                 store_vec(b, p, dst, b.add(base, i64c(VL * j)), align=32)
 

@@ -12,9 +12,10 @@ scaled once (see dequant.py). Each row is reduced horizontally once.
 F32 and F16 rows are walked in 512-bit vectors on AVX-512F hosts (`_WideFloatRow`: 1.5B F16 decoding,
 Zen 5, 2 threads, side by side: 82.6 → 69.4 ms/token at the lower quartile of 10 rounds).
 
-On x86 hosts with AVX2, the 4-, 5- and 8-bit types use matvec_int16.py instead (x quantized to int16
-per block, integer dot products; see its docstring for the design and figures). The generic kernel
-below serves the float types everywhere and every type on other hosts.
+K-quant rows (Q2_K … Q6_K) go to matvec_kquant.py. On x86 hosts with AVX2, the 4-, 5- and 8-bit
+types use matvec_int16.py instead (x quantized to int16 per block, integer dot products; see its
+docstring for the design and figures). The generic kernel below serves the float types everywhere and
+every legacy type on other hosts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llvmlite import ir
 from runtime.jit.irkit import F32, F32P, I8P, I16, I64, VOID, counted_loop, get_or_define
 from runtime.jit.kernels import matvec_int16
 from runtime.jit.kernels.dequant import NIBBLE_LAYOUTS, block_at, check_supported, decode_block
+from runtime.jit.kernels.dequant_k import is_k_quant
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
     PIECES,
@@ -47,6 +49,7 @@ from runtime.jit.kernels.irhelpers import (
     tree_sum,
 )
 from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
+from runtime.jit.kernels.matvec_kquant import kquant_emitter, kquant_rows
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
 
@@ -58,7 +61,9 @@ MATVEC_TYPE = ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64])
 
 def rows_per_step(dtype: DType, n_cols: int) -> int:
     """Rows walked side by side: 4 for float rows, matvec_int16.rows_for where that kernel is used, 2
-    for the other quantized ones (their decoding needs more registers); measured."""
+    for the other quantized ones (their decoding needs more registers); measured. K-quants: matvec_kquant."""
+    if is_k_quant(dtype):
+        return kquant_rows(dtype, n_cols)
     if int16_variant(dtype) is not None:
         return matvec_int16.rows_for(dtype, n_cols)
     return 4 if dtype in (DType.F32, DType.F16) else 2
@@ -184,7 +189,10 @@ def emit_matvec(
             p.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         variant = int16_variant(dtype)
-        if variant is not None:
+        step = rows_per_step(dtype, n_cols)
+        if is_k_quant(dtype):
+            emit = kquant_emitter(b, dtype, n_cols, accumulate, w, x, y)
+        elif variant is not None:
             emit = int16_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
         else:
             xsum = block_sums(b, x, n_cols) if has_bias(dtype) else None
@@ -193,7 +201,6 @@ def emit_matvec(
                 _emit_rows(b, dtype, n_cols, accumulate, w, x, y, r, count, xsum)
         n = b.sub(r1, r0)
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
-        step = rows_per_step(dtype, n_cols)
         main_end = b.sub(r1, b.srem(n, i64c(step)))
         with counted_loop(b, r0, main_end, step, name="row") as r:
             emit(r, step)

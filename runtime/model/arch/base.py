@@ -37,7 +37,8 @@ from runtime.jit.irkit import (
     store_at,
 )
 from runtime.jit.kernels.dequant import BLOCK
-from runtime.jit.kernels.irhelpers import half_to_float
+from runtime.jit.kernels.dequant_k import SUPER, dequantize_superblock, is_k_quant, superblock_at
+from runtime.jit.kernels.irhelpers import VL, half_to_float, store_vec
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
@@ -45,7 +46,7 @@ from runtime.jit.kernels.norm import emit_layernorm
 from runtime.jit.kernels.smallmat import emit_smallmat
 from runtime.jit.threads import emit_barrier
 from runtime.model.layout import Arg, GlobalVec
-from runtime.quant.types import DType
+from runtime.quant.types import K_QUANT_TYPES, DType
 
 FORWARD_NAME = "rwkv_forward"
 I8PP = I8P.as_pointer()
@@ -144,8 +145,8 @@ class ForwardBuilder:
     module_prefix = "rwkv"
 
     def __init__(self, spec: ArchSpec) -> None:
-        if spec.emb_type not in (DType.F32, DType.F16):
-            raise ValueError(f"embedding type {spec.emb_type.name} is not supported (F32 or F16)")
+        if spec.emb_type not in (DType.F32, DType.F16, *K_QUANT_TYPES):
+            raise ValueError(f"embedding type {spec.emb_type.name} is not supported (F32, F16 or a K-quant)")
         self.spec = spec
         self.module = ir.Module(name=f"{self.module_prefix}_L{spec.n_layer}_C{spec.n_embd}_V{spec.n_vocab}")
         self.barrier = emit_barrier(self.module)
@@ -327,6 +328,13 @@ class ForwardBuilder:
 
     def _embed_row(self, b: ir.IRBuilder, emb: ir.Value, token: ir.Value, out: ir.Value) -> None:
         C = self.spec.n_embd
+        if is_k_quant(self.spec.emb_type):  # llama.cpp's K-quant files store the embedding in K blocks too
+            dtype = self.spec.emb_type
+            row = b.gep(emb, [b.mul(token, i64(dtype.row_bytes(C)))], inbounds=True)
+            with counted_loop(b, i64(0), i64(C // SUPER), name="e") as k:
+                for j, piece in enumerate(dequantize_superblock(b, dtype, superblock_at(b, row, dtype, k))):
+                    store_vec(b, piece, out, b.add(b.mul(k, i64(SUPER)), i64(VL * j)))
+            return
         half = self.spec.emb_type is DType.F16
         elem = I16 if half else F32  # halves are read as bits: not every host converts them natively
         base = b.gep(b.bitcast(emb, elem.as_pointer()), [b.mul(token, i64(C))], inbounds=True)

@@ -1,0 +1,272 @@
+"""Matrix × vector for K-quant rows (Q2_K … Q6_K) with integer dot products (x86 with AVX2).
+
+Called by matvec_kquant.py on hosts where matvec_int16.host_variant() is not None. As there, x is
+quantized once per call to int16 per block of 32 (X = round(x / sx_k), sx_k = max|x_k| / XMAX) and kept
+as its two signed bytes (X = 256·Xh + Xl); Σx per sub-block stays float for the biases. Per
+super-block and row:
+
+* the sub-block scales and biases are decoded at once (dequant_k.sub_scales: 8 or 16 lanes), the
+  scales multiplied by sx and the biases dotted with Σx (per sub-block) into a float accumulator;
+* the codes are built as unsigned bytes, a chunk of `width` values at a time (64 in a 512-bit register
+  on hosts with AVX-512 VNNI and BW, two 32-value groups; else 32): each field of dequant_k.code_fields
+  is one 32- or 64-byte load (two groups reading the same bytes share one broadcast load), one shift of
+  words by the per-group amount (vpsrlvw where the two groups differ) and one mask (with GFNI both in
+  one vgf2p8affineqb), OR-ed together;
+* Σ q·X = 256·Σ q·Xh + Σ q·Xl by two vpdpbusd (AVX2 without VNNI: vpmaddubsw then vpmaddwd, which
+  cannot saturate: q ≤ 63, |Xh|, |Xl| ≤ 128), each dword lane holding 4 values of one sub-block;
+  (with VNNI the ·256 is a byte shuffle, vpshufb, off the port the other three use);
+* one conversion to float and one FMA by the lanes' d·scale·sx, picked from the 8 or 16 per
+  super-block by one permutation.
+
+L2 GB/s per thread (bench/kernels.py, rows of 1024 and 4096, Sapphire Rapids, loaded machine; Q5_1
+and Q4_0 in the same runs about 19-21 and 18-20): Q4_K 19.4-21.9, Q5_K 21.6-23.2, Q6_K 28.4-32,
+Q3_K 12.8-14, Q2_K 12-13.5. Per value the five types cost about the same; Q2_K/Q3_K have fewer bytes.
+
+The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llvmlite import ir
+
+from runtime.jit.irkit import F32, I8, I16, I32, counted_loop, intrinsic
+from runtime.jit.kernels.dequant_k import GROUP, SUPER, code_fields, sub_scales, sub_size, superblock_at
+from runtime.jit.kernels.irhelpers import (
+    PIECES,
+    V8F,
+    V8I32,
+    VL,
+    Var,
+    byte_ptr,
+    const_vec,
+    fma,
+    hsum,
+    i64c,
+    load_as,
+    load_vec,
+    prefetch,
+    row_at,
+    shuffle,
+    splat,
+    splat_const,
+    stack_array,
+    stack_floats,
+    store_results,
+    tree_reduce,
+    tree_sum,
+)
+from runtime.jit.kernels.matvec_int16 import PREFETCH_TARGET, TINY, XMAX, Variant
+from runtime.quant.types import DType
+
+ROWS = 2  # rows walked side by side
+# Each row prefetches the same place in a later row group: as many groups ahead as make about
+# PREFETCH_TARGET bytes (matvec_int16's measured best distance), at least PREFETCH_GROUPS (0: none).
+PREFETCH_GROUPS = 1
+SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
+USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
+
+
+def chunk_width(variant: Variant) -> int:
+    """Values per chunk of byte codes: 64 (512-bit registers) where the host has AVX-512 VNNI, BW and
+    VBMI (matvec_int16's `wide`), else 32."""
+    return 64 if variant.wide else 32
+
+
+class _PreparedX:
+    """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx` sx and `xsum` Σx
+    per sub-block of `size` values (16: each block's sx twice; 32: once)."""
+
+    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None) -> None:
+        self.pattern = pattern
+        self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
+        self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
+        self.size = size
+        self.sx = stack_floats(b, n_cols // size, align=64, name="sx")
+        self.xsum = stack_floats(b, n_cols // size, align=64, name="xsum")
+        mod = b.module
+        fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
+        vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
+        rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
+        cvt = intrinsic(mod, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
+        v8i8 = ir.VectorType(I8, VL)
+        with counted_loop(b, 0, n_cols // GROUP, name="xq") as k:
+            base = b.mul(k, i64c(GROUP))
+            parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
+            big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in parts], lambda p, q: b.call(vmax, [p, q]))])
+            sx = b.fmul(big, ir.Constant(F32, 1.0 / XMAX))
+            inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
+                           b.fdiv(ir.Constant(F32, XMAX), big), ir.Constant(F32, 0.0))
+            per = GROUP // size
+            for i in range(per):
+                at = b.add(b.mul(k, i64c(per)), i64c(i))
+                b.store(sx, b.gep(self.sx, [at], inbounds=True))
+                mine = parts[i * PIECES // per:(i + 1) * PIECES // per]
+                b.store(hsum(b, tree_sum(b, mine)), b.gep(self.xsum, [at], inbounds=True))
+            inv_v = splat(b, inv)
+            for j, p in enumerate(parts):
+                q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
+                lo = b.trunc(q, v8i8)  # the low byte, read as signed
+                hi = b.trunc(b.ashr(b.sub(q, b.sext(lo, q.type)), splat_const(q.type, 8)), v8i8)
+                at = b.add(base, i64c(VL * j))
+                for arr, v in ((self.xl, lo), (self.xh, hi)):
+                    b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
+
+    def bytes_at(self, b: ir.IRBuilder, arr: ir.Value, start: ir.Value, width: int) -> ir.Value:
+        """`width` bytes of `arr` from value `start`, as <width/4 x i32>."""
+        ty = ir.VectorType(I32, width // 4)
+        return b.load(b.bitcast(b.gep(arr, [start], inbounds=True), ty.as_pointer()), align=width)
+
+
+def _affine_matrix(shift: int, width: int, place: int) -> int:
+    """The GF(2) matrix (a qword) for vgf2p8affineqb that moves bits shift … shift+width-1 of each byte
+    to bits place … place+width-1 and clears the others (output bit i is the parity of the input and
+    the matrix's byte 7 - i)."""
+    return sum((1 << (shift + t)) << (8 * (7 - place - t)) for t in range(width))
+
+
+def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, width: int,
+                gfni: bool = False) -> ir.Value:
+    """The codes of values width·chunk … width·chunk+width-1 of the super-block at i8* `block`, as
+    <width x i8> unsigned bytes (see the module docstring). With `gfni` (64-value chunks) a field's
+    shift and mask are one vgf2p8affineqb."""
+    n_groups = width // GROUP
+    groups = [chunk * n_groups + i for i in range(n_groups)]
+    v32 = ir.VectorType(I8, 32)
+    bytes_ty = ir.VectorType(I8, width)
+    words_ty = ir.VectorType(I16, width // 2)
+    out = None
+    for fields in zip(*(code_fields(dtype, g) for g in groups), strict=True):
+        offs = [f.offset for f in fields]
+        if n_groups == 1:
+            raw = load_as(b, block, offs[0], v32)
+        elif all(o == offs[0] for o in offs):
+            one = load_as(b, block, offs[0], v32)
+            raw = shuffle(b, one, one, list(range(32)) * n_groups)
+        elif offs == [offs[0] + 32 * i for i in range(n_groups)]:
+            raw = load_as(b, block, offs[0], bytes_ty)
+        else:
+            parts = [load_as(b, block, o, v32) for o in offs]
+            raw = shuffle(b, parts[0], parts[1], list(range(64)))
+        amounts = [f.shift - f.place for f in fields]  # > 0: right, < 0: left (whole words; see below)
+        if gfni and any(amounts):
+            fn = intrinsic(b.module, f"llvm.x86.vgf2p8affineqb.{8 * width}", bytes_ty, [bytes_ty, bytes_ty, I8])
+            mats = [_affine_matrix(f.shift, f.width, f.place) for f in fields]
+            mat = [(mats[j // GROUP] >> (8 * (j % 8))) & 0xFF for j in range(width)]
+            codes = b.call(fn, [raw, const_vec(bytes_ty, mat), ir.Constant(I8, 0)])
+            out = codes if out is None else b.or_(out, codes)
+            continue
+        words = b.bitcast(raw, words_ty)
+        # a shift of 16-bit words moves bits across the two bytes of a word, but only into bit
+        # positions that the mask below clears (a field's bits stay within their own byte)
+        if any(a > 0 for a in amounts):
+            words = b.lshr(words, const_vec(words_ty, [max(a, 0) for a in amounts for _ in range(16)]))
+        if any(a < 0 for a in amounts):
+            words = b.shl(words, const_vec(words_ty, [max(-a, 0) for a in amounts for _ in range(16)]))
+        masks = [((1 << f.width) - 1) << f.place for f in fields]
+        codes = b.and_(b.bitcast(words, bytes_ty), const_vec(bytes_ty, [m for m in masks for _ in range(32)]))
+        out = codes if out is None else b.or_(out, codes)
+    return out
+
+
+def shift_pattern(b: ir.IRBuilder, width: int) -> ir.Value:
+    """The vpshufb indices that move each dword's bytes up by one (zero in), as <width x i8> passed
+    through an empty asm statement: LLVM would otherwise turn the shuffle back into a shift."""
+    bty = ir.VectorType(I8, width)
+    pattern = const_vec(bty, [-128 if j % 4 == 0 else (j % 16) - 1 for j in range(width)])
+    return b.asm(ir.FunctionType(bty, [bty]), "", "=v,0", [pattern], side_effect=False)
+
+
+def _times256(b: ir.IRBuilder, v: ir.Value, pattern: ir.Value) -> ir.Value:
+    """v << 8 in every dword lane as a byte shuffle (vpshufb, which runs on port 5 where the shift would
+    compete with vpdpbusd, the conversion and the FMA for port 0); exact since |v| < 2^23."""
+    n = v.type.count * 4
+    bty = ir.VectorType(I8, n)
+    fn = intrinsic(b.module, f"llvm.x86.{'avx512.pshuf.b.512' if n == 64 else 'avx2.pshuf.b'}", bty, [bty, bty])
+    return b.bitcast(b.call(fn, [b.bitcast(v, bty), pattern]), v.type)
+
+
+def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value, xl: ir.Value,
+               pattern: ir.Value | None) -> ir.Value:
+    """Σ q·X per dword lane (4 values each) = 256·Σ q·Xh + Σ q·Xl, as <width/4 x i32>."""
+    lanes = codes.type.count // 4
+    ity = ir.VectorType(I32, lanes)
+    q = b.bitcast(codes, ity)
+    if variant.vnni:
+        fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", ity, [ity, ity, ity])
+        high = b.call(fn, [ir.Constant(ity, None), q, xh])
+        return b.call(fn, [_times256(b, high, pattern) if pattern is not None else b.shl(high, splat_const(ity, 8)),
+                           q, xl])
+    v32i8, v16i16 = ir.VectorType(I8, 32), ir.VectorType(I16, 16)
+    ubsw = intrinsic(b.module, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+    wd = intrinsic(b.module, "llvm.x86.avx2.pmadd.wd", V8I32, [v16i16, v16i16])
+    u = b.bitcast(q, v32i8)
+    high = b.call(wd, [b.call(ubsw, [u, b.bitcast(xh, v32i8)]), splat_const(v16i16, 256)])
+    low = b.call(wd, [b.call(ubsw, [u, b.bitcast(xl, v32i8)]), splat_const(v16i16, 1)])
+    return b.add(high, low)
+
+
+class _RowDot:
+    """One K-quant row against the prepared x."""
+
+    def __init__(self, b: ir.IRBuilder, dtype: DType, variant: Variant, prep: _PreparedX, row: ir.Value,
+                 ahead: int) -> None:
+        self.b, self.dtype, self.variant, self.prep, self.row, self.ahead = b, dtype, variant, prep, row, ahead
+        self.width = chunk_width(variant)
+        self.acc = Var(b, ir.Constant(ir.VectorType(F32, self.width // 4), None), "acc")
+        self.subs_ty = ir.VectorType(F32, SUPER // prep.size)
+        self.bias = Var(b, ir.Constant(self.subs_ty, None), "bias")
+
+    def add_superblock(self, k: ir.Value, xs: list[tuple[ir.Value, ir.Value]]) -> None:
+        """Accumulate super-block k; `xs` are each chunk's (Xh, Xl)."""
+        b, prep, width = self.b, self.prep, self.width
+        ptr = superblock_at(b, self.row, self.dtype, k)
+        if self.ahead:
+            for line in range(0, self.dtype.block_bytes, 64):
+                prefetch(b, byte_ptr(b, ptr, self.ahead + line))
+        sub = sub_scales(b, self.dtype, ptr)
+        n_subs = SUPER // sub.size
+        first = b.mul(k, i64c(n_subs))
+        self.bias.set(fma(b, sub.bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty),
+                          self.bias.get()))
+        ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
+        for c, (xh, xl) in enumerate(xs):
+            codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
+            dot = _dot_bytes(b, self.variant, codes, xh, xl, prep.pattern)
+            lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
+            self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
+
+    def result(self) -> ir.Value:
+        b = self.b
+        bias = self.bias.get()
+        parts = [shuffle(b, bias, bias, list(range(lo, lo + VL))) for lo in range(0, bias.type.count, VL)]
+        acc = self.acc.get()
+        parts += [shuffle(b, acc, acc, list(range(lo, lo + VL))) for lo in range(0, acc.type.count, VL)]
+        return hsum(b, tree_sum(b, parts))
+
+
+def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
+                x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
+    """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
+    y[first + i] (+)= W[first + i]·x for i < count."""
+    width = chunk_width(variant)
+    pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern)
+    row_bytes = dtype.row_bytes(n_cols)
+
+    def emit(first: ir.Value, count: int) -> None:
+        group = count * row_bytes
+        ahead = max(PREFETCH_GROUPS, round(PREFETCH_TARGET / group)) * group if PREFETCH_GROUPS else 0
+        rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead) for i in range(count)]
+        with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
+            base = b.mul(k, i64c(SUPER))
+            xs = []
+            for c in range(SUPER // width):
+                at = b.add(base, i64c(width * c))
+                xs.append((prep.bytes_at(b, prep.xh, at, width), prep.bytes_at(b, prep.xl, at, width)))
+            for rd in rows:
+                rd.add_superblock(k, xs)
+        store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+
+    return emit

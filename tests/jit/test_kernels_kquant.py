@@ -1,0 +1,170 @@
+"""Weight kernels (matvec, matmul) for the K-quant types against numpy float64 on gguf's dequantized
+values of random valid super-blocks, on this host and, in fresh processes, on the other x86 variants.
+
+Where matvec quantizes x to int16 per block of 32 (matvec_kquant.int_variant), its error is allowed the
+derived bound `int16_bound` on top of the float tolerance (as for the legacy types in test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from runtime.jit.kernels.library import KernelLibrary, make_test_library
+from runtime.jit.kernels.matmul import emit_matmul
+from runtime.jit.kernels.matvec import emit_matvec
+from runtime.jit.kernels.matvec_int16 import TINY, XMAX
+from runtime.jit.kernels.matvec_kquant import int_variant
+from runtime.quant.types import K_QUANT_TYPES, DType
+from tests.support.kquant_blocks import code_part, k_values, random_k_rows
+
+TYPES = list(K_QUANT_TYPES)
+COLS = [256, 768]
+ROWS = 37
+RTOL = 1e-5
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lib() -> KernelLibrary:
+    return make_test_library([(t, c) for t in TYPES for c in COLS], use_cache=False)
+
+
+def weights(t: DType, rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    raw = random_k_rows(t, rows, cols, np.random.default_rng(seed))
+    return raw, k_values(raw, t).astype(np.float64)
+
+
+def int16_bound(raw: np.ndarray, t: DType, x: np.ndarray) -> np.ndarray:
+    """Per row, the most a matvec with x quantized to int16 per block of 32 may differ from W·x: only
+    the code part scale·q of a weight meets X (the bias meets float Σx), so a block's error is at most
+    0.5·sx_k·Σ_j |scale·q_j| (sx_k = max|x_k| / XMAX; blocks below TINY count as zero)."""
+    n_blocks = x.size // 32
+    part = np.abs(code_part(raw, t)).reshape(raw.shape[0], n_blocks, 32).sum(axis=2)
+    big = np.abs(x.astype(np.float64).reshape(n_blocks, 32)).max(axis=1)
+    per_unit = np.where(big >= TINY, (0.5 + 2.0**-10) * big / XMAX, big)
+    return (part * per_unit).sum(axis=1)
+
+
+def matvec_bound(raw: np.ndarray, t: DType, x: np.ndarray) -> np.ndarray:
+    return int16_bound(raw, t, x) if int_variant(t) is not None else np.zeros(raw.shape[0])
+
+
+def _close(got: np.ndarray, want: np.ndarray, bound: np.ndarray | float = 0.0) -> None:
+    err = np.abs(got.astype(np.float64) - want) - bound
+    assert err.max() <= RTOL * np.abs(want).max(), err.max()
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("cols", COLS)
+@pytest.mark.parametrize("acc", [False, True], ids=["set", "acc"])
+def test_matvec(lib: KernelLibrary, t: DType, cols: int, acc: bool) -> None:
+    raw, wd = weights(t, ROWS, cols, cols + int(t))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=cols).astype(np.float32)
+    x[32:64] *= 1e-3  # blocks of x at other scales
+    x[64:96] = 0.0
+    y = rng.normal(size=ROWS).astype(np.float32)
+    y0 = y.copy()
+    fn = lib.matvec(t, cols, acc)
+    bound = matvec_bound(raw, t, x)
+    for lo, hi in ((3, 29), (0, ROWS), (5, 6), (30, 37), (4, 4), (9, 2)):
+        y[:] = y0
+        fn(raw.ctypes.data, x.ctypes.data, y.ctypes.data, lo, hi)
+        if hi > lo:
+            _close(y[lo:hi], wd[lo:hi] @ x + (y0[lo:hi] if acc else 0), bound[lo:hi])
+        assert np.array_equal(y[:lo], y0[:lo]) and np.array_equal(y[max(lo, hi):], y0[max(lo, hi):])
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tok", [1, 5, 17])
+@pytest.mark.parametrize("acc", [False, True], ids=["set", "acc"])
+def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
+    cols = 768
+    ldx, ldy = cols + 8, ROWS + 4
+    raw, wd = weights(t, ROWS, cols, 7 + int(t))
+    rng = np.random.default_rng(n_tok)
+    x = rng.normal(size=(n_tok, ldx)).astype(np.float32)
+    y = rng.normal(size=(n_tok, ldy)).astype(np.float32)
+    y0 = y.copy()
+    for lo, hi in ((3, 29), (0, ROWS), (36, 37)):
+        y[:] = y0
+        lib.matmul(t, cols, acc)(raw.ctypes.data, x.ctypes.data, ldx, y.ctypes.data, ldy, n_tok, lo, hi)
+        want = x[:, :cols].astype(np.float64) @ wd[lo:hi].T + (y0[:, lo:hi] if acc else 0)
+        _close(y[:, lo:hi], want)
+        assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
+
+
+def test_rows_of_other_lengths_are_refused() -> None:
+    for t in TYPES:
+        with pytest.raises(ValueError, match="multiple of 256"):
+            emit_matvec(ir.Module(), t, 384)
+        with pytest.raises(ValueError, match="multiple of 256"):
+            emit_matmul(ir.Module(), t, 96)
+
+
+_SCRIPT = """
+import json, numpy as np
+from runtime.jit.kernels.library import make_test_library
+from runtime.jit.kernels.matvec_kquant import int_variant
+from tests.jit.test_kernels_kquant import TYPES, weights, matvec_bound
+cols, rows = 512, 13
+lib = make_test_library([(t, cols) for t in TYPES], accumulate=(False,), use_cache=False)
+errors = {}
+for t in TYPES:
+    raw, wd = weights(t, rows, cols, int(t))
+    x = np.random.default_rng(3).normal(size=cols).astype(np.float32)
+    y = np.zeros(rows, np.float32)
+    lib.matvec(t, cols)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, 0, rows)
+    want = wd @ x
+    mv = float(((np.abs(y - want) - matvec_bound(raw, t, x)).max()) / np.abs(want).max())
+    X = np.random.default_rng(4).normal(size=(6, cols)).astype(np.float32)
+    Y = np.zeros((6, rows), np.float32)
+    lib.matmul(t, cols)(raw.ctypes.data, X.ctypes.data, cols, Y.ctypes.data, rows, 6, 0, rows)
+    mm = float(np.abs(Y - X @ wd.T).max() / np.abs(X @ wd.T).max())
+    errors[t.name] = [mv, mm]
+print(json.dumps({"variants": sorted({str(int_variant(t)) for t in TYPES}), "errors": errors}))
+"""
+
+_HASWELL = "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt"
+_SKX = _HASWELL + ",+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd"
+_AVX512 = _SKX + ",+avx512vnni"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
+@pytest.mark.parametrize("cpu, features, variant", [
+    ("x86-64", "", "None"),
+    ("haswell", _HASWELL, "Variant(vnni=False, masks=False, wide=False, gfni=False)"),
+    ("alderlake", _HASWELL + ",+avxvnni", "Variant(vnni=True, masks=False, wide=False, gfni=False)"),
+    ("skylake-avx512", _SKX, "Variant(vnni=False, masks=True, wide=False, gfni=False)"),
+    ("cascadelake", _AVX512, "Variant(vnni=True, masks=True, wide=False, gfni=False)"),
+    ("icelake-server", _AVX512 + ",+avx512vbmi", "Variant(vnni=True, masks=True, wide=True, gfni=False)"),
+    ("icelake-server", _AVX512 + ",+avx512vbmi,+gfni", "Variant(vnni=True, masks=True, wide=True, gfni=True)"),
+], ids=["baseline", "avx2", "avxvnni", "avx512-bw", "avx512-vnni", "avx512-wide", "avx512-wide-gfni"])
+def test_other_cpus(cpu: str, features: str, variant: str) -> None:
+    """Compiled for another x86-64 CPU in a fresh process (run here, so the host must have what it
+    uses): the float kernel without AVX2, the integer kernel's variant for the features otherwise; the
+    same accuracy for every K type, matvec and matmul."""
+    import llvmlite.binding as llvm
+
+    host = llvm.get_host_cpu_features()
+    missing = [f for f in features.split(",") if f and not host.get(f[1:], False)]
+    if missing:
+        pytest.skip(f"the host lacks {missing}")
+    env = dict(os.environ, RWKV_TUI_CPU=cpu, RWKV_TUI_FEATURES=features, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["variants"] == [variant]
+    assert sorted(result["errors"]) == sorted(t.name for t in TYPES)
+    bad = {k: v for k, v in result["errors"].items() if max(v) > RTOL}
+    assert not bad, (result["variants"], bad)
