@@ -42,6 +42,7 @@ from runtime.formats.gguf_file import TensorPlan, write_gguf
 from runtime.formats.tensors import LazyTensor
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.codec import quantize
+from runtime.quant.mixes import LEGACY_FILE_TYPES, Policy, Target, choose, parse_target
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.types import DType
 from runtime.text.gguf_vocab import gguf_tokenizer_metadata
@@ -54,16 +55,7 @@ PIECE_BYTES = 256 << 10  # native path: source bytes read and encoded at a time,
 # from reused heap memory (8M-value chunks spent 3x the CPU, most of it zeroing fresh pages)
 NUMPY_CHUNK_VALUES = 256 << 10
 HASH_WINDOW = 256 << 20  # how far the source hasher may read ahead of conversion (see _Pacer)
-FILE_TYPES = {  # GGUF general.file_type (llama.cpp's "mostly X" numbering)
-    DType.F32: 0, DType.F16: 1, DType.Q4_0: 2, DType.Q4_1: 3, DType.Q8_0: 7, DType.Q5_0: 8, DType.Q5_1: 9,
-}
-# Head type per target type, from bench/quality.py on the random 169M reference (128 decode steps):
-# a Q8_0 head adds ~1.5e-5 mean KL (F16 matrices: 1.8e-6 -> 1.7e-5; Q5_1: 1.19e-3 -> 1.20e-3) while
-# cutting the bytes read per token by a quarter for small models; a Q5_1 head adds 7.5e-4, too much.
-DEFAULT_HEAD_TYPE: dict[DType, DType] = {
-    DType.F32: DType.F32, DType.F16: DType.F16, DType.Q8_0: DType.Q8_0, DType.Q5_1: DType.Q8_0,
-    DType.Q5_0: DType.Q8_0, DType.Q4_1: DType.Q8_0, DType.Q4_0: DType.Q8_0,
-}
+FILE_TYPES = LEGACY_FILE_TYPES  # GGUF general.file_type per legacy type (K mixes: Target.file_type)
 
 
 @dataclass(frozen=True)
@@ -74,16 +66,17 @@ class ConvertResult:
     nbytes: int
     seconds: float
     source_sha256: str
+    target: str = ""  # the --type asked for: "Q5_1", "Q4_K_M"
 
 
-def tensor_types(target: DType, head: DType | None = None) -> dict[str, DType]:
-    """Stored type per role: 'matrix' (layer weights), 'head', 'emb', 'vector' (all 1-D tensors)."""
-    if target not in DEFAULT_HEAD_TYPE:
-        what = "a source type only" if target is DType.BF16 else "not a conversion target yet"
-        raise ValueError(f"{target.name.lower()} is {what}; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
-    emb = DType.F32 if target is DType.F32 else DType.F16
-    head = DEFAULT_HEAD_TYPE[target] if head is None else head  # not `head or …`: DType.F32 is 0
-    return {"matrix": target, "head": head, "emb": emb, "vector": DType.F32}
+def tensor_types(target: DType | Target, head: DType | None = None) -> dict[str, DType]:
+    """Stored type per role for a legacy target ('matrix', 'head', 'emb', 'vector'); for a K mix,
+    'matrix' is its base type and 'head' the type of a head whose rows split into super-blocks."""
+    t = parse_target(target)
+    emb = DType.F32 if t.base is DType.F32 else DType.F16
+    if head is None:
+        head = choose(t, "head.weight", (1, 256), 1).dtype
+    return {"matrix": t.base, "head": head, "emb": emb, "vector": DType.F32}
 
 
 def _role(name: str, shape: tuple[int, ...]) -> str:
@@ -94,17 +87,15 @@ def _role(name: str, shape: tuple[int, ...]) -> str:
     return "matrix" if len(shape) == 2 else "vector"
 
 
-def output_plan(ckpt: Checkpoint, target: DType, head: DType | None = None) -> list[TensorPlan]:
+def output_plan(ckpt: Checkpoint, target: DType | Target, head: DType | None = None) -> list[TensorPlan]:
     """What the converted file holds: ln0 folded into the embedding, time_* tensors as (C,)."""
     a = ckpt.arch
-    types = tensor_types(target, head)
+    policy = Policy(parse_target(target), a.n_layer, head)
     plan = []
     for name, shape in v4_tensor_shapes(a.n_layer, a.n_embd, a.n_vocab, a.n_ffn).items():
         if ".ln0." in name:
             continue
-        dtype = types[_role(name, shape)]
-        if dtype.is_quantized and shape[-1] % dtype.block_size:
-            dtype = DType.F16
+        dtype = DType.F32 if _role(name, shape) == "vector" else policy.matrix(name, shape)
         plan.append(TensorPlan(name, shape, dtype))
     return plan
 
@@ -268,7 +259,7 @@ def _native(tensor: LazyTensor, out: TensorPlan, transform: _Transformer) -> boo
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    dtype: DType | str,
+    dtype: DType | str | Target,
     *,
     head_dtype: DType | str | None = None,
     progress: ProgressCallback = no_progress,
@@ -276,7 +267,8 @@ def convert(
     threads: int | None = None,
     source_sha256: str | None = None,
 ) -> ConvertResult:
-    """Convert `src` to a GGUF file at `dst` with layer matrices stored as `dtype`.
+    """Convert `src` to a GGUF file at `dst` with layer matrices stored as `dtype` (a type or a K-quant
+    mix such as "q4_k_m": runtime.quant.mixes chooses each tensor's type).
 
     Nothing is left at `dst` if this fails or is interrupted. `source_sha256`, when the caller
     already knows it (a verified download), skips hashing the source.
@@ -284,15 +276,16 @@ def convert(
     t0 = time.perf_counter()
     check_threads(threads)
     src, dst = Path(src), Path(dst)
-    target = DType.parse(dtype) if isinstance(dtype, str) else dtype
+    target = parse_target(dtype)
     head = DType.parse(head_dtype) if isinstance(head_dtype, str) else head_dtype
     ckpt = open_checkpoint(src)
     v7 = ckpt.arch.version == "7"
     v56 = ckpt.arch.version in ("5.2", "6")
+    policy = Policy(target, ckpt.arch.n_layer, head)
     if v7:
-        layout = rwkv7_layout(ckpt, tensor_types(target, head))
+        layout = rwkv7_layout(ckpt, policy)
     elif v56:
-        layout = rwkv56_layout(ckpt, tensor_types(target, head))
+        layout = rwkv56_layout(ckpt, policy)
     else:
         layout = Layout(output_plan(ckpt, target, head))
     plan = layout.plan
@@ -423,7 +416,7 @@ def convert(
     a = ckpt.arch
     metadata = [
         ("general.name", src.name.removesuffix(".pth")),
-        ("general.file_type", FILE_TYPES[target]),
+        ("general.file_type", target.file_type),
         ("general.quantization_version", 2),
     ]
     if v7:
@@ -448,7 +441,8 @@ def convert(
         ("rwkv_tui.source.format", ckpt.source_format),
         ("rwkv_tui.source.sha256", source_sha256 or SHA_PLACEHOLDER),
         ("rwkv_tui.transforms", transforms),
-        ("rwkv_tui.quant.matrices", target.name),
+        ("rwkv_tui.quant.target", target.name),
+        ("rwkv_tui.quant.matrices", target.base.name),
         ("rwkv_tui.quant.head", plan[-1].dtype.name),
         ("rwkv_tui.quant.emb", plan[0].dtype.name),
         ("rwkv_tui.quant.vectors", DType.F32.name),
@@ -468,7 +462,9 @@ def convert(
             pacer.release()
         pool.shutdown(wait=True, cancel_futures=True)
     progress(Progress("converting", total, total))
-    return ConvertResult(dst, target, plan[-1].dtype, dst.stat().st_size, time.perf_counter() - t0, digest[0])
+    return ConvertResult(
+        dst, target.base, plan[-1].dtype, dst.stat().st_size, time.perf_counter() - t0, digest[0], target.name
+    )
 
 
 SHA_PLACEHOLDER = "0" * 64
