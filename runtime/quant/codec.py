@@ -1,5 +1,8 @@
 """Quantization codec: float32 rows to ggml blocks and back, plus the float16/bfloat16 conversions.
 
+The K-quants (Q2_K…Q6_K, super-blocks of 256) live in `runtime.quant.kquants`; `quantize` and
+`to_float32` hand them over, so every caller handles them. The layouts below are the legacy types'.
+
 `quantize` and `to_float32` are what conversion (`runtime.convert`) and loading (`LazyTensor.read_rows`)
 use for every stored type. Block layouts (32 values a block; in nibble bytes, byte j holds value j in
 its low nibble and value j+16 in its high nibble; the 4 high-bit bytes are a little-endian uint32 whose
@@ -27,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.quant.types import DType
+from runtime.quant.kquants import dequantize_k, quantize_k
+from runtime.quant.types import K_QUANT_TYPES, DType
 
 __all__ = ["QK", "bf16_to_float32", "float32_to_bf16", "quantize", "to_float32"]
 
@@ -94,7 +98,8 @@ def quantize(rows: np.ndarray, dtype: DType) -> np.ndarray:
     """Encode float32 `rows` (n_rows, n_cols) as `dtype`.
 
     Quantized types give uint8 (n_rows, dtype.row_bytes(n_cols)) and need n_cols to be a multiple of
-    32; F16 gives float16, BF16 uint16 bits and F32 float32, all of shape (n_rows, n_cols). Input of
+    the block size (32; 256 for the K-quants of `runtime.quant.kquants`, which also refuse NaN/inf);
+    F16 gives float16, BF16 uint16 bits and F32 float32, all of shape (n_rows, n_cols). Input of
     another float dtype is first converted to float32. Any leading dimensions are kept.
     """
     dtype = DType(dtype)
@@ -107,6 +112,8 @@ def quantize(rows: np.ndarray, dtype: DType) -> np.ndarray:
         return np.asarray(x, dtype=_F32).astype(np.float16)
     if dtype is DType.BF16:
         return float32_to_bf16(x)
+    if dtype in K_QUANT_TYPES:
+        return quantize_k(x, dtype)
     n_cols = x.shape[-1]
     if n_cols % QK:
         raise ValueError(
@@ -281,6 +288,8 @@ def to_float32(raw: np.ndarray, dtype: DType) -> np.ndarray:
         return raw.view(np.float16).astype(_F32)
     if dtype is DType.BF16:
         return bf16_to_float32(raw)
+    if dtype in K_QUANT_TYPES:
+        return dequantize_k(raw, dtype)
     if raw.ndim == 0:
         raise ValueError("to_float32 needs an array of rows, got a scalar")
     raw = np.ascontiguousarray(raw).view(np.uint8)
