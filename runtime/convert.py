@@ -209,7 +209,11 @@ def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int) -> No
 
 
 _F16_MAX = 65504.0
-_TWO_SCALES = frozenset({DType.Q4_1, DType.Q5_1})  # blocks that store a float16 minimum after the scale
+# byte offsets of a block's float16 scale (and minimum) fields
+_SCALE_OFFSETS: dict[DType, tuple[int, ...]] = {
+    DType.Q4_0: (0,), DType.Q5_0: (0,), DType.Q8_0: (0,), DType.Q4_1: (0, 2), DType.Q5_1: (0, 2),
+    DType.Q2_K: (80, 82), DType.Q3_K: (108,), DType.Q4_K: (0, 2), DType.Q5_K: (0, 2), DType.Q6_K: (208,),
+}
 
 
 def _first_overflow(encoded: bytes | np.ndarray, dtype: DType, n_cols: int) -> tuple[int, int] | None:
@@ -221,9 +225,9 @@ def _first_overflow(encoded: bytes | np.ndarray, dtype: DType, n_cols: int) -> t
     if dtype is DType.F16:
         bad = ~np.isfinite(raw.view("<f2"))
     else:
-        fields = 4 if dtype in _TWO_SCALES else 2
-        scales = np.ascontiguousarray(raw.reshape(-1, dtype.block_bytes)[:, :fields]).view("<f2")
-        bad = ~np.isfinite(scales).all(axis=1)
+        blocks = raw.reshape(-1, dtype.block_bytes)
+        fields = [np.ascontiguousarray(blocks[:, at : at + 2]).view("<f2") for at in _SCALE_OFFSETS[dtype]]
+        bad = ~np.isfinite(np.concatenate(fields, axis=1)).all(axis=1)
     if not bad.any():
         return None
     row, block = divmod(int(np.argmax(bad)), n_cols // dtype.block_size)

@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
+import pytest
 
 from runtime.quant.mixes import Policy, parse_target
 from runtime.quant.types import DType
+from tests.support.synthetic import v4_state_dict, v7_state_dict, v56_state_dict
+from tests.support.torch_writer import write_pth
 from tui.cli import main as cli
 
 TINY6 = Path(__file__).parent / "fixtures" / "rwkvcpp" / "tiny56" / "tiny-rwkv-6v0-3m-Q5_1.bin"
@@ -58,3 +61,29 @@ def test_trained_rwkv6_with_short_rows_falls_back_as_ggml_does(tmp_path, capsys)
     rows = {ln.split()[0]: ln.split()[2] for ln in out.splitlines() if ln.strip()[:1] in "QF" and "│" in ln}
     assert rows["Q5_0"] == "96" and rows["Q8_0"] == "1"
     assert "fallback" in out and "base type Q4_K" in out
+
+
+def _source(tmp_path: Path, arch: str) -> tuple[Path, int]:
+    """A random checkpoint of width 256 (rows split into super-blocks) of `arch`, and its layer count."""
+    if arch == "4":
+        sd = v4_state_dict(n_layer=2, n_embd=256, n_vocab=320)
+    elif arch == "7":
+        sd = v7_state_dict(n_layer=2, n_embd=256, head_size=64, n_vocab=320, ranks=(32, 32, 32, 32))
+    else:
+        sd = v56_state_dict(arch, n_layer=2, n_embd=256, head_size=64, n_vocab=320, ranks=(32, 64), n_ffn=896)
+    return write_pth(tmp_path / f"v{arch}.pth", sd, "float32"), 2
+
+
+@pytest.mark.parametrize("arch", ["4", "5.2", "6", "7"])
+@pytest.mark.parametrize("target", ["q4_k_m", "q3_k", "q6_k"])
+def test_every_architecture_gets_the_policys_types(tmp_path, capsys, arch, target):
+    src, n_layer = _source(tmp_path, arch)
+    dst = tmp_path / "m.gguf"
+    rc, _, err = _run(capsys, "convert", str(src), str(dst), "--type", target)
+    assert rc == 0, err
+    counts = _check_policy(dst, target, n_layer)
+    base = parse_target(target).base
+    assert counts[base] >= 6 * n_layer  # the layer matrices
+    assert counts[DType.Q6_K] >= 1  # the head (rows of 256)
+    rc, out, _ = _run(capsys, "inspect", str(dst))
+    assert rc == 0 and f"types ({target.upper()})" in out and "output: Q6_K" in " ".join(out.split())
