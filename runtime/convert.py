@@ -45,6 +45,7 @@ from runtime.quant.codec import quantize
 from runtime.quant.mixes import LEGACY_FILE_TYPES, Policy, Target, choose, parse_target
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.types import DType
+from runtime.quant.weighted import WEIGHTED_TYPES, quantize_weighted
 from runtime.text.gguf_vocab import gguf_tokenizer_metadata
 from runtime.threadcount import check_threads, default_threads
 
@@ -270,12 +271,14 @@ def convert(
     cancel: CancelToken | None = None,
     threads: int | None = None,
     source_sha256: str | None = None,
+    calibrate: str | os.PathLike[str] | None = None,
 ) -> ConvertResult:
     """Convert `src` to a GGUF file at `dst` with layer matrices stored as `dtype` (a type or a K-quant
     mix such as "q4_k_m": runtime.quant.mixes chooses each tensor's type).
 
     Nothing is left at `dst` if this fails or is interrupted. `source_sha256`, when the caller
-    already knows it (a verified download), skips hashing the source.
+    already knows it (a verified download), skips hashing the source. `calibrate`, a text file, turns
+    on importance-weighted quantization (runtime.quant.calibrate: the source model reads the text first).
     """
     t0 = time.perf_counter()
     check_threads(threads)
@@ -299,6 +302,12 @@ def convert(
         raise FileNotFoundError(f"output folder {dst_dir} does not exist")
     check_free_space(dst_dir, out_bytes)
     cancel = cancel or CancelToken()
+    calibration = None
+    if calibrate is not None:
+        from runtime.quant.calibrate import calibrate as read_calibration
+
+        calibration = read_calibration(ckpt, calibrate, progress=progress, cancel=cancel)
+    importance = calibration.importance if calibration is not None else {}
     threads = check_threads(threads) or default_threads()
 
     digest: list[str] = [source_sha256 or ""]
@@ -350,6 +359,11 @@ def convert(
                 raise _nonfinite(ckpt.path, out.name, s + err.row) from None
         return result
 
+    def weights_of(out: TensorPlan) -> np.ndarray | None:
+        """The calibration's importance for `out`'s input columns, when its type uses one."""
+        imp = importance.get(layout.sources.get(out.name, out.name))
+        return imp if imp is not None and out.dtype in WEIGHTED_TYPES and imp.size == out.shape[-1] else None
+
     def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int, native: bool) -> bytes | np.ndarray:
         if pacer is not None:
             pacer.advance(tensor.offset + stop * tensor.row_bytes)
@@ -359,7 +373,8 @@ def convert(
             rows = transform(out.name, tensor.read_rows(start, stop))
             _check_finite(ckpt.path, out.name, rows, start)
             with np.errstate(over="ignore"):  # reported by the overflow check that follows
-                data = quantize(rows.reshape(stop - start, out.shape[-1]), out.dtype).tobytes()
+                rows = rows.reshape(stop - start, out.shape[-1])
+                data = quantize_weighted(rows, out.dtype, weights_of(out)).tobytes()
         n_cols = out.shape[-1]
         overflow = _first_overflow(data, out.dtype, n_cols)
         if overflow is not None:
@@ -393,7 +408,7 @@ def convert(
             progress(Progress("converting", done, total))
             yield quantize(rows, out.dtype).tobytes()
             return
-        native = _native(tensor, out, transform)
+        native = _native(tensor, out, transform) and weights_of(out) is None
         step = max(1, min(n_rows, (CHUNK_VALUES if native else NUMPY_CHUNK_VALUES) // max(1, n_cols)))
         pending: deque[tuple[cf.Future[bytes | np.ndarray], int]] = deque()
         starts = iter(range(0, n_rows, step))
@@ -451,6 +466,12 @@ def convert(
         ("rwkv_tui.quant.emb", plan[0].dtype.name),
         ("rwkv_tui.quant.vectors", DType.F32.name),
     ]
+    if calibration is not None:
+        metadata += [
+            ("rwkv_tui.calibration.text", calibration.text_name),
+            ("rwkv_tui.calibration.sha256", calibration.text_sha256),
+            ("rwkv_tui.calibration.tokens", calibration.n_tokens),
+        ]
     try:
         with atomic_output(dst, drop_cache=True) as f:
             header_end = write_gguf(f, "rwkv7" if v7 else gguf_arch(ckpt) if v56 else "rwkv4", metadata, plan, chunks)
