@@ -24,6 +24,8 @@ quantizers' and the round trip through the reference dequantizers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from runtime.quant import kquants as kq
@@ -135,13 +137,43 @@ def _value_weights(x: np.ndarray, imp: np.ndarray, sigma2: np.ndarray) -> np.nda
 # --- K super-blocks ----------------------------------------------------------------------------------
 
 
-def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
-    """Super-blocks x (nb, 256) with per-value importance imp (nb, 256) → (nb, block_bytes)."""
+@dataclass
+class BlockGrid:
+    """The values a block may take: value = s·l − o per sub-block, l an integer in [lo, hi], with what
+    packing needs (the stored scales) and codes for sub-blocks whose s is 0."""
+
+    dtype: DType
+    sub: int  # values per sub-block
+    s: np.ndarray  # (nb, n_sub) float32
+    o: np.ndarray  # (nb, n_sub) float32
+    lo: int
+    hi: int
+    params: tuple  # what _pack needs besides the values
+    codes: np.ndarray  # (nb, block_size) initial codes
+
+    def round(self, x: np.ndarray, col: int) -> np.ndarray:
+        """The grid value nearest to x (nb,) at column `col` of the block."""
+        k = col // self.sub
+        s, o = self.s[:, k], self.o[:, k]
+        with np.errstate(all="ignore"):
+            lv = np.clip(kq.nearest_int(((x + o) / s).astype(_F32)), self.lo, self.hi)
+        return np.where(s != 0, s * lv - o, -o).astype(_F32)
+
+
+def _k_grid(x: np.ndarray, imp: np.ndarray, dtype: DType) -> BlockGrid:
+    """The weighted quantizer's grid for super-blocks x (nb, 256) with per-value importance imp."""
     nb = x.shape[0]
     if dtype is DType.Q6_K:
         scale, codes = make_qx_quants_weighted(_columns(x, 16), 32, _columns(imp, 16))
+        scales = scale.reshape(nb, 16)
+        max_scale = kq._first_abs_max(scales.T)
+        zero = ~(np.abs(max_scale) >= kq.GROUP_MAX_EPS)
         with np.errstate(all="ignore"):
-            return kq.finish_q6_k(x, scale.reshape(nb, 16), kq._rows(codes, nb))
+            iscale = _F32(-128) / max_scale
+            sc = np.minimum(kq.nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
+            d = kq._f16(_F32(1) / iscale)
+        dl = np.where(zero[:, None], _F32(0), d[:, None] * sc.astype(_F32)).astype(_F32)
+        return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -32, 31, (scales,), kq._rows(codes, nb))
     sum_x2 = (x * x).sum(axis=1, dtype=_F32)
     sigma2 = (sum_x2 / _F32(256)) * (_F32(1) if dtype is DType.Q2_K else _F32(2))
     w = _value_weights(x, imp, sigma2)
@@ -150,7 +182,9 @@ def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
         sw = w.reshape(nb, 16, 16).sum(axis=2, dtype=_F32)
         d_block, ls = make_qx_quants_weighted(np.ascontiguousarray(scale.reshape(nb, 16).T), 32,
                                               np.ascontiguousarray(sw.T))
-        return _finish_q3_k(x, d_block, ls.T, kq._rows(codes, nb))
+        ls = ls.T
+        dl = (kq._f16(d_block)[:, None] * (ls.astype(_F32) - _F32(32))).astype(_F32)
+        return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -4, 3, (d_block, ls), kq._rows(codes, nb))
     sub, nmax = (16, 3) if dtype is DType.Q2_K else (32, 15 if dtype is DType.Q4_K else 31)
     scale, the_min, codes = _make_qkx3(_columns(x, sub), _columns(w, sub), nmax)
     n_sub = 256 // sub
@@ -158,10 +192,29 @@ def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
     top = 15 if dtype is DType.Q2_K else 63
     dm, ls = make_qp_quants(np.ascontiguousarray(scale.reshape(nb, n_sub).T), top, sw)
     mm, lm = make_qp_quants(np.ascontiguousarray(the_min.reshape(nb, n_sub).T), top, sw)
-    codes = kq._rows(codes, nb)
+    ls, lm = np.minimum(ls.T, top), np.minimum(lm.T, top)
+    dl = (kq._f16(dm)[:, None] * ls.astype(_F32)).astype(_F32)
+    ml = (kq._f16(mm)[:, None] * lm.astype(_F32)).astype(_F32)
+    return BlockGrid(dtype, sub, dl, ml, 0, nmax, (dm, mm, ls, lm), kq._rows(codes, nb))
+
+
+def _k_pack(x: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """Super-blocks of `grid` holding the values nearest to x (values already on the grid stay)."""
+    codes = grid.codes.copy()
+    dtype = grid.dtype
+    if dtype is DType.Q6_K:
+        with np.errstate(all="ignore"):
+            return kq.finish_q6_k(x, grid.params[0], codes)
+    if dtype is DType.Q3_K:
+        return _finish_q3_k(x, *grid.params, codes)
     if dtype is DType.Q2_K:
-        return _finish_q2_k(x, dm, mm, ls.T, lm.T, codes)
-    return _finish_q45_k(x, dm, mm, np.minimum(ls.T, 63), np.minimum(lm.T, 63), codes, nmax)
+        return _finish_q2_k(x, *grid.params, codes)
+    return _finish_q45_k(x, *grid.params, codes, grid.hi)
+
+
+def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
+    """Super-blocks x (nb, 256) with per-value importance imp (nb, 256) → (nb, block_bytes)."""
+    return _k_pack(x, _k_grid(x, imp, dtype))
 
 
 def _finish_q2_k(x, dm, mm, ls, lm, codes) -> np.ndarray:
@@ -229,27 +282,47 @@ def _finish_q45_k(x, dm, mm, ls, lm, codes, nmax: int) -> np.ndarray:
 # --- legacy blocks of 32 -------------------------------------------------------------------------------
 
 
-def _legacy_blocks(x: np.ndarray, w: np.ndarray, dtype: DType) -> np.ndarray:
-    """Blocks x (nb, 32) with value weights w → (nb, block_bytes)."""
-    nb = x.shape[0]
+def _legacy_grid(x: np.ndarray, w: np.ndarray, dtype: DType) -> BlockGrid:
+    """The weighted quantizer's grid for blocks x (nb, 32) with value weights w."""
     five = dtype in (DType.Q5_0, DType.Q5_1)
+    nb = x.shape[0]
     if dtype in (DType.Q4_0, DType.Q5_0):
-        d, codes = make_qx_quants_weighted(_columns(x, QK), 16 if five else 8, _columns(w, QK))
-        m = None
-    else:
-        d, the_min, codes = _make_qkx3(_columns(x, QK), _columns(w, QK), 31 if five else 15)
-        m = -the_min
-    codes = _rows(codes, nb, QK).astype(np.uint32)
+        nmax = 16 if five else 8
+        d, codes = make_qx_quants_weighted(_columns(x, QK), nmax, _columns(w, QK))
+        s = kq._f16(d)[:, None]
+        return BlockGrid(dtype, QK, s, np.zeros_like(s), -nmax, nmax - 1, (d, None), _rows(codes, nb, QK))
+    nmax = 31 if five else 15
+    d, the_min, codes = _make_qkx3(_columns(x, QK), _columns(w, QK), nmax)
+    m = -the_min
+    s = kq._f16(d)[:, None]
+    return BlockGrid(dtype, QK, s, -kq._f16(m)[:, None], 0, nmax, (d, m), _rows(codes, nb, QK))
+
+
+def _legacy_pack(x: np.ndarray | None, grid: BlockGrid) -> np.ndarray:
+    """Blocks of `grid`: its own codes (x None), or those of the values x, which lie on the grid."""
+    d, m = grid.params
+    codes = grid.codes.astype(np.int64)
+    if x is not None:
+        with np.errstate(all="ignore"):
+            lv = np.clip(kq.nearest_int((x + grid.o) / grid.s), grid.lo, grid.hi)
+        codes = np.where(grid.s != 0, lv - grid.lo, codes) if m is None else np.where(grid.s != 0, lv, codes)
+    codes = codes.astype(np.uint32)
+    nb = codes.shape[0]
     parts = [kq._f16_bytes(d)]
     if m is not None:
         parts.append(kq._f16_bytes(m))
-    if five:
+    if grid.dtype in (DType.Q5_0, DType.Q5_1):
         hb = (codes >> 4) & 1
         qh = (hb << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)  # bit j: value j's fifth bit
         parts.append(qh.astype("<u4").view(np.uint8).reshape(nb, 4))
     low = (codes & 0xF).astype(np.uint8)
     parts.append(low[:, :16] | (low[:, 16:] << 4))
     return np.concatenate(parts, axis=1)
+
+
+def _legacy_blocks(x: np.ndarray, w: np.ndarray, dtype: DType) -> np.ndarray:
+    """Blocks x (nb, 32) with value weights w → (nb, block_bytes)."""
+    return _legacy_pack(None, _legacy_grid(x, w, dtype))
 
 
 def quantize_weighted(rows: np.ndarray, dtype: DType, importance: np.ndarray | None) -> np.ndarray:
