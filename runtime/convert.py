@@ -42,10 +42,11 @@ from runtime.formats.gguf_file import TensorPlan, write_gguf
 from runtime.formats.tensors import LazyTensor
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.codec import quantize
+from runtime.quant.gptq import GRID_TYPES, inverse_factor, quantize_gptq
 from runtime.quant.mixes import LEGACY_FILE_TYPES, Policy, Target, choose, parse_target
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.types import DType
-from runtime.quant.weighted import WEIGHTED_TYPES, quantize_weighted
+from runtime.quant.weighted import quantize_weighted
 from runtime.text.gguf_vocab import gguf_tokenizer_metadata
 from runtime.threadcount import check_threads, default_threads
 
@@ -308,6 +309,18 @@ def convert(
 
         calibration = read_calibration(ckpt, calibrate, progress=progress, cancel=cancel)
     importance = calibration.importance if calibration is not None else {}
+    moments = calibration.second_moments if calibration is not None else {}
+    factors: dict[str, np.ndarray] = {}
+    factors_lock = threading.Lock()
+
+    def factor_of(name: str) -> np.ndarray | None:
+        """The error-feedback factor of matrix `name` (runtime.quant.gptq), made once."""
+        if name not in moments:
+            return None
+        with factors_lock:
+            if name not in factors:
+                factors[name] = inverse_factor(moments[name])
+            return factors[name]
     threads = check_threads(threads) or default_threads()
 
     digest: list[str] = [source_sha256 or ""]
@@ -362,7 +375,7 @@ def convert(
     def weights_of(out: TensorPlan) -> np.ndarray | None:
         """The calibration's importance for `out`'s input columns, when its type uses one."""
         imp = importance.get(layout.sources.get(out.name, out.name))
-        return imp if imp is not None and out.dtype in WEIGHTED_TYPES and imp.size == out.shape[-1] else None
+        return imp if imp is not None and out.dtype in GRID_TYPES and imp.size == out.shape[-1] else None
 
     def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int, native: bool) -> bytes | np.ndarray:
         if pacer is not None:
@@ -374,7 +387,13 @@ def convert(
             _check_finite(ckpt.path, out.name, rows, start)
             with np.errstate(over="ignore"):  # reported by the overflow check that follows
                 rows = rows.reshape(stop - start, out.shape[-1])
-                data = quantize_weighted(rows, out.dtype, weights_of(out)).tobytes()
+                imp = weights_of(out)
+                src_name = layout.sources.get(out.name, out.name)
+                factor = factor_of(src_name) if imp is not None else None
+                if factor is not None:
+                    data = quantize_gptq(rows, out.dtype, imp, factor, moments[src_name]).tobytes()
+                else:
+                    data = quantize_weighted(rows, out.dtype, imp).tobytes()
         n_cols = out.shape[-1]
         overflow = _first_overflow(data, out.dtype, n_cols)
         if overflow is not None:

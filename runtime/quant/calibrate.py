@@ -6,7 +6,8 @@ and no tokenizer: one token per byte), cut to MAX_TOKENS, and read by the numpy 
 column j is the mean of x_j² over the tokens, as llama.cpp's imatrix; a column the text never
 activates gets a floor of FLOOR × the matrix's mean importance instead of 0 (with 0, ggml's weighted
 search can zero a whole block that other texts do use). runtime.quant.weighted uses them when
-choosing scales and rounding.
+choosing scales and rounding; the mean x·xᵀ of each matrix's input (as far as SECOND_MOMENTS_BUDGET
+allows) lets runtime.quant.gptq carry rounding errors over to the columns not yet quantized.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from runtime.quant.forward_np import final_hidden
 
 MAX_TOKENS = 4096
 FLOOR = 1e-3
+SECOND_MOMENTS_BUDGET = 1 << 30  # bytes of float64 x·xᵀ matrices kept; matrices beyond use the importance only
 BYTE_VOCAB = 256
 
 
@@ -37,6 +39,7 @@ class Calibration:
     """Importance per input column of each matrix, by BlinkDL name, and what it was measured on."""
 
     importance: dict[str, np.ndarray]
+    second_moments: dict[str, np.ndarray]  # mean x·xᵀ of each matrix's input (runtime.quant.gptq)
     text_name: str
     text_sha256: str
     n_tokens: int
@@ -78,13 +81,24 @@ def tokens_for(ckpt: Checkpoint, text: str) -> np.ndarray:
 
 
 def collect_importance(ckpt: Checkpoint, tokens: np.ndarray, *, progress: ProgressCallback = no_progress,
-                       cancel: CancelToken | None = None) -> dict[str, np.ndarray]:
-    """Mean x² per input column of every matrix the model multiplies by, over `tokens`."""
+                       cancel: CancelToken | None = None,
+                       second_moments: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Mean x² per input column of every matrix the model multiplies by, over `tokens`; with a dict
+    as `second_moments`, also the mean x·xᵀ of each matrix's input, while SECOND_MOMENTS_BUDGET lasts."""
     sums: dict[str, np.ndarray] = {}
+    used = 0
 
     def record(name: str, rows: np.ndarray) -> None:
-        sq = np.square(rows.astype(np.float64)).sum(axis=0)
+        nonlocal used
+        x = rows.astype(np.float64)
+        sq = np.square(x).sum(axis=0)
         sums[name] = sums[name] + sq if name in sums else sq
+        if second_moments is not None:
+            if name in second_moments:
+                second_moments[name] += x.T @ x
+            elif used + 8 * x.shape[1] ** 2 <= SECOND_MOMENTS_BUDGET:
+                used += 8 * x.shape[1] ** 2
+                second_moments[name] = x.T @ x
 
     def layer_done(done: int, total: int) -> None:
         progress(Progress("calibrating", done, total, "layers"))
@@ -97,6 +111,9 @@ def collect_importance(ckpt: Checkpoint, tokens: np.ndarray, *, progress: Progre
             raise CalibrationError(f"{ckpt.path}: the activations entering '{name}' are not finite on this text")
         floor = FLOOR * float(mean.mean()) if mean.any() else 1.0
         out[name] = np.maximum(mean, floor).astype(np.float32)
+    if second_moments is not None:
+        for h in second_moments.values():
+            h /= len(tokens)
     return out
 
 
@@ -105,5 +122,6 @@ def calibrate(ckpt: Checkpoint, text_path: str | os.PathLike[str], *, progress: 
     """Read `text_path` with `ckpt` and return the importance of every matrix's input columns."""
     text, digest = read_text(text_path)
     tokens = tokens_for(ckpt, text)
-    importance = collect_importance(ckpt, tokens, progress=progress, cancel=cancel)
-    return Calibration(importance, Path(text_path).name, digest, len(tokens))
+    moments: dict[str, np.ndarray] = {}
+    importance = collect_importance(ckpt, tokens, progress=progress, cancel=cancel, second_moments=moments)
+    return Calibration(importance, moments, Path(text_path).name, digest, len(tokens))

@@ -283,9 +283,16 @@ def _finish_q45_k(x, dm, mm, ls, lm, codes, nmax: int) -> np.ndarray:
 
 
 def _legacy_grid(x: np.ndarray, w: np.ndarray, dtype: DType) -> BlockGrid:
-    """The weighted quantizer's grid for blocks x (nb, 32) with value weights w."""
+    """The weighted quantizer's grid for blocks x (nb, 32) with value weights w (Q8_0: the reference's
+    scale, max |x| / 127, which ggml uses whatever the weights)."""
     five = dtype in (DType.Q5_0, DType.Q5_1)
     nb = x.shape[0]
+    if dtype is DType.Q8_0:
+        d = (np.abs(x).max(axis=1) / _F32(127)).astype(_F32)
+        s = kq._f16(d)[:, None]
+        with np.errstate(all="ignore"):
+            codes = np.clip(kq.nearest_int(x / s), -127, 127)
+        return BlockGrid(dtype, QK, s, np.zeros_like(s), -127, 127, (d, None), codes)
     if dtype in (DType.Q4_0, DType.Q5_0):
         nmax = 16 if five else 8
         d, codes = make_qx_quants_weighted(_columns(x, QK), nmax, _columns(w, QK))
@@ -305,7 +312,10 @@ def _legacy_pack(x: np.ndarray | None, grid: BlockGrid) -> np.ndarray:
     if x is not None:
         with np.errstate(all="ignore"):
             lv = np.clip(kq.nearest_int((x + grid.o) / grid.s), grid.lo, grid.hi)
-        codes = np.where(grid.s != 0, lv - grid.lo, codes) if m is None else np.where(grid.s != 0, lv, codes)
+        codes = np.where(grid.s != 0, lv - grid.lo if m is None else lv, codes)
+    if grid.dtype is DType.Q8_0:
+        signed = codes + grid.lo if x is not None else codes
+        return np.concatenate([kq._f16_bytes(d), signed.astype(np.int8).view(np.uint8)], axis=1)
     codes = codes.astype(np.uint32)
     nb = codes.shape[0]
     parts = [kq._f16_bytes(d)]
