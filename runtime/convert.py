@@ -56,6 +56,10 @@ PIECE_BYTES = 256 << 10  # native path: source bytes read and encoded at a time,
 # values per chunk decoded to float32 on the numpy path: small enough that numpy's temporaries come
 # from reused heap memory (8M-value chunks spent 3x the CPU, most of it zeroing fresh pages)
 NUMPY_CHUNK_VALUES = 256 << 10
+# matrices quantized with the importance only, without error feedback: the FFN key feeds relu², where the
+# matrix's squared output error is not what decides quality (rwkv.cpp's tiny RWKV-7: error feedback on
+# ffn.key alone raised the mean KL 2x, on every other matrix lowered it; bench/calibration.py)
+NO_ERROR_FEEDBACK = ("ffn.key.weight",)
 HASH_WINDOW = 256 << 20  # how far the source hasher may read ahead of conversion (see _Pacer)
 FILE_TYPES = LEGACY_FILE_TYPES  # GGUF general.file_type per legacy type (K mixes: Target.file_type)
 
@@ -315,7 +319,7 @@ def convert(
 
     def factor_of(name: str) -> np.ndarray | None:
         """The error-feedback factor of matrix `name` (runtime.quant.gptq), made once."""
-        if name not in moments:
+        if name not in moments or name.endswith(NO_ERROR_FEEDBACK):
             return None
         with factors_lock:
             if name not in factors:

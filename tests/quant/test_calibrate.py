@@ -17,6 +17,7 @@ from runtime.formats.checkpoint import open_checkpoint
 from runtime.progress import CancelToken
 from runtime.quant.calibrate import collect_importance, tokens_for
 from runtime.quant.forward_np import final_hidden, logits
+from runtime.quant.weighted import quantize_weighted
 from tests.support import numpy_rwkv
 from tests.support.synthetic import v4_state_dict
 from tests.support.torch_writer import write_pth
@@ -95,6 +96,13 @@ def test_calibrated_file_has_the_same_types_and_a_lower_activation_error(tmp_pat
     ckpt = open_checkpoint(TINY7)
     tokens = tokens_for(ckpt, TEXT)
     assert _activation_error(calibrated, ckpt, tokens) < 0.9 * _activation_error(plain, ckpt, tokens)
+    # the FFN key (it feeds relu²) is quantized with the importance only, without error feedback
+    importance = collect_importance(ckpt, tokens)
+    name = "blocks.3.ffn.key.weight"
+    stored = open_checkpoint(calibrated).tensors[name]
+    want = quantize_weighted(ckpt.tensors[name].numpy(), stored.dtype, importance[name])
+    got = np.asarray(stored.read_raw_rows(0, stored.n_rows)).reshape(want.shape)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_cancel_during_calibration_leaves_nothing(tmp_path):
