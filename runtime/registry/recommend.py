@@ -1,8 +1,9 @@
 """Sizes per format, the RAM a model needs, and which format to use on this machine.
 
-File size per format follows the converter's rule (`runtime.convert.tensor_types`): layer matrices
+File size per format follows the converter's rule (`runtime.quant.mixes`): layer matrices
 in the chosen type, the head in its default type for that target, the embedding F16, 1-D tensors
-F32. RAM to run it = the memory-mapped file + the float32 vector block + the scratch buffer
+F32. The K-quants (Q2_K … Q6_K) are offered in the format list but never chosen automatically until
+their quality is measured. RAM to run it = the memory-mapped file + the float32 vector block + the scratch buffer
 (`runtime.model.arch.rwkv4.ModelSpec`) + two states and the logits + a fixed overhead for the process
 (Python, llvmlite, compiled kernels, tokenizer, UI). A `ram = { q5_1 = … }` table in the registry
 overrides the estimate. For architectures this runtime cannot run yet the figures are estimates from
@@ -37,6 +38,11 @@ MEASURED_KL = {DType.Q8_0: 2.5e-5, DType.Q5_1: 1.2e-3, DType.Q5_0: 1.5e-3, DType
 QUALITY_ORDER: tuple[DType, ...] = (
     DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0,
 )
+# what the format dialog offers: the above plus the K-quants (no quality measured yet, so never chosen)
+OFFERED_ORDER: tuple[DType, ...] = (
+    DType.F32, DType.F16, DType.Q8_0, DType.Q6_K, DType.Q5_1, DType.Q5_K, DType.Q5_0, DType.Q4_K, DType.Q4_1,
+    DType.Q4_0, DType.Q3_K, DType.Q2_K,
+)
 DEFAULT_FORMAT = DType.Q5_1
 SMALL_MODEL_FORMAT = DType.Q8_0
 SMALL_MODEL_PARAMS = 1_000_000_000
@@ -62,19 +68,15 @@ def n_params(entry: ModelEntry) -> int | None:
 @functools.lru_cache(maxsize=256)
 def _v4_file_bytes(n_layer: int, n_embd: int, vocab: int, dtype: DType) -> int:
     """Tensor bytes of a converted RWKV-4 file, following `runtime.convert.output_plan`'s rules."""
-    from runtime.convert import tensor_types
     from runtime.formats.detect import v4_tensor_shapes
+    from runtime.quant.mixes import Policy, parse_target
 
-    types = tensor_types(dtype)
+    policy = Policy(parse_target(dtype), n_layer)
     total = 0
     for name, shape in v4_tensor_shapes(n_layer, n_embd, vocab).items():
         if ".ln0." in name:  # folded into the embedding by the converter
             continue
-        role = "head" if name == "head.weight" else "emb" if name == "emb.weight" else (
-            "matrix" if len(shape) == 2 else "vector")
-        t = types[role]
-        if t.is_quantized and shape[-1] % t.block_size:
-            t = DType.F16
+        t = policy.matrix(name, shape) if len(shape) == 2 else DType.F32
         total += t.nbytes(shape)
     return total
 
@@ -171,7 +173,7 @@ def recommend(
     """
     source = 0 if source_present else (entry.size or file_bytes(entry, DType.F16) or 0)  # a bf16 .pth
     fits = []
-    for dtype in QUALITY_ORDER:
+    for dtype in OFFERED_ORDER:
         fb = file_bytes(entry, dtype)
         rb = ram_bytes(entry, dtype)
         need_disk = None if fb is None else (0 if dtype in converted else fb) + source
@@ -185,7 +187,7 @@ def recommend(
     if by_type[default].fits is not False:
         choice, reason = default, _why_default(entry, default)
     else:
-        better_first = [f for f in fits if f.fits and f.dtype.is_quantized]
+        better_first = [f for f in fits if f.fits and f.dtype.is_quantized and f.dtype in QUALITY_ORDER]
         if better_first:
             choice = better_first[0].dtype
             reason = f"{default.name} does not fit this machine; {choice.name} is the best format that does"
