@@ -12,7 +12,9 @@ from runtime.quant.types import DType
 from runtime.registry.catalog import ModelEntry, load_catalog
 from runtime.registry.recommend import (
     GGUF_HEADER_BYTES,
+    MEASURED_KL,
     PROCESS_OVERHEAD,
+    QUALITY_ORDER,
     default_format,
     file_bytes,
     n_params,
@@ -30,7 +32,7 @@ def tiny_entry(**kw) -> ModelEntry:
     return ModelEntry(**fields)
 
 
-@pytest.mark.parametrize("dtype", [DType.F16, DType.Q8_0, DType.Q5_1, DType.Q4_0])
+@pytest.mark.parametrize("dtype", [DType.F16, DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_0])
 def test_file_size_formula_matches_the_converter(tmp_path, tiny_pth, dtype):
     src = tmp_path / "tiny.pth"
     src.write_bytes(tiny_pth)
@@ -54,13 +56,24 @@ def test_default_format_rule():
     cat = load_catalog()
     assert default_format(cat.get("pile-169m")) is DType.Q8_0  # < 1B parameters
     assert default_format(cat.get("world4-0.4b")) is DType.Q8_0
-    assert default_format(cat.get("raven-1b5")) is DType.Q5_1
-    assert default_format(cat.get("raven-14b")) is DType.Q5_1
+    assert default_format(cat.get("raven-1b5")) is DType.Q5_K  # the q5_k_m mix
+    assert default_format(cat.get("raven-14b")) is DType.Q5_K
     assert default_format(replace(cat.get("raven-14b"), recommended=DType.Q4_1)) is DType.Q4_1
-    # RWKV-7 follows the same rule until its own quality table exists
+    # RWKV-7 follows the same rule (its quality table orders the formats as RWKV-4's does)
     assert [default_format(cat.get(f"g1-{size}")) for size in ("0.1b", "0.4b", "1.5b", "2.9b", "7.2b", "13.3b")] == [
-        DType.Q8_0, DType.Q8_0, DType.Q5_1, DType.Q5_1, DType.Q5_1, DType.Q5_1]
+        DType.Q8_0, DType.Q8_0, DType.Q5_K, DType.Q5_K, DType.Q5_K, DType.Q5_K]
     assert default_format(cat.get("pile7-168m")) is DType.Q8_0  # no size: parameters from the shape
+
+
+def test_the_default_is_smaller_than_q5_1_with_no_more_measured_loss():
+    """Q5_K (q5_k_m) replaced Q5_1 as the default above 1B because the quality tables measured it smaller
+    with less KL; the automatic choice goes by the measured KL."""
+    e = load_catalog().get("raven-1b5")
+    assert file_bytes(e, DType.Q5_K) < 0.95 * file_bytes(e, DType.Q5_1)
+    assert MEASURED_KL[DType.Q5_K] <= MEASURED_KL[DType.Q5_1]
+    measured = [t for t in QUALITY_ORDER if t in MEASURED_KL]
+    assert [MEASURED_KL[t] for t in measured] == sorted(MEASURED_KL[t] for t in measured)
+    assert set(measured) == set(MEASURED_KL)
 
 
 def test_ram_estimate_parts_and_override():
@@ -74,17 +87,17 @@ def test_ram_estimate_parts_and_override():
 
 def test_recommendation_follows_free_memory_and_disk():
     e = load_catalog().get("raven-7b")
-    need = {t: ram_bytes(e, t) for t in (DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_0)}
+    need = {t: ram_bytes(e, t) for t in (DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_K, DType.Q4_1)}
     roomy = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
-    assert roomy.choice is DType.Q5_1 and roomy.default is DType.Q5_1
-    assert set(roomy.fitting) >= {DType.Q8_0, DType.Q5_1, DType.Q4_0}
+    assert roomy.choice is DType.Q5_K and roomy.default is DType.Q5_K
+    assert set(roomy.fitting) >= {DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_0}
 
-    tight = recommend(e, free_ram=need[DType.Q5_0] + 1, free_disk=100 * GB)
-    assert tight.choice is DType.Q5_0 and "does not fit" in tight.reason
-    assert tight.fit(DType.Q5_1).fits_ram is False and tight.fit(DType.Q5_0).fits is True
+    tight = recommend(e, free_ram=need[DType.Q4_K] + 1, free_disk=100 * GB)
+    assert tight.choice is DType.Q4_K and "does not fit" in tight.reason  # less loss than Q4_1 and Q4_0
+    assert tight.fit(DType.Q5_K).fits_ram is False and tight.fit(DType.Q4_K).fits is True
 
     none = recommend(e, free_ram=1 * GB, free_disk=100 * GB)
-    assert none.choice is DType.Q5_1 and "no format fits" in none.reason and none.fitting == ()
+    assert none.choice is DType.Q5_K and "no format fits" in none.reason and none.fitting == ()
 
     # disk: the 14.8 GB source plus the converted file must fit, unless the source is already here
     q5_file = file_bytes(e, DType.Q5_1)
@@ -99,7 +112,7 @@ def test_recommendation_follows_free_memory_and_disk():
 def test_unknown_shape_gives_unknown_fit():
     e = tiny_entry(n_layer=None, n_embd=None, vocab=None, tokenizer=None)
     r = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
-    assert r.fit(DType.Q5_1).fits is None and r.choice is DType.Q5_1
+    assert r.fit(DType.Q5_K).fits is None and r.choice is DType.Q5_K
 
 
 def test_the_starter_model_is_the_largest_g1_that_fits_the_free_memory(monkeypatch):
