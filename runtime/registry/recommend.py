@@ -37,8 +37,8 @@ from runtime.registry.catalog import ModelEntry
 
 # mean KL(float ‖ format) per token, RWKV-7 1.5B-shaped random model (README, "Quantization quality")
 MEASURED_KL = {
-    DType.Q8_0: 1.5e-4, DType.Q5_K: 6.4e-3, DType.Q5_1: 6.7e-3, DType.Q5_0: 8.5e-3, DType.Q4_K: 2.3e-2,
-    DType.Q4_1: 2.7e-2, DType.Q4_0: 3.3e-2,
+    DType.Q8_0: 1.5e-4, DType.Q6_K: 1.7e-3, DType.Q5_K: 6.4e-3, DType.Q5_1: 6.7e-3, DType.Q5_0: 8.5e-3,
+    DType.Q4_K: 2.3e-2, DType.Q4_1: 2.7e-2, DType.Q4_0: 3.3e-2,
 }
 # formats that may be chosen automatically, best quality first (quantized ones by MEASURED_KL)
 QUALITY_ORDER: tuple[DType, ...] = (
