@@ -42,9 +42,12 @@ from runtime.formats.gguf_file import TensorPlan, write_gguf
 from runtime.formats.tensors import LazyTensor
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
 from runtime.quant.codec import quantize
+from runtime.quant.gptq import GRID_TYPES, inverse_factor, quantize_gptq
+from runtime.quant.mixes import LEGACY_FILE_TYPES, Policy, Target, choose, parse_target
 from runtime.quant.native import NonFiniteRowError, RowEncoder, supported
 from runtime.quant.scales import first_bad_scale
 from runtime.quant.types import DType
+from runtime.quant.weighted import quantize_weighted
 from runtime.text.gguf_vocab import gguf_tokenizer_metadata
 from runtime.threadcount import check_threads, default_threads
 
@@ -54,17 +57,12 @@ PIECE_BYTES = 256 << 10  # native path: source bytes read and encoded at a time,
 # values per chunk decoded to float32 on the numpy path: small enough that numpy's temporaries come
 # from reused heap memory (8M-value chunks spent 3x the CPU, most of it zeroing fresh pages)
 NUMPY_CHUNK_VALUES = 256 << 10
+# matrices quantized with the importance only, without error feedback: the FFN key feeds relu², where the
+# matrix's squared output error is not what decides quality (rwkv.cpp's tiny RWKV-7: error feedback on
+# ffn.key alone raised the mean KL 2x, on every other matrix lowered it; bench/calibration.py)
+NO_ERROR_FEEDBACK = ("ffn.key.weight",)
 HASH_WINDOW = 256 << 20  # how far the source hasher may read ahead of conversion (see _Pacer)
-FILE_TYPES = {  # GGUF general.file_type (llama.cpp's "mostly X" numbering)
-    DType.F32: 0, DType.F16: 1, DType.Q4_0: 2, DType.Q4_1: 3, DType.Q8_0: 7, DType.Q5_0: 8, DType.Q5_1: 9,
-}
-# Head type per target type, from bench/quality.py on the random 169M reference (128 decode steps):
-# a Q8_0 head adds ~1.5e-5 mean KL (F16 matrices: 1.8e-6 -> 1.7e-5; Q5_1: 1.19e-3 -> 1.20e-3) while
-# cutting the bytes read per token by a quarter for small models; a Q5_1 head adds 7.5e-4, too much.
-DEFAULT_HEAD_TYPE: dict[DType, DType] = {
-    DType.F32: DType.F32, DType.F16: DType.F16, DType.Q8_0: DType.Q8_0, DType.Q5_1: DType.Q8_0,
-    DType.Q5_0: DType.Q8_0, DType.Q4_1: DType.Q8_0, DType.Q4_0: DType.Q8_0,
-}
+FILE_TYPES = LEGACY_FILE_TYPES  # GGUF general.file_type per legacy type (K mixes: Target.file_type)
 
 
 @dataclass(frozen=True)
@@ -75,16 +73,17 @@ class ConvertResult:
     nbytes: int
     seconds: float
     source_sha256: str
+    target: str = ""  # the --type asked for: "Q5_1", "Q4_K_M"
 
 
-def tensor_types(target: DType, head: DType | None = None) -> dict[str, DType]:
-    """Stored type per role: 'matrix' (layer weights), 'head', 'emb', 'vector' (all 1-D tensors)."""
-    if target not in DEFAULT_HEAD_TYPE:
-        what = "a source type only" if target is DType.BF16 else "not a conversion target yet"
-        raise ValueError(f"{target.name.lower()} is {what}; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
-    emb = DType.F32 if target is DType.F32 else DType.F16
-    head = DEFAULT_HEAD_TYPE[target] if head is None else head  # not `head or …`: DType.F32 is 0
-    return {"matrix": target, "head": head, "emb": emb, "vector": DType.F32}
+def tensor_types(target: DType | Target, head: DType | None = None) -> dict[str, DType]:
+    """Stored type per role for a legacy target ('matrix', 'head', 'emb', 'vector'); for a K mix,
+    'matrix' is its base type and 'head' the type of a head whose rows split into super-blocks."""
+    t = parse_target(target)
+    emb = DType.F32 if t.base is DType.F32 else DType.F16
+    if head is None:
+        head = choose(t, "head.weight", (1, 256), 1).dtype
+    return {"matrix": t.base, "head": head, "emb": emb, "vector": DType.F32}
 
 
 def _role(name: str, shape: tuple[int, ...]) -> str:
@@ -95,17 +94,15 @@ def _role(name: str, shape: tuple[int, ...]) -> str:
     return "matrix" if len(shape) == 2 else "vector"
 
 
-def output_plan(ckpt: Checkpoint, target: DType, head: DType | None = None) -> list[TensorPlan]:
+def output_plan(ckpt: Checkpoint, target: DType | Target, head: DType | None = None) -> list[TensorPlan]:
     """What the converted file holds: ln0 folded into the embedding, time_* tensors as (C,)."""
     a = ckpt.arch
-    types = tensor_types(target, head)
+    policy = Policy(parse_target(target), a.n_layer, head)
     plan = []
     for name, shape in v4_tensor_shapes(a.n_layer, a.n_embd, a.n_vocab, a.n_ffn).items():
         if ".ln0." in name:
             continue
-        dtype = types[_role(name, shape)]
-        if dtype.is_quantized and shape[-1] % dtype.block_size:
-            dtype = DType.F16
+        dtype = DType.F32 if _role(name, shape) == "vector" else policy.matrix(name, shape)
         plan.append(TensorPlan(name, shape, dtype))
     return plan
 
@@ -223,7 +220,11 @@ def _check_finite(path: Path, name: str, rows: np.ndarray, first_row: int, sourc
 
 
 _F16_MAX = 65504.0
-_TWO_SCALES = frozenset({DType.Q4_1, DType.Q5_1})  # blocks that store a float16 minimum after the scale
+# byte offsets of a block's float16 scale (and minimum) fields
+_SCALE_OFFSETS: dict[DType, tuple[int, ...]] = {
+    DType.Q4_0: (0,), DType.Q5_0: (0,), DType.Q8_0: (0,), DType.Q4_1: (0, 2), DType.Q5_1: (0, 2),
+    DType.Q2_K: (80, 82), DType.Q3_K: (108,), DType.Q4_K: (0, 2), DType.Q5_K: (0, 2), DType.Q6_K: (208,),
+}
 
 
 def _first_overflow(encoded: bytes | np.ndarray, dtype: DType, n_cols: int) -> tuple[int, int] | None:
@@ -235,9 +236,9 @@ def _first_overflow(encoded: bytes | np.ndarray, dtype: DType, n_cols: int) -> t
     if dtype is DType.F16:
         bad = ~np.isfinite(raw.view("<f2"))
     else:
-        fields = 4 if dtype in _TWO_SCALES else 2
-        scales = np.ascontiguousarray(raw.reshape(-1, dtype.block_bytes)[:, :fields]).view("<f2")
-        bad = ~np.isfinite(scales).all(axis=1)
+        blocks = raw.reshape(-1, dtype.block_bytes)
+        fields = [np.ascontiguousarray(blocks[:, at : at + 2]).view("<f2") for at in _SCALE_OFFSETS[dtype]]
+        bad = ~np.isfinite(np.concatenate(fields, axis=1)).all(axis=1)
     if not bad.any():
         return None
     row, block = divmod(int(np.argmax(bad)), n_cols // dtype.block_size)
@@ -273,31 +274,35 @@ def _native(tensor: LazyTensor, out: TensorPlan, transform: _Transformer) -> boo
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    dtype: DType | str,
+    dtype: DType | str | Target,
     *,
     head_dtype: DType | str | None = None,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
     threads: int | None = None,
     source_sha256: str | None = None,
+    calibrate: str | os.PathLike[str] | None = None,
 ) -> ConvertResult:
-    """Convert `src` to a GGUF file at `dst` with layer matrices stored as `dtype`.
+    """Convert `src` to a GGUF file at `dst` with layer matrices stored as `dtype` (a type or a K-quant
+    mix such as "q4_k_m": runtime.quant.mixes chooses each tensor's type).
 
     Nothing is left at `dst` if this fails or is interrupted. `source_sha256`, when the caller
-    already knows it (a verified download), skips hashing the source.
+    already knows it (a verified download), skips hashing the source. `calibrate`, a text file, turns
+    on importance-weighted quantization (runtime.quant.calibrate: the source model reads the text first).
     """
     t0 = time.perf_counter()
     check_threads(threads)
     src, dst = Path(src), Path(dst)
-    target = DType.parse(dtype) if isinstance(dtype, str) else dtype
+    target = parse_target(dtype)
     head = DType.parse(head_dtype) if isinstance(head_dtype, str) else head_dtype
     ckpt = open_checkpoint(src)
     v7 = ckpt.arch.version == "7"
     v56 = ckpt.arch.version in ("5.2", "6")
+    policy = Policy(target, ckpt.arch.n_layer, head)
     if v7:
-        layout = rwkv7_layout(ckpt, tensor_types(target, head))
+        layout = rwkv7_layout(ckpt, policy)
     elif v56:
-        layout = rwkv56_layout(ckpt, tensor_types(target, head))
+        layout = rwkv56_layout(ckpt, policy)
     else:
         layout = Layout(output_plan(ckpt, target, head))
     plan = layout.plan
@@ -307,6 +312,24 @@ def convert(
         raise FileNotFoundError(f"output folder {dst_dir} does not exist")
     check_free_space(dst_dir, out_bytes)
     cancel = cancel or CancelToken()
+    calibration = None
+    if calibrate is not None:
+        from runtime.quant.calibrate import calibrate as read_calibration
+
+        calibration = read_calibration(ckpt, calibrate, progress=progress, cancel=cancel)
+    importance = calibration.importance if calibration is not None else {}
+    moments = calibration.second_moments if calibration is not None else {}
+    factors: dict[str, np.ndarray] = {}
+    factors_lock = threading.Lock()
+
+    def factor_of(name: str) -> np.ndarray | None:
+        """The error-feedback factor of matrix `name` (runtime.quant.gptq), made once."""
+        if name not in moments or name.endswith(NO_ERROR_FEEDBACK):
+            return None
+        with factors_lock:
+            if name not in factors:
+                factors[name] = inverse_factor(moments[name])
+            return factors[name]
     threads = check_threads(threads) or default_threads()
 
     digest: list[str] = [source_sha256 or ""]
@@ -358,6 +381,11 @@ def convert(
                 raise _nonfinite(ckpt.path, out.name, s + err.row) from None
         return result
 
+    def weights_of(out: TensorPlan) -> np.ndarray | None:
+        """The calibration's importance for `out`'s input columns, when its type uses one."""
+        imp = importance.get(layout.sources.get(out.name, out.name))
+        return imp if imp is not None and out.dtype in GRID_TYPES and imp.size == out.shape[-1] else None
+
     def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int, native: bool) -> bytes | np.ndarray:
         if pacer is not None:
             pacer.advance(tensor.offset + stop * tensor.row_bytes)
@@ -367,7 +395,14 @@ def convert(
             rows = transform(out.name, tensor.read_rows(start, stop))
             _check_finite(ckpt.path, out.name, rows, start, tensor)
             with np.errstate(over="ignore"):  # reported by the overflow check that follows
-                data = quantize(rows.reshape(stop - start, out.shape[-1]), out.dtype).tobytes()
+                rows = rows.reshape(stop - start, out.shape[-1])
+                imp = weights_of(out)
+                src_name = layout.sources.get(out.name, out.name)
+                factor = factor_of(src_name) if imp is not None else None
+                if factor is not None:
+                    data = quantize_gptq(rows, out.dtype, imp, factor, moments[src_name]).tobytes()
+                else:
+                    data = quantize_weighted(rows, out.dtype, imp).tobytes()
         n_cols = out.shape[-1]
         overflow = _first_overflow(data, out.dtype, n_cols)
         if overflow is not None:
@@ -401,7 +436,7 @@ def convert(
             progress(Progress("converting", done, total))
             yield quantize(rows, out.dtype).tobytes()
             return
-        native = _native(tensor, out, transform)
+        native = _native(tensor, out, transform) and weights_of(out) is None
         step = max(1, min(n_rows, (CHUNK_VALUES if native else NUMPY_CHUNK_VALUES) // max(1, n_cols)))
         pending: deque[tuple[cf.Future[bytes | np.ndarray], int]] = deque()
         starts = iter(range(0, n_rows, step))
@@ -428,7 +463,7 @@ def convert(
     a = ckpt.arch
     metadata = [
         ("general.name", src.name.removesuffix(".pth")),
-        ("general.file_type", FILE_TYPES[target]),
+        ("general.file_type", target.file_type),
         ("general.quantization_version", 2),
     ]
     if v7:
@@ -453,11 +488,18 @@ def convert(
         ("rwkv_tui.source.format", ckpt.source_format),
         ("rwkv_tui.source.sha256", source_sha256 or SHA_PLACEHOLDER),
         ("rwkv_tui.transforms", transforms),
-        ("rwkv_tui.quant.matrices", target.name),
+        ("rwkv_tui.quant.target", target.name),
+        ("rwkv_tui.quant.matrices", target.base.name),
         ("rwkv_tui.quant.head", plan[-1].dtype.name),
         ("rwkv_tui.quant.emb", plan[0].dtype.name),
         ("rwkv_tui.quant.vectors", DType.F32.name),
     ]
+    if calibration is not None:
+        metadata += [
+            ("rwkv_tui.calibration.text", calibration.text_name),
+            ("rwkv_tui.calibration.sha256", calibration.text_sha256),
+            ("rwkv_tui.calibration.tokens", calibration.n_tokens),
+        ]
     try:
         with atomic_output(dst, drop_cache=True) as f:
             header_end = write_gguf(f, "rwkv7" if v7 else gguf_arch(ckpt) if v56 else "rwkv4", metadata, plan, chunks)
@@ -473,7 +515,9 @@ def convert(
             pacer.release()
         pool.shutdown(wait=True, cancel_futures=True)
     progress(Progress("converting", total, total))
-    return ConvertResult(dst, target, plan[-1].dtype, dst.stat().st_size, time.perf_counter() - t0, digest[0])
+    return ConvertResult(
+        dst, target.base, plan[-1].dtype, dst.stat().st_size, time.perf_counter() - t0, digest[0], target.name
+    )
 
 
 SHA_PLACEHOLDER = "0" * 64

@@ -29,6 +29,7 @@ from runtime.formats.detect import LN_EPS
 from runtime.formats.gguf_file import TensorPlan
 from runtime.formats.gguf_rwkv6 import ARCH5, ARCH6, LERP_ORDER, RESCALE_KEY, fused_lerp_name, gguf_name
 from runtime.model.arch.rwkv6 import rescale_every
+from runtime.quant.mixes import Policy
 from runtime.quant.types import DType
 
 BIG_MATRICES = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight",
@@ -46,23 +47,20 @@ def rwkv56_transforms(ckpt: Checkpoint) -> list[str]:
     return [V5_DECAY_EXP] if V5_DECAY_EXP in ckpt.transforms else []
 
 
-def rwkv56_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
-    """The rwkv6 / rwkv5 layout of `ckpt`, with `types` (convert.tensor_types) for its roles."""
+def rwkv56_layout(ckpt: Checkpoint, policy: Policy) -> Layout:
+    """The rwkv6 / rwkv5 layout of `ckpt`, with the types `policy` chooses."""
     a = ckpt.arch
     C, N = a.n_embd, a.head_size
     t = ckpt.tensors
     arch = gguf_arch(ckpt)
     transposed = V6_LORA_TRANSPOSED in ckpt.transforms
-    lora_type = DType.F32 if types["matrix"] == DType.F32 else DType.F16
+    lora_type = policy.small_matrix
     layout = Layout([])
 
-    def stored(dtype: DType, shape: tuple[int, ...]) -> DType:
-        return DType.F16 if dtype.is_quantized and shape[-1] % dtype.block_size else dtype
-
-    def stream(src: str, role: str) -> None:
+    def stream(src: str) -> None:
         shape = tuple(int(d) for d in t[src].shape)
         name = gguf_name(arch, src)
-        layout.plan.append(TensorPlan(name, shape, stored(types[role], shape)))
+        layout.plan.append(TensorPlan(name, shape, policy.matrix(name, shape)))
         layout.sources[name] = src
 
     def build(name: str, shape: tuple[int, ...], make, srcs: list[str], dtype: DType = DType.F32) -> None:
@@ -77,7 +75,7 @@ def rwkv56_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
         build(gguf_name(arch, src), shape, lambda: t[src].numpy() if transposed else flip(t[src].numpy()), [src],
               lora_type)
 
-    stream("emb.weight", "emb")
+    stream("emb.weight")
     vector("blocks.0.ln0.weight")
     vector("blocks.0.ln0.bias")
     row = (1, 1, C)
@@ -102,17 +100,17 @@ def rwkv56_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
             vector(p + "att.time_decay", (C // N, N))  # (H, N) tells RWKV-5.2 from 5.1 (H,)
         vector(p + "att.time_faaaa", (C // N, N))
         for leaf in BIG_MATRICES[:5]:
-            stream(p + leaf, "matrix")
+            stream(p + leaf)
         vector(p + "att.ln_x.weight")
         vector(p + "att.ln_x.bias")
         mix = "time_maa" if arch == ARCH6 else "time_mix"
         vector(p + f"ffn.{mix}_k", row)
         vector(p + f"ffn.{mix}_r", row)
         for leaf in BIG_MATRICES[5:]:
-            stream(p + leaf, "matrix")
+            stream(p + leaf)
     vector("ln_out.weight")
     vector("ln_out.bias")
-    stream("head.weight", "head")
+    stream("head.weight")
     return layout
 
 

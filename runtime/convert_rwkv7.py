@@ -26,6 +26,7 @@ from runtime.formats.checkpoint import V7_LORA_TRANSPOSED, Checkpoint
 from runtime.formats.detect import LN_EPS
 from runtime.formats.gguf_file import TensorPlan
 from runtime.formats.gguf_rwkv7 import ARCH, LERP_ORDER, fused_lerp_name, gguf_name
+from runtime.quant.mixes import Policy
 from runtime.quant.types import DType
 
 CONTEXT_LENGTH = 1048576  # what llama.cpp's converter writes: RWKV has no trained context limit
@@ -43,8 +44,8 @@ class Layout:
     built: dict[str, tuple[Callable[[], np.ndarray], int]] = field(default_factory=dict)  # (make, source bytes)
 
 
-def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
-    """The llama.cpp rwkv7 layout of `ckpt`, with `types` (convert.tensor_types) for its roles."""
+def rwkv7_layout(ckpt: Checkpoint, policy: Policy) -> Layout:
+    """The llama.cpp rwkv7 layout of `ckpt`, with the types `policy` chooses."""
     a = ckpt.arch
     C = a.n_embd
     t = ckpt.tensors
@@ -53,16 +54,13 @@ def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
     # short (the rank), so decoding F16 costs half the bytes of F32 and less per byte than a block
     # type: 0.4B shape, WKV-7 + LoRA + norms 15.3 % of a decode step with F32 factors, 8.7 % with F16
     # (bench/rwkv7_profile.py).
-    lora_type = DType.F32 if types["matrix"] == DType.F32 else DType.F16
+    lora_type = policy.small_matrix
     layout = Layout([])
 
-    def stored(dtype: DType, shape: tuple[int, ...]) -> DType:
-        return DType.F16 if dtype.is_quantized and shape[-1] % dtype.block_size else dtype
-
-    def stream(src: str, role: str) -> None:
+    def stream(src: str) -> None:
         shape = tuple(int(d) for d in t[src].shape)
         name = gguf_name(src)
-        layout.plan.append(TensorPlan(name, shape, stored(types[role], shape)))
+        layout.plan.append(TensorPlan(name, shape, policy.matrix(name, shape)))
         layout.sources[name] = src
 
     def build(name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray], srcs: list[str],
@@ -81,7 +79,7 @@ def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
         build(name, shape, lambda: t[src].numpy() if transposed else np.ascontiguousarray(t[src].numpy().T), [src],
               lora_type)
 
-    stream("emb.weight", "emb")
+    stream("emb.weight")
     vector("blocks.0.ln0.weight")
     vector("blocks.0.ln0.bias")
     for i in range(a.n_layer):
@@ -100,13 +98,13 @@ def rwkv7_layout(ckpt: Checkpoint, types: dict[str, DType]) -> Layout:
         for leaf in ("att.k_k", "att.k_a", "att.r_k", "att.ln_x.weight", "att.ln_x.bias"):
             vector(p + leaf)
         for leaf in BIG_MATRICES[:4]:
-            stream(p + leaf, "matrix")
+            stream(p + leaf)
         vector(p + "ffn.x_k", shape=(1, 1, C))
         for leaf in BIG_MATRICES[4:]:
-            stream(p + leaf, "matrix")
+            stream(p + leaf)
     vector("ln_out.weight")
     vector("ln_out.bias")
-    stream("head.weight", "head")
+    stream("head.weight")
     return layout
 
 

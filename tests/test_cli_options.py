@@ -68,4 +68,15 @@ def test_convert_help_says_the_default_type(capsys) -> None:
         cli(["convert", "--help"])
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0 (default: q5_1)" in help_text
+    assert "type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0, or a K-quant mix" in help_text
+    assert "(default: q5_1)" in help_text
+
+
+def test_convert_defaults_to_the_registry_default_for_large_models() -> None:
+    """`convert` without --type writes what the registry recommends above 1B parameters."""
+    from runtime.quant.mixes import parse_target
+    from runtime.registry.recommend import DEFAULT_FORMAT
+    from tui.cli import build_parser
+
+    args = build_parser().parse_args(["convert", "a.pth", "b.gguf"])
+    assert parse_target(args.type).base is DEFAULT_FORMAT

@@ -406,3 +406,23 @@ def test_an_rwkv6_reference_of_other_ranks_or_version_is_refused(tmp_path):
         evaluate([other], v6, tokens)
     with pytest.raises(EvalError, match=r"not the same model.*RWKV-5.2.*RWKV-6"):
         evaluate([v5], v6, tokens)
+
+
+def test_formats_take_k_quant_mixes(files, capsys, tmp_path):
+    """`eval --formats` takes the K mixes `convert --type` takes; a mix's row holds the figures of the
+    file `convert` writes for it."""
+    args = ["eval", "--formats", "q4_k_m,q2_k", str(files["ref"]), "--tokens", str(files["tok_file"]), "--json",
+            "--threads", "2", "--max-tokens", "20", "--tmp-dir", str(tmp_path)]
+    code, out, _ = _run_cli(args, capsys)
+    assert code == 0
+    results = json.loads(out)["results"]
+    assert [r["label"] for r in results] == ["q4_k_m", "q2_k"]
+    rows = {r["label"]: r for r in results}
+    mixed = convert(files["ref"], tmp_path / "m-q4_k_m.gguf", "q4_k_m").path
+    tokens = files["tokens"][:20]
+    want = _expected(_decode_all(mixed, tokens), _decode_all(files["ref"], tokens), tokens)
+    for key, value in want.items():
+        assert rows["q4_k_m"][key] == pytest.approx(value, rel=RTOL_QUANTIZED, abs=1e-12), key
+    code, _, err = _run_cli(["eval", "--formats", "q4_k_x", str(files["ref"]), "--tokens", str(files["tok_file"])],
+                            capsys)
+    assert code == 2 and "q4_k_m" in err

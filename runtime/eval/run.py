@@ -38,6 +38,7 @@ from runtime.eval.store import save_evaluation
 from runtime.formats.checkpoint import Checkpoint, open_checkpoint
 from runtime.formats.detect import Architecture
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
+from runtime.quant.mixes import parse_target
 from runtime.quant.types import DType
 
 if TYPE_CHECKING:
@@ -395,7 +396,8 @@ def evaluate_formats(
     threads: int | None = None,
     work_dir: PathLike | None = None,
 ) -> EvalReport:
-    """Quantize temporary copies of `source` to each of `formats` and compare them with the reference.
+    """Quantize temporary copies of `source` to each of `formats` (types or K-quant mixes, as `convert`
+    takes them: "q5_1", "q4_k_m") and compare them with the reference.
 
     The reference is `reference` if given, else `source` itself (converted to `reference_type` when it
     is a checkpoint). The copies live in a temporary folder in `work_dir` and are deleted afterwards;
@@ -405,8 +407,11 @@ def evaluate_formats(
 
     cancel = cancel or CancelToken()
     _check_max_tokens(max_tokens)
-    types = [DType.parse(f) for f in formats]
-    if not types:
+    try:
+        targets = [parse_target(f) for f in formats]
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    if not targets:
         raise EvalError("--formats needs at least one type, e.g. q4_0,q5_1,q8_0,f16")
     src_ckpt = open_checkpoint(source)
     ref = Path(reference) if reference is not None else Path(source)
@@ -419,7 +424,7 @@ def evaluate_formats(
         entries: list[_Entry] = []
         try:
             ref_path = _prepare_reference(ref, ref_ckpt, scratch, reference_type, progress, cancel, threads)
-            for t in types:
+            for t in targets:
                 name = t.name.lower()
                 reuse = reference is None and ref_path != ref and ref_path.stem == f"reference-{name}"
                 dst = ref_path if reuse else scratch / f"{name}.gguf"

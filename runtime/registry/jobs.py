@@ -190,7 +190,8 @@ class JobQueue:
             raise ValueError(f"steps must be taken from {STEPS}, got {steps}")
         target = DType.parse(dtype) if isinstance(dtype, str) else dtype
         if target is DType.BF16:
-            raise ValueError("bf16 is a source type only; choose f32, f16, q8_0, q5_1, q5_0, q4_1 or q4_0")
+            raise ValueError("bf16 is a source type only; choose f32, f16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, "
+                             "q4_0, q3_k or q2_k")
         dtype_name = target.name if target is not None else None
         if "convert" in steps and dtype_name is None:
             raise ValueError("a convert step needs a target format")

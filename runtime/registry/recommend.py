@@ -1,21 +1,25 @@
 """Sizes per format, the RAM a model needs, and which format to use on this machine.
 
-File size per format follows the converter's rule (`runtime.convert.tensor_types`): layer matrices
-in the chosen type, the head in its default type for that target, the embedding F16, 1-D tensors
-F32. RAM to run it = the memory-mapped file + the float32 vector block + the scratch buffer
+File size per format follows the converter's rule (`runtime.quant.mixes`): layer matrices
+in the chosen type, the head in its default type for that target (Q6_K for the K mixes), the embedding
+F16, 1-D tensors F32. RAM to run it = the memory-mapped file + the float32 vector block + the scratch buffer
 (`runtime.model.arch.rwkv4.ModelSpec`) + two states and the logits + a fixed overhead for the process
 (Python, llvmlite, compiled kernels, tokenizer, UI). A `ram = { q5_1 = … }` table in the registry
 overrides the estimate. For architectures this runtime cannot run yet the figures are estimates from
 the parameter count (the bf16 checkpoint's size / 2 when known).
 
-Default format. Measured KL divergence from the float model on a random 169M model (bench/quality.py):
-Q8_0 2.5e-5, Q5_1 1.2e-3, Q5_0 1.5e-3, Q4_1 5.0e-3, Q4_0 6.0e-3. 4-bit formats cost 4-5x the KL of
-Q5_1, so they are never the default; they are offered only when nothing better fits. Q5_1 is the
-default; models under 1B parameters default to Q8_0: small models lose the most to quantization
-(their rows are short, so the per-block error is a larger share of the signal), and at that size
-Q8_0 costs a few hundred MB. If the default does not fit the free RAM, the best format that does is
-chosen (quality order Q8_0 > Q5_1 > Q5_0 > Q4_1 > Q4_0; float formats are offered, never chosen).
-RWKV-7 entries follow the same rule until a quality table of RWKV-7 formats exists.
+Default format, from the README's quality tables (`rwkv-tui eval --formats …` on 1.5B-shaped random
+RWKV-4 and RWKV-7 models, mean KL divergence from the float model): Q5_K (the q5_k_m mix: Q5_K
+matrices, Q6_K head) is 7.6 % smaller than Q5_1 (Q8_0 head) with a slightly lower mean and p99 KL on
+both architectures, but with today's kernels it decodes RWKV-7 slower (1.5B, 2 threads: 67 against
+50 ms/token; 1 thread 106 against 92), so Q5_1 stays the default above 1B parameters and Q5_K is
+the first choice when Q5_1 does not fit. 4-bit formats cost 3-5x the KL of Q5_1
+(Q4_K the least of them), so they are never the default; they are offered only when nothing better
+fits. Models under 1B parameters default to Q8_0: small models lose the most to quantization (their
+rows are short, so the per-block error is a larger share of the signal), and at that size Q8_0 costs
+a few hundred MB. If the default does not fit the free RAM, the best format that does is chosen
+(`QUALITY_ORDER`, by measured KL; float formats are offered, never chosen; Q3_K and Q2_K are offered,
+never chosen).
 
 The model suggested first (`starter_model`: the welcome screen, `rwkv-tui models`, the models screen)
 is the largest runnable G1 whose default format fits in three quarters of the free memory.
@@ -33,11 +37,19 @@ from runtime.model.layout import GlobalVec
 from runtime.quant.types import DType
 from runtime.registry.catalog import ModelEntry
 
-MEASURED_KL = {DType.Q8_0: 2.5e-5, DType.Q5_1: 1.2e-3, DType.Q5_0: 1.5e-3, DType.Q4_1: 5.0e-3, DType.Q4_0: 6.0e-3}
+# mean KL(float ‖ format) per token, RWKV-7 1.5B-shaped random model (README, "Quantization quality")
+MEASURED_KL = {
+    DType.Q8_0: 1.5e-4, DType.Q6_K: 1.7e-3, DType.Q5_K: 6.4e-3, DType.Q5_1: 6.7e-3, DType.Q5_0: 8.5e-3,
+    DType.Q4_K: 2.3e-2, DType.Q4_1: 2.7e-2, DType.Q4_0: 3.3e-2,
+}
+# formats that may be chosen automatically, best quality first (quantized ones by MEASURED_KL)
 QUALITY_ORDER: tuple[DType, ...] = (
-    DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0,
+    DType.F32, DType.F16, DType.Q8_0, DType.Q6_K, DType.Q5_K, DType.Q5_1, DType.Q5_0, DType.Q4_K, DType.Q4_1,
+    DType.Q4_0,
 )
-DEFAULT_FORMAT = DType.Q5_1
+# what the format dialog offers: the above plus Q3_K and Q2_K (far more loss; chosen only by hand)
+OFFERED_ORDER: tuple[DType, ...] = (*QUALITY_ORDER, DType.Q3_K, DType.Q2_K)
+DEFAULT_FORMAT = DType.Q5_1  # Q5_K: less loss per byte, but slower to decode for RWKV-7 (see above)
 SMALL_MODEL_FORMAT = DType.Q8_0
 SMALL_MODEL_PARAMS = 1_000_000_000
 # RSS of the runtime itself: 166 MB measured after loading and running a 1 MB model (llvmlite, JIT,
@@ -62,19 +74,15 @@ def n_params(entry: ModelEntry) -> int | None:
 @functools.lru_cache(maxsize=256)
 def _v4_file_bytes(n_layer: int, n_embd: int, vocab: int, dtype: DType) -> int:
     """Tensor bytes of a converted RWKV-4 file, following `runtime.convert.output_plan`'s rules."""
-    from runtime.convert import tensor_types
     from runtime.formats.detect import v4_tensor_shapes
+    from runtime.quant.mixes import Policy, parse_target
 
-    types = tensor_types(dtype)
+    policy = Policy(parse_target(dtype), n_layer)
     total = 0
     for name, shape in v4_tensor_shapes(n_layer, n_embd, vocab).items():
         if ".ln0." in name:  # folded into the embedding by the converter
             continue
-        role = "head" if name == "head.weight" else "emb" if name == "emb.weight" else (
-            "matrix" if len(shape) == 2 else "vector")
-        t = types[role]
-        if t.is_quantized and shape[-1] % t.block_size:
-            t = DType.F16
+        t = policy.matrix(name, shape) if len(shape) == 2 else DType.F32
         total += t.nbytes(shape)
     return total
 
@@ -171,7 +179,7 @@ def recommend(
     """
     source = 0 if source_present else (entry.size or file_bytes(entry, DType.F16) or 0)  # a bf16 .pth
     fits = []
-    for dtype in QUALITY_ORDER:
+    for dtype in OFFERED_ORDER:
         fb = file_bytes(entry, dtype)
         rb = ram_bytes(entry, dtype)
         need_disk = None if fb is None else (0 if dtype in converted else fb) + source
@@ -185,7 +193,7 @@ def recommend(
     if by_type[default].fits is not False:
         choice, reason = default, _why_default(entry, default)
     else:
-        better_first = [f for f in fits if f.fits and f.dtype.is_quantized]
+        better_first = [f for f in fits if f.fits and f.dtype.is_quantized and f.dtype in QUALITY_ORDER]
         if better_first:
             choice = better_first[0].dtype
             reason = f"{default.name} does not fit this machine; {choice.name} is the best format that does"
@@ -200,7 +208,7 @@ def _why_default(entry: ModelEntry, dtype: DType) -> str:
         return "recommended by the registry"
     if dtype is SMALL_MODEL_FORMAT:
         return "small models lose the most to 4- and 5-bit formats, and 8 bits cost little at this size"
-    return "close to Q8_0 quality at two thirds of its size; 4-bit formats lose 4-5x more"
+    return "close to Q8_0 quality at three quarters of its size; 4-bit formats lose 3-5x more"
 
 
 STARTER_FAMILY = "g1"  # the chat models recommended first (RWKV-7 G1: the newest, and they reason)

@@ -146,7 +146,7 @@ def test_bad_entries_are_skipped_with_their_line_numbers(tmp_path):
         entry(id="wrong-file", file="x.pth"),
         entry(id="no-source", url=None),
         entry(id="bad-ram", ram={"q5_1": "lots"}),
-        entry(id="bad-format", recommended="q7_z"),
+        entry(id="bad-format", recommended="iq2_xxs"),
     ]
     text = FAMILIES + "\n" + "\n".join([*bad, GOOD])
     shipped = write(tmp_path / "models.toml", text)
@@ -163,7 +163,7 @@ def test_bad_entries_are_skipped_with_their_line_numbers(tmp_path):
     for needle in ["family 'chatty' is not a [family.*] table", "'arch' must be one of", "bare '%'",
                    "'sha256' must be 64 hexadecimal digits", "'n_layer' must be a positive integer",
                    "id 'Upper Case' must be", "is not the entry's file 'x.pth'", "needs a 'url'",
-                   "'ram.q5_1' must be a positive number", "unknown type 'q7_z'"]:
+                   "'ram.q5_1' must be a positive number", "unknown type 'iq2_xxs'"]:
         assert needle in joined
 
 

@@ -83,6 +83,8 @@ def test_add_a_local_checkpoint_then_convert_it_with_get(tmp_path, tiny_pth, cap
     entry = load_catalog().get("local-novel")
     assert pth.exists()  # the user's own file is never deleted
     assert model_status(entry).converted == {DType.Q4_0: converted_path(entry, DType.Q4_0)}
+    assert cli(["get", "local-novel", "--type", "q5_k_m"]) == 0, capsys.readouterr().err  # a K mix by name
+    assert set(model_status(entry).converted) == {DType.Q4_0, DType.Q5_K}
     assert cli(["add", str(tmp_path / "nothing.pth")]) == 2
     assert "no such file" in capsys.readouterr().err
 

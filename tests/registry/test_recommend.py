@@ -12,7 +12,9 @@ from runtime.quant.types import DType
 from runtime.registry.catalog import ModelEntry, load_catalog
 from runtime.registry.recommend import (
     GGUF_HEADER_BYTES,
+    MEASURED_KL,
     PROCESS_OVERHEAD,
+    QUALITY_ORDER,
     default_format,
     file_bytes,
     n_params,
@@ -30,7 +32,7 @@ def tiny_entry(**kw) -> ModelEntry:
     return ModelEntry(**fields)
 
 
-@pytest.mark.parametrize("dtype", [DType.F16, DType.Q8_0, DType.Q5_1, DType.Q4_0])
+@pytest.mark.parametrize("dtype", [DType.F16, DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_0])
 def test_file_size_formula_matches_the_converter(tmp_path, tiny_pth, dtype):
     src = tmp_path / "tiny.pth"
     src.write_bytes(tiny_pth)
@@ -57,10 +59,21 @@ def test_default_format_rule():
     assert default_format(cat.get("raven-1b5")) is DType.Q5_1
     assert default_format(cat.get("raven-14b")) is DType.Q5_1
     assert default_format(replace(cat.get("raven-14b"), recommended=DType.Q4_1)) is DType.Q4_1
-    # RWKV-7 follows the same rule until its own quality table exists
+    # RWKV-7 follows the same rule (its quality table orders the formats as RWKV-4's does)
     assert [default_format(cat.get(f"g1-{size}")) for size in ("0.1b", "0.4b", "1.5b", "2.9b", "7.2b", "13.3b")] == [
         DType.Q8_0, DType.Q8_0, DType.Q5_1, DType.Q5_1, DType.Q5_1, DType.Q5_1]
     assert default_format(cat.get("pile7-168m")) is DType.Q8_0  # no size: parameters from the shape
+
+
+def test_q5_k_is_smaller_than_q5_1_with_no_more_measured_loss():
+    """The quality tables measured Q5_K (q5_k_m) smaller than Q5_1 with less KL, so it comes before Q5_1
+    when the default does not fit; the automatic choice goes by the measured KL."""
+    e = load_catalog().get("raven-1b5")
+    assert file_bytes(e, DType.Q5_K) < 0.95 * file_bytes(e, DType.Q5_1)
+    assert MEASURED_KL[DType.Q5_K] <= MEASURED_KL[DType.Q5_1]
+    measured = [t for t in QUALITY_ORDER if t in MEASURED_KL]
+    assert [MEASURED_KL[t] for t in measured] == sorted(MEASURED_KL[t] for t in measured)
+    assert set(measured) == set(MEASURED_KL)
 
 
 def test_ram_estimate_parts_and_override():
@@ -74,14 +87,16 @@ def test_ram_estimate_parts_and_override():
 
 def test_recommendation_follows_free_memory_and_disk():
     e = load_catalog().get("raven-7b")
-    need = {t: ram_bytes(e, t) for t in (DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_0)}
+    need = {t: ram_bytes(e, t) for t in (DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_K, DType.Q4_1)}
     roomy = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
     assert roomy.choice is DType.Q5_1 and roomy.default is DType.Q5_1
-    assert set(roomy.fitting) >= {DType.Q8_0, DType.Q5_1, DType.Q4_0}
+    assert set(roomy.fitting) >= {DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_0}
 
-    tight = recommend(e, free_ram=need[DType.Q5_0] + 1, free_disk=100 * GB)
-    assert tight.choice is DType.Q5_0 and "does not fit" in tight.reason
-    assert tight.fit(DType.Q5_1).fits_ram is False and tight.fit(DType.Q5_0).fits is True
+    tight = recommend(e, free_ram=need[DType.Q4_K] + 1, free_disk=100 * GB)
+    assert tight.choice is DType.Q4_K and "does not fit" in tight.reason  # less loss than Q4_1 and Q4_0
+    assert tight.fit(DType.Q5_K).fits_ram is False and tight.fit(DType.Q4_K).fits is True
+    smaller = recommend(e, free_ram=need[DType.Q5_K] + 1, free_disk=100 * GB)
+    assert smaller.choice is DType.Q5_K  # Q5_1 does not fit: Q5_K, smaller with no more loss, is next
 
     none = recommend(e, free_ram=1 * GB, free_disk=100 * GB)
     assert none.choice is DType.Q5_1 and "no format fits" in none.reason and none.fitting == ()

@@ -186,7 +186,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("models", type=Path, nargs="+", help="GGUF or rwkv.cpp files (with --formats: the source)")
     e.add_argument("--reference", type=Path, help="F32/F16 file of the same model, or its .pth/.safetensors")
-    e.add_argument("--formats", help="quantize temporary copies of the source to these types, e.g. q4_0,q5_1,f16")
+    e.add_argument("--formats", help="quantize temporary copies of the source to these types or K-quant mixes, "
+                                     "e.g. q4_0,q5_1,q4_k_m,f16")
     e.add_argument("--text", type=Path, help="UTF-8 text to score (tokenized for the model)")
     e.add_argument("--tokens", type=Path, help="token ids to score, whitespace separated (instead of --text)")
     e.add_argument("--max-tokens", type=EVAL_TOKENS, default=512, help="score at most this many tokens (default 512)")

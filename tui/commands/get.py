@@ -52,7 +52,7 @@ def _forget(entry, catalog) -> None:
 
 
 def _get(args: argparse.Namespace, entry, sha: str | None) -> int:
-    from runtime.quant.types import DType
+    from runtime.quant.mixes import parse_target
     from runtime.registry.catalog import RegistryError
     from runtime.registry.jobs import DONE, JobEvent, JobRunner
     from runtime.registry.recommend import QUALITY_ORDER, machine_resources, recommend
@@ -72,7 +72,7 @@ def _get(args: argparse.Namespace, entry, sha: str | None) -> int:
         free_ram, free_disk = machine_resources(models_dir())
         rec = recommend(entry, free_ram=free_ram, free_disk=free_disk, source_present=status.source is not None,
                         converted=frozenset(status.converted))
-        dtype = DType.parse(args.type) if args.type else rec.choice
+        dtype = parse_target(args.type).base if args.type else rec.choice  # q5_k_m: Q5_K
         if not args.type:
             console.print(f"format {dtype.name.lower()} ({rec.reason})")
         fit = rec.fit(dtype) if dtype in QUALITY_ORDER else None
@@ -111,7 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("get", help="download a model by registry id or URL, verify it and convert it")
     g.add_argument("model", help="a registry id (see `rwkv-tui models`) or an https:// address of a .pth")
     g.add_argument("--sha256", default=None, help="expected sha256 of the download (checked)")
-    g.add_argument("--type", default=None, help="format: q8_0, q5_1, q5_0, q4_1, q4_0, f16 (default: recommended)")
+    g.add_argument("--type", default=None, help="format: q8_0, q6_k, q5_k_m, q5_1, q5_0, q4_k_m, q4_1, q4_0, q3_k, "
+                                                 "q2_k, f16 (default: recommended)")
     g.add_argument("--delete-source", action="store_true", help="delete the downloaded .pth after converting")
     g.add_argument("--no-convert", action="store_true", help="only download (any architecture)")
     g.set_defaults(func=cmd_get)

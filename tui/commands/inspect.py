@@ -55,6 +55,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         t = ckpt.tensors[n]
         table.add_row(n, "×".join(map(str, t.shape)), t.dtype.name, human_bytes(t.nbytes))
     console.print(table)
+    _type_counts(ckpt)
     if not args.all and a.n_layer > 1:
         same = all(
             ckpt.tensors.get(n.replace("blocks.0.", f"blocks.{i}.")) is not None
@@ -68,6 +69,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.verify:
         _verify(ckpt)
     return 0
+
+
+def _type_counts(ckpt) -> None:
+    """For a GGUF file: how many tensors hold each type and the rule that gave it (runtime.quant.mixes)."""
+    if ckpt.source_format != "gguf":
+        return
+    from runtime.formats.gguf_file import read_gguf
+    from runtime.quant.mixes import MIX_BY_FILE_TYPE, TARGETS, type_summary
+
+    raw = read_gguf(ckpt.path)
+    recorded = raw.metadata.get("rwkv_tui.quant.target")
+    target = TARGETS.get(recorded) if isinstance(recorded, str) else None
+    if target is None:
+        target = MIX_BY_FILE_TYPE.get(raw.metadata.get("general.file_type"))
+    rows = type_summary(((t.name, t.shape, t.dtype) for t in raw.tensors.values()), target, ckpt.arch.n_layer)
+    title = f"types ({target.name if target is not None else 'no known target'})"
+    table = Table(title=title, show_edge=False, title_justify="left")
+    for col in ("type", "tensors", "rule"):
+        table.add_column(col, justify="right" if col == "tensors" else "left")
+    for row in rows:
+        table.add_row(row.dtype.name, str(row.count), row.rule)
+    console.print(table)
 
 
 def _verify(ckpt) -> None:

@@ -240,9 +240,9 @@ class ModelsScreen(Screen[None]):
         if rec is not None and rec.choice in status.converted:
             self.app.notify(f"{entry.name} is ready in {rec.choice.name}; enter starts a chat.")
             return
-        from runtime.quant.types import DType
+        from runtime.registry.recommend import DEFAULT_FORMAT
 
-        dtype = rec.choice if rec is not None else DType.Q5_1
+        dtype = rec.choice if rec is not None else DEFAULT_FORMAT
         if rec is not None and rec.fit(dtype).fits is False:
             def confirmed(yes: bool | None) -> None:
                 if yes:

@@ -1,0 +1,367 @@
+"""Importance-weighted quantization: ggml's algorithms for quantizing with an importance matrix
+(`quantize_row_qN_K_impl` and `quantize_row_qN_0/1_impl` with quant_weights), vectorised in numpy.
+
+`importance` holds one non-negative weight per input column of a matrix (runtime.quant.calibrate: the
+mean of x² over the calibration tokens). Each value's weight is importance·sqrt(σ² + x²), σ² the mean
+square of the row (legacy types) or of the super-block (K types: twice it for Q3_K/Q4_K/Q5_K), and
+the sub-block scale and minimum are searched to minimise the weighted squared error:
+
+- Q4_0 / Q5_0: a weighted `make_qx_quants` (19 trial scales, the least-squares scale of each);
+- Q4_1 / Q5_1, Q4_K / Q5_K sub-blocks, Q2_K sub-blocks: `make_qkx3_quants` (37 trial scales with a
+  least-squares scale and minimum each; ggml's make_qkx2_quants with these weights and steps);
+- the K super-block scales: `make_qp_quants` (Q2_K, Q4_K, Q5_K: the 4/6-bit scales and minimums of
+  the sub-blocks weighted by the sub-block's total weight, with a few passes of coordinate descent),
+  a weighted `make_qx_quants` (Q3_K's signed 6-bit scales);
+- Q6_K: a weighted `make_qx_quants` per sub-block of 16 with the importance itself as weight, then
+  the reference's 8-bit scales.
+Q8_0 and the float types ignore the importance, as ggml does.
+
+Arrays follow runtime.quant.kquants' layout: one column per sub-block, value index first, so ggml's
+sequential sums become vector additions. The results are not checked byte for byte against ggml (no
+weighted reference output is available here); tests check the weighted error against the reference
+quantizers' and the round trip through the reference dequantizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.quant import kquants as kq
+from runtime.quant.codec import quantize
+from runtime.quant.types import DType
+
+_F32 = np.float32
+QK = 32
+WEIGHTED_TYPES = frozenset({DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q2_K, DType.Q3_K, DType.Q4_K,
+                            DType.Q5_K, DType.Q6_K})
+
+
+def make_qx_quants_weighted(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's `make_qx_quants(n, nmax, x, L, 1, qw)` on every column of x (n × S): the symmetric scale
+    minimising Σ qw·(x − scale·l)² over 19 trial rounding scales. Returns (scale (S,), codes (n, S)
+    0..2·nmax−1)."""
+    s = x.shape[1]
+    mx = kq._first_abs_max(x)
+    zero = ~(np.abs(mx) >= kq.GROUP_MAX_EPS)
+    wx = qw * x
+    steps = np.array([0] + [i for i in range(-9, 10) if i], dtype=_F32)
+    with np.errstate(all="ignore"):
+        iscales = -(_F32(nmax) + _F32(0.1) * steps)[:, None] / mx
+        codes = np.clip(kq.nearest_int(iscales[:, None, :] * x[None]), -nmax, nmax - 1)  # (T, n, S)
+        lf = codes.astype(_F32)
+        sumlx = kq._seq_sum(np.moveaxis(wx[None] * lf, 1, 0))  # (T, S)
+        suml2 = kq._seq_sum(np.moveaxis(qw[None] * lf * lf, 1, 0))
+        scale = np.where(suml2[0] != 0, sumlx[0] / suml2[0], _F32(0)).astype(_F32)
+        best = scale * sumlx[0]
+        choice = np.zeros(s, np.intp)
+        for t in range(1, steps.size):
+            better = (suml2[t] > 0) & (sumlx[t] * sumlx[t] > best * suml2[t])
+            scale = np.where(better, sumlx[t] / suml2[t], scale).astype(_F32)
+            best = np.where(better, scale * sumlx[t], best)
+            choice[better] = t
+    out = codes[choice, :, np.arange(s)].T + nmax
+    out[:, zero] = 0
+    scale[zero] = 0
+    return scale, out
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's `make_qp_quants` on every column of x (n × S, values ≥ 0): the scale of non-negative
+    codes 0..nmax minimising Σ qw·(x − scale·l)² (9 trial scales, then up to 5 passes of coordinate
+    descent on the codes). Returns (scale (S,), codes (n, S))."""
+    n = x.shape[0]
+    mx = x.max(axis=0)
+    zero = ~(mx > 0)
+    with np.errstate(all="ignore"):
+        iscale = (_F32(nmax) / mx).astype(_F32)
+        codes = kq.nearest_int(iscale * x)
+        scale = _F32(1) / iscale
+        best = kq._seq_sum(qw * (x - scale * codes.astype(_F32)) ** 2)
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            trial = ((_F32(0.1) * _F32(step) + _F32(nmax)) / mx).astype(_F32)
+            lt = np.minimum(kq.nearest_int(trial * x), nmax).astype(_F32)
+            mse = kq._seq_sum(qw * (x - (_F32(1) / trial) * lt) ** 2)
+            better = mse < best
+            best = np.where(better, mse, best)
+            iscale = np.where(better, trial, iscale).astype(_F32)
+        lf = np.minimum(kq.nearest_int(iscale * x), nmax).astype(_F32)
+        sumlx = kq._seq_sum(qw * x * lf)
+        suml2 = kq._seq_sum(qw * lf * lf)
+        for _ in range(5):
+            changed = False
+            for i in range(n):
+                w, li = qw[i], lf[i]
+                slx = sumlx - w * x[i] * li
+                sl2 = suml2 - w * li * li
+                ok = (slx > 0) & (sl2 > 0)
+                new_l = np.minimum(kq.nearest_int(x[i] * sl2 / slx), nmax).astype(_F32)
+                slx = slx + w * x[i] * new_l
+                sl2 = sl2 + w * new_l * new_l
+                take = ok & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+                if take.any():
+                    li[take] = new_l[take]
+                    sumlx[take] = slx[take]
+                    suml2[take] = sl2[take]
+                    changed = True
+            if not changed:
+                break
+        scale = (sumlx / suml2).astype(_F32)
+    out = lf.astype(np.int32)
+    out[:, zero] = 0
+    scale[zero] = 0
+    return scale, out
+
+
+def _make_qkx3(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml's make_qkx3_quants(…, weights, rmin −0.9, rdelta 0.05, nstep 36, use_mad false): with weights
+    given it is make_qkx2_quants' search, which runtime.quant.kquants implements."""
+    with np.errstate(all="ignore"):
+        return kq.make_qkx2_quants(x, w, nmax, -0.9, 0.05, 36, False)
+
+
+def _columns(v: np.ndarray, sub: int) -> np.ndarray:
+    return np.ascontiguousarray(v.reshape(-1, sub).T)
+
+
+def _rows(codes: np.ndarray, nb: int, n: int) -> np.ndarray:
+    return np.ascontiguousarray(codes.T).reshape(nb, n)
+
+
+def _value_weights(x: np.ndarray, imp: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """importance · sqrt(σ² + x²) per value; x and imp (nb, n), sigma2 (nb,)."""
+    return (imp * np.sqrt(sigma2[:, None] + x * x)).astype(_F32)
+
+
+# --- K super-blocks ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BlockGrid:
+    """The values a block may take: value = s·l − o per sub-block, l an integer in [lo, hi], with what
+    packing needs (the stored scales) and codes for sub-blocks whose s is 0."""
+
+    dtype: DType
+    sub: int  # values per sub-block
+    s: np.ndarray  # (nb, n_sub) float32
+    o: np.ndarray  # (nb, n_sub) float32
+    lo: int
+    hi: int
+    params: tuple  # what _pack needs besides the values
+    codes: np.ndarray  # (nb, block_size) initial codes
+
+    def round(self, x: np.ndarray, col: int) -> np.ndarray:
+        """The grid value nearest to x (nb,) at column `col` of the block."""
+        k = col // self.sub
+        s, o = self.s[:, k], self.o[:, k]
+        with np.errstate(all="ignore"):
+            lv = np.clip(kq.nearest_int(((x + o) / s).astype(_F32)), self.lo, self.hi)
+        return np.where(s != 0, s * lv - o, -o).astype(_F32)
+
+
+def _k_grid(x: np.ndarray, imp: np.ndarray, dtype: DType) -> BlockGrid:
+    """The weighted quantizer's grid for super-blocks x (nb, 256) with per-value importance imp."""
+    nb = x.shape[0]
+    if dtype is DType.Q6_K:
+        scale, codes = make_qx_quants_weighted(_columns(x, 16), 32, _columns(imp, 16))
+        scales = scale.reshape(nb, 16)
+        max_scale = kq._first_abs_max(scales.T)
+        zero = ~(np.abs(max_scale) >= kq.GROUP_MAX_EPS)
+        with np.errstate(all="ignore"):
+            iscale = _F32(-128) / max_scale
+            sc = np.minimum(kq.nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
+            d = kq._f16(_F32(1) / iscale)
+        dl = np.where(zero[:, None], _F32(0), d[:, None] * sc.astype(_F32)).astype(_F32)
+        return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -32, 31, (scales,), kq._rows(codes, nb))
+    sum_x2 = (x * x).sum(axis=1, dtype=_F32)
+    sigma2 = (sum_x2 / _F32(256)) * (_F32(1) if dtype is DType.Q2_K else _F32(2))
+    w = _value_weights(x, imp, sigma2)
+    if dtype is DType.Q3_K:
+        scale, codes = make_qx_quants_weighted(_columns(x, 16), 4, _columns(w, 16))
+        sw = w.reshape(nb, 16, 16).sum(axis=2, dtype=_F32)
+        d_block, ls = make_qx_quants_weighted(np.ascontiguousarray(scale.reshape(nb, 16).T), 32,
+                                              np.ascontiguousarray(sw.T))
+        ls = ls.T
+        dl = (kq._f16(d_block)[:, None] * (ls.astype(_F32) - _F32(32))).astype(_F32)
+        return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -4, 3, (d_block, ls), kq._rows(codes, nb))
+    sub, nmax = (16, 3) if dtype is DType.Q2_K else (32, 15 if dtype is DType.Q4_K else 31)
+    scale, the_min, codes = _make_qkx3(_columns(x, sub), _columns(w, sub), nmax)
+    n_sub = 256 // sub
+    sw = np.ascontiguousarray(w.reshape(nb, n_sub, sub).sum(axis=2, dtype=_F32).T)
+    top = 15 if dtype is DType.Q2_K else 63
+    dm, ls = make_qp_quants(np.ascontiguousarray(scale.reshape(nb, n_sub).T), top, sw)
+    mm, lm = make_qp_quants(np.ascontiguousarray(the_min.reshape(nb, n_sub).T), top, sw)
+    ls, lm = np.minimum(ls.T, top), np.minimum(lm.T, top)
+    dl = (kq._f16(dm)[:, None] * ls.astype(_F32)).astype(_F32)
+    ml = (kq._f16(mm)[:, None] * lm.astype(_F32)).astype(_F32)
+    return BlockGrid(dtype, sub, dl, ml, 0, nmax, (dm, mm, ls, lm), kq._rows(codes, nb))
+
+
+def _k_pack(x: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """Super-blocks of `grid` holding the values nearest to x (values already on the grid stay)."""
+    codes = grid.codes.copy()
+    dtype = grid.dtype
+    if dtype is DType.Q6_K:
+        with np.errstate(all="ignore"):
+            return kq.finish_q6_k(x, grid.params[0], codes)
+    if dtype is DType.Q3_K:
+        return _finish_q3_k(x, *grid.params, codes)
+    if dtype is DType.Q2_K:
+        return _finish_q2_k(x, *grid.params, codes)
+    return _finish_q45_k(x, *grid.params, codes, grid.hi)
+
+
+def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
+    """Super-blocks x (nb, 256) with per-value importance imp (nb, 256) → (nb, block_bytes)."""
+    return _k_pack(x, _k_grid(x, imp, dtype))
+
+
+def _finish_q2_k(x, dm, mm, ls, lm, codes) -> np.ndarray:
+    nb = x.shape[0]
+    d, dmin = kq._f16(dm), kq._f16(mm)
+    sc = (ls | (lm << 4)).astype(np.uint8)
+    with np.errstate(all="ignore"):
+        kq._last_rounding(x.reshape(nb, 16, 16), d[:, None] * ls.astype(_F32), codes.reshape(nb, 16, 16), 0, 3,
+                          dmin[:, None] * lm.astype(_F32))
+    out = np.empty((nb, 84), np.uint8)
+    out[:, :16] = sc
+    out[:, 16:80] = kq._pack_2bit(codes)
+    out[:, 80:82] = kq._f16_bytes(d)
+    out[:, 82:84] = kq._f16_bytes(dmin)
+    return out
+
+
+def _finish_q3_k(x, d_block, ls, codes) -> np.ndarray:
+    """ls: (nb, 16) codes 0..63 of the signed sub-block scales (offset 32), as make_qx_quants gives them."""
+    nb = x.shape[0]
+    ls = ls.astype(np.uint8)
+    packed = np.zeros((nb, 12), np.uint8)
+    packed[:, :8] = (ls[:, :8] & 0xF) | ((ls[:, 8:] & 0xF) << 4)
+    hi = (ls >> 4).reshape(nb, 4, 4)
+    packed[:, 8:] = hi[:, 0] | (hi[:, 1] << 2) | (hi[:, 2] << 4) | (hi[:, 3] << 6)
+    d = kq._f16(d_block)
+    dl = d[:, None] * (ls.astype(_F32) - _F32(32))
+    c = codes.reshape(nb, 16, 16)
+    with np.errstate(all="ignore"):
+        kq._last_rounding(x.reshape(nb, 16, 16), dl, c, -4, 3)
+    c[...] += 4 * (dl != 0)[:, :, None]
+    high = codes > 3
+    out = np.empty((nb, 110), np.uint8)
+    out[:, :32] = kq._high_bits(high)
+    out[:, 32:96] = kq._pack_2bit(codes - 4 * high)
+    out[:, 96:108] = packed
+    out[:, 108:110] = kq._f16_bytes(d)
+    return out
+
+
+def _finish_q45_k(x, dm, mm, ls, lm, codes, nmax: int) -> np.ndarray:
+    nb = x.shape[0]
+    ls, lm = ls.astype(np.uint8), lm.astype(np.uint8)
+    packed = np.empty((nb, 12), np.uint8)
+    packed[:, :4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    packed[:, 8:] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+    d, dmin = kq._f16(dm), kq._f16(mm)
+    with np.errstate(all="ignore"):
+        kq._last_rounding(x.reshape(nb, 8, 32), d[:, None] * ls.astype(_F32), codes.reshape(nb, 8, 32), 0, nmax,
+                          dmin[:, None] * lm.astype(_F32))
+    five = nmax == 31
+    out = np.empty((nb, 176 if five else 144), np.uint8)
+    out[:, 0:2] = kq._f16_bytes(d)
+    out[:, 2:4] = kq._f16_bytes(dmin)
+    out[:, 4:16] = packed
+    if five:
+        out[:, 16:48] = kq._high_bits(codes > 15)
+        out[:, 48:] = kq._pack_nibbles(codes & 0xF)
+    else:
+        out[:, 16:] = kq._pack_nibbles(codes)
+    return out
+
+
+# --- legacy blocks of 32 -------------------------------------------------------------------------------
+
+
+def _legacy_grid(x: np.ndarray, w: np.ndarray, dtype: DType) -> BlockGrid:
+    """The weighted quantizer's grid for blocks x (nb, 32) with value weights w (Q8_0: the reference's
+    scale, max |x| / 127, which ggml uses whatever the weights)."""
+    five = dtype in (DType.Q5_0, DType.Q5_1)
+    nb = x.shape[0]
+    if dtype is DType.Q8_0:
+        d = (np.abs(x).max(axis=1) / _F32(127)).astype(_F32)
+        s = kq._f16(d)[:, None]
+        with np.errstate(all="ignore"):
+            codes = np.clip(kq.nearest_int(x / s), -127, 127)
+        return BlockGrid(dtype, QK, s, np.zeros_like(s), -127, 127, (d, None), codes)
+    if dtype in (DType.Q4_0, DType.Q5_0):
+        nmax = 16 if five else 8
+        d, codes = make_qx_quants_weighted(_columns(x, QK), nmax, _columns(w, QK))
+        s = kq._f16(d)[:, None]
+        return BlockGrid(dtype, QK, s, np.zeros_like(s), -nmax, nmax - 1, (d, None), _rows(codes, nb, QK))
+    nmax = 31 if five else 15
+    d, the_min, codes = _make_qkx3(_columns(x, QK), _columns(w, QK), nmax)
+    m = -the_min
+    s = kq._f16(d)[:, None]
+    return BlockGrid(dtype, QK, s, -kq._f16(m)[:, None], 0, nmax, (d, m), _rows(codes, nb, QK))
+
+
+def _legacy_pack(x: np.ndarray | None, grid: BlockGrid) -> np.ndarray:
+    """Blocks of `grid`: its own codes (x None), or those of the values x, which lie on the grid."""
+    d, m = grid.params
+    codes = grid.codes.astype(np.int64)
+    if x is not None:
+        with np.errstate(all="ignore"):
+            lv = np.clip(kq.nearest_int((x + grid.o) / grid.s), grid.lo, grid.hi)
+        codes = np.where(grid.s != 0, lv - grid.lo if m is None else lv, codes)
+    if grid.dtype is DType.Q8_0:
+        signed = codes + grid.lo if x is not None else codes
+        return np.concatenate([kq._f16_bytes(d), signed.astype(np.int8).view(np.uint8)], axis=1)
+    codes = codes.astype(np.uint32)
+    nb = codes.shape[0]
+    parts = [kq._f16_bytes(d)]
+    if m is not None:
+        parts.append(kq._f16_bytes(m))
+    if grid.dtype in (DType.Q5_0, DType.Q5_1):
+        hb = (codes >> 4) & 1
+        qh = (hb << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)  # bit j: value j's fifth bit
+        parts.append(qh.astype("<u4").view(np.uint8).reshape(nb, 4))
+    low = (codes & 0xF).astype(np.uint8)
+    parts.append(low[:, :16] | (low[:, 16:] << 4))
+    return np.concatenate(parts, axis=1)
+
+
+def _legacy_blocks(x: np.ndarray, w: np.ndarray, dtype: DType) -> np.ndarray:
+    """Blocks x (nb, 32) with value weights w → (nb, block_bytes)."""
+    return _legacy_pack(None, _legacy_grid(x, w, dtype))
+
+
+def quantize_weighted(rows: np.ndarray, dtype: DType, importance: np.ndarray | None) -> np.ndarray:
+    """Encode float32 `rows` (n_rows, n_cols) as `dtype` with one importance weight per column: uint8
+    (n_rows, dtype.row_bytes(n_cols)) for quantized types, as runtime.quant.codec.quantize. Without an
+    importance, or for a type ggml quantizes without one (Q8_0, floats), the reference quantizer."""
+    dtype = DType(dtype)
+    x = np.ascontiguousarray(rows, dtype=_F32)
+    if importance is None or dtype not in WEIGHTED_TYPES:
+        return quantize(x, dtype)
+    n_rows, n_cols = x.shape
+    imp = np.asarray(importance, _F32).reshape(-1)
+    if imp.size != n_cols:
+        raise ValueError(f"importance has {imp.size} weights for rows of {n_cols} values")
+    if n_cols % dtype.block_size:
+        raise ValueError(f"{dtype.name} needs rows of a multiple of {dtype.block_size} values, got {n_cols}")
+    if not np.isfinite(x).all():
+        raise ValueError("cannot quantize NaN or infinite values")
+    size = dtype.block_size
+    blocks = x.reshape(-1, size)
+    imp_blocks = np.broadcast_to(imp.reshape(1, -1), (n_rows, n_cols)).reshape(-1, size)
+    if dtype.block_size == 256:
+        out = np.concatenate([_k_blocks(blocks[s : s + 64], imp_blocks[s : s + 64], dtype)
+                              for s in range(0, blocks.shape[0], 64)]) if blocks.size else \
+            np.empty((0, dtype.block_bytes), np.uint8)
+    else:
+        sigma2 = (x * x).sum(axis=1, dtype=_F32) / _F32(n_cols)
+        w = _value_weights(x, np.broadcast_to(imp, x.shape), sigma2).reshape(-1, size)
+        out = np.concatenate([_legacy_blocks(blocks[s : s + 4096], w[s : s + 4096], dtype)
+                              for s in range(0, blocks.shape[0], 4096)]) if blocks.size else \
+            np.empty((0, dtype.block_bytes), np.uint8)
+    return out.reshape(n_rows, dtype.row_bytes(n_cols))
