@@ -17,6 +17,12 @@ variant in turn, so a busy moment on a shared machine lands on all of them alike
 lower quartile ms/token per variant, the GB/s of weights read at the lower quartile and its share of
 the median compiled read. One thread is timed in CPU time (what a part costs, whatever else runs),
 more threads in wall time.
+
+The pages a file sits in can matter as much as its type: on the 2-vCPU Sapphire Rapids VM the same bytes
+decoded up to 34 % faster from a fresh copy (`cp`) than from the original file, both in the page cache
+(1.5B RWKV-4 Q5_K_M, 1 thread: 125 against 82 ms/token; its Q5_1 98 against 84; the RWKV-7 files matched
+their copies; why, unknown). Before reading a difference between files as the kernels', time each file
+against its own fresh copy too (`orig=file:A copy=file:A_copy`), or compare copies made together.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ def build_variant(settings: str, default_file: Path | None, threads: int) -> Mod
             raise SystemExit(f"no model file for variant '{settings}': give --model or file:PATH")
         weights = load_weights(path)
         if omit:  # only the specs with bench-only parts (RWKV-6/7) have the field
+            if not hasattr(weights.spec, "omit"):
+                weights.close()
+                raise SystemExit(f"omit: needs an RWKV-6 or RWKV-7 file (the parts to leave out); {path} is not one")
             weights.spec = dataclasses.replace(weights.spec, omit=omit)
         return Model(weights, threads)
     finally:

@@ -38,6 +38,11 @@ def test_switches_by_short_name_are_set_only_while_a_variant_is_built(small_f16,
         decode_ab.build_variant("F16_BY_SHIFTS=0", None, 1)
 
 
+def test_omit_on_a_file_without_bench_only_parts_is_refused_with_a_message(small_f16) -> None:
+    with pytest.raises(SystemExit, match="omit: needs an RWKV-6 or RWKV-7 file"):
+        decode_ab.build_variant("omit:matrices", small_f16, 1)
+
+
 def test_every_variant_is_timed_against_the_read(small_f16, capsys) -> None:
     assert decode_ab.main(["--model", str(small_f16), "--threads", "1", "--rounds", "2", "--steps", "2",
                            "now=", "shifts=F16_BY_SHIFTS=1"]) == 0
