@@ -165,13 +165,14 @@ def stack_floats(b: ir.IRBuilder, count: int, align: int = 32, name: str = "") -
     return stack_array(b, F32, count, align, name)
 
 
-def prefetch(b: ir.IRBuilder, ptr: ir.Value) -> None:
-    """Read prefetch of the cache line at i8* `ptr` into all cache levels."""
+def prefetch(b: ir.IRBuilder, ptr: ir.Value, locality: int = 3) -> None:
+    """Read prefetch of the cache line at i8* `ptr` (locality 3: into all cache levels, x86 prefetcht0;
+    2: prefetcht1, from L2 out; 1: prefetcht2; 0: non-temporal)."""
     i8p = I8.as_pointer()
     fn = b.module.globals.get("llvm.prefetch.p0")
     if fn is None:
         fn = ir.Function(b.module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]), "llvm.prefetch.p0")
-    b.call(fn, [ptr, i32c(0), i32c(3), i32c(1)])
+    b.call(fn, [ptr, i32c(0), i32c(locality), i32c(1)])
 
 
 def native_half() -> bool:

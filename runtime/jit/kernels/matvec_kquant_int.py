@@ -63,6 +63,12 @@ from runtime.quant.types import DType
 # Each row prefetches the same place in a later row group: as many groups ahead as make about
 # PREFETCH_TARGET bytes (matvec_int16's measured best distance), at least PREFETCH_GROUPS (0: none).
 PREFETCH_GROUPS = 1
+# The row prefetches' llvm.prefetch locality: 2 (prefetcht1, into L2) rather than 3 (prefetcht0, which holds
+# an L1 fill buffer for each line until it arrives from memory). 1.5B Q5_K_M, SPR, interleaved
+# (bench/decode_ab.py): 1 thread, CPU time, RWKV-7 89.7 → 84.5 ms/token, RWKV-4 82.3 → 78.3; 2 threads,
+# load 1.5, RWKV-7 48.7 → 46.5 (Q5_1 52.3), RWKV-4 43.6 → 41.2 (Q5_1 46.1). prefetcht2 the same as
+# prefetcht1, prefetchnta twice as slow.
+PREFETCH_LOCALITY = 2
 SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
 
@@ -223,7 +229,7 @@ class _RowDot:
         ptr = superblock_at(b, self.row, self.dtype, k)
         if self.ahead:
             for line in range(0, self.dtype.block_bytes, 64):
-                prefetch(b, byte_ptr(b, ptr, self.ahead + line))
+                prefetch(b, byte_ptr(b, ptr, self.ahead + line), PREFETCH_LOCALITY)
         sub = sub_scales(b, self.dtype, ptr)
         n_subs = SUPER // sub.size
         first = b.mul(k, i64c(n_subs))
