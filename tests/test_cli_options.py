@@ -69,7 +69,7 @@ def test_convert_help_says_the_default_type(capsys) -> None:
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0, or a K-quant mix" in help_text
-    assert "(default: q5_1)" in help_text
+    assert "(default: q5_k_m)" in help_text
 
 
 def test_convert_defaults_to_the_registry_default_for_large_models() -> None:

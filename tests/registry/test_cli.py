@@ -70,7 +70,7 @@ def test_models_lists_status_and_reports_bad_user_entries(private_dirs, capsys):
     assert "models.toml line 1: model 'x'" in captured.err
     rows = {line.split()[0]: line for line in captured.out.splitlines() if line.strip()}
     assert "not downloaded" in rows["pile-169m"] and "q8_0" in rows["pile-169m"]
-    assert "q5_1" in rows["raven-7b"] and "not yet" in rows["world5-0.1b"] and "not yet" not in rows["world7-0.1b"]
+    assert "q5_k" in rows["raven-7b"] and "not yet" in rows["world5-0.1b"] and "not yet" not in rows["world7-0.1b"]
 
 
 def test_add_a_local_checkpoint_then_convert_it_with_get(tmp_path, tiny_pth, capsys):

@@ -56,18 +56,18 @@ def test_default_format_rule():
     cat = load_catalog()
     assert default_format(cat.get("pile-169m")) is DType.Q8_0  # < 1B parameters
     assert default_format(cat.get("world4-0.4b")) is DType.Q8_0
-    assert default_format(cat.get("raven-1b5")) is DType.Q5_1
-    assert default_format(cat.get("raven-14b")) is DType.Q5_1
+    assert default_format(cat.get("raven-1b5")) is DType.Q5_K  # the q5_k_m mix
+    assert default_format(cat.get("raven-14b")) is DType.Q5_K
     assert default_format(replace(cat.get("raven-14b"), recommended=DType.Q4_1)) is DType.Q4_1
     # RWKV-7 follows the same rule (its quality table orders the formats as RWKV-4's does)
     assert [default_format(cat.get(f"g1-{size}")) for size in ("0.1b", "0.4b", "1.5b", "2.9b", "7.2b", "13.3b")] == [
-        DType.Q8_0, DType.Q8_0, DType.Q5_1, DType.Q5_1, DType.Q5_1, DType.Q5_1]
+        DType.Q8_0, DType.Q8_0, DType.Q5_K, DType.Q5_K, DType.Q5_K, DType.Q5_K]
     assert default_format(cat.get("pile7-168m")) is DType.Q8_0  # no size: parameters from the shape
 
 
-def test_q5_k_is_smaller_than_q5_1_with_no_more_measured_loss():
-    """The quality tables measured Q5_K (q5_k_m) smaller than Q5_1 with less KL, so it comes before Q5_1
-    when the default does not fit; the automatic choice goes by the measured KL."""
+def test_the_default_is_smaller_than_q5_1_with_no_more_measured_loss():
+    """Q5_K (q5_k_m) replaced Q5_1 as the default above 1B because the quality tables measured it smaller
+    with less KL; the automatic choice goes by the measured KL."""
     e = load_catalog().get("raven-1b5")
     assert file_bytes(e, DType.Q5_K) < 0.95 * file_bytes(e, DType.Q5_1)
     assert MEASURED_KL[DType.Q5_K] <= MEASURED_KL[DType.Q5_1]
@@ -89,17 +89,15 @@ def test_recommendation_follows_free_memory_and_disk():
     e = load_catalog().get("raven-7b")
     need = {t: ram_bytes(e, t) for t in (DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_K, DType.Q4_1)}
     roomy = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
-    assert roomy.choice is DType.Q5_1 and roomy.default is DType.Q5_1
+    assert roomy.choice is DType.Q5_K and roomy.default is DType.Q5_K
     assert set(roomy.fitting) >= {DType.Q8_0, DType.Q5_K, DType.Q5_1, DType.Q4_0}
 
     tight = recommend(e, free_ram=need[DType.Q4_K] + 1, free_disk=100 * GB)
     assert tight.choice is DType.Q4_K and "does not fit" in tight.reason  # less loss than Q4_1 and Q4_0
     assert tight.fit(DType.Q5_K).fits_ram is False and tight.fit(DType.Q4_K).fits is True
-    smaller = recommend(e, free_ram=need[DType.Q5_K] + 1, free_disk=100 * GB)
-    assert smaller.choice is DType.Q5_K  # Q5_1 does not fit: Q5_K, smaller with no more loss, is next
 
     none = recommend(e, free_ram=1 * GB, free_disk=100 * GB)
-    assert none.choice is DType.Q5_1 and "no format fits" in none.reason and none.fitting == ()
+    assert none.choice is DType.Q5_K and "no format fits" in none.reason and none.fitting == ()
 
     # disk: the 14.8 GB source plus the converted file must fit, unless the source is already here
     q5_file = file_bytes(e, DType.Q5_1)
@@ -114,7 +112,7 @@ def test_recommendation_follows_free_memory_and_disk():
 def test_unknown_shape_gives_unknown_fit():
     e = tiny_entry(n_layer=None, n_embd=None, vocab=None, tokenizer=None)
     r = recommend(e, free_ram=100 * GB, free_disk=100 * GB)
-    assert r.fit(DType.Q5_1).fits is None and r.choice is DType.Q5_1
+    assert r.fit(DType.Q5_K).fits is None and r.choice is DType.Q5_K
 
 
 def test_the_starter_model_is_the_largest_g1_that_fits_the_free_memory(monkeypatch):

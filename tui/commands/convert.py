@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("convert", help="convert a .pth/.safetensors/rwkv.cpp .bin/GGUF model to GGUF")
     c.add_argument("src", type=Path, help="source model file (or a folder of Hugging Face shards)")
     c.add_argument("dst", type=Path, help="output .gguf file")
-    c.add_argument("--type", default="q5_1",  # runtime.registry.recommend.DEFAULT_FORMAT above 1B parameters
+    c.add_argument("--type", default="q5_k_m",  # runtime.registry.recommend.DEFAULT_FORMAT above 1B parameters
                    help="type of the layer matrices: f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0, or a K-quant mix "
                         "chosen per tensor as llama.cpp does: q6_k, q5_k_m, q5_k_s, q5_k, q4_k_m, q4_k_s, q4_k, "
                         "q3_k, q2_k (default: %(default)s)")
