@@ -30,11 +30,10 @@ file's `rwkv_tui.transforms` say otherwise).
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 from runtime.errors import ModelFileError
-from runtime.formats.gguf_rwkv7 import _TOP, split_fused_lerp
+from runtime.formats.gguf_rwkv7 import _BLOCKS, _TOP, map_gguf_names, split_fused_lerp
 from runtime.formats.tensors import LazyTensor
 
 ARCH6 = "rwkv6"
@@ -76,9 +75,6 @@ _LEAVES = {
     },
 }
 _FROM_GGUF = {arch: {v: k for k, v in leaves.items()} for arch, leaves in _LEAVES.items()}
-_FROM_GGUF_TOP = {v: k for k, v in _TOP.items()}
-_BLK = re.compile(r"^blk\.(0|[1-9]\d*)\.(.+)$")
-_BLOCKS = re.compile(r"^blocks\.(0|[1-9]\d*)\.(.+)$")
 
 
 def gguf_name(arch: str, blinkdl: str) -> str:
@@ -98,34 +94,19 @@ def fused_lerp_name(layer: int) -> str:
 def gguf_to_blinkdl(tensors: dict[str, LazyTensor], arch: str) -> dict[str, LazyTensor]:
     """The tensors of an `arch` GGUF under BlinkDL names, RWKV-6's fused lerp split into its five
     `att.time_maa_*`; any other name is an error naming it."""
-    out: dict[str, LazyTensor] = {}
-    unknown: list[str] = []
-    for name, t in tensors.items():
-        if name in _FROM_GGUF_TOP:
-            out[_FROM_GGUF_TOP[name]] = replace(t, name=_FROM_GGUF_TOP[name])
-            continue
-        m = _BLK.match(name)
-        if m is None:
-            unknown.append(name)
-            continue
-        layer, leaf = int(m.group(1)), m.group(2)
+
+    def per_leaf(layer: int, leaf: str, t: LazyTensor, out: dict[str, LazyTensor]) -> dict[str, LazyTensor] | None:
         if arch == ARCH6 and leaf == f"{FUSED_LERP}.weight":
             parts = split_fused_lerp(t, layer, LERP_ORDER, "att.time_maa_{}")
             clash = parts.keys() & out.keys()
             if clash:
-                raise ModelFileError(t.file.path, f"tensor '{sorted(clash)[0]}' appears both alone and in '{name}'")
-            out.update(parts)
-        elif leaf in _FROM_GGUF[arch]:
-            new = f"blocks.{layer}.{_FROM_GGUF[arch][leaf]}"
-            if new in out:
-                raise ModelFileError(t.file.path, f"tensor '{new}' appears both alone and in "
-                                     f"'{fused_lerp_name(layer)}'")
-            out[new] = replace(t, name=new)
-        else:
-            unknown.append(name)
-    if unknown:
-        path = next(iter(tensors.values())).file.path
-        more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
-        listed = ", ".join(f"'{n}'" for n in unknown[:4])
-        raise ModelFileError(path, f"tensors outside the {arch} layout: {listed}{more}")
-    return out
+                raise ModelFileError(t.file.path, f"tensor '{sorted(clash)[0]}' appears both alone and in '{t.name}'")
+            return parts
+        if leaf not in _FROM_GGUF[arch]:
+            return None
+        new = f"blocks.{layer}.{_FROM_GGUF[arch][leaf]}"
+        if new in out:
+            raise ModelFileError(t.file.path, f"tensor '{new}' appears both alone and in '{fused_lerp_name(layer)}'")
+        return {new: replace(t, name=new)}
+
+    return map_gguf_names(tensors, f"the {arch} layout", per_leaf)

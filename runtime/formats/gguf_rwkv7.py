@@ -23,6 +23,7 @@ are dropped when reading, and written by the converter.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 
 from runtime.errors import ModelFileError
@@ -95,9 +96,14 @@ def split_fused_lerp(fused: LazyTensor, layer: int, order: tuple[str, ...] = LER
             for i, name in enumerate(names)}
 
 
-def gguf_to_blinkdl(tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
-    """The tensors of a llama.cpp rwkv7 GGUF under BlinkDL names, the fused lerp split, layer 0's
-    dummy v0/v1/v2 dropped; any other name is an error naming it."""
+LeafMapper = Callable[[int, str, LazyTensor, dict[str, LazyTensor]], dict[str, LazyTensor] | None]
+
+
+def map_gguf_names(tensors: dict[str, LazyTensor], layout: str, per_leaf: LeafMapper) -> dict[str, LazyTensor]:
+    """The tensors of a llama.cpp-layout RWKV GGUF under BlinkDL names: the top-level ones by the shared
+    table, each `blk.N.<leaf>` by `per_leaf(N, leaf, tensor, out so far)`, which returns the BlinkDL
+    tensors it stands for (none to drop it) or None for a name outside the layout. Names outside it are
+    one error naming the first four and `layout`."""
     out: dict[str, LazyTensor] = {}
     unknown: list[str] = []
     for name, t in tensors.items():
@@ -105,22 +111,31 @@ def gguf_to_blinkdl(tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
             out[_FROM_GGUF_TOP[name]] = replace(t, name=_FROM_GGUF_TOP[name])
             continue
         m = _BLK.match(name)
-        if m is None:
+        mapped = None if m is None else per_leaf(int(m.group(1)), m.group(2), t, out)
+        if mapped is None:
             unknown.append(name)
-            continue
-        layer, leaf = int(m.group(1)), m.group(2)
-        if leaf == f"{FUSED_LERP}.weight":
-            out.update(split_fused_lerp(t, layer))
-        elif leaf in _FROM_GGUF_LEAVES:
-            new = f"blocks.{layer}.{_FROM_GGUF_LEAVES[leaf]}"
-            if layer == 0 and new.removeprefix("blocks.0.") in LAYER0_DUMMIES:
-                continue
-            out[new] = replace(t, name=new)
         else:
-            unknown.append(name)
+            out.update(mapped)
     if unknown:
         path = next(iter(tensors.values())).file.path
         more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
         listed = ", ".join(f"'{n}'" for n in unknown[:4])
-        raise ModelFileError(path, f"tensors outside llama.cpp's rwkv7 layout: {listed}{more}")
+        raise ModelFileError(path, f"tensors outside {layout}: {listed}{more}")
     return out
+
+
+def _rwkv7_leaf(layer: int, leaf: str, t: LazyTensor, out: dict[str, LazyTensor]) -> dict[str, LazyTensor] | None:
+    if leaf == f"{FUSED_LERP}.weight":
+        return split_fused_lerp(t, layer)
+    if leaf not in _FROM_GGUF_LEAVES:
+        return None
+    new = f"blocks.{layer}.{_FROM_GGUF_LEAVES[leaf]}"
+    if layer == 0 and new.removeprefix("blocks.0.") in LAYER0_DUMMIES:
+        return {}
+    return {new: replace(t, name=new)}
+
+
+def gguf_to_blinkdl(tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
+    """The tensors of a llama.cpp rwkv7 GGUF under BlinkDL names, the fused lerp split, layer 0's
+    dummy v0/v1/v2 dropped; any other name is an error naming it."""
+    return map_gguf_names(tensors, "llama.cpp's rwkv7 layout", _rwkv7_leaf)
