@@ -32,6 +32,7 @@ from runtime import paths
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import CancelledError, RwkvError
 from runtime.progress import CancelToken, Progress
+from runtime.quant.mixes import parse_target
 from runtime.quant.types import DType
 from runtime.registry.catalog import (
     Catalog,
@@ -188,10 +189,7 @@ class JobQueue:
         """Queue a job, or return the unfinished one already queued for the same model and format."""
         if not steps or any(s not in STEPS for s in steps):
             raise ValueError(f"steps must be taken from {STEPS}, got {steps}")
-        target = DType.parse(dtype) if isinstance(dtype, str) else dtype
-        if target is DType.BF16:
-            raise ValueError("bf16 is a source type only; choose f32, f16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, "
-                             "q4_0, q3_k or q2_k")
+        target = parse_target(dtype).base if dtype is not None else None  # refuses bf16 and unknown names
         dtype_name = target.name if target is not None else None
         if "convert" in steps and dtype_name is None:
             raise ValueError("a convert step needs a target format")
