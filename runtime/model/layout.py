@@ -29,13 +29,14 @@ class Arg(enum.IntEnum):
 
     TOKENS = 0  # int32*
     N_TOKENS = 1
-    STATE = 2  # float* (the architecture's state rows), updated in place
+    STATE = 2  # float* (the architecture's state rows): the new state, written
     LOGITS = 3  # float* (V,), or 0 to skip the head
     SCRATCH = 4  # float*
     BARRIER = 5  # barrier memory
     WEIGHTS = 6  # i8** : the architecture's matrices per layer, then emb, head
     PARAMS = 7  # float* : the architecture's vectors per layer, then GlobalVec
     ALL_LOGITS = 8  # float* (n_tokens, V): the logits after every token, or 0 (only LOGITS, for the last)
+    STATE_IN = 9  # float*: the state the call starts from, only read (may be STATE itself)
 
 
 N_ARGS = len(Arg)

@@ -4,9 +4,9 @@
     state = model.new_state()
     logits, state = model.forward([510, 3158], state)
 
-`forward` copies the state it is given (that one stays usable: regenerate, fork), runs the compiled
-forward function on every thread of the pool with the GIL released, and returns float32 logits of
-the last token with the new state. Calls on one model are serialised by a lock (they share scratch
+`forward` runs the compiled forward function on every thread of the pool with the GIL released: it
+reads the state it is given (which stays usable: regenerate, fork) and writes a new one, and returns
+float32 logits of the last token with the new state. Calls on one model are serialised by a lock (they share scratch
 memory); use one `Model` per concurrent stream if ever needed.
 """
 
@@ -27,7 +27,7 @@ from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_built
 from runtime.jit.release import release_compiler_pages
 from runtime.jit.threads import ThreadPool, new_barrier
-from runtime.model.arch.base import FORWARD_NAME
+from runtime.model.arch.base import FLAG_STRIDE, FORWARD_NAME
 from runtime.model.layout import N_ARGS, Arg
 from runtime.model.loader import LoadedWeights, load_weights
 from runtime.model.state import State, StateError
@@ -140,8 +140,8 @@ class Model:
         """
         ids = self._check_tokens(tokens)
         logits = np.empty(self.n_vocab, dtype=np.float32) if want_logits else None
-        new = self._run(ids, state, logits, None)
-        self._check_finite(ids, state, logits, new)
+        new, flagged = self._run(ids, state, logits, None)
+        self._check_finite(ids, state, logits, new, flagged)
         return logits, State(new, self.fingerprint, logits, self.arch_name)
 
     def forward_all(self, tokens: Sequence[int] | np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
@@ -152,23 +152,25 @@ class Model:
         """
         ids = self._check_tokens(tokens)
         all_logits = np.empty((ids.size, self.n_vocab), dtype=np.float32)
-        new = self._run(ids, state, None, all_logits)
-        self._check_finite(ids, state, all_logits, new)
+        new, flagged = self._run(ids, state, None, all_logits)
+        self._check_finite(ids, state, all_logits, new, flagged)
         return all_logits, State(new, self.fingerprint, all_logits[-1].copy(), self.arch_name)
 
     def _check_finite(self, ids: np.ndarray, state: State | None, logits: np.ndarray | None,
-                      new: np.ndarray) -> None:
+                      new: np.ndarray, flagged: bool) -> None:
         """Raise if a step gave NaN or infinite logits or state: StateError when the same tokens from a
         fresh state give finite values (the state given was damaged, e.g. a huge value that passed its
-        checks), else DamagedModelError (the file's weights). The check is a pass over arrays already in
-        hand; the second step runs only on failure. Its cost is the state's size: ~7 µs for 65536
-        logits, ~0.7 ms for a 1.5B RWKV-7 state (13 MB; Sapphire Rapids), about 1-2 % of that step."""
-        what = _non_finite(logits=logits, a_state=new)
+        checks), else DamagedModelError (the file's weights). The recurrent blocks of an RWKV-5/6/7
+        state were checked by the forward pass itself (`flagged`); this checks the logits (~7 µs for
+        65536) and the rest of the state (its shift vectors; all of a small RWKV-4 state). The second
+        step runs only on failure."""
+        what = _non_finite(logits=logits) or ("a state" if flagged else _non_finite(a_state=self._unflagged(new)))
         if what is None:
             return
         if state is not None:
             fresh_logits = None if logits is None else np.empty(self.n_vocab, dtype=np.float32)
-            if _non_finite(logits=fresh_logits, a_state=self._run(ids, None, fresh_logits, None)) is None:
+            fresh, fresh_flagged = self._run(ids, None, fresh_logits, None)
+            if not fresh_flagged and _non_finite(logits=fresh_logits, a_state=self._unflagged(fresh)) is None:
                 verb = "is" if what == "a state" else "are"
                 raise StateError(
                     f"the state given made {self.path.name} produce {what} that {verb} not finite, which the "
@@ -185,19 +187,27 @@ class Model:
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
         return ids.astype(np.int32)
 
+    def _unflagged(self, data: np.ndarray) -> np.ndarray:
+        """The rows of each layer's state that the forward pass's own check does not cover (a view)."""
+        rows = self.spec.state_rows_per_layer
+        return data.reshape(self.n_layer, rows, self.n_embd)[:, : self.spec.unflagged_state_rows]
+
     def _run(self, ids32: np.ndarray, state: State | None, logits: np.ndarray | None,
-             all_logits: np.ndarray | None) -> np.ndarray:
-        """One native call: the new state's data (the given state is never written)."""
+             all_logits: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """One native call: (the new state's data, whether the call found a non-finite value in the
+        state blocks it checks). The given state is only read."""
         if state is None:
             state = self.new_state()
         else:
             self.check_state(state)
-        new = np.array(state.data, dtype=np.float32, order="C", copy=True)
+        given = np.ascontiguousarray(state.data)
+        new = np.empty(self.spec.state_shape, dtype=np.float32)
         with self._lock:
             a = self._args
             a[Arg.TOKENS] = ids32.ctypes.data
             a[Arg.N_TOKENS] = ids32.size
             a[Arg.STATE] = new.ctypes.data
+            a[Arg.STATE_IN] = given.ctypes.data
             a[Arg.LOGITS] = logits.ctypes.data if logits is not None else 0
             a[Arg.ALL_LOGITS] = all_logits.ctypes.data if all_logits is not None else 0
             a[Arg.SCRATCH] = self._scratch.ctypes.data
@@ -205,7 +215,9 @@ class Model:
             a[Arg.WEIGHTS] = self._weights.weight_table.ctypes.data
             a[Arg.PARAMS] = self._weights.params.ctypes.data
             self._pool.run(self._forward_address, a.ctypes.data)
-        return new
+            flags = self._scratch[self.spec.flags_offset : self.spec.flags_offset + self.threads * FLAG_STRIDE]
+            flagged = not bool(np.isfinite(flags[::FLAG_STRIDE]).all())
+        return new, flagged
 
     def huge_page_share(self) -> float | None:
         """The share of the mapped weights' resident pages held in 2 MB pages, the embedding left out

@@ -11,6 +11,16 @@ with the same `_layer_key`, by default their matrix types, share one function); 
 (`ArchSpec`) says the sizes the skeleton needs: per-layer floats of parameters and state, weight
 slots per layer, and scratch regions named X (the residual stream, chunk × C), XA (chunk × C),
 PRIVATE (a row per thread) and LNOUT (C).
+
+The state: a call reads the state it was given (Arg.STATE_IN) and writes the new one (Arg.STATE), so
+the given state stays usable (regenerate, fork) without a copy in Python. A layer function receives
+both for its slice; it reads its shift vectors from the given state and copies each part of the
+recurrent state into the new one, on the thread that updates that part, just before updating it
+(`_take_state`), so the copy costs no extra pass over the state; for chunks after the first both
+point at the new state. Each thread also adds up x − x over the recurrent blocks it wrote
+(`_note_non_finite`: 0 unless a NaN or infinity is there) into its flag slot at the end of the
+scratch (`SpecSizes.flags_offset`), so `Model` learns whether the new state is finite without
+reading it again.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from runtime.jit.irkit import (
 )
 from runtime.jit.kernels.dequant import BLOCK
 from runtime.jit.kernels.dequant_k import SUPER, dequantize_superblock, is_k_quant, superblock_at
+from runtime.jit.kernels.finite import emit_non_finite_sum
 from runtime.jit.kernels.irhelpers import VL, half_to_float, store_vec
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.matmul import emit_matmul
@@ -45,11 +56,12 @@ from runtime.jit.kernels.matvec import emit_matvec
 from runtime.jit.kernels.norm import emit_layernorm
 from runtime.jit.kernels.smallmat import emit_smallmat
 from runtime.jit.threads import emit_barrier
-from runtime.model.layout import Arg, GlobalVec
+from runtime.model.layout import MAX_THREADS, Arg, GlobalVec
 from runtime.quant.types import K_QUANT_TYPES, DType
 
 FORWARD_NAME = "rwkv_forward"
 I8PP = I8P.as_pointer()
+FLAG_STRIDE = 16  # floats per thread's non-finite flag: one 64-byte line each, no false sharing
 
 
 class ArchSpec(Protocol):
@@ -75,6 +87,10 @@ class ArchSpec(Protocol):
     @property
     def head_slot(self) -> int: ...
     def region_offset(self, region) -> int: ...
+    @property
+    def flags_offset(self) -> int: ...
+    @property
+    def unflagged_state_rows(self) -> int: ...
 
 
 class SpecSizes:
@@ -93,6 +109,12 @@ class SpecSizes:
     @property
     def state_rows_per_layer(self) -> int:
         raise NotImplementedError
+
+    @property
+    def unflagged_state_rows(self) -> int:
+        """The rows at the start of each layer's state that the forward pass's non-finite flag does not
+        cover (Model checks them after the call); by default all of them."""
+        return self.state_rows_per_layer
 
     def _region_offsets(self) -> dict[Any, int]:
         raise NotImplementedError
@@ -118,8 +140,14 @@ class SpecSizes:
         return self._region_offsets()[region]
 
     @property
+    def flags_offset(self) -> int:
+        """Offset in floats of the threads' non-finite flags (FLAG_STRIDE each), after the regions."""
+        end = self._region_offsets()[self.REGION.LNOUT] + self.n_embd
+        return -(-end // FLAG_STRIDE) * FLAG_STRIDE
+
+    @property
     def scratch_floats(self) -> int:
-        return self._region_offsets()[self.REGION.LNOUT] + self.n_embd
+        return self.flags_offset + MAX_THREADS * FLAG_STRIDE
 
     @property
     def layer_weight_slots(self) -> int:
@@ -172,8 +200,9 @@ class ForwardBuilder:
 
     def _new_layer_function(self, index: int) -> tuple[ir.Function, ir.IRBuilder]:
         """`void rwkv_layer_k(float* scratch, float* state, float* params, i8** weights, i64 T, i64 tid,
-        i64 n, i8* barrier)`, its entry block's builder."""
-        fnty = ir.FunctionType(VOID, [F32P, F32P, F32P, I8PP, I64, I64, I64, I8P])
+        i64 n, i8* barrier, float* state_in)`, its entry block's builder: the layer's part of the new
+        state and of the state it starts from (the same memory after a call's first chunk)."""
+        fnty = ir.FunctionType(VOID, [F32P, F32P, F32P, I8PP, I64, I64, I64, I8P, F32P])
         fn = ir.Function(self.module, fnty, f"rwkv_layer_{index}")
         fn.linkage = "internal"
         return fn, ir.IRBuilder(fn.append_basic_block("entry"))
@@ -198,6 +227,23 @@ class ForwardBuilder:
     def _copy(self, b: ir.IRBuilder, src: ir.Value, dst: ir.Value, begin: ir.Value, end: ir.Value) -> None:
         with counted_loop(b, begin, end, name="cp") as c:
             store_at(b, load_at(b, src, c), dst, c)
+
+    def _take_state(self, b: ir.IRBuilder, src: ir.Value, dst: ir.Value, begin: ir.Value, end: ir.Value) -> None:
+        """dst[begin:end] = src[begin:end] unless both are the same memory: the part of the state this
+        thread is about to update, taken from the state the call was given."""
+        with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(src, I64), b.ptrtoint(dst, I64))):
+            self._copy(b, src, dst, begin, end)
+
+    def _flag(self, b: ir.IRBuilder, scratch: ir.Value, tid: ir.Value) -> ir.Value:
+        """This thread's non-finite flag (float*)."""
+        return b.gep(scratch, [b.add(i64(self.spec.flags_offset), b.mul(tid, i64(FLAG_STRIDE)))], inbounds=True)
+
+    def _note_non_finite(self, b: ir.IRBuilder, scratch: ir.Value, tid: ir.Value, block: ir.Value,
+                         count: int) -> None:
+        """Add Σ (x − x) over block[0:count] to this thread's flag: it stays 0 while every value is finite."""
+        flag = self._flag(b, scratch, tid)
+        store_at(b, b.fadd(load_at(b, flag, i64(0)), b.call(emit_non_finite_sum(self.module), [block, i64(count)])),
+                 flag, i64(0))
 
     def _product(
         self, b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
@@ -267,11 +313,13 @@ class ForwardBuilder:
         state, logits = arg(Arg.STATE, F32P), arg(Arg.LOGITS, F32P)
         scratch, barrier = arg(Arg.SCRATCH, F32P), arg(Arg.BARRIER, I8P)
         weights, params = arg(Arg.WEIGHTS, I8PP), arg(Arg.PARAMS, F32P)
-        all_logits = arg(Arg.ALL_LOGITS, F32P)
+        all_logits, given = arg(Arg.ALL_LOGITS, F32P), arg(Arg.STATE_IN, F32P)
         glob = b.gep(params, [i64(spec.layer_param_floats * L)], inbounds=True)
         x = self._region(b, scratch, R.X)
+        store_at(b, ir.Constant(F32, 0.0), self._flag(b, scratch, tid), i64(0))  # its own slot: no barrier
 
         with counted_loop(b, i64(0), n_total, i64(spec.chunk), name="chunk") as start:
+            source = b.select(b.icmp_signed("==", start, i64(0)), given, state)  # later chunks: the new state
             remaining = b.sub(n_total, start)
             n_tok = b.select(b.icmp_signed("<", remaining, i64(spec.chunk)), remaining, i64(spec.chunk))
             # embed
@@ -291,6 +339,7 @@ class ForwardBuilder:
                     b.gep(params, [i64(layer * spec.layer_param_floats)], inbounds=True),
                     b.gep(weights, [i64(layer * spec.layer_weight_slots)], inbounds=True),
                     n_tok, tid, n, barrier,
+                    b.gep(source, [i64(layer * spec.layer_state_floats)], inbounds=True),
                 ])
             with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(all_logits, I64), i64(0))):
                 self._chunk_head(b, x, self._region(b, scratch, R.XA), glob, weights,

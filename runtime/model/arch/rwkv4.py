@@ -249,13 +249,13 @@ class _Rwkv4Builder(ForwardBuilder):
         spec = self.spec
         C, F = spec.n_embd, spec.n_ffn
         fn, b = self._new_layer_function(index)
-        scratch, st, prm, wts, n_tok, tid, n, barrier = fn.args
+        scratch, st, prm, wts, n_tok, tid, n, barrier, st_in = fn.args
 
         def reg(r: Region) -> ir.Value:
             return self._region(b, scratch, r)
 
-        def state_row(row: StateRow) -> ir.Value:
-            return b.gep(st, [i64(int(row) * C)], inbounds=True)
+        def state_row(row: StateRow, base: ir.Value = st) -> ir.Value:
+            return b.gep(base, [i64(int(row) * C)], inbounds=True)
 
         def weight(m: Mat) -> ir.Value:
             return b.load(b.gep(wts, [i64(int(m))], inbounds=True))
@@ -266,7 +266,7 @@ class _Rwkv4Builder(ForwardBuilder):
 
         # time mixing
         self._token_shift_mix(
-            b, scratch, prm, state_row(StateRow.ATT_XX), n_tok, tid, n, Vec.LN1_W, Vec.LN1_B,
+            b, scratch, prm, state_row(StateRow.ATT_XX, st_in), n_tok, tid, n, Vec.LN1_W, Vec.LN1_B,
             [(Vec.ATT_MIX_K, Region.XK), (Vec.ATT_MIX_V, Region.XV), (Vec.ATT_MIX_R, Region.XR)],
         )
         self._sync(b, barrier, n)
@@ -275,6 +275,8 @@ class _Rwkv4Builder(ForwardBuilder):
             self._product(b, types[m], C, False, weight(m), reg(src), C, reg(dst), C, n_tok, c0, c1)
         self._copy(b, self._row(b, reg(Region.XA), last, C), state_row(StateRow.ATT_XX), c0, c1)
         self._sync(b, barrier, n)
+        for row in (StateRow.AA, StateRow.BB, StateRow.PP):  # the channels this thread's WKV updates
+            self._take_state(b, state_row(row, st_in), state_row(row), c0, c1)
         b.call(self.wkv, [
             reg(Region.K), reg(Region.V), reg(Region.R), reg(Region.OUT), i64(C), n_tok,
             self._vec(b, prm, Vec.ATT_DECAY), self._vec(b, prm, Vec.ATT_FIRST),
@@ -287,7 +289,7 @@ class _Rwkv4Builder(ForwardBuilder):
 
         # channel mixing
         self._token_shift_mix(
-            b, scratch, prm, state_row(StateRow.FFN_XX), n_tok, tid, n, Vec.LN2_W, Vec.LN2_B,
+            b, scratch, prm, state_row(StateRow.FFN_XX, st_in), n_tok, tid, n, Vec.LN2_W, Vec.LN2_B,
             [(Vec.FFN_MIX_K, Region.XK), (Vec.FFN_MIX_R, Region.XR)],
         )
         self._sync(b, barrier, n)

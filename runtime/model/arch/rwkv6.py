@@ -211,6 +211,10 @@ class ModelSpec(SpecSizes):
     def state_rows_per_layer(self) -> int:
         return 2 + self.head_size
 
+    @property
+    def unflagged_state_rows(self) -> int:
+        return int(StateRow.WKV)  # the shift vectors; the WKV blocks are checked in the forward pass
+
     def _region_offsets(self) -> dict[Region, int]:
         return _region_offsets(self)
 
@@ -343,7 +347,7 @@ class _Rwkv6Builder(ForwardBuilder):
         C, F, N = spec.n_embd, spec.n_ffn, spec.head_size
         dm, dd = spec.ranks
         fn, b = self._new_layer_function(index)
-        scratch, st, prm, wts, n_tok, tid, n, barrier = fn.args
+        scratch, st, prm, wts, n_tok, tid, n, barrier, st_in = fn.args
         big, heads = "matrices" not in spec.omit, "heads" not in spec.omit
         ddlerp = spec.ddlerp and "ddlerp" not in spec.omit
         lora = "lora" not in spec.omit
@@ -372,6 +376,9 @@ class _Rwkv6Builder(ForwardBuilder):
         att_xx = b.gep(st, [i64(StateRow.ATT_XX * C)], inbounds=True)
         ffn_xx = b.gep(st, [i64(StateRow.FFN_XX * C)], inbounds=True)
         wkv_state = b.gep(st, [i64(StateRow.WKV * C)], inbounds=True)
+        att_xx_in = b.gep(st_in, [i64(StateRow.ATT_XX * C)], inbounds=True)
+        ffn_xx_in = b.gep(st_in, [i64(StateRow.FFN_XX * C)], inbounds=True)
+        wkv_in = b.gep(st_in, [i64(StateRow.WKV * C)], inbounds=True)
         last = b.sub(n_tok, i64(1))
         c0, c1 = split_range(b, C, tid, n)
         f0, f1 = split_range(b, F, tid, n)
@@ -379,7 +386,7 @@ class _Rwkv6Builder(ForwardBuilder):
         # LN1 and the token shift: sx and xxx (v6), or the four fixed mixes (v5)
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, pointers, att_xx, t)
+            cur, prev = self._normed_rows(b, pointers, att_xx_in, t)
             if spec.ddlerp:
                 sx_row, xxx_row, maa_x = reg_row(Region.SX, t), reg_row(Region.XXX, t), vec(Vec.MAA_X)
                 with counted_loop(b, i64(0), i64(C), name="c") as c:
@@ -454,14 +461,17 @@ class _Rwkv6Builder(ForwardBuilder):
         def at(r: Region, c: ir.Value) -> ir.Value:
             return b.gep(reg(r), [c], inbounds=True)
 
-        with counted_loop(b, h0, h1 if heads else h0, name="h") as h:
+        with counted_loop(b, h0, h1, name="h") as h:
             hc = b.mul(h, i64(N))
-            decay, ldw = (at(Region.W, hc), C) if spec.ddlerp else (b.gep(vec(Vec.DECAY), [hc], inbounds=True), 0)
-            b.call(self.wkv, [
-                b.gep(wkv_state, [b.mul(hc, i64(N))], inbounds=True), at(Region.R, hc), decay, at(Region.K, hc),
-                at(Region.V, hc), b.gep(vec(Vec.FIRST), [hc], inbounds=True), at(Region.OUT, hc), i64(C), i64(ldw),
-                n_tok,
-            ])
+            block = b.gep(wkv_state, [b.mul(hc, i64(N))], inbounds=True)
+            self._take_state(b, b.gep(wkv_in, [b.mul(hc, i64(N))], inbounds=True), block, i64(0), i64(N * N))
+            if heads:
+                decay, ldw = (at(Region.W, hc), C) if spec.ddlerp else (b.gep(vec(Vec.DECAY), [hc], inbounds=True), 0)
+                b.call(self.wkv, [
+                    block, at(Region.R, hc), decay, at(Region.K, hc), at(Region.V, hc),
+                    b.gep(vec(Vec.FIRST), [hc], inbounds=True), at(Region.OUT, hc), i64(C), i64(ldw), n_tok,
+                ])
+            self._note_non_finite(b, scratch, tid, block, N * N)
         with counted_loop(b, i64(0), n_tok if heads else i64(0), name="t") as t:
             row = b.mul(t, i64(C))
             with counted_loop(b, hc0, hc1, N, name="h") as hc:
@@ -475,7 +485,7 @@ class _Rwkv6Builder(ForwardBuilder):
         # channel mixing: xk = x + sx·maa_k (v6) or x·mix + prev·(1 − mix) (v5)
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN2_W, Vec.LN2_B)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, pointers, ffn_xx, t)
+            cur, prev = self._normed_rows(b, pointers, ffn_xx_in, t)
             outs = [(vec(Vec.FFN_MAA_K), reg_row(Region.XK, t)), (vec(Vec.FFN_MAA_R), reg_row(Region.XR, t))]
             with counted_loop(b, i64(0), i64(C), name="c") as c:
                 x, p = load_at(b, cur, c), load_at(b, prev, c)

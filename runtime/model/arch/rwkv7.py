@@ -202,6 +202,10 @@ class ModelSpec(SpecSizes):
     def state_rows_per_layer(self) -> int:
         return 2 + self.head_size
 
+    @property
+    def unflagged_state_rows(self) -> int:
+        return int(StateRow.WKV)  # the shift vectors; the WKV blocks are checked in the forward pass
+
     def _region_offsets(self) -> dict[Region, int]:
         return _region_offsets(self)
 
@@ -325,7 +329,7 @@ class _Rwkv7Builder(ForwardBuilder):
         spec = self.spec
         C, F, N = spec.n_embd, spec.n_ffn, spec.head_size
         fn, b = self._new_layer_function(index)
-        scratch, st, prm, wts, n_tok, tid, n, barrier = fn.args
+        scratch, st, prm, wts, n_tok, tid, n, barrier, st_in = fn.args
 
         def reg(r: Region) -> ir.Value:
             return self._region(b, scratch, r)
@@ -347,6 +351,9 @@ class _Rwkv7Builder(ForwardBuilder):
         att_xx = b.gep(st, [i64(StateRow.ATT_XX * C)], inbounds=True)
         ffn_xx = b.gep(st, [i64(StateRow.FFN_XX * C)], inbounds=True)
         wkv_state = b.gep(st, [i64(StateRow.WKV * C)], inbounds=True)
+        att_xx_in = b.gep(st_in, [i64(StateRow.ATT_XX * C)], inbounds=True)
+        ffn_xx_in = b.gep(st_in, [i64(StateRow.FFN_XX * C)], inbounds=True)
+        wkv_in = b.gep(st_in, [i64(StateRow.WKV * C)], inbounds=True)
         last = b.sub(n_tok, i64(1))
         c0, c1 = split_range(b, C, tid, n)
         f0, f1 = split_range(b, F, tid, n)
@@ -354,7 +361,7 @@ class _Rwkv7Builder(ForwardBuilder):
         # LN1 and the six token-shift mixes: x + (prev − x)·mix
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, pointers, att_xx, t)
+            cur, prev = self._normed_rows(b, pointers, att_xx_in, t)
             outs = [(vec(v), reg_row(r, t)) for v, r in _MIXES]
             with counted_loop(b, i64(0), i64(C), name="c") as c:
                 x = load_at(b, cur, c)
@@ -393,8 +400,7 @@ class _Rwkv7Builder(ForwardBuilder):
             seconds.append((Mat.V2, Region.HV, Region.VG))
         for m, src, dst in seconds if lora else ():
             matrix(m, src, dst, hc0, hc1)
-        if heads:
-            self._heads(b, first, scratch, prm, wkv_state, n_tok, h0, h1, hc0, hc1)
+        self._heads(b, first, scratch, tid, prm, wkv_state, wkv_in, n_tok, h0, h1, hc0, hc1, heads)
         self._sync(b, barrier, n)
         if big:
             matrix(Mat.OUTPUT, Region.OUT, Region.X, c0, c1, accumulate=True)
@@ -403,7 +409,7 @@ class _Rwkv7Builder(ForwardBuilder):
         # channel mixing
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN2_W, Vec.LN2_B)
         with self._token_loop(b, n_tok, tid, n) as t:
-            cur, prev = self._normed_rows(b, pointers, ffn_xx, t)
+            cur, prev = self._normed_rows(b, pointers, ffn_xx_in, t)
             mix, out = vec(Vec.FFN_X_K), reg_row(Region.XK, t)
             with counted_loop(b, i64(0), i64(C), name="c") as c:
                 x = load_at(b, cur, c)
@@ -425,11 +431,20 @@ class _Rwkv7Builder(ForwardBuilder):
         b.ret_void()
         return fn
 
-    def _heads(self, b: ir.IRBuilder, first: bool, scratch: ir.Value, prm: ir.Value, wkv_state: ir.Value,
-               n_tok: ir.Value, h0: ir.Value, h1: ir.Value, hc0: ir.Value, hc1: ir.Value) -> None:
+    def _heads(self, b: ir.IRBuilder, first: bool, scratch: ir.Value, tid: ir.Value, prm: ir.Value,
+               wkv_state: ir.Value, wkv_in: ir.Value, n_tok: ir.Value, h0: ir.Value, h1: ir.Value, hc0: ir.Value,
+               hc1: ir.Value, compute: bool) -> None:
         """Heads [h0, h1) (channels [hc0, hc1)) of every token, after the LoRA second factors: decay, a,
-        k, the value residual, kk normalised, WKV-7, then GroupNorm + bonus + gate into OUT."""
+        k, the value residual, kk normalised, WKV-7, then GroupNorm + bonus + gate into OUT. The heads'
+        state blocks are taken from `wkv_in` and checked for non-finite values; the math is left out
+        when not `compute` (a bench-only variant)."""
         C, N = self.spec.n_embd, self.spec.head_size
+        if not compute:
+            with counted_loop(b, h0, h1, name="h") as h:
+                block = b.mul(h, i64(N * N))
+                self._take_state(b, b.gep(wkv_in, [block], inbounds=True), b.gep(wkv_state, [block], inbounds=True),
+                                 i64(0), i64(N * N))
+            return
 
         def reg(r: Region) -> ir.Value:
             return self._region(b, scratch, r)
@@ -468,11 +483,13 @@ class _Rwkv7Builder(ForwardBuilder):
 
         with counted_loop(b, h0, h1, name="h") as h:
             hc = b.mul(h, i64(N))
+            block = b.gep(wkv_state, [b.mul(hc, i64(N))], inbounds=True)
+            self._take_state(b, b.gep(wkv_in, [b.mul(hc, i64(N))], inbounds=True), block, i64(0), i64(N * N))
             b.call(self.wkv7, [
-                b.gep(wkv_state, [b.mul(hc, i64(N))], inbounds=True), at(Region.R, hc), at(Region.W, hc),
-                at(Region.K, hc), at(Region.V, hc), at(Region.KK, hc), at(Region.A, hc), at(Region.OUT, hc),
-                i64(C), n_tok,
+                block, at(Region.R, hc), at(Region.W, hc), at(Region.K, hc), at(Region.V, hc), at(Region.KK, hc),
+                at(Region.A, hc), at(Region.OUT, hc), i64(C), n_tok,
             ])
+            self._note_non_finite(b, scratch, tid, block, N * N)
         with counted_loop(b, i64(0), n_tok, name="t") as t:
             row = b.mul(t, i64(C))
             with counted_loop(b, hc0, hc1, N, name="h") as hc:
