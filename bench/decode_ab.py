@@ -15,14 +15,17 @@ Zen 4: `--model M-f16.bin now= cvt=F16_BY_SHIFTS=0` or `--model M-q8_0.bin now= 
 the compiled memory read (as `rwkv-tui bench` prints it) and then decodes --steps tokens with each
 variant in turn, so a busy moment on a shared machine lands on all of them alike. Printed: median and
 lower quartile ms/token per variant, the GB/s of weights read at the lower quartile and its share of
-the median compiled read. One thread is timed in CPU time (what a part costs, whatever else runs),
+the median compiled read, and of the median compiled read over that variant's own pages of the file
+(runtime.bench.weights_read_gbs, once per round). One thread is timed in CPU time (what a part costs, whatever else runs),
 more threads in wall time.
 
 The pages a file sits in can matter as much as its type: on the 2-vCPU Sapphire Rapids VM the same bytes
 decoded up to 34 % faster from a fresh copy (`cp`) than from the original file, both in the page cache
 (1.5B RWKV-4 Q5_K_M, 1 thread: 125 against 82 ms/token; its Q5_1 98 against 84; the RWKV-7 files matched
 their copies; why, unknown). Before reading a difference between files as the kernels', time each file
-against its own fresh copy too (`orig=file:A copy=file:A_copy`), or compare copies made together.
+against its own fresh copy too (`orig=file:A copy=file:A_copy`), or compare copies made together. The
+read over each variant's own pages follows such differences (slow pages read slowly too), so its share
+is the figure to compare across files.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.kernel_costs import SWITCHES
-from runtime.bench import bytes_per_decoded_token, stream_read_gbs
+from runtime.bench import bytes_per_decoded_token, stream_read_gbs, weights_read_gbs
 from runtime.jit.kernels.stream_read import STEP, stream_sum
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
@@ -109,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     states = {label: m.forward(rng.integers(0, m.n_vocab, 4))[1] for label, m in models.items()}
     times: dict[str, list[float]] = {label: [] for label in models}
     reads = []
+    own: dict[str, list[float]] = {label: [] for label in models}
     for _ in range(args.rounds):
         reads.append(stream_read_gbs(threads=args.threads))
         for label, m in models.items():
+            own[label].append(weights_read_gbs(m, repeats=1))
             for tok in rng.integers(0, m.n_vocab, args.steps):
                 t0 = clock()
                 _, states[label] = m.forward([int(tok)], states[label])
@@ -124,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         step_bytes = bytes_per_decoded_token(m)
         med, lq = (float(np.percentile(times[label], p)) * 1e3 for p in (50, 25))
         gbs = step_bytes / lq / 1e6
+        pages = float(np.median(own[label]))
         print(f"  {label:14s} {m.path.name:28s} median {med:8.2f} ms  lower quartile {lq:8.2f} ms  "
-              f"{gbs:5.1f} GB/s ({100 * gbs / read:.0f} % of the read)")
+              f"{gbs:5.1f} GB/s ({100 * gbs / read:.0f} % of the read; its own pages {pages:.1f} GB/s: "
+              f"{100 * gbs / pages:.0f} %)")
         m.close()
     return 0
 

@@ -4,7 +4,11 @@ Figures, not pass/fail: the machine is noisy, so everything compared is measured
 The memory read bandwidth is measured here too, two ways, over a buffer much larger than the caches:
 a plain numpy sum (how the issue's reference figures were measured) and a compiled read that
 prefetches ahead as the decode kernels do (runtime/jit/kernels/stream_read.py; on some machines it
-reads far more), so the decode rate can be read as a fraction of what the memory can deliver. Both are
+reads far more), so the decode rate can be read as a fraction of what the memory can deliver; and
+the compiled read once more over the model's own mapped pages, the bytes decoding reads
+(`weights_read_gbs`): on a VM the host may back a file's page-cache pages and a fresh buffer with
+memory of different speed (here the same file decoded up to 2× slower depending on which pages held
+it), and then only the read of those same pages says what decoding could reach. Both are
 measured right before and right after each thread count's decoding (the better of the two kept), so a
 busy moment on a shared machine weighs on the rate and the figure it is compared with alike.
 """
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.jit.kernels.stream_read import STEP, stream_sum
+from runtime.jit.kernels.stream_read import STEP, stream_sum, stream_words_sum
 from runtime.model.model import Model, load_model
 from runtime.pagecache import drop_cached_pages
 from runtime.threadcount import check_threads, default_threads
@@ -54,20 +58,73 @@ class BenchResult:
     runs: list[ThreadResult]
     huge_page_share: float | None = None  # of the mapped file after decoding (None: not known here)
     stream_gbs: dict[int, float] = field(default_factory=dict)  # threads → GB/s of the compiled read
+    weights_gbs: dict[int, float] = field(default_factory=dict)  # threads → the same over the model's own pages
+
+
+def _decoded_matrices(model: Model) -> set[str]:
+    """The tensors a decode step reads whole: every layer matrix (RWKV-7's LoRA factors too) and the head."""
+    return {f"blocks.{i}.{suffix}" for i in range(model.n_layer) for suffix in model.arch.LAYER_MATRICES} | {
+        "head.weight"}
 
 
 def bytes_per_decoded_token(model: Model) -> int:
     """Weight bytes one decode step reads: every layer matrix (RWKV-7's LoRA factors too), the head,
     one embedding row, and the per-channel vectors (as the float32 block the loader decodes them into)."""
     t = model.tensors
-    matrices = {f"blocks.{i}.{suffix}" for i in range(model.n_layer) for suffix in model.arch.LAYER_MATRICES}
+    matrices = _decoded_matrices(model)
     total = t["emb.weight"].row_bytes
     for name, tensor in t.items():
-        if name in matrices or name == "head.weight":
+        if name in matrices:
             total += tensor.nbytes
         elif name != "emb.weight":
             total += 4 * math.prod(tensor.shape)
     return total
+
+
+def weight_read_parts(model: Model) -> list[list[np.ndarray]]:
+    """The bytes of the mapped file a decode step reads whole (its matrices and head) as uint32 views,
+    in shares of nearly equal size for each of the model's threads; each view starts on a 4-byte
+    boundary and holds whole STEPs (so up to 4·STEP + 3 bytes per tensor are left out)."""
+    view = model.mapped_bytes()
+    matrices = _decoded_matrices(model)
+    spans = sorted((t.offset, t.offset + t.nbytes) for name, t in model.tensors.items() if name in matrices)
+    merged: list[list[int]] = []
+    for start, end in spans:  # views into one fused tensor may touch or overlap
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    threads, step_bytes = model.threads, 4 * STEP
+    share = -(-sum(end - start for start, end in merged) // threads)
+    parts: list[list[np.ndarray]] = [[] for _ in range(threads)]
+    done = 0
+    for start, end in merged:
+        while start < end:
+            k = min(done // share, threads - 1)
+            take = end - start if k == threads - 1 else min(end - start, (k + 1) * share - done)
+            first = -(-start // 4) * 4
+            n = max(0, (start + take - first) // step_bytes * step_bytes)
+            if n:
+                parts[k].append(view[first : first + n].view(np.uint32))
+            start += take
+            done += take
+    return parts
+
+
+def weights_read_gbs(model: Model, repeats: int = 3) -> float:
+    """GB/s of the compiled read (as integers, stream_read.stream_words_sum) over the very pages of the
+    mapped file that a decode step reads (weight_read_parts), each thread of the model its share; the
+    best of `repeats`. The rate to hold decoding against: on a VM a file's page-cache pages and a
+    freshly allocated buffer can sit on memory of quite different speed."""
+    parts = weight_read_parts(model)
+    nbytes = sum(a.nbytes for part in parts for a in part)
+    best = float("inf")
+    with cf.ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(lambda arrays: [stream_words_sum(a) for a in arrays], parts))
+            best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
 
 
 def _read_gbs(read: Callable[[np.ndarray], float], megabytes: int, repeats: int, threads: int,
@@ -202,14 +259,17 @@ def run_bench(
         buffer = np.ones((1 << 30) // 4, dtype=np.float32)  # one 1 GiB buffer for every read
         bandwidth: dict[int, float] = {}
         stream: dict[int, float] = {}
+        weights: dict[int, float] = {}
         for n in counts:
             model, _ = _timed_load(path, cache, n)
             # the reads right before and after decoding, so a busy machine weighs on both alike
             report(f"{n} thread(s): measuring memory bandwidth")
             before = _read_rates(n, buffer)
+            own = weights_read_gbs(model)
             report(f"{n} thread(s): decoding")
             run = ThreadResult(n, _decode_ms(model, steps))
             after = _read_rates(n, buffer)
+            weights[n] = max(own, weights_read_gbs(model))
             bandwidth[n], stream[n] = max(before[0], after[0]), max(before[1], after[1])
             huge = model.huge_page_share()
             for chunk in PROMPT_CHUNKS:
@@ -220,4 +280,4 @@ def run_bench(
         del buffer
         report("peak memory of a fresh session")
         peak = peak_rss_of_a_session(path, counts[-1], cache)
-    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream)
+    return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream, weights)

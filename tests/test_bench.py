@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -129,6 +130,47 @@ def test_stream_read_sums_every_float_and_gives_a_rate():
         assert np.isfinite(rate) and rate > 0.1
 
 
+def test_the_word_read_sums_every_word():
+    from runtime.jit.kernels.stream_read import STEP, stream_words_sum
+
+    words = np.random.default_rng(1).integers(0, 2**32, STEP * 999, dtype=np.uint64).astype(np.uint32)
+    assert stream_words_sum(words) == int(words.sum(dtype=np.uint64)) % 2**32
+    assert stream_words_sum(words[:STEP]) == int(words[:STEP].sum(dtype=np.uint64)) % 2**32
+    raw = np.frombuffer(b"\0" + words.tobytes(), np.uint8)[1:]  # bytes only 1-aligned, viewed as words
+    assert stream_words_sum(raw.view(np.uint32)) == int(words.sum(dtype=np.uint64)) % 2**32
+    with pytest.raises(ValueError, match="uint32 arrays of a multiple of 64"):
+        stream_words_sum(words[:10])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_own_pages_read_covers_what_a_decode_step_reads(v7_files, threads):
+    """The read over the model's pages takes each matrix and the head once, split nearly evenly, and
+    leaves out only the few bytes that do not make whole 256-byte steps."""
+    from runtime.bench import _decoded_matrices, weight_read_parts, weights_read_gbs
+
+    for path in v7_files:
+        with load_model(path, threads=threads) as model:
+            parts = weight_read_parts(model)
+            base = model.mapped_bytes().ctypes.data
+            spans = sorted((a.ctypes.data - base, a.ctypes.data - base + a.nbytes) for part in parts for a in part)
+            assert all(b0 >= a1 for (_, a1), (b0, _) in itertools.pairwise(spans))  # no byte twice
+            wanted = [t for name, t in model.tensors.items() if name in _decoded_matrices(model)]
+            whole = sum(t.nbytes for t in wanted)
+            read = sum(end - start for start, end in spans)
+            assert whole - (4 * 64 + 3) * (len(wanted) + threads) <= read <= whole
+            union: list[list[int]] = []  # the tensors' bytes, adjacent ones joined
+            for lo, hi in sorted((t.offset, t.offset + t.nbytes) for t in wanted):
+                if union and lo <= union[-1][1]:
+                    union[-1][1] = max(union[-1][1], hi)
+                else:
+                    union.append([lo, hi])
+            for start, end in spans:  # every byte read belongs to those tensors
+                assert any(lo <= start and end <= hi for lo, hi in union)
+            sizes = [sum(a.nbytes for a in part) for part in parts]
+            assert len(sizes) == threads and max(sizes) - min(sizes) <= (4 * 64 + 3) * (len(wanted) + 1) + 4 * 64
+            assert weights_read_gbs(model, repeats=1) > 0
+
+
 def test_run_bench_measures_each_thread_count(small_bin):
     seen: list[str] = []
     r = run_bench(small_bin, threads=[1, 2], steps=3, report=seen.append, drop_cache=True)
@@ -136,7 +178,8 @@ def test_run_bench_measures_each_thread_count(small_bin):
     for run in r.runs:
         assert run.decode_ms > 0
         assert set(run.prompt_tok_s) == {16, 64, 256} and all(v > 0 for v in run.prompt_tok_s.values())
-    assert set(r.bandwidth_gbs) == {1, 2} and set(r.stream_gbs) == {1, 2}
+    assert set(r.bandwidth_gbs) == {1, 2} and set(r.stream_gbs) == {1, 2} and set(r.weights_gbs) == {1, 2}
+    assert all(v > 0 for v in r.weights_gbs.values())
     assert r.file_bytes == small_bin.stat().st_size
     assert r.load_cold_s > 0 and r.load_warm_s > 0
     assert r.peak_rss_mb > 0
@@ -155,12 +198,16 @@ def test_the_read_figures_are_measured_beside_each_decoding(small_bin, monkeypat
                         or next(rates))
     monkeypatch.setattr(bench, "stream_read_gbs", lambda threads, buffer: events.append(f"read{threads}")
                         or next(rates))
+    own = iter([1.0, 1.5, 2.5, 2.0])
+    monkeypatch.setattr(bench, "weights_read_gbs", lambda model: events.append(f"own{model.threads}") or next(own))
     real_decode = bench._decode_ms
     monkeypatch.setattr(bench, "_decode_ms", lambda model, steps: events.append(f"decode{model.threads}")
                         or real_decode(model, steps))
     r = run_bench(small_bin, threads=[1, 2], steps=2)
-    assert events == ["sum1", "read1", "decode1", "sum1", "read1", "sum2", "read2", "decode2", "sum2", "read2"]
+    assert events == ["sum1", "read1", "own1", "decode1", "sum1", "read1", "own1",
+                      "sum2", "read2", "own2", "decode2", "sum2", "read2", "own2"]
     assert r.bandwidth_gbs == {1: 7.0, 2: 9.0} and r.stream_gbs == {1: 6.0, 2: 8.0}
+    assert r.weights_gbs == {1: 1.5, 2: 2.5}
 
 
 def test_the_session_peak_is_the_sessions_own(small_bin, tmp_path):
@@ -181,9 +228,10 @@ def test_cli_bench_prints_the_table(small_bin, capsys):
     assert re.search(r"load: cold \(compiling\) [\d.]+ s, warm \(cached\) [\d.]+ s", out)
     row = next(line for line in out.splitlines() if re.match(r"\s*1\s+│", line))
     cells = [c.strip() for c in row.split("│")]
-    assert len(cells) == 8  # threads, decode, effective GB/s, % of sum, % of best, three prompt sizes
-    assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("%") and cells[4].endswith("%")
-    assert re.search(r"memory read, 1 thread: sum [\d.]+ GB/s, best [\d.]+ GB/s", out)
+    assert len(cells) == 9  # threads, decode, effective GB/s, % of sum, % of best, % of own pages, three prompts
+    assert float(cells[1]) > 0 and float(cells[2]) > 0 and all(c.endswith("%") for c in cells[3:6])
+    assert re.search(r"memory read, 1 thread: sum [\d.]+ GB/s, best [\d.]+ GB/s, the model's own pages [\d.]+ GB/s",
+                     " ".join(out.split()))
     assert "peak RSS of a session" in out
     assert "issue" not in out  # the figures are explained in the user's terms
     assert "how fast an ordinary program" in " ".join(out.split())

@@ -219,6 +219,16 @@ class Model:
             flagged = not bool(np.isfinite(flags[::FLAG_STRIDE]).all())
         return new, flagged
 
+    def mapped_bytes(self) -> np.ndarray:
+        """The mapped file as read-only uint8 (indexed by file offset, as `tensors[…].offset`), for
+        benchmarks that read the weights' own pages."""
+        view = self._weights.view
+        if view is None:
+            raise ValueError(f"{self.path.name} is closed")
+        out = view.view()
+        out.flags.writeable = False
+        return out
+
     def huge_page_share(self) -> float | None:
         """The share of the mapped weights' resident pages held in 2 MB pages, the embedding left out
         (Linux; None elsewhere); see runtime/pagecache.py for why it matters and when it is low."""

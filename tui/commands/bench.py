@@ -30,16 +30,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print(f"weights mapped with 2 MB pages  {100 * r.huge_page_share:.0f}%{hint}")
     for n in sorted(r.bandwidth_gbs):
         console.print(f"memory read, {n} thread{'s' if n > 1 else ''}: sum {r.bandwidth_gbs[n]:.1f} GB/s, "
-                      f"best {r.stream_gbs[n]:.1f} GB/s")
+                      f"best {r.stream_gbs[n]:.1f} GB/s, the model's own pages {r.weights_gbs[n]:.1f} GB/s")
     console.print("  (sum: how fast an ordinary program (a numpy sum over 1 GiB) reads memory here; best: a compiled "
-                  "read that prefetches ahead like the decode kernels. Decoding reads every weight once per token, "
-                  "so the % columns say how close decoding comes to each)")
+                  "read that prefetches ahead like the decode kernels; own pages: that read over the very pages of "
+                  "the file that decoding reads, which a VM may place on slower or faster memory than a fresh "
+                  "buffer. Decoding reads every weight once per token, so the % columns say how close decoding "
+                  "comes to each)")
     table = Table(show_edge=False)
     table.add_column("threads", justify="right")
     table.add_column("decode ms/tok", justify="right")
     table.add_column("GB/s", justify="right")
     table.add_column("% of sum", justify="right")
     table.add_column("% of best", justify="right")
+    table.add_column("% of own pages", justify="right")
     for chunk in PROMPT_CHUNKS:
         table.add_column(f"prompt {chunk} tok/s", justify="right")
     for run in r.runs:
@@ -50,6 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{gbs:.1f}",
             f"{100 * gbs / r.bandwidth_gbs[run.threads]:.0f}%",
             f"{100 * gbs / r.stream_gbs[run.threads]:.0f}%",
+            f"{100 * gbs / r.weights_gbs[run.threads]:.0f}%",
             *(f"{run.prompt_tok_s[c]:.0f}" for c in PROMPT_CHUNKS),
         )
     console.print(table)
