@@ -49,10 +49,10 @@ def make_qx_quants_weighted(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[n
     steps = np.array([0] + [i for i in range(-9, 10) if i], dtype=_F32)
     with np.errstate(all="ignore"):
         iscales = -(_F32(nmax) + _F32(0.1) * steps)[:, None] / mx
-        codes = np.clip(kq.nearest_int(iscales[:, None, :] * x[None]), -nmax, nmax - 1)  # (T, n, S)
+        codes = np.clip(kq.nearest_int(iscales[None] * x[:, None]), -nmax, nmax - 1)  # (n, T, S)
         lf = codes.astype(_F32)
-        sumlx = kq._seq_sum(np.moveaxis(wx[None] * lf, 1, 0))  # (T, S)
-        suml2 = kq._seq_sum(np.moveaxis(qw[None] * lf * lf, 1, 0))
+        sumlx = kq._seq_sum(wx[:, None] * lf)  # (T, S), adding value after value
+        suml2 = kq._seq_sum(qw[:, None] * lf * lf)
         scale = np.where(suml2[0] != 0, sumlx[0] / suml2[0], _F32(0)).astype(_F32)
         best = scale * sumlx[0]
         choice = np.zeros(s, np.intp)
@@ -61,7 +61,7 @@ def make_qx_quants_weighted(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[n
             scale = np.where(better, sumlx[t] / suml2[t], scale).astype(_F32)
             best = np.where(better, scale * sumlx[t], best)
             choice[better] = t
-    out = codes[choice, :, np.arange(s)].T + nmax
+    out = codes[:, choice, np.arange(s)] + nmax
     out[:, zero] = 0
     scale[zero] = 0
     return scale, out
@@ -129,6 +129,13 @@ def _rows(codes: np.ndarray, nb: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(codes.T).reshape(nb, n)
 
 
+def _row_sums(v: np.ndarray) -> np.ndarray:
+    """Σ over each row of v (R, n) in float32, added one value at a time from the first, as ggml's loops
+    do (numpy's own sum adds pairwise and rounds differently: a different σ² or sub-block weight can
+    choose a different scale)."""
+    return kq._seq_sum(np.ascontiguousarray(v.T))
+
+
 def _value_weights(x: np.ndarray, imp: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
     """importance · sqrt(σ² + x²) per value; x and imp (nb, n), sigma2 (nb,)."""
     return (imp * np.sqrt(sigma2[:, None] + x * x)).astype(_F32)
@@ -174,12 +181,12 @@ def _k_grid(x: np.ndarray, imp: np.ndarray, dtype: DType) -> BlockGrid:
             d = kq._f16(_F32(1) / iscale)
         dl = np.where(zero[:, None], _F32(0), d[:, None] * sc.astype(_F32)).astype(_F32)
         return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -32, 31, (scales,), kq._rows(codes, nb))
-    sum_x2 = (x * x).sum(axis=1, dtype=_F32)
-    sigma2 = (sum_x2 / _F32(256)) * (_F32(1) if dtype is DType.Q2_K else _F32(2))
+    sum_x2 = _row_sums(x * x)
+    sigma2 = (sum_x2 if dtype is DType.Q2_K else _F32(2) * sum_x2) / _F32(256)
     w = _value_weights(x, imp, sigma2)
     if dtype is DType.Q3_K:
         scale, codes = make_qx_quants_weighted(_columns(x, 16), 4, _columns(w, 16))
-        sw = w.reshape(nb, 16, 16).sum(axis=2, dtype=_F32)
+        sw = _row_sums(w.reshape(-1, 16)).reshape(nb, 16)
         d_block, ls = make_qx_quants_weighted(np.ascontiguousarray(scale.reshape(nb, 16).T), 32,
                                               np.ascontiguousarray(sw.T))
         ls = ls.T
@@ -188,7 +195,7 @@ def _k_grid(x: np.ndarray, imp: np.ndarray, dtype: DType) -> BlockGrid:
     sub, nmax = (16, 3) if dtype is DType.Q2_K else (32, 15 if dtype is DType.Q4_K else 31)
     scale, the_min, codes = _make_qkx3(_columns(x, sub), _columns(w, sub), nmax)
     n_sub = 256 // sub
-    sw = np.ascontiguousarray(w.reshape(nb, n_sub, sub).sum(axis=2, dtype=_F32).T)
+    sw = np.ascontiguousarray(_row_sums(w.reshape(-1, sub)).reshape(nb, n_sub).T)
     top = 15 if dtype is DType.Q2_K else 63
     dm, ls = make_qp_quants(np.ascontiguousarray(scale.reshape(nb, n_sub).T), top, sw)
     mm, lm = make_qp_quants(np.ascontiguousarray(the_min.reshape(nb, n_sub).T), top, sw)
@@ -359,7 +366,7 @@ def quantize_weighted(rows: np.ndarray, dtype: DType, importance: np.ndarray | N
                               for s in range(0, blocks.shape[0], 64)]) if blocks.size else \
             np.empty((0, dtype.block_bytes), np.uint8)
     else:
-        sigma2 = (x * x).sum(axis=1, dtype=_F32) / _F32(n_cols)
+        sigma2 = _row_sums(x * x) / _F32(n_cols)
         w = _value_weights(x, np.broadcast_to(imp, x.shape), sigma2).reshape(-1, size)
         out = np.concatenate([_legacy_blocks(blocks[s : s + 4096], w[s : s + 4096], dtype)
                               for s in range(0, blocks.shape[0], 4096)]) if blocks.size else \

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
-from runtime.quant.weighted import WEIGHTED_TYPES, quantize_weighted
+from runtime.quant.weighted import WEIGHTED_TYPES, _row_sums, quantize_weighted
 
 R, N = 48, 512
 
@@ -65,3 +65,31 @@ def test_zero_rows_and_bad_inputs():
     x[1, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         quantize_weighted(x, DType.Q4_K, np.ones(256, np.float32))
+
+
+def test_sums_are_added_in_order_in_float32():
+    """ggml sums σ² (Σx² of a row or super-block) and the sub-block weight totals one value at a time in
+    float32, so later values can be absorbed: 2**24 + 1 is a tie that rounds back to the even 2**24, so
+    after 2**24 every added 1 is lost; numpy's pairwise sum adds the ones together first."""
+    big = np.float32(2**24)
+    absorbed = np.concatenate([[big], np.ones(255, np.float32)])[None]
+    assert _row_sums(absorbed)[0] == big
+    assert absorbed.sum(dtype=np.float32) != big  # pairwise: the ones survive
+    # ones first: 255 is exact, then 2**24 + 255 is a tie between 2**24 + 254 and + 256; even wins
+    ones_first = absorbed[:, ::-1].copy()
+    assert _row_sums(ones_first)[0] == big + 256
+    # one sum per row
+    np.testing.assert_array_equal(_row_sums(np.stack([absorbed[0], ones_first[0]])), [big, big + 256])
+
+
+@pytest.mark.parametrize("dtype", sorted(WEIGHTED_TYPES, key=lambda t: t.name))
+def test_a_row_alone_is_quantized_as_among_others(dtype):
+    """ggml quantizes row after row and super-block after super-block, each on its own: a row of one
+    super-block quantized alone gives the bytes it gets beside other rows. (numpy sums a single column
+    pairwise, as one contiguous run, unless told otherwise: σ² and the scales of scales then differ.)"""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((24, 256)) * np.exp(2 * rng.standard_normal(256))).astype(np.float32)
+    importance = (rng.gamma(0.5, size=256) * (rng.random(256) < 0.7)).astype(np.float32)
+    together = quantize_weighted(x, dtype, importance)
+    alone = np.concatenate([quantize_weighted(row[None], dtype, importance) for row in x])
+    np.testing.assert_array_equal(alone, together)
