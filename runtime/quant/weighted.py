@@ -68,47 +68,56 @@ def make_qx_quants_weighted(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[n
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ggml's `make_qp_quants` on every column of x (n × S, values ≥ 0): the scale of non-negative
-    codes 0..nmax minimising Σ qw·(x − scale·l)² (9 trial scales, then up to 5 passes of coordinate
-    descent on the codes). Returns (scale (S,), codes (n, S))."""
+    """ggml's `make_qp_quants` on every column of x (n × S, meant to be ≥ 0): the scale of codes 0..nmax
+    minimising Σ qw·(x − scale·l)² (9 trial scales, then up to 5 passes of coordinate descent on the
+    codes). Returns (scale (S,), codes (n, S) 0..255).
+
+    As in ggml, a column whose largest value is below GROUP_MAX_EPS is all zero, and the scale is 0
+    when every weight is. ggml keeps the codes in bytes: a value below 0 (a sub-block scale the
+    search left negative) gets a negative code stored modulo 256, and the first trial's error and
+    the descent read that byte back (e.g. 193 for −63), while the sums use the signed code."""
     n = x.shape[0]
     mx = x.max(axis=0)
-    zero = ~(mx > 0)
+    zero = ~(mx >= kq.GROUP_MAX_EPS)
     with np.errstate(all="ignore"):
         iscale = (_F32(nmax) / mx).astype(_F32)
-        codes = kq.nearest_int(iscale * x)
-        scale = _F32(1) / iscale
-        best = kq._seq_sum(qw * (x - scale * codes.astype(_F32)) ** 2)
+        stored = (kq.nearest_int(iscale * x) & 0xFF).astype(_F32)
+        diff = x - (_F32(1) / iscale) * stored
+        best = kq._seq_sum(qw * diff * diff)
         for step in (-4, -3, -2, -1, 1, 2, 3, 4):
             trial = ((_F32(0.1) * _F32(step) + _F32(nmax)) / mx).astype(_F32)
             lt = np.minimum(kq.nearest_int(trial * x), nmax).astype(_F32)
-            mse = kq._seq_sum(qw * (x - (_F32(1) / trial) * lt) ** 2)
+            diff = x - (_F32(1) / trial) * lt
+            mse = kq._seq_sum(qw * diff * diff)
             better = mse < best
             best = np.where(better, mse, best)
             iscale = np.where(better, trial, iscale).astype(_F32)
-        lf = np.minimum(kq.nearest_int(iscale * x), nmax).astype(_F32)
+        codes = np.minimum(kq.nearest_int(iscale * x), nmax)
+        lf = codes.astype(_F32)
         sumlx = kq._seq_sum(qw * x * lf)
         suml2 = kq._seq_sum(qw * lf * lf)
+        stored = (codes & 0xFF).astype(_F32)
         for _ in range(5):
             changed = False
             for i in range(n):
-                w, li = qw[i], lf[i]
+                w, li = qw[i], stored[i]
                 slx = sumlx - w * x[i] * li
                 sl2 = suml2 - w * li * li
                 ok = (slx > 0) & (sl2 > 0)
-                new_l = np.minimum(kq.nearest_int(x[i] * sl2 / slx), nmax).astype(_F32)
+                new_code = np.minimum(kq.nearest_int(x[i] * sl2 / slx), nmax)
+                new_l = new_code.astype(_F32)
                 slx = slx + w * x[i] * new_l
                 sl2 = sl2 + w * new_l * new_l
                 take = ok & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
                 if take.any():
-                    li[take] = new_l[take]
+                    li[take] = (new_code & 0xFF)[take]
                     sumlx[take] = slx[take]
                     suml2[take] = sl2[take]
                     changed = True
             if not changed:
                 break
-        scale = (sumlx / suml2).astype(_F32)
-    out = lf.astype(np.int32)
+        scale = np.where(suml2 > 0, sumlx / suml2, _F32(0)).astype(_F32)
+    out = stored.astype(np.int32)
     out[:, zero] = 0
     scale[zero] = 0
     return scale, out
@@ -189,9 +198,10 @@ def _k_grid(x: np.ndarray, imp: np.ndarray, dtype: DType) -> BlockGrid:
         sw = _row_sums(w.reshape(-1, 16)).reshape(nb, 16)
         d_block, ls = make_qx_quants_weighted(np.ascontiguousarray(scale.reshape(nb, 16).T), 32,
                                               np.ascontiguousarray(sw.T))
-        ls = ls.T
-        dl = (kq._f16(d_block)[:, None] * (ls.astype(_F32) - _F32(32))).astype(_F32)
-        return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -4, 3, (d_block, ls), kq._rows(codes, nb))
+        ls = ls.T.astype(np.uint8)
+        d = kq._f16(d_block)
+        dl = (d[:, None] * (ls.astype(_F32) - _F32(32))).astype(_F32)
+        return BlockGrid(dtype, 16, dl, np.zeros_like(dl), -4, 3, (d, ls), kq._rows(codes, nb))
     sub, nmax = (16, 3) if dtype is DType.Q2_K else (32, 15 if dtype is DType.Q4_K else 31)
     scale, the_min, codes = _make_qkx3(_columns(x, sub), _columns(w, sub), nmax)
     n_sub = 256 // sub
@@ -199,91 +209,45 @@ def _k_grid(x: np.ndarray, imp: np.ndarray, dtype: DType) -> BlockGrid:
     top = 15 if dtype is DType.Q2_K else 63
     dm, ls = make_qp_quants(np.ascontiguousarray(scale.reshape(nb, n_sub).T), top, sw)
     mm, lm = make_qp_quants(np.ascontiguousarray(the_min.reshape(nb, n_sub).T), top, sw)
-    ls, lm = np.minimum(ls.T, top), np.minimum(lm.T, top)
-    dl = (kq._f16(dm)[:, None] * ls.astype(_F32)).astype(_F32)
-    ml = (kq._f16(mm)[:, None] * lm.astype(_F32)).astype(_F32)
-    return BlockGrid(dtype, sub, dl, ml, 0, nmax, (dm, mm, ls, lm), kq._rows(codes, nb))
+    ls, lm = ls.T.astype(np.uint8), lm.T.astype(np.uint8)
+    d, dmin = kq._f16(dm), kq._f16(mm)
+    # the stored scale bytes as ggml writes them (a code above the field's bits spills into its
+    # neighbours' bits), then the scales read back from them, which the last rounding uses
+    if dtype is DType.Q2_K:
+        sc = ls | (lm << 4)
+        params = (d, dmin, sc)
+        ls, lm = sc & 0xF, sc >> 4
+    else:
+        if dtype is DType.Q5_K:  # ggml clamps Q5_K's codes to 63 (Q4_K's are written as they are)
+            ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+        packed = np.empty((nb, 12), np.uint8)
+        packed[:, :4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+        packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+        packed[:, 8:] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+        ls, lm = kq._scale_min_k4(packed)
+        params = (d, dmin, ls, lm)
+    dl = (d[:, None] * ls.astype(_F32)).astype(_F32)
+    ml = (dmin[:, None] * lm.astype(_F32)).astype(_F32)
+    return BlockGrid(dtype, sub, dl, ml, 0, nmax, params, kq._rows(codes, nb))
 
 
 def _k_pack(x: np.ndarray, grid: BlockGrid) -> np.ndarray:
-    """Super-blocks of `grid` holding the values nearest to x (values already on the grid stay)."""
+    """Super-blocks of `grid` holding the values nearest to x (values already on the grid stay):
+    runtime.quant.kquants' last rounding against the stored scales, and its packing."""
     codes = grid.codes.copy()
-    dtype = grid.dtype
-    if dtype is DType.Q6_K:
-        with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):
+        if grid.dtype is DType.Q6_K:
             return kq.finish_q6_k(x, grid.params[0], codes)
-    if dtype is DType.Q3_K:
-        return _finish_q3_k(x, *grid.params, codes)
-    if dtype is DType.Q2_K:
-        return _finish_q2_k(x, *grid.params, codes)
-    return _finish_q45_k(x, *grid.params, codes, grid.hi)
+        if grid.dtype is DType.Q3_K:
+            return kq.pack_q3_k(x, *grid.params, codes)
+        if grid.dtype is DType.Q2_K:
+            return kq.pack_q2_k(x, *grid.params, codes)
+        return kq.pack_q45_k(x, *grid.params, codes, grid.hi)
 
 
 def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
     """Super-blocks x (nb, 256) with per-value importance imp (nb, 256) → (nb, block_bytes)."""
     return _k_pack(x, _k_grid(x, imp, dtype))
-
-
-def _finish_q2_k(x, dm, mm, ls, lm, codes) -> np.ndarray:
-    nb = x.shape[0]
-    d, dmin = kq._f16(dm), kq._f16(mm)
-    sc = (ls | (lm << 4)).astype(np.uint8)
-    with np.errstate(all="ignore"):
-        kq._last_rounding(x.reshape(nb, 16, 16), d[:, None] * ls.astype(_F32), codes.reshape(nb, 16, 16), 0, 3,
-                          dmin[:, None] * lm.astype(_F32))
-    out = np.empty((nb, 84), np.uint8)
-    out[:, :16] = sc
-    out[:, 16:80] = kq._pack_2bit(codes)
-    out[:, 80:82] = kq._f16_bytes(d)
-    out[:, 82:84] = kq._f16_bytes(dmin)
-    return out
-
-
-def _finish_q3_k(x, d_block, ls, codes) -> np.ndarray:
-    """ls: (nb, 16) codes 0..63 of the signed sub-block scales (offset 32), as make_qx_quants gives them."""
-    nb = x.shape[0]
-    ls = ls.astype(np.uint8)
-    packed = np.zeros((nb, 12), np.uint8)
-    packed[:, :8] = (ls[:, :8] & 0xF) | ((ls[:, 8:] & 0xF) << 4)
-    hi = (ls >> 4).reshape(nb, 4, 4)
-    packed[:, 8:] = hi[:, 0] | (hi[:, 1] << 2) | (hi[:, 2] << 4) | (hi[:, 3] << 6)
-    d = kq._f16(d_block)
-    dl = d[:, None] * (ls.astype(_F32) - _F32(32))
-    c = codes.reshape(nb, 16, 16)
-    with np.errstate(all="ignore"):
-        kq._last_rounding(x.reshape(nb, 16, 16), dl, c, -4, 3)
-    c[...] += 4 * (dl != 0)[:, :, None]
-    high = codes > 3
-    out = np.empty((nb, 110), np.uint8)
-    out[:, :32] = kq._high_bits(high)
-    out[:, 32:96] = kq._pack_2bit(codes - 4 * high)
-    out[:, 96:108] = packed
-    out[:, 108:110] = kq._f16_bytes(d)
-    return out
-
-
-def _finish_q45_k(x, dm, mm, ls, lm, codes, nmax: int) -> np.ndarray:
-    nb = x.shape[0]
-    ls, lm = ls.astype(np.uint8), lm.astype(np.uint8)
-    packed = np.empty((nb, 12), np.uint8)
-    packed[:, :4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
-    packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
-    packed[:, 8:] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
-    d, dmin = kq._f16(dm), kq._f16(mm)
-    with np.errstate(all="ignore"):
-        kq._last_rounding(x.reshape(nb, 8, 32), d[:, None] * ls.astype(_F32), codes.reshape(nb, 8, 32), 0, nmax,
-                          dmin[:, None] * lm.astype(_F32))
-    five = nmax == 31
-    out = np.empty((nb, 176 if five else 144), np.uint8)
-    out[:, 0:2] = kq._f16_bytes(d)
-    out[:, 2:4] = kq._f16_bytes(dmin)
-    out[:, 4:16] = packed
-    if five:
-        out[:, 16:48] = kq._high_bits(codes > 15)
-        out[:, 48:] = kq._pack_nibbles(codes & 0xF)
-    else:
-        out[:, 16:] = kq._pack_nibbles(codes)
-    return out
 
 
 # --- legacy blocks of 32 -------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ import gguf
 import numpy as np
 import pytest
 
+from runtime.quant import kquants
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
-from runtime.quant.weighted import WEIGHTED_TYPES, _row_sums, quantize_weighted
+from runtime.quant.weighted import WEIGHTED_TYPES, _make_qkx3, _row_sums, make_qp_quants, quantize_weighted
 
 R, N = 48, 512
 
@@ -93,3 +94,65 @@ def test_a_row_alone_is_quantized_as_among_others(dtype):
     together = quantize_weighted(x, dtype, importance)
     alone = np.concatenate([quantize_weighted(row[None], dtype, importance) for row in x])
     np.testing.assert_array_equal(alone, together)
+
+
+def test_make_qp_quants_keeps_codes_in_bytes():
+    """ggml's make_qp_quants stores codes in bytes: a negative value (a sub-block scale the search left
+    below 0) gets a negative code kept modulo 256, and the coordinate descent reads that byte back.
+    x = (−1, 1 × 9), weights 1, nmax 63: the best trial scale is 1/63.1, codes (−63, 63 × 9), Σwxl 630,
+    Σwl² 39690, and −63 is stored as 193. Descent at value 0: without it Σwxl 630 + 193 = 823,
+    Σwl² 39690 − 193² = 2441, new code nearest(−2441 / 823) = −3; with it Σwxl 826, Σwl² 2450, and
+    826²·39690 > 630²·2450, so −3 (stored 253) is taken. Nothing else improves: scale 826 / 2450."""
+    x = np.array([-1.0] + [1.0] * 9, np.float32)[:, None]
+    scale, codes = make_qp_quants(x, 63, np.ones_like(x))
+    assert codes[:, 0].tolist() == [253] + [63] * 9
+    assert scale[0] == np.float32(826) / np.float32(2450)
+
+
+@pytest.mark.parametrize("dtype", [DType.Q2_K, DType.Q4_K, DType.Q5_K])
+def test_super_block_scales_of_a_block_without_weight_or_values(dtype):
+    """make_qp_quants gives scale 0 when every weight is 0 (not 0/0), and counts a column whose largest
+    value is below GROUP_MAX_EPS (1e-15) as zero: scale 0 and all codes 0, as ggml does."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    d_at = {DType.Q2_K: 80, DType.Q4_K: 0, DType.Q5_K: 0}[dtype]
+    scales_at = {DType.Q2_K: slice(0, 16), DType.Q4_K: slice(4, 16), DType.Q5_K: slice(4, 16)}[dtype]
+    unweighted = quantize_weighted(x, dtype, np.zeros(256, np.float32))
+    assert not unweighted[:, d_at : d_at + 4].any()  # d and dmin are +0
+    assert not to_float32(unweighted, dtype).any()  # finite: every value decodes to 0
+    tiny = quantize_weighted(x * np.float32(1e-17), dtype, np.ones(256, np.float32))
+    assert not tiny[:, d_at : d_at + 4].any()
+    assert not tiny[:, scales_at].any()
+
+
+@pytest.mark.parametrize("dtype", [DType.Q2_K, DType.Q4_K, DType.Q5_K])
+def test_values_are_rounded_on_the_grid_the_block_stores(dtype):
+    """ggml rounds every value last against the scales as stored: d·sc and dmin·m read back from the
+    block's bytes. That matters when a sub-block scale came out negative (all-negative values with one
+    weighted value per sub-block can do it): its byte code (e.g. 253 for −3) is written as it is into
+    Q2_K's nibble pair and Q4_K's 6-bit fields, spilling into the neighbours' bits, and Q5_K's is
+    clamped to 63; each value must then be the stored grid's nearest one."""
+    rng = np.random.default_rng(0)
+    x = -(1 + rng.random((64, 256))).astype(np.float32)
+    sub, nmax = (16, 3) if dtype is DType.Q2_K else (32, 15 if dtype is DType.Q4_K else 31)
+    importance = np.zeros(256, np.float32)
+    importance[7::sub] = 1
+    # the case under test occurs: some sub-block scales are negative
+    sigma2 = _row_sums(x * x) * np.float32(1 if dtype is DType.Q2_K else 2) / np.float32(256)
+    w = importance * np.sqrt(sigma2[:, None] + x * x)
+    scales = _make_qkx3(np.ascontiguousarray(x.reshape(-1, sub).T), np.ascontiguousarray(w.reshape(-1, sub).T), nmax)[0]
+    assert (scales < 0).any()
+    raw = quantize_weighted(x, dtype, importance)
+    got = to_float32(raw, dtype).reshape(x.shape)
+    if dtype is DType.Q2_K:
+        d, dmin = raw[:, 80:82].view("<f2").astype(np.float32), raw[:, 82:84].view("<f2").astype(np.float32)
+        sc, m = raw[:, :16] & 0xF, raw[:, :16] >> 4
+    else:
+        d, dmin = raw[:, 0:2].view("<f2").astype(np.float32), raw[:, 2:4].view("<f2").astype(np.float32)
+        sc, m = kquants._scale_min_k4(raw[:, 4:16])
+    dl = np.repeat(d * sc.astype(np.float32), sub, axis=1)
+    ml = np.repeat(dmin * m.astype(np.float32), sub, axis=1)
+    with np.errstate(all="ignore"):
+        q = np.clip(kquants.nearest_int((x + ml) / dl), 0, nmax).astype(np.float32)
+    rounded = dl != 0
+    np.testing.assert_array_equal(got[rounded], (dl * q - ml)[rounded])
