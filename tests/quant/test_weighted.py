@@ -11,7 +11,14 @@ import pytest
 from runtime.quant import kquants
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
-from runtime.quant.weighted import WEIGHTED_TYPES, _make_qkx3, _row_sums, make_qp_quants, quantize_weighted
+from runtime.quant.weighted import (
+    WEIGHTED_TYPES,
+    _make_qkx3,
+    _row_sums,
+    make_qp_quants,
+    make_qx_quants_weighted,
+    quantize_weighted,
+)
 
 R, N = 48, 512
 
@@ -156,3 +163,16 @@ def test_values_are_rounded_on_the_grid_the_block_stores(dtype):
         q = np.clip(kquants.nearest_int((x + ml) / dl), 0, nmax).astype(np.float32)
     rounded = dl != 0
     np.testing.assert_array_equal(got[rounded], (dl * q - ml)[rounded])
+
+
+def test_make_qx_quants_weighted_treats_each_column_alone():
+    """Each column (sub-block) is searched on its own, its sums added value after value: one column
+    alone gives the scale and codes it gets beside others (numpy sums a lone column pairwise unless
+    the value axis stays the outer one)."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((32, 200)) * np.exp(3 * rng.standard_normal(200))).astype(np.float32)
+    w = rng.gamma(0.5, size=(32, 200)).astype(np.float32)
+    scale, codes = make_qx_quants_weighted(x, 8, w)
+    for j in range(200):
+        s1, c1 = make_qx_quants_weighted(x[:, j : j + 1].copy(), 8, w[:, j : j + 1].copy())
+        assert s1[0] == scale[j] and (c1[:, 0] == codes[:, j]).all(), j
