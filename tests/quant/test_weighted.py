@@ -163,6 +163,11 @@ def test_values_are_rounded_on_the_grid_the_block_stores(dtype):
         q = np.clip(kquants.nearest_int((x + ml) / dl), 0, nmax).astype(np.float32)
     rounded = dl != 0
     np.testing.assert_array_equal(got[rounded], (dl * q - ml)[rounded])
+    if dtype is DType.Q5_K:  # the super-block codes of the scales, as make_qp_quants gives them (bytes)
+        sw = _row_sums(w.reshape(-1, sub)).reshape(64, 8)
+        codes = make_qp_quants(np.ascontiguousarray(scales.reshape(64, 8).T), 63, np.ascontiguousarray(sw.T))[1].T
+        assert (codes > 63).any()
+        np.testing.assert_array_equal(sc, np.minimum(codes, 63))
 
 
 def test_make_qx_quants_weighted_treats_each_column_alone():
