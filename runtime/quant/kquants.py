@@ -108,7 +108,11 @@ def _seq_sum(terms: np.ndarray) -> np.ndarray:
 
     numpy reduces a C-ordered array over its first axis row after row (pairwise summation is only
     used along the contiguous axis; `tests/quant/test_kquants.py` checks this); adding +0 turns the
-    -0 of an all -0 column into ggml's +0."""
+    -0 of an all -0 column into ggml's +0. A single column (terms[0] holds one value) is a contiguous
+    run, which numpy would sum pairwise: it is summed beside a copy of itself."""
+    if terms.ndim > 1 and terms[0].size == 1:
+        pair = np.concatenate([terms, terms], axis=-1)
+        return (np.add.reduce(pair, axis=0) + _F32(0))[..., :1]
     return np.add.reduce(terms, axis=0) + _F32(0)
 
 

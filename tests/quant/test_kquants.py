@@ -154,3 +154,8 @@ def test_numpy_sums_over_the_first_axis_one_row_after_another():
             acc += row
         np.testing.assert_array_equal(kquants._seq_sum(a).view(np.uint32), acc.view(np.uint32))
     assert np.signbit(kquants._seq_sum(np.full((4, 2), -0.0, np.float32))).sum() == 0  # ggml's sums start at +0
+    # a single column is a contiguous run, which numpy's own reduction would sum pairwise
+    absorbed = np.concatenate([[2.0**24], np.ones(255)]).astype(np.float32)  # each + 1 rounds back to 2**24
+    for shape in [(256, 1), (256, 1, 1)]:
+        got = kquants._seq_sum(absorbed.reshape(shape))
+        assert got.shape == shape[1:] and got.ravel()[0] == 2**24
