@@ -1,14 +1,20 @@
-"""Short Q8_0 rows (matvec_q8short.py, RWKV-7's LoRA second factors) against numpy on the codec's
-dequantized weights, within the int16 bound of x's quantization, in each x86 variant this host can run."""
+"""Short Q8_0 rows (matvec_q8short.py, RWKV-7's LoRA second factors), alone and as a group of products,
+against numpy on the codec's dequantized weights, within the int16 bound of x's quantization, in each x86
+variant this host can run."""
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
+from llvmlite import ir
 
+from runtime.jit.engine import compile_module
 from runtime.jit.kernels import matvec_q8short
 from runtime.jit.kernels.library import make_test_library
 from runtime.jit.kernels.matvec_int16 import Variant, host_variant
+from runtime.jit.kernels.matvec_q8short import emit_short_q8_group
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
 from tests.jit.test_kernels import _close, int16_bound
@@ -56,3 +62,30 @@ def test_short_q8_rows_match_the_dequantized_weights(monkeypatch: pytest.MonkeyP
                     if hi > lo:
                         _close(y[lo:hi], want, bound[lo:hi])
                     assert np.array_equal(y[:lo], y0[:lo]) and np.array_equal(y[hi:], y0[hi:])
+
+
+def test_a_group_of_short_q8_products_matches_each_product() -> None:
+    """emit_short_q8_group (RWKV-7's second factors in one call): each matrix's rows in the range against
+    its own x, into its own y, within the int16 bound; rows outside the range untouched."""
+    cols = (64, 32, 128, 256)
+    module = ir.Module(name="group")
+    fn = emit_short_q8_group(module, cols)
+    fn.linkage = "external"
+    compiled = compile_module(module, use_cache=False)
+    P, L = ctypes.c_void_p, ctypes.c_int64
+    call = ctypes.CFUNCTYPE(None, *([P, P, P] * len(cols)), L, L)(compiled.address(fn.name))
+    rng = np.random.default_rng(4)
+    raws = [np.ascontiguousarray(quantize(rng.normal(size=(ROWS, c)).astype(np.float32), DType.Q8_0)) for c in cols]
+    xs = [rng.normal(size=c).astype(np.float32) for c in cols]
+    for lo, hi in ((0, ROWS), (3, 29), (36, 37), (8, 8)):
+        ys = [rng.normal(size=ROWS).astype(np.float32) for _ in cols]
+        y0s = [y.copy() for y in ys]
+        call(*[a for r, x, y in zip(raws, xs, ys, strict=True) for a in (r.ctypes.data, x.ctypes.data, y.ctypes.data)],
+             lo, hi)
+        for raw, x, y, y0, c in zip(raws, xs, ys, y0s, cols, strict=True):
+            want = to_float32(raw, DType.Q8_0).reshape(ROWS, c).astype(np.float64)[lo:hi] @ x
+            if hi > lo:
+                _close(y[lo:hi], want, int16_bound(raw, DType.Q8_0, x)[lo:hi])
+            assert np.array_equal(y[:lo], y0[:lo]) and np.array_equal(y[hi:], y0[hi:])
+    with pytest.raises(ValueError, match="no short Q8_0 kernel"):
+        emit_short_q8_group(module, (64, 288))
