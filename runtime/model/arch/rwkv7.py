@@ -435,7 +435,9 @@ class _Rwkv7Builder(ForwardBuilder):
                         hc1: ir.Value) -> None:
         """The LoRA second factors' rows [hc0, hc1): decoding one token with every factor in short Q8_0 rows,
         one call walking all of them side by side (matvec_q8short.emit_short_q8_group: one stream each at
-        once, instead of one cold stream after another), else one product each."""
+        once, instead of one cold stream after another), else one product each. (The first factors, rows of
+        C, walked the same way by a version of that kernel with X on the stack ran no faster: 0.4B Q5_1, 1
+        thread, CPU time, 16 rounds interleaved: 27.46 against 27.39 ms.)"""
         cols = tuple(self.spec.mat_cols(m) for m, _, _ in seconds)
         if not (GROUP_SECOND_FACTORS and all(uses_short_q8(types[m], self.spec.mat_cols(m)) for m, _, _ in seconds)):
             for m, src, dst in seconds:
