@@ -16,8 +16,8 @@ the compiled memory read (as `rwkv-tui bench` prints it) and then decodes --step
 variant in turn, so a busy moment on a shared machine lands on all of them alike. Printed: median and
 lower quartile ms/token per variant, the GB/s of weights read at the lower quartile and its share of
 the median compiled read, and of the median compiled read over that variant's own pages of the file
-(runtime.bench.weights_read_gbs, once per round). One thread is timed in CPU time (what a part costs, whatever else runs),
-more threads in wall time.
+(runtime.bench.weights_read_gbs, once per round). One thread is timed in CPU time (what a part costs,
+whatever else runs), more threads in wall time.
 
 The pages a file sits in can matter as much as its type: on the 2-vCPU Sapphire Rapids VM the same bytes
 decoded up to 34 % faster from a fresh copy (`cp`) than from the original file, both in the page cache

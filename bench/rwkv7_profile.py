@@ -4,7 +4,8 @@
     python bench/rwkv7_profile.py --model bench/out/rwkv7-0.4b-q5_1.gguf     # any RWKV-7 file, e.g. convert's
 
 Writes (once) a random RWKV-7 model as an rwkv.cpp `.bin` (fused lerps, transposed LoRA factors;
-embedding and head F16, matrices in --type, LoRA factors in --lora-type), or takes the file --model
+embedding and head F16, matrices in --type, LoRA factors in --lora-type or, by default, what `convert`
+writes for --type: Q8_0 for a quantized type), or takes the file --model
 names (e.g. `rwkv-tui convert`'s GGUF of bench/make_models.py's model: head Q8_0), then prints:
 - decode ms/token (median of --steps) and the weight bytes a step reads, as GB/s and as a share of
   the compiled memory read `rwkv-tui bench` prints;
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.step_profile import part_times, speed_report
 from runtime.quant.codec import quantize
+from runtime.quant.mixes import lora_factor_type, parse_target
 from runtime.quant.types import DType
 from tests.support.rwkvcpp_writer import CODES, header_bytes, record_bytes
 
@@ -48,8 +50,11 @@ def _encode(a: np.ndarray, dtype: DType) -> bytes:
     return quantize(a.reshape(-1, a.shape[-1]), dtype).tobytes()
 
 
-def write_model(path: Path, shape: str, mat_type: DType, lora_type: DType) -> None:
+def write_model(path: Path, shape: str, mat_type: DType, lora_type: DType | None) -> None:
+    """The random model, LoRA factors in `lora_type`, or (None) in what `convert` writes for a file of
+    `mat_type` matrices (mixes.lora_factor_type: Q8_0 in quantized files)."""
     n_layer, C, (dw, da, dv, dg) = SHAPES[shape]
+    target = parse_target(mat_type.name.lower())
     F, N = 4 * C, 64
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".part")
@@ -75,7 +80,7 @@ def write_model(path: Path, shape: str, mat_type: DType, lora_type: DType) -> No
             put(p + "att.x_rwkvag", rng.uniform(0.05, 0.95, (6, 1, C)).astype(np.float32), DType.F32)
             for name, rows, cols in (("w1", dw, C), ("w2", C, dw), ("a1", da, C), ("a2", C, da), ("g1", dg, C),
                                      ("g2", C, dg)) + ((("v1", dv, C), ("v2", C, dv)) if i else ()):
-                put(p + "att." + name, mat(rows, cols, 0.5), lora_type)
+                put(p + "att." + name, mat(rows, cols, 0.5), lora_type or lora_factor_type(target, cols))
             put(p + "att.w0", (np.linspace(-6, 1, C, dtype=np.float32)).reshape(1, 1, C), DType.F32)
             for name in ("a0", "v0") if i else ("a0",):
                 put(p + "att." + name, vec(-0.5, 0.5, True), DType.F32)
@@ -100,7 +105,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="0.4b")
     ap.add_argument("--type", default="q5_1", help="type of the big matrices")
-    ap.add_argument("--lora-type", default=None, help="type of the LoRA factors (default: --type)")
+    ap.add_argument("--lora-type", default=None,
+                    help="type of the LoRA factors (default: what convert writes: Q8_0 for quantized --type)")
     ap.add_argument("--dir", type=Path, help="where to write the model (not with --model)")
     ap.add_argument("--model", type=Path, help="profile this RWKV-7 file instead of writing one")
     ap.add_argument("--threads", type=int, default=None)
@@ -109,10 +115,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="profile rounds; each part's least time is kept")
     args = ap.parse_args()
     mat_type = DType.parse(args.type)
-    lora_type = DType.parse(args.lora_type or args.type)
+    lora_type = DType.parse(args.lora_type) if args.lora_type else None
     if (args.model is None) == (args.dir is None):
         ap.error("give --dir (a random model is written there) or --model FILE")
-    path = args.model or args.dir / f"rwkv7-{args.shape}-{mat_type.name.lower()}-lora-{lora_type.name.lower()}.bin"
+    lora_name = lora_type.name.lower() if lora_type else "as-convert"
+    path = args.model or args.dir / f"rwkv7-{args.shape}-{mat_type.name.lower()}-lora-{lora_name}.bin"
     if args.model is None and not path.exists():
         args.dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

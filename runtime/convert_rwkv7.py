@@ -7,7 +7,8 @@ V7_LORA_TRANSPOSED), r_k flattened to (C,), ffn.x_k as (1, 1, C), ln0 kept (llam
 token_embd_norm; nothing is folded), w0 raw, and in layer 0 dummy v0/v1/v2 that copy a0/a1/a2 (llama.cpp's loader
 requires them; the model never reads them). The big matrices (att receptance/key/value/output,
 ffn key/value) take the requested type, the embedding and head follow convert's policy, and
-everything else (vectors, r_k, lerps) stays F32, LoRA factors F16 (F32 in an F32 file), as rwkv.cpp keeps them.
+everything else (vectors, r_k, lerps) stays F32; LoRA factors are F16 (F32 in an F32 file) as rwkv.cpp
+keeps them, or Q8_0 in a quantized file where their rows are whole blocks (mixes.lora_factor_type).
 
 Metadata: llama.cpp's `rwkv7.*` keys (context length, widths, epsilon, head size, the four LoRA
 ranks, head_count 0), the vocabulary as llama.cpp stores it (runtime/text/gguf_vocab.py), and the
@@ -26,7 +27,7 @@ from runtime.formats.checkpoint import V7_LORA_TRANSPOSED, Checkpoint
 from runtime.formats.detect import LN_EPS
 from runtime.formats.gguf_file import TensorPlan
 from runtime.formats.gguf_rwkv7 import ARCH, LERP_ORDER, fused_lerp_name, gguf_name
-from runtime.quant.mixes import Policy
+from runtime.quant.mixes import Policy, lora_factor_type
 from runtime.quant.types import DType
 
 CONTEXT_LENGTH = 1048576  # what llama.cpp's converter writes: RWKV has no trained context limit
@@ -50,11 +51,10 @@ def rwkv7_layout(ckpt: Checkpoint, policy: Policy) -> Layout:
     C = a.n_embd
     t = ckpt.tensors
     transposed = V7_LORA_TRANSPOSED in ckpt.transforms
-    # LoRA factors: F32 in an F32 file, else F16 as rwkv.cpp's FP16 files hold them. Their rows are
-    # short (the rank), so decoding F16 costs half the bytes of F32 and less per byte than a block
-    # type: 0.4B shape, WKV-7 + LoRA + norms 15.3 % of a decode step with F32 factors, 8.7 % with F16
-    # (bench/rwkv7_profile.py).
-    lora_type = policy.small_matrix
+    # LoRA factors (mixes.lora_factor_type): F32 in an F32 file, F16 in an F16 one (as rwkv.cpp's FP16
+    # files hold them), Q8_0 in quantized files where their rows are whole blocks: 0.4B shape, WKV-7 +
+    # LoRA + norms 15.3 % of a decode step with F32 factors, 11.8 % with F16, 8.5 % with Q8_0 (short
+    # rows by matvec_q8short.py; bench/rwkv7_profile.py, see docs/ARCHITECTURE.md).
     layout = Layout([])
 
     def stream(src: str) -> None:
@@ -77,7 +77,7 @@ def rwkv7_layout(ckpt: Checkpoint, policy: Policy) -> Layout:
         if not transposed:
             shape = shape[::-1]
         build(name, shape, lambda: t[src].numpy() if transposed else np.ascontiguousarray(t[src].numpy().T), [src],
-              lora_type)
+              lora_factor_type(policy.target, shape[-1]))
 
     stream("emb.weight")
     vector("blocks.0.ln0.weight")

@@ -47,7 +47,8 @@ def test_bytes_per_token_are_the_matrices_the_head_one_embedding_row_and_the_vec
 
 @pytest.fixture(scope="module")
 def v7_files(tmp_path_factory):
-    """One small RWKV-7 as an rwkv.cpp Q5_1 file and as our Q8_0 GGUF (LoRA factors F16 in both)."""
+    """One small RWKV-7 as an rwkv.cpp Q5_1 file (LoRA factors F16) and as our Q8_0 GGUF (LoRA factors Q8_0
+    where their rows are whole blocks: the first factors, rows of C; F16 for ranks 24-48)."""
     d = tmp_path_factory.mktemp("bench7")
     sd = v7_state_dict(n_layer=2, n_embd=128, n_vocab=320, seed=4)
     pth = write_pth(d / "v7.pth", sd, "bfloat16")
@@ -57,9 +58,10 @@ def v7_files(tmp_path_factory):
 
 
 def test_rwkv7_bytes_per_token_count_the_lora_factors_and_vectors(v7_files):
-    for path in v7_files:
+    for path, first in zip(v7_files, (DType.F16, DType.Q8_0), strict=True):
         t = open_checkpoint(path).tensors
-        assert {t[f"blocks.1.att.{n}"].dtype for n in ("w1", "a2", "v1", "g2")} == {DType.F16}
+        assert {t[f"blocks.1.att.{n}"].dtype for n in ("w1", "v1")} == {first}
+        assert {t[f"blocks.1.att.{n}"].dtype for n in ("a2", "g2")} == {DType.F16}
         with load_model(path, threads=1) as model:
             assert bytes_per_decoded_token(model) == _all_but_the_embeddings_other_rows(path)
 

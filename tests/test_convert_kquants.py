@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from runtime.quant.mixes import Policy, parse_target
+from runtime.quant.mixes import Policy, is_lora_factor, lora_factor_type, parse_target, small_matrix_type
 from runtime.quant.types import DType
 from tests.support.synthetic import v4_state_dict, v7_state_dict, v56_state_dict
 from tests.support.torch_writer import write_pth
@@ -33,15 +33,19 @@ def _stored(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], DType]], int]:
 
 
 def _check_policy(path: Path, target: str, n_layer: int) -> dict[DType, int]:
-    """Every quantized tensor holds what the policy says; returns the count per type."""
+    """Every quantized tensor holds what the policy says (RWKV-7's LoRA factors: lora_factor_type); returns
+    the count per type."""
     tensors, file_type = _stored(path)
     t = parse_target(target)
     assert file_type == t.file_type
     policy = Policy(t, n_layer)
+    v7 = gguf.GGUFReader(str(path)).get_field("general.architecture").contents() == "rwkv7"
     counts: dict[DType, int] = {}
     for name, (shape, dtype) in tensors.items():
         counts[dtype] = counts.get(dtype, 0) + 1
-        if dtype.is_quantized or name in ("token_embd.weight", "emb.weight"):
+        if is_lora_factor(name):  # RWKV-6's token-shift pair has two of these names: always F16/F32
+            assert dtype is (lora_factor_type(t, shape[-1]) if v7 else small_matrix_type(t)), name
+        elif dtype.is_quantized or name in ("token_embd.weight", "emb.weight"):
             assert dtype is policy.matrix(name, shape), name
     return counts
 

@@ -6,6 +6,7 @@ as the gguf package reads it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gguf
@@ -44,9 +45,14 @@ def gguf_fields(path) -> tuple[dict, dict]:
 
 def expected_llamacpp_tensors(n_layer: int, C: int, F: int, V: int, matrix: str, emb: str, head: str) -> dict:
     """llama.cpp's rwkv7 tensors: name -> (ggml shape, type), from the layout table (§3.4). LoRA
-    factors are F16 unless the file is F32 (as rwkv.cpp's FP16 files hold them)."""
+    factors are F32 in an F32 file, F16 in an F16 one (as rwkv.cpp's FP16 files hold them), and in a
+    quantized file Q8_0 where their rows (ggml's first dimension) are whole blocks, else F16."""
     Dw, Da, Dv, Dg = RANKS
-    lora = "F32" if matrix == "F32" else "F16"
+
+    def lora(row: int) -> str:
+        if matrix in ("F32", "F16"):
+            return matrix
+        return "Q8_0" if row % 32 == 0 else "F16"
     out = {"token_embd.weight": ((C, V), emb), "token_embd_norm.weight": ((C,), "F32"),
            "token_embd_norm.bias": ((C,), "F32"), "output_norm.weight": ((C,), "F32"),
            "output_norm.bias": ((C,), "F32"), "output.weight": ((C, V), head)}
@@ -60,8 +66,8 @@ def expected_llamacpp_tensors(n_layer: int, C: int, F: int, V: int, matrix: str,
         for k, d in (("w", Dw), ("a", Da), ("v", dv), ("g", Dg)):
             if k != "g":
                 out[b + f"time_mix_{k}0.weight"] = ((C,), "F32")
-            out[b + f"time_mix_{k}1.weight"] = ((C, d), lora)
-            out[b + f"time_mix_{k}2.weight"] = ((d, C), lora)
+            out[b + f"time_mix_{k}1.weight"] = ((C, d), lora(C))
+            out[b + f"time_mix_{k}2.weight"] = ((d, C), lora(d))
         for n in ("k_k", "k_a", "r_k"):
             out[b + f"time_mix_{n}.weight"] = ((C,), "F32")
         for n in ("receptance", "key", "value", "output"):
@@ -127,7 +133,10 @@ def test_quantized_conversion_quantizes_only_the_big_matrices(tmp_path):
     for name in BIG:
         stored = ckpt.tensors[f"blocks.2.{name}"].read_raw_rows()
         assert np.array_equal(stored, quantize(sd[f"blocks.2.{name}"], DType.Q5_1)), name
-    assert np.array_equal(ckpt.tensors["blocks.2.att.g1"].numpy(), sd["blocks.2.att.g1"].T.astype(np.float16))
+    # LoRA factors: Q8_0 where their rows are whole blocks (first factors, rows of C), else F16 (ranks 8-40)
+    g1, g2 = ckpt.tensors["blocks.2.att.g1"], ckpt.tensors["blocks.2.att.g2"]
+    assert np.array_equal(g1.read_raw_rows(), quantize(np.ascontiguousarray(sd["blocks.2.att.g1"].T), DType.Q8_0))
+    assert np.array_equal(g2.numpy(), sd["blocks.2.att.g2"].T.astype(np.float16))
 
 
 def test_world_vocabulary_is_stored_as_llamacpp_does_and_gives_the_world_tokenizer(tmp_path):
@@ -185,6 +194,8 @@ def test_inspect_shows_version_head_size_and_lora_ranks(tmp_path, capsys):
     for needle in ("RWKV-7", "3 × 64", "2 × head size 32", "decay 8, iclr 24, value 40, gate 16",
                    "blocks.0.att.w1", "rwkv7.wkv.head_size"):
         assert needle in text, needle
+    # the first factors (rows of C = 64, whole blocks): w1, a1, v1, g1 in each of 3 layers
+    assert re.search(r"Q8_0 +│ +12 │ RWKV-7's LoRA factors: Q8_0 in quantized files", text), text
 
 
 def _bad_sources(tmp_path):

@@ -303,7 +303,7 @@ def test_cli_ctrl_c_prints_partial_figures(files, capsys, monkeypatch):
 def test_rwkv7_reference_from_a_checkpoint_matches_the_official_logits(tmp_path):
     """A v7 .pth is converted to a temporary F32 file (llama.cpp's rwkv7 layout) as the reference; its
     perplexity agrees with the official package's logits, and the types column names the big matrices'
-    type (the LoRA factors are F16 in every quantized file, not a mixture of the formats)."""
+    type (the LoRA factors, F16 or Q8_0 in a quantized file, are not counted: not a mixture of the formats)."""
     ref = load_reference_v7("rwkv7-b")
     tokens = ref.tokens.astype(np.int64)
     report = evaluate_formats(ref.pth_path, ["q5_1", "f16"], tokens.tolist(), threads=2, work_dir=tmp_path)

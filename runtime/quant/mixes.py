@@ -201,6 +201,15 @@ def small_matrix_type(target: Target) -> DType:
     return DType.F32 if target.base is DType.F32 else DType.F16
 
 
+def lora_factor_type(target: Target, n_cols: int) -> DType:
+    """Type of an RWKV-7 LoRA factor stored in rows of `n_cols` values: Q8_0 in a quantized file where the
+    rows are whole blocks (half the bytes of F16 for a KL change within noise beside Q5_1 matrices; the
+    LoRA products are 8.6 % of what a 0.4B step reads), else small_matrix_type (F16, F32 in an F32 file)."""
+    if target.base in (DType.F32, DType.F16) or n_cols % DType.Q8_0.block_size:
+        return small_matrix_type(target)
+    return DType.Q8_0
+
+
 @dataclass(frozen=True)
 class TypeCount:
     dtype: DType
@@ -216,6 +225,8 @@ def type_summary(tensors: Iterable[tuple[str, tuple[int, ...], DType]], target: 
     for name, shape, dtype in tensors:
         if len(shape) < 2 or sum(d > 1 for d in shape) < 2:
             rule = "vectors (1-D)"
+        elif dtype is DType.Q8_0 and is_lora_factor(name):
+            rule = "RWKV-7's LoRA factors: Q8_0 in quantized files"
         elif not _quantizable(name):
             rule = "RWKV's small 2-D weights (LoRA factors, lerps), not quantized"
         elif target is None:
@@ -236,6 +247,14 @@ def _generic(rule: str) -> str:
 _NOT_QUANTIZED = ("time_mix_first", "time_mix_w0", "time_mix_w1", "time_mix_w2", "time_mix_v0", "time_mix_v1",
                   "time_mix_v2", "time_mix_a0", "time_mix_a1", "time_mix_a2", "time_mix_g1", "time_mix_g2",
                   "time_mix_decay_w1", "time_mix_decay_w2", "time_mix_lerp_fused", "_norm.weight")
+
+_LORA_FACTOR = re.compile(r"time_mix_[wavg][12]\.weight$")
+
+
+def is_lora_factor(name: str) -> bool:
+    """Whether `name` is a LoRA factor's GGUF name in RWKV-7's layout (time_mix_w1/w2, a1/a2, v1/v2, g1/g2;
+    RWKV-6's token-shift pair is also named time_mix_w1/w2)."""
+    return _LORA_FACTOR.search(name) is not None
 
 
 def _quantizable(name: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from runtime.quant.mixes import Policy, choose, parse_target, type_summary
+from runtime.quant.mixes import Policy, choose, lora_factor_type, parse_target, type_summary
 from runtime.quant.types import DType
 
 Q = DType
@@ -131,3 +131,18 @@ def test_type_summary_counts_types_with_their_rule():
     assert any(t is Q.Q4_K and "base type" in rule for t, rule in rows)
     assert any(t is Q.Q8_0 and "not what Q4_K_M's policy gives" in rule for t, rule in rows)
     assert any(t is Q.F16 and "not quantized" in rule for t, rule in rows)
+
+
+def test_rwkv7_lora_factors_are_q8_0_in_quantized_files_where_rows_are_whole_blocks():
+    assert lora_factor_type(parse_target("f32"), 1024) is Q.F32
+    assert lora_factor_type(parse_target("f16"), 1024) is Q.F16
+    for name in ("q8_0", "q5_1", "q4_0", "q5_k_m", "q2_k"):
+        assert lora_factor_type(parse_target(name), 1024) is Q.Q8_0, name
+        assert lora_factor_type(parse_target(name), 64) is Q.Q8_0, name
+        assert lora_factor_type(parse_target(name), 40) is Q.F16, name  # a rank of no whole blocks
+    rows = {(r.dtype, r.rule) for r in type_summary([("blk.0.time_mix_w2.weight", (64, 1024), Q.Q8_0),
+                                                     ("blk.0.time_mix_g1.weight", (1024, 128), Q.Q8_0),
+                                                     ("blk.0.time_mix_lerp_fused.weight", (1024, 1, 1, 6), Q.F32)],
+                                                    parse_target("q5_1"), 1)}
+    assert rows == {(Q.Q8_0, "RWKV-7's LoRA factors: Q8_0 in quantized files"),
+                    (Q.F32, "RWKV's small 2-D weights (LoRA factors, lerps), not quantized")}

@@ -24,7 +24,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from runtime.jit.irkit import F32, F32P, I8P, I16, I64, VOID, counted_loop, get_or_define
-from runtime.jit.kernels import matvec_dot, matvec_int16
+from runtime.jit.kernels import matvec_dot, matvec_int16, matvec_q8short
 from runtime.jit.kernels.dequant import NIBBLE_LAYOUTS, block_at, check_supported, decode_block
 from runtime.jit.kernels.dequant_k import is_k_quant
 from runtime.jit.kernels.irhelpers import (
@@ -54,6 +54,7 @@ from runtime.jit.kernels.irhelpers import (
 from runtime.jit.kernels.matvec_dot import DotVariant, dot_emitter
 from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
 from runtime.jit.kernels.matvec_kquant import kquant_emitter, kquant_rows
+from runtime.jit.kernels.matvec_q8short import short_q8_emitter, uses_short_q8
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
 
@@ -78,6 +79,8 @@ def rows_per_step(dtype: DType, n_cols: int) -> int:
     for the other quantized ones (their decoding needs more registers); measured. K-quants: matvec_kquant."""
     if is_k_quant(dtype):
         return kquant_rows(dtype, n_cols)
+    if uses_short_q8(dtype, n_cols):
+        return matvec_q8short.ROWS
     variant = int16_variant(dtype)
     if isinstance(variant, DotVariant):
         return matvec_dot.rows_for(dtype, n_cols, variant)
@@ -306,6 +309,8 @@ def emit_matvec(
         step = rows_per_step(dtype, n_cols)
         if is_k_quant(dtype):
             emit = kquant_emitter(b, dtype, n_cols, accumulate, w, x, y)
+        elif uses_short_q8(dtype, n_cols):
+            emit = short_q8_emitter(b, n_cols, accumulate, w, x, y)
         elif isinstance(variant, DotVariant):
             emit = dot_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
         elif variant is not None:
