@@ -32,7 +32,16 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import F32, I8, I16, I32, counted_loop, intrinsic
-from runtime.jit.kernels.dequant_k import GROUP, SUPER, code_fields, sub_scales, sub_size, superblock_at
+from runtime.jit.kernels.dequant_k import (
+    GROUP,
+    SUB,
+    SUPER,
+    code_bias,
+    code_fields,
+    sub_scales,
+    sub_size,
+    superblock_at,
+)
 from runtime.jit.kernels.irhelpers import (
     PIECES,
     V8F,
@@ -71,6 +80,13 @@ PREFETCH_GROUPS = 1
 PREFETCH_LOCALITY = 2
 SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
+# The chunks' integer dot products summed per sub-block of 16 by two levels of pairwise lane sums (shuffles
+# and integer adds), then one conversion and one FMA per super-block and row, instead of a conversion, a
+# scale permutation and an FMA per chunk (a switch for A/B runs)
+SUM_SUBS = True
+# Q3_K/Q6_K (value = scale·(q − offset)): Σx per sub-block stored times −offset once per call, so that the
+# bias term is scale·that instead of (scale·−offset)·Σx per super-block (a switch for A/B runs)
+BIAS_IN_XSUM = True
 
 
 def chunk_width(variant: Variant) -> int:
@@ -81,14 +97,17 @@ def chunk_width(variant: Variant) -> int:
 
 class _PreparedX:
     """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx` sx and `xsum` Σx
-    per sub-block of `size` values (16: each block's sx twice; 32: once)."""
+    per sub-block of `size` values (16: each block's sx twice; 32: once), Σx times `xsum_factor`; `sx16`
+    sx per 16 values (`sx` itself where size is 16)."""
 
-    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None) -> None:
+    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None,
+                 xsum_factor: float = 1.0) -> None:
         self.pattern = pattern
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
         self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
         self.size = size
         self.sx = stack_floats(b, n_cols // size, align=64, name="sx")
+        self.sx16 = self.sx if size == SUB else stack_floats(b, n_cols // SUB, align=64, name="sx16")
         self.xsum = stack_floats(b, n_cols // size, align=64, name="xsum")
         mod = b.module
         fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
@@ -108,7 +127,13 @@ class _PreparedX:
                 at = b.add(b.mul(k, i64c(per)), i64c(i))
                 b.store(sx, b.gep(self.sx, [at], inbounds=True))
                 mine = parts[i * PIECES // per:(i + 1) * PIECES // per]
-                b.store(hsum(b, tree_sum(b, mine)), b.gep(self.xsum, [at], inbounds=True))
+                total = hsum(b, tree_sum(b, mine))
+                if xsum_factor != 1.0:
+                    total = b.fmul(total, ir.Constant(F32, xsum_factor))
+                b.store(total, b.gep(self.xsum, [at], inbounds=True))
+            if self.sx16 is not self.sx:
+                for i in range(GROUP // SUB):
+                    b.store(sx, b.gep(self.sx16, [b.add(b.mul(k, i64c(GROUP // SUB)), i64c(i))], inbounds=True))
             inv_v = splat(b, inv)
             for j, p in enumerate(parts):
                 q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
@@ -192,6 +217,20 @@ def _times256(b: ir.IRBuilder, v: ir.Value, pattern: ir.Value) -> ir.Value:
     return b.bitcast(b.call(fn, [b.bitcast(v, bty), pattern]), v.type)
 
 
+def sub_block_sums(b: ir.IRBuilder, dots: list[ir.Value]) -> ir.Value:
+    """Σ per sub-block of 16 values as <16 x i32>, from the chunks' dword lanes (4 consecutive values
+    each, in value order across `dots`): twice, each pair of vectors becomes the sums of their adjacent
+    lanes (even lanes + odd lanes of the two side by side), which keeps the value order."""
+    for _ in range(2):
+        pairs = zip(dots[::2], dots[1::2], strict=True)
+        dots = [b.add(shuffle(b, lo, hi, list(range(0, 2 * lo.type.count, 2))),
+                      shuffle(b, lo, hi, list(range(1, 2 * lo.type.count, 2)))) for lo, hi in pairs]
+    if len(dots) == 1:
+        return dots[0]
+    lo, hi = dots
+    return shuffle(b, lo, hi, list(range(2 * lo.type.count)))
+
+
 def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value, xl: ir.Value,
                pattern: ir.Value | None) -> ir.Value:
     """Σ q·X per dword lane (4 values each) = 256·Σ q·Xh + Σ q·Xl, as <width/4 x i32>."""
@@ -219,7 +258,8 @@ class _RowDot:
                  ahead: int) -> None:
         self.b, self.dtype, self.variant, self.prep, self.row, self.ahead = b, dtype, variant, prep, row, ahead
         self.width = chunk_width(variant)
-        self.acc = Var(b, ir.Constant(ir.VectorType(F32, self.width // 4), None), "acc")
+        lanes = SUPER // SUB if SUM_SUBS else self.width // 4
+        self.acc = Var(b, ir.Constant(ir.VectorType(F32, lanes), None), "acc")
         self.subs_ty = ir.VectorType(F32, SUPER // prep.size)
         self.bias = Var(b, ir.Constant(self.subs_ty, None), "bias")
 
@@ -233,12 +273,21 @@ class _RowDot:
         sub = sub_scales(b, self.dtype, ptr)
         n_subs = SUPER // sub.size
         first = b.mul(k, i64c(n_subs))
-        self.bias.set(fma(b, sub.bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty),
-                          self.bias.get()))
-        ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
+        # types whose bias is scale·(−offset) meet Σx·(−offset) (_PreparedX's xsum_factor) with the scale
+        bias = sub.scale if BIAS_IN_XSUM and code_bias(self.dtype) else sub.bias
+        self.bias.set(fma(b, bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty), self.bias.get()))
+        dots = []
         for c, (xh, xl) in enumerate(xs):
             codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
-            dot = _dot_bytes(b, self.variant, codes, xh, xl, prep.pattern)
+            dots.append(_dot_bytes(b, self.variant, codes, xh, xl, prep.pattern))
+        if SUM_SUBS:
+            sums = sub_block_sums(b, dots)
+            per16 = shuffle(b, sub.scale, sub.scale, [i * SUB // sub.size for i in range(SUPER // SUB)])
+            ds16 = b.fmul(per16, load_vec(b, prep.sx16, b.mul(k, i64c(SUPER // SUB)), align=64, ty=per16.type))
+            self.acc.set(fma(b, b.sitofp(sums, ds16.type), ds16, self.acc.get()))
+            return
+        ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
+        for c, dot in enumerate(dots):
             lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
@@ -257,7 +306,8 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     y[first + i] (+)= W[first + i]·x for i < count."""
     width = chunk_width(variant)
     pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
-    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern)
+    factor = -float(code_bias(dtype)) if BIAS_IN_XSUM and code_bias(dtype) else 1.0
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor)
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
