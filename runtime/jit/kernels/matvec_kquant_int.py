@@ -6,7 +6,8 @@ as its two signed bytes (X = 256·Xh + Xl); Σx per sub-block stays float for th
 super-block and row:
 
 * the sub-block scales and biases are decoded at once (dequant_k.sub_scales: 8 or 16 lanes), the
-  scales multiplied by sx and the biases dotted with Σx (per sub-block) into a float accumulator;
+  biases dotted with Σx (per sub-block; for Q3_K/Q6_K, whose bias is scale·(−offset), Σx·(−offset) is
+  stored once per call and meets the scales) into a float accumulator;
 * the codes are built as unsigned bytes, a chunk of `width` values at a time (64 in a 512-bit register
   on hosts with AVX-512 VNNI and BW, two 32-value groups; else 32): each field of dequant_k.code_fields
   is one 32- or 64-byte load (two groups reading the same bytes share one broadcast load), one shift of
@@ -15,12 +16,17 @@ super-block and row:
 * Σ q·X = 256·Σ q·Xh + Σ q·Xl by two vpdpbusd (AVX2 without VNNI: vpmaddubsw then vpmaddwd, which
   cannot saturate: q ≤ 63, |Xh|, |Xl| ≤ 128), each dword lane holding 4 values of one sub-block;
   (with VNNI the ·256 is a byte shuffle, vpshufb, off the port the other three use);
-* one conversion to float and one FMA by the lanes' d·scale·sx, picked from the 8 or 16 per
-  super-block by one permutation.
+* the chunks' dword lanes are summed per sub-block of 16 in integers (SUM_SUBS: two levels of
+  pairwise sums of adjacent lanes, even and odd lanes of two vectors side by side), then one
+  conversion to float and one FMA by d·scale·sx per sub-block (sx per 16 values, stored once per call).
 
-L2 GB/s per thread (bench/kernels.py, rows of 1024 and 4096, Sapphire Rapids, loaded machine; Q5_1
-and Q4_0 in the same runs about 19-21 and 18-20): Q4_K 19.4-21.9, Q5_K 21.6-23.2, Q6_K 28.4-32,
-Q3_K 12.8-14, Q2_K 12-13.5. Per value the five types cost about the same; Q2_K/Q3_K have fewer bytes.
+L2 GB/s per thread (bench/kernel_ab.py, 2048 columns, one thread's CPU time, Sapphire Rapids at load 9;
+before → after SUM_SUBS, dequant_k.SCALES_IN_QWORDS and BIAS_IN_XSUM, interleaved): Q2_K 13.6 → 13.6,
+Q3_K 13.4 → 14.4, Q4_K 20.0 → 20.9, Q5_K 20.9 → 21.4, Q6_K 27.5 → 28.5. Per value the five types cost
+about the same (Q2_K/Q3_K have fewer bytes): what bounds them here is the µops on the two 512-bit ports
+(0 and 5) together, of which the two vpdpbusd and the vpshufb per chunk are the largest share (one
+vpdpbusd fewer, results wrong, measured +17-20 %); llvm-mca's Sapphire Rapids model counts port 0 alone
+and so overstates SUM_SUBS (bench/kernel_costs.py --types q2_k,q3_k,q4_k,q5_k,q6_k).
 
 The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row.
 """
