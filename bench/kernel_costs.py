@@ -108,6 +108,8 @@ CPUS = [
     CpuModel("neoverse-v2", ARM64, "neoverse-v2", _NEON + ",+dotprod,+i8mm", "neoverse-v2"),
 ]
 TYPE_NAMES = ["F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+# K-quant types (matvec_kquant.py), costed when --types names them
+K_TYPE_NAMES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 # the int16 kernel's variants by name, as Variant(vnni, masks, wide, gfni)
 INT16_VARIANTS = {
     "avx2": (False, False, False, False),
@@ -120,8 +122,8 @@ INT16_VARIANTS = {
 # the arm64 kernel's variants (runtime/jit/kernels/matvec_dot.py)
 ARM_VARIANTS = ("dot", "dot+i8mm")
 VARIANT_ORDER = ["float", "float512", *INT16_VARIANTS, *ARM_VARIANTS]
-LOOP_KINDS = ("scales", "pair", "blk")  # counted_loop names inside the row loop
-BLOCKS_PER_UNIT = {"scales": 8, "pair": 2, "blk": 1}
+LOOP_KINDS = ("scales", "pair", "blk", "sblk")  # counted_loop names inside the row loop
+BLOCKS_PER_UNIT = {"scales": 8, "pair": 2, "blk": 1, "sblk": 8}  # sblk: a K-quant super-block of 256
 
 
 # -- the worker: runs in a process whose host_target() is the CPU model ---------------------------------
@@ -136,13 +138,28 @@ def _variant_name(v: object | None) -> str:
     return next(name for name, f in INT16_VARIANTS.items() if f == flags)
 
 
+def _k_variant_name(v: object | None) -> str:
+    """A K-quant kernel variant's name: matvec_kquant_int reads vnni, wide and gfni, not masks (AVX-512BW
+    without VNNI and VBMI builds the avx2 kernel)."""
+    if v is None:
+        return "float"
+    return _variant_name(type(v)(vnni=v.vnni, masks=v.wide, wide=v.wide, gfni=v.gfni))
+
+
 def _allowed(dtype: object) -> list[str]:
     """The variants this CPU's features allow for `dtype` (every one needing no more than its pick)."""
-    from runtime.jit.kernels import matvec_int16
+    from runtime.jit.kernels import matvec_int16, matvec_kquant
     from runtime.jit.target import host_target
-    from runtime.quant.types import DType
+    from runtime.quant.types import K_QUANT_TYPES, DType
 
     feats = host_target().enabled
+    if dtype in K_QUANT_TYPES:
+        pick = matvec_kquant.int_variant(dtype)
+        if pick is None:
+            return ["float"]
+        ok = [name for name, (vnni, masks, wide, gfni) in INT16_VARIANTS.items()
+              if masks == wide and (not vnni or pick.vnni) and (not wide or pick.wide) and (not gfni or pick.gfni)]
+        return ["float", *ok]
     if dtype in (DType.F32, DType.F16):
         return ["float", "float512"] if "avx512f" in feats else ["float"]
     if not host_target().is_x86:
@@ -161,9 +178,11 @@ def _allowed(dtype: object) -> list[str]:
 
 
 def _runtime_pick(dtype: object) -> str:
-    from runtime.jit.kernels import matvec, matvec_int16
-    from runtime.quant.types import DType
+    from runtime.jit.kernels import matvec, matvec_int16, matvec_kquant
+    from runtime.quant.types import K_QUANT_TYPES, DType
 
+    if dtype in K_QUANT_TYPES:
+        return _k_variant_name(matvec_kquant.int_variant(dtype))
     if dtype in (DType.F32, DType.F16):
         return "float512" if matvec.wide_float_rows(dtype) else "float"
     return _variant_name(matvec_int16.int16_variant(dtype))
@@ -173,7 +192,7 @@ def _runtime_pick(dtype: object) -> str:
 def _forced(variant: str) -> Iterator[None]:
     """emit_matvec builds `variant` inside the block (its two decisions, module globals looked up per
     call, replaced for the time being)."""
-    from runtime.jit.kernels import matvec, matvec_dot, matvec_int16
+    from runtime.jit.kernels import matvec, matvec_dot, matvec_int16, matvec_kquant
 
     if variant in ("float", "float512"):
         forced = None
@@ -181,13 +200,14 @@ def _forced(variant: str) -> Iterator[None]:
         forced = matvec_dot.DotVariant(i8mm=variant == "dot+i8mm")
     else:
         forced = matvec_int16.Variant(*INT16_VARIANTS[variant])
-    saved = matvec.int16_variant, matvec.wide_float_rows
+    saved = matvec.int16_variant, matvec.wide_float_rows, matvec_kquant.int_variant
     matvec.int16_variant = lambda t: forced if t in matvec_int16.INT16_TYPES else None
     matvec.wide_float_rows = lambda t: variant == "float512"
+    matvec_kquant.int_variant = lambda t: forced if isinstance(forced, matvec_int16.Variant) else None
     try:
         yield
     finally:
-        matvec.int16_variant, matvec.wide_float_rows = saved
+        matvec.int16_variant, matvec.wide_float_rows, matvec_kquant.int_variant = saved
 
 
 def _module(dtype: object, cols: int, variant: str) -> tuple[object, int]:
@@ -311,8 +331,11 @@ def inner_loops(asm: str, comment: str = "#") -> dict[str, list[str]]:
 def _units(kind: str, insns: list[str]) -> int:
     """Loop units (of BLOCKS_PER_UNIT blocks) per iteration and row group: one prefetch per row and block
     (or pair) in the dot-product loops, one gather (or one half → float conversion) per row in the
-    scale loop. Counted rather than assumed: LLVM may unroll a loop for some CPUs."""
+    scale loop, one half → float conversion per row and super-block in the K-quant loop. Counted rather
+    than assumed: LLVM may unroll a loop for some CPUs."""
     ops = [i.split()[0] for i in insns if i]
+    if kind == "sblk":  # (with AVX512-FP16 the scalar vcvtsh2ss)
+        return sum(op.startswith(("vcvtph2ps", "vcvtsh2ss")) for op in ops)
     if kind == "scales":
         gathers = sum(op.startswith("vpgather") for op in ops)
         return gathers or sum(op.startswith("vcvtph2ps") for op in ops)
@@ -344,7 +367,9 @@ def mca_cycles(mca: str, triple: str, cpu: str, insns: list[str]) -> tuple[float
 SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS": "matvec",
             "PREFETCH_GROUPS": "matvec_int16", "PREFETCH_TARGET": "matvec_int16", "LONG_ROW": "matvec_int16",
             "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16", "Q8_BYTES": "matvec_int16",
-            "USE_I8MM": "matvec_dot"}
+            "USE_I8MM": "matvec_dot", "SUM_SUBS": "matvec_kquant_int", "SHIFT_BY_SHUFFLE": "matvec_kquant_int",
+            "USE_GFNI": "matvec_kquant_int", "PREFETCH_LOCALITY": "matvec_kquant_int",
+            "SCALES_IN_QWORDS": "dequant_k", "BIAS_IN_XSUM": "matvec_kquant_int"}
 
 
 def apply_switches(switches: dict[str, int]) -> None:
@@ -373,7 +398,7 @@ def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool =
         for variant in _allowed(dtype):
             asm, rows = _assembly(dtype, cols, variant)
             n_blocks = cols // 32
-            covered = {"scales": n_blocks // 8 * 8, "pair": 0, "blk": n_blocks}
+            covered = {"scales": n_blocks // 8 * 8, "pair": 0, "blk": n_blocks, "sblk": n_blocks // 8 * 8}
             detail = {}
             countable = True  # blocks per iteration are counted by prefetches: not without them
             for kind, insns in inner_loops(asm, "#" if cpu.triple == X86 else "//").items():
@@ -395,7 +420,7 @@ def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool =
                          for m in ("ports", "simulated")}
             results.append({"cpu": cpu_name, "type": tname, "variant": variant, "picked": variant == pick,
                             "rows": rows, "cycles_per_block": per_block["ports"],
-                            "simulated_per_block": per_block["simulated"], "block_bytes": dtype.row_bytes(32),
+                            "simulated_per_block": per_block["simulated"], "block_bytes": dtype.row_bytes(256) / 8,
                             "loops": detail})
             if measure:
                 results[-1]["l2_gbs"], results[-1]["memory_gbs"] = measured_gbs(dtype, cols, variant)
@@ -517,7 +542,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cols", type=int, default=DEFAULT_COLS, help="values per row (a multiple of 32)")
     ap.add_argument("--cpus", help="comma-separated CPU models (default: all: " + ", ".join(c.name for c in CPUS) + ")")
-    ap.add_argument("--types", help="comma-separated weight types (default: all)")
+    ap.add_argument("--types", help="comma-separated weight types (default: " + ",".join(TYPE_NAMES)
+                    + "; the K-quants " + ",".join(K_TYPE_NAMES) + " when named)")
     ap.add_argument("--mca", help="llvm-mca to use (default: the newest on PATH)")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table")
     ap.add_argument("--summary", action="store_true",
@@ -543,9 +569,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown CPU model(s) {unknown}; known: {', '.join(names)}")
     types = [t.upper() for t in args.types.split(",")] if args.types else TYPE_NAMES
-    bad = [t for t in types if t not in TYPE_NAMES]
+    bad = [t for t in types if t not in TYPE_NAMES + K_TYPE_NAMES]
     if bad:
-        ap.error(f"unknown type(s) {bad}; known: {', '.join(TYPE_NAMES)}")
+        ap.error(f"unknown type(s) {bad}; known: {', '.join(TYPE_NAMES + K_TYPE_NAMES)}")
     if args.calibrate and args.calibrate not in names:
         ap.error(f"unknown CPU model {args.calibrate!r}; known: {', '.join(names)}")
     if args.calibrate and not runs_here(next(c for c in CPUS if c.name == args.calibrate)):

@@ -43,6 +43,23 @@ def test_the_row_loops_inner_loops_are_found_with_one_unit_per_row(dtype: DType,
         assert set(out["units"]) == {dot_loop}
 
 
+@pytest.mark.parametrize("cpu, dtype, variant", [
+    ("sapphirerapids", DType.Q3_K, "wide+gfni"),  # half → float by AVX512-FP16's scalar vcvtsh2ss
+    ("haswell", DType.Q4_K, "avx2"),
+    ("haswell", DType.Q2_K, "float"),
+])
+def test_k_quant_kernels_are_costed_per_super_block(cpu: str, dtype: DType, variant: str) -> None:
+    """A K-quant kernel's super-block loop (`sblk`) is found inside the row loop with one unit (one half
+    → float conversion) per row and super-block, for the integer variants and the float kernel alike."""
+    features = next(c.features for c in kernel_costs.CPUS if c.name == cpu)
+    code = ("import json; from bench.kernel_costs import _assembly, inner_loops, _units; "
+            "from runtime.quant.types import DType; "
+            f"asm, rows = _assembly(DType.{dtype.name}, 1024, {variant!r}); loops = inner_loops(asm); "
+            "print(json.dumps({'rows': rows, 'units': {k: _units(k, v) for k, v in loops.items() if k != 'row'}}))")
+    out = _run(code, {"RWKV_TUI_CPU": cpu, "RWKV_TUI_FEATURES": features})
+    assert out["units"] == {"sblk": out["rows"]}
+
+
 def test_a_switch_set_before_building_changes_the_kernel() -> None:
     """--set PREFETCH_BYTES=0 builds the float kernel without its software prefetches (whose blocks
     per iteration then cannot be counted), as a re-measurement of that switch needs."""

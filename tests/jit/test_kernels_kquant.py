@@ -103,6 +103,27 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
         assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
 
 
+@pytest.mark.skipif(int_variant(DType.Q4_K) is None, reason="the integer kernel is not this host's")
+@pytest.mark.parametrize("module, switch", [
+    ("matvec_kquant_int", "SUM_SUBS"), ("matvec_kquant_int", "BIAS_IN_XSUM"), ("dequant_k", "SCALES_IN_QWORDS"),
+])
+def test_matvec_with_a_kernel_switch_off(monkeypatch: pytest.MonkeyPatch, module: str, switch: str) -> None:
+    """The other side of each A/B switch of the integer kernel (bench/kernel_ab.py) computes the same
+    products within the same bound."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(f"runtime.jit.kernels.{module}"), switch, False)
+    cols = 512
+    lib = make_test_library([(t, cols) for t in TYPES], accumulate=(False,), kinds=("matvec",), use_cache=False)
+    x = np.random.default_rng(5).normal(size=cols).astype(np.float32)
+    x[32:64] *= 1e-3
+    for t in TYPES:
+        raw, wd = weights(t, ROWS, cols, 11 + int(t))
+        y = np.zeros(ROWS, np.float32)
+        lib.matvec(t, cols)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, 0, ROWS)
+        _close(y, wd @ x, matvec_bound(raw, t, x))
+
+
 def test_rows_of_other_lengths_are_refused() -> None:
     for t in TYPES:
         with pytest.raises(ValueError, match="multiple of 256"):

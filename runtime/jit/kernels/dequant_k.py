@@ -53,6 +53,12 @@ GROUPS = SUPER // GROUP
 PIECES_PER_SUPER = SUPER // VL
 V16F = ir.VectorType(F32, 16)
 V16I32 = ir.VectorType(I32, 16)
+V16I8 = ir.VectorType(I8, 16)
+# Q3_K/Q4_K/Q5_K's 6-bit scales unpacked in two 64-bit scalar words instead of four 32-bit ones, so that two
+# vector inserts (vmovq, vpinsrq) instead of four carry them into a vector (a switch for A/B runs)
+SCALES_IN_QWORDS = True
+# where _k4_scales_wide puts Q4_K/Q5_K's scales sc0-7 then mins m0-7: lanes sc0-3, m0-3, sc4-7, m4-7
+K4_QWORD_ORDER = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,51 @@ def _c(v: int) -> ir.Constant:
     return ir.Constant(I32, v)
 
 
-def _k4_scales(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
-    """Q4_K/Q5_K: the 8 six-bit scales then the 8 mins of the 32-value sub-blocks, in 16 lanes, from the
+I64 = ir.IntType(64)
+
+
+def _c64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def _qwords_as_bytes(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value) -> ir.Value:
+    """Two u64 as 16 bytes, zero-extended to <16 x i32> (byte j of `lo` in lane j, of `hi` in lane 8 + j)."""
+    vec = ir.Constant(ir.VectorType(I64, 2), None)
+    vec = b.insert_element(b.insert_element(vec, lo, ir.Constant(I32, 0)), hi, ir.Constant(I32, 1))
+    return b.zext(b.bitcast(vec, ir.VectorType(I8, 16)), V16I32)
+
+
+def _k4_scales_wide(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
+    """_k4_scales' bytes in 64-bit scalar words, in the order sc0-3, m0-3, sc4-7, m4-7 (K4_QWORD_ORDER): two
+    vector inserts instead of four (each a shuffle-port µop on x86)."""
+    a = load_as(b, block, 4, I64)  # q[0..7]: u0 | u1 << 32
+    u2 = b.zext(load_as(b, block, 12, I32), I64)  # q[8..11]
+    low = b.and_(a, _c64(0x3F3F3F3F3F3F3F3F))  # sc0-3 | m0-3 << 32
+    # u2 & 15 in the low half, u2 >> 4 & 15 in the high half (the bits u2 << 28 puts into the low half's top
+    # nibble are masked off)
+    nib = b.and_(b.or_(u2, b.shl(u2, _c64(28))), _c64(0x0F0F0F0F0F0F0F0F))
+    tops = b.shl(b.and_(b.lshr(a, _c64(6)), _c64(0x0303030303030303)), _c64(4))  # q[j] >> 6 << 4, j < 8
+    return _qwords_as_bytes(b, low, b.or_(nib, tops))
+
+
+def _q3_scales_wide(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
+    """_q3_scales in 64-bit scalar words (two vector inserts instead of four)."""
+    a = load_as(b, block, 96, I64)  # q[0..7]
+    t = b.zext(load_as(b, block, 104, I32), I64)  # q[8..11]
+    four, two = _c64(0x0F0F0F0F0F0F0F0F), _c64(0x0303030303030303)
+    t2 = b.or_(t, b.shl(t, _c64(30)))  # t in the low half, t >> 2 in the high half (bits 30-31 of the low half masked)
+    s01 = b.or_(b.and_(a, four), b.shl(b.and_(t2, two), _c64(4)))
+    s23 = b.or_(b.and_(b.lshr(a, _c64(4)), four), b.shl(b.and_(b.lshr(t2, _c64(4)), two), _c64(4)))
+    return _qwords_as_bytes(b, s01, s23)
+
+
+def _k4_scales(b: ir.IRBuilder, block: ir.Value) -> tuple[ir.Value, list[int]]:
+    """Q4_K/Q5_K: the 8 six-bit scales then the 8 mins of the 32-value sub-blocks, in 16 lanes (and the lane
+    of each: K4_QWORD_ORDER or in order), from the
     12 bytes q at 4 (j < 4: q[j] & 63, q[j+4] & 63; j ≥ 4: q[j+4] & 15 | (q[j-4] >> 6) << 4,
     q[j+4] >> 4 | (q[j] >> 6) << 4), unpacked four at a time in 32-bit words (scalar registers)."""
+    if SCALES_IN_QWORDS:
+        return _k4_scales_wide(b, block), K4_QWORD_ORDER
     u0, u1, u2 = _words(b, block, 4)
     six, four, two = _c(0x3F3F3F3F), _c(0x0F0F0F0F), _c(0x03030303)
 
@@ -123,13 +170,15 @@ def _k4_scales(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
 
     sc_hi = b.or_(b.and_(u2, four), high(u0))
     m_hi = b.or_(b.and_(b.lshr(u2, _c(4)), four), high(u1))
-    return _bytes_of_words(b, [b.and_(u0, six), sc_hi, b.and_(u1, six), m_hi])
+    return _bytes_of_words(b, [b.and_(u0, six), sc_hi, b.and_(u1, six), m_hi]), list(range(16))
 
 
 def _q3_scales(b: ir.IRBuilder, block: ir.Value) -> ir.Value:
     """Q3_K: the 16 six-bit scales s (before − 32) from the 12 bytes q at 96: the low 4 bits are
     q[s] & 15 (s < 8) or q[s-8] >> 4, the high 2 bits q[8 + s % 4] >> 2(s // 4) & 3; four at a time
     in 32-bit words."""
+    if SCALES_IN_QWORDS:
+        return _q3_scales_wide(b, block)
     a0, a1, t = _words(b, block, 96)
     four, two = _c(0x0F0F0F0F), _c(0x03030303)
 
@@ -171,9 +220,12 @@ def sub_scales(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> SubScales:
         return SubScales(times(sc, d), times(m, b.fneg(dmin)), SUB)
     if dtype in (DType.Q4_K, DType.Q5_K):
         dm = half_to_float(b, load_as(b, block, 0, ir.VectorType(I16, 2)))
-        both = b.fmul(b.sitofp(_k4_scales(b, block), V16F), shuffle(b, dm, dm, [0] * 8 + [1] * 8))
-        return SubScales(shuffle(b, both, both, list(range(8))),
-                         b.fneg(shuffle(b, both, both, list(range(8, 16)))), sub_size(dtype))
+        raw, lane = _k4_scales(b, block)
+        is_min = [0] * 16
+        for k in range(8, 16):
+            is_min[lane[k]] = 1
+        both = b.fmul(b.sitofp(raw, V16F), shuffle(b, dm, dm, is_min))
+        return SubScales(shuffle(b, both, both, lane[:8]), b.fneg(shuffle(b, both, both, lane[8:])), sub_size(dtype))
     if dtype is DType.Q3_K:
         s = b.sub(_q3_scales(b, block), splat_const(V16I32, 32))
         scale = times(s, _half_at(b, block, 108))

@@ -6,7 +6,8 @@ as its two signed bytes (X = 256·Xh + Xl); Σx per sub-block stays float for th
 super-block and row:
 
 * the sub-block scales and biases are decoded at once (dequant_k.sub_scales: 8 or 16 lanes), the
-  scales multiplied by sx and the biases dotted with Σx (per sub-block) into a float accumulator;
+  biases dotted with Σx (per sub-block; for Q3_K/Q6_K, whose bias is scale·(−offset), Σx·(−offset) is
+  stored once per call and meets the scales) into a float accumulator;
 * the codes are built as unsigned bytes, a chunk of `width` values at a time (64 in a 512-bit register
   on hosts with AVX-512 VNNI and BW, two 32-value groups; else 32): each field of dequant_k.code_fields
   is one 32- or 64-byte load (two groups reading the same bytes share one broadcast load), one shift of
@@ -15,12 +16,17 @@ super-block and row:
 * Σ q·X = 256·Σ q·Xh + Σ q·Xl by two vpdpbusd (AVX2 without VNNI: vpmaddubsw then vpmaddwd, which
   cannot saturate: q ≤ 63, |Xh|, |Xl| ≤ 128), each dword lane holding 4 values of one sub-block;
   (with VNNI the ·256 is a byte shuffle, vpshufb, off the port the other three use);
-* one conversion to float and one FMA by the lanes' d·scale·sx, picked from the 8 or 16 per
-  super-block by one permutation.
+* the chunks' dword lanes are summed per sub-block of 16 in integers (SUM_SUBS: two levels of
+  pairwise sums of adjacent lanes, even and odd lanes of two vectors side by side), then one
+  conversion to float and one FMA by d·scale·sx per sub-block (sx per 16 values, stored once per call).
 
-L2 GB/s per thread (bench/kernels.py, rows of 1024 and 4096, Sapphire Rapids, loaded machine; Q5_1
-and Q4_0 in the same runs about 19-21 and 18-20): Q4_K 19.4-21.9, Q5_K 21.6-23.2, Q6_K 28.4-32,
-Q3_K 12.8-14, Q2_K 12-13.5. Per value the five types cost about the same; Q2_K/Q3_K have fewer bytes.
+L2 GB/s per thread (bench/kernel_ab.py, 2048 columns, one thread's CPU time, Sapphire Rapids at load 9;
+before → after SUM_SUBS, dequant_k.SCALES_IN_QWORDS and BIAS_IN_XSUM, interleaved): Q2_K 13.6 → 13.6,
+Q3_K 13.4 → 14.4, Q4_K 20.0 → 20.9, Q5_K 20.9 → 21.4, Q6_K 27.5 → 28.5. Per value the five types cost
+about the same (Q2_K/Q3_K have fewer bytes): what bounds them here is the µops on the two 512-bit ports
+(0 and 5) together, of which the two vpdpbusd and the vpshufb per chunk are the largest share (one
+vpdpbusd fewer, results wrong, measured +17-20 %); llvm-mca's Sapphire Rapids model counts port 0 alone
+and so overstates SUM_SUBS (bench/kernel_costs.py --types q2_k,q3_k,q4_k,q5_k,q6_k).
 
 The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row.
 """
@@ -32,7 +38,16 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import F32, I8, I16, I32, counted_loop, intrinsic
-from runtime.jit.kernels.dequant_k import GROUP, SUPER, code_fields, sub_scales, sub_size, superblock_at
+from runtime.jit.kernels.dequant_k import (
+    GROUP,
+    SUB,
+    SUPER,
+    code_bias,
+    code_fields,
+    sub_scales,
+    sub_size,
+    superblock_at,
+)
 from runtime.jit.kernels.irhelpers import (
     PIECES,
     V8F,
@@ -71,6 +86,13 @@ PREFETCH_GROUPS = 1
 PREFETCH_LOCALITY = 2
 SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
+# The chunks' integer dot products summed per sub-block of 16 by two levels of pairwise lane sums (shuffles
+# and integer adds), then one conversion and one FMA per super-block and row, instead of a conversion, a
+# scale permutation and an FMA per chunk (a switch for A/B runs)
+SUM_SUBS = True
+# Q3_K/Q6_K (value = scale·(q − offset)): Σx per sub-block stored times −offset once per call, so that the
+# bias term is scale·that instead of (scale·−offset)·Σx per super-block (a switch for A/B runs)
+BIAS_IN_XSUM = True
 
 
 def chunk_width(variant: Variant) -> int:
@@ -81,14 +103,17 @@ def chunk_width(variant: Variant) -> int:
 
 class _PreparedX:
     """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx` sx and `xsum` Σx
-    per sub-block of `size` values (16: each block's sx twice; 32: once)."""
+    per sub-block of `size` values (16: each block's sx twice; 32: once), Σx times `xsum_factor`; `sx16`
+    sx per 16 values (`sx` itself where size is 16)."""
 
-    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None) -> None:
+    def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None,
+                 xsum_factor: float = 1.0) -> None:
         self.pattern = pattern
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
         self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
         self.size = size
         self.sx = stack_floats(b, n_cols // size, align=64, name="sx")
+        self.sx16 = self.sx if size == SUB else stack_floats(b, n_cols // SUB, align=64, name="sx16")
         self.xsum = stack_floats(b, n_cols // size, align=64, name="xsum")
         mod = b.module
         fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
@@ -108,7 +133,13 @@ class _PreparedX:
                 at = b.add(b.mul(k, i64c(per)), i64c(i))
                 b.store(sx, b.gep(self.sx, [at], inbounds=True))
                 mine = parts[i * PIECES // per:(i + 1) * PIECES // per]
-                b.store(hsum(b, tree_sum(b, mine)), b.gep(self.xsum, [at], inbounds=True))
+                total = hsum(b, tree_sum(b, mine))
+                if xsum_factor != 1.0:
+                    total = b.fmul(total, ir.Constant(F32, xsum_factor))
+                b.store(total, b.gep(self.xsum, [at], inbounds=True))
+            if self.sx16 is not self.sx:
+                for i in range(GROUP // SUB):
+                    b.store(sx, b.gep(self.sx16, [b.add(b.mul(k, i64c(GROUP // SUB)), i64c(i))], inbounds=True))
             inv_v = splat(b, inv)
             for j, p in enumerate(parts):
                 q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
@@ -192,6 +223,20 @@ def _times256(b: ir.IRBuilder, v: ir.Value, pattern: ir.Value) -> ir.Value:
     return b.bitcast(b.call(fn, [b.bitcast(v, bty), pattern]), v.type)
 
 
+def sub_block_sums(b: ir.IRBuilder, dots: list[ir.Value]) -> ir.Value:
+    """Σ per sub-block of 16 values as <16 x i32>, from the chunks' dword lanes (4 consecutive values
+    each, in value order across `dots`): twice, each pair of vectors becomes the sums of their adjacent
+    lanes (even lanes + odd lanes of the two side by side), which keeps the value order."""
+    for _ in range(2):
+        pairs = zip(dots[::2], dots[1::2], strict=True)
+        dots = [b.add(shuffle(b, lo, hi, list(range(0, 2 * lo.type.count, 2))),
+                      shuffle(b, lo, hi, list(range(1, 2 * lo.type.count, 2)))) for lo, hi in pairs]
+    if len(dots) == 1:
+        return dots[0]
+    lo, hi = dots
+    return shuffle(b, lo, hi, list(range(2 * lo.type.count)))
+
+
 def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value, xl: ir.Value,
                pattern: ir.Value | None) -> ir.Value:
     """Σ q·X per dword lane (4 values each) = 256·Σ q·Xh + Σ q·Xl, as <width/4 x i32>."""
@@ -219,7 +264,8 @@ class _RowDot:
                  ahead: int) -> None:
         self.b, self.dtype, self.variant, self.prep, self.row, self.ahead = b, dtype, variant, prep, row, ahead
         self.width = chunk_width(variant)
-        self.acc = Var(b, ir.Constant(ir.VectorType(F32, self.width // 4), None), "acc")
+        lanes = SUPER // SUB if SUM_SUBS else self.width // 4
+        self.acc = Var(b, ir.Constant(ir.VectorType(F32, lanes), None), "acc")
         self.subs_ty = ir.VectorType(F32, SUPER // prep.size)
         self.bias = Var(b, ir.Constant(self.subs_ty, None), "bias")
 
@@ -233,12 +279,21 @@ class _RowDot:
         sub = sub_scales(b, self.dtype, ptr)
         n_subs = SUPER // sub.size
         first = b.mul(k, i64c(n_subs))
-        self.bias.set(fma(b, sub.bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty),
-                          self.bias.get()))
-        ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
+        # types whose bias is scale·(−offset) meet Σx·(−offset) (_PreparedX's xsum_factor) with the scale
+        bias = sub.scale if BIAS_IN_XSUM and code_bias(self.dtype) else sub.bias
+        self.bias.set(fma(b, bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty), self.bias.get()))
+        dots = []
         for c, (xh, xl) in enumerate(xs):
             codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
-            dot = _dot_bytes(b, self.variant, codes, xh, xl, prep.pattern)
+            dots.append(_dot_bytes(b, self.variant, codes, xh, xl, prep.pattern))
+        if SUM_SUBS:
+            sums = sub_block_sums(b, dots)
+            per16 = shuffle(b, sub.scale, sub.scale, [i * SUB // sub.size for i in range(SUPER // SUB)])
+            ds16 = b.fmul(per16, load_vec(b, prep.sx16, b.mul(k, i64c(SUPER // SUB)), align=64, ty=per16.type))
+            self.acc.set(fma(b, b.sitofp(sums, ds16.type), ds16, self.acc.get()))
+            return
+        ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
+        for c, dot in enumerate(dots):
             lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
@@ -257,7 +312,8 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     y[first + i] (+)= W[first + i]·x for i < count."""
     width = chunk_width(variant)
     pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
-    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern)
+    factor = -float(code_bias(dtype)) if BIAS_IN_XSUM and code_bias(dtype) else 1.0
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor)
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
