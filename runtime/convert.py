@@ -66,6 +66,15 @@ FILE_TYPES = LEGACY_FILE_TYPES  # GGUF general.file_type per legacy type (K mixe
 
 
 @dataclass(frozen=True)
+class _Weighting:
+    """What a calibrated conversion quantizes one matrix with (runtime.quant.weighted, runtime.quant.gptq)."""
+
+    importance: np.ndarray
+    factor: np.ndarray | None  # inverse_factor of second_moments; None: the importance alone
+    second_moments: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class ConvertResult:
     path: Path
     dtype: DType
@@ -316,20 +325,8 @@ def convert(
     if calibrate is not None:
         from runtime.quant.calibrate import calibrate as read_calibration
 
-        calibration = read_calibration(ckpt, calibrate, progress=progress, cancel=cancel)
-    importance = calibration.importance if calibration is not None else {}
-    moments = calibration.second_moments if calibration is not None else {}
-    factors: dict[str, np.ndarray] = {}
-    factors_lock = threading.Lock()
-
-    def factor_of(name: str) -> np.ndarray | None:
-        """The error-feedback factor of matrix `name` (runtime.quant.gptq), made once."""
-        if name not in moments or name.endswith(NO_ERROR_FEEDBACK):
-            return None
-        with factors_lock:
-            if name not in factors:
-                factors[name] = inverse_factor(moments[name])
-            return factors[name]
+        calibration = read_calibration(ckpt, calibrate, progress=progress, cancel=cancel,
+                                       wants_moments=lambda name: not name.endswith(NO_ERROR_FEEDBACK))
     threads = check_threads(threads) or default_threads()
 
     digest: list[str] = [source_sha256 or ""]
@@ -381,12 +378,19 @@ def convert(
                 raise _nonfinite(ckpt.path, out.name, s + err.row) from None
         return result
 
-    def weights_of(out: TensorPlan) -> np.ndarray | None:
-        """The calibration's importance for `out`'s input columns, when its type uses one."""
-        imp = importance.get(layout.sources.get(out.name, out.name))
-        return imp if imp is not None and out.dtype in GRID_TYPES and imp.size == out.shape[-1] else None
+    def weighting_of(out: TensorPlan) -> _Weighting | None:
+        """The calibration's importance for `out`'s input columns when its type uses one, with the
+        error-feedback factor (runtime.quant.gptq) when the input's second moments were measured. Called
+        once per tensor, in order: the calibration measures each layer when the conversion gets to it."""
+        if calibration is None or out.dtype not in GRID_TYPES:
+            return None
+        imp, moments = calibration.statistics.of(layout.sources.get(out.name, out.name))
+        if imp is None or imp.size != out.shape[-1]:
+            return None
+        return _Weighting(imp, inverse_factor(moments) if moments is not None else None, moments)
 
-    def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int, native: bool) -> bytes | np.ndarray:
+    def encode(tensor: LazyTensor, out: TensorPlan, start: int, stop: int, native: bool,
+               weighting: _Weighting | None) -> bytes | np.ndarray:
         if pacer is not None:
             pacer.advance(tensor.offset + stop * tensor.row_bytes)
         if native:
@@ -396,12 +400,11 @@ def convert(
             _check_finite(ckpt.path, out.name, rows, start, tensor)
             with np.errstate(over="ignore"):  # reported by the overflow check that follows
                 rows = rows.reshape(stop - start, out.shape[-1])
-                imp = weights_of(out)
-                src_name = layout.sources.get(out.name, out.name)
-                factor = factor_of(src_name) if imp is not None else None
-                if factor is not None:
-                    data = quantize_gptq(rows, out.dtype, imp, factor, moments[src_name]).tobytes()
+                if weighting is not None and weighting.factor is not None:
+                    data = quantize_gptq(rows, out.dtype, weighting.importance, weighting.factor,
+                                         weighting.second_moments).tobytes()
                 else:
+                    imp = weighting.importance if weighting is not None else None
                     data = quantize_weighted(rows, out.dtype, imp).tobytes()
         n_cols = out.shape[-1]
         overflow = _first_overflow(data, out.dtype, n_cols)
@@ -436,12 +439,14 @@ def convert(
             progress(Progress("converting", done, total))
             yield quantize(rows, out.dtype).tobytes()
             return
-        native = _native(tensor, out, transform) and weights_of(out) is None
+        weighting = weighting_of(out)
+        native = _native(tensor, out, transform) and weighting is None
         step = max(1, min(n_rows, (CHUNK_VALUES if native else NUMPY_CHUNK_VALUES) // max(1, n_cols)))
         pending: deque[tuple[cf.Future[bytes | np.ndarray], int]] = deque()
         starts = iter(range(0, n_rows, step))
         for start in starts:
-            pending.append((pool.submit(encode, tensor, out, start, min(start + step, n_rows), native), start))
+            pending.append((pool.submit(encode, tensor, out, start, min(start + step, n_rows), native,
+                                        weighting), start))
             if len(pending) >= 2 * threads:
                 break
         while pending:
@@ -449,7 +454,8 @@ def convert(
             data = fut.result()
             nxt = next(starts, None)
             if nxt is not None:
-                pending.append((pool.submit(encode, tensor, out, nxt, min(nxt + step, n_rows), native), nxt))
+                pending.append((pool.submit(encode, tensor, out, nxt, min(nxt + step, n_rows), native,
+                                            weighting), nxt))
             cancel.raise_if_cancelled()
             done += (min(start + step, n_rows) - start) * tensor.row_bytes
             progress(Progress("converting", done, total))

@@ -29,7 +29,7 @@ class JobView:
 
     job: Any
     progress: Any | None = None
-    rate: float = 0.0  # units per second over the current step
+    rate: float = 0.0  # units per second since the step's first event of this kind
     eta: float | None = None  # seconds
 
 
@@ -42,7 +42,9 @@ class JobLink:
         self.runner.add_listener(self._on_event)
         self._lock = threading.Lock()
         self._views: dict[int, JobView] = {}
-        self._step_start: dict[int, tuple[str | None, float, int]] = {}
+        # (job, what) -> (time, done) of its first event: a calibrated conversion alternates "calibrating"
+        # (layers) and "converting" (bytes), and neither's rate restarts when the other reports
+        self._step_start: dict[tuple[int, str], tuple[float, int]] = {}
         self._posted = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -86,10 +88,7 @@ class JobLink:
             view.job = job
             view.progress = event.progress
             if event.progress is not None:
-                step, t0, done0 = self._step_start.get(job.id, (None, now, event.progress.done))
-                if step != event.progress.what:
-                    step, t0, done0 = event.progress.what, now, event.progress.done
-                    self._step_start[job.id] = (step, t0, done0)
+                t0, done0 = self._step_start.setdefault((job.id, event.progress.what), (now, event.progress.done))
                 elapsed = now - t0
                 if elapsed > 0.5:
                     view.rate = (event.progress.done - done0) / elapsed
@@ -97,7 +96,8 @@ class JobLink:
                     view.eta = left / view.rate if view.rate > 0 and event.progress.total > 0 else None
             if job.finished:
                 view.progress, view.eta = None, None
-                self._step_start.pop(job.id, None)
+                for key in [k for k in self._step_start if k[0] == job.id]:
+                    del self._step_start[key]
                 self.finished.append(job)
             self._views[job.id] = view
             post = not self._posted

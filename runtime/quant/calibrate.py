@@ -6,14 +6,20 @@ and no tokenizer: one token per byte), cut to MAX_TOKENS, and read by the numpy 
 column j is the mean of x_j² over the tokens, as llama.cpp's imatrix; a column the text never
 activates gets a floor of FLOOR × the matrix's mean importance instead of 0 (with 0, ggml's weighted
 search can zero a whole block that other texts do use). runtime.quant.weighted uses them when
-choosing scales and rounding; the mean x·xᵀ of each matrix's input (as far as SECOND_MOMENTS_BUDGET
-allows) lets runtime.quant.gptq carry rounding errors over to the columns not yet quantized.
+choosing scales and rounding; the mean x·xᵀ of each matrix's input lets runtime.quant.gptq carry
+rounding errors over to the columns not quantized yet.
+
+The statistics are measured a layer at a time, as the conversion reaches each layer (LayerStatistics):
+float64 x·xᵀ of every matrix's input would take 15 GB at 1.5B (24 layers, each 4 of 2048² and an FFN
+value of 8192²), one layer's take 0.6 GB, and the forward pass keeps only the hidden states of the
+tokens between layers (T × C float32).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +28,10 @@ import numpy as np
 from runtime.errors import RwkvError
 from runtime.formats.checkpoint import Checkpoint
 from runtime.progress import CancelToken, Progress, ProgressCallback, no_progress
-from runtime.quant.forward_np import final_hidden
+from runtime.quant.forward_np import SequenceForward
 
 MAX_TOKENS = 4096
 FLOOR = 1e-3
-SECOND_MOMENTS_BUDGET = 1 << 30  # bytes of float64 x·xᵀ matrices kept; matrices beyond use the importance only
 BYTE_VOCAB = 256
 
 
@@ -36,10 +41,9 @@ class CalibrationError(RwkvError, ValueError):
 
 @dataclass(frozen=True)
 class Calibration:
-    """Importance per input column of each matrix, by BlinkDL name, and what it was measured on."""
+    """The statistics of each matrix's input (by BlinkDL name) on a text, and what the text was."""
 
-    importance: dict[str, np.ndarray]
-    second_moments: dict[str, np.ndarray]  # mean x·xᵀ of each matrix's input (runtime.quant.gptq)
+    statistics: LayerStatistics
     text_name: str
     text_sha256: str
     n_tokens: int
@@ -80,48 +84,109 @@ def tokens_for(ckpt: Checkpoint, text: str) -> np.ndarray:
     return np.asarray(ids[:MAX_TOKENS], np.int64)
 
 
-def collect_importance(ckpt: Checkpoint, tokens: np.ndarray, *, progress: ProgressCallback = no_progress,
-                       cancel: CancelToken | None = None,
-                       second_moments: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Mean x² per input column of every matrix the model multiplies by, over `tokens`; with a dict
-    as `second_moments`, also the mean x·xᵀ of each matrix's input, while SECOND_MOMENTS_BUDGET lasts."""
-    sums: dict[str, np.ndarray] = {}
-    used = 0
+def layer_of(name: str, n_layer: int) -> int | None:
+    """The layer whose pass reads matrix `name`'s input (n_layer for the head), None for other tensors."""
+    if name == "head.weight":
+        return n_layer
+    if name.startswith("blocks."):
+        index = name.split(".", 2)[1]
+        if index.isdigit():
+            return int(index)
+    return None
 
-    def record(name: str, rows: np.ndarray) -> None:
-        nonlocal used
+
+class LayerStatistics:
+    """Importance and second moments of each matrix's input, measured layer by layer when asked for.
+
+    `of(name)` runs the forward pass through the matrix's layer (the head: to the end) if it has not
+    got there yet and gives (importance, mean x·xᵀ or None). A layer's second moments are kept until
+    the pass moves on, so asking in the model's order (as convert writes tensors) holds one layer's
+    at a time; asking for a layer the pass has left starts it again from the embedding. Second moments
+    are measured for the matrices `wants_moments` accepts (default: all)."""
+
+    def __init__(self, ckpt: Checkpoint, tokens: np.ndarray, *, progress: ProgressCallback = no_progress,
+                 cancel: CancelToken | None = None, wants_moments: Callable[[str], bool] | None = None) -> None:
+        self.ckpt, self.tokens, self.cancel = ckpt, np.asarray(tokens, np.int64), cancel
+        self._progress = progress
+        self._wants_moments = wants_moments if wants_moments is not None else lambda _name: True
+        self._importance: dict[str, np.ndarray] = {}
+        self._moments: dict[str, np.ndarray] = {}
+        self._sums: dict[str, np.ndarray] = {}
+        self._forward: SequenceForward | None = None
+        self._done = -1  # the last layer measured (n_layer: the head's input too)
+
+    def of(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(importance, second moments) of matrix `name`'s input; (None, None) for a tensor no matrix
+        product reads (the embedding)."""
+        n_layer = self.ckpt.arch.n_layer
+        layer = layer_of(name, n_layer)
+        if layer is None:
+            return None, None
+        if layer < self._done or self._forward is None:
+            self._restart()
+        while self._done < layer:
+            self._step()
+        return self._importance.get(name), self._moments.get(name)
+
+    def all_importance(self) -> dict[str, np.ndarray]:
+        """The importance of every matrix's input (runs the pass to the end)."""
+        self.of("head.weight")
+        return dict(self._importance)
+
+    def _restart(self) -> None:
+        self._forward = SequenceForward(self.ckpt, self.tokens, record=self._record)
+        self._done = -1
+
+    def _step(self) -> None:
+        """Measure the next layer (after the last, the head's input), dropping the previous one's moments."""
+        assert self._forward is not None
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+        self._moments.clear()
+        self._sums.clear()
+        n_layer = self.ckpt.arch.n_layer
+        if self._done + 1 < n_layer:
+            self._forward.layer()
+            self._progress(Progress("calibrating", self._done + 2, n_layer, "layers"))
+        else:
+            self._forward.finish()
+        self._done += 1
+        n = len(self.tokens)
+        for name, s in self._sums.items():
+            self._importance[name] = _importance(self.ckpt, name, s / n)
+        for h in self._moments.values():
+            h /= n
+
+    def _record(self, name: str, rows: np.ndarray) -> None:
         x = rows.astype(np.float64)
         sq = np.square(x).sum(axis=0)
-        sums[name] = sums[name] + sq if name in sums else sq
-        if second_moments is not None:
-            if name in second_moments:
-                second_moments[name] += x.T @ x
-            elif used + 8 * x.shape[1] ** 2 <= SECOND_MOMENTS_BUDGET:
-                used += 8 * x.shape[1] ** 2
-                second_moments[name] = x.T @ x
+        self._sums[name] = self._sums[name] + sq if name in self._sums else sq
+        if self._wants_moments(name):
+            if name in self._moments:
+                self._moments[name] += x.T @ x
+            else:
+                self._moments[name] = x.T @ x
 
-    def layer_done(done: int, total: int) -> None:
-        progress(Progress("calibrating", done, total, "layers"))
 
-    final_hidden(ckpt, tokens, record=record, cancel=cancel, progress=layer_done)
-    out = {}
-    for name, s in sums.items():
-        mean = s / len(tokens)
-        if not np.isfinite(mean).all():
-            raise CalibrationError(f"{ckpt.path}: the activations entering '{name}' are not finite on this text")
-        floor = FLOOR * float(mean.mean()) if mean.any() else 1.0
-        out[name] = np.maximum(mean, floor).astype(np.float32)
-    if second_moments is not None:
-        for h in second_moments.values():
-            h /= len(tokens)
-    return out
+def _importance(ckpt: Checkpoint, name: str, mean: np.ndarray) -> np.ndarray:
+    """The mean squares of a matrix's input columns, floored (see the module's docstring)."""
+    if not np.isfinite(mean).all():
+        raise CalibrationError(f"{ckpt.path}: the activations entering '{name}' are not finite on this text")
+    floor = FLOOR * float(mean.mean()) if mean.any() else 1.0
+    return np.maximum(mean, floor).astype(np.float32)
+
+
+def collect_importance(ckpt: Checkpoint, tokens: np.ndarray, *, progress: ProgressCallback = no_progress,
+                       cancel: CancelToken | None = None) -> dict[str, np.ndarray]:
+    """Mean x² per input column of every matrix the model multiplies by, over `tokens`."""
+    stats = LayerStatistics(ckpt, tokens, progress=progress, cancel=cancel, wants_moments=lambda _name: False)
+    return stats.all_importance()
 
 
 def calibrate(ckpt: Checkpoint, text_path: str | os.PathLike[str], *, progress: ProgressCallback = no_progress,
-              cancel: CancelToken | None = None) -> Calibration:
-    """Read `text_path` with `ckpt` and return the importance of every matrix's input columns."""
+              cancel: CancelToken | None = None, wants_moments: Callable[[str], bool] | None = None) -> Calibration:
+    """Read and tokenize `text_path` for `ckpt`; its statistics are measured as `statistics.of` asks."""
     text, digest = read_text(text_path)
     tokens = tokens_for(ckpt, text)
-    moments: dict[str, np.ndarray] = {}
-    importance = collect_importance(ckpt, tokens, progress=progress, cancel=cancel, second_moments=moments)
-    return Calibration(importance, moments, Path(text_path).name, digest, len(tokens))
+    stats = LayerStatistics(ckpt, tokens, progress=progress, cancel=cancel, wants_moments=wants_moments)
+    return Calibration(stats, Path(text_path).name, digest, len(tokens))

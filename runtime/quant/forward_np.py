@@ -222,36 +222,62 @@ def _time_mix_v7(lay: _Layer, xa: np.ndarray, n_head: int, layer: int, v_first: 
     return lay.linear("att.output.weight", (y * g).astype(_F32))
 
 
-def final_hidden(ckpt: Checkpoint, tokens: np.ndarray, weights: _Source | None = None, record: Record | None = None,
-                 cancel: CancelToken | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """ln_out of the last layer's output for every token (T, C); `record` sees the input of every
-    matrix product, the head's included. `weights` defaults to the checkpoint's own tensors."""
-    a = ckpt.arch
-    src = weights if weights is not None else CheckpointWeights(ckpt)
-    tokens = np.asarray(tokens, np.int64).reshape(-1)
-    x = src.get("emb.weight")[tokens].astype(_F32)
-    if LN0_FOLDED not in ckpt.transforms and "blocks.0.ln0.weight" in ckpt.tensors:
-        x = _ln(x, src.get("blocks.0.ln0.weight").reshape(-1), src.get("blocks.0.ln0.bias").reshape(-1))
-    v_first = np.zeros_like(x)
-    for i in range(a.n_layer):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        lay = _Layer(src, f"blocks.{i}.", record)
+class SequenceForward:
+    """The forward pass over a token sequence, one layer at a time: `layer()` runs the next layer (its
+    matrix inputs go to `record`), `finish()` the final LayerNorm (the head's input). Holds the hidden
+    states of all tokens (T × C float32, and RWKV-7's first-layer values), never more than a layer's weights."""
+
+    def __init__(self, ckpt: Checkpoint, tokens: np.ndarray, weights: _Source | None = None,
+                 record: Record | None = None) -> None:
+        self.ckpt, self.record = ckpt, record
+        self.src = weights if weights is not None else CheckpointWeights(ckpt)
+        tokens = np.asarray(tokens, np.int64).reshape(-1)
+        x = self.src.get("emb.weight")[tokens].astype(_F32)
+        if LN0_FOLDED not in ckpt.transforms and "blocks.0.ln0.weight" in ckpt.tensors:
+            x = _ln(x, self.src.get("blocks.0.ln0.weight").reshape(-1), self.src.get("blocks.0.ln0.bias").reshape(-1))
+        self.x = x
+        self.v_first = np.zeros_like(x)
+        self.next_layer = 0
+
+    def layer(self) -> None:
+        """Run layer `next_layer` over every token."""
+        a, ckpt, i = self.ckpt.arch, self.ckpt, self.next_layer
+        if i >= a.n_layer:
+            raise IndexError(f"the model has {a.n_layer} layers")
+        lay = _Layer(self.src, f"blocks.{i}.", self.record)
+        x = self.x
         xa = _ln(x, lay.vec("ln1.weight"), lay.vec("ln1.bias"))
         if a.version == "7":
-            x = x + _time_mix_v7(lay, xa, a.n_head, i, v_first, V7_LORA_TRANSPOSED in ckpt.transforms)
+            x = x + _time_mix_v7(lay, xa, a.n_head, i, self.v_first, V7_LORA_TRANSPOSED in ckpt.transforms)
         elif a.version in ("5.2", "6"):
             x = x + _time_mix_v56(lay, xa, a.n_head, a.version == "6", V5_DECAY_EXP in ckpt.transforms,
                                   V6_LORA_TRANSPOSED in ckpt.transforms)
         else:
             x = x + _time_mix_v4(lay, xa, TIME_DECAY_NEG_EXP in ckpt.transforms)
-        x = x + _channel_mix(lay, x, a.version == "7", a.version == "6")
+        self.x = x + _channel_mix(lay, x, a.version == "7", a.version == "6")
+        self.next_layer = i + 1
+
+    def finish(self) -> np.ndarray:
+        """ln_out of the last layer's output (T, C), recorded as the head's input."""
+        x = _ln(self.x, self.src.get("ln_out.weight").reshape(-1), self.src.get("ln_out.bias").reshape(-1))
+        if self.record is not None:
+            self.record("head.weight", x)
+        return x
+
+
+def final_hidden(ckpt: Checkpoint, tokens: np.ndarray, weights: _Source | None = None, record: Record | None = None,
+                 cancel: CancelToken | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """ln_out of the last layer's output for every token (T, C); `record` sees the input of every
+    matrix product, the head's included. `weights` defaults to the checkpoint's own tensors."""
+    forward = SequenceForward(ckpt, tokens, weights, record)
+    n_layer = ckpt.arch.n_layer
+    for i in range(n_layer):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        forward.layer()
         if progress is not None:
-            progress(i + 1, a.n_layer)
-    x = _ln(x, src.get("ln_out.weight").reshape(-1), src.get("ln_out.bias").reshape(-1))
-    if record is not None:
-        record("head.weight", x)
-    return x
+            progress(i + 1, n_layer)
+    return forward.finish()
 
 
 def logits(ckpt: Checkpoint, tokens: np.ndarray, weights: _Source | None = None) -> np.ndarray:

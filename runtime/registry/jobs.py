@@ -65,9 +65,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    calibrate TEXT
 )
 """
+_ADDED_COLUMNS = {"calibrate": "TEXT"}  # columns newer than some existing queues' tables
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Job:
     cancel_requested: bool
     created: float
     updated: float
+    calibrate: str | None = None  # a convert step's calibration text (runtime.quant.calibrate)
 
     @property
     def finished(self) -> bool:
@@ -149,6 +152,10 @@ class JobQueue:
         self._db.execute("PRAGMA synchronous = NORMAL")  # with WAL: safe across crashes, fewer fsyncs
         with self._connect() as db:
             db.execute(_SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self.recover()
 
     def close(self) -> None:
@@ -175,6 +182,7 @@ class JobQueue:
             row["id"], row["model_id"], row["dtype"], tuple(s for s in row["steps"].split(",") if s), row["step"],
             row["state"], row["message"], row["done"], row["total"], row["sha256"], bool(row["delete_source"]),
             row["result"], row["owner"], bool(row["cancel_requested"]), row["created"], row["updated"],
+            row["calibrate"],
         )
 
     def submit(
@@ -185,28 +193,41 @@ class JobQueue:
         steps: tuple[str, ...] = STEPS,
         sha256: str | None = None,
         delete_source: bool = False,
+        calibrate: str | os.PathLike[str] | None = None,
     ) -> Job:
-        """Queue a job, or return the unfinished one already queued for the same model and format."""
+        """Queue a job, or return the unfinished one already queued for the same model and format.
+
+        `calibrate`, a text file, makes the convert step calibrated (`convert --calibrate`); the text is
+        checked now (runtime.quant.calibrate.CalibrationError names the problem)."""
         if not steps or any(s not in STEPS for s in steps):
             raise ValueError(f"steps must be taken from {STEPS}, got {steps}")
         target = parse_target(dtype).base if dtype is not None else None  # refuses bf16 and unknown names
         dtype_name = target.name if target is not None else None
         if "convert" in steps and dtype_name is None:
             raise ValueError("a convert step needs a target format")
+        text = None
+        if calibrate is not None:
+            from runtime.quant.calibrate import read_text
+
+            if "convert" not in steps:
+                raise ValueError("a calibration text needs a convert step")
+            read_text(calibrate)
+            text = str(Path(calibrate).expanduser().resolve())
         now = time.time()
         with self._connect(immediate=True) as db:
             row = db.execute(
-                "SELECT * FROM jobs WHERE model_id = ? AND dtype IS ? AND steps = ? AND state IN (?, ?)",
-                (model_id, dtype_name, ",".join(steps), QUEUED, RUNNING),
+                "SELECT * FROM jobs WHERE model_id = ? AND dtype IS ? AND steps = ? AND calibrate IS ?"
+                " AND state IN (?, ?)",
+                (model_id, dtype_name, ",".join(steps), text, QUEUED, RUNNING),
             ).fetchone()
             if row is not None:
                 if delete_source and not row["delete_source"]:
                     db.execute("UPDATE jobs SET delete_source = 1 WHERE id = ?", (row["id"],))
                 return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
             cur = db.execute(
-                "INSERT INTO jobs (model_id, dtype, steps, state, message, sha256, delete_source, created, updated)"
-                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (model_id, dtype_name, ",".join(steps), QUEUED, sha256, int(delete_source), now, now),
+                "INSERT INTO jobs (model_id, dtype, steps, state, message, sha256, delete_source, created, updated,"
+                " calibrate) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (model_id, dtype_name, ",".join(steps), QUEUED, sha256, int(delete_source), now, now, text),
             )
             return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone())
 
@@ -512,7 +533,7 @@ class JobRunner:
 
         dtype = DType.parse(job.dtype or "")
         done = model_status(entry).converted.get(dtype)
-        if done is not None:
+        if done is not None and job.calibrate is None:  # a calibrated conversion replaces the file
             return done
         dst = converted_path(entry, dtype)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -520,6 +541,6 @@ class JobRunner:
             stale.unlink(missing_ok=True)
         convert(
             source, dst, dtype, progress=self._progress_hook(job, token), cancel=token,
-            threads=self._threads, source_sha256=sha,
+            threads=self._threads, source_sha256=sha, calibrate=job.calibrate,
         )
         return dst

@@ -5,6 +5,7 @@ nothing left on cancel or error) and its bad inputs (exit 2 with the problem nam
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import gguf
@@ -15,11 +16,13 @@ from runtime.convert import convert
 from runtime.errors import CancelledError
 from runtime.formats.checkpoint import open_checkpoint
 from runtime.progress import CancelToken
-from runtime.quant.calibrate import collect_importance, tokens_for
+from runtime.quant.calibrate import FLOOR, LayerStatistics, collect_importance, tokens_for
 from runtime.quant.forward_np import final_hidden, logits
+from runtime.quant.types import DType
 from runtime.quant.weighted import quantize_weighted
 from tests.support import numpy_rwkv
-from tests.support.synthetic import v4_state_dict
+from tests.support.rwkvcpp_writer import write_v7_model
+from tests.support.synthetic import v4_state_dict, v7_state_dict
 from tests.support.torch_writer import write_pth
 from tui.cli import main as cli
 
@@ -145,3 +148,44 @@ def test_bad_calibration_texts_exit_2_and_write_nothing(tmp_path, capsys, conten
     if problem != "too short":
         assert "calib.txt" in message
     assert list(out.parent.iterdir()) == []
+
+
+def _calibrated_peak(tmp_path: Path, n_layer: int) -> int:
+    """Peak traced memory (numpy's arrays included) of a calibrated Q4_0 conversion of a random RWKV-7
+    of `n_layer` layers × 128, FFN 512."""
+    src = write_v7_model(tmp_path / f"v7-{n_layer}.bin", v7_state_dict(n_layer=n_layer, n_embd=128), DType.F32)
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT[: len(TEXT) // 4])
+    tracemalloc.start()
+    try:
+        convert(src, tmp_path / f"v7-{n_layer}.gguf", "q4_0", calibrate=text, threads=1)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_calibration_memory_does_not_grow_with_depth(tmp_path):
+    # each layer's second moments: 4 inputs of 128 and the FFN value's of 512, float64 (2.5 MB); they
+    # are measured as the conversion reaches the layer and dropped once its matrices are written
+    one_layer = 8 * (4 * 128**2 + 512**2)
+    shallow, deep = _calibrated_peak(tmp_path, 2), _calibrated_peak(tmp_path, 8)
+    assert deep - shallow < one_layer
+
+
+def test_layer_statistics_in_any_order_are_the_whole_pass_ones():
+    ckpt = open_checkpoint(TINY7)
+    tokens = tokens_for(ckpt, TEXT)
+    inputs: dict[str, np.ndarray] = {}
+    final_hidden(ckpt, tokens, record=lambda name, rows: inputs.setdefault(name, rows.astype(np.float64)))
+    stats = LayerStatistics(ckpt, tokens, wants_moments=lambda name: not name.endswith("ffn.key.weight"))
+    for name in ("blocks.5.att.key.weight", "blocks.5.ffn.value.weight", "head.weight", "blocks.2.att.output.weight",
+                 "blocks.2.ffn.key.weight"):
+        importance, moments = stats.of(name)
+        x = inputs[name]
+        mean_square = np.square(x).mean(axis=0)
+        np.testing.assert_allclose(importance, np.maximum(mean_square, FLOOR * mean_square.mean()), rtol=1e-5)
+        if name.endswith("ffn.key.weight"):
+            assert moments is None
+        else:
+            np.testing.assert_allclose(moments, x.T @ x / len(tokens), rtol=1e-10)
+    assert stats.of("emb.weight") == (None, None)

@@ -256,3 +256,60 @@ def test_a_job_whose_process_dies_while_we_wait_is_taken_over(tiny_pth):
     job = q.submit("tiny", "q8_0")
     q.update(job.id, state=RUNNING, step="convert", owner=DEAD_OWNER)  # after this queue was opened
     assert runner(queue=q).run(job.id).state == DONE
+
+
+def test_a_calibrated_convert_job_reads_its_text_and_replaces_the_plain_file(tiny_pth, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("RWKV reads one token at a time and keeps a fixed-size state. " * 8)
+    with serve({"/tiny.pth": tiny_pth}) as srv:
+        add_model(srv.url("/tiny.pth"), tiny_pth)
+        r = runner()
+        plain = r.run(r.submit("tiny", "q4_0").id)
+        entry = load_catalog().get("tiny")
+        out = converted_path(entry, DType.Q4_0)
+        assert plain.state == DONE and "rwkv_tui.calibration.text" not in read_gguf(out).metadata
+        events: list[JobEvent] = []
+        r.add_listener(events.append)
+        job = r.submit("tiny", "q4_0", steps=("convert",), calibrate=text)
+        assert job.calibrate == str(text.resolve())
+        got = r.run(job.id)
+    assert got.state == DONE and got.result == str(out)
+    meta = read_gguf(out).metadata
+    assert meta["rwkv_tui.calibration.text"] == "calib.txt"
+    assert meta["rwkv_tui.calibration.tokens"] == len(text.read_bytes())  # byte vocabulary
+    assert JobQueue().get(job.id).calibrate == str(text.resolve())
+    whats = {e.progress.what for e in events if e.progress}
+    assert {"calibrating", "converting"} <= whats
+
+
+@pytest.mark.parametrize(("content", "problem"), [(None, "not found"), (b"\xff\xfe", "not UTF-8"), (b" ", "is empty")])
+def test_a_bad_calibration_text_is_refused_when_the_job_is_submitted(tmp_path, content, problem):
+    from runtime.quant.calibrate import CalibrationError
+
+    text = tmp_path / "calib.txt"
+    if content is not None:
+        text.write_bytes(content)
+    q = JobQueue()
+    with pytest.raises(CalibrationError, match=problem):
+        q.submit("tiny", "q4_0", steps=("convert",), calibrate=text)
+    with pytest.raises(ValueError, match="convert step"):
+        q.submit("tiny", None, steps=("download",), calibrate=text)
+    assert q.list() == []
+
+
+def test_a_queue_made_before_calibration_gets_the_column(tmp_path):
+    import sqlite3
+
+    from runtime.registry import jobs
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        assert ",\n    calibrate TEXT" in jobs._SCHEMA
+        db.execute(jobs._SCHEMA.replace(",\n    calibrate TEXT", ""))
+        db.execute("INSERT INTO jobs (model_id, dtype, steps, state, created, updated)"
+                   " VALUES ('old', 'Q8_0', 'convert', 'done', 0, 0)")
+    q = JobQueue(path)
+    assert [(j.model_id, j.calibrate) for j in q.list()] == [("old", None)]
+    text = tmp_path / "calib.txt"
+    text.write_text("some text to read")
+    assert q.submit("tiny", "q8_0", steps=("convert",), calibrate=text).calibrate == str(text.resolve())

@@ -232,8 +232,10 @@ def test_convert_a_ready_model_to_another_type_on_the_models_screen(models):
             labels = [str(label) for label, _ in app.screen.choices]
             assert any(label.startswith("F32") and "already here" in label for label in labels)
             await choose(pilot, app, "Q8_0")
+            await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the calibration text")
+            await pilot.press("enter")  # empty: no calibration
             await wait_for(pilot, lambda: app.screen is screen, what="back to the models screen")
-            assert any("convert Tiny A to Q8_0" in n for n in notes(app))
+            assert any("convert Tiny A to Q8_0. F3" in n for n in notes(app))
             await pilot.press("f3")
             await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen), what="the jobs screen")
             await wait_for(pilot, lambda: any("done" in n for n in notes(app)), what="the conversion")
@@ -252,6 +254,42 @@ def test_convert_a_ready_model_to_another_type_on_the_models_screen(models):
             assert str(table.get_row("tiny-a")[5]) == "F32, Q8_0"
             assert "Q8_0: " in str(screen.query_one("#model-details").render())
             assert set(screen._statuses["tiny-b"].converted) == {DType.F32}
+
+    asyncio.run(body())
+
+
+def test_convert_with_a_calibration_text_on_the_models_screen(models, tmp_path):
+    from runtime.formats.gguf_file import read_gguf
+
+    text = tmp_path / "calib.txt"
+    text.write_text("RWKV reads one token at a time and keeps a fixed-size state. " * 8)
+
+    async def convert_with(pilot, app, screen, path: str) -> None:
+        await pilot.press("c")
+        await choose(pilot, app, "Q8_0")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the calibration text")
+        await type_text(pilot, path)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is screen, what="back to the models screen")
+
+    async def body():
+        app = RwkvApp(show_welcome=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None, what="the app")
+            screen = await select_model(pilot, app, "tiny-a")
+            await convert_with(pilot, app, screen, str(tmp_path / "missing.txt"))
+            await wait_for(pilot, lambda: any("missing.txt not found" in n for n in notes(app)), what="the notice")
+            assert app.jobs.list() == [] and app.jobs.runner.queue.list() == []
+            await convert_with(pilot, app, screen, str(text))
+            assert any("convert Tiny A to Q8_0, calibrated on calib.txt" in n for n in notes(app))
+            [job] = app.jobs.runner.queue.list()
+            assert job.calibrate == str(text)
+            await wait_for(pilot, lambda: app.jobs.runner.queue.get(job.id).finished, what="the conversion")
+            job = app.jobs.runner.queue.get(job.id)
+            assert job.state == "done"
+            meta = read_gguf(Path(job.result)).metadata
+            assert meta["rwkv_tui.calibration.text"] == "calib.txt"
+            assert meta["rwkv_tui.calibration.tokens"] > 0
 
     asyncio.run(body())
 
