@@ -134,3 +134,31 @@ def test_wkv_matches_numpy_on_a_channel_range():
     for got, exp in zip((aa, bb, pp), want[1:], strict=True):
         assert np.allclose(got[sl], exp[sl], rtol=1e-5, atol=1e-6)
     assert (aa[:c0] == 0).all() and (pp[c1:] == np.float32(-1e30)).all()
+
+
+@pytest.fixture(scope="module")
+def non_finite_sum():
+    from runtime.jit.kernels.finite import emit_non_finite_sum
+
+    m = ir.Module("finite")
+    fn = emit_non_finite_sum(m)
+    fn.linkage = "external"
+    lib = compile_module(m, use_cache=False)
+    return ctypes.CFUNCTYPE(ctypes.c_float, FP, ctypes.c_int64)(lib.address(fn.name)), lib
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 4096, 4099])
+def test_the_finite_check_is_zero_exactly_when_every_value_is_finite(non_finite_sum, n):
+    fn, _ = non_finite_sum
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 1e30).astype(np.float32)
+    x[:: max(1, n // 3)] = np.float32(3.4e38)  # finite extremes and their negatives still give 0
+    x[1::7] = np.float32(-3.4e38)
+    x[2::5] = np.float32(1e-45)  # a denormal
+    assert fn(ptr(x), n) == 0.0
+    for where in {0, n // 2, n - 1}:  # in the vector part and in the tail
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[where] = bad
+            assert np.isnan(fn(ptr(y), n)), (where, bad)
+            assert fn(ptr(y), where) == 0.0  # only the first `count` values are read

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F32, F32P, I64, counted_loop, get_or_define, i64, load_at
-from runtime.jit.kernels.irhelpers import V8F, hsum, load_vec, splat_const
+from runtime.jit.irkit import F32, F32P, I64, counted_loop, f32, get_or_define, i64, load_at
+from runtime.jit.kernels.irhelpers import V8F, Var, hsum, load_vec, splat_const
 
 LANES = 8
 CHAINS = 4  # independent accumulators: one vector add's latency hidden behind the others
@@ -25,21 +25,18 @@ def emit_non_finite_sum(module: ir.Module) -> ir.Function:
     def build(fn: ir.Function) -> None:
         p, count = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        accs = [b.alloca(V8F, name=f"acc{j}") for j in range(CHAINS)]
-        total = b.alloca(F32, name="total")  # allocas in the entry block, so they become registers
-        for acc in accs:
-            b.store(splat_const(V8F, 0.0), acc)
+        accs = [Var(b, splat_const(V8F, 0.0), f"acc{j}") for j in range(CHAINS)]
         whole = b.mul(b.udiv(count, i64(STEP)), i64(STEP))
         with counted_loop(b, i64(0), whole, i64(STEP), name="v") as i:
             for j, acc in enumerate(accs):
                 x = load_vec(b, p, b.add(i, i64(LANES * j)))
-                b.store(b.fadd(b.load(acc), b.fsub(x, x)), acc)
-        parts = [hsum(b, b.load(acc)) for acc in accs]
-        b.store(b.fadd(b.fadd(parts[0], parts[1]), b.fadd(parts[2], parts[3])), total)
+                acc.set(b.fadd(acc.get(), b.fsub(x, x)))
+        parts = [hsum(b, acc.get()) for acc in accs]
+        total = Var(b, f32(0.0), "total")
+        total.set(b.fadd(b.fadd(parts[0], parts[1]), b.fadd(parts[2], parts[3])))
         with counted_loop(b, whole, count, name="tail") as i:
             x = load_at(b, p, i)
-            b.store(b.fadd(b.load(total), b.fsub(x, x)), total)
-        b.ret(b.load(total))
+            total.set(b.fadd(total.get(), b.fsub(x, x)))
+        b.ret(total.get())
 
     return get_or_define(module, "non_finite_sum", ir.FunctionType(F32, [F32P, I64]), build)
-
