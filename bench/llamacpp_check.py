@@ -147,6 +147,8 @@ def llama_logits(llm: Any, ids: list[int]) -> np.ndarray:
 
 def same_tokens(llm: Any, ours: Model) -> str:
     """Whether llama.cpp's tokenizer, reading the file's vocabulary, splits TEXT as ours does."""
+    if llm.metadata.get("tokenizer.ggml.model") in ("none", "no_vocab"):
+        return "llama.cpp has no vocabulary here (tokenizer.ggml.model none: it runs on token ids)"
     try:
         mine = ours.tokenizer.encode(TEXT)
     except Exception as e:
