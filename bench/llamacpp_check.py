@@ -15,11 +15,12 @@ llama-cpp-python package, which is never a dependency of the project: install it
 `python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install llama-cpp-python`, and pass that venv's
 site-packages as --llama-site; it is appended to sys.path, so only packages missing here come from
 there) and in our runtime, feeds both the same token ids (a fixed sentence in the World tokenizer, or
-ids spread over the vocabulary for another one), checks that llama.cpp's tokenizer splits that sentence
-as ours does, and prints, per position, max |Δ logit| / max |logit|
-(llama.cpp's logits against ours), and the largest over all positions. With --reference (the same
-model's F32 file, say) both programs' logits are also set against that file's logits in our runtime,
-which shows how much of a quantized file's difference is its quantization. A file llama.cpp refuses is
+ids spread over the vocabulary for another one) and prints, per position, max |Δ logit| / max |logit|
+(llama.cpp's logits against ours), and the largest over all positions. It also checks that llama.cpp's
+tokenizer splits that sentence as ours does, and that llama.cpp gives the same logits fed one token per
+call (decoding) as in one batch. With --reference (the same model's F32 file, say) both programs'
+logits are also set against that file's logits in our runtime, which shows how much of a quantized
+file's difference is its quantization. A file llama.cpp refuses is
 reported with the lines of llama.cpp's log that say why.
 
 llama.cpp runs without its extra CPU weight buffers unless --extra-bufts is given: built with
@@ -145,6 +146,15 @@ def llama_logits(llm: Any, ids: list[int]) -> np.ndarray:
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
+def llama_logits_stepwise(llm: Any, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits after each of `ids`, from a fresh state, fed one token per call (decoding)."""
+    llm.reset()
+    with StderrCapture():
+        for t in ids:
+            llm.eval([t])
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
 def same_tokens(llm: Any, ours: Model) -> str:
     """Whether llama.cpp's tokenizer, reading the file's vocabulary, splits TEXT as ours does."""
     if llm.metadata.get("tokenizer.ggml.model") in ("none", "no_vocab"):
@@ -184,6 +194,7 @@ def compare(path: Path, llama_cpp: Any, reference: Model | None, args: argparse.
         result["error"] = why
     else:
         got = llama_logits(llm, ids)
+        result["steps_vs_batch"] = relative(llama_logits_stepwise(llm, ids), got)
         if ours:
             result["tokens_agree"] = same_tokens(llm, ours)
         if "ref" in result:
@@ -231,6 +242,8 @@ def report(r: dict[str, Any], per_position: bool) -> None:
         print(f"  llama.cpp tokenizes the test sentence as ours does: {r['tokens_agree']}")
         if per_position:
             print("  per position: " + " ".join(f"{x:.1e}" for x in rel))
+    if "steps_vs_batch" in r:
+        print(f"  llama.cpp one token per call against its batch: max {r['steps_vs_batch'].max():.2e}")
     for key, who in (("ours_vs_ref", "ours"), ("llama_vs_ref", "llama.cpp")):
         if key in r:
             print(f"  {who} against the reference: max {r[key].max():.2e}, median {np.median(r[key]):.2e}")
