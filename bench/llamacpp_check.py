@@ -4,9 +4,9 @@
     python bench/llamacpp_check.py --llama-site SITE_PACKAGES --make DIR   # the checks in ARCHITECTURE.md
 
 --make DIR writes two random checkpoints as BlinkDL `.pth` files (tests/support/synthetic.py: RWKV-7
-and RWKV-6, 2 layers × 256, head size 64, the World vocabulary of 65536 so that convert writes
+and RWKV-6, 2 layers × 256 or --make-shape, head size 64, the World vocabulary of 65536 so that convert writes
 llama.cpp's `rwkv` token list, LoRA ranks of a released model's proportions), converts each with
-`rwkv-tui convert` to every type in MAKE_TYPES and checks those files, each model's F32 file as the
+`rwkv-tui convert` to every type in --make-types and checks those files, each model's F32 file as the
 reference.
 
 `rwkv-tui convert` writes RWKV-7 and RWKV-6 files in llama.cpp's `rwkv7` / `rwkv6` layouts so that one
@@ -251,27 +251,30 @@ def report(r: dict[str, Any], per_position: bool) -> None:
         print(f"  decode, median ms/token: ours {r['ms_ours']:.2f}, llama.cpp {r['ms_llama']:.2f}")
 
 
-MAKE_TYPES = ("f32", "f16", "q8_0", "q5_1", "q4_k_m")
+MAKE_TYPES = "f32,f16,q8_0,q5_1,q4_k_m"
 
 
-def make_files(folder: Path) -> list[tuple[Path, list[Path]]]:
+def make_files(folder: Path, n_layer: int, n_embd: int, types: list[str]) -> list[tuple[Path, list[Path]]]:
     """Write the two checkpoints into `folder`, convert them: [(F32 file, [every file])] per model."""
     from tests.support.synthetic import v7_state_dict, v56_state_dict
     from tests.support.torch_writer import write_pth
 
     folder.mkdir(parents=True, exist_ok=True)
+    shape = {"n_layer": n_layer, "n_embd": n_embd, "head_size": 64, "n_vocab": 65536}
     models = {
-        "rwkv7": v7_state_dict(n_layer=2, n_embd=256, head_size=64, n_vocab=65536, ranks=(64, 64, 32, 128)),
-        "rwkv6": v56_state_dict("6", n_layer=2, n_embd=256, head_size=64, n_vocab=65536, ranks=(32, 64)),
+        "rwkv7": lambda: v7_state_dict(**shape, ranks=(64, 64, 32, 128)),
+        "rwkv6": lambda: v56_state_dict("6", **shape, ranks=(32, 64)),
     }
     made = []
     for name, state_dict in models.items():
-        source = write_pth(folder / f"{name}.pth", state_dict)
+        source = write_pth(folder / f"{name}-{n_layer}x{n_embd}.pth", state_dict())
         files = []
-        for kind in MAKE_TYPES:
-            out = folder / f"{name}-{kind}.gguf"
-            subprocess.run([sys.executable, "-m", "tui.cli", "convert", "--type", kind, str(source), str(out)],
-                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        for kind in ["f32", *(t for t in types if t != "f32")]:
+            out = source.with_name(f"{source.stem}-{kind}.gguf")
+            done = subprocess.run([sys.executable, "-m", "tui.cli", "convert", "--type", kind, str(source), str(out)],
+                                  cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"rwkv-tui convert {source.name} --type {kind} failed:\n{done.stderr}")
             files.append(out)
         made.append((files[0], files))
     return made
@@ -281,6 +284,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="*", type=Path, help="GGUF files (rwkv7 / rwkv6 from rwkv-tui convert)")
     ap.add_argument("--make", type=Path, metavar="DIR", help="write, convert and check the test models in DIR")
+    ap.add_argument("--make-shape", default="2x256", help="LAYERSxWIDTH of the --make models (default 2x256)")
+    ap.add_argument("--make-types", default=MAKE_TYPES, help=f"their conversions (default {MAKE_TYPES}; f32 always)")
     ap.add_argument("--llama-site", help="site-packages folder that holds llama_cpp (appended to sys.path)")
     ap.add_argument("--tokens", type=int, default=32, help="tokens compared (default 32)")
     ap.add_argument("--decode", type=int, default=16, help="tokens decoded per timing round, 0: no timing")
@@ -301,7 +306,8 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.2f}; {args.threads} threads")
     groups = [(args.reference, args.files)] if args.files else []
     if args.make:
-        groups += make_files(args.make)
+        n_layer, n_embd = (int(n) for n in args.make_shape.lower().split("x"))
+        groups += make_files(args.make, n_layer, n_embd, args.make_types.split(","))
     for reference_path, files in groups:
         reference = load_model(reference_path, threads=args.threads) if reference_path else None
         for path in files:
