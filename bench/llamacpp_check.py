@@ -26,7 +26,11 @@ reported with the lines of llama.cpp's log that say why.
 llama.cpp runs without its extra CPU weight buffers unless --extra-bufts is given: built with
 GGML_NATIVE on a Sapphire Rapids VM (AMX_INT8), llama-cpp-python 0.3.36 crashes (SIGSEGV in
 ggml_backend_amx_mul_mat) on the first quantized matrix product, for llama.cpp's own Q8_0 file
-(`llama_model_quantize` of our F32 one) as for ours; F32 and F16 files run either way.
+(`llama_model_quantize` of our F32 one) as for ours; F32 and F16 files run either way. Built without
+AMX (CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+-DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+-DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF" pip install --no-cache-dir llama-cpp-python), --extra-bufts
+works and gives llama.cpp its repacked weights: use that build for decode speed.
 
 With --decode N (0 to skip) it also times decoding one token at a time in both programs, interleaved
 A B A B over --rounds rounds on the same thread count, and prints the median ms/token of each: a
