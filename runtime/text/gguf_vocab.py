@@ -7,9 +7,11 @@ vocabulary leaves free up to 65536 are "[PAD<id>]" (unused). bos and eos are 0, 
 llama.cpp reads the tokens back by undoing that escaping (`\\t \\n \\r \\xNN`, `\\c` → c).
 
 llama.cpp has no way to store RWKV's GPT-NeoX 20B vocabulary for an rwkv7 file (its rwkv7 converter
-only writes the World one), so Pile models keep our own name in `tokenizer.ggml.model`
-("gpt-neox-20b", as our RWKV-4 files do) and llama.cpp cannot tokenize for them.
-Every file we write also names its tokenizer in `rwkv_tui.tokenizer`.
+only writes the World one), and it refuses to load a file whose `tokenizer.ggml.model` it does not
+know ("unknown tokenizer: 'gpt-neox-20b'"). So rwkv7/rwkv6 files of Pile models (and of any other
+vocabulary) say "none" there, which llama.cpp loads as a model without a vocabulary (it runs on token
+ids and cannot tokenize), and name their tokenizer in `rwkv_tui.tokenizer` only, which our reader
+reads first. Every file we write names its tokenizer in `rwkv_tui.tokenizer`.
 
 `tokenizer_for_metadata` picks a file's tokenizer: the bundled World tokenizer when the file's token
 list is exactly the World vocabulary (compared token by token), a tokenizer built from the file's
@@ -30,6 +32,7 @@ TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5  # llama.cpp's token types
 WORLD_GGUF_VOCAB = 65536
 WORLD_EOT = 261  # "\n\n": llama.cpp's RWKV World chat template ends turns with it
 WORLD_CHAT_TEMPLATE = "rwkv-world"  # a template llama.cpp knows by name
+LLAMACPP_NO_VOCAB = "none"  # the tokenizer model llama.cpp loads as "no vocabulary" (ids only)
 TOKENIZER_KEY = "rwkv_tui.tokenizer"
 GGUF_TOKENIZER_BY_VOCAB = {50277: NEOX_NAME, 50304: NEOX_NAME, 65536: WORLD_NAME}
 _ESCAPES = {"t": 9, "n": 10, "r": 13}
@@ -80,16 +83,17 @@ def world_gguf_tokens() -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 
 def gguf_tokenizer_metadata(n_vocab: int, source: Mapping[str, Any] | None = None) -> list[tuple[str, Any]]:
-    """The tokenizer keys of an rwkv7 GGUF for a model of `n_vocab` ids: a GGUF source's own
-    `tokenizer.*` keys, else the World vocabulary as llama.cpp stores it (65536 ids), else our name."""
+    """The tokenizer keys of an rwkv7/rwkv6 GGUF for a model of `n_vocab` ids: a GGUF source's own
+    `tokenizer.*` keys, else the World vocabulary as llama.cpp stores it (65536 ids), else llama.cpp's
+    "none" with our name in `rwkv_tui.tokenizer`."""
     source = source or {}
     if source.get("tokenizer.ggml.model") == "rwkv" and isinstance(source.get("tokenizer.ggml.tokens"), list):
         kept = [(k, v) for k, v in source.items() if k.startswith("tokenizer.")]
         name = tokenizer_name_for_metadata(source, n_vocab)
         return [*kept, (TOKENIZER_KEY, name)]
     name = GGUF_TOKENIZER_BY_VOCAB.get(n_vocab, "none")
-    if name != WORLD_NAME:
-        return [("tokenizer.ggml.model", name), (TOKENIZER_KEY, name)]
+    if name != WORLD_NAME:  # llama.cpp refuses a tokenizer model it does not know, so: none
+        return [("tokenizer.ggml.model", LLAMACPP_NO_VOCAB), (TOKENIZER_KEY, name)]
     tokens, types = world_gguf_tokens()
     return [
         ("tokenizer.ggml.model", "rwkv"),
