@@ -81,7 +81,8 @@ def _load_mapped(path: Path, mapping: mmap.mmap, chunk: int) -> LoadedWeights:
     advise_small_pages(mapping, emb.offset, emb.nbytes)
     if emb.dtype not in EMB_TYPES:
         raise UnsupportedModelError(
-            path, f"embedding of type {emb.dtype.name} is not supported (F32, F16 or a K-quant)")
+            path, f"embedding of type {emb.dtype.name} is not supported (F32, F16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0 or a "
+            "K-quant)")
     spec = arch.spec_for(path, ckpt, emb.dtype, matrix_type(path, head), chunk)
     params = arch.params(ckpt, spec)
     view = np.frombuffer(mapping, dtype=np.uint8)

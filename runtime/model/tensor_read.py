@@ -16,7 +16,9 @@ from runtime.quant.types import K_QUANT_TYPES, DType
 _MATRIX_ORDER = (DType.F32, DType.F16, DType.Q8_0, DType.Q6_K, DType.Q5_K, DType.Q5_1, DType.Q5_0, DType.Q4_K,
                  DType.Q4_1, DType.Q4_0, DType.Q3_K, DType.Q2_K)
 MATRIX_TYPES = frozenset(_MATRIX_ORDER)
-EMB_TYPES = frozenset({DType.F32, DType.F16, *K_QUANT_TYPES})
+# llama.cpp's quantize writes token_embd in the file's type (Q8_0, Q5_1, … or a K-quant); a row is decoded per token
+EMB_TYPES = frozenset({DType.F32, DType.F16, DType.Q8_0, DType.Q5_1, DType.Q5_0, DType.Q4_1, DType.Q4_0,
+                       *K_QUANT_TYPES})
 
 
 def matrix_type(path: Path, tensor: LazyTensor, allowed: frozenset[DType] = MATRIX_TYPES) -> DType:

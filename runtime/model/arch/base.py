@@ -46,7 +46,7 @@ from runtime.jit.irkit import (
     split_range,
     store_at,
 )
-from runtime.jit.kernels.dequant import BLOCK
+from runtime.jit.kernels.dequant import BLOCK, NIBBLE_LAYOUTS, block_at, dequantize_block
 from runtime.jit.kernels.dequant_k import SUPER, dequantize_superblock, is_k_quant, superblock_at
 from runtime.jit.kernels.finite import emit_non_finite_sum
 from runtime.jit.kernels.irhelpers import VL, half_to_float, store_vec
@@ -57,7 +57,8 @@ from runtime.jit.kernels.norm import emit_layernorm
 from runtime.jit.kernels.smallmat import emit_smallmat
 from runtime.jit.threads import emit_barrier
 from runtime.model.layout import MAX_THREADS, Arg, GlobalVec
-from runtime.quant.types import K_QUANT_TYPES, DType
+from runtime.model.tensor_read import EMB_TYPES
+from runtime.quant.types import DType
 
 FORWARD_NAME = "rwkv_forward"
 I8PP = I8P.as_pointer()
@@ -173,8 +174,9 @@ class ForwardBuilder:
     module_prefix = "rwkv"
 
     def __init__(self, spec: ArchSpec) -> None:
-        if spec.emb_type not in (DType.F32, DType.F16, *K_QUANT_TYPES):
-            raise ValueError(f"embedding type {spec.emb_type.name} is not supported (F32, F16 or a K-quant)")
+        if spec.emb_type not in EMB_TYPES:
+            names = ", ".join(sorted(t.name for t in EMB_TYPES))
+            raise ValueError(f"embedding type {spec.emb_type.name} is not supported ({names})")
         self.spec = spec
         self.module = ir.Module(name=f"{self.module_prefix}_L{spec.n_layer}_C{spec.n_embd}_V{spec.n_vocab}")
         self.barrier = emit_barrier(self.module)
@@ -383,6 +385,13 @@ class ForwardBuilder:
             with counted_loop(b, i64(0), i64(C // SUPER), name="e") as k:
                 for j, piece in enumerate(dequantize_superblock(b, dtype, superblock_at(b, row, dtype, k))):
                     store_vec(b, piece, out, b.add(b.mul(k, i64(SUPER)), i64(VL * j)))
+            return
+        if self.spec.emb_type in NIBBLE_LAYOUTS or self.spec.emb_type is DType.Q8_0:  # llama.cpp's quantized files
+            dtype = self.spec.emb_type
+            row = b.gep(emb, [b.mul(token, i64(dtype.row_bytes(C)))], inbounds=True)
+            with counted_loop(b, i64(0), i64(C // BLOCK), name="e") as k:
+                for j, piece in enumerate(dequantize_block(b, dtype, block_at(b, row, dtype, k))):
+                    store_vec(b, piece, out, b.add(b.mul(k, i64(BLOCK)), i64(VL * j)))
             return
         half = self.spec.emb_type is DType.F16
         elem = I16 if half else F32  # halves are read as bits: not every host converts them natively
