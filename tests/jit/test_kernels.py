@@ -226,3 +226,16 @@ def test_f16_rows_widened_by_shifts(monkeypatch: pytest.MonkeyPatch, mode: int) 
             want = wd @ x
             scale = np.abs(wd) @ np.abs(x.astype(np.float64))  # the size of the terms summed, per row
             assert np.all(np.abs(y - want) <= 1e-6 * scale + 1e-30), np.abs(y - want).max()
+
+
+def test_row_prefetches_reach_about_the_target_distance_in_whole_groups(monkeypatch):
+    """A group of rows capped short of PREFETCH_TARGET (4 rows of 1024 Q4_0 values: 2304 B) prefetches
+    two groups ahead; a group near the target one; the distance is always whole groups."""
+    from runtime.jit.kernels import matvec_int16 as m
+
+    assert m.rows_for(DType.Q4_0, 1024) == 4 and m.prefetch_ahead(4 * 576) == 2 * 2304
+    assert m.prefetch_ahead(4 * 1088) == 4352  # Q8_0 rows of 1024 values: one group
+    assert m.prefetch_ahead(3 * 1536) == 4608  # Q5_1 rows of 2048 values: one group
+    assert m.prefetch_ahead(100_000) == 100_000  # at least PREFETCH_GROUPS groups
+    monkeypatch.setattr(m, "PREFETCH_GROUPS", 0)
+    assert m.prefetch_ahead(2304) == 0

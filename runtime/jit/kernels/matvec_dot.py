@@ -57,7 +57,7 @@ from runtime.jit.kernels.irhelpers import (
     stack_floats,
     store_results,
 )
-from runtime.jit.kernels.matvec_int16 import PREFETCH_GROUPS, quantize_x, split_bytes
+from runtime.jit.kernels.matvec_int16 import prefetch_ahead, quantize_x, split_bytes
 from runtime.jit.kernels.matvec_int16 import rows_for as x86_rows_for
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
@@ -282,7 +282,7 @@ def _emit_pairs(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w:
                 y: ir.Value, first: ir.Value, count: int) -> None:
     """y[first + i] (+)= W[first + i]·x for i < count, two rows per smmla (i8mm)."""
     row_bytes = dtype.row_bytes(n_cols)
-    ahead = int(PREFETCH_GROUPS * count * row_bytes)
+    ahead = prefetch_ahead(count * row_bytes)
     rows = [row_at(b, w, first, i, row_bytes) for i in range(count)]
     pairs = [_PairDot(b, dtype, prep, rows[i:i + 2], ahead) for i in range(0, count, 2)]
     with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
@@ -296,7 +296,7 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: 
                y: ir.Value, first: ir.Value, count: int) -> None:
     """y[first + i] (+)= W[first + i]·x for i < count."""
     row_bytes = dtype.row_bytes(n_cols)
-    ahead = int(PREFETCH_GROUPS * count * row_bytes)
+    ahead = prefetch_ahead(count * row_bytes)
     rows = [_RowDot(b, dtype, prep, row_at(b, w, first, i, row_bytes), ahead) for i in range(count)]
     with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
         xh, xl = prep.halves(b, k)
