@@ -378,20 +378,19 @@ class ForwardBuilder:
         self._sync(b, barrier, n)
 
     def _embed_row(self, b: ir.IRBuilder, emb: ir.Value, token: ir.Value, out: ir.Value) -> None:
-        C = self.spec.n_embd
-        if is_k_quant(self.spec.emb_type):  # llama.cpp's K-quant files store the embedding in K blocks too
-            dtype = self.spec.emb_type
+        C, dtype = self.spec.n_embd, self.spec.emb_type
+        # llama.cpp's quantized files store the embedding in the file's type: decode the token's row
+        if is_k_quant(dtype):
+            unit, decode = SUPER, lambda row, k: dequantize_superblock(b, dtype, superblock_at(b, row, dtype, k))
+        elif dtype in NIBBLE_LAYOUTS or dtype is DType.Q8_0:
+            unit, decode = BLOCK, lambda row, k: dequantize_block(b, dtype, block_at(b, row, dtype, k))
+        else:
+            unit = 0
+        if unit:
             row = b.gep(emb, [b.mul(token, i64(dtype.row_bytes(C)))], inbounds=True)
-            with counted_loop(b, i64(0), i64(C // SUPER), name="e") as k:
-                for j, piece in enumerate(dequantize_superblock(b, dtype, superblock_at(b, row, dtype, k))):
-                    store_vec(b, piece, out, b.add(b.mul(k, i64(SUPER)), i64(VL * j)))
-            return
-        if self.spec.emb_type in NIBBLE_LAYOUTS or self.spec.emb_type is DType.Q8_0:  # llama.cpp's quantized files
-            dtype = self.spec.emb_type
-            row = b.gep(emb, [b.mul(token, i64(dtype.row_bytes(C)))], inbounds=True)
-            with counted_loop(b, i64(0), i64(C // BLOCK), name="e") as k:
-                for j, piece in enumerate(dequantize_block(b, dtype, block_at(b, row, dtype, k))):
-                    store_vec(b, piece, out, b.add(b.mul(k, i64(BLOCK)), i64(VL * j)))
+            with counted_loop(b, i64(0), i64(C // unit), name="e") as k:
+                for j, piece in enumerate(decode(row, k)):
+                    store_vec(b, piece, out, b.add(b.mul(k, i64(unit)), i64(VL * j)))
             return
         half = self.spec.emb_type is DType.F16
         elem = I16 if half else F32  # halves are read as bits: not every host converts them natively
