@@ -44,21 +44,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.app_streaming import cpu_name
 from bench.kernel_costs import SWITCHES
 from runtime.bench import bytes_per_decoded_token, stream_read_gbs, weights_read_gbs
 from runtime.jit.kernels.stream_read import STEP, stream_sum
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def build_variant(settings: str, default_file: Path | None, threads: int) -> Model:
@@ -122,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, states[label] = m.forward([int(tok)], states[label])
                 times[label].append(clock() - t0)
     read = float(np.median(reads))
-    print(f"{platform.processor() or platform.machine()} ({_cpu_name()}), load {os.getloadavg()[0]:.1f}")
+    print(f"{platform.processor() or platform.machine()} ({cpu_name()}), load {os.getloadavg()[0]:.1f}")
     print(f"{args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, "
           f"{'CPU' if args.threads == 1 else 'wall'} time; compiled read median {read:.1f} GB/s")
     for label, m in models.items():

@@ -548,12 +548,14 @@ class _RowDot:
         return hsum(b, v)
 
 
-def prefetch_ahead(group_bytes: int) -> int:
+def prefetch_ahead(group_bytes: int, groups: int | None = None) -> int:
     """Bytes ahead a row's prefetch reaches when its group of rows spans `group_bytes`: whole groups, at
-    least PREFETCH_GROUPS of them and as many as make about PREFETCH_TARGET bytes (0: no prefetch)."""
-    if not PREFETCH_GROUPS:
+    least `groups` (default PREFETCH_GROUPS) of them and as many as make about PREFETCH_TARGET bytes
+    (0 groups: no prefetch)."""
+    least = PREFETCH_GROUPS if groups is None else groups
+    if not least:
         return 0
-    return max(PREFETCH_GROUPS, round(PREFETCH_TARGET / group_bytes)) * group_bytes
+    return max(least, round(PREFETCH_TARGET / group_bytes)) * group_bytes
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,

@@ -72,7 +72,7 @@ from runtime.jit.kernels.irhelpers import (
     tree_reduce,
     tree_sum,
 )
-from runtime.jit.kernels.matvec_int16 import PREFETCH_TARGET, TINY, XMAX, Variant
+from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, prefetch_ahead
 from runtime.quant.types import DType
 
 # Each row prefetches the same place in a later row group: as many groups ahead as make about
@@ -317,8 +317,7 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
-        group = count * row_bytes
-        ahead = max(PREFETCH_GROUPS, round(PREFETCH_TARGET / group)) * group if PREFETCH_GROUPS else 0
+        ahead = prefetch_ahead(count * row_bytes, PREFETCH_GROUPS)
         rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead) for i in range(count)]
         with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
             base = b.mul(k, i64c(SUPER))

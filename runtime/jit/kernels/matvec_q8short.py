@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from runtime.jit.irkit import F32, F32P, I8, I8P, I16, I32, I64, VOID, counted_loop, get_or_define, intrinsic
+from runtime.jit.irkit import F32, F32P, I8P, I16, I64, VOID, counted_loop, get_or_define, intrinsic
 from runtime.jit.kernels.irhelpers import (
     BLOCK,
     VL,
@@ -38,21 +38,16 @@ from runtime.jit.kernels.irhelpers import (
     stack_floats,
     store_results,
 )
+from runtime.jit.kernels.matvec_int16 import V16I8, V16I16, V16I32, V32I8, host_variant, quantize_x
+from runtime.jit.kernels.matvec_int16 import V32I16W as V32I16
 from runtime.jit.kernels.matvec_int16 import _dpwssd as dpwssd_256
 from runtime.jit.kernels.matvec_int16 import _pmaddwd as pmaddwd
-from runtime.jit.kernels.matvec_int16 import host_variant, quantize_x
 from runtime.quant.types import DType
 
 SHORT_COLS = 256  # longest rows (values) this kernel takes: X of 8 blocks in 8 registers
 ROWS = 4  # rows walked side by side
 PREFETCH_BYTES = 4096  # software prefetch distance ahead of each block read (0: none)
-BLOCK_BYTES = 34  # a Q8_0 block: f16 d, 32 int8 codes
-V16I32 = ir.VectorType(I32, 16)
-V16F = ir.VectorType(F32, 16)
-V32I16 = ir.VectorType(I16, 32)
-V32I8 = ir.VectorType(I8, 32)
-V16I16 = ir.VectorType(I16, 16)
-V16I8 = ir.VectorType(I8, 16)
+BLOCK_BYTES = DType.Q8_0.block_bytes  # f16 d, 32 int8 codes
 
 
 def uses_short_q8(dtype: DType, n_cols: int) -> bool:
