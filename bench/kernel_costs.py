@@ -369,7 +369,8 @@ SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS":
             "MIN_ROWS": "matvec_int16", "MAX_ROWS": "matvec_int16", "Q8_BYTES": "matvec_int16",
             "USE_I8MM": "matvec_dot", "SUM_SUBS": "matvec_kquant_int", "SHIFT_BY_SHUFFLE": "matvec_kquant_int",
             "USE_GFNI": "matvec_kquant_int", "PREFETCH_LOCALITY": "matvec_kquant_int",
-            "SCALES_IN_QWORDS": "dequant_k", "BIAS_IN_XSUM": "matvec_kquant_int"}
+            "SCALES_IN_QWORDS": "dequant_k", "BIAS_IN_XSUM": "matvec_kquant_int",
+            "LANE_MAJOR": "matvec_kquant_int", "LANE_MASKS": "matvec_kquant_int"}
 
 
 def apply_switches(switches: dict[str, int]) -> None:

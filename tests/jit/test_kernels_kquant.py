@@ -106,6 +106,7 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
 @pytest.mark.skipif(int_variant(DType.Q4_K) is None, reason="the integer kernel is not this host's")
 @pytest.mark.parametrize("module, switch", [
     ("matvec_kquant_int", "SUM_SUBS"), ("matvec_kquant_int", "BIAS_IN_XSUM"), ("dequant_k", "SCALES_IN_QWORDS"),
+    ("matvec_kquant_int", "LANE_MAJOR"), ("matvec_kquant_int", "LANE_MASKS"), ("matvec_kquant_int", "USE_GFNI"),
 ])
 def test_matvec_with_a_kernel_switch_off(monkeypatch: pytest.MonkeyPatch, module: str, switch: str) -> None:
     """The other side of each A/B switch of the integer kernel (bench/kernel_ab.py) computes the same
@@ -189,3 +190,47 @@ def test_other_cpus(cpu: str, features: str, variant: str) -> None:
     assert sorted(result["errors"]) == sorted(t.name for t in TYPES)
     bad = {k: v for k, v in result["errors"].items() if max(v) > RTOL}
     assert not bad, (result["variants"], bad)
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("masks", [True, False])
+def test_lane_major_chunks_hold_each_value_once_in_its_sub_block_lane(t: DType, masks: bool) -> None:
+    """LaneCodes (512-bit hosts; emulated here, so it runs on any CI host): gathering dword_index from
+    each field's region and taking the lane's field bits gives, in chunk c, lane L, byte i, the code of
+    value 16L + 4c + i as code_fields defines it (times 1/factors()[L] where the mask leaves the bits in
+    place), which is the order the prepared x is transposed to."""
+    from runtime.jit.kernels.dequant_k import SUPER, code_fields
+    from runtime.jit.kernels.matvec_kquant_int import LaneCodes
+
+    block = np.random.default_rng(int(t)).integers(0, 256, size=t.block_bytes, dtype=np.uint8)
+
+    def code(v: int) -> int:
+        q = 0
+        for f in code_fields(t, v // 32):
+            q |= ((int(block[f.offset + v % 32]) >> f.shift) & ((1 << f.width) - 1)) << f.place
+        return q
+
+    lanes = LaneCodes(t, gfni=True, masks=masks)
+    factors = lanes.factors()
+    seen = set()
+    for c in range(SUPER // 64):
+        got = np.zeros(64, np.int64)
+        for field in range(len(lanes.fields)):
+            start, dwords = lanes.region(field)
+            region = np.zeros(4 * dwords, np.uint8)
+            avail = min(4 * dwords, t.block_bytes - start)
+            region[:avail] = block[start:start + avail]
+            words = region.view("<u4")[lanes.dword_index(field, c)]
+            raw = words.view(np.uint8).astype(np.int64)
+            for j in range(64):
+                f = lanes.fields[field][j // 8]
+                if lanes.masks:
+                    got[j] |= raw[j] & (((1 << f.width) - 1) << f.shift)
+                else:
+                    got[j] |= ((raw[j] >> f.shift) & ((1 << f.width) - 1)) << f.place
+        for j in range(64):
+            lane, i = divmod(j, 4)
+            v = 16 * lane + 4 * c + i
+            seen.add(v)
+            assert got[j] * factors[lane] == code(v), (t.name, c, lane, i)
+    assert seen == set(range(SUPER))

@@ -28,7 +28,19 @@ about the same (Q2_K/Q3_K have fewer bytes): what bounds them here is the µops 
 vpdpbusd fewer, results wrong, measured +17-20 %); llvm-mca's Sapphire Rapids model counts port 0 alone
 and so overstates SUM_SUBS (bench/kernel_costs.py --types q2_k,q3_k,q4_k,q5_k,q6_k).
 
-The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row.
+On 512-bit VNNI hosts Q2_K, Q3_K and Q4_K (LANE_MAJOR_TYPES) read their codes lane-major instead
+(LaneCodes): chunk c, dword lane L holds values 16L + 4c … 16L + 4c + 3, picked from the super-block's
+bytes by one vpermd/vpermt2d per field and chunk (off port 0) with Xh and Xl transposed to match once per
+call, so that the four chunks' vpdpbusd accumulate per sub-block of 16 in place: no SUM_SUBS shuffles and
+one ·256 per super-block instead of one per chunk. Q2_K and Q4_K leave their single field's bits in place
+(one mask on either port instead of vgf2p8affineqb on port 0; the 2^shift is divided out of sx per 16 once
+per call). L2 GB/s per thread, interleaved, Sapphire Rapids (helper load on the other vCPU), before →
+after: Q2_K 13.4 → 15.1, Q3_K 14.1 → 14.9, Q4_K 20.4 → 22.2; Q5_K 20.8 → 20.1 and Q6_K 27.8 → 26.9
+(two fields: a second permute per chunk costs more than the sums saved), so those two keep the
+chunked path.
+
+The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row (every
+path sums the same integer products exactly).
 """
 
 from __future__ import annotations
@@ -40,8 +52,10 @@ from llvmlite import ir
 from runtime.jit.irkit import F32, I8, I16, I32, counted_loop, intrinsic
 from runtime.jit.kernels.dequant_k import (
     GROUP,
+    GROUPS,
     SUB,
     SUPER,
+    SubScales,
     code_bias,
     code_fields,
     sub_scales,
@@ -93,6 +107,15 @@ SUM_SUBS = True
 # Q3_K/Q6_K (value = scale·(q − offset)): Σx per sub-block stored times −offset once per call, so that the
 # bias term is scale·that instead of (scale·−offset)·Σx per super-block (a switch for A/B runs)
 BIAS_IN_XSUM = True
+# 512-bit VNNI hosts: each chunk's codes gathered lane-major (LANE_MAJOR below), so that the four chunks'
+# vpdpbusd accumulate into one vector per byte of X with no per-sub-block sums and no per-chunk ·256 (a switch
+# for A/B runs)
+LANE_MAJOR = True
+LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K})
+# lane-major single-field types (Q2_K, Q4_K): the codes are the field's bits left where they are (one mask, on
+# either 512-bit port) and the field's 2^shift is taken out of sx per 16 once per call, instead of a shift to
+# bit 0 (vgf2p8affineqb, port 0 only, where the vpdpbusd run) (a switch for A/B runs)
+LANE_MASKS = True
 
 
 def chunk_width(variant: Variant) -> int:
@@ -107,7 +130,7 @@ class _PreparedX:
     sx per 16 values (`sx` itself where size is 16)."""
 
     def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None,
-                 xsum_factor: float = 1.0) -> None:
+                 xsum_factor: float = 1.0, lanes: LaneCodes | None = None) -> None:
         self.pattern = pattern
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
         self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
@@ -148,6 +171,28 @@ class _PreparedX:
                 at = b.add(base, i64c(VL * j))
                 for arr, v in ((self.xl, lo), (self.xh, hi)):
                     b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
+        self.sx_lanes = self.sx16
+        if lanes is not None:
+            self._to_lane_major(b, n_cols, lanes)
+
+    def _to_lane_major(self, b: ir.IRBuilder, n_cols: int, lanes: LaneCodes) -> None:
+        """Reorder each super-block's Xh and Xl as LaneCodes reads its codes (chunk c, lane L: values
+        16L + 4c … 16L + 4c + 3) and, where the codes keep a factor 2^shift, divide sx per 16 by it."""
+        v64 = ir.VectorType(I32, SUPER // 4)
+        order = [4 * lane + c for c in range(SUPER // 64) for lane in range(SUPER // SUB)]
+        factors = lanes.factors()
+        if any(f != 1.0 for f in factors):
+            self.sx_lanes = stack_floats(b, n_cols // SUB, align=64, name="sxlanes")
+        with counted_loop(b, 0, n_cols // SUPER, name="xlane") as k:
+            at = b.mul(k, i64c(SUPER))
+            for arr in (self.xh, self.xl):
+                ptr = b.bitcast(b.gep(arr, [at], inbounds=True), v64.as_pointer())
+                b.store(shuffle(b, b.load(ptr, align=64), ir.Constant(v64, None), order), ptr, align=64)
+            if self.sx_lanes is not self.sx16:
+                first = b.mul(k, i64c(SUPER // SUB))
+                v16 = ir.VectorType(F32, SUPER // SUB)
+                scaled = b.fmul(load_vec(b, self.sx16, first, align=64, ty=v16), const_vec(v16, factors))
+                b.store(scaled, b.bitcast(b.gep(self.sx_lanes, [first], inbounds=True), v16.as_pointer()), align=64)
 
     def bytes_at(self, b: ir.IRBuilder, arr: ir.Value, start: ir.Value, width: int) -> ir.Value:
         """`width` bytes of `arr` from value `start`, as <width/4 x i32>."""
@@ -206,6 +251,86 @@ def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, widt
     return out
 
 
+class LaneCodes:
+    """A super-block's codes in lane-major chunks for 512-bit hosts: chunk c (of 4), dword lane L (of 16)
+    holds the codes of values 16L + 4c … 16L + 4c + 3, so lane L meets only values of the 16-value sub-block
+    L in every chunk, and the four chunks' vpdpbusd add up per sub-block in place. (code_fields' byte runs
+    hold consecutive values, so each lane's four codes are one dword of a run: a vpermd/vpermt2d per field
+    and chunk picks them from the super-block's bytes, loaded once per row.) Lanes 2g and 2g+1 lie in the
+    32-value group g, so a qword of lanes shares one field layout (one vgf2p8affineqb matrix)."""
+
+    def __init__(self, dtype: DType, gfni: bool, masks: bool) -> None:
+        self.dtype = dtype
+        self.fields = list(zip(*(code_fields(dtype, g) for g in range(GROUPS)), strict=True))
+        self.gfni = gfni
+        # one field left in place: its code times 2^shift fits a byte (shift + width ≤ 8)
+        self.masks = masks and len(self.fields) == 1
+
+    def factors(self) -> list[float]:
+        """Per lane, what the lane's codes are to be multiplied by (1/2^shift where the mask leaves the
+        field's bits in place)."""
+        if not self.masks:
+            return [1.0] * (SUPER // SUB)
+        return [2.0 ** -self.fields[0][lane // 2].shift for lane in range(SUPER // SUB)]
+
+    def region(self, field: int) -> tuple[int, int]:
+        """(first byte, dwords) of the super-block that field `field`'s runs lie in, the dwords rounded up
+        to a vector length (8, 16 or 32)."""
+        runs = self.fields[field]
+        start = min(f.offset for f in runs)
+        dwords = (max(f.offset for f in runs) + GROUP - start) // 4
+        return start, 1 << (dwords - 1).bit_length()
+
+    def dword_index(self, field: int, chunk: int) -> list[int]:
+        """Per lane, the dword of region(field) that holds the field's bits for chunk `chunk`: lane L's
+        values 16L + 4c … lie at byte 16·(L % 2) + 4c of group L // 2's run."""
+        runs, (start, _) = self.fields[field], self.region(field)
+        return [(runs[lane // 2].offset - start) // 4 + 4 * (lane % 2) + chunk for lane in range(SUPER // SUB)]
+
+    def sources(self, b: ir.IRBuilder, block: ir.Value) -> list[ir.Value]:
+        """Each field's region of the super-block at i8* `block`, as one <8, 16 or 32 x i32> load."""
+        out = []
+        for field in range(len(self.fields)):
+            start, dwords = self.region(field)
+            out.append(load_as(b, block, start, ir.VectorType(I32, dwords)))
+        return out
+
+    def codes(self, b: ir.IRBuilder, sources: list[ir.Value], chunk: int) -> ir.Value:
+        """Chunk `chunk`'s codes as <64 x i8> (unsigned; times 1/factors() where the mask leaves them)."""
+        v64, v16 = ir.VectorType(I8, 64), ir.VectorType(I32, SUPER // SUB)
+        out = None
+        for field, (runs, src) in enumerate(zip(self.fields, sources, strict=True)):
+            raw = shuffle(b, src, ir.Constant(src.type, None), self.dword_index(field, chunk))
+            per_byte = [runs[j // 8] for j in range(64)]  # byte j lies in lane j // 4, group j // 8
+            if self.masks:
+                mask = [((1 << f.width) - 1) << f.shift for f in per_byte]
+                codes = b.and_(b.bitcast(raw, v64), const_vec(v64, mask))
+            elif self.gfni:
+                fn = intrinsic(b.module, "llvm.x86.vgf2p8affineqb.512", v64, [v64, v64, I8])
+                mat = [(_affine_matrix(f.shift, f.width, f.place) >> (8 * (j % 8))) & 0xFF
+                       for j, f in enumerate(per_byte)]
+                codes = b.call(fn, [b.bitcast(raw, v64), const_vec(v64, mat), ir.Constant(I8, 0)])
+            else:
+                # a dword shift moves bits across its bytes only into positions the byte mask clears
+                amounts = [runs[lane // 2].shift - runs[lane // 2].place for lane in range(SUPER // SUB)]
+                if any(a > 0 for a in amounts):
+                    raw = b.lshr(raw, const_vec(v16, [max(a, 0) for a in amounts]))
+                if any(a < 0 for a in amounts):
+                    raw = b.shl(raw, const_vec(v16, [max(-a, 0) for a in amounts]))
+                mask = [((1 << f.width) - 1) << f.place for f in per_byte]
+                codes = b.and_(b.bitcast(raw, v64), const_vec(v64, mask))
+            out = codes if out is None else b.or_(out, codes)
+        return out
+
+
+def lane_codes(dtype: DType, variant: Variant) -> LaneCodes | None:
+    """The lane-major code reader where this host's kernel uses it (LANE_MAJOR, 512-bit VNNI, the types of
+    LANE_MAJOR_TYPES), else None."""
+    if not (LANE_MAJOR and dtype in LANE_MAJOR_TYPES and variant.vnni and chunk_width(variant) == 64):
+        return None
+    return LaneCodes(dtype, USE_GFNI and variant.gfni, LANE_MASKS)
+
+
 def shift_pattern(b: ir.IRBuilder, width: int) -> ir.Value:
     """The vpshufb indices that move each dword's bytes up by one (zero in), as <width x i8> passed
     through an empty asm statement: LLVM would otherwise turn the shuffle back into a shift."""
@@ -261,8 +386,9 @@ class _RowDot:
     """One K-quant row against the prepared x."""
 
     def __init__(self, b: ir.IRBuilder, dtype: DType, variant: Variant, prep: _PreparedX, row: ir.Value,
-                 ahead: int) -> None:
+                 ahead: int, lanes: LaneCodes | None = None) -> None:
         self.b, self.dtype, self.variant, self.prep, self.row, self.ahead = b, dtype, variant, prep, row, ahead
+        self.lanes = lanes
         self.width = chunk_width(variant)
         lanes = SUPER // SUB if SUM_SUBS else self.width // 4
         self.acc = Var(b, ir.Constant(ir.VectorType(F32, lanes), None), "acc")
@@ -282,6 +408,9 @@ class _RowDot:
         # types whose bias is scale·(−offset) meet Σx·(−offset) (_PreparedX's xsum_factor) with the scale
         bias = sub.scale if BIAS_IN_XSUM and code_bias(self.dtype) else sub.bias
         self.bias.set(fma(b, bias, load_vec(b, prep.xsum, first, align=4 * n_subs, ty=self.subs_ty), self.bias.get()))
+        if self.lanes is not None:
+            self._add_lane_major(k, ptr, sub, xs)
+            return
         dots = []
         for c, (xh, xl) in enumerate(xs):
             codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
@@ -296,6 +425,24 @@ class _RowDot:
         for c, dot in enumerate(dots):
             lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
+
+    def _add_lane_major(self, k: ir.Value, ptr: ir.Value, sub: SubScales, xs: list[tuple[ir.Value, ir.Value]]) -> None:
+        """The dot products through LaneCodes: Σ q·Xh and Σ q·Xl accumulated over the chunks per sub-block
+        of 16 (one vpdpbusd chain each), then 256·high + low, one conversion and one FMA."""
+        b, prep = self.b, self.prep
+        ity = ir.VectorType(I32, SUPER // SUB)
+        fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", ity, [ity, ity, ity])
+        sources = self.lanes.sources(b, ptr)
+        high = low = ir.Constant(ity, None)
+        for c, (xh, xl) in enumerate(xs):
+            q = b.bitcast(self.lanes.codes(b, sources, c), ity)
+            high = b.call(fn, [high, q, xh])
+            low = b.call(fn, [low, q, xl])
+        shifted = _times256(b, high, prep.pattern) if prep.pattern is not None else b.shl(high, splat_const(ity, 8))
+        sums = b.add(shifted, low)
+        per16 = shuffle(b, sub.scale, sub.scale, [i * SUB // sub.size for i in range(SUPER // SUB)])
+        ds16 = b.fmul(per16, load_vec(b, prep.sx_lanes, b.mul(k, i64c(SUPER // SUB)), align=64, ty=per16.type))
+        self.acc.set(fma(b, b.sitofp(sums, ds16.type), ds16, self.acc.get()))
 
     def result(self) -> ir.Value:
         b = self.b
@@ -313,12 +460,14 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     width = chunk_width(variant)
     pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
     factor = -float(code_bias(dtype)) if BIAS_IN_XSUM and code_bias(dtype) else 1.0
-    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor)
+    lanes = lane_codes(dtype, variant)
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor, lanes)
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
         ahead = prefetch_ahead(count * row_bytes, PREFETCH_GROUPS)
-        rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead) for i in range(count)]
+        rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead, lanes)
+                for i in range(count)]
         with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
             base = b.mul(k, i64c(SUPER))
             xs = []
