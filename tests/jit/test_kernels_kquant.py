@@ -197,7 +197,7 @@ def test_other_cpus(cpu: str, features: str, variant: str) -> None:
 def test_lane_major_chunks_hold_each_value_once_in_its_sub_block_lane(t: DType, masks: bool) -> None:
     """LaneCodes (512-bit hosts; emulated here, so it runs on any CI host): gathering dword_index from
     each field's region and taking the lane's field bits gives, in chunk c, lane L, byte i, the code of
-    value 16L + 4c + i as code_fields defines it (times 1/factors()[L] where the mask leaves the bits in
+    value value_of(c, L) + i as code_fields defines it (times 1/factors()[L] where the mask leaves the bits in
     place), which is the order the prepared x is transposed to."""
     from runtime.jit.kernels.dequant_k import SUPER, code_fields
     from runtime.jit.kernels.matvec_kquant_int import LaneCodes
@@ -230,7 +230,7 @@ def test_lane_major_chunks_hold_each_value_once_in_its_sub_block_lane(t: DType, 
                     got[j] |= ((raw[j] >> f.shift) & ((1 << f.width) - 1)) << f.place
         for j in range(64):
             lane, i = divmod(j, 4)
-            v = 16 * lane + 4 * c + i
+            v = lanes.value_of(c, lane) + i
             seen.add(v)
             assert got[j] * factors[lane] == code(v), (t.name, c, lane, i)
     assert seen == set(range(SUPER))

@@ -28,16 +28,18 @@ about the same (Q2_K/Q3_K have fewer bytes): what bounds them here is the µops 
 vpdpbusd fewer, results wrong, measured +17-20 %); llvm-mca's Sapphire Rapids model counts port 0 alone
 and so overstates SUM_SUBS (bench/kernel_costs.py --types q2_k,q3_k,q4_k,q5_k,q6_k).
 
-On 512-bit VNNI hosts Q2_K, Q3_K and Q4_K (LANE_MAJOR_TYPES) read their codes lane-major instead
-(LaneCodes): chunk c, dword lane L holds values 16L + 4c … 16L + 4c + 3, picked from the super-block's
-bytes by one vpermd/vpermt2d per field and chunk (off port 0) with Xh and Xl transposed to match once per
-call, so that the four chunks' vpdpbusd accumulate per sub-block of 16 in place: no SUM_SUBS shuffles and
-one ·256 per super-block instead of one per chunk. Q2_K and Q4_K leave their single field's bits in place
-(one mask on either port instead of vgf2p8affineqb on port 0; the 2^shift is divided out of sx per 16 once
-per call). L2 GB/s per thread, interleaved, Sapphire Rapids (helper load on the other vCPU), before →
-after: Q2_K 13.4 → 15.1, Q3_K 14.1 → 14.9, Q4_K 20.4 → 22.2; Q5_K 20.8 → 20.1 and Q6_K 27.8 → 26.9
-(two fields: a second permute per chunk costs more than the sums saved), so those two keep the
-chunked path.
+On 512-bit VNNI hosts Q2_K, Q3_K, Q4_K and Q5_K (LANE_MAJOR_TYPES) read their codes lane-major
+instead (LaneCodes): chunk c, dword lane L holds four values of one sub-block (16L + 4c … in the 16-value
+ones; 8c … of sub-block L//2 in Q4_K/Q5_K's, so that Q5_K's qh, shared by all groups, is one broadcast
+qword per chunk), picked from the super-block's bytes by one permute per field and chunk (port 5) with Xh
+and Xl transposed to match once per call, so that the four chunks' vpdpbusd accumulate per sub-block in
+place: no SUM_SUBS shuffles and one ·256 per super-block instead of one per chunk. Q2_K and Q4_K leave
+their single field's bits in place (one mask on either port instead of vgf2p8affineqb on port 0; the
+2^shift is divided out of sx per 16 once per call). L2 GB/s per thread, interleaved, Sapphire Rapids
+(bench/kernel_ab.py; a helper's load on the other vCPU), chunked → lane-major: Q2_K 13.4 → 15.1, Q3_K
+14.1 → 14.9, Q4_K 20.4 → 22.2, Q5_K 20.8 → 23.4; Q6_K 27.8 → 26.9 (its qh needs a second permute per
+chunk), so Q6_K keeps the chunked path. vpmultishiftqb (port 5) for Q3_K/Q5_K's second field instead of
+vgf2p8affineqb: 3-5 % slower.
 
 The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row (every
 path sums the same integer products exactly).
@@ -111,7 +113,7 @@ BIAS_IN_XSUM = True
 # vpdpbusd accumulate into one vector per byte of X with no per-sub-block sums and no per-chunk ·256 (a switch
 # for A/B runs)
 LANE_MAJOR = True
-LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K})
+LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K})
 # lane-major single-field types (Q2_K, Q4_K): the codes are the field's bits left where they are (one mask, on
 # either 512-bit port) and the field's 2^shift is taken out of sx per 16 once per call, instead of a shift to
 # bit 0 (vgf2p8affineqb, port 0 only, where the vpdpbusd run) (a switch for A/B runs)
@@ -177,9 +179,9 @@ class _PreparedX:
 
     def _to_lane_major(self, b: ir.IRBuilder, n_cols: int, lanes: LaneCodes) -> None:
         """Reorder each super-block's Xh and Xl as LaneCodes reads its codes (chunk c, lane L: values
-        16L + 4c … 16L + 4c + 3) and, where the codes keep a factor 2^shift, divide sx per 16 by it."""
+        LaneCodes.value_of) and, where the codes keep a factor 2^shift, divide sx per 16 by it."""
         v64 = ir.VectorType(I32, SUPER // 4)
-        order = [4 * lane + c for c in range(SUPER // 64) for lane in range(SUPER // SUB)]
+        order = [lanes.value_of(c, lane) // 4 for c in range(SUPER // 64) for lane in range(SUPER // SUB)]
         factors = lanes.factors()
         if any(f != 1.0 for f in factors):
             self.sx_lanes = stack_floats(b, n_cols // SUB, align=64, name="sxlanes")
@@ -265,6 +267,7 @@ class LaneCodes:
         self.gfni = gfni
         # one field left in place: its code times 2^shift fits a byte (shift + width ≤ 8)
         self.masks = masks and len(self.fields) == 1
+        self.sub = sub_size(dtype)
 
     def factors(self) -> list[float]:
         """Per lane, what the lane's codes are to be multiplied by (1/2^shift where the mask leaves the
@@ -281,26 +284,56 @@ class LaneCodes:
         dwords = (max(f.offset for f in runs) + GROUP - start) // 4
         return start, 1 << (dwords - 1).bit_length()
 
+    def value_of(self, chunk: int, lane: int) -> int:
+        """The first of the four values lane `lane` of chunk `chunk` holds: 16L + 4c in the 16-value
+        sub-blocks; in Q4_K/Q5_K's 32-value ones lanes 2g and 2g+1 take values 8c … 8c+7 of sub-block g,
+        so that a run every group shares (Q5_K's qh) is one qword for the whole chunk (one broadcast load)."""
+        if self.sub == SUB:
+            return SUB * lane + 4 * chunk
+        return 2 * SUB * (lane // 2) + 8 * chunk + 4 * (lane % 2)
+
     def dword_index(self, field: int, chunk: int) -> list[int]:
-        """Per lane, the dword of region(field) that holds the field's bits for chunk `chunk`: lane L's
-        values 16L + 4c … lie at byte 16·(L % 2) + 4c of group L // 2's run."""
+        """Per lane, the dword of region(field) that holds the field's bits for chunk `chunk` (value v of
+        group g lies at byte v − 32g of g's run)."""
         runs, (start, _) = self.fields[field], self.region(field)
-        return [(runs[lane // 2].offset - start) // 4 + 4 * (lane % 2) + chunk for lane in range(SUPER // SUB)]
+        out = []
+        for lane in range(SUPER // SUB):
+            g = lane // 2
+            out.append((runs[g].offset - start + self.value_of(chunk, lane) - GROUP * g) // 4)
+        return out
+
+    def _broadcast_pair(self, field: int, chunk: int) -> int | None:
+        """The first dword of the pair every qword of lanes takes, where one does (a run the groups share,
+        lanes 2g and 2g+1 reading adjacent dwords of it), else None."""
+        index = self.dword_index(field, chunk)
+        if index[:2] * (len(index) // 2) == index and index[1] == index[0] + 1:
+            return index[0]
+        return None
 
     def sources(self, b: ir.IRBuilder, block: ir.Value) -> list[ir.Value]:
-        """Each field's region of the super-block at i8* `block`, as one <8, 16 or 32 x i32> load."""
+        """Each field's region of the super-block at i8* `block` as one <8, 16 or 32 x i32> load, or None
+        for a field read as broadcast pairs (codes loads those per chunk)."""
         out = []
         for field in range(len(self.fields)):
             start, dwords = self.region(field)
+            if all(self._broadcast_pair(field, c) is not None for c in range(SUPER // 64)):
+                out.append(None)
+                continue
             out.append(load_as(b, block, start, ir.VectorType(I32, dwords)))
         return out
 
-    def codes(self, b: ir.IRBuilder, sources: list[ir.Value], chunk: int) -> ir.Value:
-        """Chunk `chunk`'s codes as <64 x i8> (unsigned; times 1/factors() where the mask leaves them)."""
+    def codes(self, b: ir.IRBuilder, block: ir.Value, sources: list[ir.Value | None], chunk: int) -> ir.Value:
+        """Chunk `chunk`'s codes of the super-block at i8* `block` as <64 x i8> (unsigned; times 1/factors()
+        where the mask leaves them)."""
         v64, v16 = ir.VectorType(I8, 64), ir.VectorType(I32, SUPER // SUB)
         out = None
         for field, (runs, src) in enumerate(zip(self.fields, sources, strict=True)):
-            raw = shuffle(b, src, ir.Constant(src.type, None), self.dword_index(field, chunk))
+            if src is None:
+                pair = load_as(b, block, self.region(field)[0] + 4 * self._broadcast_pair(field, chunk),
+                               ir.VectorType(I32, 2))
+                raw = shuffle(b, pair, pair, [0, 1] * (SUPER // SUB // 2))
+            else:
+                raw = shuffle(b, src, ir.Constant(src.type, None), self.dword_index(field, chunk))
             per_byte = [runs[j // 8] for j in range(64)]  # byte j lies in lane j // 4, group j // 8
             if self.masks:
                 mask = [((1 << f.width) - 1) << f.shift for f in per_byte]
@@ -435,7 +468,7 @@ class _RowDot:
         sources = self.lanes.sources(b, ptr)
         high = low = ir.Constant(ity, None)
         for c, (xh, xl) in enumerate(xs):
-            q = b.bitcast(self.lanes.codes(b, sources, c), ity)
+            q = b.bitcast(self.lanes.codes(b, ptr, sources, c), ity)
             high = b.call(fn, [high, q, xh])
             low = b.call(fn, [low, q, xl])
         shifted = _times256(b, high, prep.pattern) if prep.pattern is not None else b.shl(high, splat_const(ity, 8))
