@@ -25,7 +25,10 @@ decoded up to 34 % faster from a fresh copy (`cp`) than from the original file, 
 their copies; why, unknown). Before reading a difference between files as the kernels', time each file
 against its own fresh copy too (`orig=file:A copy=file:A_copy`), or compare copies made together. The
 read over each variant's own pages follows such differences (slow pages read slowly too), so its share
-is the figure to compare across files.
+is the figure to compare across files. Why the pages differ is mostly their size: a file `cp` (or any
+write) put in the page cache is mapped in 4 KB pages, one read back from disk for the loader's mapping in
+2 MB pages (runtime/pagecache.py; the share is printed per variant). --drop-cache drops each file's
+cached pages first, so that copies are timed as a converted or downloaded file is used.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from runtime.bench import bytes_per_decoded_token, stream_read_gbs, weights_read
 from runtime.jit.kernels.stream_read import STEP, stream_sum
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
+from runtime.pagecache import drop_cached_pages
 
 
 def build_variant(settings: str, default_file: Path | None, threads: int) -> Model:
@@ -92,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=4, help="decode steps per variant and round")
+    ap.add_argument("--drop-cache", action="store_true",
+                    help="drop each file's page cache first, so that it is read back from disk (in 2 MB pages "
+                         "on Linux, as after convert or a download) rather than mapped from the pages `cp` wrote")
     args = ap.parse_args(argv)
+    if args.drop_cache:
+        for path in {Path(t[5:]) for text in args.variants for t in text.partition("=")[2].split(",")
+                     if t.startswith("file:")} | ({args.model} if args.model else set()):
+            drop_cached_pages(path)
     models: dict[str, Model] = {}
     for text in args.variants:
         label, _, settings = text.partition("=")
@@ -121,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         med, lq = (float(np.percentile(times[label], p)) * 1e3 for p in (50, 25))
         gbs = step_bytes / lq / 1e6
         pages = float(np.median(own[label]))
+        huge = m.huge_page_share()
         print(f"  {label:14s} {m.path.name:28s} median {med:8.2f} ms  lower quartile {lq:8.2f} ms  "
               f"{gbs:5.1f} GB/s ({100 * gbs / read:.0f} % of the read; its own pages {pages:.1f} GB/s: "
-              f"{100 * gbs / pages:.0f} %)")
+              f"{100 * gbs / pages:.0f} %; {'?' if huge is None else f'{100 * huge:.0f} %'} in 2 MB pages)")
         m.close()
     return 0
 
