@@ -89,6 +89,15 @@ def build_variant(settings: str, default_file: Path | None, threads: int) -> Mod
             setattr(module, attr, old)
 
 
+def variant_files(variants: list[str], default_file: Path | None) -> set[Path]:
+    """The model files LABEL=SETTINGS variants read (their `file:` items, else `default_file`)."""
+    out = set()
+    for text in variants:
+        named = [Path(item[5:]) for item in text.partition("=")[2].split(",") if item.startswith("file:")]
+        out.update(named or ([default_file] if default_file else []))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="LABEL=SETTINGS")
@@ -101,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                          "on Linux, as after convert or a download) rather than mapped from the pages `cp` wrote")
     args = ap.parse_args(argv)
     if args.drop_cache:
-        for path in {Path(t[5:]) for text in args.variants for t in text.partition("=")[2].split(",")
-                     if t.startswith("file:")} | ({args.model} if args.model else set()):
+        for path in variant_files(args.variants, args.model):
             drop_cached_pages(path)
     models: dict[str, Model] = {}
     for text in args.variants:

@@ -49,3 +49,16 @@ def test_every_variant_is_timed_against_the_read(small_f16, capsys) -> None:
     out = capsys.readouterr().out
     assert "1 thread(s), 2 rounds x 2 steps" in out and "load " in out
     assert out.count("small-f16.bin") == 2 and out.count("% of the read") == 2
+
+
+def test_drop_cache_drops_every_file_the_variants_read(small_f16, tmp_path, monkeypatch, capsys) -> None:
+    other = tmp_path / "other.bin"
+    other.write_bytes(small_f16.read_bytes())
+    assert decode_ab.variant_files(["a=", f"b=file:{other},F16_BY_SHIFTS=1"], small_f16) == {small_f16, other}
+    assert decode_ab.variant_files([f"b=file:{other}"], None) == {other}
+    dropped = []
+    monkeypatch.setattr(decode_ab, "drop_cached_pages", dropped.append)
+    assert decode_ab.main(["--model", str(small_f16), "--threads", "1", "--rounds", "1", "--steps", "1",
+                           "--drop-cache", "a=", f"b=file:{other}"]) == 0
+    assert sorted(dropped) == sorted([small_f16, other])
+    assert capsys.readouterr().out.count("in 2 MB pages") == 2
