@@ -34,6 +34,17 @@ def test_drop_cache_leaves_a_written_file_out_of_the_page_cache(tmp_path: Path) 
     assert dropped.read_bytes() == data  # the file itself is intact
 
 
+def test_drop_cached_pages_drops_a_file_written_without_fsync(tmp_path: Path) -> None:
+    """As `cp` leaves a file (dirty pages, some still being written back): dropping it leaves nothing
+    cached, so a benchmark's --drop-cache reads it back from disk."""
+    require_droppable_page_cache(tmp_path)
+    path = tmp_path / "copied.bin"
+    with open(path, "wb") as f:
+        f.write(os.urandom(32 << 20))
+    drop_cached_pages(path)
+    assert_not_cached(path)
+
+
 def test_drop_cached_pages_ignores_missing_files(tmp_path: Path) -> None:
     drop_cached_pages(tmp_path / "absent.bin")  # must not raise
 

@@ -104,16 +104,19 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
 
 
 @pytest.mark.skipif(int_variant(DType.Q4_K) is None, reason="the integer kernel is not this host's")
-@pytest.mark.parametrize("module, switch", [
-    ("matvec_kquant_int", "SUM_SUBS"), ("matvec_kquant_int", "BIAS_IN_XSUM"), ("dequant_k", "SCALES_IN_QWORDS"),
-    ("matvec_kquant_int", "LANE_MAJOR"), ("matvec_kquant_int", "LANE_MASKS"), ("matvec_kquant_int", "USE_GFNI"),
+@pytest.mark.parametrize("switches", [
+    "matvec_kquant_int.SUM_SUBS", "matvec_kquant_int.LANE_MAJOR+matvec_kquant_int.SUM_SUBS",
+    "matvec_kquant_int.BIAS_IN_XSUM", "dequant_k.SCALES_IN_QWORDS", "matvec_kquant_int.LANE_MAJOR",
+    "matvec_kquant_int.LANE_MASKS", "matvec_kquant_int.USE_GFNI",
 ])
-def test_matvec_with_a_kernel_switch_off(monkeypatch: pytest.MonkeyPatch, module: str, switch: str) -> None:
+def test_matvec_with_a_kernel_switch_off(monkeypatch: pytest.MonkeyPatch, switches: str) -> None:
     """The other side of each A/B switch of the integer kernel (bench/kernel_ab.py) computes the same
-    products within the same bound."""
+    products within the same bound (SUM_SUBS also with LANE_MAJOR off: the lane-major types ignore it)."""
     import importlib
 
-    monkeypatch.setattr(importlib.import_module(f"runtime.jit.kernels.{module}"), switch, False)
+    for item in switches.split("+"):
+        module, switch = item.split(".")
+        monkeypatch.setattr(importlib.import_module(f"runtime.jit.kernels.{module}"), switch, False)
     cols = 512
     lib = make_test_library([(t, cols) for t in TYPES], accumulate=(False,), kinds=("matvec",), use_cache=False)
     x = np.random.default_rng(5).normal(size=cols).astype(np.float32)
@@ -199,7 +202,7 @@ def test_lane_major_chunks_hold_each_value_once_in_its_sub_block_lane(t: DType, 
     each field's region and taking the lane's field bits gives, in chunk c, lane L, byte i, the code of
     value value_of(c, L) + i as code_fields defines it (times 1/factors()[L] where the mask leaves the bits in
     place), which is the order the prepared x is transposed to."""
-    from runtime.jit.kernels.dequant_k import SUPER, code_fields
+    from runtime.jit.kernels.dequant_k import SUB, SUPER, code_fields
     from runtime.jit.kernels.matvec_kquant_int import LaneCodes
 
     block = np.random.default_rng(int(t)).integers(0, 256, size=t.block_bytes, dtype=np.uint8)
@@ -211,16 +214,17 @@ def test_lane_major_chunks_hold_each_value_once_in_its_sub_block_lane(t: DType, 
         return q
 
     lanes = LaneCodes(t, gfni=True, masks=masks)
+    if len(lanes.fields) > 1 or not masks:  # fields moved into place need vgf2p8affineqb
+        with pytest.raises(ValueError, match="need GFNI"):
+            LaneCodes(t, gfni=False, masks=masks)
     factors = lanes.factors()
     seen = set()
     for c in range(SUPER // 64):
         got = np.zeros(64, np.int64)
         for field in range(len(lanes.fields)):
             start, dwords = lanes.region(field)
-            region = np.zeros(4 * dwords, np.uint8)
-            avail = min(4 * dwords, t.block_bytes - start)
-            region[:avail] = block[start:start + avail]
-            words = region.view("<u4")[lanes.dword_index(field, c)]
+            assert start + 4 * dwords <= t.block_bytes  # the loads stay inside the super-block
+            words = block[start:start + 4 * dwords].copy().view("<u4")[lanes.dword_index(field, c)]
             raw = words.view(np.uint8).astype(np.int64)
             for j in range(64):
                 f = lanes.fields[field][j // 8]
@@ -231,6 +235,8 @@ def test_lane_major_chunks_hold_each_value_once_in_its_sub_block_lane(t: DType, 
         for j in range(64):
             lane, i = divmod(j, 4)
             v = lanes.value_of(c, lane) + i
+            # the lane's scale and sx are its sub-block's (lanes 2g, 2g+1 share the 32-value ones)
+            assert v // lanes.sub == lane * SUB // lanes.sub, (t.name, c, lane, i)
             seen.add(v)
             assert got[j] * factors[lane] == code(v), (t.name, c, lane, i)
     assert seen == set(range(SUPER))

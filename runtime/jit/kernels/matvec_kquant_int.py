@@ -28,18 +28,18 @@ about the same (Q2_K/Q3_K have fewer bytes): what bounds them here is the µops 
 vpdpbusd fewer, results wrong, measured +17-20 %); llvm-mca's Sapphire Rapids model counts port 0 alone
 and so overstates SUM_SUBS (bench/kernel_costs.py --types q2_k,q3_k,q4_k,q5_k,q6_k).
 
-On 512-bit VNNI hosts Q2_K, Q3_K, Q4_K and Q5_K (LANE_MAJOR_TYPES) read their codes lane-major
-instead (LaneCodes): chunk c, dword lane L holds four values of one sub-block (16L + 4c … in the 16-value
-ones; 8c … of sub-block L//2 in Q4_K/Q5_K's, so that Q5_K's qh, shared by all groups, is one broadcast
-qword per chunk), picked from the super-block's bytes by one permute per field and chunk (port 5) with Xh
-and Xl transposed to match once per call, so that the four chunks' vpdpbusd accumulate per sub-block in
-place: no SUM_SUBS shuffles and one ·256 per super-block instead of one per chunk. Q2_K and Q4_K leave
-their single field's bits in place (one mask on either port instead of vgf2p8affineqb on port 0; the
-2^shift is divided out of sx per 16 once per call). L2 GB/s per thread, interleaved, Sapphire Rapids
-(bench/kernel_ab.py; a helper's load on the other vCPU), chunked → lane-major: Q2_K 13.4 → 15.1, Q3_K
-14.1 → 14.9, Q4_K 20.4 → 22.2, Q5_K 20.8 → 23.4; Q6_K 27.8 → 26.9 (its qh needs a second permute per
-chunk), so Q6_K keeps the chunked path. vpmultishiftqb (port 5) for Q3_K/Q5_K's second field instead of
-vgf2p8affineqb: 3-5 % slower.
+On 512-bit VNNI hosts Q2_K, Q3_K, Q4_K and Q5_K (LANE_MAJOR_TYPES; Q3_K and Q5_K only with GFNI)
+read their codes lane-major instead (LaneCodes): chunk c, dword lane L holds four values of one
+sub-block (16L + 4c … in the 16-value ones; 8c … of sub-block L//2 in Q4_K/Q5_K's, so that Q5_K's qh,
+shared by all groups, is one broadcast qword per chunk), picked from the super-block's bytes by one
+permute per field and chunk (port 5) with Xh and Xl transposed to match once per call, so that the four
+chunks' vpdpbusd accumulate per lane in place: no SUM_SUBS shuffles and one ·256 per super-block instead
+of one per chunk. Q2_K and Q4_K leave their single field's bits in place (one mask on either port
+instead of vgf2p8affineqb on port 0; the 2^shift is divided out of sx per 16 once per call). L2 GB/s
+per thread, interleaved, Sapphire Rapids (bench/kernel_ab.py; a helper's load on the other vCPU),
+chunked → lane-major: Q2_K 13.4 → 15.1, Q3_K 14.1 → 14.9, Q4_K 20.4 → 22.2, Q5_K 20.8 → 23.4; Q6_K
+27.8 → 26.9 (its qh needs a second permute per chunk), so Q6_K keeps the chunked path. vpmultishiftqb
+(port 5) for Q3_K/Q5_K's second field instead of vgf2p8affineqb: 3-5 % slower.
 
 The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row (every
 path sums the same integer products exactly).
@@ -109,7 +109,7 @@ SUM_SUBS = True
 # Q3_K/Q6_K (value = scale·(q − offset)): Σx per sub-block stored times −offset once per call, so that the
 # bias term is scale·that instead of (scale·−offset)·Σx per super-block (a switch for A/B runs)
 BIAS_IN_XSUM = True
-# 512-bit VNNI hosts: each chunk's codes gathered lane-major (LANE_MAJOR below), so that the four chunks'
+# 512-bit VNNI hosts: each chunk's codes gathered lane-major (LaneCodes below), so that the four chunks'
 # vpdpbusd accumulate into one vector per byte of X with no per-sub-block sums and no per-chunk ·256 (a switch
 # for A/B runs)
 LANE_MAJOR = True
@@ -255,11 +255,13 @@ def chunk_codes(b: ir.IRBuilder, dtype: DType, block: ir.Value, chunk: int, widt
 
 class LaneCodes:
     """A super-block's codes in lane-major chunks for 512-bit hosts: chunk c (of 4), dword lane L (of 16)
-    holds the codes of values 16L + 4c … 16L + 4c + 3, so lane L meets only values of the 16-value sub-block
-    L in every chunk, and the four chunks' vpdpbusd add up per sub-block in place. (code_fields' byte runs
-    hold consecutive values, so each lane's four codes are one dword of a run: a vpermd/vpermt2d per field
-    and chunk picks them from the super-block's bytes, loaded once per row.) Lanes 2g and 2g+1 lie in the
-    32-value group g, so a qword of lanes shares one field layout (one vgf2p8affineqb matrix)."""
+    holds the codes of four consecutive values of one sub-block, value_of(c, L) onwards (16L + 4c in the
+    16-value sub-blocks; in Q4_K/Q5_K's 32-value ones lanes 2g and 2g+1 share sub-block g), so that every
+    lane meets one scale and one sx in every chunk and the four chunks' vpdpbusd add up in place.
+    (code_fields' byte runs hold consecutive values, so each lane's four codes are one dword of a run: a
+    permute per field and chunk picks them from the super-block's bytes, loaded once per row.) Lanes 2g and
+    2g+1 lie in the 32-value group g, so a qword of lanes shares one field layout (one vgf2p8affineqb
+    matrix). Needs GFNI unless `masks` leaves a single field's bits in place."""
 
     def __init__(self, dtype: DType, gfni: bool, masks: bool) -> None:
         self.dtype = dtype
@@ -268,6 +270,8 @@ class LaneCodes:
         # one field left in place: its code times 2^shift fits a byte (shift + width ≤ 8)
         self.masks = masks and len(self.fields) == 1
         self.sub = sub_size(dtype)
+        if not (gfni or self.masks):
+            raise ValueError(f"{dtype.name}: lane-major codes need GFNI or a single field left in place")
 
     def factors(self) -> list[float]:
         """Per lane, what the lane's codes are to be multiplied by (1/2^shift where the mask leaves the
@@ -281,8 +285,11 @@ class LaneCodes:
         to a vector length (8, 16 or 32)."""
         runs = self.fields[field]
         start = min(f.offset for f in runs)
-        dwords = (max(f.offset for f in runs) + GROUP - start) // 4
-        return start, 1 << (dwords - 1).bit_length()
+        dwords = 1 << ((max(f.offset for f in runs) + GROUP - start) // 4 - 1).bit_length()
+        # the last super-block of a matrix ends its mapping: a rounded-up load must not pass it
+        if start + 4 * dwords > self.dtype.block_bytes:
+            raise ValueError(f"{self.dtype.name}: field {field}'s load would pass the super-block's end")
+        return start, dwords
 
     def value_of(self, chunk: int, lane: int) -> int:
         """The first of the four values lane `lane` of chunk `chunk` holds: 16L + 4c in the 16-value
@@ -352,12 +359,12 @@ def lane_codes(dtype: DType, variant: Variant) -> LaneCodes | None:
     LANE_MAJOR_TYPES; with GFNI, or for single-field types by their masks), else None."""
     if not (LANE_MAJOR and dtype in LANE_MAJOR_TYPES and variant.vnni and chunk_width(variant) == 64):
         return None
-    lanes = LaneCodes(dtype, USE_GFNI and variant.gfni, LANE_MASKS)
+    gfni = USE_GFNI and variant.gfni
     # fields moved to bit 0 by shifts and masks instead (no GFNI) cost more than the sums saved: llvm-mca,
     # cycles per 32 values and row, chunked → lane-major, Sapphire Rapids Q3_K 2.82 → 3.32, Q5_K 2.81 → 3.31
-    if not (lanes.gfni or lanes.masks):
+    if not (gfni or (LANE_MASKS and len(code_fields(dtype, 0)) == 1)):
         return None
-    return lanes
+    return LaneCodes(dtype, gfni, LANE_MASKS)
 
 
 def shift_pattern(b: ir.IRBuilder, width: int) -> ir.Value:
@@ -456,8 +463,8 @@ class _RowDot:
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
     def _add_lane_major(self, k: ir.Value, ptr: ir.Value, sub: SubScales, xs: list[tuple[ir.Value, ir.Value]]) -> None:
-        """The dot products through LaneCodes: Σ q·Xh and Σ q·Xl accumulated over the chunks per sub-block
-        of 16 (one vpdpbusd chain each), then 256·high + low, one conversion and one FMA."""
+        """The dot products through LaneCodes: Σ q·Xh and Σ q·Xl accumulated over the chunks per lane (values
+        of one sub-block; one vpdpbusd chain each), then 256·high + low, one conversion and one FMA."""
         b, prep = self.b, self.prep
         ity = ir.VectorType(I32, SUPER // SUB)
         fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", ity, [ity, ity, ity])
