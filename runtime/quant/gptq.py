@@ -95,9 +95,10 @@ def quantize_gptq(rows: np.ndarray, dtype: DType, importance: np.ndarray, factor
     weighted quantizer's alone keeps the latter (error feedback can push values past a block's grid,
     which is fixed when the block starts; rwkv.cpp's tiny RWKV-7 in Q3_K did so).
 
-    The values are held transposed (a column is a contiguous row of float64) and the updates are
-    batched twice: within a block, a SUB_BLOCK of columns at a time, whose errors reach the block's
-    later columns with one matrix product, and a block's errors the later blocks' with another.
+    The values are held transposed (a column is a contiguous row of float64) and each column gets
+    the earlier columns' errors when it is reached (left-looking): a block those of every earlier
+    block with one matrix product before its grid is chosen, a SUB_BLOCK of its columns those of
+    the block's earlier sub-blocks with another, a column those of its sub-block's earlier columns.
     Since Δ = E·U (E the scaled errors e_c = (w_c − q_c)/U_cc), the row's error with the damped
     second moments is ‖E‖², so its output error is ‖E‖² − damping·‖Δ‖² without a product by H."""
     dtype = DType(dtype)
@@ -113,22 +114,23 @@ def quantize_gptq(rows: np.ndarray, dtype: DType, importance: np.ndarray, factor
     err_sq = np.zeros(n_rows)
     delta_sq = np.zeros(n_rows)
     q = np.empty((bs, n_rows), _F32)
-    err = np.empty((bs, n_rows))
+    errors = np.empty((n_cols, n_rows))  # e_c of every column quantized so far
     for b0 in range(0, n_cols, bs):
         b1 = b0 + bs
+        if b0:  # the errors of every earlier block
+            wt[b0:b1] -= factor[:b0, b0:b1].T @ errors[:b0]
         grid = _grid(np.ascontiguousarray(wt[b0:b1].T, dtype=_F32), imp[b0:b1], dtype, sigma2)
+        err = errors[b0:b1]
         for s0 in range(0, bs, SUB_BLOCK):
             s1 = min(s0 + SUB_BLOCK, bs)
+            if s0:  # the errors of this block's earlier sub-blocks
+                wt[b0 + s0 : b0 + s1] -= factor[b0 : b0 + s0, b0 + s0 : b0 + s1].T @ err[:s0]
             for j in range(s0, s1):
                 c = b0 + j
                 if j > s0:  # the errors of this sub-block's earlier columns
                     wt[c] -= factor[b0 + s0 : c, c] @ err[s0:j]
                 q[j] = grid.round(wt[c].astype(_F32), j)
                 err[j] = (wt[c] - q[j]) / factor[c, c]
-            if s1 < bs:
-                wt[b0 + s1 : b1] -= factor[b0 + s0 : b0 + s1, b0 + s1 : b1].T @ err[s0:s1]
-        if b1 < n_cols:
-            wt[b1:] -= factor[b0:b1, b1:].T @ err
         err_sq += np.einsum("jr,jr->r", err, err)
         d = x[:, b0:b1].T - q.astype(np.float64)
         delta_sq += np.einsum("jr,jr->r", d, d)
