@@ -16,6 +16,7 @@ from runtime.convert import convert
 from runtime.errors import CancelledError
 from runtime.formats.checkpoint import open_checkpoint
 from runtime.progress import CancelToken
+from runtime.quant import calibrate
 from runtime.quant.calibrate import FLOOR, LayerStatistics, collect_importance, tokens_for
 from runtime.quant.forward_np import final_hidden, logits
 from runtime.quant.types import DType
@@ -172,7 +173,9 @@ def test_calibration_memory_does_not_grow_with_depth(tmp_path):
     assert deep - shallow < one_layer
 
 
-def test_layer_statistics_in_any_order_are_the_whole_pass_ones():
+@pytest.mark.parametrize("record_rows", [calibrate.RECORD_ROWS, 100])  # 100: the text's tokens in pieces
+def test_layer_statistics_in_any_order_are_the_whole_pass_ones(monkeypatch, record_rows):
+    monkeypatch.setattr(calibrate, "RECORD_ROWS", record_rows)
     ckpt = open_checkpoint(TINY7)
     tokens = tokens_for(ckpt, TEXT)
     inputs: dict[str, np.ndarray] = {}
@@ -189,3 +192,12 @@ def test_layer_statistics_in_any_order_are_the_whole_pass_ones():
         else:
             np.testing.assert_allclose(moments, x.T @ x / len(tokens), rtol=1e-10)
     assert stats.of("emb.weight") == (None, None)
+
+
+@pytest.mark.parametrize("max_tokens", [64, 1000])
+def test_the_text_is_read_up_to_the_ffn_width_or_max_tokens(monkeypatch, max_tokens):
+    monkeypatch.setattr(calibrate, "MAX_TOKENS", max_tokens)
+    ckpt = open_checkpoint(TINY7)
+    n_ffn = ckpt.arch.n_ffn
+    assert 64 < n_ffn < 1000
+    assert len(tokens_for(ckpt, TEXT * 10)) == max(max_tokens, n_ffn)  # the FFN value's moments can have full rank
