@@ -228,6 +228,22 @@ def test_f16_rows_widened_by_shifts(monkeypatch: pytest.MonkeyPatch, mode: int) 
             assert np.all(np.abs(y - want) <= 1e-6 * scale + 1e-30), np.abs(y - want).max()
 
 
+def test_k_kernels_take_their_own_rows_and_distance_target() -> None:
+    """K-quant rows take matvec_kquant_int.PREFETCH_TARGET, not matvec_int16's: Q4_K rows of 2048 values
+    (1152 B) go 2 at a time one group ahead at 2304, 4 at a time at 4608; the int16 types keep theirs."""
+    from runtime.jit.kernels import matvec_int16 as m
+    from runtime.jit.kernels import matvec_kquant_int as k
+    from runtime.jit.kernels.matvec_kquant import int_variant, kquant_rows
+
+    if int_variant(DType.Q4_K) is None:
+        pytest.skip("the integer K kernel is not this host's")
+    row = DType.Q4_K.row_bytes(2048)
+    assert kquant_rows(DType.Q4_K, 2048) == m.rows_for(DType.Q4_K, 2048, k.PREFETCH_TARGET)
+    assert m.rows_for(DType.Q4_K, 2048, 2304) == 2 and m.rows_for(DType.Q4_K, 2048, 4608) == 4
+    assert m.prefetch_ahead(2 * row, 1, 2304) == 2 * row and m.prefetch_ahead(2 * row, 1) == 4 * row
+    assert m.rows_for(DType.Q4_0, 1024) == 4  # the int16 kernels' target is unchanged
+
+
 def test_row_prefetches_reach_about_the_target_distance_in_whole_groups(monkeypatch):
     """A group of rows capped short of PREFETCH_TARGET (4 rows of 1024 Q4_0 values: 2304 B) prefetches
     two groups ahead; a group near the target one; the distance is always whole groups."""

@@ -184,12 +184,13 @@ def unsigned_q8() -> bool:
     return v is not None and v.wide and Q8_BYTES
 
 
-def rows_for(dtype: DType, n_cols: int) -> int:
-    """Rows walked side by side for rows of `n_cols` values of `dtype` (see PREFETCH_TARGET)."""
+def rows_for(dtype: DType, n_cols: int, target: int | None = None) -> int:
+    """Rows walked side by side for rows of `n_cols` values of `dtype` (see PREFETCH_TARGET; `target`
+    instead where given)."""
     row = dtype.row_bytes(n_cols)
     if row >= LONG_ROW:
         return MAX_ROWS
-    return max(MIN_ROWS, min(MAX_ROWS, round(PREFETCH_TARGET / row)))
+    return max(MIN_ROWS, min(MAX_ROWS, round((target or PREFETCH_TARGET) / row)))
 
 
 def _padded(n_blocks: int) -> int:
@@ -548,14 +549,14 @@ class _RowDot:
         return hsum(b, v)
 
 
-def prefetch_ahead(group_bytes: int, groups: int | None = None) -> int:
+def prefetch_ahead(group_bytes: int, groups: int | None = None, target: int | None = None) -> int:
     """Bytes ahead a row's prefetch reaches when its group of rows spans `group_bytes`: whole groups, at
-    least `groups` (default PREFETCH_GROUPS) of them and as many as make about PREFETCH_TARGET bytes
-    (0 groups: no prefetch)."""
+    least `groups` (default PREFETCH_GROUPS) of them and as many as make about PREFETCH_TARGET (or
+    `target`) bytes (0 groups: no prefetch)."""
     least = PREFETCH_GROUPS if groups is None else groups
     if not least:
         return 0
-    return max(least, round(PREFETCH_TARGET / group_bytes)) * group_bytes
+    return max(least, round((target or PREFETCH_TARGET) / group_bytes)) * group_bytes
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import I32, counted_loop
+from runtime.jit.kernels import matvec_kquant_int
 from runtime.jit.kernels.dequant_k import SUB, SUPER, V16F, code_piece, per_sixteen, sub_scales, superblock_at
 from runtime.jit.kernels.irhelpers import (
     V8F,
@@ -118,7 +119,9 @@ def int_variant(dtype: DType) -> Variant | None:
 
 
 def kquant_rows(dtype: DType, n_cols: int) -> int:
-    """Rows walked side by side: the integer kernel takes matvec_int16's rule (2-4 rows, so that one
-    row group ahead is about its prefetch distance; 1 thread, 430M RWKV-6 Q4_K, side by side: 2 rows
-    34.8 ms/token, 4 rows 29.3, Q5_1 38.2), the float kernel ROWS."""
-    return rows_for(dtype, n_cols) if int_variant(dtype) is not None else ROWS
+    """Rows walked side by side: the integer kernel takes matvec_int16's rule with its own target
+    (matvec_kquant_int.PREFETCH_TARGET: 2-4 rows, so that one row group ahead is about its prefetch
+    distance), the float kernel ROWS."""
+    if int_variant(dtype) is None:
+        return ROWS
+    return rows_for(dtype, n_cols, matvec_kquant_int.PREFETCH_TARGET)

@@ -94,6 +94,13 @@ from runtime.quant.types import DType
 # Each row prefetches the same place in a later row group: as many groups ahead as make about
 # PREFETCH_TARGET bytes (matvec_int16's measured best distance), at least PREFETCH_GROUPS (0: none).
 PREFETCH_GROUPS = 1
+# The K kernels' own rows-and-distance target (matvec_int16's PREFETCH_TARGET is 4608): their rows take
+# longer to compute, and fewer rows nearer ahead read faster from memory. One thread, rows from memory,
+# 2048 columns, quiet SPR, 4608 → 2304: Q2_K 12.2 → 12.7 GB/s, Q4_K 13.1 → 14.3, Q5_K 12.1 → 12.9, Q6_K 13.2
+# → 13.8 (in L2 unchanged); 1152-3456 all within a few % of 2304. Decoding 1.5B RWKV-7, 2 threads, quiet,
+# interleaved: Q4_K_M 35.2 → 33.3 ms/token, Q5_K_M 43.2 → 40.3, Q6_K 47.6 → 44.5, Q2_K/Q3_K within noise;
+# 0.4B RWKV-6 (rows of 1024 values: the same 4 rows) unchanged.
+PREFETCH_TARGET = 2304
 # The row prefetches' llvm.prefetch locality: 2 (prefetcht1, into L2) rather than 3 (prefetcht0, which holds
 # an L1 fill buffer for each line until it arrives from memory). 1.5B Q5_K_M, SPR, interleaved
 # (bench/decode_ab.py): 1 thread, CPU time, RWKV-7 89.7 → 84.5 ms/token, RWKV-4 82.3 → 78.3; 2 threads,
@@ -501,7 +508,7 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int) -> None:
-        ahead = prefetch_ahead(count * row_bytes, PREFETCH_GROUPS)
+        ahead = prefetch_ahead(count * row_bytes, PREFETCH_GROUPS, PREFETCH_TARGET)
         rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead, lanes)
                 for i in range(count)]
         with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
