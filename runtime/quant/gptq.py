@@ -74,16 +74,7 @@ def _grid(block: np.ndarray, imp: np.ndarray, dtype: DType, sigma2: np.ndarray) 
             grids.append(wq._k_grid(x, np.ascontiguousarray(imp_b), dtype))
         else:
             grids.append(wq._legacy_grid(x, wq._value_weights(x, imp_b, sigma2[s : s + GRID_ROWS]), dtype))
-    if len(grids) == 1:
-        return grids[0]
-    g = grids[0]
-
-    def joined(parts: list) -> np.ndarray | None:
-        return None if parts[0] is None else np.concatenate(parts)
-
-    params = tuple(joined([p.params[i] for p in grids]) for i in range(len(g.params)))
-    return wq.BlockGrid(g.dtype, g.sub, joined([p.s for p in grids]), joined([p.o for p in grids]), g.lo, g.hi,
-                       params, joined([p.codes for p in grids]))
+    return wq.BlockGrid.stacked(grids)
 
 
 def quantize_gptq(rows: np.ndarray, dtype: DType, importance: np.ndarray, factor: np.ndarray,

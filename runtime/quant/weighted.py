@@ -186,6 +186,20 @@ class BlockGrid:
     params: tuple  # what _pack needs besides the values
     codes: np.ndarray  # (nb, block_size) initial codes
 
+    @classmethod
+    def stacked(cls, grids: list[BlockGrid]) -> BlockGrid:
+        """One grid for the blocks of `grids` in turn (same type and layout)."""
+        if len(grids) == 1:
+            return grids[0]
+
+        def joined(parts: list) -> np.ndarray | None:
+            return None if parts[0] is None else np.concatenate(parts)
+
+        g = grids[0]
+        params = tuple(joined([p.params[i] for p in grids]) for i in range(len(g.params)))
+        return cls(g.dtype, g.sub, joined([p.s for p in grids]), joined([p.o for p in grids]), g.lo, g.hi,
+                   params, joined([p.codes for p in grids]))
+
     def round(self, x: np.ndarray, col: int) -> np.ndarray:
         """The grid value nearest to x (nb,) at column `col` of the block."""
         k = col // self.sub

@@ -92,7 +92,7 @@ from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, prefetch_ahead
 from runtime.quant.types import DType
 
 # Each row prefetches the same place in a later row group: as many groups ahead as make about
-# PREFETCH_TARGET bytes (matvec_int16's measured best distance), at least PREFETCH_GROUPS (0: none).
+# PREFETCH_TARGET bytes (below), at least PREFETCH_GROUPS (0: none).
 PREFETCH_GROUPS = 1
 # The K kernels' own rows-and-distance target (matvec_int16's PREFETCH_TARGET is 4608): their rows take
 # longer to compute, and fewer rows nearer ahead read faster from memory. One thread, rows from memory,
@@ -180,28 +180,25 @@ class _PreparedX:
                 at = b.add(base, i64c(VL * j))
                 for arr, v in ((self.xl, lo), (self.xh, hi)):
                     b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
-        self.sx_lanes = self.sx16
         if lanes is not None:
             self._to_lane_major(b, n_cols, lanes)
 
     def _to_lane_major(self, b: ir.IRBuilder, n_cols: int, lanes: LaneCodes) -> None:
         """Reorder each super-block's Xh and Xl as LaneCodes reads its codes (chunk c, lane L: values
-        LaneCodes.value_of) and, where the codes keep a factor 2^shift, divide sx per 16 by it."""
+        LaneCodes.value_of) and, where the codes keep a factor 2^shift, divide sx per 16 by it (in place:
+        the lane-major path reads sx only per 16)."""
         v64 = ir.VectorType(I32, SUPER // 4)
         order = [lanes.value_of(c, lane) // 4 for c in range(SUPER // 64) for lane in range(SUPER // SUB)]
         factors = lanes.factors()
-        if any(f != 1.0 for f in factors):
-            self.sx_lanes = stack_floats(b, n_cols // SUB, align=64, name="sxlanes")
         with counted_loop(b, 0, n_cols // SUPER, name="xlane") as k:
             at = b.mul(k, i64c(SUPER))
             for arr in (self.xh, self.xl):
                 ptr = b.bitcast(b.gep(arr, [at], inbounds=True), v64.as_pointer())
                 b.store(shuffle(b, b.load(ptr, align=64), ir.Constant(v64, None), order), ptr, align=64)
-            if self.sx_lanes is not self.sx16:
-                first = b.mul(k, i64c(SUPER // SUB))
+            if any(f != 1.0 for f in factors):
                 v16 = ir.VectorType(F32, SUPER // SUB)
-                scaled = b.fmul(load_vec(b, self.sx16, first, align=64, ty=v16), const_vec(v16, factors))
-                b.store(scaled, b.bitcast(b.gep(self.sx_lanes, [first], inbounds=True), v16.as_pointer()), align=64)
+                ptr = b.bitcast(b.gep(self.sx16, [b.mul(k, i64c(SUPER // SUB))], inbounds=True), v16.as_pointer())
+                b.store(b.fmul(b.load(ptr, align=64), const_vec(v16, factors)), ptr, align=64)
 
     def bytes_at(self, b: ir.IRBuilder, arr: ir.Value, start: ir.Value, width: int) -> ir.Value:
         """`width` bytes of `arr` from value `start`, as <width/4 x i32>."""
@@ -273,7 +270,6 @@ class LaneCodes:
     def __init__(self, dtype: DType, gfni: bool, masks: bool) -> None:
         self.dtype = dtype
         self.fields = list(zip(*(code_fields(dtype, g) for g in range(GROUPS)), strict=True))
-        self.gfni = gfni
         # one field left in place: its code times 2^shift fits a byte (shift + width ≤ 8)
         self.masks = masks and len(self.fields) == 1
         self.sub = sub_size(dtype)
@@ -382,9 +378,12 @@ def shift_pattern(b: ir.IRBuilder, width: int) -> ir.Value:
     return b.asm(ir.FunctionType(bty, [bty]), "", "=v,0", [pattern], side_effect=False)
 
 
-def _times256(b: ir.IRBuilder, v: ir.Value, pattern: ir.Value) -> ir.Value:
-    """v << 8 in every dword lane as a byte shuffle (vpshufb, which runs on port 5 where the shift would
-    compete with vpdpbusd, the conversion and the FMA for port 0); exact since |v| < 2^23."""
+def _times256(b: ir.IRBuilder, v: ir.Value, pattern: ir.Value | None) -> ir.Value:
+    """v << 8 in every dword lane as a byte shuffle by `pattern` (vpshufb, which runs on port 5 where the
+    shift would compete with vpdpbusd, the conversion and the FMA for port 0; exact since |v| < 2^23),
+    or as a shift where `pattern` is None."""
+    if pattern is None:
+        return b.shl(v, splat_const(v.type, 8))
     n = v.type.count * 4
     bty = ir.VectorType(I8, n)
     fn = intrinsic(b.module, f"llvm.x86.{'avx512.pshuf.b.512' if n == 64 else 'avx2.pshuf.b'}", bty, [bty, bty])
@@ -414,8 +413,7 @@ def _dot_bytes(b: ir.IRBuilder, variant: Variant, codes: ir.Value, xh: ir.Value,
     if variant.vnni:
         fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", ity, [ity, ity, ity])
         high = b.call(fn, [ir.Constant(ity, None), q, xh])
-        return b.call(fn, [_times256(b, high, pattern) if pattern is not None else b.shl(high, splat_const(ity, 8)),
-                           q, xl])
+        return b.call(fn, [_times256(b, high, pattern), q, xl])
     v32i8, v16i16 = ir.VectorType(I8, 32), ir.VectorType(I16, 16)
     ubsw = intrinsic(b.module, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
     wd = intrinsic(b.module, "llvm.x86.avx2.pmadd.wd", V8I32, [v16i16, v16i16])
@@ -459,10 +457,7 @@ class _RowDot:
             codes = chunk_codes(b, self.dtype, ptr, c, width, USE_GFNI and self.variant.gfni and width == 64)
             dots.append(_dot_bytes(b, self.variant, codes, xh, xl, prep.pattern))
         if SUM_SUBS:
-            sums = sub_block_sums(b, dots)
-            per16 = shuffle(b, sub.scale, sub.scale, [i * SUB // sub.size for i in range(SUPER // SUB)])
-            ds16 = b.fmul(per16, load_vec(b, prep.sx16, b.mul(k, i64c(SUPER // SUB)), align=64, ty=per16.type))
-            self.acc.set(fma(b, b.sitofp(sums, ds16.type), ds16, self.acc.get()))
+            self._add_sums(k, sub_block_sums(b, dots), sub)
             return
         ds = b.fmul(sub.scale, load_vec(b, prep.sx, first, align=4 * n_subs, ty=self.subs_ty))
         for c, dot in enumerate(dots):
@@ -481,10 +476,16 @@ class _RowDot:
             q = b.bitcast(self.lanes.codes(b, ptr, sources, c), ity)
             high = b.call(fn, [high, q, xh])
             low = b.call(fn, [low, q, xl])
-        shifted = _times256(b, high, prep.pattern) if prep.pattern is not None else b.shl(high, splat_const(ity, 8))
-        sums = b.add(shifted, low)
+        self._add_sums(k, b.add(_times256(b, high, prep.pattern), low), sub)
+
+    def _add_sums(self, k: ir.Value, sums: ir.Value, sub: SubScales) -> None:
+        """acc += sums·scale·sx per lane: `sums` the super-block's integer dot products as <16 x i32>, lane L
+        holding values of the 16 at 16L (summed per sub-block) or those LaneCodes puts there; one
+        conversion and one FMA."""
+        b = self.b
         per16 = shuffle(b, sub.scale, sub.scale, [i * SUB // sub.size for i in range(SUPER // SUB)])
-        ds16 = b.fmul(per16, load_vec(b, prep.sx_lanes, b.mul(k, i64c(SUPER // SUB)), align=64, ty=per16.type))
+        sx = load_vec(b, self.prep.sx16, b.mul(k, i64c(SUPER // SUB)), align=64, ty=per16.type)
+        ds16 = b.fmul(per16, sx)
         self.acc.set(fma(b, b.sitofp(sums, ds16.type), ds16, self.acc.get()))
 
     def result(self) -> ir.Value:
