@@ -16,7 +16,8 @@ the compiled memory read (as `rwkv-tui bench` prints it) and then decodes --step
 variant in turn, so a busy moment on a shared machine lands on all of them alike. Printed: median and
 lower quartile ms/token per variant, the GB/s of weights read at the lower quartile and its share of
 the median compiled read, and of the median compiled read over that variant's own pages of the file
-(runtime.bench.weights_read_gbs, once per round). One thread is timed in CPU time (what a part costs,
+(runtime.bench.weights_read_gbs, right before and right after the variant's steps in each round, the
+better kept, as `rwkv-tui bench` does). One thread is timed in CPU time (what a part costs,
 whatever else runs), more threads in wall time.
 
 The pages a file sits in can matter as much as its type: on the 2-vCPU Sapphire Rapids VM the same bytes
@@ -126,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         reads.append(stream_read_gbs(threads=args.threads))
         for label, m in models.items():
-            own[label].append(weights_read_gbs(m, repeats=1))
+            before = weights_read_gbs(m, repeats=1)
             for tok in rng.integers(0, m.n_vocab, args.steps):
                 t0 = clock()
                 _, states[label] = m.forward([int(tok)], states[label])
                 times[label].append(clock() - t0)
+            own[label].append(max(before, weights_read_gbs(m, repeats=1)))
     read = float(np.median(reads))
     print(f"{platform.processor() or platform.machine()} ({cpu_name()}), load {os.getloadavg()[0]:.1f}")
     print(f"{args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, "

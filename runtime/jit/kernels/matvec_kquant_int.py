@@ -107,6 +107,16 @@ PREFETCH_TARGET = 2304
 # load 1.5, RWKV-7 48.7 → 46.5 (Q5_1 52.3), RWKV-4 43.6 → 41.2 (Q5_1 46.1). prefetcht2 the same as
 # prefetcht1, prefetchnta twice as slow.
 PREFETCH_LOCALITY = 2
+# Except for the types whose rows take longest to compute (there the line is best already in L1 when the
+# row reaches it): prefetcht0. 2 threads, quiet SPR, interleaved, t1 → t0, ms/token: 1.5B RWKV-7 Q3_K 32.18 →
+# 31.76 and 32.49 → 31.88, Q4_K_M 34.32 → 33.79, Q2_K 25.85 → 25.07 and 28.05 → 27.76; 0.4B RWKV-6 Q2_K 8.19
+# → 7.91, Q3_K 10.54 → 10.07, Q4_K 12.05 → 11.60; but Q5_K_M 44.41 → 45.02, Q6_K 50.92 → 51.87, 0.4B Q6_K
+# 16.29 → 16.82 (Q5_K 15.10 → 15.00).
+L1_PREFETCH_TYPES = (DType.Q2_K, DType.Q3_K, DType.Q4_K)
+# Lane-major: Σ q·Xl accumulated onto 256·Σ q·Xh (one vpdpbusd chain after the other) instead of two
+# chains added at the end: one integer add fewer per super-block and row. One thread, rows in L2, 2048
+# columns, SPR, interleaved (bench/kernel_ab.py): Q2_K 14.2 → 15.0 GB/s, Q4_K unchanged (a switch for A/B runs).
+LOW_FROM_HIGH = True
 SHIFT_BY_SHUFFLE = True  # 256·Σ q·Xh by vpshufb instead of vpslld (a switch for A/B runs)
 USE_GFNI = True  # fields split by vgf2p8affineqb where the host has GFNI (a switch for A/B runs)
 # The chunks' integer dot products summed per sub-block of 16 by two levels of pairwise lane sums (shuffles
@@ -125,6 +135,11 @@ LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K})
 # either 512-bit port) and the field's 2^shift is taken out of sx per 16 once per call, instead of a shift to
 # bit 0 (vgf2p8affineqb, port 0 only, where the vpdpbusd run) (a switch for A/B runs)
 LANE_MASKS = True
+
+
+def prefetch_locality(dtype: DType) -> int:
+    """The llvm.prefetch locality of `dtype` rows' prefetches (L1_PREFETCH_TYPES, PREFETCH_LOCALITY)."""
+    return 3 if dtype in L1_PREFETCH_TYPES else PREFETCH_LOCALITY
 
 
 def chunk_width(variant: Variant) -> int:
@@ -442,7 +457,7 @@ class _RowDot:
         ptr = superblock_at(b, self.row, self.dtype, k)
         if self.ahead:
             for line in range(0, self.dtype.block_bytes, 64):
-                prefetch(b, byte_ptr(b, ptr, self.ahead + line), PREFETCH_LOCALITY)
+                prefetch(b, byte_ptr(b, ptr, self.ahead + line), prefetch_locality(self.dtype))
         sub = sub_scales(b, self.dtype, ptr)
         n_subs = SUPER // sub.size
         first = b.mul(k, i64c(n_subs))
@@ -471,10 +486,19 @@ class _RowDot:
         ity = ir.VectorType(I32, SUPER // SUB)
         fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", ity, [ity, ity, ity])
         sources = self.lanes.sources(b, ptr)
-        high = low = ir.Constant(ity, None)
-        for c, (xh, xl) in enumerate(xs):
-            q = b.bitcast(self.lanes.codes(b, ptr, sources, c), ity)
-            high = b.call(fn, [high, q, xh])
+        high = ir.Constant(ity, None)
+        codes = []
+        for c, (xh, _) in enumerate(xs):
+            codes.append(b.bitcast(self.lanes.codes(b, ptr, sources, c), ity))
+            high = b.call(fn, [high, codes[-1], xh])
+        if LOW_FROM_HIGH:
+            low = _times256(b, high, prep.pattern)
+            for q, (_, xl) in zip(codes, xs, strict=True):
+                low = b.call(fn, [low, q, xl])
+            self._add_sums(k, low, sub)
+            return
+        low = ir.Constant(ity, None)
+        for q, (_, xl) in zip(codes, xs, strict=True):
             low = b.call(fn, [low, q, xl])
         self._add_sums(k, b.add(_times256(b, high, prep.pattern), low), sub)
 
