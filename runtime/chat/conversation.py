@@ -59,7 +59,7 @@ from runtime.text.utf8_stream import text_to_utf8
 
 TextCallback = Callable[[str], None]
 INGEST_CHUNK = 256  # tokens per native call while reading a transcript (progress and cancel in between)
-_REWIND_DEPTH = 32  # token states kept for rewinding to a stop string's start
+_REWIND_DEPTH = 32  # at most this many token states kept for rewinding to a stop string's start
 DRAFT_INTERVAL_S = 1.0  # a streaming reply's text is saved (without a state) at its first text and this often
 
 
@@ -331,11 +331,16 @@ class Conversation:
 
         return _Release()
 
-    def _feed(self, ids: Sequence[int], state: State, want_logits: bool) -> tuple[np.ndarray | None, State]:
+    def _feed(self, ids: Sequence[int], state: State, want_logits: bool,
+              into: State | None = None) -> tuple[np.ndarray | None, State]:
+        """The model fed `ids` from `state`; `into` a state no longer needed whose memory may hold the new one."""
         if self._replaced is not None and state is self._replaced[0]:
             state = self._replaced[1]  # a state set aside below, still held by a caller (a rewind's history)
         try:
-            logits, state = self.model.forward(ids, state, want_logits=want_logits)
+            if into is None:
+                logits, state = self.model.forward(ids, state, want_logits=want_logits)
+            else:
+                logits, state = self.model.forward(ids, state, want_logits=want_logits, into=into)
         except StateError as e:  # a loaded state passed its checks but makes the model's values non-finite
             if self._loaded is None or self._loaded[1] is not state:
                 raise
@@ -521,7 +526,8 @@ class Conversation:
         n_generated = 0
         finish = "length"
         # (length of `text` before the token, decoder had no pending bytes, state before the token)
-        history: deque[tuple[int, bool, State]] = deque(maxlen=_REWIND_DEPTH)
+        history: deque[tuple[int, bool, State]] = deque(maxlen=_rewind_depth(stops))
+        made: set[int] = set()  # ids of the states this loop made: their memory is reused once out of `history`
         stop_at = -1
         token_bytes = text_bytes = 0  # equal when no token has left bytes of a character pending
         self.reply_tokens = 0
@@ -539,8 +545,12 @@ class Conversation:
             if token == eot:
                 finish = "eot"
                 break
+            dropped = history[0][2] if len(history) == history.maxlen else None
             history.append((len(text), text_bytes == token_bytes, state))
-            logits, state = self._feed([token], state, want_logits=True)
+            into = dropped if dropped is not None and id(dropped) in made else None
+            made.discard(id(into))
+            logits, state = self._feed([token], state, want_logits=True, into=into)
+            made.add(id(state))
             n_generated += 1
             self.reply_tokens = n_generated
             piece = decoder.feed(token)
@@ -632,6 +642,15 @@ class Conversation:
         # rebuild from the state before the reply.
         state, _, n = self._ingest(kept + self.family.separator, self._state)
         return kept, state, n
+
+
+def _rewind_depth(stops: tuple[str, ...]) -> int:
+    """Token states a reply keeps for `_rewind`: one per byte of the longest stop string (every token
+    adds at least one byte from the one where the stop string starts), 3 for a character split across
+    tokens just before it, 1 more; at most _REWIND_DEPTH (a longer stop string that reaches past them
+    rebuilds from the state before the reply), at least 1."""
+    longest = max((len(text_to_utf8(s)) for s in stops), default=0)
+    return max(1, min(_REWIND_DEPTH, longest + 4))
 
 
 class _Draft:

@@ -25,9 +25,9 @@ class Counting:
         self._model = model
         self.fed = 0
 
-    def forward(self, ids, state=None, *, want_logits: bool = True):
+    def forward(self, ids, state=None, *, want_logits: bool = True, into=None):
         self.fed += len(ids)
-        return self._model.forward(ids, state, want_logits=want_logits)
+        return self._model.forward(ids, state, want_logits=want_logits, into=into)
 
     def __getattr__(self, name: str):
         return getattr(self._model, name)
@@ -233,8 +233,8 @@ class CancelsWhileReading(Counting):
         super().__init__(model)
         self.token = token
 
-    def forward(self, ids, state=None, *, want_logits: bool = True):
-        out = super().forward(ids, state, want_logits=want_logits)
+    def forward(self, ids, state=None, *, want_logits: bool = True, into=None):
+        out = super().forward(ids, state, want_logits=want_logits, into=into)
         if len(ids) == INGEST_CHUNK:
             self.token.cancel()
         return out

@@ -81,3 +81,32 @@ def test_a_stop_string_right_after_a_split_character_keeps_the_whole_character(s
     assert (reply.finish, reply.text) == ("stop", " ō")
     assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice: ō" + RAVEN.separator
     assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)
+
+
+def test_a_long_reply_reuses_the_memory_of_states_it_no_longer_keeps_and_still_rewinds_exactly(store):
+    """Past the few states kept for rewinding, each token's new state is written into the memory of the
+    oldest one (Model.forward's `into`); the stop string at the end still rewinds to the state right
+    before it, so the context holds the reply exactly."""
+    words = " " + "word " * 40 + "end"
+    model = TranscriptModel(words + "\n\nBob: more")
+    conv = _start(store, model)
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", words)
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice:" + words + RAVEN.separator
+    assert model.reused >= reply.n_tokens - 16  # all but the kept states (the stop's bytes + 4) and the first
+
+
+def test_a_stop_string_of_split_characters_after_a_long_reply_rewinds_to_a_whole_character(store):
+    """A stop string whose characters each take two tokens is more tokens than characters: the states
+    kept reach back to before its first byte."""
+    words = " " + "word " * 30
+    model = TranscriptModel(words + "ŏŏŏ and more")
+    assert [model.tokenizer.token_bytes(t) for t in model.tokenizer.encode(" ŏŏŏ")][:3] == [b" \xc5", b"\x8f", b"\xc5"]
+    conv = _start(store, model)
+    conv.set_sampling(conv.sampling.replace(stop=("ŏŏŏ",)))
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", words)
+    assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice:" + words + RAVEN.separator
+    # rewound inside the remembered states, not rebuilt from the state before the reply
+    assert model.tokens_fed - before < _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + 20

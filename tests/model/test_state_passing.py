@@ -101,3 +101,32 @@ def test_the_forward_pass_flags_its_recurrent_blocks_itself(model):
     assert flagged is (model.arch_name != "rwkv4")
     if model.arch_name == "rwkv4":
         assert not np.isfinite(model._unflagged(new)).all()
+
+
+def test_a_state_given_back_holds_the_new_state_with_the_same_values(model):
+    _, start = model.forward(TOKENS[:3])
+    _, spare = model.forward(TOKENS[3:5])  # any state of this model no longer needed
+    spare_memory = spare.data.ctypes.data
+    want_logits, want = model.forward(TOKENS, start)  # several chunks, then one token
+    got_logits, got = model.forward(TOKENS, start, into=spare)
+    assert got.data.ctypes.data == spare_memory
+    assert np.array_equal(got.data, want.data) and np.array_equal(got_logits, want_logits)
+    _, spare2 = model.forward(TOKENS[:1])
+    one_logits, one = model.forward([7], got, into=spare2)  # decoding: a token at a time
+    ref_logits, ref = model.forward([7], want)
+    assert one.data.ctypes.data == spare2.data.ctypes.data
+    assert np.array_equal(one.data, ref.data) and np.array_equal(one_logits, ref_logits)
+
+
+def test_a_state_given_back_is_refused_when_it_cannot_hold_the_new_one(model):
+    _, start = model.forward(TOKENS[:3])
+    with pytest.raises(StateError, match="state read"):
+        model.forward([1], start, into=start)  # written while it is read
+    frozen = start.data.copy()
+    frozen.flags.writeable = False  # e.g. a view of bytes
+    with pytest.raises(StateError, match="read-only"):
+        model.forward([1], start, into=State(frozen, start.fingerprint, None, start.arch))
+    other = State(np.zeros((3, 8), np.float32), start.fingerprint, None, start.arch)
+    with pytest.raises(StateError, match="shape"):
+        model.forward([1], start, into=other)
+    assert _digest(start) == _digest(model.forward(TOKENS[:3])[1])  # nothing was written into it

@@ -32,6 +32,7 @@ class TranscriptModel:
         self.reply = reply
         self.cue = cue
         self.tokens_fed = 0
+        self.reused = 0  # states written into a state given back (`into`)
 
     def new_state(self) -> State:
         return State(np.zeros((ROWS, COLS), dtype=np.float32), self.fingerprint)
@@ -53,9 +54,16 @@ class TranscriptModel:
     def text(self, state: State) -> str:
         return self.tokenizer.decode(self.tokens(state))
 
-    def forward(self, ids: Sequence[int], state: State | None = None, *, want_logits: bool = True):
+    def forward(self, ids: Sequence[int], state: State | None = None, *, want_logits: bool = True,
+                into: State | None = None):
         state = state or self.new_state()
-        data = state.data.copy()
+        if into is None:
+            data = state.data.copy()
+        else:  # as Model.forward: the new state in `into`'s memory, which must not be the state read
+            assert not np.may_share_memory(into.data, state.data), "a state reused while it is read"
+            data = into.data
+            data[...] = state.data
+            self.reused += 1
         flat = data.reshape(-1)
         n = int(flat[0])
         flat[1 + n : 1 + n + len(ids)] = ids

@@ -136,12 +136,12 @@ def test_reading_a_long_prompt_shows_its_progress_and_rate_then_the_writing(mode
     chunks = [0]
     feed = Conversation._feed
 
-    def held_feed(self, ids, state, want_logits):
+    def held_feed(self, ids, state, want_logits, into=None):
         if len(ids) == INGEST_CHUNK:
             chunks[0] += 1
             if chunks[0] == 2:  # the prompt's second chunk waits until the test has looked
                 gate.wait(60)
-        return feed(self, ids, state, want_logits)
+        return feed(self, ids, state, want_logits, into)
 
     monkeypatch.setattr(Conversation, "_feed", held_feed)
 
