@@ -529,7 +529,6 @@ class Conversation:
         history: deque[tuple[int, bool, State]] = deque(maxlen=_rewind_depth(stops))
         made: set[int] = set()  # ids of the states this loop made: their memory is reused once out of `history`
         stop_at = -1
-        token_bytes = text_bytes = 0  # equal when no token has left bytes of a character pending
         self.reply_tokens = 0
         for _ in range(settings.max_tokens):
             if cancel is not None and cancel.cancelled:
@@ -546,7 +545,7 @@ class Conversation:
                 finish = "eot"
                 break
             dropped = history[0][2] if len(history) == history.maxlen else None
-            history.append((len(text), text_bytes == token_bytes, state))
+            history.append((len(text), not decoder.pending, state))
             into = dropped if dropped is not None and id(dropped) in made else None
             made.discard(id(into))
             logits, state = self._feed([token], state, want_logits=True, into=into)
@@ -555,8 +554,6 @@ class Conversation:
             self.reply_tokens = n_generated
             piece = decoder.feed(token)
             text += piece
-            token_bytes += len(self.tokenizer.token_bytes(token))
-            text_bytes += len(text_to_utf8(piece))
             answer_at = self._answer_start(prior, text, think)
             searched = max(0, emitted - max((len(s) for s in stops), default=0))
             stop_at = -1 if answer_at is None else _find_stop(text, stops, max(searched, answer_at))
@@ -638,17 +635,18 @@ class Conversation:
                 tail = kept[offset:] + self.family.separator
                 state, _, n = self._ingest(tail, before) if tail else (before, None, 0)
                 return kept, state, n_fed + n
-        # The stop began before the remembered tokens (cannot happen with short stop strings):
-        # rebuild from the state before the reply.
+        # The stop began before the remembered tokens (see _rewind_depth for when): rebuild from the
+        # state before the reply.
         state, _, n = self._ingest(kept + self.family.separator, self._state)
         return kept, state, n
 
 
 def _rewind_depth(stops: tuple[str, ...]) -> int:
-    """Token states a reply keeps for `_rewind`: one per byte of the longest stop string (every token
-    adds at least one byte from the one where the stop string starts), 3 for a character split across
-    tokens just before it, 1 more; at most _REWIND_DEPTH (a longer stop string that reaches past them
-    rebuilds from the state before the reply), at least 1."""
+    """Token states a reply keeps for `_rewind`: one per byte of the longest stop string (the tokens from
+    the one where it starts each add a byte or more: text tokens), 3 for a character split across tokens
+    just before it, 1 more; at most _REWIND_DEPTH, at least 1. Where that is not enough (a longer stop
+    string, empty tokens, a run of split characters) the rewind rebuilds from the state before the
+    reply: slower, the same result."""
     longest = max((len(text_to_utf8(s)) for s in stops), default=0)
     return max(1, min(_REWIND_DEPTH, longest + 4))
 

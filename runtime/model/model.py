@@ -5,7 +5,8 @@
     logits, state = model.forward([510, 3158], state)
 
 `forward` runs the compiled forward function on every thread of the pool with the GIL released: it
-reads the state it is given (which stays usable: regenerate, fork) and writes a new one, and returns
+reads the state it is given (which stays usable: regenerate, fork) and writes a new one (into fresh memory,
+or that of a dead state given as `into`), and returns
 float32 logits of the last token with the new state. Calls on one model are serialised by a lock (they share scratch
 memory); use one `Model` per concurrent stream if ever needed.
 """
@@ -140,8 +141,9 @@ class Model:
         as feeding them one at a time. `want_logits=False` skips the head (prompt ingestion).
         `into`: a state of this model that is no longer needed (e.g. the oldest of a generation's
         history), whose memory the new state is written into instead of fresh memory; it must not be
-        used afterwards. (Fresh memory for every token costs a decoding loop that keeps earlier states
-        page faults or writes to memory long out of cache: 1.5B RWKV-7, 32 states kept, about 3 %.)
+        used afterwards (StateError if it is another model's, read-only, or shares `state`'s memory).
+        Fresh memory every token, while earlier states are kept, costs page faults or writes to memory
+        long out of cache (bench/history_states.py).
         """
         ids = self._check_tokens(tokens)
         out = None if into is None else self._reusable(into, state)
@@ -201,7 +203,10 @@ class Model:
     def _reusable(self, into: State, state: State | None) -> np.ndarray:
         """`into`'s data, to be written over by forward: refused unless it is this model's, writable and
         contiguous, and shares no memory with `state` (which the pass reads while it writes)."""
-        self.check_state(into)
+        try:
+            self.check_state(into)
+        except StateError as e:
+            raise StateError(f"the state to reuse: {e}") from None
         data = into.data
         if not (data.flags.c_contiguous and data.flags.writeable):
             raise StateError("the state to reuse is read-only or not contiguous; its memory cannot hold a new state")

@@ -1,8 +1,9 @@
 """The recurrent state of an RWKV model: the whole context in a few rows of n_embd floats per layer.
 
 Each architecture lays out its rows (runtime/model/arch/: RWKV-4 has 5 per layer, RWKV-7 2 + N).
-A `State` is immutable by convention (the forward pass never writes into the one it is given), so
-keeping one per conversation turn is safe. It carries the architecture and the fingerprint of the
+A `State` is immutable by convention (the forward pass never writes into the one it is given, only,
+when asked, into one given back as no longer needed: `Model.forward(…, into=…)`), so keeping one per
+conversation turn is safe. It carries the architecture and the fingerprint of the
 model that made it; `to_bytes`/`from_bytes` give a self-checking serialisation (magic, version,
 shape, fingerprint, sha256 of the data, architecture) so a saved state is validated before any
 native code reads it. States of format 1 and 2 (before the architecture was recorded) are RWKV-4.

@@ -4,6 +4,7 @@ without changing the context, so only the count shows it)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from runtime.chat.conversation import Conversation
@@ -110,3 +111,39 @@ def test_a_stop_string_of_split_characters_after_a_long_reply_rewinds_to_a_whole
     assert model.text(conv.state) == RAVEN.init + "Bob: Hi\n\nAlice:" + words + RAVEN.separator
     # rewound inside the remembered states, not rebuilt from the state before the reply
     assert model.tokens_fed - before < _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + 20
+
+
+class _Scripted(TranscriptModel):
+    """Writes the given token ids after the cue, whatever bytes they make (here a lone UTF-8 continuation
+    byte, which no text encodes to), then the end of text."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__("")
+        self.script = script
+
+    def _next_logits(self, state):
+        read = b"".join(self.tokenizer.token_bytes(t) for t in self.tokens(state))
+        written = len(read) - read.rfind(self.cue.encode()) - len(self.cue)
+        target, at = self.tokenizer.eot_id, 0
+        for token in self.script:
+            if at == written:
+                target = token
+                break
+            at += len(self.tokenizer.token_bytes(token))
+        logits = np.full(self.n_vocab, -1e9, dtype=np.float32)
+        logits[target] = 0.0
+        return logits
+
+
+def test_a_stop_string_after_an_invalid_byte_still_rewinds_to_the_token_before_it(store):
+    """An invalid byte shows as U+FFFD (3 bytes of text for 1 of the token's): the boundaries after it
+    are still whole characters, so the rewind goes back only to the stop string, not to the reply's start."""
+    enc = TranscriptModel("").tokenizer.encode
+    lone = enc(" ō")[1]  # b'\x8d'
+    model = _Scripted([*enc(" Hi"), lone, *enc(" there"), *enc("\n\nBob: more")])
+    assert model.tokenizer.token_bytes(lone) == b"\x8d"
+    conv = _start(store, model)
+    before = model.tokens_fed
+    reply = conv.send("Hi")
+    assert (reply.finish, reply.text) == ("stop", " Hi\ufffd there")
+    assert model.tokens_fed - before == _n(model, "Bob: Hi\n\nAlice:") + reply.n_tokens + _n(model, RAVEN.separator)

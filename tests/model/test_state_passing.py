@@ -1,8 +1,9 @@
 """How a forward call takes its state: it reads the state it is given (Arg.STATE_IN) and writes a new
 one, copying each recurrent block on the thread that updates it, and flags non-finite values in the
 blocks it wrote (runtime/model/arch/base.py). For every architecture: the given state is never
-written, calls spanning several chunks read the later chunks from the new state, and a NaN or an
-overflow in a recurrent block is found by the forward pass's own flag."""
+written, calls spanning several chunks read the later chunks from the new state, a NaN or an
+overflow in a recurrent block is found by the forward pass's own flag, and a dead state given back
+(`into`) holds the new one with the same values."""
 
 from __future__ import annotations
 

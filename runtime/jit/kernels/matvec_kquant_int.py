@@ -113,6 +113,7 @@ PREFETCH_LOCALITY = 2
 # → 7.91, Q3_K 10.54 → 10.07, Q4_K 12.05 → 11.60; but Q5_K_M 44.41 → 45.02, Q6_K 50.92 → 51.87, 0.4B Q6_K
 # 16.29 → 16.82 (Q5_K 15.10 → 15.00).
 L1_PREFETCH_TYPES = (DType.Q2_K, DType.Q3_K, DType.Q4_K)
+L1_PREFETCH = True  # (a switch for A/B runs: False gives every type PREFETCH_LOCALITY)
 # Lane-major: Σ q·Xl accumulated onto 256·Σ q·Xh (one vpdpbusd chain after the other) instead of two
 # chains added at the end: one integer add fewer per super-block and row. One thread, rows in L2, 2048
 # columns, SPR, interleaved (bench/kernel_ab.py): Q2_K 14.2 → 15.0 GB/s, Q4_K unchanged (a switch for A/B runs).
@@ -139,7 +140,7 @@ LANE_MASKS = True
 
 def prefetch_locality(dtype: DType) -> int:
     """The llvm.prefetch locality of `dtype` rows' prefetches (L1_PREFETCH_TYPES, PREFETCH_LOCALITY)."""
-    return 3 if dtype in L1_PREFETCH_TYPES else PREFETCH_LOCALITY
+    return 3 if L1_PREFETCH and dtype in L1_PREFETCH_TYPES else PREFETCH_LOCALITY
 
 
 def chunk_width(variant: Variant) -> int:
