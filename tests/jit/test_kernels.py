@@ -244,6 +244,36 @@ def test_k_kernels_take_their_own_rows_and_distance_target() -> None:
     assert m.rows_for(DType.Q4_0, 1024) == 4  # the int16 kernels' target is unchanged
 
 
+def test_row_streams_prefetch_whole_rows_about_the_target_ahead(monkeypatch):
+    from runtime.jit.kernels import matvec_int16 as m
+
+    assert m.stream_ahead(1536) == 3072 and m.stream_ahead(1088) == 2176  # Q5_1 / Q8_0 rows of 2048, 1024
+    assert m.stream_ahead(8704, 2304) == 8704  # at least one row
+    assert m.stream_ahead(576, 2304, 0) == 0
+    monkeypatch.setattr(m, "PREFETCH_GROUPS", 0)
+    assert m.stream_ahead(1536) == 0
+
+
+@pytest.mark.parametrize("streams", [True, False])
+def test_int16_rows_walked_as_streams_or_in_groups_give_the_same_products(monkeypatch, streams: bool) -> None:
+    """Rows walked as streams (matvec.ROW_STREAMS: rows r, r + n, …) or as consecutive groups: every row of
+    every range, remainders included, gets its own product, written to its own y."""
+    from runtime.jit.kernels import matvec as mv
+
+    monkeypatch.setattr(mv, "ROW_STREAMS", streams)
+    types = [DType.Q4_0, DType.Q5_1, DType.Q8_0]
+    lib = make_test_library([(t, 1024) for t in types], accumulate=(False,), kinds=("matvec",), use_cache=False)
+    x = np.random.default_rng(8).normal(size=1024).astype(np.float32)
+    for t in types:
+        raw, wd = _weights(t, 41, 1024, 9)
+        bound = matvec_bound(raw, t, x)
+        for lo, hi in ((0, 41), (5, 38), (7, 9), (40, 41)):
+            y = np.full(41, 7.0, np.float32)
+            lib.matvec(t, 1024)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, lo, hi)
+            _close(y[lo:hi], wd[lo:hi] @ x, bound[lo:hi])
+            assert (y[:lo] == 7).all() and (y[hi:] == 7).all()
+
+
 def test_row_prefetches_reach_about_the_target_distance_in_whole_groups(monkeypatch):
     """A group of rows capped short of PREFETCH_TARGET (4 rows of 1024 Q4_0 values: 2304 B) prefetches
     two groups ahead; a group near the target one; the distance is always whole groups."""

@@ -108,6 +108,7 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
     "matvec_kquant_int.SUM_SUBS", "matvec_kquant_int.LANE_MAJOR+matvec_kquant_int.SUM_SUBS",
     "matvec_kquant_int.BIAS_IN_XSUM", "dequant_k.SCALES_IN_QWORDS", "matvec_kquant_int.LANE_MAJOR",
     "matvec_kquant_int.LANE_MASKS", "matvec_kquant_int.USE_GFNI", "matvec_kquant_int.LOW_FROM_HIGH",
+    "matvec.ROW_STREAMS",
 ])
 def test_matvec_with_a_kernel_switch_off(monkeypatch: pytest.MonkeyPatch, switches: str) -> None:
     """The other side of each A/B switch of the integer kernel (bench/kernel_ab.py) computes the same

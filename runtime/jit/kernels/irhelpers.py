@@ -75,10 +75,11 @@ def row_at(b: ir.IRBuilder, w: ir.Value, row0: ir.Value, i: int | ir.Value, row_
 
 
 def store_results(b: ir.IRBuilder, y: ir.Value, first: ir.Value, values: Sequence[ir.Value],
-                  accumulate: bool) -> None:
-    """y[first + i] = values[i] (or += with `accumulate`) for each i."""
+                  accumulate: bool, stride: ir.Value | None = None) -> None:
+    """y[first + i] = values[i] (or += with `accumulate`) for each i (y[first + i·stride] with `stride`)."""
     for i, s in enumerate(values):
-        out = b.gep(y, [b.add(first, i64c(i))], inbounds=True)
+        at = i64c(i) if stride is None else b.mul(i64c(i), stride)
+        out = b.gep(y, [b.add(first, at)], inbounds=True)
         b.store(fadd(b, b.load(out), s) if accumulate else s, out)
 
 

@@ -93,6 +93,9 @@ if TYPE_CHECKING:
 # (Q5_1 and Q5_0 on 10240 columns: 79-80 % of the bandwidth, against 72-75 % with 2 rows).
 PREFETCH_TARGET = 4608  # bytes ahead
 LONG_ROW = 4096  # bytes
+# Bytes ahead in each stream of rows (matvec.ROW_STREAMS), whole rows. 1.5B RWKV-7 Q5_1, 2 threads, quiet
+# SPR, interleaved: 4608 51.1 ms/token, 2304 50.2, 1536 52.9 (0.4B RWKV-6 Q5_1: 12.6, 12.6, 12.8).
+STREAM_TARGET = 2304
 MIN_ROWS, MAX_ROWS = 2, 4
 PREFETCH_GROUPS = 1  # prefetch the same place at least this many row groups ahead (0: none); measured
 # Where MAX_ROWS caps the group short of PREFETCH_TARGET (rows of 1024 values in 4-bit types: 4 rows of
@@ -549,6 +552,20 @@ class _RowDot:
         return hsum(b, v)
 
 
+def row_index(b: ir.IRBuilder, i: int, stride: ir.Value | None) -> ir.Value | int:
+    """The offset of a group's row i from its first row: i, or i·stride for row streams."""
+    return i if stride is None else b.mul(i64c(i), stride)
+
+
+def stream_ahead(row_bytes: int, target: int | None = None, groups: int | None = None) -> int:
+    """Bytes ahead a row's prefetch reaches in a stream of consecutive rows: whole rows, as many as make
+    about STREAM_TARGET (or `target`) bytes, at least one (none where `groups`, by default
+    PREFETCH_GROUPS, is 0)."""
+    if not (PREFETCH_GROUPS if groups is None else groups):
+        return 0
+    return max(1, round((target or STREAM_TARGET) / row_bytes)) * row_bytes
+
+
 def prefetch_ahead(group_bytes: int, groups: int | None = None, target: int | None = None) -> int:
     """Bytes ahead a row's prefetch reaches when its group of rows spans `group_bytes`: whole groups, at
     least `groups` (default PREFETCH_GROUPS) of them and as many as make about PREFETCH_TARGET (or
@@ -560,13 +577,13 @@ def prefetch_ahead(group_bytes: int, groups: int | None = None, target: int | No
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
-               prep: _Prepared, y: ir.Value, first: ir.Value, count: int) -> None:
-    """y[first + i] (+)= W[first + i]·x for i < count."""
+               prep: _Prepared, y: ir.Value, first: ir.Value, count: int, stride: ir.Value | None = None) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count (rows first + i·stride with `stride`: row streams)."""
     row_bytes = dtype.row_bytes(n_cols)
     n_blocks = n_cols // BLOCK
-    ahead = prefetch_ahead(count * row_bytes)
-    rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), n_blocks, ahead)
-            for i in range(count)]
+    ahead = prefetch_ahead(count * row_bytes) if stride is None else stream_ahead(row_bytes)
+    rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, row_index(b, i, stride), row_bytes), n_blocks,
+                    ahead) for i in range(count)]
     whole = n_blocks // GATHER * GATHER
     if whole:
         with counted_loop(b, 0, whole, GATHER, name="scales") as k:
@@ -604,7 +621,7 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, acc
             xlo, xhi = prep.byte_halves(b, k) if prep.split else prep.halves(b, k)
             for rd in rows:
                 rd.add_block(k, xlo, xhi)
-    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
 
 
 def int16_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
@@ -613,7 +630,7 @@ def int16_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, 
     y[first + i] (+)= W[first + i]·x for i < count."""
     prep = _Prepared(b, dtype, variant, x, n_cols)
 
-    def emit(first: ir.Value, count: int) -> None:
-        _emit_rows(b, dtype, variant, n_cols, accumulate, w, prep, y, first, count)
+    def emit(first: ir.Value, count: int, stride: ir.Value | None = None) -> None:
+        _emit_rows(b, dtype, variant, n_cols, accumulate, w, prep, y, first, count, stride)
 
     return emit

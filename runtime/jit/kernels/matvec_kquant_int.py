@@ -88,7 +88,7 @@ from runtime.jit.kernels.irhelpers import (
     tree_reduce,
     tree_sum,
 )
-from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, prefetch_ahead
+from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, prefetch_ahead, row_index, stream_ahead
 from runtime.quant.types import DType
 
 # Each row prefetches the same place in a later row group: as many groups ahead as make about
@@ -533,10 +533,11 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor, lanes)
     row_bytes = dtype.row_bytes(n_cols)
 
-    def emit(first: ir.Value, count: int) -> None:
-        ahead = prefetch_ahead(count * row_bytes, PREFETCH_GROUPS, PREFETCH_TARGET)
-        rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, i, row_bytes), ahead, lanes)
-                for i in range(count)]
+    def emit(first: ir.Value, count: int, stride: ir.Value | None = None) -> None:
+        ahead = (prefetch_ahead(count * row_bytes, PREFETCH_GROUPS, PREFETCH_TARGET) if stride is None
+                 else stream_ahead(row_bytes, PREFETCH_TARGET, PREFETCH_GROUPS))
+        rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, row_index(b, i, stride), row_bytes), ahead,
+                        lanes) for i in range(count)]
         with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
             base = b.mul(k, i64c(SUPER))
             xs = []
@@ -545,6 +546,6 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
                 xs.append((prep.bytes_at(b, prep.xh, at, width), prep.bytes_at(b, prep.xl, at, width)))
             for rd in rows:
                 rd.add_superblock(k, xs)
-        store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+        store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
 
     return emit

@@ -10,10 +10,15 @@ The integer read is for memory holding anything, such as a model's quantized wei
 the very pages decoding reads with it): floating-point adds of arbitrary bits would meet denormals,
 which cost microcode assists on x86 and would make the read look slower than the memory.
 
-Eight independent accumulators over 256-byte steps, a software prefetch PREFETCH_BYTES ahead (the
-decode kernels' distance), compiled for the host like every kernel. A numpy sum (the plain read the
-issue's figures were measured with) reads markedly less on some machines (Zen 5: 15-20 GB/s on
-2 threads while the Q8_0 decode kernel read 28), so `bench` prints both.
+The array is read as STREAMS parts side by side, each front to back, 64 bytes of each per step into
+eight independent accumulators, every line prefetched PREFETCH_BYTES ahead in its part, compiled for the
+host like every kernel. Several streams, as the decode kernels walk their rows (runtime/jit/kernels/
+matvec.py ROW_STREAMS): the CPU's stream prefetcher follows each, and on the 2-vCPU Sapphire Rapids VM
+four read 36 GB/s on 2 threads (18.8 on one) where one stream, prefetched 16 KB ahead once per
+256 bytes (this read before), read 29.6 (15.2); 2 streams 33.9, 8 with one prefetch each 32.0. So the
+decode figures of earlier stops, as a share of that read, are not comparable with later ones. A numpy
+sum (the plain read the issue's figures were measured with) reads markedly less on some machines
+(Zen 5: 15-20 GB/s on 2 threads while the Q8_0 decode kernel read 28), so `bench` prints both.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from runtime.jit.irkit import F32, F32P, I32, I32P, I64, counted_loop
 from runtime.jit.kernels.irhelpers import V8F, Var, byte_ptr, fadd, hsum, prefetch, tree_sum
 from runtime.jit.shared import shared_function
 
-STEP = 64  # floats per loop step (256 bytes)
-PREFETCH_BYTES = 16384  # as runtime/jit/kernels/matvec.py
+STEP = 64  # floats per loop step (256 bytes: 64 of each stream); arrays are whole steps
+STREAMS = 4
+PREFETCH_BYTES = 2048  # ahead of each stream (1536-3072 within 4 %; 1024: 33.8 GB/s, 4096: 33.7)
 NAME = "stream_read"
 WORDS_NAME = "stream_read_words"
 V8I = ir.VectorType(I32, 8)
@@ -37,14 +43,20 @@ V8I = ir.VectorType(I32, 8)
 
 def _read_loop(b: ir.IRBuilder, p: ir.Value, n: ir.Value, vty: ir.VectorType,
                add: Callable[[ir.Value, ir.Value], ir.Value]) -> list[Var]:
-    """The read: STEP elements per iteration into eight accumulators, prefetching PREFETCH_BYTES ahead."""
+    """The read: the n elements as STREAMS parts side by side, STEP / STREAMS of each per iteration
+    (one cache line) into eight accumulators, each line prefetched PREFETCH_BYTES ahead in its part."""
     accs = [Var(b, ir.Constant(vty, None), f"acc{i}") for i in range(STEP // 8)]
-    with counted_loop(b, 0, n, STEP, name="i") as i:
-        prefetch(b, byte_ptr(b, b.bitcast(b.gep(p, [i], inbounds=True), ir.IntType(8).as_pointer()),
-                             PREFETCH_BYTES))
-        for j, acc in enumerate(accs):
-            at = b.gep(p, [b.add(i, ir.Constant(I64, 8 * j))], inbounds=True)
-            acc.set(add(acc.get(), b.load(b.bitcast(at, vty.as_pointer()), align=4)))
+    part = b.sdiv(n, ir.Constant(I64, STREAMS))
+    per = STEP // STREAMS
+    with counted_loop(b, 0, part, per, name="i") as i:
+        for s in range(STREAMS):
+            at = b.add(b.mul(part, ir.Constant(I64, s)), i)
+            prefetch(b, byte_ptr(b, b.bitcast(b.gep(p, [at], inbounds=True), ir.IntType(8).as_pointer()),
+                                 PREFETCH_BYTES))
+            for j in range(per // 8):
+                acc = accs[(s * per // 8 + j) % len(accs)]
+                ptr = b.gep(p, [b.add(at, ir.Constant(I64, 8 * j))], inbounds=True)
+                acc.set(add(acc.get(), b.load(b.bitcast(ptr, vty.as_pointer()), align=4)))
     return accs
 
 
