@@ -22,7 +22,9 @@ vpdpbusd against Xl, where X = 256·Xh + Xl splits into two signed bytes (hence 
 same integer sums in 8 vector instructions instead of 9 (Q5_1 in L2: 17.8 → 19.8 GB/s per thread;
 1.5B Q5_1 decoding 45.4 → 43.2 ms/token, side by side). Before a group of rows is walked, its scales
 are converted 8 blocks per gather (d_k·sx_k into the array; the bias terms summed on the way), which
-also brings the rows into cache; each row prefetches its counterpart in the next group.
+also brings the rows into cache. The rows walked side by side are streams (matvec.ROW_STREAMS: rows r,
+r + n, …), each prefetching whole rows about STREAM_TARGET bytes ahead in its own stream; with the switch
+off, neighbouring rows, each prefetching its counterpart in the next group.
 
 Where AVX-512 VNNI and VBMI exist (Variant.wide: Ice Lake and later, Zen 4 and later), the 4- and 5-bit
 types walk two blocks per 512-bit register: both blocks in one load masked to their bytes (nothing past
@@ -85,7 +87,8 @@ from runtime.quant.types import DType
 if TYPE_CHECKING:
     from runtime.jit.kernels.matvec_dot import DotVariant
 
-# Rows walked side by side. Each row prefetches its counterpart in the next group of rows, so the
+# Rows walked side by side (as streams: matvec.ROW_STREAMS; the count is then the streams, the distance
+# STREAM_TARGET's). With streams off each row prefetches its counterpart in the next group of rows, so the
 # count also sets the prefetch distance, and what was measured (bench/kernels.py and whole models,
 # side by side) follows the distance: about 4.5 KB ahead is best for rows up to 4 KB (1.5B Q5_1,
 # 2048 columns: 3 rows 45.3 ms/token, 2 rows 45.8, 4 rows 47.9; 1.5B Q8_0: 2 rows 55.4, 3 rows 58.5;
@@ -453,7 +456,8 @@ class _RowDot:
         return b.bitcast(b.select(mask, b.add(codes, self.prep.sixteen), codes), V8I32)
 
     def _block(self, k: ir.Value) -> ir.Value:
-        """i8* to block k of the row, prefetching its counterpart in the next group of rows."""
+        """i8* to block k of the row, prefetching `ahead` bytes on (the next rows of its stream, or its
+        counterpart in a later group)."""
         ptr = block_at(self.b, self.row, self.dtype, k)
         if self.ahead:
             prefetch(self.b, byte_ptr(self.b, ptr, self.ahead))
@@ -625,9 +629,9 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, acc
 
 
 def int16_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
-                  x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
-    """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
-    y[first + i] (+)= W[first + i]·x for i < count."""
+                  x: ir.Value, y: ir.Value) -> Callable[..., None]:
+    """Prepare x (emitted at the builder's position) and return `emit(first_row, count, stride=None)`,
+    which emits y[first + i·stride] (+)= W[first + i·stride]·x for i < count (stride 1 where None)."""
     prep = _Prepared(b, dtype, variant, x, n_cols)
 
     def emit(first: ir.Value, count: int, stride: ir.Value | None = None) -> None:

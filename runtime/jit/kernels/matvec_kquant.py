@@ -93,9 +93,10 @@ class _RowDot:
 
 
 def kquant_emitter(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-                   y: ir.Value) -> Callable[[ir.Value, int], None]:
+                   y: ir.Value) -> Callable[..., None]:
     """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
-    y[first + i] (+)= W[first + i]·x for i < count."""
+    y[first + i] (+)= W[first + i]·x for i < count (the integer kernel's also takes a stride: see
+    matvec_kquant_int.int_emitter)."""
     variant = int_variant(dtype)
     if variant is not None:
         return int_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
@@ -120,8 +121,7 @@ def int_variant(dtype: DType) -> Variant | None:
 
 def kquant_rows(dtype: DType, n_cols: int) -> int:
     """Rows walked side by side: the integer kernel takes matvec_int16's rule with its own target
-    (matvec_kquant_int.PREFETCH_TARGET: 2-4 rows, so that one row group ahead is about its prefetch
-    distance), the float kernel ROWS."""
+    (matvec_kquant_int.PREFETCH_TARGET: 2-4 rows, as many streams), the float kernel ROWS."""
     if int_variant(dtype) is None:
         return ROWS
     return rows_for(dtype, n_cols, matvec_kquant_int.PREFETCH_TARGET)

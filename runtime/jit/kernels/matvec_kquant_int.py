@@ -91,8 +91,8 @@ from runtime.jit.kernels.irhelpers import (
 from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, prefetch_ahead, row_index, stream_ahead
 from runtime.quant.types import DType
 
-# Each row prefetches the same place in a later row group: as many groups ahead as make about
-# PREFETCH_TARGET bytes (below), at least PREFETCH_GROUPS (0: none).
+# Each row prefetches about PREFETCH_TARGET bytes (below) ahead in whole rows of its stream (matvec.ROW_STREAMS),
+# or, with streams off, the same place in a later row group, at least PREFETCH_GROUPS groups (0: none).
 PREFETCH_GROUPS = 1
 # The K kernels' own rows-and-distance target (matvec_int16's PREFETCH_TARGET is 4608): their rows take
 # longer to compute, and fewer rows nearer ahead read faster from memory. One thread, rows from memory,
@@ -523,9 +523,9 @@ class _RowDot:
 
 
 def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
-                x: ir.Value, y: ir.Value) -> Callable[[ir.Value, int], None]:
-    """Prepare x (emitted at the builder's position) and return `emit(first_row, count)`, which emits
-    y[first + i] (+)= W[first + i]·x for i < count."""
+                x: ir.Value, y: ir.Value) -> Callable[..., None]:
+    """Prepare x (emitted at the builder's position) and return `emit(first_row, count, stride=None)`,
+    which emits y[first + i·stride] (+)= W[first + i·stride]·x for i < count (stride 1 where None)."""
     width = chunk_width(variant)
     pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
     factor = -float(code_bias(dtype)) if BIAS_IN_XSUM and code_bias(dtype) else 1.0
