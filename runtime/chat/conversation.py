@@ -337,10 +337,7 @@ class Conversation:
         if self._replaced is not None and state is self._replaced[0]:
             state = self._replaced[1]  # a state set aside below, still held by a caller (a rewind's history)
         try:
-            if into is None:
-                logits, state = self.model.forward(ids, state, want_logits=want_logits)
-            else:
-                logits, state = self.model.forward(ids, state, want_logits=want_logits, into=into)
+            logits, state = self.model.forward(ids, state, want_logits=want_logits, into=into)
         except StateError as e:  # a loaded state passed its checks but makes the model's values non-finite
             if self._loaded is None or self._loaded[1] is not state:
                 raise
@@ -527,7 +524,7 @@ class Conversation:
         finish = "length"
         # (length of `text` before the token, decoder had no pending bytes, state before the token)
         history: deque[tuple[int, bool, State]] = deque(maxlen=_rewind_depth(stops))
-        made: set[int] = set()  # ids of the states this loop made: their memory is reused once out of `history`
+        start = state  # the one state in `history` this loop did not make: never reused
         stop_at = -1
         self.reply_tokens = 0
         for _ in range(settings.max_tokens):
@@ -546,10 +543,8 @@ class Conversation:
                 break
             dropped = history[0][2] if len(history) == history.maxlen else None
             history.append((len(text), not decoder.pending, state))
-            into = dropped if dropped is not None and id(dropped) in made else None
-            made.discard(id(into))
+            into = dropped if dropped is not start else None  # its memory holds the new state
             logits, state = self._feed([token], state, want_logits=True, into=into)
-            made.add(id(state))
             n_generated += 1
             self.reply_tokens = n_generated
             piece = decoder.feed(token)

@@ -52,7 +52,7 @@ from runtime.jit.kernels.irhelpers import (
     tree_sum,
 )
 from runtime.jit.kernels.matvec_dot import DotVariant, dot_emitter
-from runtime.jit.kernels.matvec_int16 import Variant, int16_emitter, int16_variant
+from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
 from runtime.jit.kernels.matvec_kquant import kquant_emitter, kquant_rows
 from runtime.jit.kernels.matvec_q8short import short_q8_emitter, uses_short_q8
 from runtime.jit.target import host_target
@@ -313,16 +313,17 @@ def emit_matvec(
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         variant = int16_variant(dtype)
         step = rows_per_step(dtype, n_cols)
-        streams = (matvec_kquant.int_variant(dtype) is not None if is_k_quant(dtype)
-                   else isinstance(variant, Variant) and not uses_short_q8(dtype, n_cols))
+        streams = False  # whether `emit` takes a stride (the x86 integer emitters)
         if is_k_quant(dtype):
             emit = kquant_emitter(b, dtype, n_cols, accumulate, w, x, y)
+            streams = matvec_kquant.int_variant(dtype) is not None
         elif uses_short_q8(dtype, n_cols):
             emit = short_q8_emitter(b, n_cols, accumulate, w, x, y)
         elif isinstance(variant, DotVariant):
             emit = dot_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
         elif variant is not None:
             emit = int16_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
+            streams = True
         else:
             xsum = block_sums(b, x, n_cols) if has_bias(dtype) else None
             uses_shifts = any(shifted_row(dtype, i) for i in range(step))

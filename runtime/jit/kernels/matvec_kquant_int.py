@@ -206,12 +206,13 @@ class _PreparedX:
         v64 = ir.VectorType(I32, SUPER // 4)
         order = [lanes.value_of(c, lane) // 4 for c in range(SUPER // 64) for lane in range(SUPER // SUB)]
         factors = lanes.factors()
+        scaled = any(f != 1.0 for f in factors)
         with counted_loop(b, 0, n_cols // SUPER, name="xlane") as k:
             at = b.mul(k, i64c(SUPER))
             for arr in (self.xh, self.xl):
                 ptr = b.bitcast(b.gep(arr, [at], inbounds=True), v64.as_pointer())
                 b.store(shuffle(b, b.load(ptr, align=64), ir.Constant(v64, None), order), ptr, align=64)
-            if any(f != 1.0 for f in factors):
+            if scaled:
                 v16 = ir.VectorType(F32, SUPER // SUB)
                 ptr = b.bitcast(b.gep(self.sx16, [b.mul(k, i64c(SUPER // SUB))], inbounds=True), v16.as_pointer())
                 b.store(b.fmul(b.load(ptr, align=64), const_vec(v16, factors)), ptr, align=64)
@@ -492,16 +493,10 @@ class _RowDot:
         for c, (xh, _) in enumerate(xs):
             codes.append(b.bitcast(self.lanes.codes(b, ptr, sources, c), ity))
             high = b.call(fn, [high, codes[-1], xh])
-        if LOW_FROM_HIGH:
-            low = _times256(b, high, prep.pattern)
-            for q, (_, xl) in zip(codes, xs, strict=True):
-                low = b.call(fn, [low, q, xl])
-            self._add_sums(k, low, sub)
-            return
-        low = ir.Constant(ity, None)
+        low = _times256(b, high, prep.pattern) if LOW_FROM_HIGH else ir.Constant(ity, None)
         for q, (_, xl) in zip(codes, xs, strict=True):
             low = b.call(fn, [low, q, xl])
-        self._add_sums(k, b.add(_times256(b, high, prep.pattern), low), sub)
+        self._add_sums(k, low if LOW_FROM_HIGH else b.add(_times256(b, high, prep.pattern), low), sub)
 
     def _add_sums(self, k: ir.Value, sums: ir.Value, sub: SubScales) -> None:
         """acc += sums·scale·sx per lane: `sums` the super-block's integer dot products as <16 x i32>, lane L
