@@ -371,7 +371,7 @@ SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS":
             "USE_GFNI": "matvec_kquant_int", "PREFETCH_LOCALITY": "matvec_kquant_int",
             "SCALES_IN_QWORDS": "dequant_k", "BIAS_IN_XSUM": "matvec_kquant_int",
             "LANE_MAJOR": "matvec_kquant_int", "LANE_MASKS": "matvec_kquant_int",
-            "LOW_FROM_HIGH": "matvec_kquant_int", "L1_PREFETCH": "matvec_kquant_int",
+            "LOW_FROM_HIGH": "matvec_kquant_int",
             "ROW_STREAMS": "matvec", "STREAM_TARGET": "matvec_int16"}
 
 

@@ -101,19 +101,15 @@ PREFETCH_GROUPS = 1
 # interleaved: Q4_K_M 35.2 → 33.3 ms/token, Q5_K_M 43.2 → 40.3, Q6_K 47.6 → 44.5, Q2_K/Q3_K within noise;
 # 0.4B RWKV-6 (rows of 1024 values: the same 4 rows) unchanged.
 PREFETCH_TARGET = 2304
-# The row prefetches' llvm.prefetch locality: 2 (prefetcht1, into L2) rather than 3 (prefetcht0, which holds
-# an L1 fill buffer for each line until it arrives from memory). 1.5B Q5_K_M, SPR, interleaved
-# (bench/decode_ab.py): 1 thread, CPU time, RWKV-7 89.7 → 84.5 ms/token, RWKV-4 82.3 → 78.3; 2 threads,
-# load 1.5, RWKV-7 48.7 → 46.5 (Q5_1 52.3), RWKV-4 43.6 → 41.2 (Q5_1 46.1). prefetcht2 the same as
-# prefetcht1, prefetchnta twice as slow.
-PREFETCH_LOCALITY = 2
-# Except for the types whose rows take longest to compute (there the line is best already in L1 when the
-# row reaches it): prefetcht0. 2 threads, quiet SPR, interleaved, t1 → t0, ms/token: 1.5B RWKV-7 Q3_K 32.18 →
-# 31.76 and 32.49 → 31.88, Q4_K_M 34.32 → 33.79, Q2_K 25.85 → 25.07 and 28.05 → 27.76; 0.4B RWKV-6 Q2_K 8.19
-# → 7.91, Q3_K 10.54 → 10.07, Q4_K 12.05 → 11.60; but Q5_K_M 44.41 → 45.02, Q6_K 50.92 → 51.87, 0.4B Q6_K
-# 16.29 → 16.82 (Q5_K 15.10 → 15.00).
-L1_PREFETCH_TYPES = (DType.Q2_K, DType.Q3_K, DType.Q4_K)
-L1_PREFETCH = True  # (a switch for A/B runs: False gives every type PREFETCH_LOCALITY)
+# The row prefetches' llvm.prefetch locality: 3 (prefetcht0, into L1). History, SPR, interleaved
+# (bench/decode_ab.py, ms/token): before rows were walked as streams, prefetcht1 (2) was better for Q5_K/Q6_K
+# (1.5B Q5_K_M, 1 thread, CPU time, RWKV-7 89.7 → 84.5 from t0 to t1; 2 threads Q5_K_M 44.41 → 45.02 and Q6_K
+# 50.92 → 51.87 from t1 to t0) and prefetcht0 for Q2_K/Q3_K/Q4_K (1.5B Q3_K 32.18 → 31.76, Q4_K_M 34.32 → 33.79,
+# 0.4B Q4_K 12.05 → 11.60). With row streams prefetcht0 is as good or better for all five: t1 → t0, 2 threads,
+# two runs: 1.5B RWKV-7 Q5_K_M 43.14 → 43.09 and 38.24 → 37.36, Q6_K 41.38 → 40.43; 0.4B RWKV-6 Q5_K 11.75 →
+# 11.25 and 11.65 → 11.49, Q6_K 13.08 → 12.78 and 13.20 → 13.07; 1 thread 0.4B Q5_K 21.34 → 20.64, 1.5B Q6_K
+# 78.88 → 78.43. prefetcht2 was the same as prefetcht1, prefetchnta twice as slow.
+PREFETCH_LOCALITY = 3
 # Lane-major: Σ q·Xl accumulated onto 256·Σ q·Xh (one vpdpbusd chain after the other) instead of two
 # chains added at the end: one integer add fewer per super-block and row. One thread, rows in L2, 2048
 # columns, SPR, interleaved (bench/kernel_ab.py): Q2_K 14.2 → 15.0 GB/s, Q4_K unchanged (a switch for A/B runs).
@@ -136,11 +132,6 @@ LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K})
 # either 512-bit port) and the field's 2^shift is taken out of sx per 16 once per call, instead of a shift to
 # bit 0 (vgf2p8affineqb, port 0 only, where the vpdpbusd run) (a switch for A/B runs)
 LANE_MASKS = True
-
-
-def prefetch_locality(dtype: DType) -> int:
-    """The llvm.prefetch locality of `dtype` rows' prefetches (L1_PREFETCH_TYPES, PREFETCH_LOCALITY)."""
-    return 3 if L1_PREFETCH and dtype in L1_PREFETCH_TYPES else PREFETCH_LOCALITY
 
 
 def chunk_width(variant: Variant) -> int:
@@ -459,7 +450,7 @@ class _RowDot:
         ptr = superblock_at(b, self.row, self.dtype, k)
         if self.ahead:
             for line in range(0, self.dtype.block_bytes, 64):
-                prefetch(b, byte_ptr(b, ptr, self.ahead + line), prefetch_locality(self.dtype))
+                prefetch(b, byte_ptr(b, ptr, self.ahead + line), PREFETCH_LOCALITY)
         sub = sub_scales(b, self.dtype, ptr)
         n_subs = SUPER // sub.size
         first = b.mul(k, i64c(n_subs))
