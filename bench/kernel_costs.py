@@ -372,7 +372,8 @@ SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS":
             "SCALES_IN_QWORDS": "dequant_k", "BIAS_IN_XSUM": "matvec_kquant_int",
             "LANE_MAJOR": "matvec_kquant_int", "LANE_MASKS": "matvec_kquant_int",
             "LOW_FROM_HIGH": "matvec_kquant_int",
-            "ROW_STREAMS": "matvec", "STREAM_TARGET": "matvec_int16"}
+            "ROW_STREAMS": "matvec", "STREAM_TARGET": "matvec_int16", "FLOAT_STREAMS": "matvec",
+            "FLOAT_STREAM_AHEAD": "matvec"}
 
 
 def apply_switches(switches: dict[str, int]) -> None:

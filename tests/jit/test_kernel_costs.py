@@ -61,19 +61,24 @@ def test_k_quant_kernels_are_costed_per_super_block(cpu: str, dtype: DType, vari
 
 
 def test_a_switch_set_before_building_changes_the_kernel() -> None:
-    """--set PREFETCH_BYTES=0 builds the float kernel without its software prefetches (whose blocks
-    per iteration then cannot be counted), as a re-measurement of that switch needs."""
+    """--set PREFETCH_BYTES=0 builds the float kernel for grouped rows (F16 rows of 256 values: 512 B)
+    without its software prefetches (whose blocks per iteration then cannot be counted), as a
+    re-measurement of that switch needs; FLOAT_STREAM_AHEAD=0 does the same for rows walked as streams
+    (1024 values)."""
     code = ("import json; from bench.kernel_costs import _assembly, apply_switches, inner_loops, _units; "
-            "from runtime.quant.types import DType; "
-            "counts = []\n"
-            "for switches in ({}, {'PREFETCH_BYTES': 0}):\n"
+            "from runtime.quant.types import DType; import runtime.jit.kernels.matvec as mv; "
+            "counts, kept = [], {'PREFETCH_BYTES': mv.PREFETCH_BYTES, 'FLOAT_STREAM_AHEAD': mv.FLOAT_STREAM_AHEAD}\n"
+            "for switches in ({}, {'PREFETCH_BYTES': 0}, {'FLOAT_STREAM_AHEAD': 0}):\n"
             "    apply_switches(switches)\n"
-            "    asm, rows = _assembly(DType.F16, 1024, 'float')\n"
-            "    counts.append(_units('blk', inner_loops(asm)['blk']) // rows)\n"
+            "    for cols in (256, 1024):\n"
+            "        asm, rows = _assembly(DType.F16, cols, 'float')\n"
+            "        counts.append(_units('blk', inner_loops(asm)['blk']) // rows)\n"
+            "    apply_switches(kept)\n"
             "print(json.dumps(counts))")
-    before, after = _run(code, {"RWKV_TUI_CPU": "haswell", "RWKV_TUI_FEATURES": kernel_costs._HASWELL})
-    assert before >= 1
-    assert after == 0
+    grouped, streamed, grouped_off, streamed_kept, grouped_kept, streamed_off = _run(
+        code, {"RWKV_TUI_CPU": "haswell", "RWKV_TUI_FEATURES": kernel_costs._HASWELL})
+    assert grouped >= 1 and streamed >= 1 and streamed_kept >= 1 and grouped_kept >= 1
+    assert grouped_off == 0 and streamed_off == 0
 
 
 def test_zen4_f16_rows_alternate_conversions_unless_switched_off() -> None:

@@ -20,6 +20,7 @@ from runtime.jit.kernels.library import KernelLibrary, make_test_library
 from runtime.jit.kernels.matmul import emit_matmul
 from runtime.jit.kernels.matvec import emit_matvec
 from runtime.jit.kernels.matvec_int16 import Q8_OFFSET, TINY, XMAX, int16_variant, unsigned_q8
+from runtime.jit.target import host_target
 from runtime.quant.codec import quantize, to_float32
 from runtime.quant.types import DType
 
@@ -276,6 +277,46 @@ def test_int16_rows_walked_as_streams_or_in_groups_give_the_same_products(monkey
                 if hi > lo:
                     _close(y[lo:hi], wd[lo:hi] @ x + (7.0 if acc else 0.0), bound[lo:hi])
                 assert (y[:lo] == 7).all() and (y[max(lo, hi):] == 7).all()
+
+
+@pytest.mark.parametrize("streams", [True, False])
+@pytest.mark.parametrize("wide", [True, False])
+def test_float_rows_walked_as_streams_or_in_groups_give_the_same_products(monkeypatch, streams: bool,
+                                                                          wide: bool) -> None:
+    """F32/F16 rows of 1 KB or more are walked as streams on x86 (matvec.float_streams), in 512-bit
+    vectors or not: every row of every range, remainders included, gets its own product in its own y."""
+    from runtime.jit.kernels import matvec as mv
+
+    monkeypatch.setattr(mv, "FLOAT_STREAMS", streams)
+    monkeypatch.setattr(mv, "WIDE_FLOAT_ROWS", wide)
+    types = [DType.F16, DType.F32]
+    lib = make_test_library([(t, 1024) for t in types], accumulate=(False, True), kinds=("matvec",),
+                            use_cache=False)
+    x = np.random.default_rng(8).normal(size=1024).astype(np.float32)
+    for t in types:
+        raw, wd = _weights(t, 41, 1024, 9)
+        scale = np.abs(wd) @ np.abs(x.astype(np.float64))
+        for acc in (False, True):
+            for lo, hi in ((0, 41), (5, 38), (7, 9), (40, 41), (9, 2)):
+                y = np.full(41, 7.0, np.float32)
+                lib.matvec(t, 1024, acc)(raw.ctypes.data, x.ctypes.data, y.ctypes.data, lo, hi)
+                if hi > lo:
+                    want = wd[lo:hi] @ x + (7.0 if acc else 0.0)
+                    assert np.all(np.abs(y[lo:hi] - want) <= 1e-6 * (scale[lo:hi] + 7.0)), (t, acc, lo, hi)
+                assert (y[:lo] == 7).all() and (y[max(lo, hi):] == 7).all()
+
+
+def test_float_streams_are_for_rows_of_a_kilobyte_or_more_on_x86(monkeypatch) -> None:
+    """The LoRA factors' thin rows (32-64 values) keep groups of neighbours; rows of 1 KB or more are
+    streams on x86 hosts, never elsewhere, and never for quantized rows (they have their own kernels)."""
+    from runtime.jit.kernels import matvec as mv
+
+    x86 = host_target().triple.split("-", 1)[0] in ("x86_64", "amd64")
+    assert mv.float_streams(DType.F16, 1024) is x86 and mv.float_streams(DType.F32, 256) is x86
+    assert not mv.float_streams(DType.F16, 64) and not mv.float_streams(DType.F32, 128)
+    assert not mv.float_streams(DType.Q5_1, 4096)
+    monkeypatch.setattr(mv, "FLOAT_STREAMS", False)
+    assert not mv.float_streams(DType.F16, 4096)
 
 
 def test_row_prefetches_reach_about_the_target_distance_in_whole_groups(monkeypatch):

@@ -5,7 +5,8 @@
 
 Row r starts at w + r·row_bytes. Activations stay float32 here. Decoding is bound by
 memory reads, so the kernels walk 2-4 rows side by side (independent accumulators, shared loads of
-x, which stays in L1), block by block, with a software prefetch well ahead of the reads. Quantized
+x, which stays in L1), block by block, with a software prefetch well ahead of the reads; on x86 those
+rows are streams (ROW_STREAMS: rows r, r + n, r + 2n …, each stream reading its own pages in order). Quantized
 blocks are not scaled weight by weight: the integer codes are dotted with x and the block's sum is
 scaled once (see dequant.py). Each row is reduced horizontally once.
 
@@ -58,14 +59,19 @@ from runtime.jit.kernels.matvec_q8short import short_q8_emitter, uses_short_q8
 from runtime.jit.target import host_target
 from runtime.quant.types import DType
 
-# The integer kernels (x86: Q4_0 … Q8_0 and the K-quants) walk a call's rows as `step` streams of
-# consecutive rows side by side (rows r, r + n, r + 2n, … for n = rows // step), not `step` consecutive
-# rows at a time: each stream reads its own pages front to back, which the CPU's own stream prefetcher
-# follows, where rows next to each other read side by side (several fronts a few hundred bytes apart in
-# one page) were left to the software prefetch alone.
+# The x86 kernels (Q4_0 … Q8_0, the K-quants, and F32/F16 rows of a kilobyte or more: float_streams) walk a
+# call's rows as `step` streams of consecutive rows side by side (rows r, r + n, r + 2n, … for n = rows //
+# step), not `step` consecutive rows at a time: each stream reads its own pages front to back, which the
+# CPU's own stream prefetcher follows, where rows next to each other read side by side (several fronts a
+# few hundred bytes apart in one page) were left to the software prefetch alone.
 ROW_STREAMS = True
 PREFETCH_BYTES = 16384  # software prefetch distance ahead of each block read (0: none); measured
 WIDE_FLOAT_ROWS = True  # F32/F16 rows in 512-bit vectors on AVX-512F hosts (see _WideFloatRow)
+# F32/F16 rows as streams too (float_streams; a switch for A/B runs), each block prefetching FLOAT_STREAM_AHEAD
+# bytes ahead in its stream
+FLOAT_STREAMS = True
+FLOAT_STREAM_ROW_BYTES = 1024
+FLOAT_STREAM_AHEAD = 2048
 FLOAT_ROWS = 4  # F32/F16 rows walked side by side
 # Wide F16 rows widened by integer shifts (_HalfPairs): 0 none, 1 all, 2 every other row (the others by
 # vcvtph2ps, so both kinds of vector pipe work); None: per CPU family, SHIFTED_F16_CPUS. llvm-mca, cycles
@@ -121,8 +127,8 @@ def block_sums(b: ir.IRBuilder, x: ir.Value, n_cols: int) -> ir.Value:
 class _RowDot:
     """Accumulates the dot product of one row with x, block by block."""
 
-    def __init__(self, b: ir.IRBuilder, dtype: DType, row: ir.Value) -> None:
-        self.b, self.dtype, self.row = b, dtype, row
+    def __init__(self, b: ir.IRBuilder, dtype: DType, row: ir.Value, ahead: int) -> None:
+        self.b, self.dtype, self.row, self.ahead = b, dtype, row, ahead
         zero = ir.Constant(V8F, None)
         if dtype in (DType.F32, DType.F16):
             self.accs = [Var(b, zero, "acc"), Var(b, zero, "acc")]
@@ -133,8 +139,8 @@ class _RowDot:
     def add_block(self, k: ir.Value, xs: list[ir.Value], xsum: ir.Value | None) -> None:
         b = self.b
         ptr = block_at(b, self.row, self.dtype, k)
-        if PREFETCH_BYTES:
-            prefetch(b, byte_ptr(b, ptr, PREFETCH_BYTES))
+        if self.ahead:
+            prefetch(b, byte_ptr(b, ptr, self.ahead))
         blk = decode_block(b, self.dtype, ptr)
         if blk.scale is None:  # plain floats: one FMA per piece, two accumulators
             for j, (w, xv) in enumerate(zip(blk.pieces, xs, strict=True)):
@@ -158,16 +164,17 @@ class _WideFloatRow:
     instructions per byte shows in F16 decoding (see WIDE_FLOAT_ROWS). With `shifts`, F16 halves are
     widened by integer shifts (_HalfPairs) and meet the prepared x instead of x."""
 
-    def __init__(self, b: ir.IRBuilder, dtype: DType, row: ir.Value, n_accs: int = 2, shifts: bool = False) -> None:
-        self.b, self.dtype, self.row, self.shifts = b, dtype, row, shifts
+    def __init__(self, b: ir.IRBuilder, dtype: DType, row: ir.Value, ahead: int, n_accs: int = 2,
+                 shifts: bool = False) -> None:
+        self.b, self.dtype, self.row, self.shifts, self.ahead = b, dtype, row, shifts, ahead
         self.accs = [Var(b, ir.Constant(V16F, None), "acc") for _ in range(n_accs)]
 
     def add_block(self, k: ir.Value, xs: _WideX, slot: int = 0) -> None:
         """Accumulate block k into accumulators 2·slot and 2·slot + 1."""
         b = self.b
         ptr = block_at(b, self.row, self.dtype, k)
-        if PREFETCH_BYTES:
-            prefetch(b, byte_ptr(b, ptr, PREFETCH_BYTES))
+        if self.ahead:
+            prefetch(b, byte_ptr(b, ptr, self.ahead))
         accs = self.accs[2 * slot:2 * slot + 2]
         if self.shifts:
             for acc, wv, xv in zip(accs, _HalfPairs.widen(b, load_as(b, ptr, 0, V16I32)), xs.halves(), strict=True):
@@ -253,35 +260,60 @@ def shifted_row(dtype: DType, i: int) -> bool:
     return mode == 1 or (mode == 2 and i % 2 == 1)
 
 
+def float_streams(dtype: DType, n_cols: int) -> bool:
+    """Whether F32/F16 rows of `n_cols` values are walked as row streams (ROW_STREAMS): on x86, whose
+    stream prefetcher the streams are for, and for rows of at least FLOAT_STREAM_ROW_BYTES (the LoRA
+    factors' rows of 32-64 values are one or two lines each: a thread's share of them is a few pages)."""
+    return (FLOAT_STREAMS and dtype in (DType.F32, DType.F16) and dtype.row_bytes(n_cols) >= FLOAT_STREAM_ROW_BYTES
+            and host_target().triple.split("-", 1)[0] in ("x86_64", "amd64"))
+
+
 def wide_float_rows(dtype: DType) -> bool:
     """Whether `dtype` rows are walked in 512-bit vectors here (F32/F16 on AVX-512F hosts)."""
     return WIDE_FLOAT_ROWS and dtype in (DType.F32, DType.F16) and "avx512f" in host_target().enabled
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-               xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None) -> None:
-    """y[first + i] (+)= W[first + i]·x for i < count (`xh`: x prepared by _HalfPairs, where used)."""
+               xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None,
+               stride: ir.Value | None = None) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count (`xh`: x prepared by _HalfPairs, where used; rows
+    first + i·stride with `stride`: row streams)."""
     row_bytes = dtype.row_bytes(n_cols)
     if wide_float_rows(dtype):
-        _emit_wide_rows(b, dtype, n_cols, accumulate, w, x, xh, y, first, count)
+        _emit_wide_rows(b, dtype, n_cols, accumulate, w, x, xh, y, first, count, stride)
         return
-    rows = [_RowDot(b, dtype, row_at(b, w, first, i, row_bytes)) for i in range(count)]
+    rows = [_RowDot(b, dtype, row_at(b, w, first, _offset(b, i, stride), row_bytes), _ahead(stride))
+            for i in range(count)]
     with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
         base = b.mul(k, i64c(BLOCK))
         xs = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
         for rd in rows:
             rd.add_block(k, xs, xsum)
-    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
+
+
+def _offset(b: ir.IRBuilder, i: int, stride: ir.Value | None) -> int | ir.Value:
+    """Row i of a group from its first row: i, or i·stride for row streams."""
+    return i if stride is None else b.mul(i64c(i), stride)
+
+
+def _ahead(stride: ir.Value | None) -> int:
+    """Bytes ahead of each block read a float row prefetches: FLOAT_STREAM_AHEAD in a row stream (the same
+    stream, a few rows on), else PREFETCH_BYTES (a later group of rows)."""
+    return PREFETCH_BYTES if stride is None else FLOAT_STREAM_AHEAD
 
 
 def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-                    xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int) -> None:
-    """y[first + i] (+)= W[first + i]·x for i < count F32/F16 rows in 512-bit vectors. Fewer than 4 rows
-    go two blocks per iteration into four accumulators per row (FMA latency would bound fewer)."""
+                    xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int,
+                    stride: ir.Value | None = None) -> None:
+    """y[first + i] (+)= W[first + i]·x for i < count F32/F16 rows in 512-bit vectors (rows first + i·stride
+    with `stride`). Fewer than 4 rows go two blocks per iteration into four accumulators per row (FMA
+    latency would bound fewer)."""
     row_bytes = dtype.row_bytes(n_cols)
     n_blocks = n_cols // BLOCK
     per_row = 2 if count >= 4 else 4
-    rows = [_WideFloatRow(b, dtype, row_at(b, w, first, i, row_bytes), per_row, shifted_row(dtype, i))
+    rows = [_WideFloatRow(b, dtype, row_at(b, w, first, _offset(b, i, stride), row_bytes), _ahead(stride), per_row,
+                          shifted_row(dtype, i))
             for i in range(count)]
     step = per_row // 2
     whole = n_blocks // step * step
@@ -295,7 +327,7 @@ def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool
         xs = _WideX(b, x, xh, i64c(whole))
         for rd in rows:
             rd.add_block(i64c(whole), xs, 0)
-    store_results(b, y, first, [rd.result() for rd in rows], accumulate)
+    store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
 
 
 def emit_matvec(
@@ -329,8 +361,9 @@ def emit_matvec(
             uses_shifts = any(shifted_row(dtype, i) for i in range(step))
             xh = _HalfPairs.prepare(b, x, n_cols) if uses_shifts else None
 
-            def emit(r: ir.Value, count: int) -> None:
-                _emit_rows(b, dtype, n_cols, accumulate, w, x, xh, y, r, count, xsum)
+            def emit(r: ir.Value, count: int, stride: ir.Value | None = None) -> None:
+                _emit_rows(b, dtype, n_cols, accumulate, w, x, xh, y, r, count, xsum, stride)
+            streams = float_streams(dtype, n_cols)
         n = b.sub(r1, r0)
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
         if ROW_STREAMS and streams:
