@@ -69,11 +69,7 @@ def _grid(block: np.ndarray, imp: np.ndarray, dtype: DType, sigma2: np.ndarray) 
     grids = []
     for s in range(0, block.shape[0], GRID_ROWS):
         x = block[s : s + GRID_ROWS]
-        imp_b = np.broadcast_to(imp, x.shape)
-        if dtype.block_size == 256:
-            grids.append(wq._k_grid(x, np.ascontiguousarray(imp_b), dtype))
-        else:
-            grids.append(wq._legacy_grid(x, wq._value_weights(x, imp_b, sigma2[s : s + GRID_ROWS]), dtype))
+        grids.append(wq.block_grid(x, np.broadcast_to(imp, x.shape), dtype, sigma2[s : s + GRID_ROWS]))
     return wq.BlockGrid.stacked(grids)
 
 
@@ -126,7 +122,7 @@ def quantize_gptq(rows: np.ndarray, dtype: DType, importance: np.ndarray, factor
         d = x[:, b0:b1].T - q.astype(np.float64)
         delta_sq += np.einsum("jr,jr->r", d, d)
         packed = np.ascontiguousarray(q.T)
-        out[:, b0 // bs] = wq._k_pack(packed, grid) if bs == 256 else wq._legacy_pack(packed, grid)
+        out[:, b0 // bs] = wq.pack_on_grid(packed, grid)
     out = out.reshape(n_rows, dtype.row_bytes(n_cols))
     if hessian is not None:
         plain = wq.quantize_weighted(rows, dtype, importance)

@@ -107,14 +107,14 @@ def _gptq_column_by_column(w: np.ndarray, dtype: DType, importance: np.ndarray, 
     out = []
     for b0 in range(0, n_cols, bs):
         block = w[:, b0 : b0 + bs].astype(np.float32)
-        grid = wq._k_grid(block, np.ascontiguousarray(np.broadcast_to(importance[b0 : b0 + bs], block.shape)), dtype)
+        grid = wq.block_grid(block, np.broadcast_to(importance[b0 : b0 + bs], block.shape), dtype)
         q = np.empty((n_rows, bs), np.float32)
         for j in range(bs):
             c = b0 + j
             q[:, j] = grid.round(w[:, c].astype(np.float32), j)
             e = (w[:, c] - q[:, j]) / factor[c, c]
             w[:, c + 1 :] -= np.outer(e, factor[c, c + 1 :])
-        out.append(wq._k_pack(q, grid))
+        out.append(wq.pack_on_grid(q, grid))
     return np.stack(out, axis=1).reshape(n_rows, -1)
 
 

@@ -15,8 +15,10 @@ from runtime.quant.weighted import (
     WEIGHTED_TYPES,
     _make_qkx3,
     _row_sums,
+    block_grid,
     make_qp_quants,
     make_qx_quants_weighted,
+    pack_on_grid,
     quantize_weighted,
 )
 
@@ -181,3 +183,22 @@ def test_make_qx_quants_weighted_treats_each_column_alone():
     for j in range(200):
         s1, c1 = make_qx_quants_weighted(x[:, j : j + 1].copy(), 8, w[:, j : j + 1].copy())
         assert s1[0] == scale[j] and (c1[:, 0] == codes[:, j]).all(), j
+
+
+@pytest.mark.parametrize("dtype", [DType.Q4_K, DType.Q5_1, DType.Q8_0])
+def test_values_rounded_to_a_block_grid_pack_back_to_themselves(dtype):
+    """block_grid / pack_on_grid, what error feedback (gptq.py) uses: every value rounded to its block's
+    grid is stored exactly; legacy blocks cannot be gridded without their rows' mean squares."""
+    x, importance = _data(3)
+    blocks = x.reshape(-1, dtype.block_size)
+    imp = np.broadcast_to(np.tile(importance, R).reshape(blocks.shape), blocks.shape)
+    sigma2 = np.repeat((x * x).mean(axis=1), N // dtype.block_size).astype(np.float32)
+    grid = block_grid(blocks, imp, dtype, sigma2)
+    on_grid = np.stack([grid.round(blocks[:, j], j) for j in range(dtype.block_size)], axis=1)
+    packed = pack_on_grid(on_grid, grid)
+    assert packed.shape == (blocks.shape[0], dtype.block_bytes)
+    np.testing.assert_array_equal(to_float32(packed, dtype).reshape(blocks.shape), on_grid)
+    assert np.abs(on_grid - blocks).mean() < 0.5 * np.abs(blocks).mean()  # a grid of the values, not any grid
+    if dtype.block_size != 256:
+        with pytest.raises(ValueError, match="mean squares"):
+            block_grid(blocks, imp, dtype)
