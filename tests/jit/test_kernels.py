@@ -280,15 +280,17 @@ def test_int16_rows_walked_as_streams_or_in_groups_give_the_same_products(monkey
 
 
 @pytest.mark.parametrize("streams", [True, False])
-@pytest.mark.parametrize("wide", [True, False])
+@pytest.mark.parametrize(("wide", "shifts"), [(True, 0), (True, 2), (False, 0)])
 def test_float_rows_walked_as_streams_or_in_groups_give_the_same_products(monkeypatch, streams: bool,
-                                                                          wide: bool) -> None:
+                                                                          wide: bool, shifts: int) -> None:
     """F32/F16 rows of 1 KB or more are walked as streams on x86 (matvec.float_streams), in 512-bit
-    vectors or not: every row of every range, remainders included, gets its own product in its own y."""
+    vectors or not, wide F16 rows widened by conversions or every other one by shifts (_HalfPairs): every
+    row of every range, remainders included, gets its own product in its own y."""
     from runtime.jit.kernels import matvec as mv
 
     monkeypatch.setattr(mv, "FLOAT_STREAMS", streams)
     monkeypatch.setattr(mv, "WIDE_FLOAT_ROWS", wide)
+    monkeypatch.setattr(mv, "F16_BY_SHIFTS", shifts)
     types = [DType.F16, DType.F32]
     lib = make_test_library([(t, 1024) for t in types], accumulate=(False, True), kinds=("matvec",),
                             use_cache=False)
@@ -311,10 +313,13 @@ def test_float_streams_are_for_rows_of_a_kilobyte_or_more_on_x86(monkeypatch) ->
     streams on x86 hosts, never elsewhere, and never for quantized rows (they have their own kernels)."""
     from runtime.jit.kernels import matvec as mv
 
-    x86 = host_target().triple.split("-", 1)[0] in ("x86_64", "amd64")
+    x86 = host_target().is_x86
     assert mv.float_streams(DType.F16, 1024) is x86 and mv.float_streams(DType.F32, 256) is x86
     assert not mv.float_streams(DType.F16, 64) and not mv.float_streams(DType.F32, 128)
     assert not mv.float_streams(DType.Q5_1, 4096)
+    monkeypatch.setattr(mv, "ROW_STREAMS", False)  # the switch for every kernel's streams
+    assert not mv.float_streams(DType.F16, 4096)
+    monkeypatch.setattr(mv, "ROW_STREAMS", True)
     monkeypatch.setattr(mv, "FLOAT_STREAMS", False)
     assert not mv.float_streams(DType.F16, 4096)
 

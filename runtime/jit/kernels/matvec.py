@@ -5,8 +5,9 @@
 
 Row r starts at w + r·row_bytes. Activations stay float32 here. Decoding is bound by
 memory reads, so the kernels walk 2-4 rows side by side (independent accumulators, shared loads of
-x, which stays in L1), block by block, with a software prefetch well ahead of the reads; on x86 those
-rows are streams (ROW_STREAMS: rows r, r + n, r + 2n …, each stream reading its own pages in order). Quantized
+x, which stays in L1), block by block, with a software prefetch well ahead of the reads. On x86 the
+integer kernels' rows and F32/F16 rows of a kilobyte or more are streams (ROW_STREAMS, float_streams:
+rows r, r + n, r + 2n …, each stream reading its own pages in order). Quantized
 blocks are not scaled weight by weight: the integer codes are dotted with x and the block's sum is
 scaled once (see dequant.py). Each row is reduced horizontally once.
 
@@ -53,7 +54,7 @@ from runtime.jit.kernels.irhelpers import (
     tree_sum,
 )
 from runtime.jit.kernels.matvec_dot import DotVariant, dot_emitter
-from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant
+from runtime.jit.kernels.matvec_int16 import int16_emitter, int16_variant, row_index
 from runtime.jit.kernels.matvec_kquant import kquant_emitter, kquant_rows
 from runtime.jit.kernels.matvec_q8short import short_q8_emitter, uses_short_q8
 from runtime.jit.target import host_target
@@ -124,6 +125,13 @@ def block_sums(b: ir.IRBuilder, x: ir.Value, n_cols: int) -> ir.Value:
     return sums
 
 
+def _prefetch_block(b: ir.IRBuilder, ptr: ir.Value, dtype: DType, ahead: int) -> None:
+    """Prefetch the block at `ptr` + `ahead`, each of its cache lines (an F32 block is two; 0: none)."""
+    if ahead:
+        for line in range(0, dtype.block_bytes, 64):
+            prefetch(b, byte_ptr(b, ptr, ahead + line))
+
+
 class _RowDot:
     """Accumulates the dot product of one row with x, block by block."""
 
@@ -139,8 +147,7 @@ class _RowDot:
     def add_block(self, k: ir.Value, xs: list[ir.Value], xsum: ir.Value | None) -> None:
         b = self.b
         ptr = block_at(b, self.row, self.dtype, k)
-        if self.ahead:
-            prefetch(b, byte_ptr(b, ptr, self.ahead))
+        _prefetch_block(b, ptr, self.dtype, self.ahead)
         blk = decode_block(b, self.dtype, ptr)
         if blk.scale is None:  # plain floats: one FMA per piece, two accumulators
             for j, (w, xv) in enumerate(zip(blk.pieces, xs, strict=True)):
@@ -173,8 +180,7 @@ class _WideFloatRow:
         """Accumulate block k into accumulators 2·slot and 2·slot + 1."""
         b = self.b
         ptr = block_at(b, self.row, self.dtype, k)
-        if self.ahead:
-            prefetch(b, byte_ptr(b, ptr, self.ahead))
+        _prefetch_block(b, ptr, self.dtype, self.ahead)
         accs = self.accs[2 * slot:2 * slot + 2]
         if self.shifts:
             for acc, wv, xv in zip(accs, _HalfPairs.widen(b, load_as(b, ptr, 0, V16I32)), xs.halves(), strict=True):
@@ -261,11 +267,12 @@ def shifted_row(dtype: DType, i: int) -> bool:
 
 
 def float_streams(dtype: DType, n_cols: int) -> bool:
-    """Whether F32/F16 rows of `n_cols` values are walked as row streams (ROW_STREAMS): on x86, whose
-    stream prefetcher the streams are for, and for rows of at least FLOAT_STREAM_ROW_BYTES (the LoRA
-    factors' rows of 32-64 values are one or two lines each: a thread's share of them is a few pages)."""
-    return (FLOAT_STREAMS and dtype in (DType.F32, DType.F16) and dtype.row_bytes(n_cols) >= FLOAT_STREAM_ROW_BYTES
-            and host_target().triple.split("-", 1)[0] in ("x86_64", "amd64"))
+    """Whether F32/F16 rows of `n_cols` values are walked as row streams (ROW_STREAMS and FLOAT_STREAMS):
+    on x86, whose stream prefetcher the streams were measured for, and for rows of at least
+    FLOAT_STREAM_ROW_BYTES (the LoRA factors' second rows, 32-64 values, are 1-4 cache lines: a
+    thread's share of them is a few pages)."""
+    return (ROW_STREAMS and FLOAT_STREAMS and dtype in (DType.F32, DType.F16)
+            and dtype.row_bytes(n_cols) >= FLOAT_STREAM_ROW_BYTES and host_target().is_x86)
 
 
 def wide_float_rows(dtype: DType) -> bool:
@@ -274,15 +281,15 @@ def wide_float_rows(dtype: DType) -> bool:
 
 
 def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-               xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None,
+               xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int, xsum: ir.Value | None, ahead: int,
                stride: ir.Value | None = None) -> None:
     """y[first + i] (+)= W[first + i]·x for i < count (`xh`: x prepared by _HalfPairs, where used; rows
-    first + i·stride with `stride`: row streams)."""
+    first + i·stride with `stride`: row streams), each block prefetching `ahead` bytes on."""
     row_bytes = dtype.row_bytes(n_cols)
     if wide_float_rows(dtype):
-        _emit_wide_rows(b, dtype, n_cols, accumulate, w, x, xh, y, first, count, stride)
+        _emit_wide_rows(b, dtype, n_cols, accumulate, w, x, xh, y, first, count, ahead, stride)
         return
-    rows = [_RowDot(b, dtype, row_at(b, w, first, _offset(b, i, stride), row_bytes), _ahead(stride))
+    rows = [_RowDot(b, dtype, row_at(b, w, first, row_index(b, i, stride), row_bytes), ahead)
             for i in range(count)]
     with counted_loop(b, 0, n_cols // BLOCK, name="blk") as k:
         base = b.mul(k, i64c(BLOCK))
@@ -292,19 +299,8 @@ def _emit_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: 
     store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
 
 
-def _offset(b: ir.IRBuilder, i: int, stride: ir.Value | None) -> int | ir.Value:
-    """Row i of a group from its first row: i, or i·stride for row streams."""
-    return i if stride is None else b.mul(i64c(i), stride)
-
-
-def _ahead(stride: ir.Value | None) -> int:
-    """Bytes ahead of each block read a float row prefetches: FLOAT_STREAM_AHEAD in a row stream (the same
-    stream, a few rows on), else PREFETCH_BYTES (a later group of rows)."""
-    return PREFETCH_BYTES if stride is None else FLOAT_STREAM_AHEAD
-
-
 def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, w: ir.Value, x: ir.Value,
-                    xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int,
+                    xh: ir.Value | None, y: ir.Value, first: ir.Value, count: int, ahead: int,
                     stride: ir.Value | None = None) -> None:
     """y[first + i] (+)= W[first + i]·x for i < count F32/F16 rows in 512-bit vectors (rows first + i·stride
     with `stride`). Fewer than 4 rows go two blocks per iteration into four accumulators per row (FMA
@@ -312,7 +308,7 @@ def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool
     row_bytes = dtype.row_bytes(n_cols)
     n_blocks = n_cols // BLOCK
     per_row = 2 if count >= 4 else 4
-    rows = [_WideFloatRow(b, dtype, row_at(b, w, first, _offset(b, i, stride), row_bytes), _ahead(stride), per_row,
+    rows = [_WideFloatRow(b, dtype, row_at(b, w, first, row_index(b, i, stride), row_bytes), ahead, per_row,
                           shifted_row(dtype, i))
             for i in range(count)]
     step = per_row // 2
@@ -345,7 +341,7 @@ def emit_matvec(
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         variant = int16_variant(dtype)
         step = rows_per_step(dtype, n_cols)
-        streams = False  # whether `emit` takes a stride (the x86 integer emitters)
+        streams = False  # whether rows are walked as streams (`emit` then takes a stride)
         if is_k_quant(dtype):
             emit = kquant_emitter(b, dtype, n_cols, accumulate, w, x, y)
             streams = matvec_kquant.int_variant(dtype) is not None
@@ -361,9 +357,11 @@ def emit_matvec(
             uses_shifts = any(shifted_row(dtype, i) for i in range(step))
             xh = _HalfPairs.prepare(b, x, n_cols) if uses_shifts else None
 
-            def emit(r: ir.Value, count: int, stride: ir.Value | None = None) -> None:
-                _emit_rows(b, dtype, n_cols, accumulate, w, x, xh, y, r, count, xsum, stride)
             streams = float_streams(dtype, n_cols)
+            ahead = FLOAT_STREAM_AHEAD if streams else PREFETCH_BYTES  # in a stream, or a later group
+
+            def emit(r: ir.Value, count: int, stride: ir.Value | None = None) -> None:
+                _emit_rows(b, dtype, n_cols, accumulate, w, x, xh, y, r, count, xsum, ahead, stride)
         n = b.sub(r1, r0)
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
         if ROW_STREAMS and streams:

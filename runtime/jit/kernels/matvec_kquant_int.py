@@ -108,7 +108,9 @@ PREFETCH_TARGET = 2304
 # 0.4B Q4_K 12.05 → 11.60). With row streams prefetcht0 is as good or better for all five: t1 → t0, 2 threads,
 # two runs: 1.5B RWKV-7 Q5_K_M 43.14 → 43.09 and 38.24 → 37.36, Q6_K 41.38 → 40.43; 0.4B RWKV-6 Q5_K 11.75 →
 # 11.25 and 11.65 → 11.49, Q6_K 13.08 → 12.78 and 13.20 → 13.07; 1 thread 0.4B Q5_K 21.34 → 20.64, 1.5B Q6_K
-# 78.88 → 78.43. prefetcht2 was the same as prefetcht1, prefetchnta twice as slow.
+# 78.88 → 78.43 (Q2_K-Q4_K were measured with groups only). prefetcht2 was the same as prefetcht1,
+# prefetchnta twice as slow. (To time the grouped walk as it was, ROW_STREAMS=0 with PREFETCH_LOCALITY=2 for
+# Q5_K/Q6_K.)
 PREFETCH_LOCALITY = 3
 # Lane-major: Σ q·Xl accumulated onto 256·Σ q·Xh (one vpdpbusd chain after the other) instead of two
 # chains added at the end: one integer add fewer per super-block and row. One thread, rows in L2, 2048
