@@ -283,22 +283,6 @@ def _k_blocks(x: np.ndarray, imp: np.ndarray, dtype: DType) -> np.ndarray:
     return _k_pack(x, _k_grid(x, imp, dtype))
 
 
-def block_grid(x: np.ndarray, imp: np.ndarray, dtype: DType, sigma2: np.ndarray | None = None) -> BlockGrid:
-    """The weighted quantizer's grid for blocks x (nb, block_size) of `dtype` with per-value importance
-    imp (nb, block_size): what error feedback (gptq.py) rounds each column to. Legacy blocks of 32 weigh
-    their values by sigma2 (nb,), the mean square of each block's row; K super-blocks take their own."""
-    if dtype.block_size == 256:
-        return _k_grid(x, np.ascontiguousarray(imp), dtype)
-    if sigma2 is None:
-        raise ValueError(f"{dtype.name} blocks need their rows' mean squares (sigma2) for their grid")
-    return _legacy_grid(x, _value_weights(x, imp, sigma2), dtype)
-
-
-def pack_on_grid(values: np.ndarray, grid: BlockGrid) -> np.ndarray:
-    """The blocks of `grid` holding `values` (nb, block_size), which lie on it → (nb, block_bytes)."""
-    return _k_pack(values, grid) if grid.dtype.block_size == 256 else _legacy_pack(values, grid)
-
-
 # --- legacy blocks of 32 -------------------------------------------------------------------------------
 
 
@@ -353,6 +337,25 @@ def _legacy_pack(x: np.ndarray | None, grid: BlockGrid) -> np.ndarray:
 def _legacy_blocks(x: np.ndarray, w: np.ndarray, dtype: DType) -> np.ndarray:
     """Blocks x (nb, 32) with value weights w → (nb, block_bytes)."""
     return _legacy_pack(None, _legacy_grid(x, w, dtype))
+
+
+# --- entry points: whole rows, and the grids error feedback (gptq.py) rounds to ---------------------
+
+
+def block_grid(x: np.ndarray, imp: np.ndarray, dtype: DType, sigma2: np.ndarray | None = None) -> BlockGrid:
+    """The weighted quantizer's grid for blocks x (nb, block_size) of `dtype` with per-value importance
+    imp (nb, block_size): what error feedback (gptq.py) rounds each column to. Legacy blocks of 32 weigh
+    their values by sigma2 (nb,), the mean square of each block's row; K super-blocks take their own."""
+    if dtype.block_size == 256:
+        return _k_grid(x, np.ascontiguousarray(imp), dtype)
+    if sigma2 is None:
+        raise ValueError(f"{dtype.name} blocks need their rows' mean squares (sigma2) for their grid")
+    return _legacy_grid(x, _value_weights(x, imp, sigma2), dtype)
+
+
+def pack_on_grid(values: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """The blocks of `grid` holding `values` (nb, block_size), which lie on it → (nb, block_bytes)."""
+    return _k_pack(values, grid) if grid.dtype.block_size == 256 else _legacy_pack(values, grid)
 
 
 def quantize_weighted(rows: np.ndarray, dtype: DType, importance: np.ndarray | None) -> np.ndarray:
