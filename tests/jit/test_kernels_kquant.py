@@ -103,6 +103,24 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
         assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
 
 
+def test_matmul_with_super_blocks_dequantized_in_narrow_pieces(monkeypatch) -> None:
+    """The prompt kernel's tile decoded 8 floats at a time (matmul.WIDE_K_DEQUANT off, as on AVX2 hosts)
+    gives the same products as numpy; with the switch on, AVX-512F hosts decode 16 at a time."""
+    from runtime.jit.kernels import matmul
+
+    assert matmul.dequant_lanes() == matmul.micro_lanes()
+    monkeypatch.setattr(matmul, "WIDE_K_DEQUANT", False)
+    assert matmul.dequant_lanes() == 8
+    cols, n_tok = 768, 7
+    narrow = make_test_library([(t, cols) for t in TYPES], accumulate=(False,), kinds=("matmul",), use_cache=False)
+    x = np.random.default_rng(3).normal(size=(n_tok, cols)).astype(np.float32)
+    for t in TYPES:
+        raw, wd = weights(t, ROWS, cols, 11 + int(t))
+        y = np.zeros((n_tok, ROWS), np.float32)
+        narrow.matmul(t, cols, False)(raw.ctypes.data, x.ctypes.data, cols, y.ctypes.data, ROWS, n_tok, 0, ROWS)
+        _close(y, x.astype(np.float64) @ wd.T)
+
+
 @pytest.mark.skipif(int_variant(DType.Q4_K) is None, reason="the integer kernel is not this host's")
 @pytest.mark.parametrize("switches", [
     "matvec_kquant_int.SUM_SUBS", "matvec_kquant_int.LANE_MAJOR+matvec_kquant_int.SUM_SUBS",

@@ -33,8 +33,6 @@ from llvmlite import ir
 
 from runtime.jit.irkit import F32, I8, I16, I32
 from runtime.jit.kernels.irhelpers import (
-    V8F,
-    V8I32,
     VL,
     byte_ptr,
     fma,
@@ -50,7 +48,6 @@ SUPER = 256  # values per super-block
 SUB = 16  # values per scale (Q4_K/Q5_K: two equal halves of a 32-value sub-block)
 GROUP = 32  # values whose codes come from one run of 32 bytes per field
 GROUPS = SUPER // GROUP
-PIECES_PER_SUPER = SUPER // VL
 V16F = ir.VectorType(F32, 16)
 V16I32 = ir.VectorType(I32, 16)
 V16I8 = ir.VectorType(I8, 16)
@@ -245,27 +242,30 @@ def per_sixteen(b: ir.IRBuilder, sub: SubScales) -> tuple[ir.Value, ir.Value]:
     return shuffle(b, sub.scale, sub.scale, lanes), shuffle(b, sub.bias, sub.bias, lanes)
 
 
-def code_piece(b: ir.IRBuilder, dtype: DType, block: ir.Value, piece: int) -> ir.Value:
-    """The codes of values 8·piece … 8·piece+7 as <8 x i32>."""
-    group, part = divmod(piece, GROUP // VL)
+def code_piece(b: ir.IRBuilder, dtype: DType, block: ir.Value, piece: int, lanes: int = VL) -> ir.Value:
+    """The codes of values lanes·piece … lanes·piece + lanes − 1 as <lanes x i32> (lanes 8 or 16)."""
+    group, part = divmod(piece, GROUP // lanes)
+    ty = ir.VectorType(I32, lanes)
     codes = None
     for f in code_fields(dtype, group):
-        raw = b.zext(load_as(b, block, f.offset + VL * part, ir.VectorType(I8, VL)), V8I32)
-        bits = b.and_(b.lshr(raw, splat_const(V8I32, f.shift)), splat_const(V8I32, (1 << f.width) - 1))
+        raw = b.zext(load_as(b, block, f.offset + lanes * part, ir.VectorType(I8, lanes)), ty)
+        bits = b.and_(b.lshr(raw, splat_const(ty, f.shift)), splat_const(ty, (1 << f.width) - 1))
         if f.place:
-            bits = b.shl(bits, splat_const(V8I32, f.place))
+            bits = b.shl(bits, splat_const(ty, f.place))
         codes = bits if codes is None else b.or_(codes, bits)
     return codes
 
 
-def dequantize_superblock(b: ir.IRBuilder, dtype: DType, block: ir.Value) -> list[ir.Value]:
-    """The 256 weights of the super-block at i8* `block` as 32 <8 x float> pieces."""
+def dequantize_superblock(b: ir.IRBuilder, dtype: DType, block: ir.Value, lanes: int = VL) -> list[ir.Value]:
+    """The 256 weights of the super-block at i8* `block` as 256/lanes <lanes x float> pieces (lanes 8, or
+    16 where 512-bit vectors pay: half the instructions per value)."""
     scale, bias = per_sixteen(b, sub_scales(b, dtype, block))
+    ty = ir.VectorType(F32, lanes)
     out = []
-    for p in range(PIECES_PER_SUPER):
-        sub = ir.Constant(I32, p * VL // SUB)
-        s, m = splat(b, b.extract_element(scale, sub)), splat(b, b.extract_element(bias, sub))
-        out.append(fma(b, b.sitofp(code_piece(b, dtype, block, p), V8F), s, m))
+    for p in range(SUPER // lanes):
+        sub = ir.Constant(I32, p * lanes // SUB)
+        s, m = splat(b, b.extract_element(scale, sub), lanes), splat(b, b.extract_element(bias, sub), lanes)
+        out.append(fma(b, b.sitofp(code_piece(b, dtype, block, p, lanes), ty), s, m))
     return out
 
 

@@ -30,13 +30,13 @@ from runtime.jit.kernels.irhelpers import (
     row_at,
     stack_floats,
     store_results,
-    store_vec,
 )
 from runtime.jit.kernels.matvec import kernel_name
 from runtime.jit.target import host_target, l2_cache_bytes
 from runtime.quant.types import DType
 
 MICRO_ROWS = 4  # rows per micro-kernel step
+WIDE_K_DEQUANT = True  # K super-blocks dequantized in 512-bit pieces on AVX-512F hosts (a switch for A/B runs)
 MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 
 
@@ -44,6 +44,13 @@ def micro_lanes() -> int:
     """float lanes of the micro-kernel's vectors: 16 on AVX-512F hosts (prompt reading is bound by
     FMA throughput, not memory, and 512-bit FMAs double it where the CPU has two such units), else 8."""
     return 16 if "avx512f" in host_target().enabled else VL
+
+
+def dequant_lanes() -> int:
+    """float lanes per piece K super-blocks are dequantized in: 16 where the micro-kernel's are
+    (WIDE_K_DEQUANT), else 8. 512-bit pieces halve the instructions per value, which show in prompt
+    reading at chunks of 64 tokens or fewer (the tile is decoded once per chunk)."""
+    return micro_lanes() if WIDE_K_DEQUANT else VL
 
 
 def tokens_per_step() -> int:
@@ -96,15 +103,18 @@ def _dequantize_tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, ro
     with counted_loop(b, 0, count, name="dqrow") as i:
         src = row_at(b, w, row0, i, row_bytes)
         dst = _row_ptr(b, dtype, n_cols, w, row0, i, buf)
+        lanes = VL
         if is_k_quant(dtype):
-            unit, decode = SUPER, lambda k: dequantize_superblock(b, dtype, superblock_at(b, src, dtype, k))
+            lanes = dequant_lanes()
+            unit, decode = SUPER, lambda k: dequantize_superblock(b, dtype, superblock_at(b, src, dtype, k), lanes)
         else:
             unit, decode = BLOCK, lambda k: dequantize_block(b, dtype, block_at(b, src, dtype, k))
         with counted_loop(b, 0, n_cols // unit, name="dq") as k:
             pieces = decode(k)
             base = b.mul(k, i64c(unit))
             for j, p in enumerate(pieces):
-                store_vec(b, p, dst, b.add(base, i64c(VL * j)), align=32)
+                at = b.gep(dst, [b.add(base, i64c(lanes * j))], inbounds=True)
+                b.store(p, b.bitcast(at, p.type.as_pointer()), align=4 * lanes)
 
 
 def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, args: tuple, row0: ir.Value,
