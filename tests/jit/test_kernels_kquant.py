@@ -103,14 +103,21 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
         assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
 
 
-def test_matmul_with_super_blocks_dequantized_in_narrow_pieces(monkeypatch) -> None:
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_matmul_with_super_blocks_dequantized_8_or_16_at_a_time(monkeypatch, lanes: int) -> None:
     """The prompt kernel's tile decoded 8 floats at a time (matmul.WIDE_K_DEQUANT off, as on AVX2 hosts)
-    gives the same products as numpy; with the switch on, AVX-512F hosts decode 16 at a time."""
-    from runtime.jit.kernels import matmul
+    or 16 (AVX-512F hosts; forced here, 16-float vectors are legal IR on any host) gives the same
+    products as numpy."""
+    from runtime.jit.kernels import dequant_k, matmul
 
     assert matmul.dequant_lanes() == matmul.micro_lanes()
-    monkeypatch.setattr(matmul, "WIDE_K_DEQUANT", False)
-    assert matmul.dequant_lanes() == 8
+    if lanes == 8:
+        monkeypatch.setattr(matmul, "WIDE_K_DEQUANT", False)
+    else:
+        monkeypatch.setattr(matmul, "micro_lanes", lambda: 16)
+    assert matmul.dequant_lanes() == lanes
+    with pytest.raises(ValueError, match="8 or 16"):
+        dequant_k.dequantize_superblock(ir.IRBuilder(), TYPES[0], None, 32)
     cols, n_tok = 768, 7
     narrow = make_test_library([(t, cols) for t in TYPES], accumulate=(False,), kinds=("matmul",), use_cache=False)
     x = np.random.default_rng(3).normal(size=(n_tok, cols)).astype(np.float32)

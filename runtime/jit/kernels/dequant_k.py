@@ -259,6 +259,8 @@ def code_piece(b: ir.IRBuilder, dtype: DType, block: ir.Value, piece: int, lanes
 def dequantize_superblock(b: ir.IRBuilder, dtype: DType, block: ir.Value, lanes: int = VL) -> list[ir.Value]:
     """The 256 weights of the super-block at i8* `block` as 256/lanes <lanes x float> pieces (lanes 8, or
     16 where 512-bit vectors pay: half the instructions per value)."""
+    if SUB % lanes:
+        raise ValueError(f"super-blocks are decoded 8 or 16 values at a time (one scale each), not {lanes}")
     scale, bias = per_sixteen(b, sub_scales(b, dtype, block))
     ty = ir.VectorType(F32, lanes)
     out = []

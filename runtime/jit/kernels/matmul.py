@@ -3,9 +3,10 @@
     void matmul_<type>_c<n>[_acc](i8* noalias w, float* noalias X, i64 ldx, float* noalias Y, i64 ldy,
                                   i64 n_tok, i64 row_begin, i64 row_end)
 
-Each weight block is read from memory once per call: a tile of up to 16 rows is dequantized to
-float32 into a stack buffer (F32 rows are used in place), then a register-blocked micro-kernel
-multiplies MICRO_ROWS rows × tokens_per_step() tokens at a time — that many <8 x float> accumulators,
+Each weight block is read from memory once per call: a tile of up to 32 rows (tile_rows) is dequantized
+to float32 into a stack buffer (F32 rows are used in place; K super-blocks 16 floats at a time on AVX-512F
+hosts, dequant_lanes), then a register-blocked micro-kernel multiplies MICRO_ROWS rows ×
+tokens_per_step() tokens at a time — that many accumulators of micro_lanes() floats,
 each weight and activation load shared by several FMAs — and reduces each accumulator once. The
 tokens of one step stay in cache while the micro-kernel walks the tile's row groups, so the
 activations are streamed once per tile rather than once per 4 rows. Leftover tokens go through a
@@ -112,7 +113,7 @@ def _dequantize_tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, ro
         with counted_loop(b, 0, n_cols // unit, name="dq") as k:
             pieces = decode(k)
             base = b.mul(k, i64c(unit))
-            for j, p in enumerate(pieces):
+            for j, p in enumerate(pieces):  # aligned: the tile is 64-byte aligned, rows and units 128 B apart
                 at = b.gep(dst, [b.add(base, i64c(lanes * j))], inbounds=True)
                 b.store(p, b.bitcast(at, p.type.as_pointer()), align=4 * lanes)
 
