@@ -104,11 +104,11 @@ def _dequantize_tile(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, ro
     with counted_loop(b, 0, count, name="dqrow") as i:
         src = row_at(b, w, row0, i, row_bytes)
         dst = _row_ptr(b, dtype, n_cols, w, row0, i, buf)
-        lanes = VL
         if is_k_quant(dtype):
             lanes = dequant_lanes()
             unit, decode = SUPER, lambda k: dequantize_superblock(b, dtype, superblock_at(b, src, dtype, k), lanes)
         else:
+            lanes = VL
             unit, decode = BLOCK, lambda k: dequantize_block(b, dtype, block_at(b, src, dtype, k))
         with counted_loop(b, 0, n_cols // unit, name="dq") as k:
             pieces = decode(k)

@@ -580,12 +580,21 @@ def prefetch_ahead(group_bytes: int, groups: int | None = None, target: int | No
     return max(least, round((target or PREFETCH_TARGET) / group_bytes)) * group_bytes
 
 
+def rows_ahead(row_bytes: int, count: int, stride: ir.Value | None, target: int | None = None,
+               groups: int | None = None) -> int:
+    """Bytes ahead each of `count` rows walked side by side prefetches: in its own stream where rows are
+    streams (`stride` given: stream_ahead), else in a later group of rows (prefetch_ahead)."""
+    if stride is None:
+        return prefetch_ahead(count * row_bytes, groups, target)
+    return stream_ahead(row_bytes, target, groups)
+
+
 def _emit_rows(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, accumulate: bool, w: ir.Value,
                prep: _Prepared, y: ir.Value, first: ir.Value, count: int, stride: ir.Value | None = None) -> None:
     """y[first + i] (+)= W[first + i]·x for i < count (rows first + i·stride with `stride`: row streams)."""
     row_bytes = dtype.row_bytes(n_cols)
     n_blocks = n_cols // BLOCK
-    ahead = prefetch_ahead(count * row_bytes) if stride is None else stream_ahead(row_bytes)
+    ahead = rows_ahead(row_bytes, count, stride)
     rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, row_index(b, i, stride), row_bytes), n_blocks,
                     ahead) for i in range(count)]
     whole = n_blocks // GATHER * GATHER

@@ -88,7 +88,7 @@ from runtime.jit.kernels.irhelpers import (
     tree_reduce,
     tree_sum,
 )
-from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, prefetch_ahead, row_index, stream_ahead
+from runtime.jit.kernels.matvec_int16 import TINY, XMAX, Variant, row_index, rows_ahead
 from runtime.quant.types import DType
 
 # Each row prefetches about PREFETCH_TARGET bytes (below) ahead in whole rows of its stream (matvec.ROW_STREAMS),
@@ -522,8 +522,7 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int, stride: ir.Value | None = None) -> None:
-        ahead = (prefetch_ahead(count * row_bytes, PREFETCH_GROUPS, PREFETCH_TARGET) if stride is None
-                 else stream_ahead(row_bytes, PREFETCH_TARGET, PREFETCH_GROUPS))
+        ahead = rows_ahead(row_bytes, count, stride, PREFETCH_TARGET, PREFETCH_GROUPS)
         rows = [_RowDot(b, dtype, variant, prep, row_at(b, w, first, row_index(b, i, stride), row_bytes), ahead,
                         lanes) for i in range(count)]
         with counted_loop(b, 0, n_cols // SUPER, name="sblk") as k:
