@@ -127,6 +127,30 @@ def i64_field(b: ir.IRBuilder, base: ir.Value, byte_offset: int, ty: ir.IntType 
     return b.bitcast(p, ty.as_pointer())
 
 
+def _arrive(b: ir.IRBuilder, bar: ir.Value, n: ir.Value) -> tuple[ir.Value, Callable[[ir.IRBuilder], tuple]]:
+    """Count this thread in at the barrier `bar` of `n` threads. The last to arrive resets the count, bumps
+    the generation and returns from the function; the others go on with `changed(b)` (the (i1, value) check
+    for emit_spin_until: whether the generation moved on since they arrived). Returns (the generation the
+    thread saw, changed)."""
+    count = i64_field(b, bar, 0)
+    gen = i64_field(b, bar, 64)
+    # read the generation *before* arriving: once we arrive, the last thread may bump it
+    seen = b.load_atomic(gen, "acquire", 8)
+    arrived = b.atomic_rmw("add", count, i64(1), "acq_rel")
+    with b.if_then(b.icmp_unsigned("==", arrived, b.sub(n, i64(1)))):
+        # nobody touches the count again until they see the new generation (ordered by the release
+        # below), so a plain reset is enough
+        b.store_atomic(i64(0), count, "monotonic", 8)
+        b.atomic_rmw("add", gen, i64(1), "release")
+        b.ret_void()
+
+    def changed(bb: ir.IRBuilder) -> tuple[ir.Value, ir.Value]:
+        cur = bb.load_atomic(gen, "acquire", 8)
+        return bb.icmp_unsigned("!=", cur, seen), cur
+
+    return seen, changed
+
+
 def emit_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
     """`void barrier_wait(i8* barrier, i64 n_threads)`, defined once per module.
 
@@ -141,28 +165,61 @@ def emit_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         with b.if_then(b.icmp_signed("<=", n, i64(1)), likely=False):
             b.ret_void()
-        count = i64_field(b, bar, 0)
-        gen = i64_field(b, bar, 64)
-        # read the generation *before* arriving: once we arrive, the last thread may bump it
-        seen = b.load_atomic(gen, "acquire", 8)
-        arrived = b.atomic_rmw("add", count, i64(1), "acq_rel")
-        last = b.icmp_unsigned("==", arrived, b.sub(n, i64(1)))
-        with b.if_else(last) as (release, wait):
-            with release:
-                # nobody touches the count again until they see the new generation (ordered by
-                # the release below), so a plain reset is enough
-                b.store_atomic(i64(0), count, "monotonic", 8)
-                b.atomic_rmw("add", gen, i64(1), "release")
-            with wait:
-
-                def changed(bb: ir.IRBuilder):
-                    cur = bb.load_atomic(gen, "acquire", 8)
-                    return bb.icmp_unsigned("!=", cur, seen), cur
-
-                emit_spin_until(b, module, changed, BARRIER_SPIN, "bar")
+        _, changed = _arrive(b, bar, n)
+        emit_spin_until(b, module, changed, BARRIER_SPIN, "bar")
         b.ret_void()
 
     return get_or_define(module, BARRIER_NAME, ir.FunctionType(VOID, [I8P, I64]), build, linkage)
+
+
+WARM_BARRIER_NAME = "barrier_wait_warm"
+
+
+def emit_warm_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
+    """`void barrier_wait_warm(i8* barrier, i64 n_threads, i8* base, i64 stride, i64 streams, i64 lines)`:
+    barrier_wait (the same memory, and the two may be mixed on it), but a thread that arrives before the
+    others spends the wait prefetching, into L2, what it reads next: `lines` cache lines dealt round-robin
+    to `streams` runs `stride` bytes apart from `base` (line k at base + (k mod streams)·stride + 64·(k div
+    streams)), one line per look at the generation, then it pauses as barrier_wait does. Prefetches never
+    fault, so the addresses need not be mapped. The bandwidth a waiting thread would leave idle goes to the
+    start of its next product."""
+
+    def build(fn: ir.Function) -> None:
+        bar, n, base, stride, streams, lines = fn.args
+        for arg, name in zip(fn.args, ("barrier", "n_threads", "base", "stride", "streams", "lines"), strict=True):
+            arg.name = name
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        with b.if_then(b.icmp_signed("<=", n, i64(1)), likely=False):
+            b.ret_void()
+        _, changed = _arrive(b, bar, n)
+        prefetch = intrinsic(module, "llvm.prefetch.p0", VOID, [I8P, I32, I32, I32])
+        pre = b.block
+        head = b.append_basic_block("warm.check")
+        more = b.append_basic_block("warm.more")
+        fetch = b.append_basic_block("warm.fetch")
+        spin = b.append_basic_block("warm.spin")
+        done = b.append_basic_block("warm.done")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(I64, name="k")
+        k.add_incoming(i64(0), pre)
+        moved_on, _ = changed(b)
+        b.cbranch(moved_on, done, more)
+        b.position_at_end(more)
+        b.cbranch(b.icmp_signed("<", k, lines), fetch, spin)
+        b.position_at_end(fetch)
+        offset = b.add(b.mul(b.urem(k, streams), stride), b.mul(b.udiv(k, streams), i64(64)))
+        b.call(prefetch, [b.gep(base, [offset]), ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
+        k.add_incoming(b.add(k, i64(1)), fetch)
+        b.branch(head)
+        b.position_at_end(spin)
+        emit_spin_until(b, module, changed, BARRIER_SPIN, "bar")
+        b.branch(done)
+        b.position_at_end(done)
+        b.ret_void()
+
+    return get_or_define(module, WARM_BARRIER_NAME, ir.FunctionType(VOID, [I8P, I64, I8P, I64, I64, I64]), build,
+                         linkage)
 
 
 class AlignedBuffer:

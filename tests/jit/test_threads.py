@@ -21,19 +21,22 @@ from runtime.jit.threads import (
     ThreadPool,
     default_threads,
     emit_barrier,
+    emit_warm_barrier,
     new_barrier,
 )
 
 ROUNDS_PER_RUN = 5  # two barriers per round
 
 
-def _task_module() -> ir.Module:
+def _task_module(warm_lines: int | None = None) -> ir.Module:
     """task(args): each round r, slot[tid] = (base+r)·100 + tid; barrier; out[tid] += Σ slots; barrier.
 
-    args = [barrier*, slots*, out*, base, calls*]; calls[tid] counts how often each thread ran.
+    args = [barrier*, slots*, out*, base, calls*]; calls[tid] counts how often each thread ran. With
+    `warm_lines`, the barrier is barrier_wait_warm prefetching that many lines (3 runs 4 KiB apart from
+    the slots) while it waits.
     """
     m = ir.Module("pool_test")
-    bar = emit_barrier(m)
+    bar = emit_barrier(m) if warm_lines is None else emit_warm_barrier(m)
     fn = ir.Function(m, ir.FunctionType(VOID, [I8P, I64, I64]), "task")
     arg, tid, n = fn.args
     b = ir.IRBuilder(fn.append_basic_block())
@@ -44,19 +47,22 @@ def _task_module() -> ir.Module:
 
     barrier = b.bitcast(ptr(0), I8P)
     slots, out, calls = ptr(1), ptr(2), ptr(4)
+    wait = [barrier, n]
+    if warm_lines is not None:
+        wait += [b.bitcast(slots, I8P), i64(4096), i64(3), i64(warm_lines)]
     base = b.load(b.gep(p, [i64(3)]))
     mine_calls = b.gep(calls, [tid])
     b.store(b.add(b.load(mine_calls), i64(1)), mine_calls)
     total = b.alloca(I64)
     with counted_loop(b, i64(0), i64(ROUNDS_PER_RUN), name="r") as r:
         b.store(b.add(b.mul(b.add(base, r), i64(100)), tid), b.gep(slots, [tid]))
-        b.call(bar, [barrier, n])
+        b.call(bar, wait)
         b.store(i64(0), total)
         with counted_loop(b, i64(0), n, name="j") as j:
             b.store(b.add(b.load(total), b.load(b.gep(slots, [j]))), total)
         mine = b.gep(out, [tid])
         b.store(b.add(b.load(mine), b.load(total)), mine)
-        b.call(bar, [barrier, n])  # nobody overwrites a slot before everyone has read it
+        b.call(bar, wait)  # nobody overwrites a slot before everyone has read it
     b.ret_void()
     return m
 
@@ -91,6 +97,16 @@ def test_every_thread_sees_every_write_after_the_barrier(task, n_threads):
         assert threading.active_count() == before + n_threads - 1
         _run_many(pool, addr, 2000)
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("warm_lines", [0, 5, 1 << 40])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_prefetching_barrier_orders_writes_as_the_barrier_does(warm_lines, n_threads):
+    """barrier_wait_warm is a barrier whatever it prefetches while it waits: with nothing to fetch, with a
+    few lines, and with more than any wait lasts (a waiter still leaves as soon as the others arrive)."""
+    lib = compile_module(_task_module(warm_lines))
+    with ThreadPool(n_threads) as pool:
+        _run_many(pool, lib.address("task"), 500)
 
 
 def test_hand_off_to_sleeping_workers_never_loses_a_wake_up(task):

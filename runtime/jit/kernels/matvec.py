@@ -326,6 +326,22 @@ def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool
     store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
 
 
+def walks_streams(dtype: DType, n_cols: int) -> bool:
+    """Whether emit_matvec's kernel walks a call's rows as rows_per_step streams (else neighbours in groups)."""
+    if not ROW_STREAMS:
+        return False
+    if is_k_quant(dtype):
+        return matvec_kquant.int_variant(dtype) is not None
+    if uses_short_q8(dtype, n_cols):
+        return False
+    variant = int16_variant(dtype)
+    if isinstance(variant, DotVariant):
+        return False
+    if variant is not None:
+        return True
+    return float_streams(dtype, n_cols)
+
+
 def emit_matvec(
     module: ir.Module, dtype: DType, n_cols: int, *, accumulate: bool = False, linkage: str = "internal"
 ) -> ir.Function:

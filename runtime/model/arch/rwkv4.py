@@ -264,17 +264,21 @@ class _Rwkv4Builder(ForwardBuilder):
         c0, c1 = split_range(b, C, tid, n)
         f0, f1 = split_range(b, F, tid, n)
 
+        def then(m: Mat, n_cols: int, r0: ir.Value, r1: ir.Value) -> tuple:
+            """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
+            return types[m], n_cols, weight(m), r0, r1, n_tok
+
         # time mixing
         self._token_shift_mix(
             b, scratch, prm, state_row(StateRow.ATT_XX, st_in), n_tok, tid, n, Vec.LN1_W, Vec.LN1_B,
             [(Vec.ATT_MIX_K, Region.XK), (Vec.ATT_MIX_V, Region.XV), (Vec.ATT_MIX_R, Region.XR)],
         )
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.ATT_KEY, C, c0, c1))
         for m, src, dst in ((Mat.ATT_KEY, Region.XK, Region.K), (Mat.ATT_VALUE, Region.XV, Region.V),
                             (Mat.ATT_RECEPTANCE, Region.XR, Region.R)):
             self._product(b, types[m], C, False, weight(m), reg(src), C, reg(dst), C, n_tok, c0, c1)
         self._copy(b, self._row(b, reg(Region.XA), last, C), state_row(StateRow.ATT_XX), c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.ATT_OUTPUT, C, c0, c1))
         for row in (StateRow.AA, StateRow.BB, StateRow.PP):  # the channels this thread's WKV updates
             self._take_state(b, state_row(row, st_in), state_row(row), c0, c1)
         b.call(self.wkv, [
@@ -282,17 +286,17 @@ class _Rwkv4Builder(ForwardBuilder):
             self._vec(b, prm, Vec.ATT_DECAY), self._vec(b, prm, Vec.ATT_FIRST),
             state_row(StateRow.AA), state_row(StateRow.BB), state_row(StateRow.PP), c0, c1,
         ])
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.ATT_OUTPUT, C, c0, c1))
         self._product(b, types[Mat.ATT_OUTPUT], C, True, weight(Mat.ATT_OUTPUT), reg(Region.OUT), C,
                       reg(Region.X), C, n_tok, c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_KEY, C, f0, f1))
 
         # channel mixing
         self._token_shift_mix(
             b, scratch, prm, state_row(StateRow.FFN_XX, st_in), n_tok, tid, n, Vec.LN2_W, Vec.LN2_B,
             [(Vec.FFN_MIX_K, Region.XK), (Vec.FFN_MIX_R, Region.XR)],
         )
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_KEY, C, f0, f1))
         hid, r2 = reg(Region.HID), reg(Region.R2)
         self._product(b, types[Mat.FFN_KEY], C, False, weight(Mat.FFN_KEY), reg(Region.XK), C, hid, F,
                       n_tok, f0, f1)
@@ -308,7 +312,7 @@ class _Rwkv4Builder(ForwardBuilder):
             with counted_loop(b, c0, c1, name="c") as c:
                 store_at(b, b.call(self.sigmoid, [load_at(b, rr, c)]), rr, c)
         self._copy(b, self._row(b, reg(Region.XA), last, C), state_row(StateRow.FFN_XX), c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_VALUE, F, c0, c1))
         tmp, x = reg(Region.TMP), reg(Region.X)
         self._product(b, types[Mat.FFN_VALUE], F, False, weight(Mat.FFN_VALUE), hid, F, tmp, C, n_tok, c0, c1)
         with counted_loop(b, i64(0), n_tok, name="t") as t:

@@ -382,6 +382,17 @@ class _Rwkv6Builder(ForwardBuilder):
         last = b.sub(n_tok, i64(1))
         c0, c1 = split_range(b, C, tid, n)
         f0, f1 = split_range(b, F, tid, n)
+        h0, h1 = split_range(b, spec.n_head, tid, n)
+        hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
+        m0, m1 = split_range(b, N_MIX * dm, tid, n)
+        d0, d1 = split_range(b, dd, tid, n)
+        w2_part = types[Mat.MAA_W2].nbytes((C, dm)) if ddlerp else 0
+
+        def then(m: Mat, r0: ir.Value, r1: ir.Value) -> tuple | None:
+            """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
+            if not (lora if m in _LORA else big):
+                return None
+            return types[m], spec.mat_shape(m)[-1], weight(m), r0, r1, n_tok
 
         # LN1 and the token shift: sx and xxx (v6), or the four fixed mixes (v5)
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)
@@ -401,23 +412,21 @@ class _Rwkv6Builder(ForwardBuilder):
                     for mix, out in outs:  # x·mix + prev·(1 − mix), as the official package computes it
                         m = load_at(b, mix, c)
                         store_at(b, b.fadd(b.fmul(x, m), b.fmul(p, b.fsub(f32(1.0), m))), out, c)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.MAA_W1, m0, m1) if ddlerp else then(Mat.RECEPTANCE, c0, c1))
 
         if ddlerp:
             # tanh(W1·xxx), rows of 5·D_mix split
-            h0, h1 = split_range(b, N_MIX * dm, tid, n)
-            matrix(Mat.MAA_W1, reg(Region.XXX), C, Region.HM, h0, h1)
+            matrix(Mat.MAA_W1, reg(Region.XXX), C, Region.HM, m0, m1)
             with counted_loop(b, i64(0), n_tok, name="t") as t:
                 h = reg_row(Region.HM, t, N_MIX * dm)
-                with counted_loop(b, h0, h1, name="d") as j:
+                with counted_loop(b, m0, m1, name="d") as j:
                     store_at(b, self._tanh(b, load_at(b, h, j)), h, j)
-            self._sync(b, barrier, n)
+            self._sync(b, barrier, n, then(Mat.MAA_W2, c0, c1))
             # m_j = W2_j·m[j] for this thread's channels, then x_j = x + sx·(maa_j + m_j) in place
             w2 = weight(Mat.MAA_W2)
-            part = types[Mat.MAA_W2].nbytes((C, dm))
             for j, region in enumerate(_MIX_REGIONS):
                 src = b.gep(reg(Region.HM), [i64(j * dm)], inbounds=True)
-                matrix(Mat.MAA_W2, src, N_MIX * dm, region, c0, c1, w=b.gep(w2, [i64(j * part)], inbounds=True))
+                matrix(Mat.MAA_W2, src, N_MIX * dm, region, c0, c1, w=b.gep(w2, [i64(j * w2_part)], inbounds=True))
             with counted_loop(b, i64(0), n_tok, name="t") as t:
                 xa, sx = reg_row(Region.XA, t), reg_row(Region.SX, t)
                 outs = [(vec(v), reg_row(r, t)) for v, r in zip(_MIX_VECS, _MIX_REGIONS, strict=True)]
@@ -425,25 +434,22 @@ class _Rwkv6Builder(ForwardBuilder):
                     x, d = load_at(b, xa, c), load_at(b, sx, c)
                     for maa, out in outs:
                         store_at(b, b.fadd(x, b.fmul(d, b.fadd(load_at(b, maa, c), load_at(b, out, c)))), out, c)
-            self._sync(b, barrier, n)
+            self._sync(b, barrier, n, then(Mat.RECEPTANCE, c0, c1))
 
         # r, k, v, g products; tanh(Wd1·x_w) (v6); att_xx saved
         for m, src, dst in ((Mat.RECEPTANCE, Region.XR, Region.R), (Mat.KEY, Region.XK, Region.K),
                             (Mat.VALUE, Region.XV, Region.V), (Mat.GATE, Region.XG, Region.G)):
             matrix(m, reg(src), C, dst, c0, c1)
         if ddlerp:
-            d0, d1 = split_range(b, dd, tid, n)
             matrix(Mat.DECAY_W1, reg(Region.XW), C, Region.HD, d0, d1)
             with counted_loop(b, i64(0), n_tok, name="t") as t:
                 h = reg_row(Region.HD, t, dd)
                 with counted_loop(b, d0, d1, name="d") as j:
                     store_at(b, self._tanh(b, load_at(b, h, j)), h, j)
         self._copy(b, reg_row(Region.XA, last), att_xx, c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.DECAY_W2, hc0, hc1) if ddlerp else then(Mat.OUTPUT, c0, c1))
 
         # per head: decay (v6), silu(g), WKV, GroupNorm·gate
-        h0, h1 = split_range(b, spec.n_head, tid, n)
-        hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
         if ddlerp:
             matrix(Mat.DECAY_W2, reg(Region.HD), dd, Region.W, hc0, hc1)
         with counted_loop(b, i64(0), n_tok if ddlerp or heads else i64(0), name="t") as t:
@@ -478,9 +484,9 @@ class _Rwkv6Builder(ForwardBuilder):
                 tc = b.add(row, hc)
                 b.call(self.gn_gate, [at(Region.OUT, tc), b.gep(vec(Vec.LNX_W), [hc], inbounds=True),
                                       b.gep(vec(Vec.LNX_B), [hc], inbounds=True), at(Region.G, tc)])
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.OUTPUT, c0, c1))
         matrix(Mat.OUTPUT, reg(Region.OUT), C, Region.X, c0, c1, accumulate=True)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_KEY, f0, f1))
 
         # channel mixing: xk = x + sx·maa_k (v6) or x·mix + prev·(1 − mix) (v5)
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN2_W, Vec.LN2_B)
@@ -495,7 +501,7 @@ class _Rwkv6Builder(ForwardBuilder):
                         store_at(b, b.fadd(x, b.fmul(b.fsub(p, x), m)), out, c)
                     else:
                         store_at(b, b.fadd(b.fmul(x, m), b.fmul(p, b.fsub(f32(1.0), m))), out, c)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_KEY, f0, f1))
         hid, r2 = reg(Region.HID), reg(Region.R2)
         matrix(Mat.FFN_KEY, reg(Region.XK), C, Region.HID, f0, f1)
         matrix(Mat.FFN_RECEPTANCE, reg(Region.XR), C, Region.R2, c0, c1)
@@ -509,7 +515,7 @@ class _Rwkv6Builder(ForwardBuilder):
             with counted_loop(b, c0, c1, name="c") as c:
                 store_at(b, b.call(self.sigmoid, [load_at(b, rr, c)]), rr, c)
         self._copy(b, reg_row(Region.XA, last), ffn_xx, c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_VALUE, c0, c1))
         tmp, x_reg = reg(Region.TMP), reg(Region.X)
         matrix(Mat.FFN_VALUE, hid, F, Region.TMP, c0, c1)
         with counted_loop(b, i64(0), n_tok, name="t") as t:

@@ -362,6 +362,15 @@ class _Rwkv7Builder(ForwardBuilder):
         last = b.sub(n_tok, i64(1))
         c0, c1 = split_range(b, C, tid, n)
         f0, f1 = split_range(b, F, tid, n)
+        big, lora, heads = ("matrices" not in spec.omit, "lora" not in spec.omit, "heads" not in spec.omit)
+        h0, h1 = split_range(b, spec.n_head, tid, n)
+        hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
+
+        def then(m: Mat, r0: ir.Value, r1: ir.Value) -> tuple | None:
+            """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
+            if not (lora if m in _LORA else big):
+                return None
+            return types[m], spec.mat_cols(m), weight(m), r0, r1, n_tok
 
         # LN1 and the six token-shift mixes: x + (prev − x)·mix
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)
@@ -373,10 +382,9 @@ class _Rwkv7Builder(ForwardBuilder):
                 d = b.fsub(load_at(b, prev, c), x)
                 for mix, out in outs:
                     store_at(b, b.fadd(x, b.fmul(d, load_at(b, mix, c))), out, c)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.RECEPTANCE, c0, c1))
 
         # r, k, v and the LoRA first factors (rows split); att_xx saved
-        big, lora, heads = ("matrices" not in spec.omit, "lora" not in spec.omit, "heads" not in spec.omit)
         for m, src, dst in ((Mat.RECEPTANCE, Region.XR, Region.R), (Mat.KEY, Region.XK, Region.K),
                             (Mat.VALUE, Region.XV, Region.V)):
             if big:
@@ -395,21 +403,19 @@ class _Rwkv7Builder(ForwardBuilder):
                         z = load_at(b, h, j)
                         store_at(b, self._tanh(b, z) if m is Mat.W1 else b.call(self.sigmoid, [z]), h, j)
         self._copy(b, reg_row(Region.XA, last), att_xx, c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.W2, hc0, hc1))
 
         # per head (heads split): second factors, decay, a, k, v, kk, WKV-7, GroupNorm, bonus, gate
-        h0, h1 = split_range(b, spec.n_head, tid, n)
-        hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
         seconds = [(Mat.W2, Region.HW, Region.W), (Mat.A2, Region.HA, Region.A), (Mat.G2, Region.HG, Region.G)]
         if not first:
             seconds.append((Mat.V2, Region.HV, Region.VG))
         if lora:
             self._second_factors(b, types, seconds, matrix, scratch, wts, n_tok, hc0, hc1)
         self._heads(b, first, scratch, tid, prm, wkv_state, wkv_in, n_tok, h0, h1, hc0, hc1, heads)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.OUTPUT, c0, c1))
         if big:
             matrix(Mat.OUTPUT, Region.OUT, Region.X, c0, c1, accumulate=True)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_KEY, f0, f1))
 
         # channel mixing
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN2_W, Vec.LN2_B)
@@ -419,7 +425,7 @@ class _Rwkv7Builder(ForwardBuilder):
             with counted_loop(b, i64(0), i64(C), name="c") as c:
                 x = load_at(b, cur, c)
                 store_at(b, b.fadd(x, b.fmul(b.fsub(load_at(b, prev, c), x), load_at(b, mix, c))), out, c)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_KEY, f0, f1))
         if big:
             matrix(Mat.FFN_KEY, Region.XK, Region.HID, f0, f1)
         with counted_loop(b, i64(0), n_tok, name="t") as t:
@@ -429,7 +435,7 @@ class _Rwkv7Builder(ForwardBuilder):
                 z = b.select(b.fcmp_ordered(">", z, f32(0.0)), z, f32(0.0))
                 store_at(b, b.fmul(z, z), hid, j)
         self._copy(b, reg_row(Region.XA, last), ffn_xx, c0, c1)
-        self._sync(b, barrier, n)
+        self._sync(b, barrier, n, then(Mat.FFN_VALUE, c0, c1))
         if big:
             matrix(Mat.FFN_VALUE, Region.HID, Region.X, c0, c1, accumulate=True)
         self._sync(b, barrier, n)
