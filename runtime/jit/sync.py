@@ -13,6 +13,10 @@ thread resets the count and bumps the generation with release order, the others 
 load of the generation. So every write made before `barrier_wait` by any thread is visible to every
 thread after it. Waiters spin with a pause hint for BARRIER_SPIN rounds, then call `sched_yield`
 between checks, so more threads than cores still make progress.
+
+`emit_warm_barrier` is the same barrier on the same memory, but a thread that arrives early first
+prefetches the data it reads next (up to WARM_MAX_LINES cache lines, one per look at the generation),
+then waits as above.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from runtime.jit.irkit import I8P, I32, I64, VOID, get_or_define, i64, intrinsic
+from runtime.jit.kernels.irhelpers import prefetch
 from runtime.jit.target import host_target
 
 BARRIER_BYTES = 128  # count at byte 0, generation at byte 64: separate cache lines
@@ -127,11 +132,10 @@ def i64_field(b: ir.IRBuilder, base: ir.Value, byte_offset: int, ty: ir.IntType 
     return b.bitcast(p, ty.as_pointer())
 
 
-def _arrive(b: ir.IRBuilder, bar: ir.Value, n: ir.Value) -> tuple[ir.Value, Callable[[ir.IRBuilder], tuple]]:
+def _arrive(b: ir.IRBuilder, bar: ir.Value, n: ir.Value) -> Callable[[ir.IRBuilder], tuple[ir.Value, ir.Value]]:
     """Count this thread in at the barrier `bar` of `n` threads. The last to arrive resets the count, bumps
-    the generation and returns from the function; the others go on with `changed(b)` (the (i1, value) check
-    for emit_spin_until: whether the generation moved on since they arrived). Returns (the generation the
-    thread saw, changed)."""
+    the generation and returns from the function; the others go on, and get `changed(b)`: the (i1, value)
+    check for emit_spin_until, whether the generation moved on since they arrived."""
     count = i64_field(b, bar, 0)
     gen = i64_field(b, bar, 64)
     # read the generation *before* arriving: once we arrive, the last thread may bump it
@@ -148,7 +152,7 @@ def _arrive(b: ir.IRBuilder, bar: ir.Value, n: ir.Value) -> tuple[ir.Value, Call
         cur = bb.load_atomic(gen, "acquire", 8)
         return bb.icmp_unsigned("!=", cur, seen), cur
 
-    return seen, changed
+    return changed
 
 
 def emit_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
@@ -165,7 +169,7 @@ def emit_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         with b.if_then(b.icmp_signed("<=", n, i64(1)), likely=False):
             b.ret_void()
-        _, changed = _arrive(b, bar, n)
+        changed = _arrive(b, bar, n)
         emit_spin_until(b, module, changed, BARRIER_SPIN, "bar")
         b.ret_void()
 
@@ -173,6 +177,9 @@ def emit_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
 
 
 WARM_BARRIER_NAME = "barrier_wait_warm"
+# the most lines one wait prefetches, whatever it is asked: a waiter that prefetches does not pause or yield,
+# so this bounds how long it may keep a core another thread needs (a few µs at memory speed)
+WARM_MAX_LINES = 4096
 
 
 def emit_warm_barrier(module: ir.Module, linkage: str = "internal") -> ir.Function:
@@ -180,9 +187,9 @@ def emit_warm_barrier(module: ir.Module, linkage: str = "internal") -> ir.Functi
     barrier_wait (the same memory, and the two may be mixed on it), but a thread that arrives before the
     others spends the wait prefetching, into L2, what it reads next: `lines` cache lines dealt round-robin
     to `streams` runs `stride` bytes apart from `base` (line k at base + (k mod streams)·stride + 64·(k div
-    streams)), one line per look at the generation, then it pauses as barrier_wait does. Prefetches never
-    fault, so the addresses need not be mapped. The bandwidth a waiting thread would leave idle goes to the
-    start of its next product."""
+    streams)), one line per look at the generation, then it pauses as barrier_wait does. `lines` is capped at
+    WARM_MAX_LINES and `streams` taken as at least 1. Prefetches never fault, so the addresses need not be
+    mapped. The bandwidth a waiting thread would leave idle goes to the start of its next product."""
 
     def build(fn: ir.Function) -> None:
         bar, n, base, stride, streams, lines = fn.args
@@ -191,8 +198,9 @@ def emit_warm_barrier(module: ir.Module, linkage: str = "internal") -> ir.Functi
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         with b.if_then(b.icmp_signed("<=", n, i64(1)), likely=False):
             b.ret_void()
-        _, changed = _arrive(b, bar, n)
-        prefetch = intrinsic(module, "llvm.prefetch.p0", VOID, [I8P, I32, I32, I32])
+        changed = _arrive(b, bar, n)
+        streams = b.select(b.icmp_signed("<", streams, i64(1)), i64(1), streams)
+        lines = b.select(b.icmp_signed(">", lines, i64(WARM_MAX_LINES)), i64(WARM_MAX_LINES), lines)
         pre = b.block
         head = b.append_basic_block("warm.check")
         more = b.append_basic_block("warm.more")
@@ -209,7 +217,7 @@ def emit_warm_barrier(module: ir.Module, linkage: str = "internal") -> ir.Functi
         b.cbranch(b.icmp_signed("<", k, lines), fetch, spin)
         b.position_at_end(fetch)
         offset = b.add(b.mul(b.urem(k, streams), stride), b.mul(b.udiv(k, streams), i64(64)))
-        b.call(prefetch, [b.gep(base, [offset]), ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
+        prefetch(b, b.gep(base, [offset]), locality=2)
         k.add_incoming(b.add(k, i64(1)), fetch)
         b.branch(head)
         b.position_at_end(spin)

@@ -28,15 +28,17 @@ from runtime.jit.threads import (
 ROUNDS_PER_RUN = 5  # two barriers per round
 
 
-def _task_module(warm_lines: int | None = None) -> ir.Module:
+def _task_module(warm_lines: int | None = None, mixed: bool = False) -> ir.Module:
     """task(args): each round r, slot[tid] = (base+r)·100 + tid; barrier; out[tid] += Σ slots; barrier.
 
     args = [barrier*, slots*, out*, base, calls*]; calls[tid] counts how often each thread ran. With
     `warm_lines`, the barrier is barrier_wait_warm prefetching that many lines (3 runs 4 KiB apart from
-    the slots) while it waits.
+    the slots) while it waits; with `mixed` too, the second barrier of a round is barrier_wait on the
+    same memory.
     """
     m = ir.Module("pool_test")
-    bar = emit_barrier(m) if warm_lines is None else emit_warm_barrier(m)
+    plain = emit_barrier(m)
+    bar = plain if warm_lines is None else emit_warm_barrier(m)
     fn = ir.Function(m, ir.FunctionType(VOID, [I8P, I64, I64]), "task")
     arg, tid, n = fn.args
     b = ir.IRBuilder(fn.append_basic_block())
@@ -62,7 +64,10 @@ def _task_module(warm_lines: int | None = None) -> ir.Module:
             b.store(b.add(b.load(total), b.load(b.gep(slots, [j]))), total)
         mine = b.gep(out, [tid])
         b.store(b.add(b.load(mine), b.load(total)), mine)
-        b.call(bar, wait)  # nobody overwrites a slot before everyone has read it
+        if mixed:
+            b.call(plain, [barrier, n])  # nobody overwrites a slot before everyone has read it
+        else:
+            b.call(bar, wait)  # nobody overwrites a slot before everyone has read it
     b.ret_void()
     return m
 
@@ -99,12 +104,13 @@ def test_every_thread_sees_every_write_after_the_barrier(task, n_threads):
     assert threading.active_count() == before
 
 
-@pytest.mark.parametrize("warm_lines", [0, 5, 1 << 40])
+@pytest.mark.parametrize("warm_lines, mixed", [(0, False), (5, False), (1 << 40, False), (300, True)])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_prefetching_barrier_orders_writes_as_the_barrier_does(warm_lines, n_threads):
+def test_prefetching_barrier_orders_writes_as_the_barrier_does(warm_lines, mixed, n_threads):
     """barrier_wait_warm is a barrier whatever it prefetches while it waits: with nothing to fetch, with a
-    few lines, and with more than any wait lasts (a waiter still leaves as soon as the others arrive)."""
-    lib = compile_module(_task_module(warm_lines))
+    few lines, with more than any wait lasts (a waiter still leaves as soon as the others arrive), and
+    taking turns with barrier_wait on the same memory (as a model's layers do)."""
+    lib = compile_module(_task_module(warm_lines, mixed))
     with ThreadPool(n_threads) as pool:
         _run_many(pool, lib.address("task"), 500)
 

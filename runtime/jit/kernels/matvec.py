@@ -327,7 +327,9 @@ def _emit_wide_rows(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool
 
 
 def walks_streams(dtype: DType, n_cols: int) -> bool:
-    """Whether emit_matvec's kernel walks a call's rows as rows_per_step streams (else neighbours in groups)."""
+    """Whether emit_matvec's kernel walks a call's rows [r0, r1) as rows_per_step streams (rows r0 + s·per …
+    for per = (r1 − r0) // step), else in groups of neighbouring rows (ROW_STREAMS; the x86 integer
+    kernels, float_streams)."""
     if not ROW_STREAMS:
         return False
     if is_k_quant(dtype):
@@ -357,30 +359,26 @@ def emit_matvec(
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         variant = int16_variant(dtype)
         step = rows_per_step(dtype, n_cols)
-        streams = False  # whether rows are walked as streams (`emit` then takes a stride)
+        streams = walks_streams(dtype, n_cols)  # whether rows are walked as streams (`emit` then takes a stride)
         if is_k_quant(dtype):
             emit = kquant_emitter(b, dtype, n_cols, accumulate, w, x, y)
-            streams = matvec_kquant.int_variant(dtype) is not None
         elif uses_short_q8(dtype, n_cols):
             emit = short_q8_emitter(b, n_cols, accumulate, w, x, y)
         elif isinstance(variant, DotVariant):
             emit = dot_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
         elif variant is not None:
             emit = int16_emitter(b, dtype, variant, n_cols, accumulate, w, x, y)
-            streams = True
         else:
             xsum = block_sums(b, x, n_cols) if has_bias(dtype) else None
             uses_shifts = any(shifted_row(dtype, i) for i in range(step))
             xh = _HalfPairs.prepare(b, x, n_cols) if uses_shifts else None
-
-            streams = float_streams(dtype, n_cols)
             ahead = FLOAT_STREAM_AHEAD if streams else PREFETCH_BYTES  # in a stream, or a later group
 
             def emit(r: ir.Value, count: int, stride: ir.Value | None = None) -> None:
                 _emit_rows(b, dtype, n_cols, accumulate, w, x, xh, y, r, count, xsum, ahead, stride)
         n = b.sub(r1, r0)
         n = b.select(b.icmp_signed("<", n, i64c(0)), i64c(0), n)
-        if ROW_STREAMS and streams:
+        if streams:
             # rows [r0, r0 + step·per) as `step` streams of `per` consecutive rows, walked side by side
             per = b.sdiv(n, i64c(step))
             with counted_loop(b, r0, b.add(r0, per), 1, name="row") as r:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from llvmlite import ir
 
@@ -72,9 +72,40 @@ FLAG_STRIDE = 16  # floats per thread's non-finite flag: one 64-byte line each, 
 # waits leaves its share of the memory bandwidth idle. Sapphire Rapids, 2 threads, interleaved
 # (bench/decode_ab.py, ms/token at the lower quartile, off → 64 lines / 256 lines): 0.4B RWKV-6 Q4_K 10.43 →
 # 10.20 / 10.25, Q3_K 9.44 → 9.28 / 9.26; 1.5B RWKV-7 Q2_K 25.72 → 25.35 / 25.21, Q4_K_M 33.67 → 33.56 /
-# 33.79; files whose own pages read at their limit (20-25 GB/s on that VM) unchanged: 0.4B Q5_K 13.52 →
-# 13.47, Q6_K 15.23 → 15.21, 1.5B Q5_K_M 43.77 → 43.98.
+# 33.79; files whose own pages were read at their limit (20-25 GB/s on that VM), 64 lines, within noise:
+# 0.4B Q5_K 13.52 → 13.47, Q6_K 15.23 → 15.21, 1.5B Q5_K_M 43.77 → 43.98.
 WARM_LINES = 64
+
+
+class NextProduct(NamedTuple):
+    """A product a thread runs after a barrier: rows [r0, r1) of the `dtype` matrix at i8* `w` (rows of
+    `n_cols` values) against `n_tok` tokens."""
+
+    dtype: DType
+    n_cols: int
+    w: ir.Value
+    r0: ir.Value
+    r1: ir.Value
+    n_tok: ir.Value
+
+
+def warm_plan(b: ir.IRBuilder, after: NextProduct) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+    """barrier_wait_warm's (base, stride, streams, lines) for `after`: for one token the runs the matvec
+    kernel walks first (walks_streams: rows_per_step streams of (r1 − r0) // step rows from r0, else one run
+    from r0), for more the prompt kernel's tiles (one run from r0); WARM_LINES lines per run, no more
+    than the rows hold."""
+    dtype, n_cols = after.dtype, after.n_cols
+    row_bytes = dtype.row_bytes(n_cols)
+    rows = b.sub(after.r1, after.r0)
+    rows = b.select(b.icmp_signed("<", rows, i64(0)), i64(0), rows)
+    step = rows_per_step(dtype, n_cols) if walks_streams(dtype, n_cols) else 1
+    streams = b.select(b.icmp_signed("==", after.n_tok, i64(1)), i64(step), i64(1))
+    stride = b.mul(b.sdiv(rows, streams), i64(row_bytes))
+    lines = b.mul(streams, i64(WARM_LINES))
+    have = b.sdiv(b.add(b.mul(rows, i64(row_bytes)), i64(63)), i64(64))
+    lines = b.select(b.icmp_signed("<", have, lines), have, lines)
+    base = b.gep(after.w, [b.mul(after.r0, i64(row_bytes))])  # only prefetched: it may lie past the matrix
+    return base, stride, streams, lines
 
 
 class ArchSpec(Protocol):
@@ -232,29 +263,13 @@ class ForwardBuilder:
     def _vec(self, b: ir.IRBuilder, params: ir.Value, index: int) -> ir.Value:
         return b.gep(params, [i64(index * self.spec.n_embd)], inbounds=True)
 
-    def _sync(self, b: ir.IRBuilder, barrier: ir.Value, n: ir.Value,
-              warm: tuple[DType, int, ir.Value, ir.Value, ir.Value, ir.Value] | None = None) -> None:
-        """Meet the other threads. With `warm` = (dtype, n_cols, w, row_begin, row_end, n_tok), the product
-        this thread runs after the barrier: a thread that waits prefetches the start of those rows meanwhile
-        (sync.emit_warm_barrier), as the matvec kernel walks them for one token (its streams), else from
-        row_begin on (the prompt kernel's tiles)."""
-        if warm is None or not WARM_LINES or warm[1] % BLOCK:
+    def _sync(self, b: ir.IRBuilder, barrier: ir.Value, n: ir.Value, after: NextProduct | None = None) -> None:
+        """Meet the other threads. With `after`, the product this thread runs after the barrier, a thread
+        that waits prefetches the start of those rows meanwhile (warm_plan, sync.emit_warm_barrier)."""
+        if after is None or not WARM_LINES or after.n_cols % BLOCK:
             b.call(self.barrier, [barrier, n])
             return
-        dtype, n_cols, w, r0, r1, n_tok = warm
-        row_bytes = dtype.row_bytes(n_cols)
-        rows = b.sub(r1, r0)
-        rows = b.select(b.icmp_signed("<", rows, i64(0)), i64(0), rows)
-        step = rows_per_step(dtype, n_cols)
-        one = b.icmp_signed("==", n_tok, i64(1))
-        streams = i64(step if walks_streams(dtype, n_cols) else 1)
-        streams = b.select(one, streams, i64(1))
-        stride = b.mul(b.sdiv(rows, streams), i64(row_bytes))
-        lines = b.mul(streams, i64(WARM_LINES))
-        have = b.sdiv(b.add(b.mul(rows, i64(row_bytes)), i64(63)), i64(64))
-        lines = b.select(b.icmp_signed("<", have, lines), have, lines)
-        base = b.gep(w, [b.mul(r0, i64(row_bytes))])  # only prefetched: it may lie past the matrix
-        b.call(emit_warm_barrier(self.module), [barrier, n, base, stride, streams, lines])
+        b.call(emit_warm_barrier(self.module), [barrier, n, *warm_plan(b, after)])
 
     def _token_loop(self, b: ir.IRBuilder, n_tok: ir.Value, tid: ir.Value, n: ir.Value, name: str = "t"):
         return counted_loop(b, tid, n_tok, n, name=name)

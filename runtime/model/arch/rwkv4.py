@@ -33,7 +33,7 @@ from runtime.formats.checkpoint import LN0_FOLDED, TIME_DECAY_NEG_EXP, Checkpoin
 from runtime.jit.irkit import counted_loop, f32, i64, load_at, split_range, store_at
 from runtime.jit.kernels.mathfn import emit_sigmoid
 from runtime.jit.kernels.wkv import emit_wkv
-from runtime.model.arch.base import ForwardBuilder, SpecSizes
+from runtime.model.arch.base import ForwardBuilder, NextProduct, SpecSizes
 from runtime.model.layout import MAX_THREADS, aligned_offsets
 from runtime.model.tensor_read import matrix_type, read_global_vectors, vector
 from runtime.quant.types import DType
@@ -264,9 +264,9 @@ class _Rwkv4Builder(ForwardBuilder):
         c0, c1 = split_range(b, C, tid, n)
         f0, f1 = split_range(b, F, tid, n)
 
-        def then(m: Mat, n_cols: int, r0: ir.Value, r1: ir.Value) -> tuple:
+        def then(m: Mat, n_cols: int, r0: ir.Value, r1: ir.Value) -> NextProduct:
             """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
-            return types[m], n_cols, weight(m), r0, r1, n_tok
+            return NextProduct(types[m], n_cols, weight(m), r0, r1, n_tok)
 
         # time mixing
         self._token_shift_mix(

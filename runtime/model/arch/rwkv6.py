@@ -57,7 +57,7 @@ from runtime.jit.kernels.dequant import BLOCK
 from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
 from runtime.jit.kernels.smallmat import SMALLMAT_TYPES
 from runtime.jit.kernels.wkv6 import emit_group_norm_gate, emit_wkv6
-from runtime.model.arch.base import ForwardBuilder, SpecSizes
+from runtime.model.arch.base import ForwardBuilder, NextProduct, SpecSizes
 from runtime.model.layout import MAX_THREADS, aligned_offsets
 from runtime.model.tensor_read import matrix_type, read_global_vectors, vector
 from runtime.quant.types import DType
@@ -364,9 +364,13 @@ class _Rwkv6Builder(ForwardBuilder):
         def vec(v: Vec) -> ir.Value:
             return self._vec(b, prm, v)
 
+        def present(m: Mat) -> bool:
+            """Whether the product with `m` is compiled (spec.omit leaves parts out for the profiles)."""
+            return lora if m in _LORA else big
+
         def matrix(m: Mat, src: ir.Value, ldx: int, dst: Region, r0: ir.Value, r1: ir.Value,
                    accumulate: bool = False, w: ir.Value | None = None) -> None:
-            if not (lora if m in _LORA else big):
+            if not present(m):
                 return
             shape = spec.mat_shape(m)
             rows, cols = shape[-2], shape[-1]
@@ -388,11 +392,11 @@ class _Rwkv6Builder(ForwardBuilder):
         d0, d1 = split_range(b, dd, tid, n)
         w2_part = types[Mat.MAA_W2].nbytes((C, dm)) if ddlerp else 0
 
-        def then(m: Mat, r0: ir.Value, r1: ir.Value) -> tuple | None:
+        def then(m: Mat, r0: ir.Value, r1: ir.Value) -> NextProduct | None:
             """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
-            if not (lora if m in _LORA else big):
+            if not present(m):
                 return None
-            return types[m], spec.mat_shape(m)[-1], weight(m), r0, r1, n_tok
+            return NextProduct(types[m], spec.mat_shape(m)[-1], weight(m), r0, r1, n_tok)
 
         # LN1 and the token shift: sx and xxx (v6), or the four fixed mixes (v5)
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)

@@ -56,7 +56,7 @@ from runtime.jit.kernels.mathfn import emit_exp, emit_sigmoid
 from runtime.jit.kernels.matvec_q8short import emit_short_q8_group, uses_short_q8
 from runtime.jit.kernels.smallmat import SMALLMAT_TYPES
 from runtime.jit.kernels.wkv7 import emit_head_output, emit_l2_normalize, emit_wkv7
-from runtime.model.arch.base import ForwardBuilder, SpecSizes
+from runtime.model.arch.base import ForwardBuilder, NextProduct, SpecSizes
 from runtime.model.layout import MAX_THREADS, aligned_offsets
 from runtime.model.tensor_read import matrix_type, read_global_vectors, vector
 from runtime.quant.types import DType
@@ -366,11 +366,11 @@ class _Rwkv7Builder(ForwardBuilder):
         h0, h1 = split_range(b, spec.n_head, tid, n)
         hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
 
-        def then(m: Mat, r0: ir.Value, r1: ir.Value) -> tuple | None:
+        def then(m: Mat, r0: ir.Value, r1: ir.Value) -> NextProduct | None:
             """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
             if not (lora if m in _LORA else big):
                 return None
-            return types[m], spec.mat_cols(m), weight(m), r0, r1, n_tok
+            return NextProduct(types[m], spec.mat_cols(m), weight(m), r0, r1, n_tok)
 
         # LN1 and the six token-shift mixes: x + (prev − x)·mix
         pointers = self._ln_pointers(b, scratch, prm, tid, Vec.LN1_W, Vec.LN1_B)
