@@ -66,7 +66,7 @@ FLAG_STRIDE = 16  # floats per thread's non-finite flag: one 64-byte line each, 
 
 
 # Cache lines per stream that a thread waiting at a barrier prefetches of the product it runs next (_sync's
-# `warm`; 0: none). At 2 threads each barrier cost each thread about 1.5-1.8 µs of waiting (0.4B RWKV-6 Q4_K,
+# `after`; 0: none). At 2 threads each barrier cost each thread about 1.5-1.8 µs of waiting (0.4B RWKV-6 Q4_K,
 # cycle counter around the wait, 200 steps: 218 barriers a token, the wait split 56/44 between the two
 # threads at the same barrier, so the phases end at random, not one thread always late), and a thread that
 # waits leaves its share of the memory bandwidth idle. Sapphire Rapids, 2 threads, interleaved
