@@ -135,6 +135,31 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
     assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
 
 
+@pytest.mark.parametrize("t", [DType.Q4_0, DType.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("acc", [False, True], ids=["set", "acc"])
+@pytest.mark.parametrize("step", [None, 3], ids=["host-step", "avx2-step"])
+def test_matmul_every_count_of_leftover_tokens(lib: KernelLibrary, monkeypatch, t: DType, acc: bool,
+                                               step: int | None) -> None:
+    """n_tok from 1 to two whole steps and more: the tokens after the last whole step of
+    tokens_per_step() (every count from 0 to step − 1) come out as numpy's, the other rows untouched;
+    with this host's step and with AVX2's 3 (built here: the IR is legal on any host)."""
+    from runtime.jit.kernels import matmul
+
+    if step is not None:
+        monkeypatch.setattr(matmul, "tokens_per_step", lambda: step)
+        lib = make_test_library([(t, 64)], kinds=("matmul",), use_cache=False)
+    cols, step = 64, matmul.tokens_per_step()
+    raw, wd = _weights(t, ROWS, cols, 5)
+    for n_tok in range(1, 2 * step + 2):
+        rng = np.random.default_rng(100 + n_tok)
+        x = rng.normal(size=(n_tok, cols)).astype(np.float32)
+        y = rng.normal(size=(n_tok, ROWS)).astype(np.float32)
+        y0 = y.copy()
+        lib.matmul(t, cols, acc)(raw.ctypes.data, x.ctypes.data, cols, y.ctypes.data, ROWS, n_tok, 2, 35)
+        _close(y[:, 2:35], x.astype(np.float64) @ wd[2:35].T + (y0[:, 2:35] if acc else 0))
+        assert np.array_equal(y[:, :2], y0[:, :2]) and np.array_equal(y[:, 35:], y0[:, 35:])
+
+
 @pytest.mark.parametrize("t", [DType.Q5_1, DType.F32], ids=lambda t: t.name)
 def test_matmul_all_rows_and_odd_ranges(lib: KernelLibrary, t: DType) -> None:
     cols = 64

@@ -9,8 +9,8 @@ hosts, dequant_lanes), then a register-blocked micro-kernel multiplies MICRO_ROW
 tokens_per_step() tokens at a time — that many accumulators of micro_lanes() floats,
 each weight and activation load shared by several FMAs — and reduces each accumulator once. The
 tokens of one step stay in cache while the micro-kernel walks the tile's row groups, so the
-activations are streamed once per tile rather than once per 4 rows. Leftover tokens go through a
-1-token micro-kernel, leftover rows through 4-row and 1-row tiles.
+activations are streamed once per tile rather than once per 4 rows. Leftover tokens go through one
+micro-kernel as many tokens wide (LEFTOVER_IN_ONE), leftover rows through 4-row and 1-row tiles.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ from runtime.quant.types import DType
 
 MICRO_ROWS = 4  # rows per micro-kernel step
 WIDE_K_DEQUANT = True  # K super-blocks dequantized in 512-bit pieces on AVX-512F hosts (a switch for A/B runs)
+# The tokens left over after whole steps (n_tok mod tokens_per_step()) go through one micro-kernel as wide as
+# they are, each weight load shared by all of them, instead of one 1-token pass each (a switch for A/B runs).
+# Sapphire Rapids, 1 thread, rows in L2, 256×1024 Q4_K, GFLOP/s, before → after: 40 tokens 88.9 → 96.9, 16
+# tokens 69.7 → 79.3, 23 tokens 76.2 → 86.8; Q5_1 256×2048, 40 tokens 79.1 → 83.5. Prompts of 40 tokens, 2
+# threads, interleaved, tokens/s: 0.4B RWKV-6 Q4_K 239.7 → 261.2, 1.5B RWKV-7 Q4_K_M 67.7 → 75.9.
+LEFTOVER_IN_ONE = True
 MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 
 
@@ -125,12 +131,24 @@ def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, arg
     w, x, ldx, y, ldy, n_tok = args
     _dequantize_tile(b, dtype, n_cols, w, row0, count, buf)
     per_group = min(count, MICRO_ROWS)
-    tok_main = b.sub(n_tok, b.srem(n_tok, i64c(step)))
-    for lo, hi, n in ((i64c(0), tok_main, step), (tok_main, n_tok, 1)):
-        with counted_loop(b, lo, hi, n, name=f"tok{n}") as t, \
-                counted_loop(b, 0, count, per_group, name="grp") as g:
+    rest = b.srem(n_tok, i64c(step))
+    tok_main = b.sub(n_tok, rest)
+
+    def groups(t: ir.Value, n: int) -> None:
+        with counted_loop(b, 0, count, per_group, name="grp") as g:
             rows = [_row_ptr(b, dtype, n_cols, w, row0, b.add(g, i64c(j)), buf) for j in range(per_group)]
             _micro(b, n_cols, accumulate, rows, x, ldx, y, ldy, b.add(row0, g), t, n)
+
+    with counted_loop(b, i64c(0), tok_main, step, name=f"tok{step}") as t:
+        groups(t, step)
+    if LEFTOVER_IN_ONE:
+        # the last n_tok mod step tokens in one pass of a micro-kernel that many tokens wide
+        for n in range(1, step):
+            with b.if_then(b.icmp_signed("==", rest, i64c(n))):
+                groups(tok_main, n)
+    else:
+        with counted_loop(b, tok_main, n_tok, 1, name="tok1") as t:
+            groups(t, 1)
 
 
 def emit_matmul(
