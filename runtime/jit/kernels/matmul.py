@@ -42,7 +42,9 @@ WIDE_K_DEQUANT = True  # K super-blocks dequantized in 512-bit pieces on AVX-512
 # they are, each weight load shared by all of them, instead of one 1-token pass each (a switch for A/B runs).
 # Sapphire Rapids, 1 thread, rows in L2, 256×1024 Q4_K, GFLOP/s, before → after: 40 tokens 88.9 → 96.9, 16
 # tokens 69.7 → 79.3, 23 tokens 76.2 → 86.8; Q5_1 256×2048, 40 tokens 79.1 → 83.5. Prompts of 40 tokens, 2
-# threads, interleaved, tokens/s: 0.4B RWKV-6 Q4_K 239.7 → 261.2, 1.5B RWKV-7 Q4_K_M 67.7 → 75.9.
+# threads, interleaved, tokens/s: 0.4B RWKV-6 Q4_K 239.7 → 261.2, 1.5B RWKV-7 Q4_K_M 67.7 → 75.9. The extra
+# micro-kernels (whole tiles only) cost compile time once per model: 1.5B Q4_K_M loaded with an empty
+# kernel cache in 3.1-3.2 s before, 3.8-4.0 s after (with them for every row group too: 4.7-5.0 s).
 LEFTOVER_IN_ONE = True
 MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 
@@ -141,14 +143,16 @@ def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, arg
 
     with counted_loop(b, i64c(0), tok_main, step, name=f"tok{step}") as t:
         groups(t, step)
-    if LEFTOVER_IN_ONE:
-        # the last n_tok mod step tokens in one pass of a micro-kernel that many tokens wide
-        for n in range(1, step):
+    one_from = tok_main
+    if LEFTOVER_IN_ONE and count > MICRO_ROWS:
+        # whole tiles: 2 … step − 1 leftover tokens in one pass of a micro-kernel that many tokens wide (the
+        # leftover rows' groups keep 1-token passes: fewer micro-kernels to compile for the rare case)
+        for n in range(2, step):
             with b.if_then(b.icmp_signed("==", rest, i64c(n))):
                 groups(tok_main, n)
-    else:
-        with counted_loop(b, tok_main, n_tok, 1, name="tok1") as t:
-            groups(t, 1)
+        one_from = b.select(b.icmp_signed(">=", rest, i64c(2)), n_tok, tok_main)
+    with counted_loop(b, one_from, n_tok, 1, name="tok1") as t:
+        groups(t, 1)
 
 
 def emit_matmul(
