@@ -10,7 +10,8 @@ tokens_per_step() tokens at a time — that many accumulators of micro_lanes() f
 each weight and activation load shared by several FMAs — and reduces each accumulator once. The
 tokens of one step stay in cache while the micro-kernel walks the tile's row groups, so the
 activations are streamed once per tile rather than once per 4 rows. Leftover tokens go through one
-micro-kernel as many tokens wide (LEFTOVER_IN_ONE), leftover rows through 4-row and 1-row tiles.
+micro-kernel as many tokens wide (LEFTOVER_IN_ONE), leftover rows through 4-row and 1-row tiles. The
+micro-kernels are functions of their own, shared by every type's kernel of a row length (SHARED_MICRO).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ WIDE_K_DEQUANT = True  # K super-blocks dequantized in 512-bit pieces on AVX-512
 # micro-kernels (whole tiles only) cost compile time once per model: 1.5B Q4_K_M loaded with an empty
 # kernel cache in 3.1-3.2 s before, 3.8-4.0 s after (with them for every row group too: 4.7-5.0 s).
 LEFTOVER_IN_ONE = True
+# the micro-kernels as functions shared by every type's kernel of a row length (_micro_fn) instead of inlined
+# in each (a switch for A/B runs). 1.5B RWKV-7 Q4_K_M loaded with an empty kernel cache: 3.9-4.3 s inlined,
+# 3.2 s shared; prompts read as fast (2 threads, interleaved, tokens/s, inlined → shared: 0.4B RWKV-6 Q4_K 40
+# tokens 267.0 → 265.8, 128 tokens 301.8 → 304.1; 1.5B Q4_K_M 40 tokens 72.2 → 71.6)
+SHARED_MICRO = True
 MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 
 
@@ -95,6 +101,24 @@ def _micro(b: ir.IRBuilder, n_cols: int, accumulate: bool, rows: list[ir.Value],
         store_results(b, yrow, row0, [hsum(b, accs[i][j].get()) for i in range(len(rows))], accumulate)
 
 
+def _micro_fn(module: ir.Module, n_cols: int, accumulate: bool, n_rows: int, n_tokens: int) -> ir.Function:
+    """_micro as a function of its own, `void (float* row_0 … row_{n_rows-1}, float* X, i64 ldx, float* Y,
+    i64 ldy, i64 row0, i64 t0)`, defined once per module and shared by every type's kernel with rows of
+    `n_cols` values (it works on float rows: a tile, or F32 rows in place), so that a model's module holds
+    one copy of each instead of one per type (compile time)."""
+
+    def build(fn: ir.Function) -> None:
+        fn.attributes.add("noinline")
+        *rows, x, ldx, y, ldy, row0, t0 = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        _micro(b, n_cols, accumulate, rows, x, ldx, y, ldy, row0, t0, n_tokens)
+        b.ret_void()
+
+    name = f"matmul_micro_c{n_cols}_r{n_rows}_t{n_tokens}{'_acc' if accumulate else ''}"
+    fnty = ir.FunctionType(VOID, [F32P] * n_rows + [F32P, I64, F32P, I64, I64, I64])
+    return get_or_define(module, name, fnty, build)
+
+
 def _row_ptr(b: ir.IRBuilder, dtype: DType, n_cols: int, w: ir.Value, row0: ir.Value, i: ir.Value,
              buf: ir.Value) -> ir.Value:
     """float* to row row0 + i of the tile: in place for F32, else its dequantized copy in `buf`."""
@@ -139,7 +163,11 @@ def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, arg
     def groups(t: ir.Value, n: int) -> None:
         with counted_loop(b, 0, count, per_group, name="grp") as g:
             rows = [_row_ptr(b, dtype, n_cols, w, row0, b.add(g, i64c(j)), buf) for j in range(per_group)]
-            _micro(b, n_cols, accumulate, rows, x, ldx, y, ldy, b.add(row0, g), t, n)
+            if SHARED_MICRO:
+                micro = _micro_fn(b.module, n_cols, accumulate, per_group, n)
+                b.call(micro, [*rows, x, ldx, y, ldy, b.add(row0, g), t])
+            else:
+                _micro(b, n_cols, accumulate, rows, x, ldx, y, ldy, b.add(row0, g), t, n)
 
     with counted_loop(b, i64c(0), tok_main, step, name=f"tok{step}") as t:
         groups(t, step)
