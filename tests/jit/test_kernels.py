@@ -137,27 +137,32 @@ def test_matmul(lib: KernelLibrary, t: DType, n_tok: int, acc: bool) -> None:
 
 @pytest.mark.parametrize("t", [DType.Q4_0, DType.F16], ids=lambda t: t.name)
 @pytest.mark.parametrize("acc", [False, True], ids=["set", "acc"])
-@pytest.mark.parametrize("step", [None, 3], ids=["host-step", "avx2-step"])
-def test_matmul_every_count_of_leftover_tokens(lib: KernelLibrary, monkeypatch, t: DType, acc: bool,
-                                               step: int | None) -> None:
-    """n_tok from 1 to two whole steps and more: the tokens after the last whole step of
-    tokens_per_step() (every count from 0 to step − 1) come out as numpy's, the other rows untouched;
-    with this host's step and with AVX2's 3 (built here: the IR is legal on any host)."""
+@pytest.mark.parametrize("step", [3, 6], ids=["avx2-step", "avx512-step"])
+def test_matmul_every_count_of_leftover_tokens(monkeypatch, t: DType, acc: bool, step: int) -> None:
+    """n_tok from 0 to two whole steps and more, with AVX2's and AVX-512's tokens per step (built here: the
+    IR is legal on any host): the tokens after the last whole step (every count from 0 to step − 1; 2 or
+    more through a micro-kernel that wide, whose functions the module holds) come out as numpy's, for a
+    whole tile, a 4-row group and a single row; the other rows are untouched."""
     from runtime.jit.kernels import matmul
+    from runtime.jit.kernels.library import kernel_module
 
-    if step is not None:
-        monkeypatch.setattr(matmul, "tokens_per_step", lambda: step)
-        lib = make_test_library([(t, 64)], kinds=("matmul",), use_cache=False)
-    cols, step = 64, matmul.tokens_per_step()
-    raw, wd = _weights(t, ROWS, cols, 5)
-    for n_tok in range(1, 2 * step + 2):
+    monkeypatch.setattr(matmul, "tokens_per_step", lambda: step)
+    cols = 64
+    names = {g.name for g in kernel_module([(t, cols)], accumulate=acc).global_values}
+    assert {f"matmul_micro_c{cols}_r4_t{n}{'_acc' if acc else ''}" for n in range(1, step + 1)} <= names
+    lib = make_test_library([(t, cols)], accumulate=(acc,), kinds=("matmul",), use_cache=False)
+    lo, hi = 2, 2 + matmul.tile_rows(cols) + 4 + 1  # a whole tile, a 4-row group, a single row
+    rows = hi + 2
+    raw, wd = _weights(t, rows, cols, 5)
+    for n_tok in range(0, 2 * step + 2):
         rng = np.random.default_rng(100 + n_tok)
         x = rng.normal(size=(n_tok, cols)).astype(np.float32)
-        y = rng.normal(size=(n_tok, ROWS)).astype(np.float32)
+        y = rng.normal(size=(n_tok, rows)).astype(np.float32)
         y0 = y.copy()
-        lib.matmul(t, cols, acc)(raw.ctypes.data, x.ctypes.data, cols, y.ctypes.data, ROWS, n_tok, 2, 35)
-        _close(y[:, 2:35], x.astype(np.float64) @ wd[2:35].T + (y0[:, 2:35] if acc else 0))
-        assert np.array_equal(y[:, :2], y0[:, :2]) and np.array_equal(y[:, 35:], y0[:, 35:])
+        lib.matmul(t, cols, acc)(raw.ctypes.data, x.ctypes.data, cols, y.ctypes.data, rows, n_tok, lo, hi)
+        if n_tok:
+            _close(y[:, lo:hi], x.astype(np.float64) @ wd[lo:hi].T + (y0[:, lo:hi] if acc else 0))
+        assert np.array_equal(y[:, :lo], y0[:, :lo]) and np.array_equal(y[:, hi:], y0[:, hi:])
 
 
 @pytest.mark.parametrize("t", [DType.Q5_1, DType.F32], ids=lambda t: t.name)

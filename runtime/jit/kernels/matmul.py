@@ -9,9 +9,10 @@ hosts, dequant_lanes), then a register-blocked micro-kernel multiplies MICRO_ROW
 tokens_per_step() tokens at a time — that many accumulators of micro_lanes() floats,
 each weight and activation load shared by several FMAs — and reduces each accumulator once. The
 tokens of one step stay in cache while the micro-kernel walks the tile's row groups, so the
-activations are streamed once per tile rather than once per 4 rows. Leftover tokens go through one
-micro-kernel as many tokens wide (LEFTOVER_IN_ONE), leftover rows through 4-row and 1-row tiles. The
-micro-kernels are functions of their own, shared by every type's kernel of a row length (SHARED_MICRO).
+activations are streamed once per tile rather than once per 4 rows. The tokens after the last whole
+step (2 or more of them) go through one micro-kernel as many tokens wide (LEFTOVER_IN_ONE), a single one
+through the 1-token micro-kernel; leftover rows go through 4-row and 1-row tiles. The micro-kernels are
+functions of their own, shared by every type's kernel of a row length (SHARED_MICRO).
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ from runtime.quant.types import DType
 MICRO_ROWS = 4  # rows per micro-kernel step
 WIDE_K_DEQUANT = True  # K super-blocks dequantized in 512-bit pieces on AVX-512F hosts (a switch for A/B runs)
 # The tokens left over after whole steps (n_tok mod tokens_per_step()) go through one micro-kernel as wide as
-# they are, each weight load shared by all of them, instead of one 1-token pass each (a switch for A/B runs).
-# Sapphire Rapids, 1 thread, rows in L2, 256×1024 Q4_K, GFLOP/s, before → after: 40 tokens 88.9 → 96.9, 16
-# tokens 69.7 → 79.3, 23 tokens 76.2 → 86.8; Q5_1 256×2048, 40 tokens 79.1 → 83.5. Prompts of 40 tokens, 2
-# threads, interleaved, tokens/s: 0.4B RWKV-6 Q4_K 239.7 → 261.2, 1.5B RWKV-7 Q4_K_M 67.7 → 75.9. The extra
-# micro-kernels (whole tiles only) cost compile time once per model: 1.5B Q4_K_M loaded with an empty
-# kernel cache in 3.1-3.2 s before, 3.8-4.0 s after (with them for every row group too: 4.7-5.0 s).
+# they are, each weight load shared by all of them, instead of one 1-token pass each (a switch for A/B runs;
+# one leftover token still takes the 1-token pass). Sapphire Rapids, before → after, measured with the wide
+# passes inlined in every row group: 1 thread, rows in L2, 256×1024 Q4_K, GFLOP/s: 40 tokens 88.9 → 96.9, 16
+# tokens 69.7 → 79.3, 23 tokens 76.2 → 86.8; Q5_1 256×2048, 40 tokens 79.1 → 83.5; 40-token prompts, 2
+# threads, interleaved, tokens/s: 0.4B RWKV-6 Q4_K 239.7 → 261.2, 1.5B RWKV-7 Q4_K_M 67.7 → 75.9. As built now
+# (shared micro-kernels, SHARED_MICRO): 0.4B Q4_K 242.0 → 260.3, 1.5B Q4_K_M 65.8 → 71.6. Inlined, the extra
+# micro-kernels cost compile time once per model (1.5B Q4_K_M with an empty kernel cache: 3.1-3.2 s → 4.7-5.0
+# s); shared, none to speak of (3.2 s).
 LEFTOVER_IN_ONE = True
 # the micro-kernels as functions shared by every type's kernel of a row length (_micro_fn) instead of inlined
 # in each (a switch for A/B runs). 1.5B RWKV-7 Q4_K_M loaded with an empty kernel cache: 3.9-4.3 s inlined,
@@ -172,9 +175,9 @@ def _row_group(b: ir.IRBuilder, dtype: DType, n_cols: int, accumulate: bool, arg
     with counted_loop(b, i64c(0), tok_main, step, name=f"tok{step}") as t:
         groups(t, step)
     one_from = tok_main
-    if LEFTOVER_IN_ONE and count > MICRO_ROWS:
-        # whole tiles: 2 … step − 1 leftover tokens in one pass of a micro-kernel that many tokens wide (the
-        # leftover rows' groups keep 1-token passes: fewer micro-kernels to compile for the rare case)
+    if LEFTOVER_IN_ONE and count >= MICRO_ROWS:
+        # 2 … step − 1 leftover tokens in one pass of a micro-kernel that many tokens wide (tiles and 4-row
+        # groups; a single row, the rare rows left after those, keeps 1-token passes)
         for n in range(2, step):
             with b.if_then(b.icmp_signed("==", rest, i64c(n))):
                 groups(tok_main, n)
