@@ -46,14 +46,15 @@ WIDE_K_DEQUANT = True  # K super-blocks dequantized in 512-bit pieces on AVX-512
 # passes inlined in every row group: 1 thread, rows in L2, 256×1024 Q4_K, GFLOP/s: 40 tokens 88.9 → 96.9, 16
 # tokens 69.7 → 79.3, 23 tokens 76.2 → 86.8; Q5_1 256×2048, 40 tokens 79.1 → 83.5; 40-token prompts, 2
 # threads, interleaved, tokens/s: 0.4B RWKV-6 Q4_K 239.7 → 261.2, 1.5B RWKV-7 Q4_K_M 67.7 → 75.9. As built now
-# (shared micro-kernels, SHARED_MICRO): 0.4B Q4_K 242.0 → 260.3, 1.5B Q4_K_M 65.8 → 71.6. Inlined, the extra
-# micro-kernels cost compile time once per model (1.5B Q4_K_M with an empty kernel cache: 3.1-3.2 s → 4.7-5.0
-# s); shared, none to speak of (3.2 s).
+# (shared micro-kernels, SHARED_MICRO): 0.4B Q4_K 242.0 → 260.3, 1.5B Q4_K_M 65.8 → 71.6. The wider passes
+# cost compile time once per model: 1.5B Q4_K_M with an empty kernel cache, interleaved, 2.8-3.1 s without
+# them, 3.3-3.8 s with them (4.7-5.0 s when they were inlined in every type's kernel).
 LEFTOVER_IN_ONE = True
 # the micro-kernels as functions shared by every type's kernel of a row length (_micro_fn) instead of inlined
-# in each (a switch for A/B runs). 1.5B RWKV-7 Q4_K_M loaded with an empty kernel cache: 3.9-4.3 s inlined,
-# 3.2 s shared; prompts read as fast (2 threads, interleaved, tokens/s, inlined → shared: 0.4B RWKV-6 Q4_K 40
-# tokens 267.0 → 265.8, 128 tokens 301.8 → 304.1; 1.5B Q4_K_M 40 tokens 72.2 → 71.6)
+# in each (a switch for A/B runs). 1.5B RWKV-7 Q4_K_M loaded with an empty kernel cache, with the wider
+# leftover passes for whole tiles only: 3.9-4.3 s inlined, 3.2 s shared; prompts read as fast (2 threads,
+# interleaved, tokens/s, inlined → shared: 0.4B RWKV-6 Q4_K 40 tokens 267.0 → 265.8, 128 tokens 301.8 →
+# 304.1; 1.5B Q4_K_M 40 tokens 72.2 → 71.6)
 SHARED_MICRO = True
 MATMUL_TYPE = ir.FunctionType(VOID, [I8P, F32P, I64, F32P, I64, I64, I64, I64])
 
