@@ -389,8 +389,6 @@ class _Rwkv6Builder(ForwardBuilder):
         h0, h1 = split_range(b, spec.n_head, tid, n)
         hc0, hc1 = b.mul(h0, i64(N)), b.mul(h1, i64(N))
         m0, m1 = split_range(b, N_MIX * dm, tid, n)
-        d0, d1 = split_range(b, dd, tid, n)
-        w2_part = types[Mat.MAA_W2].nbytes((C, dm)) if ddlerp else 0
 
         def then(m: Mat, r0: ir.Value, r1: ir.Value) -> NextProduct | None:
             """What a barrier's waiting thread prefetches: this thread's rows of the product after it."""
@@ -428,9 +426,10 @@ class _Rwkv6Builder(ForwardBuilder):
             self._sync(b, barrier, n, then(Mat.MAA_W2, c0, c1))
             # m_j = W2_j·m[j] for this thread's channels, then x_j = x + sx·(maa_j + m_j) in place
             w2 = weight(Mat.MAA_W2)
+            part = types[Mat.MAA_W2].nbytes((C, dm))
             for j, region in enumerate(_MIX_REGIONS):
                 src = b.gep(reg(Region.HM), [i64(j * dm)], inbounds=True)
-                matrix(Mat.MAA_W2, src, N_MIX * dm, region, c0, c1, w=b.gep(w2, [i64(j * w2_part)], inbounds=True))
+                matrix(Mat.MAA_W2, src, N_MIX * dm, region, c0, c1, w=b.gep(w2, [i64(j * part)], inbounds=True))
             with counted_loop(b, i64(0), n_tok, name="t") as t:
                 xa, sx = reg_row(Region.XA, t), reg_row(Region.SX, t)
                 outs = [(vec(v), reg_row(r, t)) for v, r in zip(_MIX_VECS, _MIX_REGIONS, strict=True)]
@@ -445,6 +444,7 @@ class _Rwkv6Builder(ForwardBuilder):
                             (Mat.VALUE, Region.XV, Region.V), (Mat.GATE, Region.XG, Region.G)):
             matrix(m, reg(src), C, dst, c0, c1)
         if ddlerp:
+            d0, d1 = split_range(b, dd, tid, n)
             matrix(Mat.DECAY_W1, reg(Region.XW), C, Region.HD, d0, d1)
             with counted_loop(b, i64(0), n_tok, name="t") as t:
                 h = reg_row(Region.HD, t, dd)
