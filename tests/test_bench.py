@@ -182,6 +182,13 @@ def test_run_bench_measures_each_thread_count(small_bin):
         assert set(run.prompt_tok_s) == {16, 64, 256} and all(v > 0 for v in run.prompt_tok_s.values())
     assert set(r.bandwidth_gbs) == {1, 2} and set(r.stream_gbs) == {1, 2} and set(r.weights_gbs) == {1, 2}
     assert all(v > 0 for v in r.weights_gbs.values())
+    # the kernels-in-cache bound: a rate per matrix type and thread count, combined by the types' bytes
+    assert set(r.kernel_gbs) == {1, 2} and set(r.ceiling_gbs) == {1, 2}
+    assert all(set(rates) == set(r.type_bytes) for rates in r.kernel_gbs.values())
+    for n, rates in r.kernel_gbs.items():
+        assert min(rates.values()) <= r.ceiling_gbs[n] <= max(rates.values())
+    assert 0 < sum(r.type_bytes.values()) < r.bytes_per_token
+    assert any("rows in cache" in m for m in seen)
     assert r.file_bytes == small_bin.stat().st_size
     assert r.load_cold_s > 0 and r.load_warm_s > 0
     assert r.peak_rss_mb > 0
@@ -227,11 +234,14 @@ def test_cli_bench_prints_the_table(small_bin, capsys):
     assert cli(["bench", str(small_bin), "--threads", "1", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "weights read per decoded token" in out
+    flat = " ".join(out.split())  # rich folds long lines at the terminal's width
+    assert re.search(r"kernels with their rows in cache, 1 thread: Q5_1 [\d.]+", flat)
+    assert re.search(r"for this mix at most [\d.]+ GB/s = \d+% of best", flat)
     assert re.search(r"load: cold \(compiling\) [\d.]+ s, warm \(cached\) [\d.]+ s", out)
     row = next(line for line in out.splitlines() if re.match(r"\s*1\s+│", line))
     cells = [c.strip() for c in row.split("│")]
-    assert len(cells) == 9  # threads, decode, effective GB/s, % of sum, % of best, % of own pages, three prompts
-    assert float(cells[1]) > 0 and float(cells[2]) > 0 and all(c.endswith("%") for c in cells[3:6])
+    assert len(cells) == 10  # threads, decode, GB/s, % of sum, of best, of own pages, of kernels, three prompts
+    assert float(cells[1]) > 0 and float(cells[2]) > 0 and all(c.endswith("%") for c in cells[3:7])
     assert re.search(r"memory read, 1 thread: sum [\d.]+ GB/s, best [\d.]+ GB/s, the model's own pages [\d.]+ GB/s",
                      " ".join(out.split()))
     assert "peak RSS of a session" in out

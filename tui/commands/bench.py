@@ -36,6 +36,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   "the file that decoding reads, which a VM may place on slower or faster memory than a fresh "
                   "buffer. Decoding reads every weight once per token, so the % columns say how close decoding "
                   "comes to each)")
+    if r.type_bytes:
+        total = sum(r.type_bytes.values())
+        console.print("matrix types, share of the bytes a decoded token reads: " +
+                      ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in r.type_bytes.items()))
+    for n in sorted(r.kernel_gbs):
+        if not r.kernel_gbs[n]:
+            continue
+        line = (f"kernels with their rows in cache, {n} thread{'s' if n > 1 else ''}: "
+                + ", ".join(f"{t} {gbs:.1f}" for t, gbs in r.kernel_gbs[n].items()) + " GB/s")
+        if n in r.ceiling_gbs and n in r.stream_gbs:
+            line += (f"; for this mix at most {r.ceiling_gbs[n]:.1f} GB/s = "
+                     f"{100 * r.ceiling_gbs[n] / r.stream_gbs[n]:.0f}% of best")
+        console.print(line)
+    if r.kernel_gbs:
+        console.print("  (the other bound: how fast this CPU turns the weights into products with no memory traffic "
+                      "at all, each type timed on its largest matrix's rows. Where that is near or below the best "
+                      "read, the CPU and not the memory limits decoding)")
     table = Table(show_edge=False)
     table.add_column("threads", justify="right")
     table.add_column("decode ms/tok", justify="right")
@@ -43,6 +60,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table.add_column("% of sum", justify="right")
     table.add_column("% of best", justify="right")
     table.add_column("% of own pages", justify="right")
+    table.add_column("% of kernels", justify="right")
     for chunk in PROMPT_CHUNKS:
         table.add_column(f"prompt {chunk} tok/s", justify="right")
     for run in r.runs:
@@ -54,6 +72,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{100 * gbs / r.bandwidth_gbs[run.threads]:.0f}%",
             f"{100 * gbs / r.stream_gbs[run.threads]:.0f}%",
             f"{100 * gbs / r.weights_gbs[run.threads]:.0f}%",
+            f"{100 * gbs / r.ceiling_gbs[run.threads]:.0f}%" if run.threads in r.ceiling_gbs else "-",
             *(f"{run.prompt_tok_s[c]:.0f}" for c in PROMPT_CHUNKS),
         )
     console.print(table)
