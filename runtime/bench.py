@@ -6,12 +6,13 @@ a plain numpy sum (how the issue's reference figures were measured) and a compil
 prefetches ahead as the decode kernels do (runtime/jit/kernels/stream_read.py; on some machines it
 reads far more), so the decode rate can be read as a fraction of what the memory can deliver; and
 the compiled read once more over the model's own mapped pages, the bytes decoding reads
-(`weights_read_gbs`); and, for the other bound, how fast the model's own kernels compute with their
-rows in cache (runtime/kernel_ceiling.py). On a VM the host may back a file's page-cache pages and a fresh buffer with
+(`weights_read_gbs`): on a VM the host may back a file's page-cache pages and a fresh buffer with
 memory of different speed (here the same file decoded up to 2× slower depending on which pages held
 it), and then only the read of those same pages says what decoding could reach. Both are
 measured right before and right after each thread count's decoding (the better of the two kept), so a
 busy moment on a shared machine weighs on the rate and the figure it is compared with alike.
+After decoding, each thread count also times the model's own kernels with their rows in cache
+(runtime/kernel_ceiling.py): the other bound, how fast this CPU computes the products at all.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.jit.kernels.stream_read import STEP, stream_sum, stream_words_sum
-from runtime.kernel_ceiling import cached_kernel_rates, ceiling_gbs, type_shares
+from runtime.kernel_ceiling import MatrixShape, cached_kernel_rates, ceiling_gbs, matrix_shapes, rate_by_type
 from runtime.model.model import Model, load_model
 from runtime.pagecache import drop_cached_pages
 from runtime.threadcount import check_threads, default_threads
@@ -61,10 +62,24 @@ class BenchResult:
     huge_page_share: float | None = None  # of the mapped file after decoding (None: not known here)
     stream_gbs: dict[int, float] = field(default_factory=dict)  # threads → GB/s of the compiled read
     weights_gbs: dict[int, float] = field(default_factory=dict)  # threads → the same over the model's own pages
-    # the model's matrix types by their bytes per decoded token, most first (kernel_ceiling.type_shares)
+    # the block-kernel matrices' bytes per decoded token by type, most first (kernel_ceiling.matrix_shapes)
     type_bytes: dict[str, int] = field(default_factory=dict)
     kernel_gbs: dict[int, dict[str, float]] = field(default_factory=dict)  # threads → type → GB/s, rows in cache
     ceiling_gbs: dict[int, float] = field(default_factory=dict)  # threads → those rates combined by type_bytes
+
+    def kernel_ms(self, threads: int) -> float | None:
+        """ms a decode step's block-kernel matrices take at the kernels' in-cache rates on `threads`."""
+        rates = self.kernel_gbs.get(threads)
+        if not rates or any(t not in rates for t in self.type_bytes):
+            return None
+        return sum(n / rates[t] for t, n in self.type_bytes.items()) / 1e6
+
+
+def _bytes_by_type(shapes: list[MatrixShape]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in shapes:
+        out[s.dtype.name] = out.get(s.dtype.name, 0) + s.step_bytes
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _decoded_matrices(model: Model) -> set[str]:
@@ -259,7 +274,7 @@ def run_bench(
         model.close()
         model, warm = _timed_load(path, cache, counts[0])
         per_token = bytes_per_decoded_token(model)
-        shares = type_shares(model, _decoded_matrices(model))
+        shapes = matrix_shapes(model, _decoded_matrices(model))
         model.close()
         runs = []
         kernels: dict[int, dict[str, float]] = {}
@@ -283,8 +298,8 @@ def run_bench(
             huge = model.huge_page_share()
             report(f"{n} thread(s): timing the kernels with their rows in cache")
             rates = cached_kernel_rates(model, _decoded_matrices(model), n)
-            kernels[n] = {dtype.name: gbs for dtype, gbs in rates.items()}
-            top = ceiling_gbs(shares, rates)
+            kernels[n] = {dtype.name: gbs for dtype, gbs in rate_by_type(shapes, rates).items()}
+            top = ceiling_gbs(shapes, rates)
             if top is not None:
                 ceiling[n] = top
             for chunk in PROMPT_CHUNKS:
@@ -296,4 +311,4 @@ def run_bench(
         report("peak memory of a fresh session")
         peak = peak_rss_of_a_session(path, counts[-1], cache)
     return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream, weights,
-                       {s.dtype.name: s.step_bytes for s in shares}, kernels, ceiling)
+                       _bytes_by_type(shapes), kernels, ceiling)

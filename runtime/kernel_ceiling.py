@@ -3,109 +3,123 @@ could reach on this CPU, however fast the memory (`rwkv-tui bench` prints it bes
 
 Decoding one token reads every weight once, so its rate is bounded twice: by how fast the memory
 delivers the bytes (the compiled read, runtime/bench.py) and by how fast the kernels turn bytes into
-products. Where the kernel for a type is slower than the read, no memory tuning brings that type to the
-read's rate; this module measures that second bound on the machine at hand.
+products. Where the kernels for a file's types are about as fast as the read or slower, no memory
+tuning brings its decoding near the read's rate; this module measures that second bound on the
+machine at hand.
 
-`cached_kernel_rates(model, matrices, threads)` takes, for each weight type of the matrices a decode
-step reads (their stored rows a whole number of 32-value blocks: the block kernels), that type's
-matrix with the most bytes, copies about CACHED_BYTES of its first rows per thread (the file's real
-rows, repeated where the matrix is smaller; a small copy, in cache after the first pass) and times the
-matrix × vector kernel the model emits for that type and row length (matvec.emit_matvec), run over
-the copy again and again by a native loop, each thread on its own copy at once: GB/s of weight bytes,
-the best of `repeats`. Kernels the model uses only for some shapes (RWKV-7's grouped short Q8_0
-second factors, smallmat's odd row lengths) are not what is timed. `ceiling_gbs` combines the rates
-by the bytes each type holds in a decode step, as a step that spent bytes/rate on each type would.
+`matrix_shapes(model, matrices)` groups the matrices a decode step reads by weight type and row length
+(rows of whole 32-value blocks: the block kernels; smallmat's odd lengths are left out), each group
+with its bytes per step and its largest matrix. `cached_kernel_rates` copies about `cached_bytes()`
+of each group's largest matrix's first rows per thread (the file's real rows, repeated where the
+matrix is smaller; small enough to stay in the core's L2, or its share of one an SMT sibling shares)
+and times the matrix × vector kernel the model emits for that type and row length (matvec.emit_matvec,
+called, not inlined, again and again by a native loop, so no Python cost per pass), each thread on its
+own copy at once: GB/s of weight bytes, the best of `repeats`. RWKV-7's grouped short Q8_0 second
+factors are timed one factor at a time. `ceiling_gbs` combines the rates by the bytes each group holds
+in a step, as a step that spent bytes/rate on each would; `rate_by_type` does the same per type.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
+from runtime.errors import DamagedModelError
+from runtime.formats.tensors import LazyTensor
 from runtime.jit.engine import CompiledModule, compile_module
-from runtime.jit.irkit import F32P, I8P, I64, VOID, counted_loop, i64
-from runtime.jit.kernels.matvec import emit_matvec
+from runtime.jit.irkit import counted_loop, i64
+from runtime.jit.kernels.library import MATVEC_CTYPE
+from runtime.jit.kernels.matvec import MATVEC_TYPE, emit_matvec
+from runtime.jit.target import l2_cache_bytes
+from runtime.model.layout import aligned_zeros
 from runtime.model.model import Model
 from runtime.quant.types import DType
+from runtime.threadcount import check_threads
 
-CACHED_BYTES = 512 << 10  # rows per thread: inside a core's L2 on current x86 and Apple cores
+MAX_CACHED_BYTES = 512 << 10  # rows per thread, at most; a quarter of the L2 where that is less
 BLOCK_VALUES = 32  # the block kernels take rows of whole 32-value blocks (others go to smallmat)
+ROW_MULTIPLE = 16  # rows timed: a multiple of this, so every kernel walks whole groups of rows
 MIN_SECONDS = 0.02  # each timed round runs at least about this long per thread
 
 
 @dataclass(frozen=True)
-class TypeShare:
-    """One weight type of the matrices a decode step reads: its bytes per step, and the shape timed."""
+class MatrixShape:
+    """The matrices of one weight type and row length that a decode step reads: their bytes per step,
+    and the largest of them (the one whose rows are timed)."""
 
     dtype: DType
-    step_bytes: int
-    rows: int  # of the type's largest matrix (the one timed)
     n_cols: int
-    offset: int  # of that matrix in the file
+    step_bytes: int
+    name: str  # of the largest
+    rows: int
+    offset: int  # in the file
 
 
-def type_shares(model: Model, matrices: set[str]) -> list[TypeShare]:
-    """The weight types among `matrices` (tensor names a decode step reads whole) whose rows the block
-    kernels take, each with its bytes per step and its largest matrix; most bytes first."""
-    by_type: dict[DType, list] = {}
+def cached_bytes() -> int:
+    """Bytes of rows each thread times: MAX_CACHED_BYTES, or a quarter of the L2 where that is less (a
+    copy, x and the prefetches past its end stay in a 1 MB L2 two SMT siblings may share)."""
+    return min(MAX_CACHED_BYTES, l2_cache_bytes() // 4)
+
+
+def matrix_shapes(model: Model, matrices: Collection[str]) -> list[MatrixShape]:
+    """The (type, row length) groups of `matrices` (tensor names a decode step reads whole) whose rows the
+    block kernels take, most bytes first."""
+    groups: dict[tuple[DType, int], list[tuple[str, LazyTensor]]] = {}
     for name, t in model.tensors.items():
         if name in matrices and len(t.shape) >= 2 and t.shape[-1] % BLOCK_VALUES == 0:
-            by_type.setdefault(t.dtype, []).append(t)
-    shares = []
-    for dtype, tensors in by_type.items():
-        largest = max(tensors, key=lambda t: t.nbytes)
-        shares.append(TypeShare(dtype, sum(t.nbytes for t in tensors), math.prod(largest.shape[:-1]),
-                                largest.shape[-1], largest.offset))
-    return sorted(shares, key=lambda s: -s.step_bytes)
+            groups.setdefault((t.dtype, t.shape[-1]), []).append((name, t))
+    shapes = []
+    for (dtype, n_cols), members in groups.items():
+        name, largest = max(members, key=lambda m: m[1].nbytes)
+        shapes.append(MatrixShape(dtype, n_cols, sum(t.nbytes for _, t in members), name,
+                                  math.prod(largest.shape[:-1]), largest.offset))
+    return sorted(shapes, key=lambda s: (-s.step_bytes, s.dtype.name, s.n_cols))
 
 
-def _aligned_copy(data: np.ndarray) -> np.ndarray:
-    """`data` (uint8) copied to a 64-byte aligned buffer."""
-    raw = np.empty(data.nbytes + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64
-    out = raw[start : start + data.nbytes]
-    out[:] = data
-    return out
+def _repeat_name(dtype: DType, n_cols: int, accumulate: bool) -> str:
+    return f"repeat_matvec_{dtype.name.lower()}_c{n_cols}{'_acc' if accumulate else ''}"
 
 
-_REPEAT_CTYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                 ctypes.c_int64)
-
-
-def _repeat_name(dtype: DType, n_cols: int) -> str:
-    return f"repeat_matvec_{dtype.name.lower()}_c{n_cols}"
-
-
-def _repeating_kernels(shapes: list[tuple[DType, int]]) -> tuple[CompiledModule, dict[tuple[DType, int], Callable]]:
-    """Per (type, row length): `repeat(w, x, y, rows, times)`, native code that runs the model's matrix
-    × vector kernel over rows [0, rows) `times` times (one call per timing, so Python's per-call cost
-    and lock do not show in the figure); the callables are valid while the returned module is alive."""
+def repeating_kernels(shapes: Collection[tuple[DType, int]], accumulate: bool = False,
+                      ) -> tuple[CompiledModule, dict[tuple[DType, int], Callable[..., None]]]:
+    """Per (type, row length): `repeat(w, x, y, rows, times)`, native code that calls the model's matrix ×
+    vector kernel over rows [0, rows) `times` times (`accumulate`: y += W·x each time, for tests). The
+    kernel is kept out of line, so each pass is a whole call as in decoding, nothing hoisted out of the
+    loop. The callables are valid while the returned module is alive."""
     module = ir.Module(name="kernel_ceiling")
     for dtype, n_cols in shapes:
-        kernel = emit_matvec(module, dtype, n_cols, accumulate=False)
-        fn = ir.Function(module, ir.FunctionType(VOID, [I8P, F32P, F32P, I64, I64]), _repeat_name(dtype, n_cols))
+        kernel = emit_matvec(module, dtype, n_cols, accumulate=accumulate)
+        kernel.attributes.add("noinline")
+        fn = ir.Function(module, MATVEC_TYPE, _repeat_name(dtype, n_cols, accumulate))  # (w, x, y, rows, times)
         w, x, y, rows, times = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         with counted_loop(b, 0, times):
             b.call(kernel, [w, x, y, i64(0), rows])
         b.ret_void()
     compiled = compile_module(module)
-    return compiled, {shape: _REPEAT_CTYPE(compiled.address(_repeat_name(*shape))) for shape in shapes}
+    return compiled, {(d, c): MATVEC_CTYPE(compiled.address(_repeat_name(d, c, accumulate))) for d, c in shapes}
 
 
-def _rate(repeat: Callable, copies: list[np.ndarray], rows: int, x: np.ndarray, repeats: int) -> float:
-    """GB/s of `repeat`'s kernel over `rows` rows of each copy, one thread per copy at once; the best of
-    `repeats` rounds of about MIN_SECONDS."""
-    outs = [np.zeros(rows, dtype=np.float32) for _ in copies]
+def _aligned_copy(data: np.ndarray) -> np.ndarray:
+    """`data` copied to a 64-byte aligned buffer of its dtype."""
+    out = aligned_zeros(data.size, data.dtype)
+    out[:] = data.reshape(-1)
+    return out
+
+
+def _rate(repeat: Callable[..., None], copies: list[np.ndarray], rows: int, x: np.ndarray, repeats: int
+          ) -> tuple[float, bool]:
+    """(GB/s of `repeat`'s kernel over `rows` rows of each copy, one thread per copy at once, the best of
+    `repeats` rounds of about MIN_SECONDS; whether every product was finite)."""
+    outs = [aligned_zeros(rows, np.float32) for _ in copies]
     t0 = time.perf_counter()
-    repeat(copies[0].ctypes.data, x.ctypes.data, outs[0].ctypes.data, rows, 4)  # also brings it in cache
+    repeat(copies[0].ctypes.data, x.ctypes.data, outs[0].ctypes.data, rows, 4)
     times = max(2, int(MIN_SECONDS / max((time.perf_counter() - t0) / 4, 1e-7)))
 
     def run(i: int) -> None:
@@ -113,44 +127,57 @@ def _rate(repeat: Callable, copies: list[np.ndarray], rows: int, x: np.ndarray, 
 
     best = math.inf
     with cf.ThreadPoolExecutor(max_workers=len(copies)) as pool:
-        list(pool.map(run, range(len(copies))))  # every copy in its thread's cache
+        list(pool.map(run, range(len(copies))))  # a round untimed: the copies come into the caches
         for _ in range(repeats):
             t0 = time.perf_counter()
             list(pool.map(run, range(len(copies))))
             best = min(best, time.perf_counter() - t0)
-    if not all(np.isfinite(y).all() for y in outs):
-        raise RuntimeError(f"the {len(copies)}-thread kernel timing gave non-finite products")
-    return copies[0].nbytes * times * len(copies) / best / 1e9
+    return copies[0].nbytes * times * len(copies) / best / 1e9, all(bool(np.isfinite(y).all()) for y in outs)
 
 
-def cached_kernel_rates(model: Model, matrices: set[str], threads: int, repeats: int = 5) -> dict[DType, float]:
-    """GB/s of each weight type's matrix × vector kernel with its rows in cache on `threads` threads
-    (each on its own copy of about CACHED_BYTES of the type's largest matrix's rows), by type."""
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    shares = type_shares(model, matrices)
-    if not shares:
+def cached_kernel_rates(model: Model, matrices: Collection[str], threads: int, repeats: int = 5,
+                        ) -> dict[tuple[DType, int], float]:
+    """GB/s of the matrix × vector kernel of each (type, row length) group of `matrices` with its rows in
+    cache on `threads` threads (each on its own copy of about cached_bytes() of the group's largest
+    matrix's rows). A damaged matrix (products not finite) raises DamagedModelError naming it."""
+    check_threads(threads)
+    shapes = matrix_shapes(model, matrices)
+    if not shapes:
         return {}
-    compiled, kernels = _repeating_kernels([(s.dtype, s.n_cols) for s in shares])
+    compiled, kernels = repeating_kernels([(s.dtype, s.n_cols) for s in shapes])
     view = model.mapped_bytes()
     rng = np.random.default_rng(0)
     rates = {}
-    for s in shares:
+    for s in shapes:
         row_bytes = s.dtype.row_bytes(s.n_cols)
-        rows = max(1, CACHED_BYTES // row_bytes)  # the matrix's first rows, repeated where it has fewer
+        rows = max(1, cached_bytes() // row_bytes)
+        rows = rows // ROW_MULTIPLE * ROW_MULTIPLE or rows
         first = view[s.offset : s.offset + min(rows, s.rows) * row_bytes].reshape(-1, row_bytes)
-        block = np.resize(first, (rows, row_bytes))
-        copies = [_aligned_copy(block.reshape(-1)) for _ in range(threads)]
-        x = rng.standard_normal(s.n_cols).astype(np.float32)
-        rates[s.dtype] = _rate(kernels[(s.dtype, s.n_cols)], copies, rows, x, repeats)
-    del compiled  # the kernels' code is unmapped with it: no callable is used past this point
+        block = np.resize(first, (rows, row_bytes))  # the first rows, repeated where the matrix has fewer
+        copies = [_aligned_copy(block) for _ in range(threads)]
+        x = _aligned_copy(rng.standard_normal(s.n_cols).astype(np.float32))
+        rate, finite = _rate(kernels[(s.dtype, s.n_cols)], copies, rows, x, repeats)
+        if not finite:
+            raise DamagedModelError(model.path, f"{s.dtype.name} products of {s.name}")
+        rates[(s.dtype, s.n_cols)] = rate
+    del compiled  # the kernels' code goes with it: no callable is used past this point
     return rates
 
 
-def ceiling_gbs(shares: list[TypeShare], rates: dict[DType, float]) -> float | None:
-    """The GB/s of a step whose bytes of each type went at that type's rate (bytes over the sum of
-    bytes/rate), over the types `rates` has; None where it has none."""
-    timed = [s for s in shares if rates.get(s.dtype, 0) > 0]
-    if not timed:
+def ceiling_gbs(shapes: Collection[MatrixShape], rates: dict[tuple[DType, int], float]) -> float | None:
+    """The GB/s of a step whose bytes of each group went at that group's rate (bytes over the sum of
+    bytes/rate), over the groups `rates` has; None where it has none."""
+    timed = [s for s in shapes if rates.get((s.dtype, s.n_cols), 0) > 0]
+    if not timed or not sum(s.step_bytes for s in timed):
         return None
-    return sum(s.step_bytes for s in timed) / sum(s.step_bytes / rates[s.dtype] for s in timed)
+    return sum(s.step_bytes for s in timed) / sum(s.step_bytes / rates[(s.dtype, s.n_cols)] for s in timed)
+
+
+def rate_by_type(shapes: Collection[MatrixShape], rates: dict[tuple[DType, int], float]) -> dict[DType, float]:
+    """Each type's rate over all its row lengths (combined by bytes as in ceiling_gbs), most bytes first."""
+    out = {}
+    for dtype in dict.fromkeys(s.dtype for s in shapes):
+        rate = ceiling_gbs([s for s in shapes if s.dtype is dtype], rates)
+        if rate is not None:
+            out[dtype] = rate
+    return out

@@ -186,8 +186,10 @@ def test_run_bench_measures_each_thread_count(small_bin):
     assert set(r.kernel_gbs) == {1, 2} and set(r.ceiling_gbs) == {1, 2}
     assert all(set(rates) == set(r.type_bytes) for rates in r.kernel_gbs.values())
     for n, rates in r.kernel_gbs.items():
-        assert min(rates.values()) <= r.ceiling_gbs[n] <= max(rates.values())
+        assert min(rates.values()) * (1 - 1e-9) <= r.ceiling_gbs[n] <= max(rates.values()) * (1 + 1e-9)
+        assert r.kernel_ms(n) == pytest.approx(sum(r.type_bytes.values()) / r.ceiling_gbs[n] / 1e6)
     assert 0 < sum(r.type_bytes.values()) < r.bytes_per_token
+    assert list(r.type_bytes.values()) == sorted(r.type_bytes.values(), reverse=True)
     assert any("rows in cache" in m for m in seen)
     assert r.file_bytes == small_bin.stat().st_size
     assert r.load_cold_s > 0 and r.load_warm_s > 0

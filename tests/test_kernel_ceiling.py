@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 
 from runtime.bench import _decoded_matrices
+from runtime.errors import DamagedModelError
 from runtime.jit.kernels.library import make_test_library
 from runtime.kernel_ceiling import (
     BLOCK_VALUES,
-    TypeShare,
-    _repeating_kernels,
+    MatrixShape,
     cached_kernel_rates,
     ceiling_gbs,
-    type_shares,
+    matrix_shapes,
+    rate_by_type,
+    repeating_kernels,
 )
 from runtime.model.model import load_model
 from runtime.quant.types import DType
+from runtime.threadcount import ThreadCountError
 from tests.support.rwkvcpp_writer import write_v4_model
 from tests.support.synthetic import v4_state_dict
 
@@ -32,59 +35,86 @@ def model(tmp_path_factory):
         yield m
 
 
-def test_each_type_of_the_decoded_matrices_once_with_its_bytes_and_largest_matrix(model):
+def test_one_group_per_type_and_row_length_with_its_bytes_and_largest_matrix(model):
     matrices = _decoded_matrices(model)
-    shares = type_shares(model, matrices)
-    wanted = [t for name, t in model.tensors.items() if name in matrices and t.shape[-1] % BLOCK_VALUES == 0]
-    assert {s.dtype for s in shares} == {t.dtype for t in wanted}
-    assert [s.step_bytes for s in shares] == sorted((s.step_bytes for s in shares), reverse=True)
-    for s in shares:
-        of_type = [t for t in wanted if t.dtype is s.dtype]
-        assert s.step_bytes == sum(t.nbytes for t in of_type)
-        largest = max(of_type, key=lambda t: t.nbytes)
-        assert (s.offset, s.n_cols, s.rows) == (largest.offset, largest.shape[-1], math.prod(largest.shape[:-1]))
-    assert type_shares(model, set()) == []
+    shapes = matrix_shapes(model, matrices)
+    wanted = {name: t for name, t in model.tensors.items() if name in matrices and t.shape[-1] % BLOCK_VALUES == 0}
+    assert {(s.dtype, s.n_cols) for s in shapes} == {(t.dtype, t.shape[-1]) for t in wanted.values()}
+    assert len(shapes) >= 3  # Q5_1 rows of 64 and 256 values (att/ffn key, ffn value), the head's
+    assert [s.step_bytes for s in shapes] == sorted((s.step_bytes for s in shapes), reverse=True)
+    for s in shapes:
+        group = {n: t for n, t in wanted.items() if (t.dtype, t.shape[-1]) == (s.dtype, s.n_cols)}
+        assert s.step_bytes == sum(t.nbytes for t in group.values())
+        largest = wanted[s.name]
+        assert largest.nbytes == max(t.nbytes for t in group.values())
+        assert (s.offset, s.rows) == (largest.offset, math.prod(largest.shape[:-1]))
+    assert matrix_shapes(model, set()) == []
 
 
-def test_the_timed_loop_runs_the_models_kernel(model):
-    """The repeating wrapper computes what the stand-alone matvec computes on the same rows, however often
-    it repeats (y is overwritten, not accumulated)."""
-    s = type_shares(model, _decoded_matrices(model))[0]
-    row_bytes = s.dtype.row_bytes(s.n_cols)
-    rows = s.rows
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_the_timed_loop_calls_the_models_kernel_as_often_as_asked(model, accumulate):
+    """The repeating wrapper computes what the stand-alone matvec computes on the same rows, once per pass:
+    overwritten each pass, or (accumulating) added `times` times; 0 passes leave y alone."""
+    s = matrix_shapes(model, _decoded_matrices(model))[0]
+    rows, row_bytes = s.rows, s.dtype.row_bytes(s.n_cols)
     w = np.array(model.mapped_bytes()[s.offset : s.offset + rows * row_bytes])
     x = np.random.default_rng(1).standard_normal(s.n_cols).astype(np.float32)
     expected = np.zeros(rows, dtype=np.float32)
     library = make_test_library([(s.dtype, s.n_cols)], accumulate=(False,), kinds=("matvec",))
     library.matvec(s.dtype, s.n_cols)(w.ctypes.data, x.ctypes.data, expected.ctypes.data, 0, rows)
-    compiled, kernels = _repeating_kernels([(s.dtype, s.n_cols)])
-    repeat = kernels[(s.dtype, s.n_cols)]
-    for times in (1, 3):
-        y = np.full(rows, np.nan, dtype=np.float32)
-        repeat(w.ctypes.data, x.ctypes.data, y.ctypes.data, rows, times)
-        np.testing.assert_array_equal(y, expected)
     assert np.abs(expected).max() > 0
+    compiled, kernels = repeating_kernels([(s.dtype, s.n_cols)], accumulate=accumulate)
+    repeat = kernels[(s.dtype, s.n_cols)]
+    for times in (0, 1, 3):
+        y = np.zeros(rows, dtype=np.float32)
+        repeat(w.ctypes.data, x.ctypes.data, y.ctypes.data, rows, times)
+        want = expected * (times if accumulate else min(times, 1))
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     del compiled
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_every_type_gets_a_rate(model, threads):
+def test_every_group_gets_a_rate(model, threads, monkeypatch):
+    import runtime.kernel_ceiling as kc
+
     matrices = _decoded_matrices(model)
-    rates = cached_kernel_rates(model, matrices, threads, repeats=1)
-    assert set(rates) == {s.dtype for s in type_shares(model, matrices)}
-    assert all(math.isfinite(v) and v > 0 for v in rates.values())
+    shapes = matrix_shapes(model, matrices)
+    for limit in (kc.MAX_CACHED_BYTES, 4096):  # the matrices' rows repeated, and only their first rows
+        monkeypatch.setattr(kc, "MAX_CACHED_BYTES", limit)
+        rates = cached_kernel_rates(model, matrices, threads, repeats=1)
+        assert set(rates) == {(s.dtype, s.n_cols) for s in shapes}
+        assert all(math.isfinite(v) and v > 0 for v in rates.values())
+        assert set(rate_by_type(shapes, rates)) == {s.dtype for s in shapes}
 
 
-def test_threads_must_be_positive(model):
-    with pytest.raises(ValueError, match="threads must be at least 1"):
-        cached_kernel_rates(model, _decoded_matrices(model), 0)
+def test_thread_counts_are_checked(model):
+    for bad in (0, True, 10**6):
+        with pytest.raises(ThreadCountError):
+            cached_kernel_rates(model, _decoded_matrices(model), bad)
+
+
+def test_damaged_rows_are_named(model, monkeypatch):
+    """A matrix whose products are not finite is reported as a damaged file, naming the matrix."""
+    import runtime.kernel_ceiling as kc
+
+    monkeypatch.setattr(kc, "_rate", lambda *args: (1.0, False))
+    first = matrix_shapes(model, _decoded_matrices(model))[0]
+    with pytest.raises(DamagedModelError, match=f"{first.dtype.name} products of {first.name}.*inspect --verify"):
+        cached_kernel_rates(model, _decoded_matrices(model), 1)
+
+
+def _shape(dtype: DType, n_cols: int, nbytes: int) -> MatrixShape:
+    return MatrixShape(dtype, n_cols, nbytes, "m", 1, 0)
 
 
 def test_rates_combine_by_bytes_as_time_adds_up():
-    shares = [TypeShare(DType.Q2_K, 300, 1, 256, 0), TypeShare(DType.Q6_K, 100, 1, 256, 0),
-              TypeShare(DType.F16, 50, 1, 32, 0)]
-    # 300 bytes at 30 GB/s and 100 at 100 GB/s take 10 + 1 time units: 400 bytes / 11; F16 has no rate
-    assert ceiling_gbs(shares, {DType.Q2_K: 30.0, DType.Q6_K: 100.0}) == pytest.approx(400 / 11)
-    assert ceiling_gbs(shares, {DType.Q6_K: 100.0}) == pytest.approx(100.0)
-    assert ceiling_gbs(shares, {}) is None
-    assert ceiling_gbs([], {DType.Q2_K: 1.0}) is None
+    shapes = [_shape(DType.Q2_K, 2048, 300), _shape(DType.Q6_K, 2048, 100), _shape(DType.Q2_K, 1024, 60),
+              _shape(DType.F16, 32, 50)]
+    rates = {(DType.Q2_K, 2048): 30.0, (DType.Q6_K, 2048): 100.0, (DType.Q2_K, 1024): 20.0}
+    # 300 bytes at 30 GB/s, 100 at 100 and 60 at 20 take 10 + 1 + 3 time units; F16 has no rate
+    assert ceiling_gbs(shapes, rates) == pytest.approx(460 / 14)
+    assert rate_by_type(shapes, rates) == {DType.Q2_K: pytest.approx(360 / 13), DType.Q6_K: pytest.approx(100.0)}
+    assert list(rate_by_type(shapes, rates)) == [DType.Q2_K, DType.Q6_K]
+    assert ceiling_gbs(shapes, {(DType.Q6_K, 2048): 100.0}) == pytest.approx(100.0)
+    assert ceiling_gbs(shapes, {}) is None and rate_by_type(shapes, {}) == {}
+    assert ceiling_gbs([], rates) is None

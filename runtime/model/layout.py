@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
 
 MAX_THREADS = 64
 
@@ -49,3 +52,12 @@ def aligned_offsets(sizes: Iterable[tuple[enum.IntEnum, int]]) -> dict[enum.IntE
         out[region] = pos
         pos += (size + 15) // 16 * 16
     return out
+
+
+def aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
+    """n zeros of `dtype` starting on an `align`-byte boundary (scratch and argument blocks the compiled
+    code reads with aligned vector loads)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(n * itemsize + align, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % align
+    return raw[skip : skip + n * itemsize].view(dtype)

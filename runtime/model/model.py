@@ -29,18 +29,11 @@ from runtime.jit.engine import CompiledModule, compile_built
 from runtime.jit.release import release_compiler_pages
 from runtime.jit.threads import ThreadPool, new_barrier
 from runtime.model.arch.base import FLAG_STRIDE, FORWARD_NAME
-from runtime.model.layout import N_ARGS, Arg
+from runtime.model.layout import N_ARGS, Arg, aligned_zeros
 from runtime.model.loader import LoadedWeights, load_weights
 from runtime.model.state import State, StateError
 from runtime.pagecache import huge_mapped_fraction
 from runtime.threadcount import check_threads
-
-
-def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.zeros(n * itemsize + align, dtype=np.uint8)
-    skip = (-raw.ctypes.data) % align
-    return raw[skip : skip + n * itemsize].view(dtype)
 
 
 class Model:
@@ -68,9 +61,9 @@ class Model:
         release_compiler_pages()
         self._pool = ThreadPool(threads)
         self.threads = self._pool.n_threads
-        self._scratch = _aligned_zeros(self.spec.scratch_floats, np.float32)
+        self._scratch = aligned_zeros(self.spec.scratch_floats, np.float32)
         self._barrier = new_barrier()
-        self._args = _aligned_zeros(N_ARGS, np.int64)
+        self._args = aligned_zeros(N_ARGS, np.int64)
         self._lock = threading.Lock()
 
     @property
