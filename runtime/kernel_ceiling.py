@@ -12,8 +12,8 @@ machine at hand.
 with its bytes per step and its largest matrix. `cached_kernel_rates` copies about `cached_bytes()`
 of each group's largest matrix's first rows per thread (the file's real rows, repeated where the
 matrix is smaller; small enough to stay in the core's L2, or its share of one an SMT sibling shares)
-and times the matrix × vector kernel the model emits for that type and row length (matvec.emit_matvec,
-called, not inlined, again and again by a native loop, so no Python cost per pass), each thread on its
+and times the matrix × vector kernel the model emits for that type and row length, called again and
+again by a native loop (runtime/jit/kernels/walk.py: no Python cost per pass), each thread on its
 own copy at once: GB/s of weight bytes, the best of `repeats`. RWKV-7's grouped short Q8_0 second
 factors are timed one factor at a time. `ceiling_gbs` combines the rates by the bytes each group holds
 in a step, as a step that spent bytes/rate on each would; `rate_by_type` does the same per type.
@@ -28,14 +28,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
 
 from runtime.errors import DamagedModelError
 from runtime.formats.tensors import LazyTensor
-from runtime.jit.engine import CompiledModule, compile_module
-from runtime.jit.irkit import counted_loop, i64
-from runtime.jit.kernels.library import MATVEC_CTYPE
-from runtime.jit.kernels.matvec import MATVEC_TYPE, emit_matvec
+from runtime.jit.kernels.walk import build_walkers
 from runtime.jit.target import l2_cache_bytes
 from runtime.model.layout import aligned_zeros
 from runtime.model.model import Model
@@ -82,30 +78,6 @@ def matrix_shapes(model: Model, matrices: Collection[str]) -> list[MatrixShape]:
     return sorted(shapes, key=lambda s: (-s.step_bytes, s.dtype.name, s.n_cols))
 
 
-def _repeat_name(dtype: DType, n_cols: int, accumulate: bool) -> str:
-    return f"repeat_matvec_{dtype.name.lower()}_c{n_cols}{'_acc' if accumulate else ''}"
-
-
-def repeating_kernels(shapes: Collection[tuple[DType, int]], accumulate: bool = False,
-                      ) -> tuple[CompiledModule, dict[tuple[DType, int], Callable[..., None]]]:
-    """Per (type, row length): `repeat(w, x, y, rows, times)`, native code that calls the model's matrix ×
-    vector kernel over rows [0, rows) `times` times (`accumulate`: y += W·x each time, for tests). The
-    kernel is kept out of line, so each pass is a whole call as in decoding, nothing hoisted out of the
-    loop. The callables are valid while the returned module is alive."""
-    module = ir.Module(name="kernel_ceiling")
-    for dtype, n_cols in shapes:
-        kernel = emit_matvec(module, dtype, n_cols, accumulate=accumulate)
-        kernel.attributes.add("noinline")
-        fn = ir.Function(module, MATVEC_TYPE, _repeat_name(dtype, n_cols, accumulate))  # (w, x, y, rows, times)
-        w, x, y, rows, times = fn.args
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        with counted_loop(b, 0, times):
-            b.call(kernel, [w, x, y, i64(0), rows])
-        b.ret_void()
-    compiled = compile_module(module)
-    return compiled, {(d, c): MATVEC_CTYPE(compiled.address(_repeat_name(d, c, accumulate))) for d, c in shapes}
-
-
 def _aligned_copy(data: np.ndarray) -> np.ndarray:
     """`data` copied to a 64-byte aligned buffer of its dtype."""
     out = aligned_zeros(data.size, data.dtype)
@@ -113,17 +85,18 @@ def _aligned_copy(data: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rate(repeat: Callable[..., None], copies: list[np.ndarray], rows: int, x: np.ndarray, repeats: int
+def _rate(walk: Callable[..., None], copies: list[np.ndarray], rows: int, x: np.ndarray, repeats: int
           ) -> tuple[float, bool]:
-    """(GB/s of `repeat`'s kernel over `rows` rows of each copy, one thread per copy at once, the best of
+    """(GB/s of `walk`'s kernel over `rows` rows of each copy, one thread per copy at once, the best of
     `repeats` rounds of about MIN_SECONDS; whether every product was finite)."""
     outs = [aligned_zeros(rows, np.float32) for _ in copies]
+    addresses = [np.array([c.ctypes.data], dtype=np.int64) for c in copies]
     t0 = time.perf_counter()
-    repeat(copies[0].ctypes.data, x.ctypes.data, outs[0].ctypes.data, rows, 4)
+    walk(addresses[0].ctypes.data, 1, 4, x.ctypes.data, outs[0].ctypes.data, 0, rows)
     times = max(2, int(MIN_SECONDS / max((time.perf_counter() - t0) / 4, 1e-7)))
 
     def run(i: int) -> None:
-        repeat(copies[i].ctypes.data, x.ctypes.data, outs[i].ctypes.data, rows, times)
+        walk(addresses[i].ctypes.data, 1, times, x.ctypes.data, outs[i].ctypes.data, 0, rows)
 
     best = math.inf
     with cf.ThreadPoolExecutor(max_workers=len(copies)) as pool:
@@ -144,7 +117,7 @@ def cached_kernel_rates(model: Model, matrices: Collection[str], threads: int, r
     shapes = matrix_shapes(model, matrices)
     if not shapes:
         return {}
-    compiled, kernels = repeating_kernels([(s.dtype, s.n_cols) for s in shapes])
+    compiled, walkers = build_walkers([(s.dtype, s.n_cols) for s in shapes])
     view = model.mapped_bytes()
     rng = np.random.default_rng(0)
     rates = {}
@@ -156,7 +129,7 @@ def cached_kernel_rates(model: Model, matrices: Collection[str], threads: int, r
         block = np.resize(first, (rows, row_bytes))  # the first rows, repeated where the matrix has fewer
         copies = [_aligned_copy(block) for _ in range(threads)]
         x = _aligned_copy(rng.standard_normal(s.n_cols).astype(np.float32))
-        rate, finite = _rate(kernels[(s.dtype, s.n_cols)], copies, rows, x, repeats)
+        rate, finite = _rate(walkers[(s.dtype, s.n_cols)], copies, rows, x, repeats)
         if not finite:
             raise DamagedModelError(model.path, f"{s.dtype.name} products of {s.name}")
         rates[(s.dtype, s.n_cols)] = rate

@@ -1,16 +1,14 @@
-"""The kernels-in-cache bound `rwkv-tui bench` prints: which matrices it times, that it times the very
-kernel the model uses (same products), and how the per-type rates combine (not how fast they are)."""
+"""The kernels-in-cache bound `rwkv-tui bench` prints: which matrices it times, that every group gets a
+rate, errors, and how the rates combine (not how fast they are; the timing loop: tests/jit/test_walk.py)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from runtime.bench import _decoded_matrices
 from runtime.errors import DamagedModelError
-from runtime.jit.kernels.library import make_test_library
 from runtime.kernel_ceiling import (
     BLOCK_VALUES,
     MatrixShape,
@@ -18,7 +16,6 @@ from runtime.kernel_ceiling import (
     ceiling_gbs,
     matrix_shapes,
     rate_by_type,
-    repeating_kernels,
 )
 from runtime.model.model import load_model
 from runtime.quant.types import DType
@@ -49,28 +46,6 @@ def test_one_group_per_type_and_row_length_with_its_bytes_and_largest_matrix(mod
         assert largest.nbytes == max(t.nbytes for t in group.values())
         assert (s.offset, s.rows) == (largest.offset, math.prod(largest.shape[:-1]))
     assert matrix_shapes(model, set()) == []
-
-
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_the_timed_loop_calls_the_models_kernel_as_often_as_asked(model, accumulate):
-    """The repeating wrapper computes what the stand-alone matvec computes on the same rows, once per pass:
-    overwritten each pass, or (accumulating) added `times` times; 0 passes leave y alone."""
-    s = matrix_shapes(model, _decoded_matrices(model))[0]
-    rows, row_bytes = s.rows, s.dtype.row_bytes(s.n_cols)
-    w = np.array(model.mapped_bytes()[s.offset : s.offset + rows * row_bytes])
-    x = np.random.default_rng(1).standard_normal(s.n_cols).astype(np.float32)
-    expected = np.zeros(rows, dtype=np.float32)
-    library = make_test_library([(s.dtype, s.n_cols)], accumulate=(False,), kinds=("matvec",))
-    library.matvec(s.dtype, s.n_cols)(w.ctypes.data, x.ctypes.data, expected.ctypes.data, 0, rows)
-    assert np.abs(expected).max() > 0
-    compiled, kernels = repeating_kernels([(s.dtype, s.n_cols)], accumulate=accumulate)
-    repeat = kernels[(s.dtype, s.n_cols)]
-    for times in (0, 1, 3):
-        y = np.zeros(rows, dtype=np.float32)
-        repeat(w.ctypes.data, x.ctypes.data, y.ctypes.data, rows, times)
-        want = expected * (times if accumulate else min(times, 1))
-        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
-    del compiled
 
 
 @pytest.mark.parametrize("threads", [1, 2])
