@@ -5,7 +5,7 @@ the compiled read, with nothing of a decode step around it (no barriers, no othe
 
 For each type, copies of one random matrix of --shape fill a buffer of about --mb MB; every thread walks
 all the copies once in one native call (runtime/jit/kernels/walk.py), each its share of every matrix's
-rows, as decoding splits rows. The compiled read (as integers) runs over the same buffer on the same
+rows, as decoding splits rows. The compiled read (as integers) runs over the same buffer on as many
 threads, so all figures read the same memory. Interleaved over --rounds; the best of each is printed,
 as GB/s and as a share of the read.
 
@@ -19,8 +19,8 @@ steps of files of these types reached 60-80 % of the read.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,18 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.kernels import weight_bytes
 from runtime.jit.kernels.stream_read import STEP, stream_words_sum
 from runtime.jit.kernels.walk import build_walkers
+from runtime.model.layout import aligned_zeros
 from runtime.quant.types import DType
 from runtime.threadcount import check_threads
 
 
-def _timed(targets: list[tuple[Callable[..., object], tuple]]) -> float:
-    """Seconds for one thread per (function, args) to run at once (ctypes calls release the GIL)."""
-    workers = [threading.Thread(target=fn, args=args) for fn, args in targets]
+def _timed(pool: cf.ThreadPoolExecutor, targets: list[tuple[Callable[..., object], tuple]]) -> float:
+    """Seconds for `pool`'s threads to run every (function, args) at once (ctypes calls release the GIL);
+    an exception in any of them is raised here."""
     t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    futures = [pool.submit(fn, *args) for fn, args in targets]
+    for f in futures:
+        f.result()
     return time.perf_counter() - t0
 
 
@@ -57,27 +57,37 @@ def stream_rates(types: list[DType], rows: int, cols: int, threads: int, megabyt
     rng = np.random.default_rng(0)
     compiled, walkers = build_walkers([(t, cols) for t in types])
     mats = {t: weight_bytes(t, rows, cols, rng).reshape(-1) for t in types}
+    if megabytes < 1:
+        raise ValueError(f"the buffer must be at least 1 MiB, got {megabytes}")
+    unit = 4 * STEP * threads  # bytes: every thread's share of the read a whole number of STEPs
     size = max(megabytes << 20, 2 * max(m.nbytes for m in mats.values()))
-    words = np.ones(size // (4 * STEP * threads) * STEP * threads, dtype=np.uint32)  # touched: real pages
+    words = np.ones(-(-size // unit) * unit // 4, dtype=np.uint32)  # ones, not zeros: pages really mapped
     buf = words.view(np.uint8)
-    x = rng.standard_normal(cols).astype(np.float32)
-    ys = [np.zeros(rows, dtype=np.float32) for _ in range(threads)]
+    x = _aligned(rng.standard_normal(cols).astype(np.float32))
+    ys = [aligned_zeros(rows, np.float32) for _ in range(threads)]
     bounds = [(rows * i // threads, rows * (i + 1) // threads) for i in range(threads)]
     shares = np.split(words, threads)
     read, best = 0.0, dict.fromkeys(types, 0.0)
-    for _ in range(rounds):
-        read = max(read, words.nbytes / _timed([(stream_words_sum, (part,)) for part in shares]) / 1e9)
-        for t in types:
-            m = mats[t]
-            n = buf.nbytes // m.nbytes
-            buf[: n * m.nbytes].reshape(n, -1)[:] = m
-            addrs = np.array([buf.ctypes.data + i * m.nbytes for i in range(n)], dtype=np.int64)
-            walk = walkers[(t, cols)]
-            seconds = _timed([(walk, (addrs.ctypes.data, n, 1, x.ctypes.data, ys[i].ctypes.data, *bounds[i]))
-                              for i in range(threads)])
-            best[t] = max(best[t], n * m.nbytes / seconds / 1e9)
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in range(rounds):
+            read = max(read, words.nbytes / _timed(pool, [(stream_words_sum, (part,)) for part in shares]) / 1e9)
+            for t in types:
+                m = mats[t]
+                n = buf.nbytes // m.nbytes
+                buf[: n * m.nbytes].reshape(n, -1)[:] = m
+                addrs = np.array([buf.ctypes.data + i * m.nbytes for i in range(n)], dtype=np.int64)
+                walk = walkers[(t, cols)]
+                seconds = _timed(pool, [(walk, (addrs.ctypes.data, n, 1, x.ctypes.data, ys[i].ctypes.data,
+                                                *bounds[i])) for i in range(threads)])
+                best[t] = max(best[t], n * m.nbytes / seconds / 1e9)
     del compiled
     return read, best
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    out = aligned_zeros(a.size, a.dtype)
+    out[:] = a
+    return out
 
 
 def main() -> int:
@@ -85,7 +95,7 @@ def main() -> int:
     ap.add_argument("--types", default="q2_k,q3_k,q4_k,q5_k,q6_k,q5_1,q8_0")
     ap.add_argument("--shape", default="2048x2048", help="ROWSxCOLS of each matrix (default 2048x2048)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mb", type=int, default=1024, help="MB of the buffer (default 1024)")
+    ap.add_argument("--mb", type=int, default=1024, help="MiB of the buffer (default 1024)")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     rows, cols = map(int, args.shape.lower().split("x"))

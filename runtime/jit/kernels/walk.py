@@ -50,7 +50,7 @@ def build_walkers(shapes: Collection[tuple[DType, int]], accumulate: bool = Fals
                   ) -> tuple[CompiledModule, dict[tuple[DType, int], Callable[..., None]]]:
     """Compiled walkers for each (type, row length) of `shapes` (from the kernel cache where built before)."""
     module = ir.Module(name="walkers")
-    for dtype, n_cols in shapes:
+    for dtype, n_cols in dict.fromkeys(shapes):
         emit_walk(module, dtype, n_cols, accumulate)
     compiled = compile_module(module)
     return compiled, {(d, c): WALK_CTYPE(compiled.address(walk_name(d, c, accumulate))) for d, c in shapes}
