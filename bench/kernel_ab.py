@@ -7,9 +7,11 @@ Each variant is LABEL=SETTINGS, SETTINGS a comma-separated list of NAME=VALUE fo
 bench/kernel_costs.py knows (SWITCHES) or module.NAME=VALUE (a constant of runtime.jit.kernels.module);
 empty: the defaults. Every variant's kernels are compiled for this host first (the switches set while they
 are built), then every round times each type under each variant in turn, rows in L2 (about 512 KiB of
-one matrix called again and again), in CPU time of the calling thread, so that a busy moment on a shared
-machine lands on all of them alike. Printed per type and variant: the best and the median GB/s of weight
-bytes over the rounds, and the best's ratio to the first variant's.
+one matrix called again and again, batches of passes in one native call: runtime/jit/kernels/walk.py,
+the kernel out of line; until 2026-12-06 one Python call per pass, which read a few % lower), in CPU
+time of the calling thread, so that a busy moment on a shared machine lands on all of them alike.
+Printed per type and variant: the best and the median GB/s of weight bytes over the rounds, and the
+best's ratio to the first variant's.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.kernel_costs import L2_BYTES, SWITCHES
 from bench.kernels import weight_bytes
 from runtime.jit.engine import compile_module, prepare_module
-from runtime.jit.kernels.library import MATVEC_CTYPE
+from runtime.jit.kernels.walk import WALK_CTYPE, emit_walk, walk_name
 from runtime.quant.types import DType
 
 
@@ -51,8 +53,6 @@ def build(types: list[DType], cols: int, settings: dict[tuple[str, str], str]) -
     """The matvec kernels for `types` compiled with `settings` in force (restored afterwards)."""
     from llvmlite import ir
 
-    from runtime.jit.kernels import matvec
-
     saved = {}
     for (mod, name), value in settings.items():
         module = importlib.import_module(f"runtime.jit.kernels.{mod}")
@@ -63,25 +63,27 @@ def build(types: list[DType], cols: int, settings: dict[tuple[str, str], str]) -
         module = ir.Module(name="ab")
         prepare_module(module)
         for t in types:
-            matvec.emit_matvec(module, t, cols, linkage="external")
+            emit_walk(module, t, cols)
         compiled = compile_module(module, use_cache=False)
     finally:
         for (module, name), old in saved.items():
             setattr(module, name, old)
-    fns = {t: MATVEC_CTYPE(compiled.address(matvec.kernel_name("matvec", t, cols, False))) for t in types}
+    fns = {t: WALK_CTYPE(compiled.address(walk_name(t, cols, False))) for t in types}
     return compiled, fns
 
 
-def l2_gbs(fn: object, mat: np.ndarray, x: np.ndarray, y: np.ndarray, min_time: float) -> float:
-    """Best GB/s over calls of `fn` on `mat` (in L2) totalling `min_time` s of this thread's CPU time."""
-    calls, best, total = 20, float("inf"), 0.0
+def l2_gbs(walk: object, mat: np.ndarray, x: np.ndarray, y: np.ndarray, min_time: float) -> float:
+    """Best GB/s of batches of passes of the kernel over `mat` (in L2), each batch one native call
+    (runtime/jit/kernels/walk.py: no Python between passes), totalling `min_time` s of this thread's
+    CPU time."""
+    address = np.array([mat.ctypes.data], dtype=np.int64)
+    passes, best, total = 20, float("inf"), 0.0
     while total < min_time:
         t0 = time.thread_time()
-        for _ in range(calls):
-            fn(mat.ctypes.data, x.ctypes.data, y.ctypes.data, 0, mat.shape[0])
+        walk(address.ctypes.data, 1, passes, x.ctypes.data, y.ctypes.data, 0, mat.shape[0])
         dt = time.thread_time() - t0
         best, total = min(best, dt), total + dt
-    return mat.nbytes * calls / best / 1e9
+    return mat.nbytes * passes / best / 1e9
 
 
 def main() -> None:
