@@ -50,15 +50,15 @@ def _timed(pool: cf.ThreadPoolExecutor, targets: list[tuple[Callable[..., object
 def stream_rates(types: list[DType], rows: int, cols: int, threads: int, megabytes: int, rounds: int,
                  ) -> tuple[float, dict[DType, float]]:
     """(GB/s of the compiled read, GB/s of each type's kernel walking copies of its matrix), the best of
-    `rounds`. Everything reads the same buffer of about `megabytes` MB, refilled with each type's copies
+    `rounds`. Everything reads the same buffer of about `megabytes` MiB, refilled with each type's copies
     in turn: on a VM fresh buffers can sit on memory of different speed, and this keeps that out of the
     comparison."""
     check_threads(threads)
+    if megabytes < 1:
+        raise ValueError(f"the buffer must be at least 1 MiB, got {megabytes}")
     rng = np.random.default_rng(0)
     compiled, walkers = build_walkers([(t, cols) for t in types])
     mats = {t: weight_bytes(t, rows, cols, rng).reshape(-1) for t in types}
-    if megabytes < 1:
-        raise ValueError(f"the buffer must be at least 1 MiB, got {megabytes}")
     unit = 4 * STEP * threads  # bytes: every thread's share of the read a whole number of STEPs
     size = max(megabytes << 20, 2 * max(m.nbytes for m in mats.values()))
     words = np.ones(-(-size // unit) * unit // 4, dtype=np.uint32)  # ones, not zeros: pages really mapped
