@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.kernels import weight_bytes
 from runtime.jit.kernels.stream_read import STEP, stream_words_sum
 from runtime.jit.kernels.walk import build_walkers
-from runtime.model.layout import aligned_zeros
+from runtime.model.layout import aligned_copy, aligned_zeros
 from runtime.quant.types import DType
 from runtime.threadcount import check_threads
 
@@ -63,7 +63,7 @@ def stream_rates(types: list[DType], rows: int, cols: int, threads: int, megabyt
     size = max(megabytes << 20, 2 * max(m.nbytes for m in mats.values()))
     words = np.ones(-(-size // unit) * unit // 4, dtype=np.uint32)  # ones, not zeros: pages really mapped
     buf = words.view(np.uint8)
-    x = _aligned(rng.standard_normal(cols).astype(np.float32))
+    x = aligned_copy(rng.standard_normal(cols).astype(np.float32))
     ys = [aligned_zeros(rows, np.float32) for _ in range(threads)]
     bounds = [(rows * i // threads, rows * (i + 1) // threads) for i in range(threads)]
     shares = np.split(words, threads)
@@ -82,12 +82,6 @@ def stream_rates(types: list[DType], rows: int, cols: int, threads: int, megabyt
                 best[t] = max(best[t], n * m.nbytes / seconds / 1e9)
     del compiled
     return read, best
-
-
-def _aligned(a: np.ndarray) -> np.ndarray:
-    out = aligned_zeros(a.size, a.dtype)
-    out[:] = a
-    return out
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.jit.kernels.stream_read import STEP, stream_sum, stream_words_sum
-from runtime.kernel_ceiling import MatrixShape, cached_kernel_rates, ceiling_gbs, matrix_shapes, rate_by_type
+from runtime.kernel_ceiling import bytes_by_type, cached_kernel_rates, ceiling_gbs, matrix_shapes, rate_by_type
 from runtime.model.model import Model, load_model
 from runtime.pagecache import drop_cached_pages
 from runtime.threadcount import check_threads, default_threads
@@ -73,13 +73,6 @@ class BenchResult:
         if not rates or any(t not in rates for t in self.type_bytes):
             return None
         return sum(n / rates[t] for t, n in self.type_bytes.items()) / 1e6
-
-
-def _bytes_by_type(shapes: list[MatrixShape]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in shapes:
-        out[s.dtype.name] = out.get(s.dtype.name, 0) + s.step_bytes
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _decoded_matrices(model: Model) -> set[str]:
@@ -297,7 +290,7 @@ def run_bench(
             bandwidth[n], stream[n] = max(before[0], after[0]), max(before[1], after[1])
             huge = model.huge_page_share()
             report(f"{n} thread(s): timing the kernels with their rows in cache")
-            rates = cached_kernel_rates(model, _decoded_matrices(model), n)
+            rates = cached_kernel_rates(model, shapes, n)
             kernels[n] = {dtype.name: gbs for dtype, gbs in rate_by_type(shapes, rates).items()}
             top = ceiling_gbs(shapes, rates)
             if top is not None:
@@ -311,4 +304,4 @@ def run_bench(
         report("peak memory of a fresh session")
         peak = peak_rss_of_a_session(path, counts[-1], cache)
     return BenchResult(path, path.stat().st_size, per_token, bandwidth, cold, warm, peak, runs, huge, stream, weights,
-                       _bytes_by_type(shapes), kernels, ceiling)
+                       {t.name: n for t, n in bytes_by_type(shapes).items()}, kernels, ceiling)

@@ -9,10 +9,10 @@ machine at hand.
 
 `matrix_shapes(model, matrices)` groups the matrices a decode step reads by weight type and row length
 (rows of whole 32-value blocks: the block kernels; smallmat's odd lengths are left out), each group
-with its bytes per step and its largest matrix. `cached_kernel_rates` copies about `cached_bytes()`
-of each group's largest matrix's first rows per thread (the file's real rows, repeated where the
-matrix is smaller; small enough to stay in the core's L2, or its share of one an SMT sibling shares)
-and times the matrix × vector kernel the model emits for that type and row length, called again and
+with its bytes per step and its largest matrix. `cached_kernel_rates(model, shapes, threads)` copies
+about `cached_bytes()` of each group's largest matrix's first rows per thread (the file's real rows,
+repeated where the matrix is smaller; small enough to stay in the core's L2, or its share of one an
+SMT sibling shares) and times the matrix × vector kernel the model emits for that type and row length, called again and
 again by a native loop (runtime/jit/kernels/walk.py: no Python cost per pass), each thread on its
 own copy at once: GB/s of weight bytes, the best of `repeats`. RWKV-7's grouped short Q8_0 second
 factors are timed one factor at a time. `ceiling_gbs` combines the rates by the bytes each group holds
@@ -33,7 +33,7 @@ from runtime.errors import DamagedModelError
 from runtime.formats.tensors import LazyTensor
 from runtime.jit.kernels.walk import build_walkers
 from runtime.jit.target import l2_cache_bytes
-from runtime.model.layout import aligned_zeros
+from runtime.model.layout import aligned_copy, aligned_zeros
 from runtime.model.model import Model
 from runtime.quant.types import DType
 from runtime.threadcount import check_threads
@@ -78,13 +78,6 @@ def matrix_shapes(model: Model, matrices: Collection[str]) -> list[MatrixShape]:
     return sorted(shapes, key=lambda s: (-s.step_bytes, s.dtype.name, s.n_cols))
 
 
-def _aligned_copy(data: np.ndarray) -> np.ndarray:
-    """`data` copied to a 64-byte aligned buffer of its dtype."""
-    out = aligned_zeros(data.size, data.dtype)
-    out[:] = data.reshape(-1)
-    return out
-
-
 def _rate(walk: Callable[..., None], copies: list[np.ndarray], rows: int, x: np.ndarray, repeats: int
           ) -> tuple[float, bool]:
     """(GB/s of `walk`'s kernel over `rows` rows of each copy, one thread per copy at once, the best of
@@ -108,13 +101,13 @@ def _rate(walk: Callable[..., None], copies: list[np.ndarray], rows: int, x: np.
     return copies[0].nbytes * times * len(copies) / best / 1e9, all(bool(np.isfinite(y).all()) for y in outs)
 
 
-def cached_kernel_rates(model: Model, matrices: Collection[str], threads: int, repeats: int = 5,
+def cached_kernel_rates(model: Model, shapes: Collection[MatrixShape], threads: int, repeats: int = 5,
                         ) -> dict[tuple[DType, int], float]:
-    """GB/s of the matrix × vector kernel of each (type, row length) group of `matrices` with its rows in
-    cache on `threads` threads (each on its own copy of about cached_bytes() of the group's largest
-    matrix's rows). A damaged matrix (products not finite) raises DamagedModelError naming it."""
+    """GB/s of the matrix × vector kernel of each (type, row length) group of `shapes` (matrix_shapes of
+    `model`'s file) with its rows in cache on `threads` threads (each on its own copy of about
+    cached_bytes() of the group's largest matrix's rows). A damaged matrix (products not finite) raises
+    DamagedModelError naming it."""
     check_threads(threads)
-    shapes = matrix_shapes(model, matrices)
     if not shapes:
         return {}
     compiled, walkers = build_walkers([(s.dtype, s.n_cols) for s in shapes])
@@ -127,8 +120,8 @@ def cached_kernel_rates(model: Model, matrices: Collection[str], threads: int, r
         rows = rows // ROW_MULTIPLE * ROW_MULTIPLE or rows
         first = view[s.offset : s.offset + min(rows, s.rows) * row_bytes].reshape(-1, row_bytes)
         block = np.resize(first, (rows, row_bytes))  # the first rows, repeated where the matrix has fewer
-        copies = [_aligned_copy(block) for _ in range(threads)]
-        x = _aligned_copy(rng.standard_normal(s.n_cols).astype(np.float32))
+        copies = [aligned_copy(block) for _ in range(threads)]
+        x = aligned_copy(rng.standard_normal(s.n_cols).astype(np.float32))
         rate, finite = _rate(walkers[(s.dtype, s.n_cols)], copies, rows, x, repeats)
         if not finite:
             raise DamagedModelError(model.path, f"{s.dtype.name} products of {s.name}")
@@ -144,6 +137,14 @@ def ceiling_gbs(shapes: Collection[MatrixShape], rates: dict[tuple[DType, int], 
     if not timed or not sum(s.step_bytes for s in timed):
         return None
     return sum(s.step_bytes for s in timed) / sum(s.step_bytes / rates[(s.dtype, s.n_cols)] for s in timed)
+
+
+def bytes_by_type(shapes: Collection[MatrixShape]) -> dict[DType, int]:
+    """Each type's bytes per step over all its row lengths, most first."""
+    out: dict[DType, int] = {}
+    for s in shapes:
+        out[s.dtype] = out.get(s.dtype, 0) + s.step_bytes
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def rate_by_type(shapes: Collection[MatrixShape], rates: dict[tuple[DType, int], float]) -> dict[DType, float]:

@@ -56,7 +56,7 @@ def test_every_group_gets_a_rate(model, threads, monkeypatch):
     shapes = matrix_shapes(model, matrices)
     for limit in (kc.MAX_CACHED_BYTES, 4096):  # the matrices' rows repeated, and only their first rows
         monkeypatch.setattr(kc, "MAX_CACHED_BYTES", limit)
-        rates = cached_kernel_rates(model, matrices, threads, repeats=1)
+        rates = cached_kernel_rates(model, shapes, threads, repeats=1)
         assert set(rates) == {(s.dtype, s.n_cols) for s in shapes}
         assert all(math.isfinite(v) and v > 0 for v in rates.values())
         assert set(rate_by_type(shapes, rates)) == {s.dtype for s in shapes}
@@ -65,7 +65,7 @@ def test_every_group_gets_a_rate(model, threads, monkeypatch):
 def test_thread_counts_are_checked(model):
     for bad in (0, True, 10**6):
         with pytest.raises(ThreadCountError):
-            cached_kernel_rates(model, _decoded_matrices(model), bad)
+            cached_kernel_rates(model, matrix_shapes(model, _decoded_matrices(model)), bad)
 
 
 def test_damaged_rows_are_named(model, monkeypatch):
@@ -75,7 +75,7 @@ def test_damaged_rows_are_named(model, monkeypatch):
     monkeypatch.setattr(kc, "_rate", lambda *args: (1.0, False))
     first = matrix_shapes(model, _decoded_matrices(model))[0]
     with pytest.raises(DamagedModelError, match=f"{first.dtype.name} products of {first.name}.*inspect --verify"):
-        cached_kernel_rates(model, _decoded_matrices(model), 1)
+        cached_kernel_rates(model, matrix_shapes(model, _decoded_matrices(model)), 1)
 
 
 def _shape(dtype: DType, n_cols: int, nbytes: int) -> MatrixShape:

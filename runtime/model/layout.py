@@ -61,3 +61,10 @@ def aligned_zeros(n: int, dtype: Any, align: int = 64) -> np.ndarray:
     raw = np.zeros(n * itemsize + align, dtype=np.uint8)
     skip = (-raw.ctypes.data) % align
     return raw[skip : skip + n * itemsize].view(dtype)
+
+
+def aligned_copy(data: np.ndarray, align: int = 64) -> np.ndarray:
+    """`data`, flattened, copied to a buffer of its dtype that starts on an `align`-byte boundary."""
+    out = aligned_zeros(data.size, data.dtype, align)
+    out[:] = data.reshape(-1)
+    return out
