@@ -35,7 +35,6 @@ cached pages first, so that copies are timed as a converted or downloaded file i
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import importlib
 import os
@@ -49,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.app_streaming import cpu_name
-from bench.kernel_costs import SWITCHES
+from bench.kernel_costs import SWITCHES, switch_value
 from runtime.bench import bytes_per_decoded_token, stream_read_gbs, weights_read_gbs
 from runtime.jit.kernels.stream_read import STEP, stream_sum
 from runtime.model.loader import load_weights
@@ -75,7 +74,7 @@ def build_variant(settings: str, default_file: Path | None, threads: int) -> Mod
                 if not hasattr(module, attr):
                     raise SystemExit(f"{module_name} has no constant {attr}")
                 changed.append((module, attr, getattr(module, attr)))
-                setattr(module, attr, ast.literal_eval(value))
+                setattr(module, attr, switch_value(getattr(module, attr), value))
         if path is None:
             raise SystemExit(f"no model file for variant '{settings}': give --model or file:PATH")
         weights = load_weights(path)

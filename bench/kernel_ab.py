@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.kernel_costs import L2_BYTES, SWITCHES
+from bench.kernel_costs import L2_BYTES, SWITCHES, switch_value
 from bench.kernels import weight_bytes
 from runtime.jit.engine import compile_module, prepare_module
 from runtime.jit.kernels.walk import WALK_CTYPE, emit_walk, walk_name
@@ -58,7 +58,7 @@ def build(types: list[DType], cols: int, settings: dict[tuple[str, str], str]) -
         module = importlib.import_module(f"runtime.jit.kernels.{mod}")
         saved[(module, name)] = getattr(module, name)
         old = saved[(module, name)]
-        setattr(module, name, type(old)(int(value)) if isinstance(old, (bool, int)) else type(old)(value))
+        setattr(module, name, switch_value(old, value))
     try:
         module = ir.Module(name="ab")
         prepare_module(module)

@@ -371,9 +371,24 @@ SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS":
             "USE_GFNI": "matvec_kquant_int", "PREFETCH_LOCALITY": "matvec_kquant_int",
             "SCALES_IN_QWORDS": "dequant_k", "BIAS_IN_XSUM": "matvec_kquant_int",
             "LANE_MAJOR": "matvec_kquant_int", "LANE_MASKS": "matvec_kquant_int",
-            "LOW_FROM_HIGH": "matvec_kquant_int",
+            "LOW_FROM_HIGH": "matvec_kquant_int", "BYTE_X_TYPES": "matvec_kquant_int",
             "ROW_STREAMS": "matvec", "STREAM_TARGET": "matvec_int16", "FLOAT_STREAMS": "matvec",
             "FLOAT_STREAM_AHEAD": "matvec"}
+
+
+def switch_value(old: object, text: str) -> object:
+    """A switch's new value from the command line's text, typed as its current value `old`: a set of
+    weight types as names joined by "+" (q2_k+q3_k; empty: none), an int or bool as an integer, anything
+    else (None, floats) as a Python literal."""
+    import ast
+
+    from runtime.quant.types import DType
+
+    if isinstance(old, frozenset):
+        return frozenset(DType.parse(name) for name in text.split("+") if name)
+    if isinstance(old, (bool, int)):
+        return type(old)(int(text))
+    return ast.literal_eval(text)
 
 
 def apply_switches(switches: dict[str, int]) -> None:

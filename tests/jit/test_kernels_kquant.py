@@ -154,6 +154,59 @@ def test_matvec_with_a_kernel_switch_off(monkeypatch: pytest.MonkeyPatch, switch
         _close(y, wd @ x, matvec_bound(raw, t, x))
 
 
+def byte_bound(raw: np.ndarray, t: DType, x: np.ndarray) -> np.ndarray:
+    """int16_bound for x quantized to one signed byte per value, scaled per sub-block (matvec_kquant_int's
+    BYTE_X_TYPES): at most 0.5·s·Σ_j |scale·q_j| per sub-block, s = max|x| / BYTE_XMAX over its 16 or 32
+    values."""
+    from runtime.jit.kernels.dequant_k import sub_size
+    from runtime.jit.kernels.matvec_kquant_int import BYTE_XMAX
+
+    size = sub_size(t)
+    n = x.size // size
+    part = np.abs(code_part(raw, t)).reshape(raw.shape[0], n, size).sum(axis=2)
+    big = np.abs(x.astype(np.float64).reshape(n, size)).max(axis=1)
+    per_unit = np.where(big >= TINY, (0.5 + 2.0**-10) * big / BYTE_XMAX, big)
+    return (part * per_unit).sum(axis=1)
+
+
+def test_matvec_with_x_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BYTE_X_TYPES (off by default; a precision trade left to the owners): the lane-major types listed
+    compute W·x within byte_bound, and not as the int16 kernel does (the switch takes effect); the other
+    types keep the int16 kernel exactly."""
+    from runtime.jit.kernels import matvec_kquant_int
+    from runtime.jit.kernels.matvec_int16 import host_variant
+
+    assert not matvec_kquant_int.BYTE_X_TYPES
+    variant = host_variant()
+    lane_major = [t for t in TYPES if variant is not None and matvec_kquant_int.lane_codes(t, variant) is not None]
+    if not lane_major:
+        pytest.skip("no K type takes the lane-major kernel on this host")
+    cols = 512
+    x = np.random.default_rng(9).normal(size=cols).astype(np.float32)
+    x[16:32] *= 1e-3  # a sub-block of x at another scale, inside a block of 32
+    x[96:112] = 0.0
+
+    def products() -> dict[DType, np.ndarray]:
+        lib = make_test_library([(t, cols) for t in TYPES], accumulate=(False,), kinds=("matvec",), use_cache=False)
+        out = {}
+        for t in TYPES:
+            raw, _ = weights(t, ROWS, cols, 13 + int(t))
+            out[t] = np.zeros(ROWS, np.float32)
+            lib.matvec(t, cols)(raw.ctypes.data, x.ctypes.data, out[t].ctypes.data, 0, ROWS)
+        return out
+
+    words = products()
+    monkeypatch.setattr(matvec_kquant_int, "BYTE_X_TYPES", frozenset(TYPES))
+    in_bytes = products()
+    for t in TYPES:
+        raw, wd = weights(t, ROWS, cols, 13 + int(t))
+        if t in lane_major:
+            _close(in_bytes[t], wd @ x, byte_bound(raw, t, x))
+            assert not np.array_equal(in_bytes[t], words[t]), t.name
+        else:
+            assert np.array_equal(in_bytes[t], words[t]), t.name
+
+
 def test_rows_of_other_lengths_are_refused() -> None:
     for t in TYPES:
         with pytest.raises(ValueError, match="multiple of 256"):

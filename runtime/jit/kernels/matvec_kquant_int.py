@@ -134,6 +134,18 @@ LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K})
 # either 512-bit port) and the field's 2^shift is taken out of sx per 16 once per call, instead of a shift to
 # bit 0 (vgf2p8affineqb, port 0 only, where the vpdpbusd run) (a switch for A/B runs)
 LANE_MASKS = True
+# Lane-major types whose x is quantized to one signed byte per value, scaled per sub-block (X8 = round(x / s),
+# s = max|x| / 127 over the sub-block's 16 or 32 values), instead of int16 in two bytes: one vpdpbusd chain per
+# super-block and row instead of two, and no ·256. A precision trade (the activation error grows about 250
+# times, to llama.cpp's Q8_K order but per 16 or 32 values instead of 256), so empty by default: an owners' call
+# (a switch for A/B runs: bench/kernel_ab.py, bench/decode_ab.py `BYTE_X_TYPES=q2_k+q3_k`). Zen 4 (EPYC, family 25
+# model 17, 3.67 GHz), interleaved: one thread, rows in L2, 2048 columns, GB/s Q2_K 14.5 → 18.1, Q3_K 13.6 → 16.5,
+# Q4_K 22.1 → 27.9, Q5_K 21.9 → 27.1; decoding, 2 threads, ms/token (lower quartile) 1.5B RWKV-7 Q2_K 21.55 →
+# 18.18, Q3_K 26.40 → 23.20; 0.4B RWKV-6 Q2_K 7.79 → 6.98, Q3_K 9.05 → 8.28, Q4_K 9.13 → 8.67, Q5_K 10.25 → 10.16.
+# Logits of random-weight models of those shapes against their F16 files (48 tokens): mean KL Q2_K 0.26842 →
+# 0.26849 (1.5B) and 0.26863 → 0.26948 (0.4B), Q3_K 0.09649 → 0.09677 and 0.10792 → 0.10832.
+BYTE_X_TYPES: frozenset[DType] = frozenset()
+BYTE_XMAX = 127.0
 
 
 def chunk_width(variant: Variant) -> int:
@@ -148,8 +160,9 @@ class _PreparedX:
     sx per 16 values (`sx` itself where size is 16)."""
 
     def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None,
-                 xsum_factor: float = 1.0, lanes: LaneCodes | None = None) -> None:
+                 xsum_factor: float = 1.0, lanes: LaneCodes | None = None, byte_x: bool = False) -> None:
         self.pattern = pattern
+        self.byte_x = byte_x
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
         self.xl = stack_array(b, I8, n_cols, align=64, name="xl")
         self.size = size
@@ -160,8 +173,6 @@ class _PreparedX:
         fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
         vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
         rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
-        cvt = intrinsic(mod, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
-        v8i8 = ir.VectorType(I8, VL)
         with counted_loop(b, 0, n_cols // GROUP, name="xq") as k:
             base = b.mul(k, i64c(GROUP))
             parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
@@ -181,16 +192,52 @@ class _PreparedX:
             if self.sx16 is not self.sx:
                 for i in range(GROUP // SUB):
                     b.store(sx, b.gep(self.sx16, [b.add(b.mul(k, i64c(GROUP // SUB)), i64c(i))], inbounds=True))
-            inv_v = splat(b, inv)
-            for j, p in enumerate(parts):
-                q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
-                lo = b.trunc(q, v8i8)  # the low byte, read as signed
-                hi = b.trunc(b.ashr(b.sub(q, b.sext(lo, q.type)), splat_const(q.type, 8)), v8i8)
-                at = b.add(base, i64c(VL * j))
-                for arr, v in ((self.xl, lo), (self.xh, hi)):
-                    b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
+            if byte_x:
+                self._bytes(b, k, parts)
+            else:
+                self._words(b, base, parts, inv)
         if lanes is not None:
             self._to_lane_major(b, n_cols, lanes)
+
+    def _words(self, b: ir.IRBuilder, base: ir.Value, parts: list[ir.Value], inv: ir.Value) -> None:
+        """The block at value `base` (its four <8 x float> `parts`) as int16 X = round(x·inv), stored as
+        its two signed bytes in `xh` and `xl`."""
+        cvt = intrinsic(b.module, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
+        v8i8 = ir.VectorType(I8, VL)
+        inv_v = splat(b, inv)
+        for j, p in enumerate(parts):
+            q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
+            lo = b.trunc(q, v8i8)  # the low byte, read as signed
+            hi = b.trunc(b.ashr(b.sub(q, b.sext(lo, q.type)), splat_const(q.type, 8)), v8i8)
+            at = b.add(base, i64c(VL * j))
+            for arr, v in ((self.xl, lo), (self.xh, hi)):
+                b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
+
+    def _bytes(self, b: ir.IRBuilder, k: ir.Value, parts: list[ir.Value]) -> None:
+        """Block k (its four <8 x float> `parts`) as one signed byte per value in `xl`, scaled per sub-block
+        (`size` values: a lane of the lane-major kernel meets one sub-block): sx16 = max|x| / BYTE_XMAX over
+        the sub-block, for each 16 of it (overwriting the per-32 sx16 stored above)."""
+        mod = b.module
+        fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
+        vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
+        rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
+        cvt = intrinsic(mod, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
+        v8i8 = ir.VectorType(I8, VL)
+        per = self.size // VL
+        for part in range(GROUP // self.size):
+            mine = parts[part * per:(part + 1) * per]
+            big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in mine], lambda p, q: b.call(vmax, [p, q]))])
+            inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
+                           b.fdiv(ir.Constant(F32, BYTE_XMAX), big), ir.Constant(F32, 0.0))
+            sx = b.fmul(big, ir.Constant(F32, 1.0 / BYTE_XMAX))
+            for i in range(self.size // SUB):
+                at16 = b.add(b.mul(k, i64c(GROUP // SUB)), i64c(part * self.size // SUB + i))
+                b.store(sx, b.gep(self.sx16, [at16], inbounds=True))
+            inv_v = splat(b, inv)
+            for j, p in enumerate(mine):
+                q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), v8i8)
+                at = b.add(b.mul(k, i64c(GROUP)), i64c(self.size * part + VL * j))
+                b.store(q, b.bitcast(b.gep(self.xl, [at], inbounds=True), v8i8.as_pointer()), align=8)
 
     def _to_lane_major(self, b: ir.IRBuilder, n_cols: int, lanes: LaneCodes) -> None:
         """Reorder each super-block's Xh and Xl as LaneCodes reads its codes (chunk c, lane L: values
@@ -202,7 +249,7 @@ class _PreparedX:
         scaled = any(f != 1.0 for f in factors)
         with counted_loop(b, 0, n_cols // SUPER, name="xlane") as k:
             at = b.mul(k, i64c(SUPER))
-            for arr in (self.xh, self.xl):
+            for arr in (self.xl,) if self.byte_x else (self.xh, self.xl):
                 ptr = b.bitcast(b.gep(arr, [at], inbounds=True), v64.as_pointer())
                 b.store(shuffle(b, b.load(ptr, align=64), ir.Constant(v64, None), order), ptr, align=64)
             if scaled:
@@ -481,6 +528,12 @@ class _RowDot:
         ity = ir.VectorType(I32, SUPER // SUB)
         fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", ity, [ity, ity, ity])
         sources = self.lanes.sources(b, ptr)
+        if prep.byte_x:
+            dot = ir.Constant(ity, None)
+            for c, (_, xl) in enumerate(xs):
+                dot = b.call(fn, [dot, b.bitcast(self.lanes.codes(b, ptr, sources, c), ity), xl])
+            self._add_sums(k, dot, sub)
+            return
         high = ir.Constant(ity, None)
         codes = []
         for c, (xh, _) in enumerate(xs):
@@ -518,7 +571,8 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
     pattern = shift_pattern(b, width) if SHIFT_BY_SHUFFLE and variant.vnni else None
     factor = -float(code_bias(dtype)) if BIAS_IN_XSUM and code_bias(dtype) else 1.0
     lanes = lane_codes(dtype, variant)
-    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor, lanes)
+    prep = _PreparedX(b, x, n_cols, sub_size(dtype), pattern, factor, lanes,
+                      byte_x=lanes is not None and dtype in BYTE_X_TYPES)
     row_bytes = dtype.row_bytes(n_cols)
 
     def emit(first: ir.Value, count: int, stride: ir.Value | None = None) -> None:
