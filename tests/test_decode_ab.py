@@ -38,6 +38,25 @@ def test_switches_by_short_name_are_set_only_while_a_variant_is_built(small_f16,
         decode_ab.build_variant("F16_BY_SHIFTS=0", None, 1)
 
 
+def test_a_set_of_weight_types_is_given_as_names_joined_by_plus(small_f16, monkeypatch) -> None:
+    from runtime.jit.kernels import matvec_kquant_int
+
+    seen = []
+    real = decode_ab.load_weights
+
+    def spy(path):
+        seen.append(matvec_kquant_int.BYTE_X_TYPES)
+        return real(path)
+
+    monkeypatch.setattr(decode_ab, "load_weights", spy)
+    for text in ("BYTE_X_TYPES=q2_k+q3_k", "BYTE_X_TYPES="):
+        decode_ab.build_variant(text, small_f16, 1).close()
+    assert seen == [frozenset({DType.Q2_K, DType.Q3_K}), frozenset()]
+    assert not matvec_kquant_int.BYTE_X_TYPES
+    with pytest.raises(ValueError, match="q9_k"):
+        decode_ab.build_variant("BYTE_X_TYPES=q2_k+q9_k", small_f16, 1)
+
+
 def test_omit_on_a_file_without_bench_only_parts_is_refused_with_a_message(small_f16) -> None:
     with pytest.raises(SystemExit, match="omit: needs an RWKV-6 or RWKV-7 file"):
         decode_ab.build_variant("omit:matrices", small_f16, 1)
