@@ -50,6 +50,7 @@ Variants (runtime/jit/kernels/matvec_int16.Variant for Q4/Q5/Q8_0, matvec.py for
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -378,31 +379,28 @@ SWITCHES = {"PREFETCH_BYTES": "matvec", "FLOAT_ROWS": "matvec", "F16_BY_SHIFTS":
 
 def switch_value(old: object, text: str) -> object:
     """A switch's new value from the command line's text, typed as its current value `old`: a set of
-    weight types as names joined by "+" (q2_k+q3_k; empty: none), an int or bool as an integer, anything
-    else (None, floats) as a Python literal."""
+    weight types as names joined by "+" (q2_k+q3_k; empty: none), anything else as a Python literal
+    (1, True, 2304, 0.5), made an int or a bool where `old` is one."""
     import ast
 
     from runtime.quant.types import DType
 
     if isinstance(old, frozenset):
         return frozenset(DType.parse(name) for name in text.split("+") if name)
-    if isinstance(old, (bool, int)):
-        return type(old)(int(text))
-    return ast.literal_eval(text)
+    value = ast.literal_eval(text)
+    return type(old)(value) if isinstance(old, (bool, int)) else value
 
 
-def apply_switches(switches: dict[str, int]) -> None:
-    """Set the kernel modules' switches (SWITCHES) before anything is built."""
-    import importlib
-
+def apply_switches(switches: dict[str, int | str]) -> None:
+    """Set the kernel modules' switches (SWITCHES) before anything is built, each value as switch_value
+    reads its text (None, a switch chosen per CPU unless set, takes the value as given)."""
     for name, value in switches.items():
         module = importlib.import_module(f"runtime.jit.kernels.{SWITCHES[name]}")
-        old = getattr(module, name)
-        setattr(module, name, value if old is None else type(old)(value))  # None: chosen per CPU unless set
+        setattr(module, name, switch_value(getattr(module, name), str(value)))
 
 
 def worker(cpu_name: str, cols: int, types: list[str], mca: str, measure: bool = False,
-           switches: dict[str, int] | None = None) -> list[dict]:
+           switches: dict[str, int | str] | None = None) -> list[dict]:
     """Costs of every allowed variant × type on the CPU this process compiles for (and with `measure`,
     the GB/s each reaches on this machine with its rows in L2 and from memory), with `switches` set."""
     from runtime.quant.types import DType
@@ -461,7 +459,7 @@ def find_mca() -> str:
 
 
 def run_cpu(cpu: CpuModel, cols: int, types: list[str], mca: str, measure: bool = False,
-            switches: dict[str, int] | None = None) -> list[dict]:
+            switches: dict[str, int | str] | None = None) -> list[dict]:
     env = dict(os.environ, RWKV_TUI_TRIPLE=cpu.triple, RWKV_TUI_CPU=cpu.cpu, RWKV_TUI_FEATURES=cpu.features,
                PYTHONPATH=str(REPO))
     code = ("import json, sys; from bench.kernel_costs import worker; "
@@ -575,7 +573,7 @@ def main() -> None:
     ap.add_argument("--calibrate", metavar="MODEL",
                     help="the model of this machine (e.g. sapphirerapids): time its variants here and print every "
                          "CPU's cycles scaled, per variant, by how far this machine's model missed the measurement")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="set a kernel switch before building (repeatable): " + ", ".join(SWITCHES))
     ap.add_argument("--jobs", type=int, default=2, help="CPU models built at once (default 2)")
     ap.add_argument("--json", help="also write every figure (per loop) to this file")
@@ -600,9 +598,14 @@ def main() -> None:
     switches = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        if name not in SWITCHES or not value.lstrip("-").isdigit():
-            ap.error(f"--set {item!r}: give NAME=INT with NAME one of {', '.join(SWITCHES)}")
-        switches[name] = int(value)
+        if name not in SWITCHES:
+            ap.error(f"--set {item!r}: give NAME=VALUE with NAME one of {', '.join(SWITCHES)}")
+        module = importlib.import_module(f"runtime.jit.kernels.{SWITCHES[name]}")
+        try:
+            switch_value(getattr(module, name), value)
+        except (ValueError, SyntaxError) as e:
+            ap.error(f"--set {item!r}: {e}")
+        switches[name] = value
     mca = args.mca or find_mca()
     if not shutil.which(mca):
         ap.error(f"{mca} not found")

@@ -42,7 +42,9 @@ chunked → lane-major: Q2_K 13.4 → 15.1, Q3_K 14.1 → 14.9, Q4_K 20.4 → 22
 (port 5) for Q3_K/Q5_K's second field instead of vgf2p8affineqb: 3-5 % slower.
 
 The error is that of matvec_int16.py: at most 0.5·sx_k·Σ_j |scale·q_j| per block of 32 and row (every
-path sums the same integer products exactly).
+path sums the same integer products exactly). The lane-major types listed in BYTE_X_TYPES (none by
+default) take x as one signed byte per value instead, scaled per sub-block: at most 0.5·s·Σ_j |scale·q_j|
+per sub-block and row, s = max|x| / BYTE_XMAX over the sub-block.
 """
 
 from __future__ import annotations
@@ -135,15 +137,16 @@ LANE_MAJOR_TYPES = frozenset({DType.Q2_K, DType.Q3_K, DType.Q4_K, DType.Q5_K})
 # bit 0 (vgf2p8affineqb, port 0 only, where the vpdpbusd run) (a switch for A/B runs)
 LANE_MASKS = True
 # Lane-major types whose x is quantized to one signed byte per value, scaled per sub-block (X8 = round(x / s),
-# s = max|x| / 127 over the sub-block's 16 or 32 values), instead of int16 in two bytes: one vpdpbusd chain per
-# super-block and row instead of two, and no ·256. A precision trade (the activation error grows about 250
-# times, to llama.cpp's Q8_K order but per 16 or 32 values instead of 256), so empty by default: an owners' call
-# (a switch for A/B runs: bench/kernel_ab.py, bench/decode_ab.py `BYTE_X_TYPES=q2_k+q3_k`). Zen 4 (EPYC, family 25
-# model 17, 3.67 GHz), interleaved: one thread, rows in L2, 2048 columns, GB/s Q2_K 14.5 → 18.1, Q3_K 13.6 → 16.5,
-# Q4_K 22.1 → 27.9, Q5_K 21.9 → 27.1; decoding, 2 threads, ms/token (lower quartile) 1.5B RWKV-7 Q2_K 21.55 →
-# 18.18, Q3_K 26.40 → 23.20; 0.4B RWKV-6 Q2_K 7.79 → 6.98, Q3_K 9.05 → 8.28, Q4_K 9.13 → 8.67, Q5_K 10.25 → 10.16.
-# Logits of random-weight models of those shapes against their F16 files (48 tokens): mean KL Q2_K 0.26842 →
-# 0.26849 (1.5B) and 0.26863 → 0.26948 (0.4B), Q3_K 0.09649 → 0.09677 and 0.10792 → 0.10832.
+# s = max|x| / 127 over the sub-block's 16 or 32 values), instead of int16 in two bytes: one vpdpbusd chain
+# per super-block and row instead of two, and no ·256 (other types ignore it). A precision trade (the
+# activation error bound grows up to 257 times, 32639 / 127, to llama.cpp's Q8_K order but per 16 or 32
+# values instead of 256), so empty by default: an owners' call (a switch for A/B runs: bench/kernel_ab.py,
+# bench/decode_ab.py `BYTE_X_TYPES=q2_k+q3_k`). Zen 4 (EPYC, family 25 model 17, 3.67 GHz), interleaved:
+# one thread, rows in L2, 2048 columns, GB/s Q2_K 14.5 → 18.1, Q3_K 13.6 → 16.5, Q4_K 22.1 → 27.9, Q5_K
+# 21.9 → 27.1; decoding, 2 threads, ms/token (lower quartile) 1.5B RWKV-7 Q2_K 21.55 → 18.18, Q3_K 26.40 →
+# 23.20; 0.4B RWKV-6 Q2_K 7.79 → 6.98, Q3_K 9.05 → 8.28, Q4_K 9.13 → 8.67, Q5_K 10.25 → 10.16. Logits of
+# random-weight models of those shapes against their F16 files (48 tokens): mean KL Q2_K 0.26842 → 0.26849
+# (1.5B) and 0.26863 → 0.26948 (0.4B), Q3_K 0.09649 → 0.09677 and 0.10792 → 0.10832.
 BYTE_X_TYPES: frozenset[DType] = frozenset()
 BYTE_XMAX = 127.0
 
@@ -157,10 +160,13 @@ def chunk_width(variant: Variant) -> int:
 class _PreparedX:
     """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx` sx and `xsum` Σx
     per sub-block of `size` values (16: each block's sx twice; 32: once), Σx times `xsum_factor`; `sx16`
-    sx per 16 values (`sx` itself where size is 16)."""
+    sx per 16 values (`sx` itself where size is 16). With `byte_x` (lane-major only) `xl` holds X8 and
+    `sx16` its scale per sub-block (_bytes), and `xh` is not written."""
 
     def __init__(self, b: ir.IRBuilder, x: ir.Value, n_cols: int, size: int, pattern: ir.Value | None,
                  xsum_factor: float = 1.0, lanes: LaneCodes | None = None, byte_x: bool = False) -> None:
+        if byte_x and lanes is None:
+            raise ValueError("x in bytes needs the lane-major kernel")
         self.pattern = pattern
         self.byte_x = byte_x
         self.xh = stack_array(b, I8, n_cols, align=64, name="xh")
@@ -240,9 +246,9 @@ class _PreparedX:
                 b.store(q, b.bitcast(b.gep(self.xl, [at], inbounds=True), v8i8.as_pointer()), align=8)
 
     def _to_lane_major(self, b: ir.IRBuilder, n_cols: int, lanes: LaneCodes) -> None:
-        """Reorder each super-block's Xh and Xl as LaneCodes reads its codes (chunk c, lane L: values
-        LaneCodes.value_of) and, where the codes keep a factor 2^shift, divide sx per 16 by it (in place:
-        the lane-major path reads sx only per 16)."""
+        """Reorder each super-block's Xh and Xl (Xl alone with byte_x) as LaneCodes reads its codes (chunk
+        c, lane L: values LaneCodes.value_of) and, where the codes keep a factor 2^shift, divide sx per 16
+        by it (in place: the lane-major path reads sx only per 16)."""
         v64 = ir.VectorType(I32, SUPER // 4)
         order = [lanes.value_of(c, lane) // 4 for c in range(SUPER // 64) for lane in range(SUPER // SUB)]
         factors = lanes.factors()
@@ -493,8 +499,8 @@ class _RowDot:
         self.subs_ty = ir.VectorType(F32, SUPER // prep.size)
         self.bias = Var(b, ir.Constant(self.subs_ty, None), "bias")
 
-    def add_superblock(self, k: ir.Value, xs: list[tuple[ir.Value, ir.Value]]) -> None:
-        """Accumulate super-block k; `xs` are each chunk's (Xh, Xl)."""
+    def add_superblock(self, k: ir.Value, xs: list[tuple[ir.Value | None, ir.Value]]) -> None:
+        """Accumulate super-block k; `xs` are each chunk's (Xh, Xl) (Xh None with byte_x)."""
         b, prep, width = self.b, self.prep, self.width
         ptr = superblock_at(b, self.row, self.dtype, k)
         if self.ahead:
@@ -521,9 +527,11 @@ class _RowDot:
             lane_scale = shuffle(b, ds, ds, [(c * width + 4 * i) // sub.size for i in range(width // 4)])
             self.acc.set(fma(b, b.sitofp(dot, lane_scale.type), lane_scale, self.acc.get()))
 
-    def _add_lane_major(self, k: ir.Value, ptr: ir.Value, sub: SubScales, xs: list[tuple[ir.Value, ir.Value]]) -> None:
+    def _add_lane_major(self, k: ir.Value, ptr: ir.Value, sub: SubScales,
+                        xs: list[tuple[ir.Value | None, ir.Value]]) -> None:
         """The dot products through LaneCodes: Σ q·Xh and Σ q·Xl accumulated over the chunks per lane (values
-        of one sub-block; one vpdpbusd chain each), then 256·high + low, one conversion and one FMA."""
+        of one sub-block; one vpdpbusd chain each), then 256·high + low, one conversion and one FMA (with
+        byte_x one chain, Σ q·X8)."""
         b, prep = self.b, self.prep
         ity = ir.VectorType(I32, SUPER // SUB)
         fn = intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", ity, [ity, ity, ity])
@@ -584,7 +592,8 @@ def int_emitter(b: ir.IRBuilder, dtype: DType, variant: Variant, n_cols: int, ac
             xs = []
             for c in range(SUPER // width):
                 at = b.add(base, i64c(width * c))
-                xs.append((prep.bytes_at(b, prep.xh, at, width), prep.bytes_at(b, prep.xl, at, width)))
+                xh = None if prep.byte_x else prep.bytes_at(b, prep.xh, at, width)
+                xs.append((xh, prep.bytes_at(b, prep.xl, at, width)))
             for rd in rows:
                 rd.add_superblock(k, xs)
         store_results(b, y, first, [rd.result() for rd in rows], accumulate, stride)
