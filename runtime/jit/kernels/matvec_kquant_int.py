@@ -157,6 +157,21 @@ def chunk_width(variant: Variant) -> int:
     return 64 if variant.wide else 32
 
 
+def _max_abs(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
+    """max |x| over the <8 x float> `parts`, as a float."""
+    mod = b.module
+    fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
+    vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
+    rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
+    return b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in parts], lambda p, q: b.call(vmax, [p, q]))])
+
+
+def _inverse(b: ir.IRBuilder, big: ir.Value, xmax: float) -> ir.Value:
+    """xmax / big, the factor that takes x to its integers; 0 where big (max |x|) is below TINY."""
+    return b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)), b.fdiv(ir.Constant(F32, xmax), big),
+                    ir.Constant(F32, 0.0))
+
+
 class _PreparedX:
     """Per-call stack arrays derived from x: `xh`, `xl` the two signed bytes of X; `sx` sx and `xsum` Σx
     per sub-block of `size` values (16: each block's sx twice; 32: once), Σx times `xsum_factor`; `sx16`
@@ -175,17 +190,12 @@ class _PreparedX:
         self.sx = stack_floats(b, n_cols // size, align=64, name="sx")
         self.sx16 = self.sx if size == SUB else stack_floats(b, n_cols // SUB, align=64, name="sx16")
         self.xsum = stack_floats(b, n_cols // size, align=64, name="xsum")
-        mod = b.module
-        fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
-        vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
-        rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
         with counted_loop(b, 0, n_cols // GROUP, name="xq") as k:
             base = b.mul(k, i64c(GROUP))
             parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
-            big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in parts], lambda p, q: b.call(vmax, [p, q]))])
+            big = _max_abs(b, parts)
             sx = b.fmul(big, ir.Constant(F32, 1.0 / XMAX))
-            inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
-                           b.fdiv(ir.Constant(F32, XMAX), big), ir.Constant(F32, 0.0))
+            inv = _inverse(b, big, XMAX)
             per = GROUP // size
             for i in range(per):
                 at = b.add(b.mul(k, i64c(per)), i64c(i))
@@ -223,18 +233,13 @@ class _PreparedX:
         """Block k (its four <8 x float> `parts`) as one signed byte per value in `xl`, scaled per sub-block
         (`size` values: a lane of the lane-major kernel meets one sub-block): sx16 = max|x| / BYTE_XMAX over
         the sub-block, for each 16 of it (overwriting the per-32 sx16 stored above)."""
-        mod = b.module
-        fabs = intrinsic(mod, "llvm.fabs.v8f32", V8F, [V8F])
-        vmax = intrinsic(mod, "llvm.maxnum.v8f32", V8F, [V8F, V8F])
-        rmax = intrinsic(mod, "llvm.vector.reduce.fmax.v8f32", F32, [V8F])
-        cvt = intrinsic(mod, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
+        cvt = intrinsic(b.module, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
         v8i8 = ir.VectorType(I8, VL)
         per = self.size // VL
         for part in range(GROUP // self.size):
             mine = parts[part * per:(part + 1) * per]
-            big = b.call(rmax, [tree_reduce([b.call(fabs, [p]) for p in mine], lambda p, q: b.call(vmax, [p, q]))])
-            inv = b.select(b.fcmp_ordered(">=", big, ir.Constant(F32, TINY)),
-                           b.fdiv(ir.Constant(F32, BYTE_XMAX), big), ir.Constant(F32, 0.0))
+            big = _max_abs(b, mine)
+            inv = _inverse(b, big, BYTE_XMAX)
             sx = b.fmul(big, ir.Constant(F32, 1.0 / BYTE_XMAX))
             for i in range(self.size // SUB):
                 at16 = b.add(b.mul(k, i64c(GROUP // SUB)), i64c(part * self.size // SUB + i))
