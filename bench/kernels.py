@@ -6,8 +6,10 @@ matvec: each measurement cycles through copies of the matrix filling ~1 GiB, so 
 memory, not cache (as in decoding, where each matrix is read once per token). "2 thr" runs two Python
 threads, each calling the kernel on half the rows through ctypes (which releases the GIL); "%" is
 that figure over the memory read bandwidth of the same thread count. "cached" calls the kernel on
-the first 256 rows again and again (they stay in L2): the kernel's compute ceiling, which must be well
-above the per-thread share of the bandwidth for decoding to be bound by memory.
+the first 256 rows again and again (they stay in L2; 64 passes in one native call with no Python
+between them, runtime/jit/kernels/walk.py, as bench/kernel_ab.py and `rwkv-tui bench` time it): the
+kernel's compute ceiling, which must be well above the per-thread share of the bandwidth for decoding
+to be bound by memory.
 Memory read bandwidth is a numpy sum over a 1 GiB array (1 thread, and 2 threads on halves).
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.jit.kernels.library import make_test_library
+from runtime.jit.kernels.walk import build_walkers
 from runtime.quant.codec import quantize
 from runtime.quant.types import K_QUANT_TYPES, DType
 from tests.support.kquant_blocks import random_k_rows
@@ -93,6 +96,7 @@ def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes:
     rng = np.random.default_rng(0)
     col_set = sorted({c for _, c in shapes})
     lib = make_test_library([(t, c) for t in types for c in col_set], accumulate=(False,), kinds=("matvec",))
+    _, walkers = build_walkers([(t, c) for t in types for c in col_set])
     for dtype in types:
         for rows, cols in shapes:
             if (rows, cols) == HEAD and dtype not in (DType.F16, DType.Q8_0):
@@ -121,9 +125,10 @@ def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes:
             hot_rows = min(rows, 256)
             hot_bytes = mat.nbytes * hot_rows // rows
 
-            def hot(fn=fn, w=addrs[0], xp=xp, yp=yp, n=hot_rows) -> None:
-                for _ in range(64):
-                    fn(w, xp, yp, 0, n)
+            first = np.array(addrs[:1], dtype=np.int64)
+
+            def hot(walk=walkers[(dtype, cols)], first=first, xp=xp, yp=yp, n=hot_rows) -> None:
+                walk(first.ctypes.data, 1, 64, xp, yp, 0, n)
 
             gc = 64 * hot_bytes / _best(hot, min_time / 2) / 1e9
             g1 = total / _best(one, min_time) / 1e9
