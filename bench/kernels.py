@@ -96,7 +96,7 @@ def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes:
     rng = np.random.default_rng(0)
     col_set = sorted({c for _, c in shapes})
     lib = make_test_library([(t, c) for t in types for c in col_set], accumulate=(False,), kinds=("matvec",))
-    _, walkers = build_walkers([(t, c) for t in types for c in col_set])
+    compiled, walkers = build_walkers([(t, c) for t in types for c in col_set])  # the walkers live while it does
     for dtype in types:
         for rows, cols in shapes:
             if (rows, cols) == HEAD and dtype not in (DType.F16, DType.Q8_0):
@@ -137,6 +137,7 @@ def bench_matvec(types: list[DType], shapes: list[tuple[int, int]], arena_bytes:
             print(f"{dtype.name:6} {rows:>5}x{cols:<6} {mat.nbytes / 1e6:7.2f} {gc:7.2f} {g1:7.2f} {p1:4.0f} {g2:7.2f} "
                   f"{p2:4.0f}", flush=True)
             del buf
+    del compiled
 
 
 def bench_matmul(types: list[DType], shapes: list[tuple[int, int]], tokens: list[int], min_time: float) -> None:

@@ -194,33 +194,34 @@ class _PreparedX:
             base = b.mul(k, i64c(GROUP))
             parts = [load_vec(b, x, b.add(base, i64c(VL * j))) for j in range(PIECES)]
             big = _max_abs(b, parts)
-            sx = b.fmul(big, ir.Constant(F32, 1.0 / XMAX))
-            inv = _inverse(b, big, XMAX)
             per = GROUP // size
             for i in range(per):
-                at = b.add(b.mul(k, i64c(per)), i64c(i))
-                b.store(sx, b.gep(self.sx, [at], inbounds=True))
                 mine = parts[i * PIECES // per:(i + 1) * PIECES // per]
                 total = hsum(b, tree_sum(b, mine))
                 if xsum_factor != 1.0:
                     total = b.fmul(total, ir.Constant(F32, xsum_factor))
-                b.store(total, b.gep(self.xsum, [at], inbounds=True))
-            if self.sx16 is not self.sx:
-                for i in range(GROUP // SUB):
-                    b.store(sx, b.gep(self.sx16, [b.add(b.mul(k, i64c(GROUP // SUB)), i64c(i))], inbounds=True))
+                b.store(total, b.gep(self.xsum, [b.add(b.mul(k, i64c(per)), i64c(i))], inbounds=True))
             if byte_x:
-                self._bytes(b, k, parts)
+                self._bytes(b, k, parts, big)
             else:
-                self._words(b, base, parts, inv)
+                self._words(b, k, parts, big)
         if lanes is not None:
             self._to_lane_major(b, n_cols, lanes)
 
-    def _words(self, b: ir.IRBuilder, base: ir.Value, parts: list[ir.Value], inv: ir.Value) -> None:
-        """The block at value `base` (its four <8 x float> `parts`) as int16 X = round(x·inv), stored as
-        its two signed bytes in `xh` and `xl`."""
+    def _words(self, b: ir.IRBuilder, k: ir.Value, parts: list[ir.Value], big: ir.Value) -> None:
+        """Block k (its four <8 x float> `parts`, max|x| `big`) as int16 X = round(x / sx), sx = big / XMAX,
+        stored as its two signed bytes in `xh` and `xl`; sx per sub-block in `sx` and per 16 in `sx16`."""
+        sx = b.fmul(big, ir.Constant(F32, 1.0 / XMAX))
+        per = GROUP // self.size
+        for i in range(per):
+            b.store(sx, b.gep(self.sx, [b.add(b.mul(k, i64c(per)), i64c(i))], inbounds=True))
+        if self.sx16 is not self.sx:
+            for i in range(GROUP // SUB):
+                b.store(sx, b.gep(self.sx16, [b.add(b.mul(k, i64c(GROUP // SUB)), i64c(i))], inbounds=True))
         cvt = intrinsic(b.module, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
         v8i8 = ir.VectorType(I8, VL)
-        inv_v = splat(b, inv)
+        base = b.mul(k, i64c(GROUP))
+        inv_v = splat(b, _inverse(b, big, XMAX))
         for j, p in enumerate(parts):
             q = b.trunc(b.call(cvt, [b.fmul(p, inv_v)]), ir.VectorType(I16, VL))
             lo = b.trunc(q, v8i8)  # the low byte, read as signed
@@ -229,16 +230,17 @@ class _PreparedX:
             for arr, v in ((self.xl, lo), (self.xh, hi)):
                 b.store(v, b.bitcast(b.gep(arr, [at], inbounds=True), v8i8.as_pointer()), align=8)
 
-    def _bytes(self, b: ir.IRBuilder, k: ir.Value, parts: list[ir.Value]) -> None:
-        """Block k (its four <8 x float> `parts`) as one signed byte per value in `xl`, scaled per sub-block
-        (`size` values: a lane of the lane-major kernel meets one sub-block): sx16 = max|x| / BYTE_XMAX over
-        the sub-block, for each 16 of it (overwriting the per-32 sx16 stored above)."""
+    def _bytes(self, b: ir.IRBuilder, k: ir.Value, parts: list[ir.Value], big: ir.Value) -> None:
+        """Block k (its four <8 x float> `parts`, max|x| `big`) as one signed byte per value in `xl`, scaled
+        per sub-block (`size` values: a lane of the lane-major kernel meets one sub-block): sx16 = max|x| /
+        BYTE_XMAX over the sub-block, for each 16 of it (`sx` is not written: the lane-major path reads sx16)."""
         cvt = intrinsic(b.module, "llvm.x86.avx.cvt.ps2dq.256", V8I32, [V8F])  # nearest (even)
         v8i8 = ir.VectorType(I8, VL)
         per = self.size // VL
         for part in range(GROUP // self.size):
             mine = parts[part * per:(part + 1) * per]
-            big = _max_abs(b, mine)
+            if len(mine) < len(parts):
+                big = _max_abs(b, mine)
             inv = _inverse(b, big, BYTE_XMAX)
             sx = b.fmul(big, ir.Constant(F32, 1.0 / BYTE_XMAX))
             for i in range(self.size // SUB):
