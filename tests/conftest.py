@@ -1,4 +1,6 @@
-"""Test-session setup: kernels, data and config go to private folders, never the user's."""
+"""Test-session setup: kernels, data and config go to private folders, never the user's; this machine's
+memory read (which the suggested model depends on) is pinned, so that what the app suggests does not
+depend on the machine the tests run on (tests/registry/test_machine_speed.py measures it for real)."""
 
 from __future__ import annotations
 
@@ -20,3 +22,14 @@ def _private_folders(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+PINNED_READ_GBS = 40.0
+
+
+@pytest.fixture(autouse=True)
+def _pinned_memory_read(monkeypatch: pytest.MonkeyPatch) -> float:
+    from runtime.registry import machine_speed
+
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", lambda: PINNED_READ_GBS)
+    return PINNED_READ_GBS

@@ -36,7 +36,7 @@ from tui.model_pool import ModelPool
 from tui.screens.chat import ChatScreen
 from tui.screens.dialogs import ChoiceDialog, TextDialog
 from tui.screens.help import HelpScreen
-from tui.screens.welcome import WelcomeScreen, starter_text
+from tui.screens.welcome import WelcomeScreen
 from tui.widgets.pane import describe_error, model_name
 
 DEFAULTS_KEY = "default_models"  # {family: registry id}, set on the models screen
@@ -81,7 +81,7 @@ class RwkvApp(App[int]):
         await self.chat.restore_tabs()
         await self._open_start_requests()
         if self.show_welcome and not self.chat.panes and not self.has_ready_model():
-            self.push_screen(WelcomeScreen(starter_text()), self._after_welcome)
+            self.push_screen(WelcomeScreen(), self._after_welcome)
 
     def _load_families(self) -> None:
         from runtime.text.templates import read_families

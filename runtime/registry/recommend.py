@@ -20,7 +20,12 @@ a few hundred MB. If the default does not fit the free RAM, the best format that
 never chosen).
 
 The model suggested first (`starter_model`: the welcome screen, `rwkv-tui models`, the models screen)
-is the largest runnable G1 whose default format fits in three quarters of the free memory.
+is the largest runnable G1 whose default format fits in three quarters of the free memory and, where
+this machine's memory read is known (`machine_speed.memory_read_gbs`), is estimated to decode at least
+STARTER_TOKENS_PER_S (`decode_rate`: decoding reads every weight but the embedding once per token, at
+about DECODE_SHARE of the compiled read); if none that fits is that fast, the smallest that fits. Memory
+alone would suggest G1 13.3B to a 2-core machine with 24 GB free: a 26 GB download that then answers at
+about 3 tokens a second.
 """
 
 from __future__ import annotations
@@ -213,20 +218,45 @@ STARTER_FAMILY = "g1"  # the chat models recommended first (RWKV-7 G1: the newes
 STARTER_SHARE = 0.75  # of the free memory a suggested model may take; the rest stays for everything else
 
 
-def starter_model(entries: Iterable[ModelEntry], *, free_ram: int) -> Recommendation | None:
+# decoding at this rate keeps ahead of a reader (a few words a second), and leaves room for thinking first
+STARTER_TOKENS_PER_S = 10.0
+# of the compiled memory read a decode step reaches: 75-100 % measured for Q5_K_M, Q5_1 and Q8_0 files
+# (bench/decode_ab.py, README "Speed"), so a little under the middle
+DECODE_SHARE = 0.8
+
+
+def decode_rate(entry: ModelEntry, dtype: DType, read_gbs: float) -> float | None:
+    """Estimated tokens a second decoding `entry` in `dtype` on a machine whose memory read is `read_gbs`:
+    a step reads the file's weights but the embedding (one row of it) once; None if the size is unknown."""
+    weights = file_bytes(entry, dtype)
+    if weights is None:
+        return None
+    if entry.vocab and entry.n_embd:
+        bits = _BITS.get(dtype, dtype.block_bytes * 8 / dtype.block_size)
+        weights = max(weights // 2, weights - int(entry.vocab * entry.n_embd * bits / 8))
+    return read_gbs * 1e9 * DECODE_SHARE / weights
+
+
+def starter_model(entries: Iterable[ModelEntry], *, free_ram: int,
+                  read_gbs: float | None = None) -> Recommendation | None:
     """The model to suggest first on this machine: the largest runnable G1 model whose default
     format fits in three quarters of the free memory (so the machine does not start swapping when
-    something else needs memory; disk not considered: a download can go elsewhere); None when none
-    fits or the runtime cannot run G1."""
-    best: Recommendation | None = None
+    something else needs memory; disk not considered: a download can go elsewhere) and, with
+    `read_gbs` (this machine's memory read), decodes at least STARTER_TOKENS_PER_S by `decode_rate`,
+    else the smallest that fits; None when none fits or the runtime cannot run G1."""
+    fitting: list[Recommendation] = []
     room = int(free_ram * STARTER_SHARE)
     for entry in entries:
         if entry.family != STARTER_FAMILY or not entry.runnable:
             continue
         rec = recommend(entry, free_ram=free_ram, free_disk=1 << 62)
         need = rec.fit(rec.default).ram_bytes
-        if need is None or need > room:
-            continue
-        if best is None or (n_params(entry) or 0) > (n_params(best.entry) or 0):
-            best = rec
-    return best
+        if need is not None and need <= room:
+            fitting.append(rec)
+    if not fitting:
+        return None
+    fitting.sort(key=lambda rec: n_params(rec.entry) or 0)
+    if read_gbs is None:
+        return fitting[-1]
+    fast = [rec for rec in fitting if (decode_rate(rec.entry, rec.choice, read_gbs) or 0) >= STARTER_TOKENS_PER_S]
+    return fast[-1] if fast else fitting[0]

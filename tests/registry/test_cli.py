@@ -11,6 +11,7 @@ from runtime.quant.types import DType
 from runtime.registry.catalog import load_catalog, save_user_entry
 from runtime.registry.jobs import JobQueue
 from runtime.registry.status import READY, converted_path, model_status
+from tests.conftest import PINNED_READ_GBS
 from tests.registry.server import serve
 from tui.cli import main as cli
 from tui.commands import output
@@ -218,17 +219,19 @@ def test_models_in_an_80_column_terminal_fits_a_line_per_model(own_q5_1, capsys,
     assert lines[1].split()[0] == "mine-fast"
 
 
-def test_models_recommends_the_largest_g1_that_fits_first(private_dirs, capsys, monkeypatch):
+def test_models_recommends_the_g1_that_fits_and_answers_readably_first(private_dirs, capsys, monkeypatch):
     from runtime.registry import catalog as catalog_module
     from runtime.registry import recommend
 
     monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4", "7"))
     monkeypatch.setattr(recommend, "machine_resources", lambda folder: (3 << 30, 500 << 30))
-    starter = recommend.starter_model(load_catalog().models.values(), free_ram=3 << 30)
+    starter = recommend.starter_model(load_catalog().models.values(), free_ram=3 << 30, read_gbs=PINNED_READ_GBS)
+    rate = recommend.decode_rate(starter.entry, starter.choice, PINNED_READ_GBS)
     assert cli(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"Recommended here: {starter.entry.id} ({starter.entry.name}) in "
                                f"{starter.choice.name.lower()}") and f"rwkv-tui get {starter.entry.id}" in lines[0]
+    assert f"about {rate:.0f} tokens/s" in lines[0]
     assert lines[2].split()[0] == starter.entry.id  # the first row (nothing is on this machine yet)
     monkeypatch.setattr(recommend, "machine_resources", lambda folder: (64 << 20, 500 << 30))
     assert cli(["models"]) == 0

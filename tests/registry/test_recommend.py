@@ -133,3 +133,43 @@ def test_the_starter_model_is_the_largest_g1_that_fits_the_free_memory(monkeypat
         larger = g1[g1.index(rec.entry) + 1:]
         assert all(ram_bytes(e, default_format(e)) > 0.75 * free for e in larger), (gib, rec.entry.id)
     assert starter_model(entries, free_ram=64 << 30).entry.id == "g1-13.3b"
+
+
+def test_the_starter_model_answers_at_a_readable_speed_where_the_memory_read_is_known(monkeypatch):
+    """With this machine's memory read, the starter is the largest G1 that fits and decodes at least
+    STARTER_TOKENS_PER_S by decode_rate; where none that fits is that fast, the smallest that fits."""
+    from runtime.registry import catalog as catalog_module
+    from runtime.registry.recommend import STARTER_TOKENS_PER_S, decode_rate, starter_model
+
+    monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4", "7"))
+    entries = list(load_catalog().models.values())
+    g1 = sorted((e for e in entries if e.family == "g1"), key=n_params)
+    free = 64 << 30  # every G1 fits: only the speed decides
+    picked = []
+    for read in (15.0, 30.0, 60.0, 150.0):
+        rec = starter_model(entries, free_ram=free, read_gbs=read)
+        assert decode_rate(rec.entry, rec.choice, read) >= STARTER_TOKENS_PER_S
+        larger = g1[g1.index(rec.entry) + 1:]
+        assert all(decode_rate(e, default_format(e), read) < STARTER_TOKENS_PER_S for e in larger), (read, rec.entry.id)
+        picked.append(n_params(rec.entry))
+    assert picked == sorted(picked) and picked[0] < picked[-1]  # a faster machine gets a larger model
+    assert starter_model(entries, free_ram=free, read_gbs=0.5).entry == g1[0]  # nothing is fast: the smallest
+    assert starter_model(entries, free_ram=free, read_gbs=1e4).entry.id == "g1-13.3b"
+    # memory still bounds it: a fast machine with 3 GiB free gets what fits, not 13.3B
+    small = starter_model(entries, free_ram=3 << 30, read_gbs=1e4)
+    assert small.entry == starter_model(entries, free_ram=3 << 30).entry
+    assert starter_model(entries, free_ram=100 << 20, read_gbs=30.0) is None  # not even the smallest fits
+
+
+def test_decode_rate_follows_the_memory_read_and_the_bytes_a_step_reads():
+    from runtime.registry.recommend import DECODE_SHARE, decode_rate, file_bytes
+
+    entry = next(e for e in load_catalog().models.values() if e.id == "g1-1.5b")
+    q5k, q8 = decode_rate(entry, DType.Q5_K, 30.0), decode_rate(entry, DType.Q8_0, 30.0)
+    assert decode_rate(entry, DType.Q5_K, 60.0) == pytest.approx(2 * q5k)
+    assert q8 < q5k  # more bytes a token
+    # the embedding is read one row a token, so a step reads less than the file and decodes faster than it
+    whole_file = 30e9 * DECODE_SHARE / file_bytes(entry, DType.Q5_K)
+    assert whole_file < q5k < 1.5 * whole_file
+    assert decode_rate(tiny_entry(n_layer=None, n_embd=None, vocab=None, tokenizer=None, size=None), DType.Q5_K,
+                       30.0) is None

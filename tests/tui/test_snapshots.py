@@ -47,9 +47,17 @@ async def conversation_ready(pilot) -> None:
 
 def test_welcome_screen(snap_compare, tui_home, monkeypatch):
     from runtime.registry import recommend
+    from tui.screens.welcome import WelcomeScreen
 
     monkeypatch.setattr(recommend, "machine_resources", lambda folder: (6 << 30, 500 << 30))  # any machine
-    assert snap_compare(RwkvApp(), terminal_size=SIZE)
+
+    async def suggested(pilot) -> None:  # the memory read is pinned (tests/conftest.py): the same suggestion
+        app = pilot.app
+        await wait_for(pilot, lambda: isinstance(app.screen, WelcomeScreen) and not app.screen.finding,
+                       what="the welcome screen's suggestion")
+        await pilot.pause(0.3)
+
+    assert snap_compare(RwkvApp(), terminal_size=SIZE, run_before=suggested)
 
 
 def test_main_screen_with_a_saved_conversation(snap_compare, models):

@@ -19,6 +19,7 @@ def print_warnings(warnings: list[str]) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from runtime.registry.catalog import load_catalog
     from runtime.registry.jobs import JobQueue
+    from runtime.registry.machine_speed import memory_read_gbs
     from runtime.registry.recommend import machine_resources, n_params, ram_bytes, recommend, starter_model
     from runtime.registry.status import all_statuses, delete_source, models_dir
 
@@ -31,7 +32,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     jobs = JobQueue().list(include_finished=False)
     free_ram, free_disk = machine_resources(models_dir())
-    starter = starter_model(catalog.models.values(), free_ram=free_ram)
+    read_gbs = memory_read_gbs()  # measured the first time (about a second), then kept
+    starter = starter_model(catalog.models.values(), free_ram=free_ram, read_gbs=read_gbs)
     statuses = all_statuses(catalog, jobs)
     if starter is not None:  # first among the models still to get
         statuses.sort(key=lambda s: (not s.here, s.entry.id != starter.entry.id))
@@ -61,7 +63,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "fits": fits,
         }))
     if starter is not None:
-        console.print(starter_line(starter, free_ram), soft_wrap=not console.is_terminal, markup=False)
+        console.print(starter_line(starter, free_ram, read_gbs), soft_wrap=not console.is_terminal, markup=False)
     if console.is_terminal:
         console.print(_fitted_table(rows, console.width))
     else:
@@ -71,13 +73,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def starter_line(rec, free_ram: int) -> str:
-    """The model to start with on this machine, in one line (the welcome screen says the same)."""
-    from runtime.registry.recommend import ram_bytes
+def starter_line(rec, free_ram: int, read_gbs: float | None = None) -> str:
+    """The model to start with on this machine, in one line (the welcome screen says the same); with
+    `read_gbs` (this machine's memory read) also its estimated decoding speed."""
+    from runtime.registry.recommend import decode_rate, ram_bytes
 
     need = ram_bytes(rec.entry, rec.choice)
+    rate = decode_rate(rec.entry, rec.choice, read_gbs) if read_gbs is not None else None
+    speed = f", about {rate:.0f} tokens/s" if rate else ""
     return (f"Recommended here: {rec.entry.id} ({rec.entry.name}) in {rec.choice.name.lower()}, "
-            f"{human_bytes(need)} of memory of {human_bytes(free_ram)} free: rwkv-tui get {rec.entry.id}")
+            f"{human_bytes(need)} of memory of {human_bytes(free_ram)} free{speed}: rwkv-tui get {rec.entry.id}")
 
 
 # columns, most important first; a narrow terminal drops them from the end of this list

@@ -115,10 +115,13 @@ class ModelsScreen(Screen[None]):
     def _starter_first(self, statuses: list[Any]) -> list[Any]:
         """The G1 model to start with on this machine (as `rwkv-tui models` says) first among the
         models still to get, and named in the title."""
+        from runtime.registry.machine_speed import memory_read_gbs
         from runtime.registry.recommend import starter_model
 
         title = "Models: g gets one (download + convert), enter chats with a ready one"
-        starter = starter_model((st.entry for st in statuses), free_ram=self._resources()[0])
+        # the kept memory read only (the welcome screen or `rwkv-tui models` measured it): never measured here
+        starter = starter_model((st.entry for st in statuses), free_ram=self._resources()[0],
+                                read_gbs=memory_read_gbs(measure=False))
         if starter is not None:
             title += f" · recommended here: {starter.entry.id} ({starter.choice.name})"
             statuses = sorted(statuses, key=lambda st: (not st.here, st.entry.id != starter.entry.id))

@@ -1,0 +1,70 @@
+"""This machine's memory read: measured once with the compiled read, kept in the cache folder per machine,
+measured again when the kept file is damaged or another machine's, and never measured where asked not to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.registry import machine_speed
+from runtime.registry.machine_speed import CACHE_NAME, machine_identity, memory_read_gbs
+
+REAL_MEASURE = machine_speed.measure_read_gbs  # before the session's fixture pins it
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RWKV_TUI_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / CACHE_NAME
+
+
+@pytest.fixture
+def measured(monkeypatch) -> list[float]:
+    """The figures handed out by a fake measurement, one per call (23.5, 24.5, …)."""
+    calls: list[float] = []
+
+    def fake() -> float:
+        calls.append(23.5 + len(calls))
+        return calls[-1]
+
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", fake)
+    return calls
+
+
+def test_the_read_is_measured_once_then_kept(cache, measured):
+    assert memory_read_gbs(measure=False) is None and measured == []  # nothing kept: not measured
+    assert memory_read_gbs() == 23.5
+    assert memory_read_gbs() == 23.5 and memory_read_gbs(measure=False) == 23.5
+    assert measured == [23.5]
+    assert json.loads(cache.read_text()) == {"machine": machine_identity(), "read_gbs": 23.5}
+
+
+@pytest.mark.parametrize("kept", [
+    "not json at all", "[]", '{"machine": "another CPU|64 threads", "read_gbs": 99.0}',
+    '{"read_gbs": 12.0}', '{"machine": "%s", "read_gbs": "fast"}', '{"machine": "%s", "read_gbs": NaN}',
+    '{"machine": "%s", "read_gbs": -3}', '{"machine": "%s", "read_gbs": true}', '{"machine": "%s", "read_gbs": 1e9}',
+], ids=["text", "list", "other-machine", "no-machine", "string", "nan", "negative", "bool", "absurd"])
+def test_a_damaged_or_foreign_kept_figure_is_measured_again(cache, measured, kept):
+    cache.parent.mkdir(parents=True)
+    cache.write_text(kept.replace("%s", machine_identity().replace("\\", "\\\\")))
+    assert memory_read_gbs(measure=False) is None
+    assert memory_read_gbs() == 23.5 and measured == [23.5]
+    assert json.loads(cache.read_text())["read_gbs"] == 23.5  # replaced by the new figure
+
+
+def test_a_failed_measurement_gives_none_and_keeps_nothing(cache, monkeypatch):
+    def broken() -> float:
+        raise RuntimeError("stream read summed 0.0, expected 1.0")
+
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", broken)
+    assert memory_read_gbs() is None
+    assert not cache.exists()
+
+
+def test_the_measurement_reads_this_machine_s_memory(cache, monkeypatch):
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", REAL_MEASURE)
+    monkeypatch.setattr(machine_speed, "MEASURE_MEGABYTES", 64)
+    gbs = memory_read_gbs()
+    assert gbs is not None and machine_speed.PLAUSIBLE_GBS[0] <= gbs <= machine_speed.PLAUSIBLE_GBS[1]
+    assert json.loads(cache.read_text())["read_gbs"] == gbs == memory_read_gbs(measure=False)
