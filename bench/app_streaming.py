@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -71,16 +70,6 @@ save_user_entry({"id": sys.argv[2], "name": "Bench stream", "family": "benchchat
                  "n_layer": m.n_layer, "n_embd": m.n_embd, "vocab": m.n_vocab,
                  "file": m.path.name, "path": str(m.path)})
 """
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def default_model() -> Path:
@@ -206,6 +195,9 @@ def main() -> int:
     if shutil.which("tmux") is None:
         print("tmux is needed to run the app in a real terminal", file=sys.stderr)
         return 2
+    sys.path.insert(0, str(ROOT))
+    from runtime.machine import cpu_name
+
     model = args.model or default_model()
     apps = {"app": ROOT}
     for spec in args.app:

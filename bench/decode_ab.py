@@ -47,10 +47,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.app_streaming import cpu_name
 from bench.kernel_costs import SWITCHES, switch_value
 from runtime.bench import bytes_per_decoded_token, stream_read_gbs, weights_read_gbs
 from runtime.jit.kernels.stream_read import STEP, stream_sum
+from runtime.machine import cpu_name
 from runtime.model.loader import load_weights
 from runtime.model.model import Model
 from runtime.pagecache import drop_cached_pages

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.app_streaming import cpu_name
+from runtime.machine import cpu_name
 from runtime.model.model import load_model
 
 

@@ -60,8 +60,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.app_streaming import cpu_name
 from runtime.errors import RwkvError
+from runtime.machine import cpu_name
 from runtime.model.model import Model, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

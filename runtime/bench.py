@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.jit.kernels.stream_read import STEP, stream_sum, stream_words_sum
+from runtime.jit.kernels.stream_read import STEP, stream_words_sum
 from runtime.kernel_ceiling import bytes_by_type, cached_kernel_rates, ceiling_gbs, matrix_shapes, rate_by_type
+from runtime.memory_read import memory_read_bandwidth, stream_read_gbs
 from runtime.model.model import Model, load_model
 from runtime.pagecache import drop_cached_pages
 from runtime.threadcount import check_threads, default_threads
@@ -139,42 +140,6 @@ def weights_read_gbs(model: Model, repeats: int = 3) -> float:
             list(pool.map(lambda arrays: [stream_words_sum(a) for a in arrays], parts))
             best = min(best, time.perf_counter() - t0)
     return nbytes / best / 1e9
-
-
-def _read_gbs(read: Callable[[np.ndarray], float], megabytes: int, repeats: int, threads: int,
-              buffer: np.ndarray | None) -> tuple[float, float]:
-    """(GB/s, values summed) of `read` over `buffer` (or `megabytes` of ones) split across `threads`
-    in shares of whole STEPs (the remainder is not read); the best of `repeats`."""
-    a = buffer if buffer is not None else np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
-    share = a.size // threads // STEP * STEP
-    if share == 0:
-        raise ValueError(f"{a.nbytes} bytes are too few to split across {threads} threads")
-    parts = [a[i * share : (i + 1) * share] for i in range(threads)]
-    best, total = float("inf"), 0.0
-    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            total = float(sum(pool.map(read, parts)))
-            best = min(best, time.perf_counter() - t0)
-    return share * threads * a.itemsize / best / 1e9, total
-
-
-def memory_read_bandwidth(megabytes: int = 1024, repeats: int = 3, threads: int = 1,
-                          buffer: np.ndarray | None = None) -> float:
-    """GB/s of a numpy sum over `megabytes` (or `buffer`) split across `threads` (numpy sums release the GIL)."""
-    return _read_gbs(np.sum, megabytes, repeats, threads, buffer)[0]
-
-
-def stream_read_gbs(megabytes: int = 1024, repeats: int = 3, threads: int = 1,
-                    buffer: np.ndarray | None = None) -> float:
-    """GB/s of the compiled prefetching read (runtime/jit/kernels/stream_read.py), split as above; a
-    `buffer` must hold ones, as the check of what was summed assumes."""
-    a = buffer if buffer is not None else np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
-    rate, total = _read_gbs(stream_sum, megabytes, repeats, threads, a)
-    expected = float(a.size // threads // STEP * STEP * threads * a.flat[0])
-    if abs(total - expected) > 1e-3 * expected:
-        raise RuntimeError(f"stream read summed {total}, expected {expected}")
-    return rate
 
 
 _RSS_PROBE = """

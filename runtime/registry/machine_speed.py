@@ -2,89 +2,113 @@
 (`recommend.starter_model`) answers at a readable speed, not only fits in memory.
 
     memory_read_gbs()               # measured once, then read back from the cache folder
-    memory_read_gbs(measure=False)  # the kept figure or None: never blocks (the models screen)
+    memory_read_gbs(measure=False)  # the kept figure or None: never measures
 
-The figure is the compiled read `rwkv-tui bench` prints (runtime.bench.stream_read_gbs) on as many
-threads as decoding uses, over a buffer much larger than any CPU's last-level cache. Measuring takes
-about a second the first time (the read kernel is compiled), a tenth of a second after that; the result
-is kept in `cache_dir()/memory-read.json` together with what identifies the machine (CPU, threads, total
-memory), so a copied home folder or a changed VM measures again. A missing, damaged or foreign file is
-measured again; a measurement that fails gives None (the suggestion then goes by memory alone).
+The figure is the compiled read (runtime.memory_read.stream_read_gbs, as `rwkv-tui bench` prints it over
+1 GiB) on as many threads as decoding uses, over a sixteenth of the memory, 256 MiB to 1 GiB: past a
+laptop's or desktop's last-level cache (a server's may hold it, and then the figure overstates a
+machine that decodes fast anyway). Measuring takes about a second the first time (the read kernel is
+compiled), a fraction of one after that. The result is kept in `cache_dir()/memory-read.json` with what
+identifies the machine (CPU, threads, total memory), so a copied home folder or a changed VM measures
+again; a figure measured while the machine was busy (load average above half its cores) is used but
+not kept. The kept file is untrusted: anything but a small regular file holding this machine's sane
+figure is ignored and measured again; a measurement that fails gives None (the suggestion then goes by
+memory alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import stat
 
 from runtime.atomic import atomic_write_bytes
+from runtime.machine import cpu_name
 from runtime.paths import cache_dir
 from runtime.threadcount import default_threads
 
 CACHE_NAME = "memory-read.json"
-MEASURE_MEGABYTES = 256  # read per repeat: well past the largest last-level caches (32-96 MB)
+MEASURE_SHARE = 16  # of the total memory read per repeat …
+MEASURE_MEGABYTES = (256, 1024)  # … within these bounds
 MEASURE_REPEATS = 3  # the best kept
-PLAUSIBLE_GBS = (0.1, 10_000.0)  # a kept figure outside this range is not believed
+PLAUSIBLE_GBS = (0.1, 10_000.0)  # a figure outside this range is not believed
+MAX_KEPT_BYTES = 4096  # the kept file is a line of JSON; a larger one is not read
+BUSY_LOAD_SHARE = 0.5  # load average per core above which a measurement is not kept
 
 
-def _cpu_name() -> str:
-    """The CPU's marketing name where the system says it (Linux), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("model name", "Model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def _total_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def machine_identity() -> str:
     """What a kept figure belongs to: architecture, CPU, threads and total memory."""
-    import psutil
+    return f"{platform.machine()}|{cpu_name()}|{default_threads()} threads|{_total_memory()} bytes"
 
-    return f"{platform.machine()}|{_cpu_name()}|{default_threads()} threads|{psutil.virtual_memory().total} bytes"
+
+def _plausible(value: object) -> float | None:
+    """`value` as GB/s if it is a number in PLAUSIBLE_GBS, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        gbs = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return gbs if math.isfinite(gbs) and PLAUSIBLE_GBS[0] <= gbs <= PLAUSIBLE_GBS[1] else None
 
 
 def _kept(identity: str) -> float | None:
-    """The figure kept for `identity`, or None (no file, another machine's, or not a sane figure)."""
+    """The figure kept for `identity`, or None (no file, not a small regular file, not JSON, another
+    machine's, or not a sane figure)."""
+    path = cache_dir() / CACHE_NAME
     try:
-        data = json.loads((cache_dir() / CACHE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_KEPT_BYTES:  # a FIFO would block, /dev/zero never end
+            return None
+        with open(path, "rb") as f:
+            data = json.loads(f.read(MAX_KEPT_BYTES))
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     if not isinstance(data, dict) or data.get("machine") != identity:
         return None
-    gbs = data.get("read_gbs")
-    if not isinstance(gbs, (int, float)) or isinstance(gbs, bool) or not math.isfinite(gbs):
-        return None
-    return float(gbs) if PLAUSIBLE_GBS[0] <= gbs <= PLAUSIBLE_GBS[1] else None
+    return _plausible(data.get("read_gbs"))
 
 
 def measure_read_gbs() -> float:
-    """The compiled read's GB/s on default_threads() threads (runtime.bench.stream_read_gbs)."""
-    from runtime.bench import stream_read_gbs
+    """The compiled read's GB/s on default_threads() threads over MEASURE_SHARE of the memory."""
+    from runtime.memory_read import stream_read_gbs
 
-    return stream_read_gbs(MEASURE_MEGABYTES, MEASURE_REPEATS, threads=default_threads())
+    megabytes = min(max(_total_memory() // MEASURE_SHARE >> 20, MEASURE_MEGABYTES[0]), MEASURE_MEGABYTES[1])
+    return stream_read_gbs(megabytes, MEASURE_REPEATS, threads=default_threads())
+
+
+def _busy() -> bool:
+    """Whether other work was running (load average above BUSY_LOAD_SHARE per core); False where unknown."""
+    try:
+        return os.getloadavg()[0] > BUSY_LOAD_SHARE * default_threads()
+    except (AttributeError, OSError):
+        return False
 
 
 def memory_read_gbs(*, measure: bool = True) -> float | None:
     """This machine's memory read in GB/s: the kept figure, else (with `measure`) a new measurement,
-    which is then kept; None where there is none and `measure` is off, or the measurement failed."""
+    kept unless the machine was busy; None where there is none and `measure` is off, or the measurement
+    failed."""
     identity = machine_identity()
     gbs = _kept(identity)
     if gbs is not None or not measure:
         return gbs
     try:
-        gbs = round(measure_read_gbs(), 2)  # as kept, so that every call gives the same figure
+        measured = measure_read_gbs()
     except (OSError, RuntimeError, ValueError, MemoryError):
         return None
-    if not (PLAUSIBLE_GBS[0] <= gbs <= PLAUSIBLE_GBS[1]):
-        return None
-    try:
-        os.makedirs(cache_dir(), exist_ok=True)
+    gbs = _plausible(round(measured, 2))  # as kept, so that every call gives the same figure
+    if gbs is None or _busy():
+        return gbs
+    with contextlib.suppress(OSError):  # a read-only cache folder: measured again next time
         atomic_write_bytes(cache_dir() / CACHE_NAME, json.dumps({"machine": identity, "read_gbs": gbs}).encode())
-    except OSError:
-        pass  # a read-only cache folder: measured again next time
     return gbs

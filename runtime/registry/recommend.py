@@ -220,14 +220,16 @@ STARTER_SHARE = 0.75  # of the free memory a suggested model may take; the rest 
 
 # decoding at this rate keeps ahead of a reader (a few words a second), and leaves room for thinking first
 STARTER_TOKENS_PER_S = 10.0
-# of the compiled memory read a decode step reaches: 75-100 % measured for Q5_K_M, Q5_1 and Q8_0 files
-# (bench/decode_ab.py, README "Speed"), so a little under the middle
-DECODE_SHARE = 0.8
+# of the compiled memory read a decode step reaches (docs/ARCHITECTURE.md, "K-quants"): 69-75 % for the 1.5B
+# files on a Sapphire Rapids VM, 80-92 % for Q4_K-Q6_K and Q5_1 on a Zen 4 one; the lower end
+DECODE_SHARE = 0.75
 
 
 def decode_rate(entry: ModelEntry, dtype: DType, read_gbs: float) -> float | None:
     """Estimated tokens a second decoding `entry` in `dtype` on a machine whose memory read is `read_gbs`:
-    a step reads the file's weights but the embedding (one row of it) once; None if the size is unknown."""
+    a step reads the file's weights but the embedding (one row of it) once, at DECODE_SHARE of the read;
+    None if the size is unknown. The embedding's bytes are estimated at `dtype`'s width (the file keeps it
+    F16), and never taken as more than half the file, so that an odd shape cannot make a model look free."""
     weights = file_bytes(entry, dtype)
     if weights is None:
         return None

@@ -1,9 +1,11 @@
-"""This machine's memory read: measured once with the compiled read, kept in the cache folder per machine,
-measured again when the kept file is damaged or another machine's, and never measured where asked not to."""
+"""This machine's memory read: measured once with the compiled read, kept in the cache folder per machine
+(not when the machine was busy), measured again when the kept file is damaged, hostile or another
+machine's, and never measured where asked not to."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -11,6 +13,7 @@ from runtime.registry import machine_speed
 from runtime.registry.machine_speed import CACHE_NAME, machine_identity, memory_read_gbs
 
 REAL_MEASURE = machine_speed.measure_read_gbs  # before the session's fixture pins it
+REAL_BUSY = machine_speed._busy
 
 
 @pytest.fixture
@@ -44,13 +47,45 @@ def test_the_read_is_measured_once_then_kept(cache, measured):
     "not json at all", "[]", '{"machine": "another CPU|64 threads", "read_gbs": 99.0}',
     '{"read_gbs": 12.0}', '{"machine": "%s", "read_gbs": "fast"}', '{"machine": "%s", "read_gbs": NaN}',
     '{"machine": "%s", "read_gbs": -3}', '{"machine": "%s", "read_gbs": true}', '{"machine": "%s", "read_gbs": 1e9}',
-], ids=["text", "list", "other-machine", "no-machine", "string", "nan", "negative", "bool", "absurd"])
+    '{"machine": "%s", "read_gbs": 1' + "0" * 400 + '}', "[" * 4000,  # nested past json's recursion limit
+    '{"machine": "%s", "read_gbs": 30.0}' + " " * 5000,  # a sane figure, but in a file too large to read
+], ids=["text", "list", "other-machine", "no-machine", "string", "nan", "negative", "bool", "absurd", "huge-int",
+        "nested", "oversized"])
 def test_a_damaged_or_foreign_kept_figure_is_measured_again(cache, measured, kept):
     cache.parent.mkdir(parents=True)
     cache.write_text(kept.replace("%s", machine_identity().replace("\\", "\\\\")))
     assert memory_read_gbs(measure=False) is None
     assert memory_read_gbs() == 23.5 and measured == [23.5]
     assert json.loads(cache.read_text())["read_gbs"] == 23.5  # replaced by the new figure
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_or_a_folder_in_place_of_the_kept_file_is_not_read(cache, measured):
+    cache.parent.mkdir(parents=True)
+    os.mkfifo(cache)  # opening it to read would wait for a writer forever
+    assert memory_read_gbs() == 23.5
+    cache.unlink()
+    cache.mkdir()
+    assert memory_read_gbs() == 24.5 and measured == [23.5, 24.5]  # measured each time: nothing could be kept
+
+
+def test_a_figure_measured_while_the_machine_is_busy_is_used_but_not_kept(cache, measured, monkeypatch):
+    loads = iter([(9.0, 9.0, 9.0), (0.0, 0.0, 0.0)])
+    monkeypatch.setattr(machine_speed, "_busy", REAL_BUSY)  # the session's fixture pins it
+    monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
+    monkeypatch.setattr(machine_speed, "default_threads", lambda: 2)
+    assert memory_read_gbs() == 23.5 and not cache.exists()  # load 9 on 2 cores
+    assert memory_read_gbs() == 24.5 and json.loads(cache.read_text())["read_gbs"] == 24.5
+
+
+def test_the_buffer_read_is_a_sixteenth_of_the_memory_within_bounds(monkeypatch):
+    from runtime import memory_read
+
+    asked = []
+    monkeypatch.setattr(memory_read, "stream_read_gbs", lambda mb, repeats, threads: asked.append(mb) or 30.0)
+    for total, mb in ((2 << 30, 256), (8 << 30, 512), (64 << 30, 1024)):
+        monkeypatch.setattr(machine_speed, "_total_memory", lambda total=total: total)
+        assert REAL_MEASURE() == 30.0 and asked[-1] == mb
 
 
 def test_a_failed_measurement_gives_none_and_keeps_nothing(cache, monkeypatch):
@@ -64,7 +99,7 @@ def test_a_failed_measurement_gives_none_and_keeps_nothing(cache, monkeypatch):
 
 def test_the_measurement_reads_this_machine_s_memory(cache, monkeypatch):
     monkeypatch.setattr(machine_speed, "measure_read_gbs", REAL_MEASURE)
-    monkeypatch.setattr(machine_speed, "MEASURE_MEGABYTES", 64)
+    monkeypatch.setattr(machine_speed, "MEASURE_MEGABYTES", (64, 64))
     gbs = memory_read_gbs()
     assert gbs is not None and machine_speed.PLAUSIBLE_GBS[0] <= gbs <= machine_speed.PLAUSIBLE_GBS[1]
     assert json.loads(cache.read_text())["read_gbs"] == gbs == memory_read_gbs(measure=False)

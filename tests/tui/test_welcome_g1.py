@@ -65,19 +65,19 @@ def test_a_slow_machine_is_suggested_a_smaller_model_and_the_screen_says_it_is_c
 
     async def body() -> None:
         app = RwkvApp()
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, WelcomeScreen), what="the welcome screen")
-            assert "Checking this machine's memory and speed" in _flat(app)
-            assert app.screen.query_one("#models").has_focus  # the buttons work meanwhile
-            release.set()
-            await wait_for(pilot, lambda: f"start with {slow.entry.name} ({slow.entry.id}" in _flat(app),
-                           what="the suggestion for a slow machine")
-            assert "Checking this machine" not in _flat(app)
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await wait_for(pilot, lambda: isinstance(app.screen, WelcomeScreen), what="the welcome screen")
+                assert "Checking this machine's memory and speed" in _flat(app)
+                assert app.screen.query_one("#models").has_focus  # the buttons work meanwhile
+                release.set()
+                await wait_for(pilot, lambda: f"start with {slow.entry.name} ({slow.entry.id}" in _flat(app),
+                               what="the suggestion for a slow machine")
+                assert "Checking this machine" not in _flat(app)
+        finally:
+            release.set()  # a failed check must not leave the measuring thread waiting
 
-    try:
-        asyncio.run(body())
-    finally:
-        release.set()
+    asyncio.run(body())
 
 
 def test_without_a_runnable_g1_that_fits_it_gives_the_raven_advice(tui_home, monkeypatch):
@@ -86,24 +86,44 @@ def test_without_a_runnable_g1_that_fits_it_gives_the_raven_advice(tui_home, mon
     assert "Raven is the chat model" in _welcome_text()
 
 
-def test_the_models_screen_lists_the_recommended_g1_first(tui_home, monkeypatch):
+def test_the_models_screen_lists_the_recommended_g1_first(tui_home, tmp_path, monkeypatch):
+    """With 64 GiB free, memory alone would put G1 13.3B first; the kept read of a slow machine (20 GB/s)
+    puts the G1 that answers readably there first; with no figure kept the screen measures one itself."""
     from textual.widgets import DataTable
 
     from tui.screens.models import ModelsScreen
 
-    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (3 << 30, 500 << 30))
+    monkeypatch.setenv("RWKV_TUI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(recommend, "machine_resources", lambda folder: (64 << 30, 500 << 30))
     monkeypatch.setattr(catalog_module, "RUNNABLE_VERSIONS", ("4", "7"))
-    machine_speed.memory_read_gbs()  # kept, as the welcome screen or `rwkv-tui models` leaves it
-    starter = recommend.starter_model(load_catalog().models.values(), free_ram=3 << 30, read_gbs=PINNED_READ_GBS)
+    entries = load_catalog().models.values()
+    slow = recommend.starter_model(entries, free_ram=64 << 30, read_gbs=20.0)
+    fast = recommend.starter_model(entries, free_ram=64 << 30, read_gbs=PINNED_READ_GBS)
+    assert len({slow.entry.id, fast.entry.id, recommend.starter_model(entries, free_ram=64 << 30).entry.id}) == 3
 
-    async def body() -> None:
-        app = RwkvApp(show_welcome=False)
+    async def first_row(app) -> str:
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: app.chat is not None, what="the main screen")
             await pilot.press("f2")
             await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models screen")
+            await wait_for(pilot, lambda: "recommended here" in screen_text(app), what="a suggestion")
             table = app.screen.query_one(DataTable)
-            assert table.coordinate_to_cell_key((0, 0)).row_key.value == starter.entry.id
-            assert f"recommended here: {starter.entry.id}" in screen_text(app)
+            first = table.coordinate_to_cell_key((0, 0)).row_key.value
+            assert f"recommended here: {first}" in screen_text(app)
+            return first
 
-    asyncio.run(body())
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", lambda: 20.0)
+    machine_speed.memory_read_gbs()  # kept, as the welcome screen or `rwkv-tui models` leaves it
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", lambda: PINNED_READ_GBS)  # not measured again
+    assert asyncio.run(first_row(RwkvApp(show_welcome=False))) == slow.entry.id
+    (tmp_path / "cache" / machine_speed.CACHE_NAME).unlink()  # nothing kept: the screen measures (40 GB/s)
+
+    async def measured(app) -> str:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None, what="the main screen")
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: f"recommended here: {fast.entry.id}" in screen_text(app),
+                           what="the suggestion once measured")
+            return app.screen.query_one(DataTable).coordinate_to_cell_key((0, 0)).row_key.value
+
+    assert asyncio.run(measured(RwkvApp(show_welcome=False))) == fast.entry.id

@@ -4,6 +4,7 @@ set the default per family, add a file, or start a chat on a ready model."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +37,8 @@ class ModelsScreen(Screen[None]):
         super().__init__()
         self._statuses: dict[str, Any] = {}
         self._free: tuple[int, int] | None = None
+        self._read_gbs: float | None = None  # measured by this screen (_measure_read) where none was kept
+        self._measuring = False
 
     def compose(self) -> ComposeResult:
         yield Label("Models: g gets one (download + convert), enter chats with a ready one", classes="dialog-title",
@@ -119,14 +122,32 @@ class ModelsScreen(Screen[None]):
         from runtime.registry.recommend import starter_model
 
         title = "Models: g gets one (download + convert), enter chats with a ready one"
-        # the kept memory read only (the welcome screen or `rwkv-tui models` measured it): never measured here
-        starter = starter_model((st.entry for st in statuses), free_ram=self._resources()[0],
-                                read_gbs=memory_read_gbs(measure=False))
+        # the kept memory read (the welcome screen or `rwkv-tui models` measured it); none kept yet: measured
+        # in a thread, and the list is refreshed with it (meanwhile the suggestion goes by memory alone)
+        read_gbs = memory_read_gbs(measure=False) or self._read_gbs
+        if read_gbs is None and not self._measuring:
+            self._measuring = True
+            app = self.app
+            self.run_worker(lambda: self._measure_read(app), thread=True, exclusive=True, group="models-read")
+        starter = starter_model((st.entry for st in statuses), free_ram=self._resources()[0], read_gbs=read_gbs)
         if starter is not None:
             title += f" · recommended here: {starter.entry.id} ({starter.choice.name})"
             statuses = sorted(statuses, key=lambda st: (not st.here, st.entry.id != starter.entry.id))
         self.query_one("#models-title", Label).update(title)
         return statuses
+
+    def _measure_read(self, app: Any) -> None:
+        from runtime.registry.machine_speed import memory_read_gbs
+
+        gbs = memory_read_gbs()
+        if gbs is not None:
+            with contextlib.suppress(RuntimeError):  # the app closed meanwhile
+                app.call_from_thread(self._after_measuring, gbs)
+
+    def _after_measuring(self, gbs: float) -> None:
+        self._read_gbs = gbs  # also where it was not kept (a busy machine): this screen measures once
+        if self.is_attached:
+            self.refresh_models()
 
     def _recommendation(self, status: Any) -> Any | None:
         from runtime.registry.recommend import recommend
