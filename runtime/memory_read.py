@@ -49,5 +49,3 @@ def stream_read_gbs(megabytes: int = 1024, repeats: int = 3, threads: int = 1,
     if abs(total - expected) > 1e-3 * expected:
         raise RuntimeError(f"stream read summed {total}, expected {expected}")
     return rate
-
-
