@@ -33,4 +33,5 @@ def _pinned_memory_read(monkeypatch: pytest.MonkeyPatch) -> float:
 
     monkeypatch.setattr(machine_speed, "measure_read_gbs", lambda: PINNED_READ_GBS)
     monkeypatch.setattr(machine_speed, "_busy", lambda: False)  # kept whatever else the machine runs
+    monkeypatch.setattr(machine_speed, "_measured", None)  # no figure carried over from another test
     return PINNED_READ_GBS

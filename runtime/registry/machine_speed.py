@@ -10,10 +10,11 @@ laptop's or desktop's last-level cache (a server's may hold it, and then the fig
 machine that decodes fast anyway). Measuring takes about a second the first time (the read kernel is
 compiled), a fraction of one after that. The result is kept in `cache_dir()/memory-read.json` with what
 identifies the machine (CPU, threads, total memory), so a copied home folder or a changed VM measures
-again; a figure measured while the machine was busy (load average above half its cores) is used but
-not kept. The kept file is untrusted: anything but a small regular file holding this machine's sane
-figure is ignored and measured again; a measurement that fails gives None (the suggestion then goes by
-memory alone).
+again; a figure measured while the machine was busy (load average above half its cores) is used, for
+the rest of the process, but not kept. One measurement runs at a time (two at once would each see half
+the memory): a second caller waits for the first's figure. The kept file is untrusted: anything but a
+small regular file holding this machine's sane figure is ignored and measured again; a measurement that
+fails gives None (the suggestion then goes by memory alone).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import os
 import platform
 import stat
+import threading
 
 from runtime.atomic import atomic_write_bytes
 from runtime.machine import cpu_name
@@ -61,16 +63,32 @@ def _plausible(value: object) -> float | None:
     return gbs if math.isfinite(gbs) and PLAUSIBLE_GBS[0] <= gbs <= PLAUSIBLE_GBS[1] else None
 
 
+_lock = threading.Lock()  # one measurement at a time
+_measured: float | None = None  # this process's own measurement, kept or not
+
+
+def _read_small_file(path: os.PathLike[str] | str) -> bytes | None:
+    """The bytes of `path` if it is a regular file of at most MAX_KEPT_BYTES, else None. Opened without
+    blocking and checked once open, so that a FIFO put there (even after a first look) cannot hang the
+    caller and /dev/zero cannot make it read forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_KEPT_BYTES:
+            return None
+        return os.read(fd, MAX_KEPT_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
 def _kept(identity: str) -> float | None:
     """The figure kept for `identity`, or None (no file, not a small regular file, not JSON, another
     machine's, or not a sane figure)."""
-    path = cache_dir() / CACHE_NAME
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_KEPT_BYTES:  # a FIFO would block, /dev/zero never end
+        raw = _read_small_file(cache_dir() / CACHE_NAME)
+        if raw is None or len(raw) > MAX_KEPT_BYTES:
             return None
-        with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_KEPT_BYTES))
+        data = json.loads(raw)
     except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     if not isinstance(data, dict) or data.get("machine") != identity:
@@ -95,20 +113,27 @@ def _busy() -> bool:
 
 
 def memory_read_gbs(*, measure: bool = True) -> float | None:
-    """This machine's memory read in GB/s: the kept figure, else (with `measure`) a new measurement,
-    kept unless the machine was busy; None where there is none and `measure` is off, or the measurement
-    failed."""
+    """This machine's memory read in GB/s: the kept figure or this process's measurement, else (with
+    `measure`) a new measurement, kept unless the machine was busy; None where there is none and
+    `measure` is off, or the measurement failed."""
+    global _measured
     identity = machine_identity()
-    gbs = _kept(identity)
+    gbs = _kept(identity) or _measured
     if gbs is not None or not measure:
         return gbs
-    try:
-        measured = measure_read_gbs()
-    except (OSError, RuntimeError, ValueError, MemoryError):
-        return None
-    gbs = _plausible(round(measured, 2))  # as kept, so that every call gives the same figure
-    if gbs is None or _busy():
-        return gbs
-    with contextlib.suppress(OSError):  # a read-only cache folder: measured again next time
-        atomic_write_bytes(cache_dir() / CACHE_NAME, json.dumps({"machine": identity, "read_gbs": gbs}).encode())
+    with _lock:
+        gbs = _kept(identity) or _measured  # another caller may have measured meanwhile
+        if gbs is not None:
+            return gbs
+        try:
+            gbs = _plausible(round(measure_read_gbs(), 2))  # as kept, so that every call gives the same figure
+        except (OSError, RuntimeError, ValueError, MemoryError):
+            return None
+        if gbs is None:
+            return None
+        _measured = gbs
+        if not _busy():
+            with contextlib.suppress(OSError):  # a read-only cache folder: measured again by the next process
+                atomic_write_bytes(cache_dir() / CACHE_NAME,
+                                   json.dumps({"machine": identity, "read_gbs": gbs}).encode())
     return gbs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -60,13 +61,16 @@ def test_a_damaged_or_foreign_kept_figure_is_measured_again(cache, measured, kep
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
-def test_a_fifo_or_a_folder_in_place_of_the_kept_file_is_not_read(cache, measured):
+def test_a_fifo_or_a_folder_in_place_of_the_kept_file_is_not_read(cache, measured, monkeypatch):
     cache.parent.mkdir(parents=True)
-    os.mkfifo(cache)  # opening it to read would wait for a writer forever
-    assert memory_read_gbs() == 23.5
+    os.mkfifo(cache)  # opened to read the usual way, it would wait for a writer forever
+    assert memory_read_gbs(measure=False) is None
+    assert memory_read_gbs() == 23.5 and cache.is_file()  # measured, and kept in the FIFO's place
     cache.unlink()
     cache.mkdir()
-    assert memory_read_gbs() == 24.5 and measured == [23.5, 24.5]  # measured each time: nothing could be kept
+    monkeypatch.setattr(machine_speed, "_measured", None)  # a new process
+    assert memory_read_gbs(measure=False) is None
+    assert memory_read_gbs() == 24.5 and measured == [23.5, 24.5] and cache.is_dir()  # not kept: a folder there
 
 
 def test_a_figure_measured_while_the_machine_is_busy_is_used_but_not_kept(cache, measured, monkeypatch):
@@ -75,7 +79,32 @@ def test_a_figure_measured_while_the_machine_is_busy_is_used_but_not_kept(cache,
     monkeypatch.setattr(os, "getloadavg", lambda: next(loads))
     monkeypatch.setattr(machine_speed, "default_threads", lambda: 2)
     assert memory_read_gbs() == 23.5 and not cache.exists()  # load 9 on 2 cores
+    assert memory_read_gbs() == 23.5 and measured == [23.5]  # this process's figure, not measured again
+    monkeypatch.setattr(machine_speed, "_measured", None)  # a new process, the machine quiet now
     assert memory_read_gbs() == 24.5 and json.loads(cache.read_text())["read_gbs"] == 24.5
+
+
+def test_callers_at_once_share_one_measurement(cache, monkeypatch):
+    """Two measurements at once would each see about half the memory; the second caller waits instead."""
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow() -> float:
+        calls.append(1)
+        started.set()
+        release.wait(30)
+        return 31.0
+
+    monkeypatch.setattr(machine_speed, "measure_read_gbs", slow)
+    results: list[float | None] = []
+    first = threading.Thread(target=lambda: results.append(memory_read_gbs()))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: results.append(memory_read_gbs()))
+    second.start()
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert results == [31.0, 31.0] and calls == [1]
 
 
 def test_the_buffer_read_is_a_sixteenth_of_the_memory_within_bounds(monkeypatch):

@@ -117,6 +117,7 @@ def test_the_models_screen_lists_the_recommended_g1_first(tui_home, tmp_path, mo
     monkeypatch.setattr(machine_speed, "measure_read_gbs", lambda: PINNED_READ_GBS)  # not measured again
     assert asyncio.run(first_row(RwkvApp(show_welcome=False))) == slow.entry.id
     (tmp_path / "cache" / machine_speed.CACHE_NAME).unlink()  # nothing kept: the screen measures (40 GB/s)
+    monkeypatch.setattr(machine_speed, "_measured", None)  # as in a new process
 
     async def measured(app) -> str:
         async with app.run_test(size=SIZE) as pilot:

@@ -125,7 +125,8 @@ class ModelsScreen(Screen[None]):
         # the kept memory read (the welcome screen or `rwkv-tui models` measured it); none kept yet: measured
         # in a thread, and the list is refreshed with it (meanwhile the suggestion goes by memory alone)
         read_gbs = memory_read_gbs(measure=False) or self._read_gbs
-        if read_gbs is None and not self._measuring:
+        # not while a reply is generated: it would halve the figure, and slow the reply
+        if read_gbs is None and not self._measuring and not self._generating():
             self._measuring = True
             app = self.app
             self.run_worker(lambda: self._measure_read(app), thread=True, exclusive=True, group="models-read")
@@ -136,10 +137,17 @@ class ModelsScreen(Screen[None]):
         self.query_one("#models-title", Label).update(title)
         return statuses
 
+    def _generating(self) -> bool:
+        chat = getattr(self.app, "chat", None)
+        return chat is not None and any(pane.busy for pane in chat.panes)
+
     def _measure_read(self, app: Any) -> None:
         from runtime.registry.machine_speed import memory_read_gbs
 
-        gbs = memory_read_gbs()
+        try:
+            gbs = memory_read_gbs()
+        except Exception:  # a suggestion is a courtesy: without the figure it goes by memory alone
+            return
         if gbs is not None:
             with contextlib.suppress(RuntimeError):  # the app closed meanwhile
                 app.call_from_thread(self._after_measuring, gbs)
