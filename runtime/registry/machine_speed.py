@@ -64,7 +64,7 @@ def _plausible(value: object) -> float | None:
 
 
 _lock = threading.Lock()  # one measurement at a time
-_measured: float | None = None  # this process's own measurement, kept or not
+_measured: float | None = None  # this process's figure: the kept one as read, or its own measurement
 
 
 def _read_small_file(path: os.PathLike[str] | str) -> bytes | None:
@@ -113,18 +113,20 @@ def _busy() -> bool:
 
 
 def memory_read_gbs(*, measure: bool = True) -> float | None:
-    """This machine's memory read in GB/s: the kept figure or this process's measurement, else (with
-    `measure`) a new measurement, kept unless the machine was busy; None where there is none and
-    `measure` is off, or the measurement failed."""
+    """This machine's memory read in GB/s: the kept figure (read once a process) or this process's
+    measurement, else (with `measure`) a new measurement, kept unless the machine was busy; None where
+    there is none and `measure` is off, or the measurement failed."""
     global _measured
-    identity = machine_identity()
-    gbs = _kept(identity) or _measured
-    if gbs is not None or not measure:
-        return gbs
+    if _measured is None:  # once known, this process neither reads the file nor measures again
+        kept = _kept(machine_identity())
+        if kept is not None:  # (never None over a figure another thread has just measured)
+            _measured = kept
+    if _measured is not None or not measure:
+        return _measured
     with _lock:
-        gbs = _kept(identity) or _measured  # another caller may have measured meanwhile
-        if gbs is not None:
-            return gbs
+        if _measured is not None:  # another caller measured meanwhile
+            return _measured
+        identity = machine_identity()
         try:
             gbs = _plausible(round(measure_read_gbs(), 2))  # as kept, so that every call gives the same figure
         except (OSError, RuntimeError, ValueError, MemoryError):

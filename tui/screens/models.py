@@ -37,8 +37,7 @@ class ModelsScreen(Screen[None]):
         super().__init__()
         self._statuses: dict[str, Any] = {}
         self._free: tuple[int, int] | None = None
-        self._read_gbs: float | None = None  # measured by this screen (_measure_read) where none was kept
-        self._measuring = False
+        self._measuring = False  # _measure_read started (once a screen)
 
     def compose(self) -> ComposeResult:
         yield Label("Models: g gets one (download + convert), enter chats with a ready one", classes="dialog-title",
@@ -124,7 +123,7 @@ class ModelsScreen(Screen[None]):
         title = "Models: g gets one (download + convert), enter chats with a ready one"
         # the kept memory read (the welcome screen or `rwkv-tui models` measured it); none kept yet: measured
         # in a thread, and the list is refreshed with it (meanwhile the suggestion goes by memory alone)
-        read_gbs = memory_read_gbs(measure=False) or self._read_gbs
+        read_gbs = memory_read_gbs(measure=False)
         # not while a reply is generated: it would halve the figure, and slow the reply
         if read_gbs is None and not self._measuring and not self._generating():
             self._measuring = True
@@ -148,12 +147,11 @@ class ModelsScreen(Screen[None]):
             gbs = memory_read_gbs()
         except Exception:  # a suggestion is a courtesy: without the figure it goes by memory alone
             return
-        if gbs is not None:
+        if gbs is not None:  # the process keeps it (machine_speed), kept on disk or not
             with contextlib.suppress(RuntimeError):  # the app closed meanwhile
-                app.call_from_thread(self._after_measuring, gbs)
+                app.call_from_thread(self._after_measuring)
 
-    def _after_measuring(self, gbs: float) -> None:
-        self._read_gbs = gbs  # also where it was not kept (a busy machine): this screen measures once
+    def _after_measuring(self) -> None:
         if self.is_attached:
             self.refresh_models()
 
